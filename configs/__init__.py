@@ -1,0 +1,1 @@
+"""Recipes (YAML) shipped as package data under ``spactor.configs``."""

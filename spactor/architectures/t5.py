@@ -1,0 +1,269 @@
+"""T5 v1.0 / v1.1 encoder-decoder, registered as architecture ``t5``.
+
+Module names follow Hugging Face's where it is cheap (``q/k/v/o``, ``wi``/``wi_0``/
+``wi_1``/``wo``) so weight conversion is a renaming of the block paths:
+
+    token_embedding                          HF shared
+    encoder.rel_bias.embedding               HF encoder.block.0.layer.0.SelfAttention.relative_attention_bias
+    encoder.blocks.N.self_attn.{q,k,v,o}     HF encoder.block.N.layer.0.SelfAttention.*
+    encoder.blocks.N.self_attn_norm          HF encoder.block.N.layer.0.layer_norm
+    encoder.blocks.N.ffn.*, ffn_norm         HF encoder.block.N.layer.1.DenseReluDense.*, layer_norm
+    encoder.final_norm                       HF encoder.final_layer_norm
+    decoder.blocks.N.cross_attn{,_norm}      HF decoder.block.N.layer.1.EncDecAttention / layer_norm
+    lm_head (v1.1 only)                      HF lm_head
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spactor.architectures.layers import (
+    Attention,
+    BlockSpec,
+    DecoderBlock,
+    EncoderBlock,
+    FeedForward,
+    RelativePositionBias,
+    RMSNorm,
+    mask_bias,
+    padding_bias,
+)
+from spactor.registry import ARCHITECTURES
+
+# (d_model, d_ff, num_heads, num_layers, d_kv); num_decoder_layers defaults to num_layers.
+T5_SIZES: dict[str, dict[str, tuple[int, int, int, int, int]]] = {
+    "1.0": {
+        "tiny": (64, 256, 4, 2, 16),
+        "small": (512, 2048, 8, 6, 64),
+        "base": (768, 3072, 12, 12, 64),
+        "large": (1024, 4096, 16, 24, 64),
+    },
+    "1.1": {
+        "tiny": (64, 128, 4, 2, 16),
+        "small": (512, 1024, 6, 8, 64),
+        "base": (768, 2048, 12, 12, 64),
+        "large": (1024, 2816, 16, 24, 64),
+    },
+}
+_DIM_FIELDS = ("d_model", "d_ff", "num_heads", "num_layers", "d_kv")
+
+
+@dataclass
+class T5Config:
+    """T5 architecture knobs; ``None`` dimensions come from the ``size`` preset."""
+
+    version: str = "1.0"  # "1.0": ReLU FFN, tied head | "1.1": gated-GELU FFN, untied head
+    size: str = "base"  # tiny | small | base | large
+    d_model: int | None = None
+    d_ff: int | None = None
+    num_heads: int | None = None
+    num_layers: int | None = None
+    num_decoder_layers: int | None = None
+    d_kv: int | None = None
+    dropout: float = 0.0
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    attention: str = "sdpa"  # sdpa | eager
+    init_std: float = 1.0  # T5's initializer factor: multiplies every init std
+    vocab_size: int | None = None  # None: the tokenizer's size, given at build time
+
+
+def _version(cfg: T5Config) -> str:
+    # YAML `version: 1.0` arrives as the float 1.0; accept it.
+    version = str(cfg.version)
+    if version not in T5_SIZES:
+        raise ValueError(f"unknown T5 version '{cfg.version}'; valid: {', '.join(T5_SIZES)}")
+    return version
+
+
+def resolve_t5_dims(cfg: T5Config) -> dict[str, Any]:
+    """Fill the ``None`` dimensions of ``cfg`` from its size preset.
+
+    Returns ``d_model, d_ff, num_heads, num_layers, num_decoder_layers, d_kv`` plus the
+    version-dependent ``ffn`` ("relu" | "gated-gelu") and ``tie_embeddings``.
+    """
+    version = _version(cfg)
+    presets = T5_SIZES[version]
+    if cfg.size not in presets:
+        raise ValueError(f"unknown T5 size '{cfg.size}'; valid: {', '.join(presets)}")
+    dims: dict[str, Any] = dict(zip(_DIM_FIELDS, presets[cfg.size]))
+    for name in (*_DIM_FIELDS, "num_decoder_layers"):
+        value = getattr(cfg, name)
+        if value is not None:
+            if int(value) != value or value < 1:
+                raise ValueError(f"T5 {name} must be a positive integer, got {value!r}")
+            dims[name] = int(value)
+    dims.setdefault("num_decoder_layers", dims["num_layers"])
+    dims["ffn"] = "relu" if version == "1.0" else "gated-gelu"
+    dims["tie_embeddings"] = version == "1.0"
+    return dims
+
+
+class T5EncoderStack(nn.Module):
+    """Encoder blocks sharing one bidirectional relative-bias table, then a final norm."""
+
+    def __init__(self, spec: BlockSpec, num_layers: int, num_buckets: int, max_distance: int) -> None:
+        super().__init__()
+        self.rel_bias = RelativePositionBias(spec.num_heads, True, num_buckets, max_distance)
+        self.blocks = nn.ModuleList(EncoderBlock(spec) for _ in range(num_layers))
+        self.final_norm = RMSNorm(spec.d_model)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        length = x.shape[1]
+        # Computed once per forward and reused by every layer (T5 shares it the same way).
+        bias = self.rel_bias(length, length)
+        if attention_mask is not None:
+            bias = mask_bias(bias, attention_mask[:, None, None, :].bool())
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.dropout(self.final_norm(x))
+
+
+class T5DecoderStack(nn.Module):
+    """Decoder blocks sharing one causal relative-bias table, then a final norm."""
+
+    def __init__(self, spec: BlockSpec, num_layers: int, num_buckets: int, max_distance: int) -> None:
+        super().__init__()
+        self.rel_bias = RelativePositionBias(spec.num_heads, False, num_buckets, max_distance)
+        self.blocks = nn.ModuleList(DecoderBlock(spec) for _ in range(num_layers))
+        self.final_norm = RMSNorm(spec.d_model)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(
+        self, x: torch.Tensor, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        length = x.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        self_bias = mask_bias(self.rel_bias(length, length), causal)
+        # Cross-attention has no position bias: only the encoder padding, if any.
+        cross_bias = None if encoder_mask is None else padding_bias(encoder_mask.bool(), encoder_hidden.dtype)
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x, self_bias, encoder_hidden, cross_bias)
+        return self.dropout(self.final_norm(x))
+
+
+class T5Model(nn.Module):
+    """T5 encoder-decoder implementing :class:`spactor.architectures.base.Architecture`."""
+
+    has_decoder = True
+
+    def __init__(self, cfg: T5Config, vocab_size: int) -> None:
+        super().__init__()
+        dims = resolve_t5_dims(cfg)
+        self.config = cfg
+        self.dims = dims
+        self.hidden_size: int = dims["d_model"]
+        self.vocab_size: int = vocab_size
+        self.tie_embeddings: bool = dims["tie_embeddings"]
+        self.init_std = cfg.init_std
+        spec = BlockSpec(
+            d_model=dims["d_model"],
+            d_ff=dims["d_ff"],
+            num_heads=dims["num_heads"],
+            d_kv=dims["d_kv"],
+            ffn=dims["ffn"],
+            dropout=cfg.dropout,
+            attention=cfg.attention,
+        )
+        self.spec = spec
+        buckets, distance = cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+        self.token_embedding = nn.Embedding(vocab_size, spec.d_model)
+        self.encoder = T5EncoderStack(spec, dims["num_layers"], buckets, distance)
+        self.decoder = T5DecoderStack(spec, dims["num_decoder_layers"], buckets, distance)
+        self.lm_head = None if self.tie_embeddings else nn.Linear(spec.d_model, vocab_size, bias=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Mesh-TF T5 initialisation, every std multiplied by ``init_std``.
+
+        Also the re-init after ``to_empty()`` when the model was built on ``meta``.
+        Unlike Hugging Face (std 1.0, a known bug: initial logits with variance
+        ~d_model), the untied v1.1 ``lm_head`` gets d_model^-0.5 like Mesh TF / T5X's
+        dense default.
+        """
+        f, spec = self.init_std, self.spec
+        d, d_kv, h, d_ff = spec.d_model, spec.d_kv, spec.num_heads, spec.d_ff
+        nn.init.normal_(self.token_embedding.weight, std=f * 1.0)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=f * d**-0.5)
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.reset_parameters()
+            elif isinstance(module, RelativePositionBias):
+                nn.init.normal_(module.embedding.weight, std=f * d**-0.5)
+            elif isinstance(module, FeedForward):
+                for wi in (module.wi_0, module.wi_1) if module.gated else (module.wi,):
+                    nn.init.normal_(wi.weight, std=f * d**-0.5)
+                nn.init.normal_(module.wo.weight, std=f * d_ff**-0.5)
+            elif isinstance(module, Attention):
+                # q absorbs the missing 1/sqrt(d_kv) score scaling.
+                nn.init.normal_(module.q.weight, std=f * (d * d_kv) ** -0.5)
+                nn.init.normal_(module.k.weight, std=f * d**-0.5)
+                nn.init.normal_(module.v.weight, std=f * d**-0.5)
+                nn.init.normal_(module.o.weight, std=f * (h * d_kv) ** -0.5)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding(ids)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("encode() needs exactly one of input_ids and inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        return self.encoder(x, attention_mask)
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        encoder_hidden: torch.Tensor,
+        encoder_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.decoder(self.embed(decoder_input_ids), encoder_hidden, encoder_mask)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
+        # Tied head: the embedding's std is 1, so rescale to keep logits O(1) (Mesh TF).
+        return F.linear(hidden * self.hidden_size**-0.5, self.token_embedding.weight)
+
+    def blocks(self) -> list[nn.Module]:
+        return [*self.encoder.blocks, *self.decoder.blocks]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        encoder_hidden = self.encode(input_ids, attention_mask)
+        return self.lm_logits(self.decode(decoder_input_ids, encoder_hidden, attention_mask))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of unique parameters (a tied weight counts once); works on ``meta``."""
+    seen: set[int] = set()
+    total = 0
+    for param in model.parameters():
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel()
+    return total
+
+
+@ARCHITECTURES.register("t5", T5Config)
+def build_t5(cfg: T5Config, vocab_size: int) -> T5Model:
+    """T5 v1.0/v1.1 encoder-decoder (SpacTor's discriminator, plain T5 span corruption)."""
+    return T5Model(cfg, cfg.vocab_size if cfg.vocab_size is not None else vocab_size)

@@ -1,0 +1,192 @@
+"""``spactor`` command line: train, preview, components, tokenizer."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from spactor.config import ConfigError, load_config, recipe_names
+from spactor.plugins import load_plugins
+from spactor.registry import ALL_REGISTRIES, RegistryError
+
+QUICKSTART = "quickstart"
+
+
+class UsageError(Exception):
+    """Bad command-line input; printed in one line, exit code 2."""
+
+
+def split_recipe(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``[RECIPE|PATH] [key=value ...]``: the first argument without '=' is the recipe."""
+    recipe: str | None = None
+    overrides: list[str] = []
+    for arg in args:
+        if "=" in arg:
+            overrides.append(arg)
+        elif recipe is None:
+            recipe = arg
+        else:
+            raise UsageError(f"expected key=value, got '{arg}' (the recipe is already '{recipe}')")
+    return recipe, overrides
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from spactor.runners.trainer import train
+
+    recipe, overrides = split_recipe(ns.args)
+    if ns.resume is not None:
+        run_dir = Path(ns.resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise UsageError(f"--resume {run_dir}: no config.yaml there (is it a spactor run directory?)")
+        if recipe is not None:
+            raise UsageError("--resume takes the recipe from the run directory; pass only key=value overrides")
+        resolved = load_config(str(saved), overrides)
+        resolved.recipe = _saved_recipe_name(run_dir)
+    else:
+        resolved = load_config(recipe or QUICKSTART, overrides)
+    result = train(resolved, resume_dir=ns.resume)
+    print(summary(result), flush=True)
+    return 0
+
+
+def _saved_recipe_name(run_dir: Path) -> str:
+    return run_dir.name
+
+
+def summary(result: Any) -> str:
+    losses = result.losses
+    lines = [f"run directory: {result.run_dir}"]
+    if losses:
+        window = max(1, min(10, len(losses) // 5))
+        first = sum(losses[:window]) / window
+        last = sum(losses[-window:]) / window
+        lines.append(
+            f"steps {result.start_step + 1}-{result.steps}: loss {first:.3f} -> {last:.3f} "
+            f"(mean of first/last {window} steps) in {result.elapsed_s:.0f}s, "
+            f"{result.tokens_seen:,} tokens seen"
+        )
+    for key, value in sorted(result.val.items()):
+        lines.append(f"{key}: {value:.4f}")
+    lines.append(f"metrics: {result.run_dir / 'metrics.jsonl'}; checkpoints: {result.run_dir / 'checkpoints'}")
+    return "\n".join(lines)
+
+
+def cmd_preview(ns: argparse.Namespace) -> int:
+    from spactor.runners.preview import preview
+
+    recipe, overrides = split_recipe(ns.args)
+    resolved = load_config(recipe or QUICKSTART, overrides)
+    for line in preview(resolved, n=ns.n, as_json=ns.json):
+        print(line)
+    return 0
+
+
+def cmd_components(ns: argparse.Namespace) -> int:
+    for kind, registry in ALL_REGISTRIES.items():
+        if ns.kind and kind != ns.kind:
+            continue
+        print(f"{kind}:")
+        for entry in registry:
+            print(f"  {entry.name}" + (f" — {entry.help}" if entry.help else ""))
+            for f in dataclasses.fields(entry.config_cls):
+                print(f"      {f.name} = {_default_repr(f)}")
+    print("recipes: " + ", ".join(recipe_names()))
+    return 0
+
+
+def _default_repr(f: dataclasses.Field[Any]) -> str:
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default)
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return repr(f.default_factory())  # type: ignore[misc]
+    return "(required)"
+
+
+def cmd_tokenizer_train(ns: argparse.Namespace) -> int:
+    from spactor.runners.data import train_tokenizer_from_config
+
+    recipe, overrides = split_recipe(ns.args)
+    resolved = load_config(recipe or QUICKSTART, overrides)
+    out = train_tokenizer_from_config(resolved, Path(ns.out), vocab_size=ns.vocab_size)
+    print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spactor", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a recipe (no arguments: the quickstart)")
+    p.add_argument("args", nargs="*", metavar="[RECIPE|PATH] [key=value ...]")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("preview", help="show what the objectives do to real text")
+    p.add_argument("args", nargs="*", metavar="[RECIPE|PATH] [key=value ...]")
+    p.add_argument("--n", type=int, default=2, help="number of examples")
+    p.add_argument("--json", action="store_true", help="one JSON object per example")
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("components", help="list every registered plugin and its config")
+    p.add_argument("kind", nargs="?", choices=sorted(ALL_REGISTRIES), help="only this kind")
+    p.set_defaults(func=cmd_components)
+
+    p = sub.add_parser("tokenizer", help="tokenizer tools")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+    t = tsub.add_parser("train", help="train a SentencePiece unigram model on the configured data source")
+    t.add_argument("args", nargs="*", metavar="[RECIPE|PATH] [key=value ...]")
+    t.add_argument("--vocab-size", type=int, default=32000)
+    t.add_argument("--out", "-o", required=True, help="output .model path")
+    t.set_defaults(func=cmd_tokenizer_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    load_plugins()
+    func: Callable[[argparse.Namespace], int] = ns.func
+    try:
+        return func(ns)
+    except (ConfigError, UsageError, RegistryError) as e:
+        if debug:
+            traceback.print_exc()
+        print(f"spactor: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spactor: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 — a one-line message unless --debug
+        if debug or _is_data_error(e) is False:
+            traceback.print_exc()
+        print(f"spactor: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2 if _is_data_error(e) else 1
+
+
+def _is_data_error(e: Exception) -> bool:
+    try:
+        from spactor.data.sources import DataError
+    except ImportError:
+        return False
+    return isinstance(e, DataError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

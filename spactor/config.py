@@ -1,0 +1,309 @@
+"""Configuration: recipes (YAML) + ``key=value`` overrides → validated dataclasses.
+
+The top level is an OmegaConf structured config (:class:`TrainConfig`). Plugin sections
+(``model``, ``objectives.*``, ``schedules.*``, ``optimizer``, ``lr_schedule``) are
+selected by name through the registries and validated against that plugin's own config
+dataclass. Every key is checked before any work starts; an unknown key is reported in
+one line with the valid keys at its level and the closest match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from spactor.registry import (
+    ARCHITECTURES,
+    LR_SCHEDULES,
+    OBJECTIVES,
+    OPTIMIZERS,
+    SCHEDULES,
+    Registry,
+    RegistryError,
+    closest,
+)
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the CLI prints it as one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class RunConfig:
+    dir: str | None = None  # default: a new folder under ./runs/
+    fresh: bool = False  # start over even if run.dir holds checkpoints
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"  # a registered source: builtin | text | jsonl | ...
+    paths: list[str] = field(default_factory=list)  # files/globs for file sources
+    text_field: str = "text"  # JSONL field holding the document
+    source_options: dict[str, Any] = field(default_factory=dict)  # extra fields of a third-party source
+    tokenizer: str | None = None  # a SentencePiece .model; None → trained on the built-in corpus
+    tokenizer_vocab_size: int = 8000  # pieces of the tokenizer trained when none is given
+    input_length: int = 512  # encoder length; the raw chunk length follows T5's rule
+    validation_fraction: float = 0.01  # documents held out for validation
+    num_workers: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    batch_size: int = 8  # global batch, in sequences, per optimizer step
+    grad_accum_steps: int = 1
+    seed: int = 0
+    clip_grad_norm: float | None = 1.0
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the end
+    eval_batches: int = 4
+    checkpoint_every: int = 0  # 0 = only at the end
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # cpu | cuda | auto
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)
+    progress: bool = True  # progress bar on stderr
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"arch": "t5"})
+    data: DataConfig = field(default_factory=DataConfig)
+    objectives: dict[str, Any] = field(default_factory=dict)
+    schedules: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"type": "adafactor"})
+    lr_schedule: dict[str, Any] = field(default_factory=lambda: {"type": "rsqrt"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+# Where each plugin section finds its registry and the key that selects the entry.
+PLUGIN_SECTIONS: dict[str, tuple[Registry[Any], str]] = {
+    "model": (ARCHITECTURES, "arch"),
+    "optimizer": (OPTIMIZERS, "type"),
+    "lr_schedule": (LR_SCHEDULES, "type"),
+}
+NAMED_PLUGIN_SECTIONS: dict[str, Registry[Any]] = {"objectives": OBJECTIVES, "schedules": SCHEDULES}
+
+
+@dataclass
+class Plugin:
+    """One resolved plugin section: the registry entry and its typed config."""
+
+    name: str  # the key it was configured under (objectives/schedules) or the entry name
+    type: str
+    config: Any
+
+
+@dataclass
+class Resolved:
+    """A validated config: the top-level dataclass plus typed plugin configs."""
+
+    cfg: TrainConfig
+    model: Plugin
+    objectives: dict[str, Plugin]
+    schedules: dict[str, Plugin]
+    optimizer: Plugin
+    lr_schedule: Plugin
+    recipe: str | None = None
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(OmegaConf.create(as_dict(self)))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def recipe_names() -> list[str]:
+    root = importlib.resources.files("spactor.configs")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_path(recipe: str) -> Path:
+    """A recipe name (``sc``) or a path to a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file '{recipe}' does not exist")
+        return path
+    root = importlib.resources.files("spactor.configs")
+    candidate = root / f"{recipe}.yaml"
+    if not candidate.is_file():
+        names = recipe_names()
+        hint = closest(recipe, names)
+        raise ConfigError(
+            f"unknown recipe '{recipe}'; recipes: {', '.join(names)}"
+            + (f"; did you mean '{hint}'?" if hint else "")
+            + " (or pass a path to a YAML file)"
+        )
+    return Path(str(candidate))
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Resolved:
+    """Load a recipe (or the built-in defaults), apply overrides, validate everything."""
+    raw: Any = OmegaConf.create({})
+    if recipe is not None:
+        try:
+            raw = OmegaConf.load(recipe_path(recipe))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"cannot parse recipe '{recipe}': {e}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value")
+    try:
+        raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad override: {e}") from None
+    data = OmegaConf.to_container(raw, resolve=True) or {}
+    if not isinstance(data, dict):
+        raise ConfigError("a recipe must be a mapping of sections (run, model, data, ...)")
+    return resolve(data, recipe=recipe)
+
+
+def resolve(data: dict[str, Any], recipe: str | None = None) -> Resolved:
+    check_keys(data, TrainConfig, "")
+    cfg = typed(TrainConfig, data, "")
+    model = resolve_plugin("model", cfg.model, *PLUGIN_SECTIONS["model"], default="t5")
+    optimizer = resolve_plugin("optimizer", cfg.optimizer, *PLUGIN_SECTIONS["optimizer"], default="adafactor")
+    lr_schedule = resolve_plugin("lr_schedule", cfg.lr_schedule, *PLUGIN_SECTIONS["lr_schedule"], default="rsqrt")
+    objectives = resolve_named("objectives", cfg.objectives, OBJECTIVES)
+    schedules = resolve_named("schedules", cfg.schedules, SCHEDULES)
+    return Resolved(cfg, model, objectives, schedules, optimizer, lr_schedule, recipe=recipe)
+
+
+def resolve_plugin(
+    path: str, section: dict[str, Any] | None, registry: Registry[Any], selector: str, default: str
+) -> Plugin:
+    section = dict(section or {})
+    name = section.pop(selector, default)
+    try:
+        entry = registry.get(str(name))
+    except RegistryError as e:
+        raise ConfigError(f"{path}.{selector}: {e}") from None
+    check_keys(section, entry.config_cls, path, extra_valid=(selector,))
+    return Plugin(name=str(name), type=str(name), config=typed(entry.config_cls, section, path))
+
+
+def resolve_named(path: str, sections: dict[str, Any] | None, registry: Registry[Any]) -> dict[str, Plugin]:
+    """``objectives:`` / ``schedules:`` map an instance name to its config; ``type``
+    defaults to the instance name, so ``span_corruption: {...}`` needs no ``type``."""
+    out: dict[str, Plugin] = {}
+    for key, section in (sections or {}).items():
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}.{key} must be a mapping of options, got {section!r}")
+        plugin = resolve_plugin(f"{path}.{key}", {"type": key, **section}, registry, "type", default=key)
+        out[key] = Plugin(name=key, type=plugin.type, config=plugin.config)
+    return out
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_keys(data: Any, schema: type, path: str, extra_valid: tuple[str, ...] = ()) -> None:
+    """Reject keys the schema does not have, recursing into nested dataclasses."""
+    if not isinstance(data, dict):
+        if data is not None:
+            raise ConfigError(f"{path or 'config'} must be a mapping, got {data!r}")
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    valid = sorted(fields) + list(extra_valid)
+    for key, value in data.items():
+        if key in extra_valid:
+            continue
+        if key not in fields:
+            raise ConfigError(unknown_key_message(join(path, key), valid))
+        sub = field_dataclass(schema, fields[key])
+        if sub is not None:
+            check_keys(value, sub, join(path, key))
+
+
+def unknown_key_message(key: str, valid: list[str]) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    level = key.rsplit(".", 1)[0] if "." in key else "top level"
+    hint = closest(leaf, valid)
+    return (
+        f"unknown config key '{key}'; valid keys at {level}: {', '.join(valid)}"
+        + (f"; did you mean '{hint}'?" if hint else "")
+    )
+
+
+def field_dataclass(schema: type, f: dataclasses.Field[Any]) -> type | None:
+    """The dataclass type of a field, if it is one (resolving string annotations)."""
+    hints = _type_hints(schema)
+    tp = hints.get(f.name)
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(schema: type) -> dict[str, Any]:
+    if schema not in _HINTS:
+        import typing
+
+        _HINTS[schema] = typing.get_type_hints(schema)
+    return _HINTS[schema]
+
+
+def typed(schema: type, data: dict[str, Any] | None, path: str) -> Any:
+    """Build the dataclass from ``data`` through OmegaConf, turning its type errors
+    into one-line ConfigErrors naming the key and the value."""
+    try:
+        conf = OmegaConf.merge(OmegaConf.structured(schema), data or {})
+        return OmegaConf.to_object(conf)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        value = _lookup(data or {}, key)
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{join(path, key) or path}: bad value {value!r}: {msg}") from None
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    for part in dotted.split(".") if dotted else []:
+        if isinstance(data, dict):
+            data = data.get(part)
+    return data
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path and key else path or key
+
+
+# --------------------------------------------------------------------------- output
+
+
+def plugin_dict(plugin: Plugin, selector: str) -> dict[str, Any]:
+    body = dataclasses.asdict(plugin.config) if dataclasses.is_dataclass(plugin.config) else {}
+    return {selector: plugin.type, **body}
+
+
+def as_dict(resolved: Resolved) -> dict[str, Any]:
+    """The fully resolved config, every default filled in, as plain data."""
+    out = dataclasses.asdict(resolved.cfg)
+    out["model"] = plugin_dict(resolved.model, "arch")
+    out["optimizer"] = plugin_dict(resolved.optimizer, "type")
+    out["lr_schedule"] = plugin_dict(resolved.lr_schedule, "type")
+    out["objectives"] = {k: plugin_dict(p, "type") for k, p in resolved.objectives.items()}
+    out["schedules"] = {k: plugin_dict(p, "type") for k, p in resolved.schedules.items()}
+    return out
+
+
+def to_plain(value: Any) -> Any:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value

@@ -1,0 +1,143 @@
+"""What an objective is, and the context it is built with.
+
+An objective may do any of three things, in the order the runner calls them:
+
+1. ``transform(batch, rng)``: corrupt the batch without gradients (span corruption,
+   MLM masking). Runs on the training device, vectorised, with a seeded generator.
+2. ``modify(batch, model)``: change the encoder input with a trained module (the RTD
+   generator); may return a loss of its own (``L_G``).
+3. ``loss(batch, encoder_hidden, model)``: a loss on the discriminator's outputs. The
+   runner encodes once and hands the same encoder states to every objective.
+
+Losses are returned as a *sum* over the items they cover plus the number of items
+(``LossTerm``). The runner divides by the global count across micro-batches and ranks,
+so the loss does not depend on gradient accumulation or world size.
+
+Knobs are the objective's schedulable scalars (``weight``, ``ratio``, ``temperature``,
+``enabled``...). They live on the config dataclass and are named in ``KNOBS``; schedules
+address them as ``objectives.<name>.<knob>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Token-id facts the objectives need; built from the tokenizer."""
+
+    size: int  # rows of the embedding (padded, e.g. 32128)
+    pad_id: int = 0
+    eos_id: int = 1
+    unk_id: int = 2
+    num_sentinels: int = 100
+    first_sentinel_id: int = 32099  # <extra_id_0>; sentinel k is first_sentinel_id - k
+    mask_id: int = 32100  # [M] for token-level masking; one of the padding rows in T5's vocabulary
+
+    def sentinel_id(self, k: int) -> int:
+        return self.first_sentinel_id - k
+
+    @property
+    def last_sentinel_id(self) -> int:
+        return self.first_sentinel_id - self.num_sentinels + 1
+
+    def is_special(self, ids: torch.Tensor) -> torch.Tensor:
+        """True where ``ids`` are pad, EOS, sentinels or [M] (never candidates for masking)."""
+        sentinel = (ids <= self.first_sentinel_id) & (ids >= self.last_sentinel_id)
+        return (ids == self.pad_id) | (ids == self.eos_id) | (ids == self.mask_id) | sentinel
+
+
+@dataclass
+class ObjectiveContext:
+    """What a factory receives besides its own config."""
+
+    name: str  # the objective's key under ``objectives:``
+    vocab: Vocab
+    input_length: int  # encoder length
+    model: Any  # the discriminator (an ``Architecture``); objectives use only its protocol
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossTerm:
+    """A loss as a sum over ``count`` items (tokens or positions).
+
+    ``weight`` None means the objective's own ``weight`` knob.
+    """
+
+    total: torch.Tensor
+    count: torch.Tensor
+    weight: float | None = None
+
+
+@dataclass
+class ObjectiveOutput:
+    """``loss`` is logged as ``loss/<objective name>``; an objective with more than one
+    loss (RTD's generator loss) names the others in ``aux_losses`` (``loss/<key>``)."""
+
+    loss: LossTerm | None = None
+    aux_losses: dict[str, LossTerm] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """Base class; subclasses override what they do and leave the rest as no-ops."""
+
+    KNOBS: ClassVar[tuple[str, ...]] = ("weight",)
+    # Objectives active only in the hybrid stage (released at the switch to stage 2).
+    STAGE1_ONLY: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any, ctx: ObjectiveContext) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.name = ctx.name
+        self.vocab = ctx.vocab
+
+    # -- knobs ---------------------------------------------------------------------
+    def knobs(self) -> dict[str, float]:
+        return {k: float(getattr(self.cfg, k)) for k in self.KNOBS}
+
+    def set_knob(self, knob: str, value: float) -> None:
+        if knob not in self.KNOBS:
+            raise KeyError(f"objective '{self.name}' has no knob '{knob}'; knobs: {', '.join(self.KNOBS)}")
+        current = getattr(self.cfg, knob)
+        setattr(self.cfg, knob, bool(value) if isinstance(current, bool) else float(value))
+
+    @property
+    def weight(self) -> float:
+        return float(getattr(self.cfg, "weight", 1.0))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(getattr(self.cfg, "enabled", True))
+
+    # -- the three roles -------------------------------------------------------------
+    def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
+        return batch
+
+    def modify(self, batch: Batch, model: Any) -> tuple[Batch, ObjectiveOutput]:
+        return batch, ObjectiveOutput()
+
+    def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Any) -> ObjectiveOutput:
+        return ObjectiveOutput()
+
+    def count(self, batch: Batch) -> torch.Tensor | None:
+        """Items this objective's loss sums over for this (transformed) batch, or None
+        if it has no loss. Known before the forward so the runner can normalise by the
+        global count."""
+        return None
+
+    def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Counts for the losses in ``ObjectiveOutput.aux_losses``, keyed the same way."""
+        return {}
+
+    def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Extra per-example fields ``spactor preview --json`` shows."""
+        return {}

@@ -1,0 +1,25 @@
+"""Registers every built-in plugin, then third-party ones from entry points.
+
+The top layers (CLI, runner, tests) call :func:`load_plugins` before looking anything
+up; the registries themselves import nothing so that the import direction stays
+one-way.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from spactor.registry import load_entry_points
+
+BUILTIN_MODULES = (
+    "spactor.architectures.t5",
+    "spactor.objectives.span_corruption",
+    "spactor.data.sources",
+    "spactor.runners.optim",
+)
+
+
+def load_plugins() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    load_entry_points()

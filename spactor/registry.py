@@ -1,0 +1,111 @@
+"""Name-keyed plugin registries.
+
+One registry per plugin kind. An entry is a name, a config dataclass and a factory;
+configs select entries by name (``type: two_stage``), never by import path. Third-party
+packages add entries through the ``spactor.plugins`` entry-point group: each entry point
+names a module (or callable) that registers its plugins when imported/called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+ENTRY_POINT_GROUP = "spactor.plugins"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    config_cls: type
+    factory: Callable[..., T]
+    help: str = ""
+
+
+class RegistryError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """A name → (config dataclass, factory) table for one plugin kind."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(
+        self, name: str, config_cls: type, help: str = ""
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        if not dataclasses.is_dataclass(config_cls):
+            raise TypeError(f"{self.kind} '{name}': config must be a dataclass, got {config_cls!r}")
+
+        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries and self._entries[name].factory is not factory:
+                raise RegistryError(f"{self.kind} '{name}' is already registered")
+            doc = help or (factory.__doc__ or "").strip().splitlines()[0:1]
+            self._entries[name] = Entry(name, config_cls, factory, doc if isinstance(doc, str) else "".join(doc))
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise RegistryError(unknown_name_message(self.kind, name, self.names())) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+
+def closest(name: str, candidates: list[str]) -> str | None:
+    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
+    msg = f"unknown {kind} '{name}'; valid: {', '.join(valid) or '(none)'}"
+    hint = closest(name, valid)
+    return msg + (f"; did you mean '{hint}'?" if hint else "")
+
+
+OBJECTIVES: Registry[Any] = Registry("objective")
+SCHEDULES: Registry[Any] = Registry("schedule")
+ARCHITECTURES: Registry[Any] = Registry("architecture")
+SOURCES: Registry[Any] = Registry("source")
+OPTIMIZERS: Registry[Any] = Registry("optimizer")
+LR_SCHEDULES: Registry[Any] = Registry("lr_schedule")
+
+ALL_REGISTRIES: dict[str, Registry[Any]] = {
+    r.kind: r for r in (OBJECTIVES, SCHEDULES, ARCHITECTURES, SOURCES, OPTIMIZERS, LR_SCHEDULES)
+}
+
+_entry_points_loaded = False
+
+
+def load_entry_points() -> None:
+    """Import every third-party plugin registered under ``spactor.plugins``, once.
+
+    An entry point may name a module (importing it registers its plugins) or a callable
+    (called with no arguments).
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        loaded = ep.load()
+        if callable(loaded):
+            loaded()
