@@ -13,7 +13,15 @@ from spactor.registry import load_entry_points
 
 BUILTIN_MODULES = (
     "spactor.architectures.t5",
+    "spactor.architectures.encoder",
     "spactor.objectives.span_corruption",
+    "spactor.objectives.mlm_mask",
+    "spactor.objectives.rtd",
+    "spactor.objectives.mlm",
+    "spactor.schedules.two_stage",
+    "spactor.schedules.anneal",
+    "spactor.schedules.temperature",
+    "spactor.schedules.adaptive",
     "spactor.data.sources",
     "spactor.runners.optim",
 )

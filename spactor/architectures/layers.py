@@ -81,6 +81,8 @@ def relative_position_bucket(
     logarithmically, and everything beyond ``max_distance`` lands in the last bucket.
     """
     exact_limit = num_buckets // (4 if bidirectional else 2)
+    if exact_limit < 1:
+        raise ValueError(f"num_buckets ({num_buckets}) too small: need >= {4 if bidirectional else 2}")
     if max_distance <= exact_limit:
         raise ValueError(f"max_distance ({max_distance}) must exceed the exact range ({exact_limit})")
     buckets = torch.zeros_like(relative_position)

@@ -4,8 +4,10 @@ An objective may do any of three things, in the order the runner calls them:
 
 1. ``transform(batch, rng)``: corrupt the batch without gradients (span corruption,
    MLM masking). Runs on the training device, vectorised, with a seeded generator.
-2. ``modify(batch, model)``: change the encoder input with a trained module (the RTD
-   generator); may return a loss of its own (``L_G``).
+2. ``modify(batch, model, rng)``: change the encoder input with a trained module (the RTD
+   generator); may return a loss of its own (``L_G``). It may set
+   ``batch["encoder_embeds"]`` to feed the encoder embeddings instead of ids (DeBERTa-v3
+   gradient-disentangled sharing).
 3. ``loss(batch, encoder_hidden, model)``: a loss on the discriminator's outputs. The
    runner encodes once and hands the same encoder states to every objective.
 
@@ -110,6 +112,14 @@ class Objective(nn.Module):
         current = getattr(self.cfg, knob)
         setattr(self.cfg, knob, bool(value) if isinstance(current, bool) else float(value))
 
+    def is_off(self) -> bool:
+        """True when the knobs have turned this objective off (the runner switches to
+        stage 2 once every stage-1 objective is off)."""
+        return not self.enabled or self.weight == 0
+
+    def release(self) -> None:
+        """Drop modules and buffers before the objective is removed at the stage switch."""
+
     @property
     def weight(self) -> float:
         return float(getattr(self.cfg, "weight", 1.0))
@@ -118,11 +128,16 @@ class Objective(nn.Module):
     def enabled(self) -> bool:
         return bool(getattr(self.cfg, "enabled", True))
 
+    def raw_length(self, input_length: int) -> int:
+        """Raw chunk length the data must deliver so this objective's output has
+        ``input_length`` tokens (span corruption shortens its input; most keep it)."""
+        return input_length
+
     # -- the three roles -------------------------------------------------------------
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
         return batch
 
-    def modify(self, batch: Batch, model: Any) -> tuple[Batch, ObjectiveOutput]:
+    def modify(self, batch: Batch, model: Any, rng: torch.Generator) -> tuple[Batch, ObjectiveOutput]:
         return batch, ObjectiveOutput()
 
     def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Any) -> ObjectiveOutput:

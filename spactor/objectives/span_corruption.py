@@ -21,12 +21,13 @@ a handful of tensor ops on the batch's device, without host syncs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from spactor.architectures.base import Architecture
 from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput, Vocab
 from spactor.registry import OBJECTIVES
 
@@ -72,9 +73,9 @@ def span_counts(length: int, noise_density: float, mean_noise_span_length: float
     """
     if length < 2:
         raise ValueError(f"{CONFIG_PATH}: span corruption needs at least 2 tokens per chunk, got {length}")
-    num_noise = int(round(length * noise_density))
+    num_noise = round(length * noise_density)
     num_noise = min(max(num_noise, 1), length - 1)
-    num_spans = max(1, int(round(num_noise / mean_noise_span_length)))
+    num_spans = max(1, round(num_noise / mean_noise_span_length))
     # Every span must be non-empty. T5 would silently produce empty segments here (and
     # then merge neighbouring spans, changing the sequence length per example); that only
     # happens for degenerate settings (density above ~μ/(μ+1), or μ < 1), so cap instead.
@@ -188,7 +189,9 @@ def span_corrupt(
     ``generator``, which must live on ``original``'s device.
     """
     if original.dim() != 2:
-        raise ValueError(f"objectives.{name}: expected raw chunks of shape (B, N), got {tuple(original.shape)}")
+        raise ValueError(
+            f"objectives.{name}: expected raw chunks of shape (B, N), got {tuple(original.shape)}"
+        )
     batch_size, length = original.shape
     counts = span_counts(length, noise_density, mean_noise_span_length)
     check_sentinels(counts, vocab, name)
@@ -207,11 +210,16 @@ def span_corrupt(
     # Non-noise span k and the noise span k after it share sentinel k (T5 numbers both
     # kinds of span from 0 in order, and they alternate starting with non-noise).
     sentinel = vocab.first_sentinel_id - torch.div(span_index, 2, rounding_mode="floor")
+    sentinel = sentinel.to(original.dtype)
 
     # Encoder: keep non-noise tokens, the first token of each noise span becomes its sentinel.
-    enc = _compact(torch.where(noise, sentinel, original), ~noise | span_start, counts.num_nonnoise + counts.num_spans)
+    enc = _compact(
+        torch.where(noise, sentinel, original), ~noise | span_start, counts.num_nonnoise + counts.num_spans
+    )
     # Target: the mirror image.
-    tgt = _compact(torch.where(noise, original, sentinel), noise | span_start, counts.num_noise + counts.num_spans)
+    tgt = _compact(
+        torch.where(noise, original, sentinel), noise | span_start, counts.num_noise + counts.num_spans
+    )
 
     eos = torch.full((batch_size, 1), vocab.eos_id, dtype=original.dtype, device=device)
     enc = torch.cat([enc, eos], dim=1)
@@ -276,7 +284,9 @@ class SpanCorruption(Objective):
     def __init__(self, cfg: SpanCorruptionConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
         if not 0.0 < cfg.noise_density < 1.0:
-            raise ValueError(f"objectives.{ctx.name}.noise_density must be in (0, 1), got {cfg.noise_density}")
+            raise ValueError(
+                f"objectives.{ctx.name}.noise_density must be in (0, 1), got {cfg.noise_density}"
+            )
         if not cfg.mean_noise_span_length > 0.0:
             raise ValueError(
                 f"objectives.{ctx.name}.mean_noise_span_length must be > 0, got {cfg.mean_noise_span_length}"
@@ -284,9 +294,12 @@ class SpanCorruption(Objective):
         self.input_length = ctx.input_length
         # Fail at build time, not at the first batch, if the configured encoder length
         # would need more sentinels than there are.
-        self.raw_length = max_raw_length(ctx.input_length, cfg.noise_density, cfg.mean_noise_span_length)
-        self.counts = span_counts(self.raw_length, cfg.noise_density, cfg.mean_noise_span_length)
+        self.chunk_length = self.raw_length(ctx.input_length)
+        self.counts = span_counts(self.chunk_length, cfg.noise_density, cfg.mean_noise_span_length)
         check_sentinels(self.counts, self.vocab, self.name)
+
+    def raw_length(self, input_length: int) -> int:
+        return max_raw_length(input_length, self.cfg.noise_density, self.cfg.mean_noise_span_length)
 
     @torch.no_grad()
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
@@ -304,7 +317,7 @@ class SpanCorruption(Objective):
     def count(self, batch: Batch) -> torch.Tensor:
         return (batch["decoder_target"] != self.vocab.pad_id).sum()
 
-    def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model) -> ObjectiveOutput:
+    def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Architecture) -> ObjectiveOutput:
         """Unweighted summed token cross-entropy; the runner multiplies by ``weight`` and
         divides by the global ``count``."""
         target = batch["decoder_target"]
@@ -313,7 +326,10 @@ class SpanCorruption(Objective):
         logits = model.lm_logits(hidden).float()  # CE in fp32 whatever the compute dtype
         valid = target != self.vocab.pad_id
         total = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=self.vocab.pad_id, reduction="sum"
+            logits.reshape(-1, logits.shape[-1]),
+            target.reshape(-1),
+            ignore_index=self.vocab.pad_id,
+            reduction="sum",
         )
         count = valid.sum()
         with torch.no_grad():

@@ -10,8 +10,11 @@ input modifiers (generator), encode once, run every loss objective, and backprop
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from spactor.runners.checkpoint import Checkpointer
 from spactor.runners.data import DataPipeline, build_data
 from spactor.runners.metrics import MetricsWriter, Progress
 from spactor.runners.optim import set_lr
+from spactor.schedules.base import build as build_schedules
 
 
 @dataclass
@@ -97,6 +101,15 @@ def build_objectives(resolved: Resolved, vocab: Vocab, model: nn.Module) -> dict
     return objectives
 
 
+def raw_length_for(objectives: dict[str, Objective], input_length: int) -> int:
+    """Fold the objectives' length needs, last transform first: each maps the length it
+    must output to the length it needs as input (span corruption: 512 → 568)."""
+    length = input_length
+    for obj in reversed(list(objectives.values())):
+        length = obj.raw_length(length)
+    return length
+
+
 def _has_loss(obj: Objective) -> bool:
     return type(obj).loss is not Objective.loss or type(obj).modify is not Objective.modify
 
@@ -127,7 +140,7 @@ def loss_counts(objectives: dict[str, Objective], batch: Batch) -> dict[str, tor
 
 
 def forward_losses(
-    modules: TrainModules, batch: Batch
+    modules: TrainModules, batch: Batch, rng: torch.Generator
 ) -> tuple[dict[str, tuple[LossTerm, float]], dict[str, torch.Tensor]]:
     """Modifiers, one encode, every loss. Returns {loss name: (term, weight)} and metrics."""
     objectives: dict[str, Objective] = dict(modules.objectives.items())  # type: ignore[arg-type]
@@ -143,11 +156,13 @@ def forward_losses(
         metrics.update(out.metrics)
 
     for name, obj in objectives.items():
-        batch, out = obj.modify(batch, model)
+        batch, out = obj.modify(batch, model, rng)
         collect(name, obj, out)
     pad = objectives[next(iter(objectives))].vocab.pad_id
     mask = batch["encoder_input"] != pad
-    hidden = model.encode(batch["encoder_input"], attention_mask=mask, inputs_embeds=batch.get("encoder_embeds"))
+    embeds = batch.get("encoder_embeds")
+    ids = batch["encoder_input"] if embeds is None else None
+    hidden = model.encode(ids, attention_mask=mask, inputs_embeds=embeds)
     for name, obj in objectives.items():
         collect(name, obj, obj.loss(batch, hidden, model))
     return losses, metrics
@@ -181,7 +196,7 @@ def train_step(
     metric_sums: dict[str, torch.Tensor] = {}
     for mb in prepared:
         with _autocast(amp_dtype, mb["encoder_input"].device):
-            losses, metrics = forward_losses(modules, mb)
+            losses, metrics = forward_losses(modules, mb, rng)
         loss = torch.zeros((), device=mb["encoder_input"].device)
         for name, (term, weight) in losses.items():
             normalised = term.total.float() / counts[name].clamp(min=1)
@@ -248,12 +263,60 @@ def evaluate(
             break
         batch = apply_transforms(objectives, batch, rng)
         with _autocast(amp_dtype, data.device):
-            losses, _ = forward_losses(modules, batch)
+            losses, _ = forward_losses(modules, batch, rng)
         for name, (term, _) in losses.items():
             sums[name] = sums.get(name, 0.0) + float(term.total)
             counts[name] = counts.get(name, 0.0) + float(term.count)
     modules.train(was_training)
     return {f"val/loss/{k}": sums[k] / max(counts[k], 1.0) for k in sums}
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def knob_values(objectives: dict[str, Objective]) -> dict[str, float]:
+    return {f"objectives.{name}.{k}": v for name, obj in objectives.items() for k, v in obj.knobs().items()}
+
+
+def apply_knobs(objectives: dict[str, Objective], values: dict[str, float]) -> None:
+    for path, value in values.items():
+        _, name, knob = path.split(".", 2)
+        if name in objectives:  # released stage-1 objectives no longer take values
+            objectives[name].set_knob(knob, value)
+
+
+def stage1_finished(objectives: dict[str, Objective]) -> bool:
+    """Every stage-1 objective has been turned off by its knobs (e.g. λ1 and the MLM
+    ratio annealed to 0): the hybrid stage is over even without a two_stage schedule."""
+    stage1 = [o for o in objectives.values() if o.STAGE1_ONLY]
+    return bool(stage1) and all(o.is_off() for o in stage1)
+
+
+def release_stage1(
+    modules: TrainModules, objectives: dict[str, Objective], optimizer: torch.optim.Optimizer | None
+) -> list[str]:
+    """Switch to stage 2: drop the stage-1 objectives (generator, RTD head, MLM masking),
+    their parameters from the optimizer and their optimizer state, and free the memory."""
+    released = [name for name, obj in objectives.items() if obj.STAGE1_ONLY]
+    for name in released:
+        objectives[name].release()
+        del modules.objectives[name]
+        del objectives[name]
+    if optimizer is not None:
+        keep = {id(p) for p in modules.parameters()}
+        for group in optimizer.param_groups:
+            dropped = [p for p in group["params"] if id(p) not in keep]
+            group["params"] = [p for p in group["params"] if id(p) in keep]
+            for p in dropped:
+                optimizer.state.pop(p, None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return released
+
+
+def trainable_parameters(modules: nn.Module) -> list[nn.Parameter]:
+    return [p for p in modules.parameters() if p.requires_grad]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -267,23 +330,42 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
 
     run_dir = Path(resume_dir) if resume_dir is not None else Path(cfg.run.dir or default_run_dir(resolved.recipe))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(resolved.to_yaml())
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
+    resume_from = None
+    if resume_dir is not None or not cfg.run.fresh:
+        resume_from, skipped = checkpointer.latest_valid()
+        for problem in skipped:
+            print(f"skipping checkpoint {problem}", flush=True)
+    elif checkpointer.list():
+        for old in checkpointer.list():
+            shutil.rmtree(old)
+    (run_dir / "config.yaml").write_text(resolved.to_yaml())
 
     torch.manual_seed(tcfg.seed)
     data = build_data(resolved, device=device, run_dir=run_dir)
-    model = build_model(resolved, data.vocab).to(device)
+    model = build_model(resolved, data.vocab)
     objectives = build_objectives(resolved, data.vocab, model)
-    modules = TrainModules(model, objectives).to(device)
-    modules.train()
-    optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config, modules.parameters())
+    data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
+    schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps)
+    modules = TrainModules(model, objectives)
+
+    step, tokens_seen, stage = 0, 0, 1
+    shared: dict[str, Any] = {}
+    if resume_from is not None:
+        shared = checkpoint_shared(resume_from)
+        stage = int(shared.get("stage", 1))
+        schedules.load_state_dict(shared.get("schedules", {}))
+    if stage == 1 and schedules.stage(int(shared.get("step", 0))) == 2:
+        stage = 2  # tau = 0: the SC baseline from the first step
+    if stage == 2:
+        release_stage1(modules, objectives, optimizer=None)  # before the optimizer exists
+
+    modules.to(device).train()
+    optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config, trainable_parameters(modules))
     lr_at = LR_SCHEDULES.get(resolved.lr_schedule.type).factory(resolved.lr_schedule.config)
     rng = seeded_generator(tcfg.seed + 1, device)
 
-    step, tokens_seen = 0, 0
-    resumed = None
-    if not (cfg.run.fresh and resume_dir is None):
-        resumed = checkpointer.load(modules, optimizer)
+    resumed = checkpointer.load(modules, optimizer, resume_from) if resume_from is not None else None
     if resumed is not None:
         step = resumed.step
         tokens_seen = int(resumed.shared.get("tokens_seen", 0))
@@ -293,7 +375,7 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
             torch.set_rng_state(resumed.local["torch_rng"])
             if device.type == "cuda" and "cuda_rng" in resumed.local:
                 torch.cuda.set_rng_state(resumed.local["cuda_rng"], device)
-        print(f"resumed from {resumed.path} at step {step}", flush=True)
+        print(f"resumed from {resumed.path} at step {step} (stage {stage})", flush=True)
     start_step = step
 
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
@@ -307,13 +389,19 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
         local = {"data": data.state_dict(), "rng": rng.get_state(), "torch_rng": torch.get_rng_state()}
         if device.type == "cuda":
             local["cuda_rng"] = torch.cuda.get_rng_state(device)
-        checkpointer.save(step, modules, optimizer, shared={"tokens_seen": tokens_seen}, local=local)
+        state = {"step": step, "stage": stage, "tokens_seen": tokens_seen, "schedules": schedules.state_dict()}
+        checkpointer.save(step, modules, optimizer, shared=state, local=local)
 
     train_iter: Iterator[Batch] = iter(data.train_batches())
     t_start = time.monotonic()
     t_window, tokens_window = time.perf_counter(), 0
     try:
         while step < tcfg.max_steps:
+            apply_knobs(objectives, schedules.values(step))
+            switched = None
+            if stage == 1 and (schedules.stage(step) == 2 or stage1_finished(objectives)):
+                switched = release_stage1(modules, objectives, optimizer)
+                stage = 2
             set_lr(optimizer, lr_at(step))
             batch = next(train_iter)
             out = train_step(modules, optimizer, batch, rng, tcfg.grad_accum_steps, tcfg.clip_grad_norm, amp_dtype)
@@ -325,14 +413,16 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
             if not math.isfinite(out.loss):
                 raise FloatingPointError(f"non-finite loss {out.loss} at step {step}")
 
-            record: dict[str, Any] = {"step": step, "stage": 1, "loss": out.loss}
+            record: dict[str, Any] = {"step": step, "stage": stage, "loss": out.loss}
+            if switched is not None:
+                record["stage_switch_step"] = step - 1  # 0-based count of updates before stage 2
+                record["released"] = switched
             record.update({f"loss/{k}": v for k, v in out.losses.items()})
             record.update(out.metrics)
             record["lr"] = optimizer.param_groups[0]["lr"]
             record["grad_norm"] = out.grad_norm
-            for name, obj in objectives.items():
-                for knob, value in obj.knobs().items():
-                    record[f"knob/objectives.{name}.{knob}"] = value
+            record.update({f"knob/{k}": v for k, v in knob_values(objectives).items()})
+            schedules.observe(step, record)
             if step % tcfg.log_every == 0 or step == tcfg.max_steps:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -347,7 +437,7 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
                     result.val = evaluate(modules, data, tcfg.eval_batches, tcfg.seed + 2, amp_dtype)
                     record.update(result.val)
                 metrics.write(record)
-                progress.update(step, {"loss": out.loss, "lr": record["lr"], "tok/s": record["tokens_per_s"]})
+                progress.update(step, {"loss": out.loss, "stage": stage, "tok/s": record["tokens_per_s"]})
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step != tcfg.max_steps:
                 save()
                 t_window = time.perf_counter()
@@ -361,5 +451,9 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
     return result
 
 
-def resolved_config_dict(resolved: Resolved) -> dict[str, Any]:
-    return as_dict(resolved)
+def checkpoint_shared(path: Path) -> dict[str, Any]:
+    """The state every rank shares (stage, schedules, counters), read before the modules
+    move to the device: a run resumed after the switch drops its stage-1 modules before
+    they take device memory or optimizer state, and never loads weights into them."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    return {"step": manifest["step"], **manifest.get("shared", {})}

@@ -50,7 +50,7 @@ def test_causal_buckets_known_values():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(2, 128), st.integers(1, 512), st.booleans())
+@given(st.integers(4, 128), st.integers(1, 512), st.booleans())
 def test_buckets_in_range_and_monotone(num_buckets, extra_distance, bidirectional):
     max_distance = num_buckets // (4 if bidirectional else 2) + extra_distance
     rp = torch.arange(-3 * max_distance, 3 * max_distance + 1)

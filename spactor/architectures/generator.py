@@ -1,0 +1,258 @@
+"""The RTD generator: a small encoder-only MLM that fills [M] positions (ELECTRA, SpacTor).
+
+Built by the ``rtd`` objective next to the discriminator D, not registered in
+``ARCHITECTURES``: it is part of that objective and talks to D only through D's token
+embedding (an ``nn.Embedding`` of width ``embedding_dim`` = D's hidden size).
+
+Embedding sharing (``embedding_sharing``):
+
+* ``shared`` — G reads D's ``token_embedding`` (the same Parameter; ELECTRA, SpacTor). G
+  does not register it, so it appears once in the state dict (under D) and once in the
+  optimizer.
+* ``none`` — G owns its embedding.
+* ``gdes`` — DeBERTa-v3 gradient-disentangled sharing: G owns E_G; the rtd objective
+  feeds D ``stop_grad(E_G[ids]) + E_D[ids]``, D's own embedding playing E_Δ.
+
+In every mode G's embedding has D's width, so a generator trained with one mode loads into
+another. Where G's width ``d_model`` differs, a Linear projects in (embedding → G) and out
+(G → embedding).
+
+Output logits are a linear projection to the vocabulary tied to the embedding G reads (D's
+when shared: the paper's W^G is then the shared embedder), plus a per-token bias. With the
+T5 layout (``norm: rmsnorm``, embedding std 1) the tied projection is scaled by
+``embedding_dim^-0.5`` as T5 v1.0 does; BERT-style embeddings (std 0.02) are not scaled.
+So match G's ``norm`` to D's.
+
+``masked_logits`` computes the vocabulary projection only at the masked positions
+(``n_masked × V``); ``logits_all`` computes ``B × L × V`` (the paper's cost, for
+comparisons).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.distributed.checkpoint as dcp
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from spactor.architectures.encoder import EncoderBody, EncoderSpec
+
+SHARING_MODES = ("shared", "none", "gdes")
+EMBEDDING_KEY = "embedding.weight"  # G's own embedding in its state dict (none, gdes)
+DISCRIMINATOR_EMBEDDING_KEY = "model.token_embedding.weight"  # D's, inside a run's ``model``
+
+
+@dataclass
+class GeneratorConfig:
+    num_layers: int = 4
+    d_model: int = 768
+    num_heads: int = 12
+    d_ff: int = 1024
+    d_kv: int = 64
+    norm: str = "rmsnorm"  # rmsnorm (T5 blocks) | layernorm (BERT/ELECTRA blocks)
+    positions: str = "relative"  # relative | learned
+    max_positions: int = 512
+    dropout: float = 0.0
+    attention: str = "sdpa"
+    embedding_sharing: str = "shared"  # shared | none | gdes
+
+
+class Generator(nn.Module):
+    """Encoder-only MLM generator; see the module docstring for sharing and the head."""
+
+    def __init__(self, cfg: GeneratorConfig, embedding: nn.Embedding) -> None:
+        """``embedding``: D's token embedding (read when shared, else only its shape)."""
+        super().__init__()
+        if cfg.embedding_sharing not in SHARING_MODES:
+            raise ValueError(
+                f"unknown embedding_sharing '{cfg.embedding_sharing}'; valid: {', '.join(SHARING_MODES)}"
+            )
+        self.config = cfg
+        self.spec = EncoderSpec(
+            d_model=cfg.d_model,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            d_ff=cfg.d_ff,
+            d_kv=cfg.d_kv,
+            norm=cfg.norm,
+            positions=cfg.positions,
+            max_positions=cfg.max_positions,
+            dropout=cfg.dropout,
+            attention=cfg.attention,
+        )
+        self.sharing = cfg.embedding_sharing
+        self.vocab_size, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        if self.sharing == "shared":
+            # A tuple keeps nn.Module from registering D's embedding as G's submodule. The
+            # module (not its Parameter) is kept so a later re-wrap of D (FSDP) is seen.
+            self._borrowed: tuple[nn.Embedding, ...] = (embedding,)
+            self.embedding = None
+        else:
+            self._borrowed = ()
+            self.embedding = nn.Embedding(self.vocab_size, self.embedding_dim)
+        width_differs = self.embedding_dim != cfg.d_model
+        bias = not self.spec.t5_style
+        self.proj_in = nn.Linear(self.embedding_dim, cfg.d_model, bias=bias) if width_differs else None
+        self.body = EncoderBody(self.spec)
+        self.proj_out = nn.Linear(cfg.d_model, self.embedding_dim, bias=bias) if width_differs else None
+        self.output_bias = nn.Parameter(torch.zeros(self.vocab_size))
+        self.output_scale = self.embedding_dim**-0.5 if self.spec.t5_style else 1.0
+        self.init_weights()
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The embedding G reads: D's when shared, else G's own (E_G)."""
+        return self._borrowed[0] if self._borrowed else self.embedding  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Init what G owns (never D's borrowed embedding)."""
+        spec = self.spec
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, std=spec.embedding_std)
+        for proj in (self.proj_in, self.proj_out):
+            if proj is not None:
+                nn.init.normal_(proj.weight, std=spec.dense_std(proj.in_features))
+                if proj.bias is not None:
+                    nn.init.zeros_(proj.bias)
+        self.body.init_weights()
+        nn.init.zeros_(self.output_bias)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, L, d_model)`` contextual states of G."""
+        x = self.token_embedding(input_ids)
+        if self.proj_in is not None:
+            x = self.proj_in(x)
+        return self.body(x, attention_mask)
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits for G's hidden states of any leading shape."""
+        if self.proj_out is not None:
+            hidden = self.proj_out(hidden)
+        return F.linear(hidden * self.output_scale, self.token_embedding.weight, self.output_bias)
+
+    def masked_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``(n_masked, V)`` logits at ``positions_mask`` (row-major order); the vocabulary
+        projection runs on those rows only, never on ``B × L``."""
+        return self.project(self.hidden_states(input_ids, attention_mask)[positions_mask])
+
+    def logits_all(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, L, V)`` logits at every position (what the paper's cost assumes)."""
+        return self.project(self.hidden_states(input_ids, attention_mask))
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.masked_logits(input_ids, attention_mask, positions_mask)
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.body.blocks)
+
+
+# -- loading a trained generator (Fast-ELECTRA) ----------------------------------------------
+
+
+def load_generator_weights(generator: Generator, path: str | Path, objective_name: str = "rtd") -> str:
+    """Load ``generator``'s weights from a trained run and return where they came from.
+
+    ``path`` may be a spactor run directory (its newest complete ``checkpoints/step_*``), a
+    checkpoint directory (``step_*``), a DCP directory, or a ``torch.save``d state dict
+    (``.pt``; G-local keys, or a whole run's ``model`` state dict). In a run the generator's
+    keys are ``objectives.<name>.generator.*`` inside the saved ``model`` dict; only those
+    are read (a partial ``dcp.load``). A generator trained with ``shared`` embeddings has
+    no embedding of its own: D's ``model.token_embedding.weight`` of the same run stands in.
+    """
+    wanted = set(generator.state_dict())
+    kind, source = _locate(Path(path))
+    if kind == "dcp":
+        keys, shapes = _dcp_tensor_keys(source)
+        mapping = _key_mapping(keys, wanted, objective_name, source)
+        state = {full: torch.empty(shapes[full][0], dtype=shapes[full][1]) for full in mapping.values()}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            warnings.filterwarnings("ignore", message=".*process group.*")
+            dcp.load(state, checkpoint_id=source)
+    else:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+        if isinstance(state.get("model"), dict):  # {"model": ..., "optim": ...} layouts
+            state = state["model"]
+        mapping = _key_mapping(state.keys(), wanted, objective_name, source)
+    local = {k: state[full] for k, full in mapping.items()}
+    generator.load_state_dict(local, strict=True)
+    return str(source)
+
+
+def _locate(path: Path) -> tuple[str, Path]:
+    """("dcp" | "torch", the file or DCP directory to read)."""
+    if path.is_file():
+        return "torch", path
+    if (path / ".metadata").is_file():
+        return "dcp", path
+    if (path / "dcp" / ".metadata").is_file():
+        return "dcp", path / "dcp"
+    # A run directory. The runner renames a checkpoint into place only when complete and
+    # writes its manifest last, so "has a manifest" is enough here (a lighter check than
+    # spactor.runners.checkpoint.verify, which objectives must not import).
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    steps = sorted(p for p in root.glob("step_*") if (p / "manifest.json").is_file() and (p / "dcp" / ".metadata").is_file())
+    if steps:
+        return "dcp", steps[-1] / "dcp"
+    raise FileNotFoundError(
+        f"generator_checkpoint {path}: not a state-dict file, a DCP directory, a checkpoint directory "
+        f"or a run directory with complete checkpoints"
+    )
+
+
+def _dcp_tensor_keys(dcp_dir: Path) -> tuple[list[str], dict[str, tuple[torch.Size, torch.dtype]]]:
+    metadata = dcp.FileSystemReader(str(dcp_dir)).read_metadata()
+    shapes = {
+        key: (meta.size, meta.properties.dtype)
+        for key, meta in metadata.state_dict_metadata.items()
+        if isinstance(meta, TensorStorageMetadata)
+    }
+    return list(shapes), shapes
+
+
+def _key_mapping(keys: Iterable[str], wanted: set[str], name: str, source: Path) -> dict[str, str]:
+    """G-local key → key in the source, for every key of ``wanted``."""
+    keys = set(keys)
+    prefix = _find_prefix(keys, wanted, name, source)
+    mapping = {k: prefix + k for k in wanted if prefix + k in keys}
+    if EMBEDDING_KEY in wanted and EMBEDDING_KEY not in mapping:
+        # Trained with shared embeddings: D's embedding of the same run is G's.
+        root = prefix[: prefix.rfind("objectives.")] if "objectives." in prefix else ""
+        if root + DISCRIMINATOR_EMBEDDING_KEY in keys:
+            mapping[EMBEDDING_KEY] = root + DISCRIMINATOR_EMBEDDING_KEY
+    missing = sorted(wanted - set(mapping))
+    if missing:
+        raise KeyError(f"generator checkpoint {source}: no weights for {', '.join(missing)} (under '{prefix}')")
+    return mapping
+
+
+def _find_prefix(keys: set[str], wanted: set[str], name: str, source: Path) -> str:
+    """The prefix under which every non-embedding key of G exists; prefers the objective
+    called ``name`` when a run holds several generators."""
+    required = sorted(wanted - {EMBEDDING_KEY})
+    anchor = required[0]
+    candidates = {k[: len(k) - len(anchor)] for k in keys if k == anchor or k.endswith("." + anchor)}
+    complete = sorted(p for p in candidates if all(p + k in keys for k in required))
+    if len(complete) > 1:
+        preferred = [p for p in complete if p.endswith(f"objectives.{name}.generator.")]
+        complete = preferred or complete
+    if len(complete) != 1:
+        found = sorted({k[: k.find("generator.") + len("generator.")] for k in keys if "generator." in k})
+        what = "several" if complete else "no"
+        raise KeyError(
+            f"generator checkpoint {source}: {what} complete generator weights matching this generator's "
+            f"architecture (looked for '{anchor}' and {len(required) - 1} more keys); generator-like "
+            f"prefixes found: {', '.join(found) or '(none)'}"
+        )
+    return complete[0]

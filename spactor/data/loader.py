@@ -1,0 +1,293 @@
+"""A resumable loader of packed raw chunks.
+
+documents (``Source``) → shard by rank, then by worker → train/validation hold-out →
+optional shuffle within a window of documents → SentencePiece ids + EOS (batched) →
+one token stream cut into ``raw_length`` chunks → batches ``{"original": (B, raw_length)}``.
+
+Everything is a pure function of the document numbering, so the position in the stream
+is four small numbers (epoch, first document of the current block, tokens carried into
+that block, chunks already emitted from it). Restoring re-reads and re-tokenises at most
+one block, and a checkpoint stays small (no token buffers beyond < ``raw_length`` ids).
+``torchdata``'s ``StatefulDataLoader`` collects this state from every worker, so
+``loader.state_dict()`` / ``loader.load_state_dict()`` resume the exact same batches.
+
+Sharding: global shard = ``rank * num_workers + worker_id``; document ``j`` belongs to
+shard ``j % (world_size * num_workers)``. Resuming therefore needs the same world size
+and ``num_workers``; a mismatch raises ``DataError``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from typing import Any, Iterable, Iterator, TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from spactor.data.chunking import Packer
+from spactor.data.sources import DataError, Source, first_document, probing
+from spactor.data.tokenizer import Tokenizer
+
+SPLITS = ("train", "validation")
+HOLDOUT_BUCKETS = 10_000
+STATE_VERSION = 1
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- hold-out
+
+
+def mix64(x: int) -> int:
+    """SplitMix64's finaliser: a fixed, well-mixed 64-bit integer hash (stable across
+    Python versions and processes, unlike ``hash``)."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def is_validation(index: int, validation_fraction: float) -> bool:
+    """Whether document ``index`` is held out. Depends on the index alone (not the
+    seed, rank or worker count), so the split never changes between runs."""
+    return mix64(index) % HOLDOUT_BUCKETS < round(validation_fraction * HOLDOUT_BUCKETS)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class StreamState:
+    """Where a shard's stream stands, after the last chunk it yielded."""
+
+    epoch: int = 0
+    index: int = 0  # first document of the current block (or of the next one)
+    carry: list[int] = field(default_factory=list)  # tokens carried into that block
+    emitted: int = 0  # chunks already yielded from carry + the block's tokens
+    finished: bool = False  # validation: the single pass is over
+
+
+def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+def _shard_of_this_process(rank: int, world_size: int) -> tuple[int, int, int]:
+    """(global shard, number of shards, workers per rank) for the calling process."""
+    info = get_worker_info()
+    worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * num_workers + worker_id, world_size * num_workers, num_workers
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class PackedChunks(IterableDataset):
+    """Yields ``raw_length``-token ``LongTensor`` chunks of one split of ``source``.
+
+    ``train`` loops over epochs forever; each epoch re-reads the shard's documents (in a
+    new shuffled order when ``shuffle_window`` > 0) and the token stream runs on across
+    the epoch boundary. ``validation`` makes one pass and drops the final partial chunk.
+
+    ``shuffle_window`` (train only): documents are read in blocks of this many and
+    permuted within the block with an RNG keyed by (seed, epoch, shard, block), so the
+    order is reproducible without storing the RNG. 0 keeps file order. A resume
+    re-tokenises up to one block, so keep it in the thousands, not millions.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        tokenizer: Tokenizer,
+        raw_length: int,
+        *,
+        split: str = "train",
+        validation_fraction: float = 0.0,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle_window: int = 0,
+        encode_batch_size: int = 64,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not 0.0 <= validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        if split == "validation" and round(validation_fraction * HOLDOUT_BUCKETS) == 0:
+            raise DataError("the validation split is empty: set validation_fraction > 0 (e.g. 0.01)")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        if raw_length < 1 or encode_batch_size < 1 or shuffle_window < 0:
+            raise ValueError("raw_length and encode_batch_size must be >= 1, shuffle_window >= 0")
+        self.source = source
+        self.tokenizer = tokenizer
+        self.raw_length = raw_length
+        self.split = split
+        self.validation_fraction = validation_fraction
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.shuffle_window = shuffle_window if split == "train" else 0
+        self.encode_batch_size = encode_batch_size
+        self._state = StreamState()
+        self._resume = False
+
+    # -- checkpointing (called by StatefulDataLoader, in the worker that owns the copy) --
+    def state_dict(self) -> dict[str, Any]:
+        shard, num_shards, _ = _shard_of_this_process(self.rank, self.world_size)
+        state = asdict(self._state)  # deep copy: the live carry list keeps changing
+        return {"version": STATE_VERSION, "split": self.split, "shard": shard, "num_shards": num_shards, **state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"unknown data-loader state version {state.get('version')!r}")
+        if state["split"] != self.split:
+            raise DataError(f"data-loader state is for split '{state['split']}', not '{self.split}'")
+        self._saved_shard = (state["shard"], state["num_shards"])
+        fields = {k: state[k] for k in ("epoch", "index", "carry", "emitted", "finished")}
+        self._state = StreamState(**{**fields, "carry": list(fields["carry"])})
+        self._resume = True  # the next __iter__ continues from here
+
+    # -- iteration ------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        shard, num_shards, num_workers = _shard_of_this_process(self.rank, self.world_size)
+        if self._resume:
+            if self._saved_shard != (shard, num_shards):
+                raise DataError(
+                    f"data-loader state was saved by shard {self._saved_shard[0]} of {self._saved_shard[1]}, "
+                    f"but this is shard {shard} of {num_shards}: resume with the same world size and num_workers"
+                )
+            self._resume = False
+        else:
+            self._state = StreamState()
+        # One SentencePiece thread per worker when several workers share the cores.
+        threads = -1 if num_workers == 1 else max(1, (os.cpu_count() or 1) // num_workers)
+        return self._stream(self._state, shard, num_shards, threads)
+
+    def _stream(self, st: StreamState, shard: int, num_shards: int, threads: int) -> Iterator[torch.Tensor]:
+        block_size = self.shuffle_window or self.encode_batch_size
+        while not st.finished:
+            from_start = st.index == 0
+            docs = self._split_documents(st.index, shard, num_shards)
+            saw_documents = False
+            for block in _batched(docs, block_size):
+                saw_documents = True
+                st.index = block[0][0]  # same block as before on resume: it starts at >= index
+                yield from self._emit_block(st, block, shard, threads)
+                st.index, st.emitted = block[-1][0] + 1, 0
+            if from_start and not saw_documents and self.split == "train":
+                # Without this a document-less shard would spin forever. (An empty
+                # validation shard just yields nothing; build_loader checks that the
+                # validation split as a whole is not empty.)
+                raise DataError(
+                    f"{self.split} shard {shard} of {num_shards} (rank {self.rank}) has no documents: "
+                    f"the source has fewer documents than ranks x workers, or the hold-out leaves none. "
+                    f"Source: {self.source.describe()}"
+                )
+            if self.split == "validation":
+                st.finished = True  # the remainder (< raw_length tokens) is dropped
+            else:
+                st.epoch, st.index = st.epoch + 1, 0
+
+    def _split_documents(self, start: int, shard: int, num_shards: int) -> Iterator[tuple[int, str]]:
+        want_validation = self.split == "validation"
+        for index, text in self.source.documents(start, shard, num_shards):
+            if is_validation(index, self.validation_fraction) == want_validation:
+                yield index, text
+
+    def _emit_block(
+        self, st: StreamState, block: list[tuple[int, str]], shard: int, threads: int
+    ) -> Iterator[torch.Tensor]:
+        """Tokenise one block and yield its chunks, skipping the ``st.emitted`` already
+        yielded before a checkpoint. ``st.carry`` stays the block's incoming carry until
+        the block is done, so the state is valid at every yield."""
+        texts = [text for _, text in block]
+        if self.shuffle_window:
+            order = np.random.default_rng([self.seed, st.epoch, shard, block[0][0]]).permutation(len(texts))
+            texts = [texts[i] for i in order]
+        packer = Packer(self.raw_length, st.carry)
+        produced = 0
+        for batch in _batched(texts, self.encode_batch_size):
+            for ids in self.tokenizer.encode_batch(batch, add_eos=True, num_threads=threads):
+                packer.add(ids)
+            for chunk in packer.take_chunks():
+                produced += 1
+                if produced > st.emitted:
+                    st.emitted = produced
+                    yield torch.tensor(chunk, dtype=torch.long)
+        st.carry = packer.carry
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def _check_validation_documents(source: Source, fraction: float, probe: int = 100_000) -> None:
+    """Fail fast if the hold-out of a small corpus is empty. Stops at the first held-out
+    document, so on a large corpus this reads about 1/fraction documents."""
+    with probing(source):
+        for n, (index, _) in enumerate(source.documents()):
+            if is_validation(index, fraction) or n >= probe:
+                return  # found one, or so many documents that the split cannot be empty
+    raise DataError(
+        f"the validation split is empty: no document of {source.describe()} falls in the "
+        f"{fraction:.2%} hold-out; raise validation_fraction or add documents"
+    )
+
+
+def collate_chunks(chunks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"original": torch.stack(chunks)}
+
+
+def build_loader(
+    source: Source,
+    tokenizer: Tokenizer,
+    raw_length: int,
+    batch_size: int,
+    *,
+    split: str = "train",
+    validation_fraction: float = 0.0,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle_window: int = 1024,
+    encode_batch_size: int = 64,
+    num_workers: int = 0,
+    **loader_kwargs: Any,
+) -> StatefulDataLoader:
+    """A checkpointable loader of ``{"original": LongTensor (batch_size, raw_length)}``.
+
+    ``num_workers=0`` tokenises in the training process (SentencePiece uses all cores
+    for each encode batch); ``num_workers > 0`` moves that into worker processes, and
+    ``state_dict()`` still resumes exactly (same ``num_workers`` required). Extra
+    keyword arguments go to ``StatefulDataLoader`` (``pin_memory``,
+    ``persistent_workers``, ``snapshot_every_n_steps``, ...). Validation batches keep
+    the last partial batch; train batches are always full.
+    """
+    dataset = PackedChunks(
+        source,
+        tokenizer,
+        raw_length,
+        split=split,
+        validation_fraction=validation_fraction,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        shuffle_window=shuffle_window,
+        encode_batch_size=encode_batch_size,
+    )
+    # Fail here, with a clear message, rather than inside a worker or never.
+    first_document(source)
+    if split == "validation":
+        _check_validation_documents(source, validation_fraction)
+    return StatefulDataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_chunks,
+        drop_last=split == "train",
+        **loader_kwargs,
+    )

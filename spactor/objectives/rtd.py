@@ -1,0 +1,310 @@
+"""Replaced token detection (ELECTRA; SpacTor stage 1; Fast-ELECTRA), objective ``rtd``.
+
+Runs after ``mlm_mask`` (which puts [M] at ``mlm_mask`` and keeps the originals in
+``mlm_labels``):
+
+* ``modify``: the generator G predicts the masked tokens; ``L_G`` = CE summed over the
+  masked positions (aux loss ``generator``, logged ``loss/generator``, weight
+  ``generator_weight``). Replacements are drawn by Gumbel-max on fp32 logits / temperature
+  under ``no_grad`` with the runner's seeded generator, written into ``encoder_input``;
+  ``rtd_labels`` = 1 where the token now differs from the original (a sample equal to the
+  original is *original*), 0 elsewhere and at padding.
+* ``loss``: an MLP head (``Linear(d, head_hidden) → GELU → Linear(head_hidden, 1)``) on
+  every non-pad encoder state, BCE-with-logits summed (``loss/rtd``, weight λ1 = ``weight``).
+
+Nothing D computes flows back into G: the replaced ids are integers, so the only shared
+path is the token embedder when ``embedding_sharing: shared`` (where D's gradient reaches
+it as D's own embedding). With ``gdes`` D's input is ``stop_grad(E_G[ids]) + E_D[ids]``,
+set through ``batch["encoder_embeds"]``. Simplification: only the encoder input gets the
+sum; T5's decoder and its tied LM head keep reading E_D alone, and E_D (E_Δ) keeps D's
+usual initialisation instead of DeBERTa-v3's zeros (zeroing it would zero T5's tied head).
+
+Samples never take special ids (pad, EOS, sentinels, [M]): labels never are special, and
+a sampled pad would turn a real position into padding for the runner's attention mask.
+
+``frozen`` (Fast-ELECTRA): G loaded from ``generator_checkpoint``, eval mode,
+``requires_grad_(False)``, forward under ``no_grad``; ``loss/generator`` is still logged
+with weight 0. ``release()`` drops G and the head at SpacTor's switch to stage 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spactor.architectures.generator import SHARING_MODES, Generator, GeneratorConfig, load_generator_weights
+from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
+from spactor.registry import OBJECTIVES
+
+GENERATOR_LOSS = "generator"  # aux-loss key → logged as loss/generator
+LOGIT_MODES = ("masked", "all")
+
+
+@dataclass
+class RTDConfig:
+    weight: float = 10.0  # knob: λ1 on the RTD loss (ELECTRA: 50)
+    generator_weight: float = 1.0  # knob: weight on L_G
+    temperature: float = 1.0  # knob: sampling temperature (Fast-ELECTRA anneals it to 1)
+    enabled: bool = True  # knob: off = identity, no losses
+    head_hidden: int | None = None  # RTD head MLP width; None: 4 × D's hidden size (paper: D's d_ff)
+    generator_logits: str = "masked"  # masked (n_masked × V) | all (B × L × V, the paper's cost)
+    embedding_sharing: str = "shared"  # shared | none | gdes
+    generator_layers: int = 4  # paper: 4 for T5-Base, 6 for Large
+    generator_d_model: int | None = None  # None: D's hidden size
+    generator_heads: int | None = None  # None: generator_d_model // generator_d_kv
+    generator_d_ff: int = 1024  # paper: 1024 for Base, 2048 for Large
+    generator_d_kv: int = 64
+    generator_norm: str = "rmsnorm"  # rmsnorm (T5 blocks) | layernorm (ELECTRA blocks); match D
+    generator_positions: str = "relative"  # relative | learned
+    generator_dropout: float = 0.0
+    frozen: bool = False  # Fast-ELECTRA: no gradient, no optimizer state for G
+    generator_checkpoint: str | None = None  # run / checkpoint / DCP directory, or a .pt state dict
+
+
+# -- sampling and metrics --------------------------------------------------------------------
+
+
+def gumbel_max_sample(
+    logits: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator,
+    disallowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One sample per row of ``softmax(logits / temperature)`` via Gumbel-max.
+
+    In fp32 whatever the input dtype (fp16/bf16 noise near U = 1 gives -log(0) = inf and
+    NaN). U is clamped into (0, 1) so both logs stay finite. ``disallowed`` (``(V,)`` bool)
+    ids are never drawn. Temperature 0 is the argmax.
+    """
+    if temperature < 0:
+        raise ValueError(f"sampling temperature must be >= 0, got {temperature}")
+    scores = logits.detach().float()
+    if disallowed is not None:
+        scores = scores.masked_fill(disallowed, float("-inf"))
+    if temperature == 0:
+        return scores.argmax(dim=-1)
+    u = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float32)
+    u = u.clamp(min=torch.finfo(torch.float32).tiny, max=1.0 - torch.finfo(torch.float32).eps)
+    return (scores / temperature - torch.log(-torch.log(u))).argmax(dim=-1)
+
+
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Rank-based (Mann–Whitney) ROC AUC, ties counted half. 0.5 when ``labels`` holds
+    only one class (AUC is undefined there; 0.5 keeps the logged curve NaN-free)."""
+    labels = labels.bool().flatten()
+    positives = labels.sum().double()
+    negatives = labels.numel() - positives
+    if labels.numel() == 0:
+        return torch.tensor(0.5, dtype=torch.float64, device=scores.device)
+    _, inverse, counts = torch.unique(scores.flatten().float(), return_inverse=True, return_counts=True)
+    # Average 1-based rank of each tie group: its last rank minus half its extra members.
+    group_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2
+    rank_sum = group_rank[inverse][labels].sum()
+    auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives).clamp(min=1)
+    return torch.where((positives > 0) & (negatives > 0), auc, torch.full_like(auc, 0.5))
+
+
+def rtd_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Detection metrics over one micro-batch's non-pad positions (1-D inputs).
+    Precision/recall are 0 where their denominator is (sklearn's ``zero_division=0``)."""
+    labels = labels.bool()
+    predicted = logits > 0
+    true_pos = (predicted & labels).sum().float()
+    n = max(labels.numel(), 1)
+    return {
+        "rtd/replaced_fraction": labels.sum().float() / n,
+        "rtd/accuracy": (predicted == labels).sum().float() / n,
+        "rtd/precision": true_pos / predicted.sum().clamp(min=1).float(),
+        "rtd/recall": true_pos / labels.sum().clamp(min=1).float(),
+        "rtd/auc": roc_auc(logits, labels).float(),
+    }
+
+
+class RTDHead(nn.Module):
+    """``Linear(d, h) → GELU → Linear(h, 1)``: one replaced-vs-original logit per position."""
+
+    def __init__(self, hidden_size: int, head_hidden: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, head_hidden)
+        self.out = nn.Linear(head_hidden, 1)
+        with torch.no_grad():
+            for layer in (self.dense, self.out):
+                nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.dense(hidden))).squeeze(-1)
+
+
+# -- the objective ---------------------------------------------------------------------------
+
+
+def generator_config(cfg: RTDConfig, hidden_size: int, input_length: int) -> GeneratorConfig:
+    d_model = cfg.generator_d_model or hidden_size
+    heads = cfg.generator_heads
+    if heads is None:
+        if d_model % cfg.generator_d_kv:
+            raise ValueError(
+                f"generator_d_model {d_model} is not a multiple of generator_d_kv {cfg.generator_d_kv}; "
+                f"set generator_heads"
+            )
+        heads = d_model // cfg.generator_d_kv
+    return GeneratorConfig(
+        num_layers=cfg.generator_layers,
+        d_model=d_model,
+        num_heads=heads,
+        d_ff=cfg.generator_d_ff,
+        d_kv=cfg.generator_d_kv,
+        norm=cfg.generator_norm,
+        positions=cfg.generator_positions,
+        max_positions=input_length,
+        dropout=cfg.generator_dropout,
+        embedding_sharing=cfg.embedding_sharing,
+    )
+
+
+class RTD(Objective):
+    """Generator + replaced-token-detection head on the discriminator's encoder states."""
+
+    KNOBS = ("weight", "generator_weight", "temperature", "enabled")
+    STAGE1_ONLY = True
+
+    def __init__(self, cfg: RTDConfig, ctx: ObjectiveContext) -> None:
+        super().__init__(cfg, ctx)
+        where = f"objectives.{ctx.name}"
+        if ctx.model is None:
+            raise ValueError(f"{where}: rtd needs the discriminator model to build its generator")
+        if cfg.generator_logits not in LOGIT_MODES:
+            raise ValueError(f"{where}.generator_logits: '{cfg.generator_logits}' not in {', '.join(LOGIT_MODES)}")
+        if cfg.embedding_sharing not in SHARING_MODES:
+            raise ValueError(f"{where}.embedding_sharing: '{cfg.embedding_sharing}' not in {', '.join(SHARING_MODES)}")
+        if cfg.frozen and cfg.embedding_sharing == "shared":
+            raise ValueError(
+                f"{where}: a frozen generator cannot share D's token embedding (D keeps training it); "
+                f"use embedding_sharing: none (or gdes)"
+            )
+        model = ctx.model
+        gen_cfg = generator_config(cfg, model.hidden_size, ctx.input_length)
+        self.generator: Generator | None = Generator(gen_cfg, model.token_embedding)
+        self.head: RTDHead | None = RTDHead(model.hidden_size, cfg.head_hidden or 4 * model.hidden_size)
+        # Ids a sample may not take; persistent=False keeps it out of checkpoints.
+        special = self.vocab.is_special(torch.arange(model.vocab_size))
+        self.register_buffer("disallowed", special, persistent=False)
+        self.released = False
+        if cfg.generator_checkpoint:
+            load_generator_weights(self.generator, cfg.generator_checkpoint, ctx.name)
+        elif cfg.frozen:
+            warnings.warn(f"{where}: frozen generator without generator_checkpoint: it stays at its random init")
+        if cfg.frozen:
+            self.generator.requires_grad_(False)
+            self.generator.eval()
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        cfg = self.cfg
+        return not self.released and bool(cfg.enabled) and (cfg.weight != 0 or cfg.generator_weight != 0)
+
+    def train(self, mode: bool = True) -> "RTD":
+        super().train(mode)
+        if self.cfg.frozen and self.generator is not None:
+            self.generator.eval()  # a frozen generator never runs dropout
+        return self
+
+    def release(self) -> None:
+        """Free G and the head (SpacTor's switch to stage 2); the objective becomes identity.
+        The caller must also drop their parameters from the optimizer."""
+        self.generator = None
+        self.head = None
+        self.released = True
+
+    # -- counts ----------------------------------------------------------------------------
+    def count(self, batch: Batch) -> torch.Tensor | None:
+        if not self.active:
+            return None
+        return (batch["encoder_input"] != self.vocab.pad_id).sum()
+
+    def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if not self.active:
+            return {}
+        return {GENERATOR_LOSS: self._mlm_mask(batch).sum()}
+
+    def _mlm_mask(self, batch: Batch) -> torch.Tensor:
+        if "mlm_mask" not in batch:
+            raise KeyError(
+                f"objectives.{self.name}: the batch has no 'mlm_mask'; configure an mlm_mask objective before rtd"
+            )
+        return batch["mlm_mask"]
+
+    # -- generator -------------------------------------------------------------------------
+    def _generator_logits(self, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        assert self.generator is not None
+        if self.cfg.generator_logits == "all":
+            return self.generator.logits_all(ids, attention)[positions]
+        return self.generator.masked_logits(ids, attention, positions)
+
+    def modify(self, batch: Batch, model: Any, rng: torch.Generator) -> tuple[Batch, ObjectiveOutput]:
+        if not self.active:
+            return batch, ObjectiveOutput()
+        assert self.generator is not None
+        ids = batch["encoder_input"]
+        positions = self._mlm_mask(batch)
+        full_labels = batch.get("mlm_labels", ids)  # absent only when nothing was masked
+        labels = full_labels[positions]
+        attention = ids != self.vocab.pad_id
+        frozen = self.cfg.frozen
+        # nullcontext, not enable_grad: an outer no_grad (evaluation) must still hold.
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            logits = self._generator_logits(ids, attention, positions).float()  # CE in fp32
+            gen_total = F.cross_entropy(logits, labels, reduction="sum")
+
+        with torch.no_grad():
+            sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed)
+            replaced = ids.masked_scatter(positions, sampled.to(ids.dtype))
+            original = torch.where(positions, full_labels, ids)
+            rtd_labels = (replaced != original) & attention
+            n_masked = max(labels.numel(), 1)
+            metrics = {
+                "gen/accuracy": (logits.argmax(dim=-1) == labels).sum().float() / n_masked,
+                "gen/sampled_original": (sampled == labels).sum().float() / n_masked,
+            }
+
+        out = {**batch, "encoder_input": replaced, "rtd_labels": rtd_labels}
+        if self.cfg.embedding_sharing == "gdes":
+            # D's input: stop_grad(E_G[ids]) + E_D[ids]; E_G learns only from L_G.
+            out["encoder_embeds"] = self.generator.token_embedding(replaced).detach() + model.embed(replaced)
+        weight = 0.0 if frozen else float(self.cfg.generator_weight)
+        term = LossTerm(gen_total, positions.sum(), weight)
+        return out, ObjectiveOutput(aux_losses={GENERATOR_LOSS: term}, metrics=metrics)
+
+    # -- discriminator ---------------------------------------------------------------------
+    def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Any) -> ObjectiveOutput:
+        if not self.active:
+            return ObjectiveOutput()
+        assert self.head is not None
+        if "rtd_labels" not in batch:
+            raise KeyError(f"objectives.{self.name}: no 'rtd_labels' in the batch; modify() did not run")
+        valid = batch["encoder_input"] != self.vocab.pad_id
+        labels = batch["rtd_labels"]
+        # Head on every position and padding masked out of the sum: static shapes, no sync.
+        logits = self.head(encoder_hidden).float()
+        per_token = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
+        total = (per_token * valid).sum()
+        with torch.no_grad():
+            metrics = rtd_metrics(logits.detach()[valid], labels[valid])
+        return ObjectiveOutput(loss=LossTerm(total, valid.sum()), metrics=metrics)
+
+    def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"rtd_labels": batch["rtd_labels"]} if "rtd_labels" in batch else {}
+
+
+@OBJECTIVES.register("rtd", RTDConfig)
+def build_rtd(cfg: RTDConfig, ctx: ObjectiveContext) -> RTD:
+    """Replaced token detection: generator samples at [M], MLP head detects replacements."""
+    return RTD(cfg, ctx)

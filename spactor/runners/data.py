@@ -1,0 +1,120 @@
+"""The runner's view of the data: tokenizer, train/validation loaders on this rank,
+device transfer, and the loader state that goes into checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+from spactor.config import DataConfig, Resolved
+from spactor.data.builtin_tokenizer import builtin_tokenizer
+from spactor.data.loader import build_loader
+from spactor.data.sources import DataError, Source
+from spactor.data.tokenizer import Tokenizer
+from spactor.objectives.base import Batch, Vocab
+from spactor.registry import SOURCES
+
+
+def build_source(cfg: DataConfig) -> Source:
+    """Fill the source's config from ``data.*`` fields of the same name (``paths``,
+    ``text_field``) and from ``data.source_options`` for anything else."""
+    entry = SOURCES.get(cfg.source)
+    fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+    kwargs: dict[str, Any] = {name: getattr(cfg, name) for name in fields if hasattr(cfg, name)}
+    unknown = sorted(set(cfg.source_options) - fields)
+    if unknown:
+        raise DataError(
+            f"data.source_options: source '{cfg.source}' has no option {unknown[0]!r}; valid: {', '.join(sorted(fields))}"
+        )
+    kwargs.update(cfg.source_options)
+    return entry.factory(entry.config_cls(**kwargs))
+
+
+def load_tokenizer(cfg: DataConfig) -> Tokenizer:
+    if cfg.tokenizer:
+        path = Path(cfg.tokenizer).expanduser()
+        if not path.is_file():
+            raise DataError(f"data.tokenizer: no such file '{cfg.tokenizer}'")
+        return Tokenizer.load(path)
+    if cfg.source != "builtin":
+        raise DataError(
+            f"data.tokenizer is required for data.source={cfg.source}: pass a SentencePiece .model "
+            "(T5's spiece.model, or one made with `spactor tokenizer train`)"
+        )
+    return builtin_tokenizer(cfg.tokenizer_vocab_size)
+
+
+class DataPipeline:
+    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer, source: Source, device: torch.device, seed: int):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.source = source
+        self.device = device
+        self.seed = seed
+        self.vocab: Vocab = tokenizer.vocab()
+        self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.raw_length = 0
+        self.batch_size = 0
+        self._train: Any = None
+
+    def start(self, raw_length: int, batch_size: int) -> None:
+        """Open the train loader once the objectives have said how long a raw chunk is.
+        ``batch_size`` is the global batch; each rank loads its share."""
+        if batch_size % self.world_size:
+            raise ValueError(f"trainer.batch_size={batch_size} does not divide over {self.world_size} ranks")
+        self.raw_length = raw_length
+        self.batch_size = batch_size // self.world_size
+        self._train = self._loader("train", self.batch_size, self.cfg.num_workers)
+
+    def _loader(self, split: str, batch_size: int, num_workers: int) -> Any:
+        return build_loader(
+            self.source,
+            self.tokenizer,
+            self.raw_length,
+            batch_size,
+            split=split,
+            validation_fraction=self.cfg.validation_fraction,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=self.seed,
+            num_workers=num_workers,
+        )
+
+    def train_batches(self) -> Iterator[Batch]:
+        for batch in self._train:
+            yield self._to_device(batch)
+
+    def validation_batches(self) -> Iterator[Batch]:
+        """A fresh pass over this rank's validation split (the same batches every time)."""
+        for batch in self._loader("validation", self.batch_size, 0):
+            yield self._to_device(batch)
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> Batch:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._train.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._train.load_state_dict(state)
+
+
+def build_data(resolved: Resolved, device: torch.device, run_dir: Path | None) -> DataPipeline:
+    cfg = resolved.cfg.data
+    tokenizer = load_tokenizer(cfg)
+    source = build_source(cfg)
+    if run_dir is not None:
+        tokenizer.save(run_dir / "spiece.model")  # the run directory is self-contained
+    return DataPipeline(cfg, tokenizer, source, device, seed=resolved.cfg.trainer.seed)
+
+
+def train_tokenizer_from_config(resolved: Resolved, out: Path, vocab_size: int) -> Path:
+    source = build_source(resolved.cfg.data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Tokenizer.train(iter(source), out, vocab_size=vocab_size)
+    return out

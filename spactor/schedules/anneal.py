@@ -1,0 +1,129 @@
+"""Anneal one knob from ``start_value`` to ``end_value`` over ``[start_step, end_step)``.
+
+E.g. SpacTor with a continuous hand-over instead of a hard switch: the RTD weight λ1
+from 10 to 0 (``knob: objectives.rtd.weight``); or a mask-ratio curriculum.
+
+With ``s = start_value`` (default: the knob's configured value), ``e = end_value`` and
+progress ``p = (step - start_step) / (end_step - start_step)``::
+
+    step <  start_step          ->  s
+    step >= end_step            ->  e
+    otherwise                   ->  s + (e - s) · f(p), with f by ``shape``:
+
+    linear        f(p) = p
+    cosine        f(p) = (1 - cos(π p)) / 2
+                  i.e. value = e + (s - e) · (1 + cos(π p)) / 2; the midpoint at p = 1/2
+    exponential   f(p) = (1 - exp(-rate · p)) / (1 - exp(-rate))
+                  i.e. value = e + (s - e) · (exp(-rate·p) - exp(-rate)) / (1 - exp(-rate)):
+                  the gap to e decays exponentially, renormalised so the value is exactly
+                  s at p = 0 and exactly e at p = 1. Unlike geometric interpolation
+                  s · (e/s)^p it is defined when an end is 0 (λ1: 10 → 0) or negative,
+                  and for rising anneals. ``rate`` > 0 sets how front-loaded the change
+                  is: the fraction of it done by p = 1/2 is 1/(1 + exp(-rate/2)), 0.92 at
+                  the default 5; rate → 0 approaches linear.
+    step          s until end_step, then e: one drop at end_step (start_step plays no
+                  part beyond validation). The shape for on/off knobs such as ``enabled``.
+
+Every shape is monotone between s and e, and continuous except ``step``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from spactor.config import ConfigError
+from spactor.registry import SCHEDULES
+from spactor.schedules.base import Schedule, ScheduleContext, check_knob
+
+
+def linear(p: float, rate: float) -> float:
+    return p
+
+
+def cosine(p: float, rate: float) -> float:
+    return 0.5 * (1.0 - math.cos(math.pi * p))
+
+
+def exponential(p: float, rate: float) -> float:
+    # expm1 keeps precision when rate·p is small.
+    return math.expm1(-rate * p) / math.expm1(-rate)
+
+
+def step_drop(p: float, rate: float) -> float:
+    return 0.0  # p < 1 here; the drop to e happens at end_step (p = 1)
+
+
+# f(p, rate) in [0, 1]: the fraction of the way from start_value to end_value.
+SHAPES: dict[str, Callable[[float, float], float]] = {
+    "linear": linear,
+    "cosine": cosine,
+    "exponential": exponential,
+    "step": step_drop,
+}
+
+
+@dataclass
+class AnnealConfig:
+    knob: str  # dotted knob path, e.g. objectives.rtd.weight
+    end_step: int  # first step at which the value is end_value
+    start_value: float | None = None  # None: the knob's configured value
+    end_value: float = 0.0
+    start_step: int = 0  # last step at which the value is start_value
+    shape: str = "linear"  # linear | cosine | exponential | step
+    rate: float = 5.0  # exponential only: decay rate over the whole anneal
+
+
+class Anneal(Schedule):
+    def __init__(
+        self,
+        knob: str,
+        start_value: float,
+        end_value: float,
+        start_step: int,
+        end_step: int,
+        shape: str,
+        rate: float,
+    ) -> None:
+        self.knob = knob
+        self.start_value = start_value
+        self.end_value = end_value
+        self.start_step = start_step
+        self.end_step = end_step
+        self.shape = shape
+        self.rate = rate
+
+    def driven_knobs(self) -> list[str]:
+        return [self.knob]
+
+    def values(self, step: int) -> dict[str, float]:
+        return {self.knob: self.value(step)}
+
+    def value(self, step: int) -> float:
+        s, e = self.start_value, self.end_value
+        if step >= self.end_step:
+            return e
+        if step <= self.start_step:
+            return s
+        p = (step - self.start_step) / (self.end_step - self.start_step)
+        return s + (e - s) * SHAPES[self.shape](p, self.rate)
+
+
+@SCHEDULES.register("anneal", AnnealConfig)
+def build_anneal(cfg: AnnealConfig, ctx: ScheduleContext) -> Anneal:
+    """Anneal one knob from start_value to end_value (linear, cosine, exponential, step)."""
+    where = f"schedules.{ctx.name}"
+    check_knob(f"{where}.knob", cfg.knob, ctx.knobs)
+    if cfg.shape not in SHAPES:
+        raise ConfigError(f"{where}.shape: unknown shape '{cfg.shape}'; valid: {', '.join(SHAPES)}")
+    if cfg.start_step < 0:
+        raise ConfigError(f"{where}.start_step: must be >= 0, got {cfg.start_step}")
+    if cfg.end_step <= cfg.start_step:
+        raise ConfigError(f"{where}.end_step: must be > start_step ({cfg.start_step}), got {cfg.end_step}")
+    if cfg.shape == "exponential" and not cfg.rate > 0:
+        raise ConfigError(f"{where}.rate: must be > 0, got {cfg.rate}")
+    start = ctx.knobs[cfg.knob] if cfg.start_value is None else cfg.start_value
+    return Anneal(
+        cfg.knob, float(start), float(cfg.end_value), cfg.start_step, cfg.end_step, cfg.shape, float(cfg.rate)
+    )

@@ -1,0 +1,39 @@
+"""SpacTor's two-stage curriculum at a fixed step τ.
+
+Steps ``[0, τ)`` run the hybrid objective (SC + RTD), steps ``[τ, max_steps)`` plain span
+corruption. ``tau: null`` never switches (the paper's SpacTor(∞)); ``tau: 0`` is the SC
+baseline from the first step. The paper's T5-Base runs use τ ∈ {60K, 120K, 250K} of 1M
+steps; 120K is the default (T5-Large's setting).
+
+Drives no knobs: what stage 2 turns off (MLM masks, generator, RTD head) is the runner's
+business, keyed on the stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spactor.config import ConfigError
+from spactor.registry import SCHEDULES
+from spactor.schedules.base import Schedule, ScheduleContext
+
+
+@dataclass
+class TwoStageConfig:
+    tau: int | None = 120_000  # first step of stage 2; None = never switch, 0 = SC only
+
+
+class TwoStage(Schedule):
+    def __init__(self, tau: int | None) -> None:
+        self.tau = tau
+
+    def switch_step(self) -> int | None:
+        return self.tau
+
+
+@SCHEDULES.register("two_stage", TwoStageConfig)
+def build_two_stage(cfg: TwoStageConfig, ctx: ScheduleContext) -> TwoStage:
+    """Switch from hybrid SC + RTD to plain SC at a fixed step τ (SpacTor(τ))."""
+    if cfg.tau is not None and cfg.tau < 0:
+        raise ConfigError(f"schedules.{ctx.name}.tau: must be >= 0 (or null for never), got {cfg.tau}")
+    return TwoStage(cfg.tau)

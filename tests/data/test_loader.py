@@ -1,0 +1,198 @@
+import copy
+import itertools
+import json
+import pickle
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from spactor.data import loader as loader_mod
+from spactor.data.loader import PackedChunks, build_loader, is_validation
+from spactor.data.sources import DataError, JsonlSource, ListSource
+
+
+@pytest.fixture(scope="module")
+def docs(english_corpus) -> list[str]:
+    """~20 short English documents of varied length (a few chunks per epoch)."""
+    paragraphs = [p.strip() for doc in english_corpus[:5] for p in doc.split("\n\n") if len(p.strip()) > 30]
+    return paragraphs[:20]
+
+
+def stream(tok, docs, indices):
+    return [t for j in indices for t in tok.encode(docs[j]) + [tok.eos_id]]
+
+
+def take(loader_or_iter, n):
+    it = iter(loader_or_iter)
+    return [next(it)["original"] for _ in range(n)]
+
+
+def test_batches_are_the_packed_stream(small_tokenizer, docs):
+    loader = build_loader(ListSource(docs), small_tokenizer, raw_length=16, batch_size=4, shuffle_window=0)
+    batches = take(loader, 6)
+    assert all(b.shape == (4, 16) and b.dtype == torch.long for b in batches)
+    flat = torch.cat(batches).flatten().tolist()
+    expected = stream(small_tokenizer, docs, range(len(docs)))
+    assert flat == expected[: len(flat)]
+
+
+def test_train_loops_over_epochs(small_tokenizer, docs):
+    epoch = stream(small_tokenizer, docs, range(len(docs)))
+    raw_length, batch_size = 32, 4
+    n = 3 * len(epoch) // (raw_length * batch_size)  # about three epochs
+    loader = build_loader(ListSource(docs), small_tokenizer, raw_length, batch_size, shuffle_window=0)
+    flat = torch.cat(take(loader, n)).flatten().tolist()
+    assert flat == (epoch * 4)[: len(flat)]  # the stream runs on across epoch boundaries
+
+
+def test_shuffle_window_permutes_documents_per_epoch(small_tokenizer, docs):
+    tok = small_tokenizer
+    loader = build_loader(ListSource(docs), tok, raw_length=1, batch_size=1, shuffle_window=8)
+    epoch = stream(tok, docs, range(len(docs)))
+    flat = torch.cat(take(loader, 2 * len(epoch))).flatten().tolist()
+    first, second = flat[: len(epoch)], flat[len(epoch) :]
+    assert first != epoch and second != first  # shuffled, and differently each epoch
+    assert Counter(first) == Counter(epoch) == Counter(second)  # same documents
+
+
+def test_validation_split_is_disjoint_and_finite(small_tokenizer, docs):
+    tok, fraction = small_tokenizer, 0.3
+    val_idx = [j for j in range(len(docs)) if is_validation(j, fraction)]
+    train_idx = [j for j in range(len(docs)) if not is_validation(j, fraction)]
+    assert val_idx and train_idx
+    src = ListSource(docs)
+    val = build_loader(src, tok, 1, 16, split="validation", validation_fraction=fraction)
+    val_flat = torch.cat([b["original"] for b in val]).flatten().tolist()
+    assert val_flat == stream(tok, docs, val_idx)
+    assert torch.cat([b["original"] for b in val]).flatten().tolist() == val_flat  # a second pass restarts
+    train = build_loader(src, tok, 1, 16, validation_fraction=fraction, shuffle_window=0)
+    n_train = len(stream(tok, docs, train_idx))
+    train_flat = torch.cat(take(train, n_train // 16)).flatten().tolist()
+    assert train_flat == stream(tok, docs, train_idx)[: len(train_flat)]
+
+
+def test_validation_drops_final_partial_chunk(small_tokenizer, docs):
+    val = build_loader(ListSource(docs), small_tokenizer, 64, 3, split="validation", validation_fraction=0.5)
+    batches = [b["original"] for b in val]
+    expected = stream(small_tokenizer, docs, [j for j in range(len(docs)) if is_validation(j, 0.5)])
+    assert torch.cat(batches).flatten().tolist() == expected[: len(expected) // 64 * 64]
+
+
+def test_rank_and_worker_shards_partition_documents(small_tokenizer, docs, monkeypatch):
+    tok, world_size, num_workers = small_tokenizer, 2, 2
+    everything = Counter()
+    seen_docs = []
+    for rank, worker in itertools.product(range(world_size), range(num_workers)):
+        info = SimpleNamespace(id=worker, num_workers=num_workers)
+        monkeypatch.setattr(loader_mod, "get_worker_info", lambda: info)
+        ds = PackedChunks(ListSource(docs), tok, 1, rank=rank, world_size=world_size)
+        it = iter(ds)
+        shard_tokens = []
+        while ds._state.epoch == 0:  # raw_length 1: every token of the epoch is emitted
+            shard_tokens.append(int(next(it)))
+        shard = rank * num_workers + worker
+        mine = [j for j in range(len(docs)) if j % (world_size * num_workers) == shard]
+        assert shard_tokens[: -1] == stream(tok, docs, mine)[: len(shard_tokens) - 1]
+        everything.update(stream(tok, docs, mine))
+        seen_docs.extend(mine)
+    assert sorted(seen_docs) == list(range(len(docs)))  # no overlap, full cover
+    assert everything == Counter(stream(tok, docs, range(len(docs))))
+
+
+def test_real_workers_cover_the_split_once(small_tokenizer, docs):
+    tok = small_tokenizer
+    val = build_loader(ListSource(docs), tok, 1, 32, split="validation", validation_fraction=0.5, num_workers=2)
+    got = Counter(torch.cat([b["original"] for b in val]).flatten().tolist())
+    assert got == Counter(stream(tok, docs, [j for j in range(len(docs)) if is_validation(j, 0.5)]))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("shuffle_window", [0, 8])
+def test_exact_resume(small_tokenizer, docs, num_workers, shuffle_window):
+    def make():
+        return build_loader(
+            ListSource(docs), small_tokenizer, 24, 4, num_workers=num_workers, shuffle_window=shuffle_window, seed=3
+        )
+
+    loader = make()
+    it = iter(loader)
+    for _ in range(5):
+        next(it)
+    state = pickle.loads(pickle.dumps(loader.state_dict()))  # as if read back from disk
+    expected = [next(it)["original"] for _ in range(12)]  # crosses epoch boundaries
+    del it
+
+    resumed = make()
+    resumed.load_state_dict(state)
+    got = take(resumed, 12)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_resume_validation_to_the_end(small_tokenizer, docs):
+    def make():
+        return build_loader(ListSource(docs), small_tokenizer, 8, 2, split="validation", validation_fraction=0.5)
+
+    loader = make()
+    it = iter(loader)
+    next(it), next(it)
+    state = copy.deepcopy(loader.state_dict())
+    rest = [b["original"] for b in it]
+    resumed = make()
+    resumed.load_state_dict(state)
+    got = [b["original"] for b in resumed]
+    assert len(got) == len(rest) > 0 and all(torch.equal(a, b) for a, b in zip(got, rest))
+
+
+def test_dataset_state_round_trip_mid_block(small_tokenizer, docs):
+    ds = PackedChunks(ListSource(docs), small_tokenizer, 8, encode_batch_size=4, shuffle_window=0)
+    it = iter(ds)
+    for _ in range(7):
+        next(it)
+    state = ds.state_dict()
+    assert state["emitted"] > 0 and len(state["carry"]) < 8  # small: no token buffers
+    expected = [next(it) for _ in range(20)]
+    ds2 = PackedChunks(ListSource(docs), small_tokenizer, 8, encode_batch_size=4, shuffle_window=0)
+    ds2.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(itertools.islice(ds2, 20), expected))
+
+
+def test_resume_with_other_shard_layout_is_an_error(small_tokenizer, docs):
+    ds = PackedChunks(ListSource(docs), small_tokenizer, 8)
+    next(iter(ds))
+    state = ds.state_dict()
+    other = PackedChunks(ListSource(docs), small_tokenizer, 8, rank=0, world_size=2)
+    other.load_state_dict(state)
+    with pytest.raises(DataError, match="same world size and num_workers"):
+        next(iter(other))
+
+
+def test_empty_inputs_are_errors(small_tokenizer):
+    with pytest.raises(DataError, match="no usable documents"):
+        build_loader(ListSource([]), small_tokenizer, 8, 2)
+    with pytest.raises(DataError, match="validation split is empty"):
+        build_loader(ListSource(["a b c"]), small_tokenizer, 8, 2, split="validation")
+    with pytest.raises(DataError, match="no document of list: 3 documents falls in the 1.00% hold-out"):
+        build_loader(ListSource(["a", "b", "c"]), small_tokenizer, 8, 2, split="validation", validation_fraction=0.01)
+    lonely = build_loader(ListSource(["just one document"]), small_tokenizer, 8, 2, rank=1, world_size=2)
+    with pytest.raises(DataError, match="shard 1 of 2 .* has no documents"):
+        next(iter(lonely))
+
+
+def test_validation_shard_without_documents_is_empty(small_tokenizer, docs):
+    held_out = [j for j in range(len(docs)) if is_validation(j, 0.3)]
+    world_size = len(docs)  # one document per rank
+    rank = next(r for r in range(world_size) if r not in held_out)
+    val = build_loader(ListSource(docs), small_tokenizer, 8, 2, split="validation", validation_fraction=0.3,
+                       rank=rank, world_size=world_size)
+    assert list(val) == []
+
+
+def test_skip_counters_count_one_pass(small_tokenizer, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("{bad\n" + json.dumps({"text": "a document long enough to fill chunks"}) + "\n{bad\n" * 1)
+    src = JsonlSource([str(path)])
+    val = build_loader(src, small_tokenizer, 4, 2, split="validation", validation_fraction=0.9999)
+    list(val)
+    assert src.skipped["invalid_json"] == 2  # the start-up checks did not count
