@@ -60,3 +60,34 @@ def jsonl_gz_file(tmp_path: Path) -> Path:
         for i, text in enumerate(ENGLISH_PARAGRAPHS):
             f.write(json.dumps({"text": text, "url": f"https://example.com/{i}"}) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, english_corpus, small_tokenizer) -> list[str]:
+    """Overrides that point a recipe at a small local corpus and tokenizer, on CPU."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(english_corpus), encoding="utf-8")
+    model = root / "spiece.model"
+    small_tokenizer.save(model)
+    return [
+        "data.source=text",
+        f"data.paths=[{corpus}]",
+        f"data.tokenizer={model}",
+        "data.input_length=64",
+        "data.validation_fraction=0.05",
+        "runtime.device=cpu",
+        "runtime.progress=false",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_data) -> list[str]:
+    """``tiny_data`` plus a tiny model and a small batch: a step takes milliseconds."""
+    return tiny_data + [
+        "model.size=tiny",
+        "trainer.batch_size=4",
+        "trainer.eval_batches=2",
+        "trainer.eval_every=0",
+        "trainer.checkpoint_every=0",
+    ]

@@ -121,14 +121,21 @@ class EncoderSpec:
 
     def block_spec(self) -> BlockSpec:
         """The ``layers.BlockSpec`` of the rmsnorm (T5) layout: v1.0 ReLU FFN."""
-        return BlockSpec(self.d_model, self.d_ff, self.num_heads, self.d_kv, "relu", self.dropout, self.attention)
+        return BlockSpec(
+            self.d_model, self.d_ff, self.num_heads, self.d_kv, "relu", self.dropout, self.attention
+        )
 
 
 def resolve_encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
     if cfg.size not in ENCODER_SIZES:
         raise ValueError(f"unknown encoder size '{cfg.size}'; valid: {', '.join(ENCODER_SIZES)}")
     d_model, num_heads, num_layers, d_ff = ENCODER_SIZES[cfg.size]
-    dims: dict[str, Any] = {"d_model": d_model, "num_heads": num_heads, "num_layers": num_layers, "d_ff": d_ff}
+    dims: dict[str, Any] = {
+        "d_model": d_model,
+        "num_heads": num_heads,
+        "num_layers": num_layers,
+        "d_ff": d_ff,
+    }
     for name in (*dims, "d_kv"):
         value = getattr(cfg, name)
         if value is not None:
@@ -180,7 +187,9 @@ class ScaledAttention(nn.Module):
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
         dropout_p = self.dropout if self.training else 0.0
         if self.backend == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=_bias_as(bias, q.dtype), dropout_p=dropout_p)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=_bias_as(bias, q.dtype), dropout_p=dropout_p
+            )
         else:  # reference path: softmax in fp32
             scores = (q @ k.transpose(-2, -1)).float() * self.d_kv**-0.5
             if bias is not None:
@@ -236,11 +245,15 @@ class EncoderBody(nn.Module):
             self.final_norm = None  # post-LN: every block already ends with a LayerNorm
         self.dropout = nn.Dropout(spec.dropout)
 
-    def attention_bias(self, length: int, attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    def attention_bias(
+        self, length: int, attention_mask: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor | None:
         """One additive bias for every layer: relative bias and/or key padding."""
         if self.rel_bias is not None:
             bias = self.rel_bias(length, length)
-            return bias if attention_mask is None else mask_bias(bias, attention_mask[:, None, None, :].bool())
+            return (
+                bias if attention_mask is None else mask_bias(bias, attention_mask[:, None, None, :].bool())
+            )
         return None if attention_mask is None else padding_bias(attention_mask.bool(), dtype)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

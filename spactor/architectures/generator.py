@@ -31,9 +31,9 @@ comparisons).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -124,7 +124,9 @@ class Generator(nn.Module):
         self.body.init_weights()
         nn.init.zeros_(self.output_bias)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(B, L, d_model)`` contextual states of G."""
         x = self.token_embedding(input_ids)
         if self.proj_in is not None:
@@ -202,7 +204,11 @@ def _locate(path: Path) -> tuple[str, Path]:
     # writes its manifest last, so "has a manifest" is enough here (a lighter check than
     # spactor.runners.checkpoint.verify, which objectives must not import).
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(p for p in root.glob("step_*") if (p / "manifest.json").is_file() and (p / "dcp" / ".metadata").is_file())
+    steps = sorted(
+        p
+        for p in root.glob("step_*")
+        if (p / "manifest.json").is_file() and (p / "dcp" / ".metadata").is_file()
+    )
     if steps:
         return "dcp", steps[-1] / "dcp"
     raise FileNotFoundError(
@@ -233,7 +239,9 @@ def _key_mapping(keys: Iterable[str], wanted: set[str], name: str, source: Path)
             mapping[EMBEDDING_KEY] = root + DISCRIMINATOR_EMBEDDING_KEY
     missing = sorted(wanted - set(mapping))
     if missing:
-        raise KeyError(f"generator checkpoint {source}: no weights for {', '.join(missing)} (under '{prefix}')")
+        raise KeyError(
+            f"generator checkpoint {source}: no weights for {', '.join(missing)} (under '{prefix}')"
+        )
     return mapping
 
 

@@ -9,19 +9,21 @@ padding — T5's ``random_spans_helper``; 512 → 568 raw tokens, 114 target tok
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 
 def noise_span_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
     """``(num_noise_tokens, num_noise_spans)`` that T5's ``random_spans_noise_mask``
     uses for a chunk of ``length`` tokens: noise clamped to [1, length-1], at least one
     span. Python's ``round`` (half to even) matches NumPy's, which T5 uses."""
-    num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
-    num_spans = max(int(round(num_noise / mean_noise_span_length)), 1)
+    num_noise = min(max(round(length * noise_density), 1), length - 1)
+    num_spans = max(round(num_noise / mean_noise_span_length), 1)
     return num_noise, num_spans
 
 
-def corrupted_lengths(raw_length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+def corrupted_lengths(
+    raw_length: int, noise_density: float, mean_noise_span_length: float
+) -> tuple[int, int]:
     """``(input_length, target_length)`` after corrupting ``raw_length`` tokens, each with
     one EOS: inputs keep the non-noise tokens and one sentinel per span, targets hold
     one sentinel per span and the noise tokens."""
@@ -62,7 +64,9 @@ def span_corruption_lengths(
     return raw_length, target_length
 
 
-def raw_chunk_length(input_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0) -> int:
+def raw_chunk_length(
+    input_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> int:
     """Raw tokens per chunk so that span corruption yields exactly ``input_length``."""
     return span_corruption_lengths(input_length, noise_density, mean_noise_span_length)[0]
 

@@ -6,8 +6,10 @@ one token stream cut into ``raw_length`` chunks → batches ``{"original": (B, r
 
 Everything is a pure function of the document numbering, so the position in the stream
 is four small numbers (epoch, first document of the current block, tokens carried into
-that block, chunks already emitted from it). Restoring re-reads and re-tokenises at most
-one block, and a checkpoint stays small (no token buffers beyond < ``raw_length`` ids).
+that block, chunks already emitted from it) and the shuffle RNG is keyed by those, not
+stored. A checkpoint stays small (no token buffers beyond < ``raw_length`` ids);
+restoring re-reads the source up to the saved document (JSON lines are skipped without
+being parsed, but gzip must still be decompressed) and re-tokenises at most one block.
 ``torchdata``'s ``StatefulDataLoader`` collects this state from every worker, so
 ``loader.state_dict()`` / ``loader.load_state_dict()`` resume the exact same batches.
 
@@ -19,9 +21,10 @@ and ``num_workers``; a mismatch raises ``DataError``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -92,6 +95,8 @@ class PackedChunks(IterableDataset):
     ``train`` loops over epochs forever; each epoch re-reads the shard's documents (in a
     new shuffled order when ``shuffle_window`` > 0) and the token stream runs on across
     the epoch boundary. ``validation`` makes one pass and drops the final partial chunk.
+    A train shard with no documents is a ``DataError`` (it would otherwise spin); a
+    validation shard with none simply yields nothing.
 
     ``shuffle_window`` (train only): documents are read in blocks of this many and
     permuted within the block with an RNG keyed by (seed, epoch, shard, block), so the
@@ -140,7 +145,13 @@ class PackedChunks(IterableDataset):
     def state_dict(self) -> dict[str, Any]:
         shard, num_shards, _ = _shard_of_this_process(self.rank, self.world_size)
         state = asdict(self._state)  # deep copy: the live carry list keeps changing
-        return {"version": STATE_VERSION, "split": self.split, "shard": shard, "num_shards": num_shards, **state}
+        return {
+            "version": STATE_VERSION,
+            "split": self.split,
+            "shard": shard,
+            "num_shards": num_shards,
+            **state,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:

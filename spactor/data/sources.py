@@ -27,11 +27,12 @@ import os
 import sys
 import sysconfig
 import tokenize
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from spactor.registry import SOURCES
 
@@ -107,7 +108,9 @@ def resolve_paths(patterns: list[str] | tuple[str, ...], kind: str) -> list[Path
                 raise DataError(f"source '{kind}': glob matches no files: {pattern}")
             files.extend(Path(p) for p in matches)
         elif os.path.isdir(pattern):
-            raise DataError(f"source '{kind}': {pattern} is a directory; give files or a glob such as {pattern}/*")
+            raise DataError(
+                f"source '{kind}': {pattern} is a directory; give files or a glob such as {pattern}/*"
+            )
         elif not os.path.isfile(pattern):
             raise DataError(f"source '{kind}': no such file: {pattern}")
         else:
@@ -142,7 +145,8 @@ class TextSource(Source):
 
     Paragraphs rather than lines or whole files: a line is often a fragment of a
     sentence (hard-wrapped text), while a whole file may be a book whose chunks would
-    all land on one shard. Lines inside a paragraph keep their newlines.
+    all land on one shard. Lines inside a paragraph keep their newlines. ``.gz`` files
+    are decompressed on the fly.
     """
 
     name = "text"
@@ -223,30 +227,35 @@ class JsonlSource(Source):
                     index += 1
 
     def _parse(self, line: str, path: Path, line_no: int) -> str | None:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return self._skip("invalid_json", path, line_no)
-        text = record.get(self.text_field) if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            return self._skip("missing_field", path, line_no)
-        if not text.strip():
-            return self._skip("empty_text", path, line_no)
+        text, reason = parse_jsonl_line(line, self.text_field)
+        if reason is not None:
+            self._count_skip(reason, path, line_no)
         return text
 
-    def _skip(self, reason: str, path: Path, line_no: int) -> None:
+    def _count_skip(self, reason: str, path: Path, line_no: int) -> None:
         if reason not in self._warned:
             self._warned.add(reason)
             logger.warning("jsonl: skipping %s:%d (%s; further ones are only counted)", path, line_no, reason)
         self.skipped[reason] += 1
-        return None
 
     def describe(self) -> str:
+        desc = f"jsonl: {_describe_files(self.files)} (field '{self.text_field}')"
         skipped = ", ".join(f"{k}={v}" for k, v in self.skipped.items() if v)
-        return (
-            f"jsonl: {_describe_files(self.files)} (field '{self.text_field}')"
-            + (f"; skipped lines: {skipped}" if skipped else "")
-        )
+        return desc + (f"; skipped lines: {skipped}" if skipped else "")
+
+
+def parse_jsonl_line(line: str, text_field: str) -> tuple[str | None, str | None]:
+    """``(text, None)`` for a usable line, ``(None, reason)`` for one to skip."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None, "invalid_json"
+    text = record.get(text_field) if isinstance(record, dict) else None
+    if not isinstance(text, str):
+        return None, "missing_field"
+    if not text.strip():
+        return None, "empty_text"
+    return text, None
 
 
 @SOURCES.register("jsonl", JsonlSourceConfig)
@@ -266,7 +275,9 @@ class BuiltinSourceConfig:
 # Parts of the standard library that are not its documentation: installed third-party
 # packages, test suites (full of deliberately odd strings), IDLE, and lib2to3's
 # Python 2 fixtures.
-_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"})
+_SKIP_DIRS = frozenset(
+    {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
+)
 _DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
@@ -328,7 +339,9 @@ class BuiltinSource(ListSource):
         docs = self.docs
         chars = sum(len(d) for d in docs)
         version = ".".join(map(str, sys.version_info[:2]))
-        return f"builtin: Python {version} documentation, {len(docs):,} documents, {chars / 1e6:.2f}M characters"
+        return (
+            f"builtin: Python {version} documentation, {len(docs):,} documents, {chars / 1e6:.2f}M characters"
+        )
 
 
 @SOURCES.register("builtin", BuiltinSourceConfig)

@@ -17,10 +17,12 @@ run directory (``save``) and so the tokenizer pickles into DataLoader workers.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import sentencepiece as spm
 
@@ -74,7 +76,7 @@ class Tokenizer:
 
     # -- construction -----------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Tokenizer":
+    def load(cls, path: str | os.PathLike[str]) -> Tokenizer:
         """Load any SentencePiece ``.model`` file (T5's own ``spiece.model`` included)."""
         path = Path(path)
         if not path.is_file():
@@ -90,6 +92,7 @@ class Tokenizer:
         model_type: str = "unigram",
         *,
         input_sentence_size: int = 2_000_000,
+        max_lines: int | None = None,
         character_coverage: float = 0.9995,
         byte_fallback: bool = False,
         hard_vocab_limit: bool = True,
@@ -97,7 +100,7 @@ class Tokenizer:
         seed: int = 0,
         verbose: bool = False,
         **trainer_options: Any,
-    ) -> "Tokenizer":
+    ) -> Tokenizer:
         """Train a SentencePiece model with T5's special ids on ``texts`` (documents).
 
         Documents are fed to the trainer one line at a time: SentencePiece drops
@@ -105,13 +108,18 @@ class Tokenizer:
         represent a newline anyway (normalised to a space), so lines lose nothing.
 
         ``input_sentence_size`` caps how many lines the trainer samples (with
-        ``shuffle_input_sentence``), which bounds memory and time on large corpora.
+        ``shuffle_input_sentence``), which bounds its memory and time; it still reads
+        the whole iterator to sample from, so on a corpus like C4 also pass
+        ``max_lines`` (e.g. 10x ``input_sentence_size``) to stop reading early.
         ``hard_vocab_limit=False`` lets a corpus too small to support ``vocab_size``
         pieces train anyway (the model then has fewer pieces); all ids here derive from
         the actual piece count, so that is safe. It stays True by default so that a
         32k tokenizer is exactly 32k, like T5's.
+
+        The model is reproducible for a fixed ``num_threads`` (and ``seed``), but differs
+        between thread counts: SentencePiece splits its floating-point sums per thread.
         """
-        lines = _training_lines(texts)
+        lines = itertools.islice(_training_lines(texts), max_lines)
         writer = io.BytesIO()
         # The sampler behind shuffle_input_sentence uses SentencePiece's global RNG.
         spm.set_random_generator_seed(seed)
@@ -206,7 +214,9 @@ class Tokenizer:
         """Ids of ``text`` without EOS (the packer adds EOS between documents)."""
         return self._sp.encode(text, out_type=int)
 
-    def encode_batch(self, texts: Sequence[str], add_eos: bool = False, num_threads: int = -1) -> list[list[int]]:
+    def encode_batch(
+        self, texts: Sequence[str], add_eos: bool = False, num_threads: int = -1
+    ) -> list[list[int]]:
         """Encode many texts in one call; SentencePiece spreads them over ``num_threads``
         C++ threads without the GIL (-1: all cores). DataLoader workers should pass 1."""
         return self._sp.encode(list(texts), out_type=int, add_eos=add_eos, num_threads=num_threads)

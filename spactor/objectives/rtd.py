@@ -181,9 +181,13 @@ class RTD(Objective):
         if ctx.model is None:
             raise ValueError(f"{where}: rtd needs the discriminator model to build its generator")
         if cfg.generator_logits not in LOGIT_MODES:
-            raise ValueError(f"{where}.generator_logits: '{cfg.generator_logits}' not in {', '.join(LOGIT_MODES)}")
+            raise ValueError(
+                f"{where}.generator_logits: '{cfg.generator_logits}' not in {', '.join(LOGIT_MODES)}"
+            )
         if cfg.embedding_sharing not in SHARING_MODES:
-            raise ValueError(f"{where}.embedding_sharing: '{cfg.embedding_sharing}' not in {', '.join(SHARING_MODES)}")
+            raise ValueError(
+                f"{where}.embedding_sharing: '{cfg.embedding_sharing}' not in {', '.join(SHARING_MODES)}"
+            )
         if cfg.frozen and cfg.embedding_sharing == "shared":
             raise ValueError(
                 f"{where}: a frozen generator cannot share D's token embedding (D keeps training it); "
@@ -200,7 +204,9 @@ class RTD(Objective):
         if cfg.generator_checkpoint:
             load_generator_weights(self.generator, cfg.generator_checkpoint, ctx.name)
         elif cfg.frozen:
-            warnings.warn(f"{where}: frozen generator without generator_checkpoint: it stays at its random init")
+            warnings.warn(
+                f"{where}: frozen generator without generator_checkpoint: it stays at its random init"
+            )
         if cfg.frozen:
             self.generator.requires_grad_(False)
             self.generator.eval()
@@ -211,7 +217,7 @@ class RTD(Objective):
         cfg = self.cfg
         return not self.released and bool(cfg.enabled) and (cfg.weight != 0 or cfg.generator_weight != 0)
 
-    def train(self, mode: bool = True) -> "RTD":
+    def train(self, mode: bool = True) -> RTD:
         super().train(mode)
         if self.cfg.frozen and self.generator is not None:
             self.generator.eval()  # a frozen generator never runs dropout
@@ -243,7 +249,9 @@ class RTD(Objective):
         return batch["mlm_mask"]
 
     # -- generator -------------------------------------------------------------------------
-    def _generator_logits(self, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _generator_logits(
+        self, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
         assert self.generator is not None
         if self.cfg.generator_logits == "all":
             return self.generator.logits_all(ids, attention)[positions]

@@ -4,6 +4,7 @@ device transfer, and the loader state that goes into checkpoints."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -72,18 +73,25 @@ class DataPipeline:
         self._train = self._loader("train", self.batch_size, self.cfg.num_workers)
 
     def _loader(self, split: str, batch_size: int, num_workers: int) -> Any:
-        return build_loader(
-            self.source,
-            self.tokenizer,
-            self.raw_length,
-            batch_size,
-            split=split,
-            validation_fraction=self.cfg.validation_fraction,
-            rank=self.rank,
-            world_size=self.world_size,
-            seed=self.seed,
-            num_workers=num_workers,
-        )
+        # A loader of its own generator: DataLoader draws a base seed whenever an iterator
+        # is created, and from the global RNG that would shift dropout after an eval or a
+        # resume.
+        generator = torch.Generator().manual_seed(self.seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            return build_loader(
+                self.source,
+                self.tokenizer,
+                self.raw_length,
+                batch_size,
+                split=split,
+                validation_fraction=self.cfg.validation_fraction,
+                rank=self.rank,
+                world_size=self.world_size,
+                seed=self.seed,
+                num_workers=num_workers,
+                generator=generator,
+            )
 
     def train_batches(self) -> Iterator[Batch]:
         for batch in self._train:

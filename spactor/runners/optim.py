@@ -24,9 +24,11 @@ LRSchedule = Callable[[int], float]
 @dataclass
 class AdafactorConfig:
     # T5's Adafactor: factored second moments, no momentum, updates scaled by the
-    # parameter's RMS. eps1 is set explicitly because torch's default is the parameter
-    # dtype's eps (7.8e-3 for bf16), far larger than T5's 1e-30.
-    eps1: float = 1e-30
+    # parameter's RMS. Mesh TF adds epsilon1 = 1e-30 to grad²; torch squares its eps1
+    # before use, so 1e-15 here is T5's 1e-30 (1e-30 would square to 0 in fp32 and turn
+    # rows with zero gradient into NaN). torch's default, the parameter dtype's eps, is
+    # 7.8e-3 for bf16 — far too big.
+    eps1: float = 1e-15
     eps2: float = 1e-3
     beta2_decay: float = -0.8
     weight_decay: float = 0.0

@@ -1,7 +1,7 @@
 """The training loop: one runner for every objective/schedule/architecture combination.
 
-A step, in order: pull a global batch, split it into micro-batches, run every
-objective's ``transform`` (corruption) on each, count the items every loss covers
+A step, in order: pull a global batch, run every objective's ``transform``
+(corruption) on it, split it into micro-batches, count the items every loss covers
 (so losses are normalised by the global count), then for each micro-batch run the
 input modifiers (generator), encode once, run every loss objective, and backprop
 ``Σ weight · total / global_count``; clip, update, log.
@@ -186,8 +186,9 @@ def train_step(
     amp_dtype: torch.dtype | None,
 ) -> StepOutput:
     objectives: dict[str, Objective] = dict(modules.objectives.items())  # type: ignore[arg-type]
-    micro = split_batch(batch, grad_accum_steps)
-    prepared = [apply_transforms(objectives, mb, rng) for mb in micro]
+    # Corrupt the whole batch at once so that the inputs do not depend on how it is
+    # split for gradient accumulation.
+    prepared = split_batch(apply_transforms(objectives, batch, rng), grad_accum_steps)
     counts = sum_counts([loss_counts(objectives, mb) for mb in prepared])
     device = next(iter(counts.values())).device if counts else None
 

@@ -18,6 +18,7 @@ from spactor.data.sources import (
 )
 from spactor.registry import SOURCES
 
+
 def test_registered():
     assert {"text", "jsonl", "builtin"} <= set(SOURCES.names())
 

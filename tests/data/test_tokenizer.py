@@ -51,7 +51,9 @@ def test_encode_batch_matches_encode(small_tokenizer):
     texts = ["Hello world.", "", "The quick brown fox jumps over the lazy dog."]
     tok = small_tokenizer
     assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
-    assert tok.encode_batch(texts, add_eos=True, num_threads=1) == [tok.encode(t) + [tok.eos_id] for t in texts]
+    assert tok.encode_batch(texts, add_eos=True, num_threads=1) == [
+        tok.encode(t) + [tok.eos_id] for t in texts
+    ]
 
 
 def test_decode_renders_sentinels_and_mask(small_tokenizer):
@@ -85,7 +87,10 @@ def test_load_missing_file(tmp_path):
 def test_model_without_pad_is_rejected(english_corpus):
     writer = io.BytesIO()  # SentencePiece defaults: unk 0, bos 1, eos 2, no pad
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(english_corpus[0].splitlines()), model_writer=writer, vocab_size=100, minloglevel=2
+        sentence_iterator=iter(english_corpus[0].splitlines()),
+        model_writer=writer,
+        vocab_size=100,
+        minloglevel=2,
     )
     with pytest.raises(ValueError, match="pad_id=0"):
         Tokenizer(writer.getvalue())
@@ -99,6 +104,14 @@ def test_train_writes_model_and_soft_vocab_limit(tmp_path):
     assert tok.num_pieces < 300
     assert tok.vocab().first_sentinel_id == tok.num_pieces + 99
     assert Tokenizer.load(tmp_path / "tiny.model").model_proto == tok.model_proto
+
+
+def test_train_is_reproducible_and_respects_max_lines(english_corpus):
+    def train(**kw):
+        return Tokenizer.train(english_corpus, vocab_size=200, num_threads=2, **kw).model_proto
+
+    assert train() == train()
+    assert train(max_lines=300) != train()
 
 
 def test_builtin_tokenizer_trains_once_and_caches(tmp_path, monkeypatch):

@@ -1,0 +1,141 @@
+"""RTD generator: embedding sharing, projections, masked-only logits (shape and FLOPs),
+and locating its weights in saved state dicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from spactor.architectures.generator import Generator, GeneratorConfig, load_generator_weights
+
+V, D_MODEL = 211, 64
+
+
+def embedding() -> nn.Embedding:
+    torch.manual_seed(0)
+    return nn.Embedding(V, D_MODEL)
+
+
+def gen_cfg(**overrides) -> GeneratorConfig:
+    base = {"num_layers": 1, "d_model": 32, "num_heads": 2, "d_ff": 64, "d_kv": 16}
+    return GeneratorConfig(**{**base, **overrides})
+
+
+def inputs(b: int = 3, length: int = 12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, V, (b, length), generator=g)
+    attention = torch.ones(b, length, dtype=torch.bool)
+    attention[1, 8:] = False
+    positions = (torch.rand(b, length, generator=g) < 0.3) & attention
+    return ids.masked_fill(~attention, 0), attention, positions
+
+
+def test_shared_reads_the_discriminator_embedding_without_owning_it():
+    emb = embedding()
+    gen = Generator(gen_cfg(embedding_sharing="shared"), emb)
+    assert gen.token_embedding is emb
+    assert all(p is not emb.weight for p in gen.parameters())
+    assert not any("embedding.weight" == k for k in gen.state_dict())
+    before = emb.weight.clone()
+    gen.init_weights()  # never re-initialises D's embedding
+    assert torch.equal(emb.weight, before)
+
+
+@pytest.mark.parametrize("sharing", ["none", "gdes"])
+def test_own_embedding_has_the_discriminator_width(sharing: str):
+    emb = embedding()
+    gen = Generator(gen_cfg(embedding_sharing=sharing), emb)
+    assert gen.token_embedding is not emb
+    assert gen.token_embedding.weight.shape == emb.weight.shape
+    assert "embedding.weight" in gen.state_dict()
+
+
+def test_projections_only_where_widths_differ():
+    narrow = Generator(gen_cfg(d_model=32), embedding())
+    assert narrow.proj_in.weight.shape == (32, D_MODEL) and narrow.proj_out.weight.shape == (D_MODEL, 32)
+    same = Generator(gen_cfg(d_model=D_MODEL, num_heads=4), embedding())
+    assert same.proj_in is None and same.proj_out is None
+    with pytest.raises(ValueError, match="embedding_sharing"):
+        Generator(gen_cfg(embedding_sharing="tied"), embedding())
+
+
+@pytest.mark.parametrize("norm,positions", [("rmsnorm", "relative"), ("layernorm", "learned")])
+def test_masked_logits_are_the_masked_rows_of_all_logits(norm: str, positions: str):
+    gen = Generator(gen_cfg(norm=norm, positions=positions), embedding())
+    ids, attention, positions_mask = inputs()
+    masked = gen.masked_logits(ids, attention, positions_mask)
+    assert masked.shape == (int(positions_mask.sum()), V)
+    full = gen.logits_all(ids, attention)
+    assert full.shape == (*ids.shape, V)
+    assert torch.allclose(masked, full[positions_mask], atol=1e-5)
+    # O(1) initial logits (std-1 embedding here, like T5's): the tied head is scaled right.
+    assert 0.3 < masked.std().item() < 2.0
+
+
+@pytest.mark.parametrize("d_model", [32, D_MODEL])
+def test_masked_path_skips_the_vocabulary_projection_elsewhere(d_model: int):
+    gen = Generator(gen_cfg(d_model=d_model, num_heads=d_model // 16), embedding())
+    ids, attention, positions_mask = inputs()
+    flops = {}
+    for path in ("masked", "all"):
+        with FlopCounterMode(display=False) as counter:
+            if path == "masked":
+                gen.masked_logits(ids, attention, positions_mask)
+            else:
+                gen.logits_all(ids, attention)[positions_mask]
+        flops[path] = counter.get_total_flops()
+    skipped = ids.numel() - int(positions_mask.sum())
+    per_row = D_MODEL * V + (d_model * D_MODEL if d_model != D_MODEL else 0)  # vocab + out-projection
+    assert flops["all"] - flops["masked"] == 2 * skipped * per_row
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def test_load_from_local_and_prefixed_state_dicts(tmp_path: Path):
+    src = Generator(gen_cfg(embedding_sharing="none"), embedding())
+    with torch.no_grad():
+        src.output_bias.normal_()
+    local = tmp_path / "gen.pt"
+    torch.save(src.state_dict(), local)
+    run = tmp_path / "run.pt"  # a whole run's model state dict, wrapped like a checkpoint
+    torch.save({"model": {f"objectives.rtd.generator.{k}": v for k, v in src.state_dict().items()}}, run)
+    for path in (local, run):
+        dst = Generator(gen_cfg(embedding_sharing="none"), embedding())
+        load_generator_weights(dst, path)
+        for key, value in src.state_dict().items():
+            assert torch.equal(dst.state_dict()[key], value), key
+
+
+def test_shared_trained_generator_takes_the_discriminator_embedding(tmp_path: Path):
+    d_emb = embedding()
+    src = Generator(gen_cfg(embedding_sharing="shared"), d_emb)
+    state = {f"objectives.electra.generator.{k}": v for k, v in src.state_dict().items()}
+    state["model.token_embedding.weight"] = d_emb.weight.detach()
+    torch.save(state, tmp_path / "run.pt")
+    dst = Generator(gen_cfg(embedding_sharing="none"), embedding())
+    load_generator_weights(dst, tmp_path / "run.pt", objective_name="rtd")  # the name differs: still unique
+    assert torch.equal(dst.token_embedding.weight, d_emb.weight)
+    ids, attention, positions_mask = inputs()
+    assert torch.allclose(
+        dst.masked_logits(ids, attention, positions_mask), src.masked_logits(ids, attention, positions_mask)
+    )
+
+
+def test_load_errors_are_clear(tmp_path: Path):
+    src = Generator(gen_cfg(embedding_sharing="none"), embedding())
+    two = {f"objectives.{n}.generator.{k}": v for n in ("a", "b") for k, v in src.state_dict().items()}
+    torch.save(two, tmp_path / "two.pt")
+    dst = Generator(gen_cfg(embedding_sharing="none"), embedding())
+    load_generator_weights(dst, tmp_path / "two.pt", objective_name="b")  # the name disambiguates
+    with pytest.raises(KeyError, match="several"):
+        load_generator_weights(dst, tmp_path / "two.pt", objective_name="c")
+    bigger = Generator(gen_cfg(embedding_sharing="none", num_layers=2), embedding())
+    with pytest.raises(KeyError, match="generator-like prefixes found: objectives.a.generator."):
+        load_generator_weights(bigger, tmp_path / "two.pt")
+    with pytest.raises(FileNotFoundError):
+        load_generator_weights(dst, tmp_path)
