@@ -154,12 +154,7 @@ def recipe_path(recipe: str) -> Path:
 
 def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Resolved:
     """Load a recipe (or the built-in defaults), apply overrides, validate everything."""
-    raw: Any = OmegaConf.create({})
-    if recipe is not None:
-        try:
-            raw = OmegaConf.load(recipe_path(recipe))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"cannot parse recipe '{recipe}': {e}") from None
+    raw: Any = load_recipe(recipe) if recipe is not None else OmegaConf.create({})
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value")
@@ -171,6 +166,24 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping of sections (run, model, data, ...)")
     return resolve(data, recipe=recipe)
+
+
+def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> Any:
+    """A recipe's YAML; a top-level ``base: <recipe>`` is loaded first and this recipe is
+    merged over it, so a variant states only what it changes."""
+    if recipe in _seen:
+        raise ConfigError(f"recipe '{recipe}' inherits from itself ({' -> '.join(_seen + (recipe,))})")
+    try:
+        raw = OmegaConf.load(recipe_path(recipe))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse recipe '{recipe}': {e}") from None
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"recipe '{recipe}' must be a mapping of sections (run, model, data, ...)")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    parent = load_recipe(str(base), _seen + (recipe,))
+    return OmegaConf.merge(parent, raw)
 
 
 def resolve(data: dict[str, Any], recipe: str | None = None) -> Resolved:

@@ -133,10 +133,14 @@ class RTDHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(hidden_size, head_hidden)
         self.out = nn.Linear(head_hidden, 1)
-        with torch.no_grad():
-            for layer in (self.dense, self.out):
-                nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
-                nn.init.zeros_(layer.bias)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        # Unit-variance pre-activations for any D whose final states are normalised.
+        for layer in (self.dense, self.out):
+            nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.out(F.gelu(self.dense(hidden))).squeeze(-1)

@@ -1,0 +1,57 @@
+"""Config loading, overrides and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from spactor.config import ConfigError, load_config, recipe_names
+from spactor.plugins import load_plugins
+
+load_plugins()
+
+
+def test_recipe_and_overrides_resolve_to_typed_configs():
+    r = load_config("sc", ["model.size=tiny", "trainer.max_steps=7", "objectives.span_corruption.noise_density=0.2"])
+    assert r.model.type == "t5" and r.model.config.size == "tiny" and r.model.config.version == "1.0"
+    assert r.cfg.trainer.max_steps == 7
+    assert r.objectives["span_corruption"].config.noise_density == pytest.approx(0.2)
+    assert r.optimizer.type == "adafactor"
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    r = load_config("sc", ["model.size=tiny"])
+    path = tmp_path / "config.yaml"
+    path.write_text(r.to_yaml())
+    again = load_config(str(path))
+    assert again.to_yaml() == r.to_yaml()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("trainer.max_step=5", "unknown config key 'trainer.max_step'; valid keys at trainer: batch_size"),
+        ("trainer.max_step=5", "did you mean 'max_steps'?"),
+        ("model.sise=tiny", "unknown config key 'model.sise'"),
+        ("model.sise=tiny", "did you mean 'size'?"),
+        ("objectives.span_corruption.noise_dens=0.2", "did you mean 'noise_density'?"),
+        ("trainr.max_steps=3", "valid keys at top level: data, lr_schedule, model"),
+        ("optimizer.type=adamm", "unknown optimizer 'adamm'; valid: adafactor, adamw; did you mean 'adamw'?"),
+        ("objectives.span_corruptoin.weight=1", "unknown objective 'span_corruptoin'"),
+        ("trainer.max_steps=many", "trainer.max_steps: bad value 'many'"),
+    ],
+)
+def test_config_errors_name_the_key(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config("sc", [override])
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_recipe_suggests_the_closest():
+    with pytest.raises(ConfigError, match="unknown recipe 'sk'.*recipes: .*sc"):
+        load_config("sk")
+
+
+def test_every_shipped_recipe_resolves():
+    for name in recipe_names():
+        load_config(name)
