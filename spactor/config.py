@@ -135,7 +135,7 @@ def recipe_names() -> list[str]:
 def recipe_path(recipe: str) -> Path:
     """A recipe name (``sc``) or a path to a YAML file."""
     path = Path(recipe)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file '{recipe}' does not exist")
         return path

@@ -60,6 +60,11 @@ class RTDConfig:
     generator_heads: int | None = None  # None: generator_d_model // generator_d_kv
     generator_d_ff: int = 1024  # paper: 1024 for Base, 2048 for Large
     generator_d_kv: int = 64
+    # ELECTRA's `generator_hidden_size`: the generator's width as a fraction of D's
+    # (1/3 for ELECTRA-Base). When set it replaces generator_d_model/heads/d_ff with
+    # width = fraction·D, heads of ~64 dims, d_ff = 4·width, so a recipe keeps its
+    # proportions at any model.size.
+    generator_hidden_fraction: float | None = None
     generator_norm: str = "rmsnorm"  # rmsnorm (T5 blocks) | layernorm (ELECTRA blocks); match D
     generator_positions: str = "relative"  # relative | learned
     generator_dropout: float = 0.0
@@ -150,6 +155,14 @@ class RTDHead(nn.Module):
 
 
 def generator_config(cfg: RTDConfig, hidden_size: int, input_length: int) -> GeneratorConfig:
+    if cfg.generator_hidden_fraction is not None:
+        if not 0 < cfg.generator_hidden_fraction <= 1:
+            raise ValueError(
+                f"objectives.rtd.generator_hidden_fraction must be in (0, 1], got {cfg.generator_hidden_fraction}"
+            )
+        d_model = max(1, round(hidden_size * cfg.generator_hidden_fraction))
+        heads = max(1, round(d_model / cfg.generator_d_kv))
+        return _generator_config(cfg, d_model, heads, d_model // heads, 4 * d_model, input_length)
     d_model = cfg.generator_d_model or hidden_size
     heads = cfg.generator_heads
     if heads is None:
@@ -159,12 +172,18 @@ def generator_config(cfg: RTDConfig, hidden_size: int, input_length: int) -> Gen
                 f"set generator_heads"
             )
         heads = d_model // cfg.generator_d_kv
+    return _generator_config(cfg, d_model, heads, cfg.generator_d_kv, cfg.generator_d_ff, input_length)
+
+
+def _generator_config(
+    cfg: RTDConfig, d_model: int, heads: int, d_kv: int, d_ff: int, input_length: int
+) -> GeneratorConfig:
     return GeneratorConfig(
         num_layers=cfg.generator_layers,
         d_model=d_model,
         num_heads=heads,
-        d_ff=cfg.generator_d_ff,
-        d_kv=cfg.generator_d_kv,
+        d_ff=d_ff,
+        d_kv=d_kv,
         norm=cfg.generator_norm,
         positions=cfg.generator_positions,
         max_positions=input_length,

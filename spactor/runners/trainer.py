@@ -124,6 +124,8 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def apply_transforms(objectives: dict[str, Objective], batch: Batch, rng: torch.Generator) -> Batch:
+    # Until an objective rewrites it (span corruption), the encoder reads the raw chunk.
+    batch = {"encoder_input": batch["original"], **batch}
     for obj in objectives.values():
         batch = obj.transform(batch, rng)
     return batch
