@@ -34,6 +34,16 @@ class ConfigError(ValueError):
     """A user-facing configuration problem; the CLI prints it as one line, exit code 2."""
 
 
+def _if_tiny(size: Any, tiny_value: Any, other_value: Any) -> Any:
+    """``${if_tiny:${model.size},16,2048}``: a recipe keeps the paper's value for real sizes
+    and a CPU-sized one for ``model.size=tiny`` (smoke runs and tests)."""
+    return tiny_value if str(size) == "tiny" else other_value
+
+
+if not OmegaConf.has_resolver("if_tiny"):
+    OmegaConf.register_new_resolver("if_tiny", _if_tiny)
+
+
 # --------------------------------------------------------------------------- schema
 
 
