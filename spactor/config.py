@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,18 @@ def _if_tiny(size: Any, tiny_value: Any, other_value: Any) -> Any:
     return tiny_value if str(size) == "tiny" else other_value
 
 
-if not OmegaConf.has_resolver("if_tiny"):
-    OmegaConf.register_new_resolver("if_tiny", _if_tiny)
+def _register_resolver(name: str, fn: Any) -> None:
+    # omegaconf 2.4 renamed register_new_resolver to register_resolver (2.3's
+    # register_resolver is the legacy string-argument API, so tell them apart).
+    if OmegaConf.has_resolver(name):
+        return
+    if "use_cache" in inspect.signature(OmegaConf.register_resolver).parameters:
+        OmegaConf.register_resolver(name, fn)
+    else:
+        OmegaConf.register_new_resolver(name, fn)
+
+
+_register_resolver("if_tiny", _if_tiny)
 
 
 # --------------------------------------------------------------------------- schema
@@ -83,8 +94,11 @@ class TrainerConfig:
 @dataclass
 class RuntimeConfig:
     device: str = "auto"  # cpu | cuda | auto
-    precision: str = "auto"  # fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 on CUDA, fp32 on CPU)
     progress: bool = True  # progress bar on stderr
+    fsdp: bool | None = None  # FSDP2 (fully_shard); None: on when torchrun starts more than one rank
+    compile: bool = False  # torch.compile each transformer block
+    activation_checkpointing: str = "none"  # none | full | selective (per block)
 
 
 @dataclass

@@ -16,6 +16,12 @@ being parsed, but gzip must still be decompressed) and re-tokenises at most one 
 Sharding: global shard = ``rank * num_workers + worker_id``; document ``j`` belongs to
 shard ``j % (world_size * num_workers)``. Resuming therefore needs the same world size
 and ``num_workers``; a mismatch raises ``DataError``.
+
+Skipped records (bad JSON, invalid bytes, over-long documents, empty or damaged files:
+``spactor.data.sources``) are tallied per shard in the stream state during the first
+epoch, so each bad record counts once however many epochs and evaluations re-read it,
+the counts travel with ``state_dict()`` (a resumed run keeps them), and
+:func:`skipped_counts` adds up a loader's workers. A run sums that over its ranks.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from spactor.data.chunking import Packer
-from spactor.data.sources import DataError, Source, first_document, probing
+from spactor.data.sources import SKIP_REASONS, DataError, Source, first_document, probing
 from spactor.data.tokenizer import Tokenizer
 
 SPLITS = ("train", "validation")
@@ -71,6 +77,8 @@ class StreamState:
     carry: list[int] = field(default_factory=list)  # tokens carried into that block
     emitted: int = 0  # chunks already yielded from carry + the block's tokens
     finished: bool = False  # validation: the single pass is over
+    skipped: dict[str, int] = field(default_factory=dict)  # first epoch's skipped records, by reason
+    counted_to: int = 0  # skips of records with index < counted_to are in ``skipped``
 
 
 def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -160,8 +168,19 @@ class PackedChunks(IterableDataset):
             raise DataError(f"data-loader state is for split '{state['split']}', not '{self.split}'")
         self._saved_shard = (state["shard"], state["num_shards"])
         fields = {k: state[k] for k in ("epoch", "index", "carry", "emitted", "finished")}
-        self._state = StreamState(**{**fields, "carry": list(fields["carry"])})
+        # States saved before skip counting existed have neither field: start from zero.
+        skipped = {str(k): int(v) for k, v in (state.get("skipped") or {}).items()}
+        counted_to = int(state.get("counted_to", 0))
+        self._state = StreamState(
+            **{**fields, "carry": list(fields["carry"])}, skipped=skipped, counted_to=counted_to
+        )
         self._resume = True  # the next __iter__ continues from here
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Reason -> records of this process's shard skipped in the first epoch so far
+        (every reason of ``SKIP_REASONS`` present). With loader workers, ask the loader:
+        :func:`skipped_counts`."""
+        return _with_all_reasons(self._state.skipped)
 
     # -- iteration ------------------------------------------------------------------------
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -185,7 +204,12 @@ class PackedChunks(IterableDataset):
             from_start = st.index == 0
             docs = self._split_documents(st.index, shard, num_shards)
             saw_documents = False
-            for block in _batched(docs, block_size):
+            while True:
+                before = self._source_skips()
+                block = list(islice(docs, block_size))  # reads (and skips) records
+                self._tally_skips(st, before, block)
+                if not block:
+                    break
                 saw_documents = True
                 st.index = block[0][0]  # same block as before on resume: it starts at >= index
                 yield from self._emit_block(st, block, shard, threads)
@@ -203,6 +227,26 @@ class PackedChunks(IterableDataset):
                 st.finished = True  # the remainder (< raw_length tokens) is dropped
             else:
                 st.epoch, st.index = st.epoch + 1, 0
+
+    def _source_skips(self) -> dict[str, int]:
+        return dict(getattr(self.source, "skipped", None) or {})
+
+    def _tally_skips(self, st: StreamState, before: dict[str, int], block: list[tuple[int, str]]) -> None:
+        """Add what reading ``block`` skipped. The source's own counters may also move for
+        other readers (a validation pass, another epoch), but never *during* this
+        synchronous read, so the difference is exactly this read's. Counted in the first
+        epoch only, and not again for the block a resumed stream re-reads."""
+        if st.epoch != 0:
+            return
+        end = block[-1][0] + 1 if block else None
+        if end is not None and end <= st.counted_to:
+            return  # re-read after a resume: counted before the checkpoint
+        for reason, count in self._source_skips().items():
+            delta = count - before.get(reason, 0)
+            if delta > 0:
+                st.skipped[reason] = st.skipped.get(reason, 0) + delta
+        if end is not None:
+            st.counted_to = end
 
     def _split_documents(self, start: int, shard: int, num_shards: int) -> Iterator[tuple[int, str]]:
         want_validation = self.split == "validation"
@@ -247,6 +291,40 @@ def _check_validation_documents(source: Source, fraction: float, probe: int = 10
         f"the validation split is empty: no document of {source.describe()} falls in the "
         f"{fraction:.2%} hold-out; raise validation_fraction or add documents"
     )
+
+
+def _with_all_reasons(counts: dict[str, int]) -> dict[str, int]:
+    out = dict.fromkeys(SKIP_REASONS, 0)
+    for reason, count in counts.items():
+        out[reason] = out.get(reason, 0) + int(count)
+    return out
+
+
+def _dataset_states(loader_state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dataset states inside a ``StatefulDataLoader.state_dict()``: one without
+    workers, one per worker (the latest snapshot each sent) with them."""
+    if isinstance(loader_state.get("dataset_state"), dict):
+        return [loader_state["dataset_state"]]
+    snapshots = (loader_state.get("_snapshot") or {}).get("_worker_snapshots") or {}
+    states = [w.get("dataset_state") for w in snapshots.values() if isinstance(w, dict)]
+    return [s for s in states if isinstance(s, dict)]
+
+
+def skipped_counts(loader: StatefulDataLoader) -> dict[str, int]:
+    """Reason -> records skipped so far by ``loader``'s reads (its first epoch), summed
+    over its workers; every reason of ``SKIP_REASONS`` is present, zeros included.
+
+    With workers, each worker's counts arrive with its state snapshots, so they lag by
+    the batches in flight (and by ``snapshot_every_n_steps`` if that is > 1). The counts
+    are this rank's: sum them over ranks (in the order of ``SKIP_REASONS``) for the run's.
+    """
+    if loader.num_workers == 0 and isinstance(loader.dataset, PackedChunks):
+        return loader.dataset.skipped_counts()
+    totals = _with_all_reasons({})
+    for state in _dataset_states(loader.state_dict()):
+        for reason, count in (state.get("skipped") or {}).items():
+            totals[reason] = totals.get(reason, 0) + int(count)
+    return totals
 
 
 def collate_chunks(chunks: list[torch.Tensor]) -> dict[str, torch.Tensor]:

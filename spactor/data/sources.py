@@ -12,6 +12,31 @@ registered in ``spactor.registry.SOURCES`` and selected in the config by name::
 ``jsonl``   JSON-lines files (optionally gzipped), one document per line (C4's format).
 ``builtin`` the English documentation shipped inside Python itself: works offline,
             anywhere, for smoke tests, tutorials and CI.
+
+Bad data. What makes a run impossible fails before training with a ``DataError``: a
+path that does not exist, a glob that matches nothing, a directory, a source with zero
+usable documents (``first_document``, called when a loader is built). What spoils single
+records is skipped, counted in ``Source.skipped`` (reason -> count) and the first of each
+kind logged with its file and position:
+
+``invalid_json`` / ``missing_field`` / ``empty_text``  (jsonl) a line that is not a JSON
+    object with a non-blank string in ``text_field``;
+``invalid_utf8``  a document (jsonl line, text paragraph) with bytes that are not valid
+    in the source's ``encoding`` (UTF-8 by default), or a JSON string holding a lone
+    surrogate (``"\\udc80"``), which no tokenizer can encode. Such documents are *skipped*,
+    not repaired with U+FFFD: a mis-encoded or binary file should show up in the counts,
+    not as mojibake in the training data;
+``too_long``  a document longer than ``max_document_chars`` (default 1,000,000; ``None``
+    turns the check off). File sources read lines with a bound, so a multi-gigabyte
+    "line" (a binary file, a minified dump) costs no memory;
+``empty_file``  a file with no documents at all (a source whose files are *all* empty
+    has zero usable documents: ``DataError``);
+``corrupt_file``  a truncated or invalid ``.gz``: the documents before the damage are
+    kept, the rest of the file is skipped.
+
+Every record is counted by exactly one shard (file-level events by the shard that owns
+the next document index), so the counts of all ranks and loader workers add up to the
+source's. ``spactor.data.loader.skipped_counts`` collects them from a loader.
 """
 
 from __future__ import annotations
@@ -25,8 +50,10 @@ import json
 import logging
 import os
 import sys
+import re
 import sysconfig
 import tokenize
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,10 +70,34 @@ class DataError(ValueError):
     """Bad or missing input data (paths that match nothing, sources with no documents)."""
 
 
+# Why records are skipped (see the module docstring). Sources may add reasons of their own.
+SKIP_REASONS = (
+    "invalid_json",
+    "missing_field",
+    "empty_text",
+    "invalid_utf8",
+    "too_long",
+    "empty_file",
+    "corrupt_file",
+)
+DEFAULT_MAX_DOCUMENT_CHARS = 1_000_000
+# Bytes that are not valid in the file's encoding come back from ``surrogateescape`` as
+# U+DC80..U+DCFF; JSON "\\udXXX" escapes can produce any lone surrogate. Neither can be
+# encoded as UTF-8 (SentencePiece would raise mid-training).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# What a damaged .gz raises while it is being read.
+_CORRUPT_FILE_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
 class Source:
-    """Yields documents in a fixed order. Subclasses implement ``_records``."""
+    """Yields documents in a fixed order. Subclasses implement ``_records``.
+
+    ``max_document_chars`` (None: no limit) drops longer documents in ``documents``,
+    counted as ``too_long``; ``skipped`` holds every source's skip counts.
+    """
 
     name = "source"
+    max_document_chars: int | None = None
 
     def __iter__(self) -> Iterator[str]:
         for _, text in self.documents():
@@ -56,15 +107,62 @@ class Source:
         """``(index, text)`` for every document with ``index >= start`` and
         ``index % num_shards == shard``. Indices may skip numbers (records that are not
         usable documents still consume one); they never change between reads."""
+        limit = self.max_document_chars
         for index, text in self._records(start, shard, num_shards):
-            if text is not None:
-                yield index, text
+            if text is None:
+                continue
+            if limit is not None and len(text) > limit:
+                self._skip("too_long", f"document {index}: {len(text):,} characters > max_document_chars={limit:,}")
+                continue
+            yield index, text
 
     def _records(self, start: int, shard: int, num_shards: int) -> Iterator[tuple[int, str | None]]:
         raise NotImplementedError
 
+    # -- skip counting -----------------------------------------------------------------
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Reason -> records skipped by this object's reads (per process: each loader
+        worker counts the records of its own shard)."""
+        counts = self.__dict__.get("_skipped")
+        if counts is None:
+            counts = self.__dict__["_skipped"] = {}
+        return counts
+
+    @skipped.setter
+    def skipped(self, value: dict[str, int]) -> None:
+        self.__dict__["_skipped"] = dict(value)
+
+    def _skip(self, reason: str, where: str) -> None:
+        """Count one skipped record; log the first of each reason (the rest are counted)."""
+        warned = self.__dict__.setdefault("_warned", set())
+        if reason not in warned:
+            warned.add(reason)
+            logger.warning("%s: skipping %s (%s; further ones are only counted)", self.name, where, reason)
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
     def describe(self) -> str:
-        return self.name
+        return self.name + self._skipped_suffix()
+
+    def _skipped_suffix(self) -> str:
+        counts = {k: v for k, v in self.skipped.items() if v}
+        return f"; skipped: {', '.join(f'{k}={v:,}' for k, v in counts.items())}" if counts else ""
+
+
+def _owns(index: int, start: int, shard: int, num_shards: int) -> bool:
+    """Whether the reader of ``shard`` counts an event at document position ``index``."""
+    return index >= start and index % num_shards == shard
+
+
+def describe_skipped(counts: dict[str, int]) -> str:
+    """One line for a run summary: ``skipped 12 records: invalid_json=10, too_long=2``."""
+    nonzero = {k: v for k, v in counts.items() if v}
+    if not nonzero:
+        return "no records skipped"
+    total = sum(nonzero.values())
+    return f"skipped {total:,} record{'s' if total != 1 else ''}: " + ", ".join(
+        f"{k}={v:,}" for k, v in nonzero.items()
+    )
 
 
 class ListSource(Source):
@@ -82,7 +180,7 @@ class ListSource(Source):
             yield index, self.docs[index]
 
     def describe(self) -> str:
-        return f"list: {len(self.docs):,} documents"
+        return f"list: {len(self.docs):,} documents" + self._skipped_suffix()
 
 
 # --------------------------------------------------------------------------- paths
@@ -118,11 +216,38 @@ def resolve_paths(patterns: list[str] | tuple[str, ...], kind: str) -> list[Path
     return list(dict.fromkeys(files))
 
 
-def open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
+def open_text(path: Path, encoding: str = "utf-8", errors: str = "strict") -> IO[str]:
     """Open a text file, transparently decompressing ``.gz``."""
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding)
-    return open(path, encoding=encoding)
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, errors=errors)
+    return open(path, encoding=encoding, errors=errors)
+
+
+_DRAIN_CHARS = 1 << 20
+
+
+def bounded_lines(f: IO[str], limit: int | None) -> Iterator[str | None]:
+    """The lines of ``f`` (with their newline), or ``None`` for a line of more than
+    ``limit`` characters, which is read past in pieces and never held in memory."""
+    if limit is None:
+        yield from f
+        return
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith("\n"):
+            while line and not line.endswith("\n"):
+                line = f.readline(_DRAIN_CHARS)
+            yield None
+        else:
+            yield line
+
+
+def _check_limit(value: int | None, kind: str) -> int | None:
+    if value is not None and not (isinstance(value, int) and value > 0):
+        raise DataError(f"source '{kind}': max_document_chars must be a positive integer or None, got {value!r}")
+    return value
 
 
 def _describe_files(files: list[Path]) -> str:
@@ -138,6 +263,7 @@ def _describe_files(files: list[Path]) -> str:
 class TextSourceConfig:
     paths: list[str] = field(default_factory=list)
     encoding: str = "utf-8"
+    max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS  # longer paragraphs: skipped (too_long)
 
 
 class TextSource(Source):
@@ -146,45 +272,80 @@ class TextSource(Source):
     Paragraphs rather than lines or whole files: a line is often a fragment of a
     sentence (hard-wrapped text), while a whole file may be a book whose chunks would
     all land on one shard. Lines inside a paragraph keep their newlines. ``.gz`` files
-    are decompressed on the fly.
+    are decompressed on the fly. Paragraphs with invalid bytes or more than
+    ``max_document_chars`` characters, empty files and damaged ``.gz`` files are skipped
+    and counted (module docstring).
     """
 
     name = "text"
 
-    def __init__(self, paths: list[str], encoding: str = "utf-8") -> None:
+    def __init__(
+        self, paths: list[str], encoding: str = "utf-8", max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS
+    ) -> None:
         self.files = resolve_paths(paths, self.name)
         self.encoding = encoding
+        self.max_document_chars = _check_limit(max_document_chars, self.name)
 
     def _records(self, start: int, shard: int, num_shards: int) -> Iterator[tuple[int, str | None]]:
         index = 0
         for path in self.files:
-            for paragraph in _paragraphs(path, self.encoding):
-                if index >= start and index % num_shards == shard:
-                    yield index, paragraph
-                index += 1
+            first = index
+            try:
+                for paragraph in _paragraphs(path, self.encoding, self.max_document_chars):
+                    if _owns(index, start, shard, num_shards):
+                        yield index, self._check(paragraph, path, index - first + 1)
+                    index += 1
+            except _CORRUPT_FILE_ERRORS as e:
+                if _owns(index, start, shard, num_shards):
+                    self._skip("corrupt_file", f"{path} after {index - first} paragraphs ({e}); the rest of it")
+                continue
+            if index == first and _owns(index, start, shard, num_shards):
+                self._skip("empty_file", f"{path} (no paragraphs)")
+
+    def _check(self, paragraph: str | None, path: Path, number: int) -> str | None:
+        if paragraph is None:
+            self._skip("too_long", f"{path}, paragraph {number} (> max_document_chars={self.max_document_chars:,})")
+            return None
+        if _SURROGATE.search(paragraph):
+            self._skip("invalid_utf8", f"{path}, paragraph {number} (bytes that are not {self.encoding})")
+            return None
+        return paragraph
 
     def describe(self) -> str:
-        return f"text: {_describe_files(self.files)} (paragraphs, {self.encoding})"
+        return f"text: {_describe_files(self.files)} (paragraphs, {self.encoding})" + self._skipped_suffix()
 
 
-def _paragraphs(path: Path, encoding: str) -> Iterator[str]:
+def _paragraphs(path: Path, encoding: str, limit: int | None = None) -> Iterator[str | None]:
+    """The blank-line separated paragraphs of a file; ``None`` for one of more than
+    ``limit`` characters (its lines are read past, not kept). Undecodable bytes come
+    back as lone surrogates (``surrogateescape``) for the caller to reject."""
     lines: list[str] = []
-    with open_text(path, encoding) as f:
-        for line in f:
+    size = 0  # len("\n".join(lines))
+    too_long = False
+    with open_text(path, encoding, errors="surrogateescape") as f:
+        for line in bounded_lines(f, limit):
+            if line is None:  # one line longer than the limit: so is its paragraph
+                lines, too_long = [], True
+                continue
             line = line.rstrip("\r\n")
-            if line.strip():
-                lines.append(line)
-            elif lines:
-                yield "\n".join(lines)
-                lines = []
-    if lines:
-        yield "\n".join(lines)
+            if not line.strip():
+                if lines or too_long:
+                    yield None if too_long else "\n".join(lines)
+                lines, size, too_long = [], 0, False
+            elif not too_long:
+                size += len(line) + (1 if lines else 0)
+                if limit is not None and size > limit:
+                    lines, too_long = [], True  # stop keeping it; read on to its end
+                else:
+                    lines.append(line)
+    if lines or too_long:
+        yield None if too_long else "\n".join(lines)
 
 
 @SOURCES.register("text", TextSourceConfig)
 def text_source(cfg: TextSourceConfig) -> TextSource:
     """Plain-text files (globs allowed), split into documents on blank lines."""
-    return TextSource(list(cfg.paths), cfg.encoding)
+    return TextSource(list(cfg.paths), cfg.encoding, cfg.max_document_chars)
 
 
 # --------------------------------------------------------------------------- jsonl
@@ -195,6 +356,13 @@ class JsonlSourceConfig:
     paths: list[str] = field(default_factory=list)
     text_field: str = "text"
     encoding: str = "utf-8"
+    max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS  # longer texts: skipped (too_long)
+
+
+# A JSON line may escape every character of its text (\uXXXX: 6 characters for 1), and
+# carries other fields (C4: url, timestamp); lines longer than this are not even parsed.
+JSON_ESCAPE_FACTOR = 6
+JSON_OTHER_FIELDS_CHARS = 1 << 16
 
 
 class JsonlSource(Source):
@@ -202,41 +370,60 @@ class JsonlSource(Source):
 
     Document index = line number over all files, so lines owned by other shards are
     skipped without being parsed. Lines that are not JSON, lack ``text_field`` (or hold a
-    non-string / blank value) are skipped and counted in ``skipped``; the first of each
-    kind is logged with its file and line.
+    non-string / blank value), hold invalid bytes or too long a text are skipped and
+    counted in ``skipped``; the first of each kind is logged with its file and line.
     """
 
     name = "jsonl"
     SKIP_REASONS = ("invalid_json", "missing_field", "empty_text")
 
-    def __init__(self, paths: list[str], text_field: str = "text", encoding: str = "utf-8") -> None:
+    def __init__(
+        self,
+        paths: list[str],
+        text_field: str = "text",
+        encoding: str = "utf-8",
+        max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS,
+    ) -> None:
         self.files = resolve_paths(paths, self.name)
         self.text_field = text_field
         self.encoding = encoding
+        self.max_document_chars = _check_limit(max_document_chars, self.name)
         # Counts are per process: DataLoader workers count the lines of their own shard.
-        self.skipped: dict[str, int] = {reason: 0 for reason in self.SKIP_REASONS}
-        self._warned: set[str] = set()
+        self.skipped = {reason: 0 for reason in self.SKIP_REASONS}
+
+    @property
+    def max_line_chars(self) -> int | None:
+        limit = self.max_document_chars
+        return None if limit is None else JSON_ESCAPE_FACTOR * limit + JSON_OTHER_FIELDS_CHARS
 
     def _records(self, start: int, shard: int, num_shards: int) -> Iterator[tuple[int, str | None]]:
         index = 0
         for path in self.files:
-            with open_text(path, self.encoding) as f:
-                for line_no, line in enumerate(f, 1):
-                    if index >= start and index % num_shards == shard:
-                        yield index, self._parse(line, path, line_no)
-                    index += 1
+            first = index
+            try:
+                with open_text(path, self.encoding, errors="surrogateescape") as f:
+                    for line_no, line in enumerate(bounded_lines(f, self.max_line_chars), 1):
+                        if _owns(index, start, shard, num_shards):
+                            yield index, self._parse(line, path, line_no)
+                        index += 1
+            except _CORRUPT_FILE_ERRORS as e:
+                if _owns(index, start, shard, num_shards):
+                    self._skip("corrupt_file", f"{path} after line {index - first} ({e}); the rest of it")
+                continue
+            if index == first and _owns(index, start, shard, num_shards):
+                self._skip("empty_file", f"{path} (no lines)")
 
-    def _parse(self, line: str, path: Path, line_no: int) -> str | None:
+    def _parse(self, line: str | None, path: Path, line_no: int) -> str | None:
+        if line is None:
+            self._count_skip("too_long", path, line_no)
+            return None
         text, reason = parse_jsonl_line(line, self.text_field)
         if reason is not None:
             self._count_skip(reason, path, line_no)
         return text
 
     def _count_skip(self, reason: str, path: Path, line_no: int) -> None:
-        if reason not in self._warned:
-            self._warned.add(reason)
-            logger.warning("jsonl: skipping %s:%d (%s; further ones are only counted)", path, line_no, reason)
-        self.skipped[reason] += 1
+        self._skip(reason, f"{path}:{line_no}")
 
     def describe(self) -> str:
         desc = f"jsonl: {_describe_files(self.files)} (field '{self.text_field}')"
@@ -255,13 +442,15 @@ def parse_jsonl_line(line: str, text_field: str) -> tuple[str | None, str | None
         return None, "missing_field"
     if not text.strip():
         return None, "empty_text"
+    if _SURROGATE.search(text):
+        return None, "invalid_utf8"
     return text, None
 
 
 @SOURCES.register("jsonl", JsonlSourceConfig)
 def jsonl_source(cfg: JsonlSourceConfig) -> JsonlSource:
     """JSON-lines files (optionally .gz), one document per line, text in ``text_field``."""
-    return JsonlSource(list(cfg.paths), cfg.text_field, cfg.encoding)
+    return JsonlSource(list(cfg.paths), cfg.text_field, cfg.encoding, cfg.max_document_chars)
 
 
 # --------------------------------------------------------------------------- builtin
@@ -354,12 +543,14 @@ def builtin_source(cfg: BuiltinSourceConfig) -> BuiltinSource:
 def probing(source: Source) -> Iterator[Source]:
     """Read ``source`` without it counting: skip counters are restored afterwards, so a
     check before training does not double the numbers the real read reports."""
-    counters = dict(getattr(source, "skipped", {}))
+    counters = getattr(source, "skipped", None)
+    saved = dict(counters) if counters is not None else None
     try:
         yield source
     finally:
-        if counters:
-            source.skipped.update(counters)  # type: ignore[attr-defined]
+        if counters is not None and saved is not None:
+            counters.clear()  # exactly as before: also drop reasons first seen in the probe
+            counters.update(saved)
 
 
 def first_document(source: Source) -> tuple[int, str]:
@@ -368,4 +559,7 @@ def first_document(source: Source) -> tuple[int, str]:
     with probing(source):
         for index, text in source.documents():
             return index, text
-        raise DataError(f"source has no usable documents: {source.describe()}")
+        raise DataError(
+            f"source has no usable documents (zero usable documents: every file is empty or every record "
+            f"was skipped): {source.describe()}"
+        )

@@ -153,6 +153,20 @@ class Objective(nn.Module):
         """Counts for the losses in ``ObjectiveOutput.aux_losses``, keyed the same way."""
         return {}
 
+    def parallel_units(self) -> list[nn.Module]:
+        """Submodules to shard as FSDP units of their own, innermost first (the generator's
+        blocks, the generator, the RTD head), so the stage switch can drop them whole."""
+        return []
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        """Transformer blocks for activation checkpointing and per-block compile."""
+        return []
+
+    def fsdp_forward_methods(self) -> dict[nn.Module, tuple[str, ...]]:
+        """Methods other than ``forward`` that the objective calls on its units (FSDP must
+        gather the parameters around them)."""
+        return {}
+
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Extra per-example fields ``spactor preview --json`` shows."""
         return {}

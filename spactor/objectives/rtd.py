@@ -246,6 +246,17 @@ class RTD(Objective):
             self.generator.eval()  # a frozen generator never runs dropout
         return self
 
+    def parallel_units(self) -> list[nn.Module]:
+        if self.generator is None or self.head is None:
+            return []
+        return [*self.generator.blocks(), self.generator, self.head]
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        return [] if self.generator is None else list(self.generator.blocks())
+
+    def fsdp_forward_methods(self) -> dict[nn.Module, tuple[str, ...]]:
+        return {} if self.generator is None else {self.generator: ("masked_logits", "logits_all")}
+
     def release(self) -> None:
         """Free G and the head (SpacTor's switch to stage 2); the objective becomes identity.
         The caller must also drop their parameters from the optimizer."""

@@ -9,17 +9,10 @@ from spactor.config import load_config
 from spactor.plugins import load_plugins
 from spactor.runners.data import build_data
 from spactor.runners.metrics import read_metrics
-from spactor.runners.trainer import (
-    TrainModules,
-    build_model,
-    build_objectives,
-    raw_length_for,
-    release_stage1,
-    seeded_generator,
-    train,
-    train_step,
-    trainable_parameters,
-)
+from spactor.runners.parallel import DistInfo
+from spactor.runners.stages import release_stage1, trainable_parameters
+from spactor.runners.step import StepContext, TrainModules, train_step
+from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator, train
 
 load_plugins()
 
@@ -61,8 +54,9 @@ def test_release_shrinks_trainable_parameters_and_optimizer_state(tiny_overrides
     data.start(raw_length_for(objectives, 64), batch_size=4)
     modules = TrainModules(model, objectives)
     optimizer = torch.optim.AdamW(trainable_parameters(modules))
-    rng = seeded_generator(0, torch.device("cpu"))
-    train_step(modules, optimizer, next(iter(data.train_batches())), rng, 1, 1.0, None)
+    cpu = torch.device("cpu")
+    ctx = StepContext(DistInfo(), seeded_generator(0, cpu), seeded_generator(1, cpu), clip_grad_norm=1.0)
+    train_step(modules, optimizer, next(iter(data.train_batches())), ctx)
 
     rtd = objectives["rtd"]
     shared = {id(p) for p in model.parameters()}

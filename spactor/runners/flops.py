@@ -1,0 +1,842 @@
+"""FLOPs per training step, per stage, and model FLOPs utilisation (MFU).
+
+How a step is counted:
+
+* The recipe's model and objectives are built on CPU (or ``device``) at the recipe's
+  real shapes, the objectives' transforms run on a synthetic ``original`` batch (random
+  real token ids of the raw chunk length), and the runner's forward (``TrainModules``) is traced
+  with fvcore's ``FlopCountAnalysis`` inside a module whose forward returns the loss.
+* The dry run is **one sequence**; FLOPs per step = FLOPs per sequence ×
+  ``trainer.batch_size``. Every op of these models acts per sequence (no batch-wide
+  reductions with FLOPs), so FLOPs are linear in the batch; the test checks it.
+* fvcore counts a multiply-add as one; everything here is reported in FLOPs (×2).
+* Convention (as MFU and ``torch.utils.flop_counter.FlopCounterMode``): matmul-class ops
+  only — linear/matmul/bmm/einsum and attention (both of its matmuls, the full score
+  matrix even when masked). Elementwise ops, norms, softmax and losses are given
+  explicit handles that count 0 unless ``elementwise=True`` (then a rough per-element
+  cost, :data:`ELEMENTWISE_FLOPS`); ops with no arithmetic at all (indexing, masks,
+  comparisons, RNG, embedding lookups) are ignored (:data:`NO_FLOP_OPS`). So fvcore's
+  unsupported-op list is empty for every shipped recipe: nothing is dropped silently.
+* Training FLOPs = 3 × forward for trained modules (backward = 2 × forward: gradients
+  with respect to inputs and to weights), 1 × forward for frozen ones (Fast-ELECTRA's
+  generator runs forward only). Attention's backward counts 2 × its forward too; torch's
+  ``FlopCounterMode`` also counts flash attention's recomputation of the scores (2.5 ×).
+* Per-module breakdown: an op belongs to the component whose module runs it, including
+  through the module's public methods (``lm_logits``, the generator's ``project``), not
+  just ``forward``. Components: ``encoder``, ``decoder``, ``lm_head`` (the
+  discriminator's embedding and output head), ``<objective>.<child>`` for the objectives'
+  modules (``rtd.generator``, ``rtd.head``) and ``losses`` (what objectives compute
+  themselves: cross-entropy, sampling; 0 under the default convention).
+
+Stages follow the trainer: stage 1 runs every objective; stage 2 (after the switch)
+runs without the stage-1-only ones (``release_stage1``). The baseline is plain span
+corruption on the same architecture (the recipe's ``span_corruption`` settings), or, for
+an encoder-only model, BERT-style MLM on the same encoder (15% masked, or the recipe's
+``mlm_mask`` ratio): the cheapest standard objective each architecture pre-trains with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spactor.config import DataConfig, Plugin, Resolved
+from spactor.objectives.base import Batch, Objective, Vocab
+from spactor.registry import OBJECTIVES
+from spactor.runners.stages import apply_knobs, knob_values, release_stage1, stage1_finished
+from spactor.runners.step import TrainModules, apply_transforms
+from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.schedules.base import Schedule, ScheduleSet
+from spactor.schedules.base import build as build_schedules
+
+# --------------------------------------------------------------------------- peak FLOP/s
+
+# Dense bf16 tensor-core peak per GPU, TFLOP/s (vendor datasheets; no sparsity).
+PEAK_TFLOPS: dict[str, float] = {
+    "B200": 2250.0,
+    "H200": 989.0,
+    "GH200": 989.0,
+    "H100-SXM": 989.0,
+    "H100-NVL": 835.0,
+    "H100-PCIe": 756.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "L4": 121.0,
+    "MI300X": 1307.0,
+}
+
+# torch.cuda.get_device_name() substrings → table key; the most specific first.
+_DEVICE_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("GH200",), "GH200"),
+    (("H200",), "H200"),
+    (("H100", "NVL"), "H100-NVL"),
+    (("H100", "PCIE"), "H100-PCIe"),
+    (("H100",), "H100-SXM"),  # "NVIDIA H100 80GB HBM3" is the SXM part
+    (("B200",), "B200"),
+    (("A100",), "A100"),
+    (("L40S",), "L40S"),
+    (("A10",), "A10"),  # after A100
+    (("L4",), "L4"),  # after L40S
+    (("MI300X",), "MI300X"),
+)
+
+
+def peak_tflops(device_name: str | None = None, override: float | None = None) -> float | None:
+    """Dense bf16 peak TFLOP/s of one device: ``override`` if given (the config hook,
+    e.g. ``runtime.peak_tflops``), else looked up from ``device_name`` (default: the
+    current CUDA device's name). None when unknown or on CPU, so MFU is then not reported
+    rather than made up."""
+    if override is not None:
+        return float(override)
+    if device_name is None:
+        if not torch.cuda.is_available():
+            return None
+        device_name = torch.cuda.get_device_name()
+    name = device_name.upper()
+    for parts, key in _DEVICE_PATTERNS:
+        if all(p in name for p in parts):
+            return PEAK_TFLOPS[key]
+    return None
+
+
+def mfu(flops: float, seconds: float, peak: float | None, world_size: int = 1) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over ``world_size`` devices' peak
+    (``peak`` in TFLOP/s per device)."""
+    if peak is None or seconds <= 0:
+        return None
+    return flops / seconds / (peak * 1e12 * world_size)
+
+
+# --------------------------------------------------------------------------- fvcore handles
+
+Handle = Callable[[list[Any], list[Any]], float]
+
+# Ops with no arithmetic: lookups, copies, masks, comparisons, RNG, argmax (a comparison
+# reduction), dropout. fvcore already ignores the shape ops and a few of these.
+NO_FLOP_OPS: tuple[str, ...] = (
+    "aten::embedding",
+    "aten::where",
+    "aten::ne",
+    "aten::lt",
+    "aten::le",
+    "aten::eq",
+    "aten::logical_and",
+    "aten::logical_or",
+    "aten::logical_not",
+    "aten::bitwise_and",
+    "aten::bitwise_or",
+    "aten::__or__",
+    "aten::argmax",
+    "aten::argmin",
+    "aten::rand",
+    "aten::randint",
+    "aten::bernoulli_",
+    "aten::native_dropout",
+    "aten::feature_dropout",
+    "aten::masked_scatter",
+    "aten::masked_select",
+    "aten::masked_fill_",
+    "aten::tril",
+    "aten::triu",
+    "aten::scatter",
+    "aten::scatter_",
+    "aten::index_select",
+    "aten::topk",
+    "aten::sort",
+    "aten::argsort",
+    "aten::clone",
+    "aten::fill_",
+    "aten::ones_like",
+    "aten::expand_as",
+    "aten::view_as",
+    "aten::repeat",
+    "aten::alias",
+    "aten::lift_fresh",
+)
+
+# Rough FLOPs per element (of the larger of the first input and the output) for ops
+# counted only with ``elementwise=True``. Reductions count their input.
+ELEMENTWISE_FLOPS: dict[str, float] = {
+    "aten::add": 1,
+    "aten::add_": 1,
+    "aten::sub": 1,
+    "aten::rsub": 1,
+    "aten::mul": 1,
+    "aten::mul_": 1,
+    "aten::div": 1,
+    "aten::neg": 1,
+    "aten::abs": 1,
+    "aten::pow": 1,
+    "aten::rsqrt": 1,
+    "aten::sqrt": 1,
+    "aten::exp": 1,
+    "aten::log": 1,
+    "aten::tanh": 1,
+    "aten::mean": 1,
+    "aten::sum": 1,
+    "aten::gelu": 8,  # tanh approximation: ~8 ops
+    "aten::silu": 4,
+    "aten::sigmoid": 4,
+    "aten::softmax": 5,  # max, subtract, exp, sum, divide
+    "aten::log_softmax": 5,
+    "aten::cross_entropy_loss": 6,  # log-softmax + gather/negate/sum
+    "aten::binary_cross_entropy_with_logits": 6,
+    "aten::layer_norm": 5,  # fvcore's own estimate
+    "aten::group_norm": 5,
+    "aten::rms_norm": 4,
+}
+
+# Attention ops and the layout of their q/k/v: "bhld" = (..., L, d), "blhd" = (B, L, H, d).
+ATTENTION_OPS: dict[str, str] = {
+    "aten::scaled_dot_product_attention": "bhld",
+    "aten::_scaled_dot_product_attention_math": "bhld",
+    "aten::_scaled_dot_product_flash_attention": "bhld",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "bhld",
+    "aten::_scaled_dot_product_efficient_attention": "bhld",
+    "aten::_scaled_dot_product_cudnn_attention": "bhld",
+    "aten::_flash_attention_forward": "blhd",
+    "aten::_efficient_attention_forward": "blhd",
+}
+# Flex attention is not listed: it vmaps internally and cannot be traced by torch.jit,
+# so fvcore never sees it (no shipped architecture uses it; count such a model with its
+# ``attention: sdpa`` equivalent).
+
+
+def _shape(value: Any) -> list[int] | None:
+    return value.type().sizes() if value.isCompleteTensor() else None
+
+
+def _numel(value: Any) -> int:
+    shape = _shape(value)
+    return math.prod(shape) if shape is not None else 1
+
+
+def attention_handle(layout: str) -> Handle:
+    """Multiply-adds of ``softmax(q kᵀ + bias) v``: two matmuls over the full score
+    matrix (masked entries included, as the kernels compute them in blocks)."""
+
+    def handle(inputs: list[Any], outputs: list[Any]) -> float:
+        q, k, v = (_shape(x) for x in inputs[:3])
+        assert q is not None and k is not None and v is not None, "attention inputs without shapes"
+        if layout == "bhld":
+            rows, keys = math.prod(q[:-1]), k[-2]  # (batch · heads · Lq), Lk
+        else:
+            rows, keys = q[0] * q[2] * q[1], k[1]
+        return float(rows * keys * (q[-1] + v[-1]))  # q·kᵀ, then p·v
+
+    return handle
+
+
+def elementwise_handle(flops_per_element: float) -> Handle:
+    def handle(inputs: list[Any], outputs: list[Any]) -> float:
+        n = max(_numel(inputs[0]) if inputs else 1, _numel(outputs[0]) if outputs else 1)
+        return flops_per_element * n / 2  # fvcore's unit is a multiply-add (2 FLOPs)
+
+    return handle
+
+
+def zero_handle(inputs: list[Any], outputs: list[Any]) -> float:
+    return 0.0
+
+
+def op_handles(elementwise: bool = False) -> dict[str, Handle | None]:
+    """fvcore handles on top of its defaults (None = ignore: no FLOPs)."""
+    handles: dict[str, Handle | None] = {op: None for op in NO_FLOP_OPS}
+    for op, cost in ELEMENTWISE_FLOPS.items():
+        handles[op] = elementwise_handle(cost) if elementwise else zero_handle
+    for op, layout in ATTENTION_OPS.items():
+        handles[op] = attention_handle(layout)
+    return handles
+
+
+# --------------------------------------------------------------------------- one step
+
+
+class _Step(nn.Module):
+    """What fvcore traces: the runner's forward (modifiers, one encode, every loss) on a
+    prepared batch given as a tuple of tensors, returning the summed losses."""
+
+    def __init__(self, modules: TrainModules, keys: Sequence[str], rng: torch.Generator) -> None:
+        super().__init__()
+        self.train_modules = modules
+        self.keys = list(keys)
+        self.rng = rng
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        losses, _ = self.train_modules(dict(zip(self.keys, tensors)), self.rng)
+        return torch.stack([total.float().sum() for total, _, _ in losses.values()]).sum()
+
+
+def _public_methods(module: nn.Module) -> Iterator[str]:
+    """Methods a class defines beyond ``nn.Module`` (``lm_logits``, ``project``, ...)."""
+    seen: set[str] = set()
+    for cls in type(module).__mro__:
+        if cls is nn.Module or not issubclass(cls, nn.Module):
+            break
+        for name, value in vars(cls).items():
+            if name in seen or name.startswith("_") or hasattr(nn.Module, name):
+                continue
+            if inspect.isfunction(value):
+                seen.add(name)
+                yield name
+
+
+@contextlib.contextmanager
+def _method_scopes(owners: dict[str, nn.Module]) -> Iterator[None]:
+    """fvcore attributes an op to the module whose ``__call__`` ran it. Objectives call
+    modules through methods (``model.lm_logits``, ``generator.project``) whose ops
+    would land on the caller; wrap those methods so they push the owner's trace scope."""
+
+    def scoped(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            state = torch._C._get_tracing_state()
+            if state is None:
+                return method(*args, **kwargs)
+            state.push_scope(name)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                state.pop_scope()
+
+        return call
+
+    patched: list[tuple[nn.Module, str]] = []
+    try:
+        for name, module in owners.items():
+            for attr in _public_methods(module):
+                object.__setattr__(module, attr, scoped(getattr(module, attr), name))
+                patched.append((module, attr))
+        yield
+    finally:
+        for module, attr in patched:
+            vars(module).pop(attr, None)
+
+
+LOSSES = "losses"  # what objectives compute outside their modules (CE, sampling)
+_D_STACKS = ("encoder", "decoder")
+
+
+def _components(modules: TrainModules, prefix: str) -> dict[str, list[str]]:
+    """Component name → the module paths (under ``prefix``) whose exclusive FLOPs it
+    sums. An empty path list means "the rest"."""
+    comps: dict[str, list[str]] = {}
+    model_path = f"{prefix}.model"
+    for child, _ in modules.model.named_children():
+        name = child if child in _D_STACKS else "lm_head"
+        comps.setdefault(name, []).append(f"{model_path}.{child}")
+    comps.setdefault("lm_head", []).append(model_path)  # D's own: the tied head
+    for obj_name, obj in modules.objectives.items():
+        for child, _ in obj.named_children():
+            comps[f"{obj_name}.{child}"] = [f"{prefix}.objectives.{obj_name}.{child}"]
+    comps[LOSSES] = []
+    return comps
+
+
+def _component_modules(modules: TrainModules) -> dict[str, list[nn.Module]]:
+    out: dict[str, list[nn.Module]] = {}
+    model = modules.model
+    for child, module in model.named_children():
+        out.setdefault(child if child in _D_STACKS else "lm_head", []).append(module)
+    out.setdefault("lm_head", [])
+    for obj_name, obj in modules.objectives.items():
+        for child, module in obj.named_children():
+            out[f"{obj_name}.{child}"] = [module]
+    out[LOSSES] = []
+    return out
+
+
+def _is_trained(parts: list[nn.Module]) -> bool:
+    """Frozen = has parameters and none of them trains. Parameter-free parts (losses)
+    sit on the trained path and count as trained."""
+    params = [p for m in parts for p in m.parameters()]
+    return not params or any(p.requires_grad for p in params)
+
+
+@dataclass
+class StepFlops:
+    """FLOPs of one training step of one stage."""
+
+    stage: int
+    batch_size: int
+    forward_per_sequence: dict[str, float]  # component → forward FLOPs for one sequence
+    trained: dict[str, bool]  # component → trained (×3) or frozen (×1)
+    objectives: list[str] = field(default_factory=list)
+    unsupported_ops: dict[str, int] = field(default_factory=dict)
+
+    def multiplier(self, component: str) -> int:
+        return 3 if self.trained[component] else 1
+
+    @property
+    def modules_per_sequence(self) -> dict[str, float]:
+        """Training FLOPs (forward + backward) per sequence, by component."""
+        return {k: v * self.multiplier(k) for k, v in self.forward_per_sequence.items()}
+
+    @property
+    def flops_per_sequence(self) -> float:
+        return sum(self.modules_per_sequence.values())
+
+    @property
+    def forward_flops_per_step(self) -> float:
+        return sum(self.forward_per_sequence.values()) * self.batch_size
+
+    @property
+    def flops_per_step(self) -> float:
+        return self.flops_per_sequence * self.batch_size
+
+    @property
+    def modules(self) -> dict[str, float]:
+        """Training FLOPs per step, by component."""
+        return {k: v * self.batch_size for k, v in self.modules_per_sequence.items()}
+
+
+def count_modules_flops(
+    modules: TrainModules,
+    batch: Batch,
+    rng: torch.Generator,
+    batch_size: int = 1,
+    stage: int = 1,
+    elementwise: bool = False,
+) -> StepFlops:
+    """Trace the runner's forward on ``batch`` (already transformed; one sequence is
+    enough, see the module docstring) and count it. ``batch_size`` scales the per-step
+    numbers; the per-sequence ones are divided by ``batch``'s own size."""
+    from fvcore.nn import FlopCountAnalysis
+
+    keys = sorted(batch)
+    step = _Step(modules, keys, rng)
+    prefix = "train_modules"
+    owners = {f"{prefix}.model": modules.model}
+    for obj_name, obj in modules.objectives.items():
+        owners[f"{prefix}.objectives.{obj_name}"] = obj
+        for child, module in obj.named_children():
+            owners[f"{prefix}.objectives.{obj_name}.{child}"] = module
+
+    analysis = FlopCountAnalysis(step, tuple(batch[k] for k in keys))
+    analysis.set_op_handle(**op_handles(elementwise))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    with _method_scopes(owners), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about data-dependent shapes
+        by_module = analysis.by_module()
+        unsupported = dict(analysis.unsupported_ops())
+    # fvcore totals include descendants; take each path's exclusive share.
+    sequences = next(iter(batch.values())).shape[0]
+    total = float(by_module[""])
+    comps = _components(modules, prefix)
+    claimed: dict[str, float] = {}
+    for name, paths in comps.items():
+        claimed[name] = 0.0
+        for path in paths:
+            inner = sum(by_module[p] for p in _descendants_in(comps, path))
+            claimed[name] += float(by_module.get(path, 0)) - inner
+    claimed[LOSSES] = total - sum(v for k, v in claimed.items() if k != LOSSES)
+    forward = {k: 2.0 * v / sequences for k, v in claimed.items()}  # multiply-adds → FLOPs
+    parts = _component_modules(modules)
+    return StepFlops(
+        stage=stage,
+        batch_size=batch_size,
+        forward_per_sequence=forward,
+        trained={k: _is_trained(parts[k]) for k in forward},
+        objectives=list(modules.objectives.keys()),
+        unsupported_ops=unsupported,
+    )
+
+
+def _descendants_in(comps: dict[str, list[str]], path: str) -> list[str]:
+    """Component paths directly below ``path`` (their FLOPs belong to them, not to it)."""
+    paths = [p for ps in comps.values() for p in ps if p != path and p.startswith(path + ".")]
+    # Only the outermost ones: a nested path is already inside its parent's total.
+    return [p for p in paths if not any(q != p and p.startswith(q + ".") for q in paths)]
+
+
+# --------------------------------------------------------------------------- building
+
+
+def count_vocab(data: DataConfig) -> Vocab:
+    """The vocabulary the run would use, without training a tokenizer: the configured
+    SentencePiece model, else T5's layout for ``data.tokenizer_vocab_size`` pieces (what
+    the built-in tokenizer has; 32000 gives T5's 32,128 rows)."""
+    from spactor.data.tokenizer import Tokenizer, t5_vocab
+
+    if data.tokenizer:
+        return Tokenizer.load(Path(data.tokenizer).expanduser()).vocab()
+    return t5_vocab(data.tokenizer_vocab_size)
+
+
+def _without_checkpoint_loading(resolved: Resolved) -> Resolved:
+    """A private copy (building objectives writes knobs into their configs) in which no
+    objective loads weights: a frozen generator's checkpoint changes no FLOPs, and
+    counting must not need it to exist."""
+    resolved = copy.deepcopy(resolved)
+    for plugin in resolved.objectives.values():
+        if hasattr(plugin.config, "generator_checkpoint"):
+            plugin.config.generator_checkpoint = None
+    return resolved
+
+
+@contextlib.contextmanager
+def _quiet_build() -> Iterator[None]:
+    # Building consumes the global RNG (weight init); fork it so counting FLOPs before
+    # the real model is built does not change that model's initialisation.
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*frozen generator without generator_checkpoint.*")
+        yield
+
+
+def _dry_batch(
+    objectives: dict[str, Objective], vocab: Vocab, input_length: int, rng: torch.Generator, device: torch.device
+) -> Batch:
+    """One raw chunk of random real token ids, through the objectives' transforms."""
+    raw_length = raw_length_for(objectives, input_length)
+    original = torch.randint(3, vocab.last_sentinel_id, (1, raw_length), generator=rng, device=device)
+    return apply_transforms(objectives, {"original": original}, rng)
+
+
+def _count(
+    modules: TrainModules,
+    vocab: Vocab,
+    input_length: int,
+    batch_size: int,
+    stage: int,
+    elementwise: bool,
+    device: torch.device,
+    seed: int = 0,
+) -> StepFlops:
+    objectives: dict[str, Objective] = dict(modules.objectives.items())  # type: ignore[arg-type]
+    rng = seeded_generator(seed, device)
+    batch = _dry_batch(objectives, vocab, input_length, rng, device)
+    return count_modules_flops(modules, batch, rng, batch_size, stage, elementwise)
+
+
+def count_step_flops(
+    resolved: Resolved,
+    stage: int = 1,
+    vocab: Vocab | None = None,
+    elementwise: bool = False,
+    device: torch.device | str = "cpu",
+) -> StepFlops:
+    """FLOPs of one training step of ``stage`` (1: every objective; 2: without the
+    stage-1-only ones) of the recipe, at its real shapes and ``trainer.batch_size``."""
+    resolved = _without_checkpoint_loading(resolved)
+    vocab = vocab or count_vocab(resolved.cfg.data)
+    device = torch.device(device)
+    with _quiet_build():
+        model = build_model(resolved, vocab)
+        objectives = build_objectives(resolved, vocab, model)
+        modules = TrainModules(model, objectives).to(device).train()
+        schedules = build_schedules(resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps)
+        apply_knobs(objectives, schedules.values(0))
+        if stage == 2:
+            release_stage1(modules, objectives, optimizer=None)
+        return _count(
+            modules, vocab, resolved.cfg.data.input_length, resolved.cfg.trainer.batch_size, stage, elementwise, device
+        )
+
+
+# --------------------------------------------------------------------------- stages and report
+
+
+def baseline_objectives(resolved: Resolved, has_decoder: bool) -> dict[str, Plugin]:
+    """The baseline's objectives: span corruption with the recipe's settings on an
+    encoder-decoder; BERT-style MLM (the recipe's mask ratio, else 15%) on an encoder."""
+
+    def plugin(name: str, config: Any) -> Plugin:
+        return Plugin(name=name, type=name, config=config)
+
+    by_type = {p.type: p for p in resolved.objectives.values()}
+    if has_decoder:
+        sc = by_type.get("span_corruption")
+        config = copy.deepcopy(sc.config) if sc else OBJECTIVES.get("span_corruption").config_cls()
+        return {"span_corruption": plugin("span_corruption", config)}
+    mask_cfg = OBJECTIVES.get("mlm_mask").config_cls()
+    if "mlm_mask" in by_type:
+        mask_cfg.ratio = by_type["mlm_mask"].config.ratio
+    mask_cfg.mode = "bert"
+    return {"mlm_mask": plugin("mlm_mask", mask_cfg), "mlm": plugin("mlm", OBJECTIVES.get("mlm").config_cls())}
+
+
+def _can_switch_later(schedules: ScheduleSet) -> bool:
+    """A schedule that watches metrics (adaptive τ) may decide the switch during training."""
+    return any(type(s).observe is not Schedule.observe for s in schedules.schedules.values())
+
+
+def knob_switch_step(objectives: dict[str, Objective], schedules: ScheduleSet, max_steps: int) -> int | None:
+    """First step at which the schedules have turned every stage-1 objective off (the
+    trainer then switches, e.g. an annealed λ1 reaching 0), by bisection: knob schedules
+    that end stage 1 are monotone. None if that never happens before ``max_steps``.
+    Leaves the knobs at their step-0 values."""
+    if not any(o.STAGE1_ONLY for o in objectives.values()) or not schedules.driven_knobs() or max_steps < 1:
+        return None
+
+    def off(step: int) -> bool:
+        apply_knobs(objectives, schedules.values(step))
+        return stage1_finished(objectives)
+
+    try:
+        if not off(max_steps - 1):
+            return None
+        lo, hi = 0, max_steps - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if off(mid) else (mid + 1, hi)
+        return lo
+    finally:
+        apply_knobs(objectives, schedules.values(0))
+
+
+@dataclass
+class StageFlops:
+    name: str  # "stage1" | "stage2"
+    stage: int
+    first_step: int
+    steps: int | None  # None: the switch is decided during training
+    flops: StepFlops
+
+
+@dataclass
+class FlopsReport:
+    """FLOPs per step of each stage a recipe runs, and of its baseline."""
+
+    recipe: str | None
+    architecture: str
+    batch_size: int
+    input_length: int
+    raw_length: int
+    vocab_size: int
+    max_steps: int
+    switch_step: int | None
+    stages: list[StageFlops]
+    baseline: StepFlops
+    baseline_objectives: list[str]
+    elementwise: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def baseline_flops_per_step(self) -> float:
+        return self.baseline.flops_per_step
+
+    def per_step(self, stage: int) -> float:
+        """Training FLOPs of one step in ``stage`` (what the runner accumulates)."""
+        for s in self.stages:
+            if s.stage == stage:
+                return s.flops.flops_per_step
+        raise KeyError(f"recipe has no stage {stage}; stages: {[s.stage for s in self.stages]}")
+
+    def ratio(self, stage: int) -> float:
+        return self.per_step(stage) / self.baseline_flops_per_step
+
+    def cumulative(self, steps: int) -> float:
+        """FLOPs of the first ``steps`` steps, stage 1 until the switch then stage 2
+        (the last stage continues past ``max_steps``): τ·F1 + (n − τ)·F2."""
+        total = 0.0
+        for i, s in enumerate(self.stages):
+            last = i == len(self.stages) - 1
+            end = steps if last or s.steps is None else min(steps, s.first_step + s.steps)
+            total += max(0, end - s.first_step) * s.flops.flops_per_step
+        return total
+
+    def normalized(self, steps: int) -> float:
+        """Cumulative FLOPs over the baseline's for the same number of steps: the paper's
+        Table 2/3 column, (τ·F1 + (n − τ)·F2) / (n·F_baseline)."""
+        return self.cumulative(steps) / (steps * self.baseline_flops_per_step) if steps > 0 else float("nan")
+
+    def default_steps(self) -> list[int]:
+        points = {self.max_steps // 2, self.max_steps}
+        if self.switch_step:
+            points.add(self.switch_step)
+        return sorted(p for p in points if p > 0)
+
+    def to_json(self, steps: Sequence[int] | None = None) -> dict[str, Any]:
+        steps = list(steps) if steps is not None else self.default_steps()
+        return {
+            "recipe": self.recipe,
+            "architecture": self.architecture,
+            "batch_size": self.batch_size,
+            "input_length": self.input_length,
+            "raw_length": self.raw_length,
+            "vocab_size": self.vocab_size,
+            "max_steps": self.max_steps,
+            "switch_step": self.switch_step,
+            "stages": [
+                {
+                    "name": s.name,
+                    "stage": s.stage,
+                    "first_step": s.first_step,
+                    "steps": s.steps,
+                    "objectives": s.flops.objectives,
+                    "flops_per_step": s.flops.flops_per_step,
+                    "forward_flops_per_step": s.flops.forward_flops_per_step,
+                    "flops_per_sequence": s.flops.flops_per_sequence,
+                    "ratio_to_baseline": s.flops.flops_per_step / self.baseline_flops_per_step,
+                    "modules": s.flops.modules,
+                    "trained": s.flops.trained,
+                    "unsupported_ops": s.flops.unsupported_ops,
+                }
+                for s in self.stages
+            ],
+            "baseline_objectives": self.baseline_objectives,
+            "baseline_flops_per_step": self.baseline_flops_per_step,
+            "baseline_modules": self.baseline.modules,
+            "cumulative": [
+                {"step": n, "flops": self.cumulative(n), "normalized": self.normalized(n)} for n in steps
+            ],
+            "convention": (
+                "FLOPs = 2 x multiply-adds of matmul-class ops (linear, matmul, attention)"
+                + (" + rough elementwise costs" if self.elementwise else "; elementwise ops not counted")
+                + "; training = 3 x forward for trained modules, 1 x for frozen ones"
+            ),
+            "notes": self.notes,
+        }
+
+
+def _architecture(resolved: Resolved) -> str:
+    config = resolved.model.config
+    parts = [resolved.model.type]
+    if getattr(config, "version", None) is not None:
+        parts.append(f"v{config.version}")
+    if getattr(config, "size", None) is not None:
+        parts.append(str(config.size))
+    return " ".join(parts)
+
+
+def flops_report(
+    resolved: Resolved,
+    vocab: Vocab | None = None,
+    elementwise: bool = False,
+    tau: int | None = None,
+    device: torch.device | str = "cpu",
+) -> FlopsReport:
+    """Count every stage the recipe runs and its baseline. ``tau`` overrides the switch
+    step (for a schedule that decides it during training). Builds the model once."""
+    resolved = _without_checkpoint_loading(resolved)
+    cfg = resolved.cfg
+    vocab = vocab or count_vocab(cfg.data)
+    device = torch.device(device)
+    max_steps, batch_size, input_length = cfg.trainer.max_steps, cfg.trainer.batch_size, cfg.data.input_length
+    notes: list[str] = []
+
+    with _quiet_build():
+        model = build_model(resolved, vocab)
+        objectives = build_objectives(resolved, vocab, model)
+        modules = TrainModules(model, objectives).to(device).train()
+        raw_length = raw_length_for(objectives, input_length)
+        schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps)
+        switch = tau
+        if switch is None:
+            candidates = [s for s in (schedules.switch_step(), knob_switch_step(objectives, schedules, max_steps)) if s is not None]
+            switch = min(candidates) if candidates else None
+            if switch is None and _can_switch_later(schedules):
+                notes.append("the switch to stage 2 is decided during training; pass --tau to assume one")
+        has_stage2 = any(o.STAGE1_ONLY for o in objectives.values()) and (
+            switch is not None or _can_switch_later(schedules)
+        )
+        if switch is not None and switch >= max_steps:
+            has_stage2 = False
+        if schedules.driven_knobs():
+            notes.append("scheduled knobs: stage 1 is counted with their values at step 0")
+
+        def count(stage: int) -> StepFlops:
+            return _count(modules, vocab, input_length, batch_size, stage, elementwise, device)
+
+        stages: list[StageFlops] = []
+        apply_knobs(objectives, schedules.values(0))
+        if switch != 0:
+            steps1 = min(switch, max_steps) if switch is not None else (None if has_stage2 else max_steps)
+            stages.append(StageFlops("stage1", 1, 0, steps1, count(1)))
+        if has_stage2 or switch == 0:
+            release_stage1(modules, objectives, optimizer=None)
+            start = switch if switch is not None else 0
+            steps2 = max(max_steps - switch, 0) if switch is not None else None
+            stages.append(StageFlops("stage2", 2, start, steps2, count(2)))
+
+        base_plugins = baseline_objectives(resolved, bool(getattr(model, "has_decoder", True)))
+        current = {name: (p.type, dataclasses.asdict(p.config)) for name, p in resolved.objectives.items() if name in objectives}
+        wanted = {name: (p.type, dataclasses.asdict(p.config)) for name, p in base_plugins.items()}
+        if current == wanted:
+            baseline = dataclasses.replace(stages[-1].flops)  # the last stage is the baseline
+        else:
+            base_resolved = dataclasses.replace(resolved, objectives=base_plugins, schedules={})
+            base_objectives = build_objectives(base_resolved, vocab, model)
+            base_modules = TrainModules(model, base_objectives).to(device).train()
+            baseline = _count(base_modules, vocab, input_length, batch_size, 0, elementwise, device)
+
+    return FlopsReport(
+        recipe=resolved.recipe,
+        architecture=_architecture(resolved),
+        batch_size=batch_size,
+        input_length=input_length,
+        raw_length=raw_length,
+        vocab_size=model.vocab_size,
+        max_steps=max_steps,
+        switch_step=switch if has_stage2 or switch == 0 else None,
+        stages=stages,
+        baseline=baseline,
+        baseline_objectives=list(base_plugins),
+        elementwise=elementwise,
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------- for the runner
+
+
+class FlopsTracker:
+    """Per-step FLOPs metrics for the training loop.
+
+    ``update(stage)`` after every optimizer step returns ``flops_per_step``,
+    ``flops_cum`` and ``flops_normalized`` (cumulative over the baseline's for as many
+    steps); ``mfu(seconds)`` at log time returns the utilisation of the FLOPs done since
+    the previous call. ``state_dict`` goes into the checkpoint so ``flops_cum`` resumes.
+    """
+
+    def __init__(self, report: FlopsReport, peak_tflops: float | None = None, world_size: int = 1) -> None:
+        self.report = report
+        self.peak_tflops = peak_tflops
+        self.world_size = world_size
+        self.flops_cum = 0.0
+        self.steps = 0
+        self._window = 0.0
+
+    def update(self, stage: int) -> dict[str, float]:
+        per_step = self.report.per_step(stage)
+        self.flops_cum += per_step
+        self.steps += 1
+        self._window += per_step
+        return {
+            "flops_per_step": per_step,
+            "flops_cum": self.flops_cum,
+            "flops_normalized": self.flops_cum / (self.steps * self.report.baseline_flops_per_step),
+        }
+
+    def mfu(self, seconds: float) -> float | None:
+        value = mfu(self._window, seconds, self.peak_tflops, self.world_size)
+        self._window = 0.0
+        return value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"flops_cum": self.flops_cum, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.flops_cum = float(state.get("flops_cum", 0.0))
+        self.steps = int(state.get("steps", 0))
+
+
+def tracker_for(resolved: Resolved, device: torch.device, world_size: int = 1) -> FlopsTracker:
+    """The tracker the runner builds once per run: counts the recipe on CPU and picks
+    the peak from ``runtime.peak_tflops`` (when the config has it) or the GPU's name."""
+    report = flops_report(resolved)
+    override = getattr(resolved.cfg.runtime, "peak_tflops", None)
+    peak = peak_tflops(override=override) if device.type == "cuda" or override is not None else None
+    return FlopsTracker(report, peak_tflops=peak, world_size=world_size)
