@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -39,6 +40,7 @@ def split_recipe(args: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    from spactor.runners.parallel import shutdown_distributed
     from spactor.runners.trainer import train
 
     recipe, overrides = split_recipe(ns.args)
@@ -53,8 +55,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
         resolved.recipe = _saved_recipe_name(run_dir)
     else:
         resolved = load_config(recipe or QUICKSTART, overrides)
-    result = train(resolved, resume_dir=ns.resume)
-    print(summary(result), flush=True)
+    try:
+        result = train(resolved, resume_dir=ns.resume)
+    finally:
+        shutdown_distributed()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary(result), flush=True)
     return 0
 
 
@@ -151,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, default=32000)
     t.add_argument("--out", "-o", required=True, help="output .model path")
     t.set_defaults(func=cmd_tokenizer_train)
+
+    from spactor.runners.flops_cli import add_flops_parser  # argparse only; counting imports lazily
+    add_flops_parser(sub)
     return parser
 
 

@@ -218,7 +218,11 @@ def resolve(data: dict[str, Any], recipe: str | None = None) -> Resolved:
     lr_schedule = resolve_plugin("lr_schedule", cfg.lr_schedule, *PLUGIN_SECTIONS["lr_schedule"], default="rsqrt")
     objectives = resolve_named("objectives", cfg.objectives, OBJECTIVES)
     schedules = resolve_named("schedules", cfg.schedules, SCHEDULES)
-    return Resolved(cfg, model, objectives, schedules, optimizer, lr_schedule, recipe=recipe)
+    resolved = Resolved(cfg, model, objectives, schedules, optimizer, lr_schedule, recipe=recipe)
+    from spactor.validation import validate  # ranges and cross-field rules (imports the plugins' modules)
+
+    validate(resolved)
+    return resolved
 
 
 def resolve_plugin(

@@ -141,29 +141,25 @@ def check_data(d: Any) -> None:
     unit_interval("data.validation_fraction", d.validation_fraction)
     at_least("data.num_workers", d.num_workers, 0)
     positive_int("data.tokenizer_vocab_size", d.tokenizer_vocab_size)
-    try:
-        from spactor.registry import SOURCES
+    import spactor.data.sources  # noqa: F401 — registers the built-in sources
+    from spactor.registry import SOURCES, RegistryError
 
+    try:
         entry = SOURCES.get(d.source)
-    except Exception as e:  # noqa: BLE001 — RegistryError, or no sources registered yet
-        if "spactor.data.sources" not in _loaded_modules():
-            return  # sources not imported (a bare config load): the loader checks later
+    except RegistryError as e:
         fail("data.source", d.source, str(e))
     fields = {f.name for f in dataclasses.fields(entry.config_cls)}
     for key, value in d.source_options.items():
         if key not in fields:
-            fail(f"data.source_options.{key}", value, f"source '{d.source}' has no such option; valid: {', '.join(sorted(fields))}")
-    limit = d.source_options.get("max_document_chars", 0)
-    if limit is not None and "max_document_chars" in d.source_options:
-        positive_int("data.source_options.max_document_chars", limit)
-    if "paths" in fields and not d.paths and "paths" not in d.source_options:
+            fail(
+                f"data.source_options.{key}",
+                value,
+                f"source '{d.source}' has no such option; valid: {', '.join(sorted(fields))}",
+            )
+    if d.source_options.get("max_document_chars") is not None:
+        positive_int("data.source_options.max_document_chars", d.source_options["max_document_chars"])
+    if "paths" in fields and not d.paths and not d.source_options.get("paths"):
         fail("data.paths", list(d.paths), f"source '{d.source}' needs at least one file or glob")
-
-
-def _loaded_modules() -> set[str]:
-    import sys
-
-    return set(sys.modules)
 
 
 def check_runtime(r: Any) -> None:
@@ -230,12 +226,12 @@ def check_model(model: Plugin, input_length: int) -> int | None:
     if model.type == "encoder":
         from spactor.architectures import encoder
 
-        one_of("model.size", cfg.size, list(encoder.ENCODER_SIZES))
+        for key, choices in (("size", "ENCODER_SIZES"), ("positions", "POSITIONS"), ("norm", "NORMS")):
+            if hasattr(encoder, choices) and hasattr(cfg, key):
+                one_of(f"model.{key}", getattr(cfg, key), list(getattr(encoder, choices)))
         for name in ("d_model", "num_heads", "num_layers", "d_ff", "d_kv"):
-            if getattr(cfg, name) is not None:
+            if getattr(cfg, name, None) is not None:
                 positive_int(f"model.{name}", getattr(cfg, name))
-        one_of("model.positions", cfg.positions, list(encoder.POSITIONS))
-        one_of("model.norm", cfg.norm, list(encoder.NORMS))
         try:
             spec = encoder.resolve_encoder_spec(cfg)
         except ValueError as e:
@@ -370,9 +366,9 @@ def check_span_corruption(resolved: Resolved) -> None:
             except ValueError:
                 return None  # too short to corrupt at all
 
-        # Spans only grow with the chunk (whose length is >= input_length): a cheap
-        # early answer for absurd lengths, before walking up to the raw chunk length.
-        if span_counts(input_length, density, mu).num_spans > NUM_SENTINELS:
+        # Spans only grow with the chunk, which is (about) as long as the input or longer:
+        # for an absurd length, answer without walking up to the raw chunk length.
+        if input_length > HUGE_INPUT and span_counts(input_length, density, mu).num_spans > NUM_SENTINELS:
             needed = span_counts(input_length, density, mu).num_spans
         else:
             needed = spans(input_length)
@@ -384,7 +380,7 @@ def check_span_corruption(resolved: Resolved) -> None:
                 )
             if needed <= NUM_SENTINELS:
                 continue
-        longest = _longest_fitting(input_length, spans)
+        longest = _longest_fitting(input_length, spans, lambda n: span_counts(n, density, mu).num_spans)
         fail(
             "data.input_length",
             input_length,
@@ -394,19 +390,35 @@ def check_span_corruption(resolved: Resolved) -> None:
         )
 
 
-def _longest_fitting(upper: int, spans: typing.Callable[[int], int | None]) -> int:
-    """Largest length < ``upper`` whose chunk needs <= NUM_SENTINELS spans (binary search:
-    the span count never decreases with the length)."""
-    lo, hi = 2, upper  # invariant: hi does not fit
-    if (spans(lo) or 0) > NUM_SENTINELS:
-        return 0
+HUGE_INPUT = 1 << 16
+
+
+def _bisect_last(lo: int, hi: int, fits: typing.Callable[[int], bool]) -> int:
+    """Largest n in [lo, hi) with ``fits(n)``, for a monotone ``fits`` true at ``lo`` and
+    false at ``hi``."""
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if (spans(mid) or 0) <= NUM_SENTINELS:
+        if fits(mid):
             lo = mid
         else:
             hi = mid
     return lo
+
+
+def _longest_fitting(
+    upper: int, spans: typing.Callable[[int], int | None], raw_spans: typing.Callable[[int], int]
+) -> int:
+    """Largest input length < ``upper`` whose chunk needs <= NUM_SENTINELS spans (the
+    count never decreases with the length). ``raw_spans`` (cheap: spans of a chunk of
+    exactly n tokens) first bounds the search, so it stays fast for huge ``upper``."""
+    if (spans(2) or 0) > NUM_SENTINELS:
+        return 0
+    bound = upper
+    if raw_spans(upper) > NUM_SENTINELS:
+        bound = _bisect_last(2, upper, lambda n: raw_spans(n) <= NUM_SENTINELS) + 1
+    if (spans(bound) or 0) <= NUM_SENTINELS:
+        return bound  # degenerate settings (raw chunk shorter than the input): a safe answer
+    return _bisect_last(2, bound, lambda n: (spans(n) or 0) <= NUM_SENTINELS)
 
 
 def check_rtd(resolved: Resolved, hidden_size: int | None) -> None:

@@ -148,7 +148,8 @@ class RTDHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.out(F.gelu(self.dense(hidden))).squeeze(-1)
+        # a fresh tensor, not a view: FSDP hooks the output of this unit for its backward
+        return self.out(F.gelu(self.dense(hidden))).squeeze(-1).clone()
 
 
 # -- the objective ---------------------------------------------------------------------------

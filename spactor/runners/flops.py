@@ -328,33 +328,39 @@ LOSSES = "losses"  # what objectives compute outside their modules (CE, sampling
 _D_STACKS = ("encoder", "decoder")
 
 
-def _components(modules: TrainModules, prefix: str) -> dict[str, list[str]]:
-    """Component name → the module paths (under ``prefix``) whose exclusive FLOPs it
-    sums. An empty path list means "the rest"."""
-    comps: dict[str, list[str]] = {}
-    model_path = f"{prefix}.model"
-    for child, _ in modules.model.named_children():
-        name = child if child in _D_STACKS else "lm_head"
-        comps.setdefault(name, []).append(f"{model_path}.{child}")
-    comps.setdefault("lm_head", []).append(model_path)  # D's own: the tied head
+@dataclass
+class _Component:
+    paths: list[str]  # module paths whose exclusive FLOPs this component sums
+    modules: list[nn.Module]  # whose parameters decide trained (×3) vs frozen (×1)
+
+
+def _components(modules: TrainModules, prefix: str) -> dict[str, _Component]:
+    """The breakdown: D's stacks, D's head (its own ops — the tied projection — plus its
+    other children: embedding, lm_head/mlm_head), each objective's child modules, and
+    ``losses`` (the rest: what objectives compute outside any module)."""
+    comps: dict[str, _Component] = {}
+    children = dict(modules.model.named_children())
+    for stack in _D_STACKS:
+        if stack in children:
+            comps[stack] = _Component([f"{prefix}.model.{stack}"], [children[stack]])
+    head = _Component([f"{prefix}.model"], [])
+    for child, module in children.items():
+        if child not in _D_STACKS:
+            head.paths.append(f"{prefix}.model.{child}")
+            head.modules.append(module)
+    comps["lm_head"] = head
     for obj_name, obj in modules.objectives.items():
-        for child, _ in obj.named_children():
-            comps[f"{obj_name}.{child}"] = [f"{prefix}.objectives.{obj_name}.{child}"]
-    comps[LOSSES] = []
+        for child, module in obj.named_children():
+            comps[f"{obj_name}.{child}"] = _Component([f"{prefix}.objectives.{obj_name}.{child}"], [module])
+    comps[LOSSES] = _Component([], [])
     return comps
 
 
-def _component_modules(modules: TrainModules) -> dict[str, list[nn.Module]]:
-    out: dict[str, list[nn.Module]] = {}
-    model = modules.model
-    for child, module in model.named_children():
-        out.setdefault(child if child in _D_STACKS else "lm_head", []).append(module)
-    out.setdefault("lm_head", [])
-    for obj_name, obj in modules.objectives.items():
-        for child, module in obj.named_children():
-            out[f"{obj_name}.{child}"] = [module]
-    out[LOSSES] = []
-    return out
+def _exclusive(by_module: dict[str, int], path: str, all_paths: list[str]) -> float:
+    """fvcore's count for ``path`` minus what its outermost listed descendants claim."""
+    inner = [p for p in all_paths if p.startswith(path + ".")]
+    outermost = [p for p in inner if not any(q != p and p.startswith(q + ".") for q in inner)]
+    return float(by_module.get(path, 0)) - sum(float(by_module.get(p, 0)) for p in outermost)
 
 
 def _is_trained(parts: list[nn.Module]) -> bool:
@@ -431,34 +437,19 @@ def count_modules_flops(
         warnings.simplefilter("ignore")  # tracer chatter about data-dependent shapes
         by_module = analysis.by_module()
         unsupported = dict(analysis.unsupported_ops())
-    # fvcore totals include descendants; take each path's exclusive share.
     sequences = next(iter(batch.values())).shape[0]
-    total = float(by_module[""])
     comps = _components(modules, prefix)
-    claimed: dict[str, float] = {}
-    for name, paths in comps.items():
-        claimed[name] = 0.0
-        for path in paths:
-            inner = sum(by_module[p] for p in _descendants_in(comps, path))
-            claimed[name] += float(by_module.get(path, 0)) - inner
-    claimed[LOSSES] = total - sum(v for k, v in claimed.items() if k != LOSSES)
-    forward = {k: 2.0 * v / sequences for k, v in claimed.items()}  # multiply-adds → FLOPs
-    parts = _component_modules(modules)
+    all_paths = [p for c in comps.values() for p in c.paths]
+    claimed = {name: sum(_exclusive(by_module, p, all_paths) for p in c.paths) for name, c in comps.items()}
+    claimed[LOSSES] = float(by_module[""]) - sum(v for k, v in claimed.items() if k != LOSSES)
     return StepFlops(
         stage=stage,
         batch_size=batch_size,
-        forward_per_sequence=forward,
-        trained={k: _is_trained(parts[k]) for k in forward},
+        forward_per_sequence={k: 2.0 * v / sequences for k, v in claimed.items()},  # multiply-adds → FLOPs
+        trained={k: _is_trained(c.modules) for k, c in comps.items()},
         objectives=list(modules.objectives.keys()),
         unsupported_ops=unsupported,
     )
-
-
-def _descendants_in(comps: dict[str, list[str]], path: str) -> list[str]:
-    """Component paths directly below ``path`` (their FLOPs belong to them, not to it)."""
-    paths = [p for ps in comps.values() for p in ps if p != path and p.startswith(path + ".")]
-    # Only the outermost ones: a nested path is already inside its parent's total.
-    return [p for p in paths if not any(q != p and p.startswith(q + ".") for q in paths)]
 
 
 # --------------------------------------------------------------------------- building
@@ -600,8 +591,8 @@ def knob_switch_step(objectives: dict[str, Objective], schedules: ScheduleSet, m
 class StageFlops:
     name: str  # "stage1" | "stage2"
     stage: int
-    first_step: int
-    steps: int | None  # None: the switch is decided during training
+    first_step: int | None  # None: the switch is decided during training
+    steps: int | None  # None: until the switch (unknown) or for ever
     flops: StepFlops
 
 
@@ -639,9 +630,12 @@ class FlopsReport:
 
     def cumulative(self, steps: int) -> float:
         """FLOPs of the first ``steps`` steps, stage 1 until the switch then stage 2
-        (the last stage continues past ``max_steps``): τ·F1 + (n − τ)·F2."""
+        (the last stage continues past ``max_steps``): τ·F1 + (n − τ)·F2. With the switch
+        unknown (decided during training), stage 1 throughout: an upper bound."""
         total = 0.0
         for i, s in enumerate(self.stages):
+            if s.first_step is None:
+                continue
             last = i == len(self.stages) - 1
             end = steps if last or s.steps is None else min(steps, s.first_step + s.steps)
             total += max(0, end - s.first_step) * s.flops.flops_per_step
@@ -738,7 +732,10 @@ def flops_report(
             candidates = [s for s in (schedules.switch_step(), knob_switch_step(objectives, schedules, max_steps)) if s is not None]
             switch = min(candidates) if candidates else None
             if switch is None and _can_switch_later(schedules):
-                notes.append("the switch to stage 2 is decided during training; pass --tau to assume one")
+                notes.append(
+                    "the switch to stage 2 is decided during training: cumulative FLOPs assume stage 1 "
+                    "throughout (an upper bound); pass --tau to assume a switch step"
+                )
         has_stage2 = any(o.STAGE1_ONLY for o in objectives.values()) and (
             switch is not None or _can_switch_later(schedules)
         )
@@ -757,7 +754,7 @@ def flops_report(
             stages.append(StageFlops("stage1", 1, 0, steps1, count(1)))
         if has_stage2 or switch == 0:
             release_stage1(modules, objectives, optimizer=None)
-            start = switch if switch is not None else 0
+            start = switch
             steps2 = max(max_steps - switch, 0) if switch is not None else None
             stages.append(StageFlops("stage2", 2, start, steps2, count(2)))
 

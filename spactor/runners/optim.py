@@ -38,7 +38,15 @@ class AdafactorConfig:
 
 @OPTIMIZERS.register("adafactor", AdafactorConfig)
 def build_adafactor(cfg: AdafactorConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """torch.optim.Adafactor with T5's settings (its rsqrt cap is the lr_schedule's job)."""
+    """torch.optim.Adafactor with T5's settings (its rsqrt cap is the lr_schedule's job);
+    for FSDP2-sharded parameters the same algorithm in DTensor-safe form."""
+    params = list(params)
+    if any(hasattr(p, "full_tensor") for p in params):
+        from spactor.runners.adafactor import DTensorAdafactor
+
+        return DTensorAdafactor(
+            params, lr=1e-2, beta2_decay=cfg.beta2_decay, eps=(cfg.eps1, cfg.eps2), weight_decay=cfg.weight_decay
+        )
     return torch.optim.Adafactor(
         params,
         lr=1e-2,  # overwritten every step by the lr_schedule

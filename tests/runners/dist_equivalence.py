@@ -1,0 +1,48 @@
+"""Run under torchrun by test_distributed.py: three SC steps on a fixed global batch, each
+rank holding its slice; rank 0 writes the logged losses to the JSON path in argv[1]."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from spactor.config import load_config
+from spactor.plugins import load_plugins
+from spactor.runners import parallel
+from spactor.runners.stages import trainable_parameters
+from spactor.runners.step import StepContext, TrainModules, train_step
+from spactor.runners.trainer import build_model, build_objectives, parallelize, seeded_generator
+from spactor.registry import OPTIMIZERS
+from spactor.objectives.base import Vocab
+
+
+def main(out_path: str, overrides: list[str]) -> None:
+    load_plugins()
+    cpu = torch.device("cpu")
+    info = parallel.init_distributed(cpu)
+    resolved = load_config("sc", ["model.size=tiny", "data.input_length=64", "runtime.device=cpu", *overrides])
+    vocab = Vocab(size=640, first_sentinel_id=610, mask_id=611)
+    torch.manual_seed(0)
+    model = build_model(resolved, vocab)
+    objectives = build_objectives(resolved, vocab, model)
+    modules = TrainModules(model, objectives)
+    parallelize(modules, objectives, resolved, cpu, info)
+    optimizer = OPTIMIZERS.get("adafactor").factory(resolved.optimizer.config, trainable_parameters(modules))
+    ctx = StepContext(info, seeded_generator(1, cpu), seeded_generator(2 + info.rank, cpu), grad_accum_steps=1)
+    data = torch.Generator().manual_seed(3)
+    losses = []
+    for _ in range(3):
+        global_batch = torch.randint(3, 600, (8, 70), generator=data)
+        local = global_batch.chunk(info.world_size)[info.rank]
+        out = train_step(modules, optimizer, {"original": local}, ctx)
+        losses.append(out.loss)
+    if info.is_main:
+        with open(out_path, "w") as f:
+            json.dump(losses, f)
+    parallel.shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])

@@ -1,0 +1,83 @@
+"""Multi-rank training on CPU with gloo, launched with torchrun as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def torchrun(nproc: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(29500 + os.getpid() % 1000), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def spactor(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "spactor", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    script = str(HERE / "dist_equivalence.py")
+    for nproc, out in ((1, one), (2, two)):
+        done = torchrun(nproc, script, str(out))  # one rank: a plain module; two: FSDP2
+        assert done.returncode == 0, done.stderr[-3000:]
+    losses_one, losses_two = json.loads(one.read_text()), json.loads(two.read_text())
+    assert losses_one == pytest.approx(losses_two, rel=1e-5, abs=1e-6)
+    assert losses_one[-1] < losses_one[0]
+
+
+def test_two_stage_switch_on_two_ranks_then_resume_on_one(tiny_overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    done = torchrun(2, "-m", "spactor", "train", "spactor", *tiny_overrides, f"run.dir={run_dir}",
+                    "schedules.two_stage.tau=3", "trainer.max_steps=5", "lr_schedule.warmup_steps=100")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = metrics(run_dir)
+    assert [r["stage"] for r in records] == [1, 1, 1, 2, 2]
+    assert "loss/rtd" in records[2] and "loss/rtd" not in records[3]
+    assert records[3]["released"] == ["mlm_mask", "rtd"]
+
+    resumed = spactor("train", "--resume", str(run_dir), "trainer.max_steps=7")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "different number of ranks" in resumed.stdout
+    records = metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 8))
+    assert all(r["stage"] == 2 for r in records[3:])
+
+
+def test_sigkill_at_a_random_step_then_resume_matches(tiny_overrides, tmp_path):
+    common = [*tiny_overrides, "trainer.checkpoint_every=1", "trainer.max_steps=12", "lr_schedule.warmup_steps=100"]
+    full = tmp_path / "full"
+    assert spactor("train", "sc", *common, f"run.dir={full}").returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "spactor", "train", "sc", *common, f"run.dir={killed}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_after = 3 + (os.getpid() % 5)  # some step in the middle, not a fixed one
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        log = killed / "metrics.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= kill_after:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(metrics(killed)) < 12, "the run finished before it could be killed"
+
+    resumed = spactor("train", "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["loss"] for r in metrics(killed)] == [r["loss"] for r in metrics(full)]
