@@ -53,6 +53,7 @@ def validate(resolved: Resolved) -> None:
         check_fields(f"schedules.{name}", plugin.config, SCHEDULE_RULES)
     check_fields("optimizer", resolved.optimizer.config, OPTIM_RULES)
     check_fields("lr_schedule", resolved.lr_schedule.config, OPTIM_RULES)
+    check_choices(resolved.objectives)
     check_objective_order(resolved.objectives)
     check_span_corruption(resolved)
     check_rtd(resolved, width)
@@ -332,6 +333,29 @@ def check_fields(path: str, cfg: Any, rule: Rule) -> None:
 # --------------------------------------------------------------------------- objectives
 
 
+# objective type -> field -> (module, name of the tuple of valid values in it)
+CHOICES: dict[str, dict[str, tuple[str, str]]] = {
+    "mlm_mask": {"mode": ("spactor.objectives.mlm_mask", "MODES")},
+    "rtd": {
+        "generator_logits": ("spactor.objectives.rtd", "LOGIT_MODES"),
+        "embedding_sharing": ("spactor.architectures.generator", "SHARING_MODES"),
+    },
+}
+
+
+def check_choices(objectives: dict[str, Plugin]) -> None:
+    import importlib
+
+    for name, plugin in objectives.items():
+        for key, (module, constant) in CHOICES.get(plugin.type, {}).items():
+            try:
+                valid = getattr(importlib.import_module(module), constant)
+            except (ImportError, AttributeError):
+                continue
+            if hasattr(plugin.config, key):
+                one_of(f"objectives.{name}.{key}", getattr(plugin.config, key), list(valid))
+
+
 def check_objective_order(objectives: dict[str, Plugin]) -> None:
     names = list(objectives)
     types = [p.type for p in objectives.values()]
@@ -427,17 +451,6 @@ def check_rtd(resolved: Resolved, hidden_size: int | None) -> None:
             continue
         cfg = plugin.config
         where = f"objectives.{name}"
-        try:
-            from spactor.objectives import rtd
-        except ImportError:
-            rtd = None  # type: ignore[assignment]
-        if rtd is not None:
-            for key, valid in (
-                ("generator_logits", getattr(rtd, "LOGIT_MODES", None)),
-                ("embedding_sharing", getattr(rtd, "SHARING_MODES", None)),
-            ):
-                if valid is not None and hasattr(cfg, key):
-                    one_of(f"{where}.{key}", getattr(cfg, key), list(valid))
         if getattr(cfg, "frozen", False) and getattr(cfg, "embedding_sharing", None) == "shared":
             fail(
                 f"{where}.embedding_sharing",

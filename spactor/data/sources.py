@@ -418,6 +418,8 @@ class JsonlSource(Source):
             self._count_skip("too_long", path, line_no)
             return None
         text, reason = parse_jsonl_line(line, self.text_field)
+        if text is not None and self.max_document_chars is not None and len(text) > self.max_document_chars:
+            text, reason = None, "too_long"
         if reason is not None:
             self._count_skip(reason, path, line_no)
         return text

@@ -418,7 +418,10 @@ def count_modules_flops(
     """Trace the runner's forward on ``batch`` (already transformed; one sequence is
     enough, see the module docstring) and count it. ``batch_size`` scales the per-step
     numbers; the per-sequence ones are divided by ``batch``'s own size."""
-    from fvcore.nn import FlopCountAnalysis
+    try:
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError:
+        raise RuntimeError("counting FLOPs needs fvcore: pip install fvcore") from None
 
     keys = sorted(batch)
     step = _Step(modules, keys, rng)
@@ -478,16 +481,26 @@ def _without_checkpoint_loading(resolved: Resolved) -> Resolved:
 
 
 @contextlib.contextmanager
-def _quiet_build() -> Iterator[None]:
-    # Building consumes the global RNG (weight init); fork it so counting FLOPs before
-    # the real model is built does not change that model's initialisation.
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+def _quiet_build(device: torch.device) -> Iterator[None]:
+    # Building (weight init) and the traced forward (dropout) consume the global RNGs;
+    # fork them so that counting FLOPs before or after the real model is built changes
+    # neither that model's initialisation nor the run's random stream.
+    cuda = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*frozen generator without generator_checkpoint.*")
         yield
 
 
 def _dry_batch(
-    objectives: dict[str, Objective], vocab: Vocab, input_length: int, rng: torch.Generator, device: torch.device
+    objectives: dict[str, Objective],
+    vocab: Vocab,
+    input_length: int,
+    rng: torch.Generator,
+    device: torch.device,
 ) -> Batch:
     """One raw chunk of random real token ids, through the objectives' transforms."""
     raw_length = raw_length_for(objectives, input_length)
@@ -523,16 +536,24 @@ def count_step_flops(
     resolved = _without_checkpoint_loading(resolved)
     vocab = vocab or count_vocab(resolved.cfg.data)
     device = torch.device(device)
-    with _quiet_build():
+    with _quiet_build(device):
         model = build_model(resolved, vocab)
         objectives = build_objectives(resolved, vocab, model)
         modules = TrainModules(model, objectives).to(device).train()
-        schedules = build_schedules(resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps)
+        schedules = build_schedules(
+            resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps
+        )
         apply_knobs(objectives, schedules.values(0))
         if stage == 2:
             release_stage1(modules, objectives, optimizer=None)
         return _count(
-            modules, vocab, resolved.cfg.data.input_length, resolved.cfg.trainer.batch_size, stage, elementwise, device
+            modules,
+            vocab,
+            resolved.cfg.data.input_length,
+            resolved.cfg.trainer.batch_size,
+            stage,
+            elementwise,
+            device,
         )
 
 
@@ -555,7 +576,10 @@ def baseline_objectives(resolved: Resolved, has_decoder: bool) -> dict[str, Plug
     if "mlm_mask" in by_type:
         mask_cfg.ratio = by_type["mlm_mask"].config.ratio
     mask_cfg.mode = "bert"
-    return {"mlm_mask": plugin("mlm_mask", mask_cfg), "mlm": plugin("mlm", OBJECTIVES.get("mlm").config_cls())}
+    return {
+        "mlm_mask": plugin("mlm_mask", mask_cfg),
+        "mlm": plugin("mlm", OBJECTIVES.get("mlm").config_cls()),
+    }
 
 
 def _can_switch_later(schedules: ScheduleSet) -> bool:
@@ -721,7 +745,7 @@ def flops_report(
     max_steps, batch_size, input_length = cfg.trainer.max_steps, cfg.trainer.batch_size, cfg.data.input_length
     notes: list[str] = []
 
-    with _quiet_build():
+    with _quiet_build(device):
         model = build_model(resolved, vocab)
         objectives = build_objectives(resolved, vocab, model)
         modules = TrainModules(model, objectives).to(device).train()
@@ -729,7 +753,11 @@ def flops_report(
         schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps)
         switch = tau
         if switch is None:
-            candidates = [s for s in (schedules.switch_step(), knob_switch_step(objectives, schedules, max_steps)) if s is not None]
+            candidates = [
+                s
+                for s in (schedules.switch_step(), knob_switch_step(objectives, schedules, max_steps))
+                if s is not None
+            ]
             switch = min(candidates) if candidates else None
             if switch is None and _can_switch_later(schedules):
                 notes.append(
@@ -759,7 +787,11 @@ def flops_report(
             stages.append(StageFlops("stage2", 2, start, steps2, count(2)))
 
         base_plugins = baseline_objectives(resolved, bool(getattr(model, "has_decoder", True)))
-        current = {name: (p.type, dataclasses.asdict(p.config)) for name, p in resolved.objectives.items() if name in objectives}
+        current = {
+            name: (p.type, dataclasses.asdict(p.config))
+            for name, p in resolved.objectives.items()
+            if name in objectives
+        }
         wanted = {name: (p.type, dataclasses.asdict(p.config)) for name, p in base_plugins.items()}
         if current == wanted:
             baseline = dataclasses.replace(stages[-1].flops)  # the last stage is the baseline
@@ -830,10 +862,18 @@ class FlopsTracker:
         self.steps = int(state.get("steps", 0))
 
 
-def tracker_for(resolved: Resolved, device: torch.device, world_size: int = 1) -> FlopsTracker:
-    """The tracker the runner builds once per run: counts the recipe on CPU and picks
-    the peak from ``runtime.peak_tflops`` (when the config has it) or the GPU's name."""
-    report = flops_report(resolved)
+def tracker_for(
+    resolved: Resolved,
+    device: torch.device,
+    world_size: int = 1,
+    count_device: torch.device | str | None = None,
+) -> FlopsTracker:
+    """The tracker the runner builds once per run. The dry run executes on
+    ``count_device`` (default: the training device — seconds on a GPU, tens of seconds for
+    T5-Large on a few CPU cores; it builds a second, temporary copy of the model there).
+    The peak comes from ``runtime.peak_tflops`` when the config has that key, else from
+    the GPU's name; none on CPU, so MFU is then None."""
+    report = flops_report(resolved, device=count_device if count_device is not None else device)
     override = getattr(resolved.cfg.runtime, "peak_tflops", None)
     peak = peak_tflops(override=override) if device.type == "cuda" or override is not None else None
     return FlopsTracker(report, peak_tflops=peak, world_size=world_size)

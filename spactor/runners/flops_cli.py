@@ -44,7 +44,7 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "flops",
         help="training FLOPs per step of each stage, per module, and vs the baseline",
-        description=__doc__.split("\n\n")[1],
+        description=__doc__.split("\n\n")[1].replace("``", "'"),
     )
     p.add_argument("args", nargs="*", metavar="[RECIPE|PATH] [key=value ...]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -55,13 +55,17 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="steps at which to report cumulative FLOPs normalised to the baseline, comma-separated "
         "(250000,500000 or 250K,500K; default: the switch step, max_steps/2, max_steps)",
     )
-    p.add_argument("--tau", type=int, default=None, help="assume stage 2 starts at this step (overrides the schedules)")
+    p.add_argument(
+        "--tau", type=int, default=None, help="assume stage 2 starts at this step (overrides the schedules)"
+    )
     p.add_argument(
         "--elementwise",
         action="store_true",
         help="also count elementwise ops, norms, softmax and losses (rough per-element costs)",
     )
-    p.add_argument("--device", default="cpu", help="where the dry run executes (cpu | cuda); FLOPs do not depend on it")
+    p.add_argument(
+        "--device", default="cpu", help="where the dry run executes (cpu | cuda); FLOPs do not depend on it"
+    )
     p.set_defaults(func=cmd_flops)
     return p
 
@@ -85,7 +89,15 @@ def cmd_flops(ns: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- the table
 
 
-_UNITS = ((1e21, "ZFLOP"), (1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1.0, "FLOP"))
+_UNITS = (
+    (1e21, "ZFLOP"),
+    (1e18, "EFLOP"),
+    (1e15, "PFLOP"),
+    (1e12, "TFLOP"),
+    (1e9, "GFLOP"),
+    (1e6, "MFLOP"),
+    (1.0, "FLOP"),
+)
 
 
 def _unit(flops: float) -> tuple[float, str]:
@@ -100,10 +112,11 @@ def _steps(value: int | None) -> str:
 def format_report(data: dict[str, Any]) -> str:
     """A plain-text rendering of :meth:`FlopsReport.to_json`."""
     stages = data["stages"]
-    lines = [
+    header = (
         f"{data['recipe'] or 'config'}: {data['architecture']}, batch {data['batch_size']:,} x "
-        f"{data['input_length']} tokens (raw chunk {data['raw_length']}), vocabulary {data['vocab_size']:,}",
-    ]
+        f"{data['input_length']} tokens (raw chunk {data['raw_length']}), vocabulary {data['vocab_size']:,}"
+    )
+    lines = [header]
     if data["switch_step"] is not None:
         lines.append(f"stage 2 from step {data['switch_step']:,} of {data['max_steps']:,}")
     lines.append(f"baseline: {' + '.join(data['baseline_objectives'])} on the same model")
@@ -127,10 +140,17 @@ def format_report(data: dict[str, Any]) -> str:
 
     lines.append(row("", columns))
     lines.append(row("steps", [_steps(s["steps"]) for s in stages] + [""]))
-    lines.append(row(f"{unit}/step", [fmt(s["flops_per_step"]) for s in stages] + [fmt(data["baseline_flops_per_step"])]))
+    lines.append(
+        row(
+            f"{unit}/step",
+            [fmt(s["flops_per_step"]) for s in stages] + [fmt(data["baseline_flops_per_step"])],
+        )
+    )
     lines.append(row("ratio to baseline", [f"{s['ratio_to_baseline']:.3f}" for s in stages] + ["1.000"]))
     for m in modules:
-        cells = [fmt(t[m]) if m in t else "-" for t in [s["modules"] for s in stages] + [data["baseline_modules"]]]
+        cells = [
+            fmt(t[m]) if m in t else "-" for t in [s["modules"] for s in stages] + [data["baseline_modules"]]
+        ]
         lines.append(row(labels[m], cells))
 
     points = data["cumulative"]

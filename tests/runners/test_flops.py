@@ -19,6 +19,7 @@ from spactor.runners.flops import (
     flops_report,
     mfu,
     peak_tflops,
+    tracker_for,
 )
 from spactor.runners.step import TrainModules, apply_transforms
 from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
@@ -64,7 +65,9 @@ def measured_step_flops(resolved) -> float:
     batch = apply_transforms(objectives, {"original": original}, rng)
     with FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
         losses, _ = modules(batch, rng)
-        loss = sum(weight * total.float() / count.clamp(min=1) for total, count, weight in losses.values() if weight)
+        loss = sum(
+            weight * total.float() / count.clamp(min=1) for total, count, weight in losses.values() if weight
+        )
         loss.backward()
     return float(counter.get_total_flops())
 
@@ -104,14 +107,26 @@ def test_elementwise_ops_are_counted_only_on_request():
     assert matmul_only.flops_per_step < everything.flops_per_step < 1.2 * matmul_only.flops_per_step
 
 
-def test_spactor_stages_baseline_and_cumulative():
-    report = flops_report(tiny("spactor", "schedules.two_stage.tau=250", "trainer.max_steps=1000"))
+@pytest.fixture(scope="module")
+def spactor_report():
+    return flops_report(tiny("spactor", "schedules.two_stage.tau=250", "trainer.max_steps=1000"))
+
+
+def test_spactor_stages_baseline_and_cumulative(spactor_report):
+    report = spactor_report
     stage1, stage2 = report.stages
     assert (stage1.first_step, stage1.steps, stage2.first_step, stage2.steps) == (0, 250, 250, 750)
     assert stage2.flops.flops_per_step < stage1.flops.flops_per_step
     # Stage 2 is plain span corruption on the same model: the baseline itself.
     assert stage2.flops.flops_per_step == pytest.approx(report.baseline_flops_per_step)
-    assert set(stage1.flops.modules) == {"encoder", "decoder", "lm_head", "rtd.generator", "rtd.head", "losses"}
+    assert set(stage1.flops.modules) == {
+        "encoder",
+        "decoder",
+        "lm_head",
+        "rtd.generator",
+        "rtd.head",
+        "losses",
+    }
     f1, f2, fb = stage1.flops.flops_per_step, stage2.flops.flops_per_step, report.baseline_flops_per_step
     assert report.normalized(500) == pytest.approx((250 * f1 + 250 * f2) / (500 * fb))
     assert report.normalized(100) == pytest.approx(f1 / fb)
@@ -177,8 +192,8 @@ def test_peak_table_and_mfu():
     assert mfu(1.0, 1.0, None) is None
 
 
-def test_tracker_accumulates_per_stage_and_resumes():
-    report = flops_report(tiny("spactor"))
+def test_tracker_accumulates_per_stage_and_resumes(spactor_report):
+    report = spactor_report
     f1, f2, fb = report.per_step(1), report.per_step(2), report.baseline_flops_per_step
     tracker = FlopsTracker(report, peak_tflops=1.0)
     tracker.update(1)
@@ -191,3 +206,15 @@ def test_tracker_accumulates_per_stage_and_resumes():
     resumed = FlopsTracker(report)
     resumed.load_state_dict(json.loads(json.dumps(tracker.state_dict())))
     assert resumed.update(2)["flops_cum"] == pytest.approx(f1 + 2 * f2)
+
+
+def test_counting_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    count_step_flops(tiny("electra"))  # dropout 0.1: the traced forward draws random numbers
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_tracker_for_a_cpu_run_has_no_mfu_unless_a_peak_is_configured():
+    tracker = tracker_for(tiny("sc"), torch.device("cpu"))
+    assert tracker.update(1)["flops_normalized"] == pytest.approx(1.0)
+    assert tracker.mfu(1.0) is None

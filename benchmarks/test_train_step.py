@@ -1,0 +1,112 @@
+"""Train-step throughput: SC, SpacTor stage 1 and 2, ELECTRA, Fast-ELECTRA.
+
+One full optimizer step of the runner (``spactor.runners.step.train_step``: corruption,
+generator, encode, losses, backward, optimizer) on a fixed batch of random real token
+ids. ``tiny`` runs on CPU in fp32; ``base``/``large`` on CUDA with bf16 autocast and the
+recipes' optimizers in their fast form (Adafactor ``foreach``, AdamW ``fused``).
+``extra_info``: seq/s and raw tokens/s from the median step time, the step's FLOPs
+(``spactor.runners.flops``) and MFU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from benchmarks.conftest import device_for, record, synchronize
+from spactor.config import load_config
+from spactor.plugins import load_plugins
+from spactor.registry import OPTIMIZERS
+from spactor.runners.flops import count_step_flops, count_vocab
+from spactor.runners.parallel import DistInfo
+from spactor.runners.stages import release_stage1, trainable_parameters
+from spactor.runners.step import StepContext, TrainModules, train_step
+from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
+
+load_plugins()
+
+
+@dataclass(frozen=True)
+class Size:
+    batch_size: int
+    input_length: int
+    vocab_pieces: int  # 8k: the built-in tokenizer; 32k: T5's SentencePiece model
+    rounds: int
+    warmup_rounds: int
+
+
+SIZES = {
+    "tiny": Size(batch_size=8, input_length=128, vocab_pieces=8000, rounds=8, warmup_rounds=2),
+    "base": Size(batch_size=32, input_length=512, vocab_pieces=32000, rounds=10, warmup_rounds=3),
+    "large": Size(batch_size=16, input_length=512, vocab_pieces=32000, rounds=10, warmup_rounds=3),
+}
+# benchmark name -> (recipe, stage)
+CASES = {
+    "sc": ("sc", 1),
+    "spactor_stage1": ("spactor", 1),
+    "spactor_stage2": ("spactor", 2),
+    "electra": ("electra", 1),
+    "fast_electra": ("fast_electra", 1),
+}
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("case", list(CASES))
+def test_train_step(benchmark, case: str, size: str) -> None:
+    device = device_for(size)
+    recipe, stage = CASES[case]
+    shape = SIZES[size]
+    overrides = [
+        f"model.size={size}",
+        f"data.input_length={shape.input_length}",
+        f"data.tokenizer_vocab_size={shape.vocab_pieces}",
+        f"trainer.batch_size={shape.batch_size}",
+        f"runtime.device={device.type}",
+    ]
+    resolved = load_config(recipe, overrides)
+    vocab = count_vocab(resolved.cfg.data)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*frozen generator without generator_checkpoint.*")
+        model = build_model(resolved, vocab)
+        objectives = build_objectives(resolved, vocab, model)
+    modules = TrainModules(model, objectives)
+    if stage == 2:
+        release_stage1(modules, objectives, optimizer=None)
+    modules.to(device).train()
+    optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(
+        resolved.optimizer.config, trainable_parameters(modules)
+    )
+    ctx = StepContext(
+        dist=DistInfo(),
+        transform_rng=seeded_generator(1, device),
+        modify_rng=seeded_generator(2, device),
+        clip_grad_norm=resolved.cfg.trainer.clip_grad_norm,
+        amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
+    )
+    raw_length = raw_length_for(objectives, shape.input_length)
+    data_rng = torch.Generator().manual_seed(3)
+    original = torch.randint(3, vocab.last_sentinel_id, (shape.batch_size, raw_length), generator=data_rng)
+    batch = {"original": original.to(device)}
+
+    def step() -> None:
+        train_step(modules, optimizer, batch, ctx)
+        synchronize(device)
+
+    benchmark.group = f"train_step-{size}"
+    benchmark.pedantic(step, rounds=shape.rounds, warmup_rounds=shape.warmup_rounds, iterations=1)
+    flops = count_step_flops(resolved, stage=stage, vocab=vocab, device=device)
+    record(
+        benchmark,
+        sequences=shape.batch_size,
+        tokens=shape.batch_size * raw_length,
+        device=device,
+        flops_per_step=flops.flops_per_step,
+        recipe=recipe,
+        stage=stage,
+        size=size,
+        input_length=shape.input_length,
+    )
