@@ -61,6 +61,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
         shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary(result), flush=True)
+        if result.preempted:
+            print(f"stopped by {result.preempted} after step {result.steps} and checkpointed; "
+                  f"resume with: spactor train --resume {result.run_dir}", flush=True)
     return 0
 
 
@@ -179,6 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"spactor: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # trainer.nonfinite=stop: already checkpointed, say so in one line
+        if debug:
+            traceback.print_exc()
+        print(f"spactor: stopped: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("spactor: interrupted", file=sys.stderr)
         return 130

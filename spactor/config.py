@@ -89,6 +89,8 @@ class TrainerConfig:
     eval_batches: int = 4
     checkpoint_every: int = 0  # 0 = only at the end
     keep_checkpoints: int = 2
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: skip (drop the update) | stop (checkpoint, exit 1)
+    max_consecutive_skips: int = 10  # with nonfinite=skip: this many bad steps in a row stop the run
 
 
 @dataclass

@@ -19,7 +19,9 @@ How a step is counted:
   unsupported-op list is empty for every shipped recipe: nothing is dropped silently.
 * Training FLOPs = 3 × forward for trained modules (backward = 2 × forward: gradients
   with respect to inputs and to weights), 1 × forward for frozen ones (Fast-ELECTRA's
-  generator runs forward only). Attention's backward counts 2 × its forward too; torch's
+  generator runs forward only). "Trained" is read off the autograd graph of the loss the
+  trainer backpropagates (weights ≠ 0): a module none of whose parameters it reaches
+  runs forward only. Attention's backward counts 2 × its forward too; torch's
   ``FlopCounterMode`` also counts flash attention's recomputation of the scores (2.5 ×).
 * Per-module breakdown: an op belongs to the component whose module runs it, including
   through the module's public methods (``lm_logits``, the generator's ``project``), not
@@ -266,17 +268,41 @@ def op_handles(elementwise: bool = False) -> dict[str, Handle | None]:
 
 class _Step(nn.Module):
     """What fvcore traces: the runner's forward (modifiers, one encode, every loss) on a
-    prepared batch given as a tuple of tensors, returning the summed losses."""
+    prepared batch given as a tuple of tensors. Returns the sum of every loss (so nothing
+    any loss computes is pruned from the trace) and keeps the trainer's weighted loss —
+    the one it backpropagates — to find which parameters get gradients."""
 
     def __init__(self, modules: TrainModules, keys: Sequence[str], rng: torch.Generator) -> None:
         super().__init__()
         self.train_modules = modules
         self.keys = list(keys)
         self.rng = rng
+        self.trained_loss: torch.Tensor | None = None
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         losses, _ = self.train_modules(dict(zip(self.keys, tensors)), self.rng)
+        weighted = [weight * total.float().sum() for total, _, weight in losses.values() if weight != 0]
+        self.trained_loss = torch.stack(weighted).sum() if weighted else None
         return torch.stack([total.float().sum() for total, _, _ in losses.values()]).sum()
+
+
+def _parameters_with_gradients(loss: torch.Tensor | None) -> set[int]:
+    """ids of the parameters that backward from ``loss`` reaches (walks the autograd
+    graph without running it)."""
+    reached: set[int] = set()
+    if loss is None or loss.grad_fn is None:
+        return reached
+    stack, seen = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf that trains
+        if variable is not None:
+            reached.add(id(variable))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return reached
 
 
 def _public_methods(module: nn.Module) -> Iterator[str]:
@@ -363,11 +389,12 @@ def _exclusive(by_module: dict[str, int], path: str, all_paths: list[str]) -> fl
     return float(by_module.get(path, 0)) - sum(float(by_module.get(p, 0)) for p in outermost)
 
 
-def _is_trained(parts: list[nn.Module]) -> bool:
-    """Frozen = has parameters and none of them trains. Parameter-free parts (losses)
-    sit on the trained path and count as trained."""
+def _is_trained(parts: list[nn.Module], reached: set[int]) -> bool:
+    """Trained = some parameter of the part gets a gradient from the trainer's loss.
+    A part with no gradient (a frozen generator; one whose loss has weight 0) runs
+    forward only. Parameter-free parts (losses) sit on the trained path."""
     params = [p for m in parts for p in m.parameters()]
-    return not params or any(p.requires_grad for p in params)
+    return not params or any(id(p) in reached for p in params)
 
 
 @dataclass
@@ -436,10 +463,13 @@ def count_modules_flops(
     analysis.set_op_handle(**op_handles(elementwise))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
-    with _method_scopes(owners), torch.no_grad(), warnings.catch_warnings():
+    # Traced with autograd on (as in training), so the loss's graph shows what trains.
+    with _method_scopes(owners), torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about data-dependent shapes
         by_module = analysis.by_module()
         unsupported = dict(analysis.unsupported_ops())
+    reached = _parameters_with_gradients(step.trained_loss)
+    step.trained_loss = None  # free the graph
     sequences = next(iter(batch.values())).shape[0]
     comps = _components(modules, prefix)
     all_paths = [p for c in comps.values() for p in c.paths]
@@ -449,7 +479,7 @@ def count_modules_flops(
         stage=stage,
         batch_size=batch_size,
         forward_per_sequence={k: 2.0 * v / sequences for k, v in claimed.items()},  # multiply-adds → FLOPs
-        trained={k: _is_trained(c.modules) for k, c in comps.items()},
+        trained={k: _is_trained(c.modules, reached) for k, c in comps.items()},
         objectives=list(modules.objectives.keys()),
         unsupported_ops=unsupported,
     )

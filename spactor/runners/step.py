@@ -17,6 +17,7 @@ A step, in order:
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -106,6 +107,11 @@ class StepOutput:
     losses: dict[str, float]
     metrics: dict[str, float]
     grad_norm: float
+    applied: bool = True  # False: the loss or the gradients were not finite, no update
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
 
 
 @dataclass
@@ -146,17 +152,20 @@ def train_step(
             share = value.detach().float() / (len(micro) * ctx.dist.world_size)
             logged[key] = logged.get(key, 0) + share
 
-    grad_norm = clip_gradients(modules, ctx.clip_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = clip_gradients(modules, ctx.clip_grad_norm)  # the global norm: the same on every rank
     device = next(iter(counts.values())).device if counts else torch.device("cpu")
     values = all_reduce_sum({k: float(v) for k, v in logged.items()}, device)
-    return StepOutput(
+    out = StepOutput(
         loss=values.pop("loss"),
         losses={k: v for k, v in values.items() if k.startswith("loss/")},
         metrics={k: v for k, v in values.items() if not k.startswith("loss/")},
         grad_norm=grad_norm,
     )
+    out.applied = out.finite  # a non-finite step never reaches the weights or the optimizer state
+    if out.applied:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return out
 
 
 def clip_gradients(modules: nn.Module, max_norm: float | None) -> float:

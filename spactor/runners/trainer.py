@@ -10,8 +10,12 @@ switch, one step (``spactor.runners.step``), metrics, evaluation, checkpoints.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +44,71 @@ from spactor.runners.step import StepContext, TrainModules, evaluate, train_step
 from spactor.schedules.base import build as build_schedules
 
 
+class NonFiniteStop(FloatingPointError):
+    """A non-finite loss or gradient under ``trainer.nonfinite=stop`` (or too many skips)."""
+
+
+class NonFiniteGuard:
+    """``skip``: drop the update and count it; ``stop``: stop the run. Either way a
+    run of ``max_consecutive`` bad steps stops it."""
+
+    def __init__(self, policy: str, max_consecutive: int) -> None:
+        if policy not in ("skip", "stop"):
+            raise ValueError(f"trainer.nonfinite must be skip or stop, got {policy!r}")
+        self.policy = policy
+        self.max_consecutive = max_consecutive
+        self.consecutive = 0
+        self.total = 0
+
+    def bad_step(self, step: int, out: Any) -> None:
+        self.consecutive += 1
+        self.total += 1
+        what = f"non-finite {'loss' if not math.isfinite(out.loss) else 'gradient norm'} at step {step} " \
+               f"(loss {out.loss}, grad norm {out.grad_norm})"
+        if self.policy == "stop":
+            raise NonFiniteStop(f"{what}; trainer.nonfinite=stop: checkpointed the last good step")
+        if self.consecutive >= self.max_consecutive:
+            raise NonFiniteStop(f"{what}: {self.consecutive} bad steps in a row "
+                                f"(trainer.max_consecutive_skips={self.max_consecutive}); checkpointed the last good step")
+        print(f"skipping the update of step {step}: {what}", flush=True)
+
+    def good_step(self) -> None:
+        self.consecutive = 0
+
+
+class Preemption:
+    """SIGTERM/SIGINT: finish the current step, checkpoint, exit cleanly. Ranks agree on
+    the step they stop at (one tiny all-reduce per step)."""
+
+    def __init__(self, info: parallel.DistInfo, device: torch.device) -> None:
+        self.info = info
+        self.device = device
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None:  # a second signal: stop now, without a checkpoint
+            self.restore()
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        print(f"\n{self.signal_name}: finishing this step, then checkpointing", file=sys.stderr, flush=True)
+
+    def requested(self) -> bool:
+        flag = 1.0 if self.signal_name else 0.0
+        if self.info.world_size > 1:
+            flag = parallel.all_reduce_sum({"stop": flag}, self.device)["stop"]
+            if flag and not self.signal_name:
+                self.signal_name = "SIGTERM"
+        return flag > 0
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -49,6 +118,7 @@ class TrainResult:
     val: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
     tokens_seen: int = 0
+    preempted: str | None = None  # the signal that stopped the run early
 
 
 # --------------------------------------------------------------------------- set-up
@@ -252,6 +322,8 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
         rng = seeded_generator(tcfg.seed + 2, device)
         return evaluate(modules, data.validation_batches(), tcfg.eval_batches, rng, info, amp_dtype, device)
 
+    guard = NonFiniteGuard(tcfg.nonfinite, tcfg.max_consecutive_skips)
+    preemption = Preemption(info, device)
     train_iter: Iterator[Batch] = iter(data.train_batches())
     t_start = time.monotonic()
     t_window, tokens_window = time.perf_counter(), 0
@@ -265,15 +337,19 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
             set_lr(optimizer, lr_at(step))
             batch = next(train_iter)
             out = train_step(modules, optimizer, batch, ctx)
+            if out.applied:
+                guard.good_step()
+            else:
+                guard.bad_step(step + 1, out)  # raises under `stop`, or after too many skips in a row
             step += 1
             batch_tokens = batch["original"].numel() * info.world_size
             tokens_seen += batch_tokens
             tokens_window += batch_tokens
             result.losses.append(out.loss)
-            if out.loss != out.loss or out.loss in (float("inf"), float("-inf")):
-                raise FloatingPointError(f"non-finite loss {out.loss} at step {step}")
 
             record: dict[str, Any] = {"step": step, "stage": stage, "loss": out.loss}
+            if guard.total:
+                record["skipped_nonfinite"] = guard.total
             if switched is not None:
                 record["stage_switch_step"] = step - 1  # updates done before stage 2 began
                 record["released"] = switched
@@ -300,9 +376,17 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step != tcfg.max_steps:
                 save()
                 t_window = time.perf_counter()
-        if step > start_step or resumed is None:
+            if preemption.requested():
+                break
+        if preemption.requested():
+            result.preempted = preemption.signal_name
+        if step > start_step or resumed is None or result.preempted:
             save()
+    except NonFiniteStop:
+        save()  # the weights and optimizer are those of the last good step
+        raise
     finally:
+        preemption.restore()
         metrics.close()
     result.steps = step
     result.elapsed_s = time.monotonic() - t_start

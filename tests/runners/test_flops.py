@@ -142,7 +142,7 @@ def test_generator_logits_everywhere_cost_more_than_at_masked_positions():
 
 
 def test_frozen_generator_counts_forward_only():
-    common = ("objectives.rtd.embedding_sharing=none", "objectives.rtd.generator_weight=0")
+    common = ("objectives.rtd.embedding_sharing=none",)
     trained = count_step_flops(tiny("spactor", *common))
     frozen = count_step_flops(tiny("spactor", *common, "objectives.rtd.frozen=true"))
     assert trained.trained["rtd.generator"] and not frozen.trained["rtd.generator"]
@@ -151,6 +151,9 @@ def test_frozen_generator_counts_forward_only():
     electra = count_step_flops(tiny("fast_electra"))
     gen = electra.forward_per_sequence["rtd.generator"] * electra.batch_size
     assert electra.modules["rtd.generator"] == pytest.approx(gen)
+    # A trainable generator whose loss has weight 0 gets no gradient either.
+    unweighted = count_step_flops(tiny("spactor", *common, "objectives.rtd.generator_weight=0"))
+    assert not unweighted.trained["rtd.generator"]
 
 
 def test_encoder_only_baseline_is_mlm_on_the_same_encoder():
