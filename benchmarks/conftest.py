@@ -5,9 +5,12 @@ Selection: ``-k tiny`` picks everything that runs on CPU in seconds (the ``tiny`
 size, and the corruption benchmarks on CPU, which carry a ``tiny`` mark); ``base`` and
 ``large`` need CUDA and are skipped without it. ``SPACTOR_PEAK_TFLOPS`` sets the peak
 used for MFU (otherwise looked up from the GPU's name; no MFU on CPU).
-``SPACTOR_BENCH_THREADS`` sets torch's CPU threads: on a shared machine, intra-op
-threads that wait for a descheduled sibling make CPU timings swing by 10x; one thread
-per process is slower but repeatable.
+
+CPU benchmarks run torch on one thread unless ``SPACTOR_BENCH_THREADS`` says otherwise:
+it is the like-for-like comparison with the single-threaded numpy reference, and on a
+shared machine every intra-op parallel region can wait a scheduler slice for a
+descheduled sibling thread (measured: 2 threads on 2 busy cores made the train step
+20-40x and span corruption 75x slower than 1 thread).
 """
 
 from __future__ import annotations
@@ -23,9 +26,7 @@ GPU_SIZES = ("base", "large")
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "tiny: CPU-sized benchmarks (selected by -k tiny)")
-    threads = os.environ.get("SPACTOR_BENCH_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
+    torch.set_num_threads(int(os.environ.get("SPACTOR_BENCH_THREADS", "1")))
 
 
 def device_for(size: str) -> torch.device:

@@ -1,4 +1,4 @@
-"""``spactor`` command line: train, preview, components, tokenizer."""
+"""``spactor`` command line: train, preview, components, tokenizer, flops, export, plot."""
 
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ def summary(result: Any) -> str:
         )
     for key, value in sorted(result.val.items()):
         lines.append(f"{key}: {value:.4f}")
+    if any(result.skipped.values()):
+        from spactor.data.sources import describe_skipped
+
+        lines.append(f"data: {describe_skipped(result.skipped)}")
     lines.append(f"metrics: {result.run_dir / 'metrics.jsonl'}; checkpoints: {result.run_dir / 'checkpoints'}")
     return "\n".join(lines)
 
@@ -130,6 +134,70 @@ def cmd_tokenizer_train(ns: argparse.Namespace) -> int:
     return 0
 
 
+SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+def tokenizer_info(path: Path, text: str = SAMPLE_TEXT) -> dict[str, Any]:
+    """Sizes, special ids, sentinel range and a sample encoding of a SentencePiece model
+    (a ``.model`` file, or a run/export directory holding ``spiece.model``)."""
+    from spactor.data.tokenizer import MASK_TOKEN, NUM_SENTINELS, Tokenizer, sentinel_token
+
+    model = path / "spiece.model" if path.is_dir() else path
+    if not model.is_file():
+        raise UsageError(f"{path}: no SentencePiece model there (a .model file, or a directory with spiece.model)")
+    try:
+        tok = Tokenizer.load(model)
+    except (RuntimeError, ValueError) as e:  # sentencepiece raises RuntimeError on a non-model file
+        raise UsageError(f"{model}: not a usable SentencePiece model ({e})") from None
+    ids = tok.encode(text)
+    first_unused = tok.mask_id + 1
+    return {
+        "model": str(model),
+        "pieces": tok.num_pieces,
+        "embedding_rows": tok.vocab_size,
+        "special": {
+            "pad": [tok.pad_id, tok.id_to_token(tok.pad_id)],
+            "eos": [tok.eos_id, tok.id_to_token(tok.eos_id)],
+            "unk": [tok.unk_id, tok.id_to_token(tok.unk_id)],
+            "mask": [tok.mask_id, MASK_TOKEN],
+        },
+        "sentinels": {
+            "count": NUM_SENTINELS,
+            sentinel_token(0): tok.sentinel_id(0),
+            sentinel_token(NUM_SENTINELS - 1): tok.sentinel_id(NUM_SENTINELS - 1),
+        },
+        "unused_rows": [first_unused, tok.vocab_size - 1] if first_unused < tok.vocab_size else None,
+        "sample": {"text": text, "pieces": [tok.id_to_token(i) for i in ids], "ids": ids},
+    }
+
+
+def cmd_tokenizer_info(ns: argparse.Namespace) -> int:
+    info = tokenizer_info(Path(ns.model), ns.text)
+    if ns.json:
+        print(json.dumps(info, ensure_ascii=False))
+        return 0
+    special, sentinels, sample = info["special"], info["sentinels"], info["sample"]
+    last = sentinels["count"] - 1
+    unused = info["unused_rows"]
+    lines = [
+        f"model:          {info['model']}",
+        f"pieces:         {info['pieces']:,} (SentencePiece)",
+        f"embedding rows: {info['embedding_rows']:,} (pieces + {sentinels['count']} sentinels + [M], "
+        "rounded up to a multiple of 128)",
+        "special ids:    " + ", ".join(
+            f"[M] {i}" if name == "mask" else f"{name} {i} {piece}" for name, (i, piece) in special.items()
+        ),
+        f"sentinels:      <extra_id_0> = {sentinels['<extra_id_0>']} down to <extra_id_{last}> = "
+        f"{sentinels[f'<extra_id_{last}>']}",
+        f"unused rows:    {unused[0]}..{unused[1]} (padding)" if unused else "unused rows:    none",
+        f"sample:         {sample['text']!r} -> {len(sample['ids'])} tokens (EOS not added)",
+        f"  pieces:       {' '.join(sample['pieces'])}",
+        f"  ids:          {' '.join(map(str, sample['ids']))}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -160,9 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, default=32000)
     t.add_argument("--out", "-o", required=True, help="output .model path")
     t.set_defaults(func=cmd_tokenizer_train)
+    t = tsub.add_parser("info", help="vocabulary size, special ids, sentinels and a sample encoding")
+    t.add_argument("model", metavar="MODEL", help="a SentencePiece .model, or a run/export directory with spiece.model")
+    t.add_argument("--text", default=SAMPLE_TEXT, help="the sentence to encode as a sample")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(func=cmd_tokenizer_info)
 
-    from spactor.runners.flops_cli import add_flops_parser  # argparse only; counting imports lazily
+    # These modules are argparse-only at import; the work they do imports lazily.
+    from spactor.runners.export import add_export_parser
+    from spactor.runners.flops_cli import add_flops_parser
+    from spactor.runners.plot import add_plot_parser
+
     add_flops_parser(sub)
+    add_export_parser(sub)
+    add_plot_parser(sub)
     return parser
 
 

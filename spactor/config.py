@@ -62,6 +62,7 @@ _register_resolver("if_tiny", _if_tiny)
 class RunConfig:
     dir: str | None = None  # default: a new folder under ./runs/
     fresh: bool = False  # start over even if run.dir holds checkpoints
+    tensorboard: bool = False  # also write TensorBoard events to run.dir/tensorboard (needs `tensorboard`)
 
 
 @dataclass
@@ -101,6 +102,8 @@ class RuntimeConfig:
     fsdp: bool | None = None  # FSDP2 (fully_shard); None: on when torchrun starts more than one rank
     compile: bool = False  # torch.compile each transformer block
     activation_checkpointing: str = "none"  # none | full | selective (per block)
+    count_flops: bool = True  # fvcore dry run at start-up: flops_per_step, flops_cum, flops_normalized, mfu
+    peak_tflops: float | None = None  # per-device peak for MFU; None: looked up from the GPU's name
 
 
 @dataclass

@@ -112,6 +112,8 @@ def check_trainer(t: Any) -> None:
     positive_int("trainer.grad_accum_steps", t.grad_accum_steps)
     at_least("trainer.keep_checkpoints", t.keep_checkpoints, 1)
     at_least("trainer.log_every", t.log_every, 1)
+    one_of("trainer.nonfinite", t.nonfinite, ("skip", "stop"))
+    positive_int("trainer.max_consecutive_skips", t.max_consecutive_skips)
     at_least("trainer.eval_every", t.eval_every, 0)
     at_least("trainer.checkpoint_every", t.checkpoint_every, 0)
     at_least("trainer.eval_batches", t.eval_batches, 0)
@@ -121,11 +123,17 @@ def check_trainer(t: Any) -> None:
         positive("trainer.clip_grad_norm", t.clip_grad_norm)
     world = _world_size()
     if t.batch_size % world:
-        fail("trainer.batch_size", t.batch_size, f"must be divisible by the number of ranks (WORLD_SIZE={world})")
+        fail(
+            "trainer.batch_size",
+            t.batch_size,
+            f"must be divisible by the number of ranks (WORLD_SIZE={world})",
+        )
     per_rank = t.batch_size // world
     if per_rank % t.grad_accum_steps:
-        where = f"the per-rank batch {per_rank} (trainer.batch_size {t.batch_size} / {world} ranks)" if world > 1 else (
-            f"trainer.batch_size {t.batch_size}"
+        where = (
+            f"the per-rank batch {per_rank} (trainer.batch_size {t.batch_size} / {world} ranks)"
+            if world > 1
+            else (f"trainer.batch_size {t.batch_size}")
         )
         fail("trainer.grad_accum_steps", t.grad_accum_steps, f"must divide {where}")
 
@@ -166,6 +174,7 @@ def check_data(d: Any) -> None:
 def check_runtime(r: Any) -> None:
     one_of("runtime.device", r.device, DEVICES)
     one_of("runtime.precision", r.precision, PRECISIONS)  # bf16 on CPU is fine: CPU autocast
+    one_of("runtime.activation_checkpointing", r.activation_checkpointing, ("none", "full", "selective"))
     # FSDP shards parameters over processes; one CPU process has nothing to shard with.
     for key in ("fsdp", "distributed", "parallelism"):
         value = getattr(r, key, None)
@@ -241,7 +250,8 @@ def check_model(model: Plugin, input_length: int) -> int | None:
             fail(
                 "model.max_positions",
                 spec.max_positions,
-                f"the learned position table needs a row per position: at least data.input_length ({input_length})",
+                "the learned position table needs a row per position: at least data.input_length "
+                f"({input_length})",
             )
         return int(spec.d_model)
     return None
@@ -279,9 +289,8 @@ def _is_size_name(name: str) -> bool:
 def _rule_schedule(key: str, name: str, value: Any) -> None:
     if value is None or isinstance(value, bool):
         return
-    if name == "tau" or name.endswith("_tau"):
-        if not (_is_int(value) and value >= 0):
-            fail(key, value, "must be >= 0 (a step), or null for never")
+    if (name == "tau" or name.endswith("_tau")) and not (_is_int(value) and value >= 0):
+        fail(key, value, "must be >= 0 (a step), or null for never")
 
 
 def _rule_model(key: str, name: str, value: Any) -> None:
@@ -289,7 +298,12 @@ def _rule_model(key: str, name: str, value: Any) -> None:
         return
     if name.endswith("dropout"):
         unit_interval(key, value)
-    elif name in ("vocab_size", "relative_attention_num_buckets", "relative_attention_max_distance", "max_positions"):
+    elif name in (
+        "vocab_size",
+        "relative_attention_num_buckets",
+        "relative_attention_max_distance",
+        "max_positions",
+    ):
         positive_int(key, value)
     elif name == "init_std":
         positive(key, value)
@@ -359,59 +373,72 @@ def check_choices(objectives: dict[str, Plugin]) -> None:
 def check_objective_order(objectives: dict[str, Plugin]) -> None:
     names = list(objectives)
     types = [p.type for p in objectives.values()]
-    if "mlm_mask" in types and "span_corruption" in types:
-        if types.index("mlm_mask") < types.index("span_corruption"):
-            fail(
-                "objectives",
-                names,
-                "mlm_mask must come after span_corruption (it masks the corrupted encoder input); reorder them",
-            )
+    both = "mlm_mask" in types and "span_corruption" in types
+    if both and types.index("mlm_mask") < types.index("span_corruption"):
+        fail(
+            "objectives",
+            names,
+            "mlm_mask must come after span_corruption (it masks the corrupted encoder input); reorder them",
+        )
     for name, kind in zip(names, types):
         if kind in ("rtd", "mlm") and "mlm_mask" not in types:
-            fail(f"objectives.{name}", kind, "needs an mlm_mask objective (it works on the [M] positions mlm_mask chooses)")
+            fail(
+                f"objectives.{name}",
+                kind,
+                "needs an mlm_mask objective (it works on the [M] positions mlm_mask chooses)",
+            )
 
 
 def check_span_corruption(resolved: Resolved) -> None:
     """Refuse inputs that need more noise spans than there are sentinels (and inputs too
     short to corrupt), with the numbers and the longest input_length that would fit."""
-    input_length = resolved.cfg.data.input_length
     for name, plugin in resolved.objectives.items():
-        if plugin.type != "span_corruption":
-            continue
-        from spactor.objectives.span_corruption import max_raw_length, span_counts
+        if plugin.type == "span_corruption":
+            _check_sentinels(
+                f"objectives.{name}",
+                resolved.cfg.data.input_length,
+                plugin.config.noise_density,
+                plugin.config.mean_noise_span_length,
+            )
 
-        cfg = plugin.config
-        density, mu = cfg.noise_density, cfg.mean_noise_span_length
-        settings = f"objectives.{name}: noise_density {density}, mean_noise_span_length {mu}"
 
-        def spans(length: int) -> int | None:
-            try:
-                return span_counts(max_raw_length(length, density, mu), density, mu).num_spans
-            except ValueError:
-                return None  # too short to corrupt at all
+def _check_sentinels(where: str, input_length: int, density: float, mu: float) -> None:
+    from spactor.objectives.span_corruption import max_raw_length, span_counts
 
-        # Spans only grow with the chunk, which is (about) as long as the input or longer:
-        # for an absurd length, answer without walking up to the raw chunk length.
-        if input_length > HUGE_INPUT and span_counts(input_length, density, mu).num_spans > NUM_SENTINELS:
-            needed = span_counts(input_length, density, mu).num_spans
-        else:
-            needed = spans(input_length)
-            if needed is None:
-                fail(
-                    "data.input_length",
-                    input_length,
-                    f"too short for span corruption ({settings}): the shortest corrupted input is 3 tokens",
-                )
-            if needed <= NUM_SENTINELS:
-                continue
-        longest = _longest_fitting(input_length, spans, lambda n: span_counts(n, density, mu).num_spans)
-        fail(
-            "data.input_length",
-            input_length,
-            f"span corruption ({settings}) would need at least {needed} noise spans per chunk, but there are only "
-            f"{NUM_SENTINELS} sentinels; use data.input_length <= {longest}, a lower noise_density or a longer "
-            f"mean_noise_span_length",
-        )
+    settings = f"{where}: noise_density {density}, mean_noise_span_length {mu}"
+
+    def spans(length: int) -> int | None:
+        """Noise spans of the raw chunk an input of ``length`` tokens is cut from."""
+        try:
+            return span_counts(max_raw_length(length, density, mu), density, mu).num_spans
+        except ValueError:
+            return None  # too short to corrupt at all
+
+    def raw_spans(length: int) -> int:
+        return span_counts(length, density, mu).num_spans
+
+    # Spans only grow with the chunk, which is (about) as long as the input or longer:
+    # for an absurd length, answer without walking up to the raw chunk length.
+    if input_length > HUGE_INPUT and raw_spans(input_length) > NUM_SENTINELS:
+        needed = raw_spans(input_length)
+    else:
+        needed = spans(input_length)
+        if needed is None:
+            fail(
+                "data.input_length",
+                input_length,
+                f"too short for span corruption ({settings}): the shortest corrupted input is 3 tokens",
+            )
+        if needed <= NUM_SENTINELS:
+            return
+    longest = _longest_fitting(input_length, spans, raw_spans)
+    fail(
+        "data.input_length",
+        input_length,
+        f"span corruption ({settings}) would need at least {needed} noise spans per chunk, but there are "
+        f"only {NUM_SENTINELS} sentinels; use data.input_length <= {longest}, a lower noise_density or a "
+        f"longer mean_noise_span_length",
+    )
 
 
 HUGE_INPUT = 1 << 16
@@ -458,7 +485,10 @@ def check_rtd(resolved: Resolved, hidden_size: int | None) -> None:
                 "a frozen generator cannot share the discriminator's token embedding (D keeps training it); "
                 "use none or gdes",
             )
-        for key, valid in (("generator_norm", ("rmsnorm", "layernorm")), ("generator_positions", ("relative", "learned"))):
+        for key, valid in (
+            ("generator_norm", ("rmsnorm", "layernorm")),
+            ("generator_positions", ("relative", "learned")),
+        ):
             if hasattr(cfg, key):
                 one_of(f"{where}.{key}", getattr(cfg, key), list(valid))
         if hidden_size is None:
@@ -468,8 +498,8 @@ def check_rtd(resolved: Resolved, hidden_size: int | None) -> None:
             fail(
                 f"{where}.generator_d_model",
                 g_width,
-                f"wider than the discriminator (hidden size {hidden_size}): a generator as strong as D collapses "
-                f"the detection task; use about 1/4-1/3 of D",
+                f"wider than the discriminator (hidden size {hidden_size}): a generator as strong as D "
+                "collapses the detection task; use about 1/4-1/3 of D",
             )
         width = g_width or hidden_size
         d_kv = getattr(cfg, "generator_d_kv", None)
@@ -477,7 +507,8 @@ def check_rtd(resolved: Resolved, hidden_size: int | None) -> None:
             fail(
                 f"{where}.generator_d_model" if g_width else f"{where}.generator_d_kv",
                 g_width if g_width else d_kv,
-                f"the generator width {width} is not a multiple of generator_d_kv {d_kv}; set generator_heads",
+                f"the generator width {width} is not a multiple of generator_d_kv {d_kv}; "
+                "set generator_heads",
             )
 
 
@@ -519,12 +550,21 @@ def check_knobs_and_schedules(resolved: Resolved) -> None:
         from spactor.objectives.base import Objective
 
         def has_loss(cls: type) -> bool:
-            return cls.loss is not Objective.loss or cls.modify is not Objective.modify  # type: ignore[attr-defined]
+            overrides = cls.loss is not Objective.loss  # type: ignore[attr-defined]
+            return overrides or cls.modify is not Objective.modify  # type: ignore[attr-defined]
 
         if not any(has_loss(c) for c in classes.values() if c is not None):
-            fail("objectives", list(classes), "no objective has a loss; add one (e.g. objectives.span_corruption)")
+            fail(
+                "objectives",
+                list(classes),
+                "no objective has a loss; add one (e.g. objectives.span_corruption)",
+            )
     elif not resolved.objectives:
-        fail("objectives", {}, "no objective is configured; add one with a loss (e.g. objectives.span_corruption)")
+        fail(
+            "objectives",
+            {},
+            "no objective is configured; add one with a loss (e.g. objectives.span_corruption)",
+        )
     knobs = knob_values(resolved.objectives)
     if knobs is None or not resolved.schedules:
         return  # an objective's knobs are unknown until it is built: the runner checks

@@ -389,7 +389,7 @@ class EncoderModel(nn.Module):
     ) -> torch.Tensor:
         raise RuntimeError(
             "architecture 'encoder' is encoder-only and has no decoder; objectives that decode "
-            "(span_corruption) need an encoder-decoder model such as 'model.type: t5'"
+            "(span_corruption) need an encoder-decoder model such as model.arch=t5"
         )
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:

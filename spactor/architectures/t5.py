@@ -71,6 +71,7 @@ class T5Config:
     attention: str = "sdpa"  # sdpa | eager
     init_std: float = 1.0  # T5's initializer factor: multiplies every init std
     vocab_size: int | None = None  # None: the tokenizer's size, given at build time
+    init_from: str | None = None  # "hf:PATH": start from HF T5 weights (config.json + model.safetensors)
 
 
 def _version(cfg: T5Config) -> str:
@@ -266,4 +267,9 @@ def count_parameters(model: nn.Module) -> int:
 @ARCHITECTURES.register("t5", T5Config)
 def build_t5(cfg: T5Config, vocab_size: int) -> T5Model:
     """T5 v1.0/v1.1 encoder-decoder (SpacTor's discriminator, plain T5 span corruption)."""
-    return T5Model(cfg, cfg.vocab_size if cfg.vocab_size is not None else vocab_size)
+    model = T5Model(cfg, cfg.vocab_size if cfg.vocab_size is not None else vocab_size)
+    if cfg.init_from is not None:
+        from spactor.architectures.hf_convert import load_hf_weights  # imports this module
+
+        load_hf_weights(model, cfg.init_from)
+    return model

@@ -49,8 +49,8 @@ import io
 import json
 import logging
 import os
-import sys
 import re
+import sys
 import sysconfig
 import tokenize
 import zlib
@@ -84,7 +84,7 @@ DEFAULT_MAX_DOCUMENT_CHARS = 1_000_000
 # Bytes that are not valid in the file's encoding come back from ``surrogateescape`` as
 # U+DC80..U+DCFF; JSON "\\udXXX" escapes can produce any lone surrogate. Neither can be
 # encoded as UTF-8 (SentencePiece would raise mid-training).
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # What a damaged .gz raises while it is being read.
 _CORRUPT_FILE_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
@@ -112,7 +112,8 @@ class Source:
             if text is None:
                 continue
             if limit is not None and len(text) > limit:
-                self._skip("too_long", f"document {index}: {len(text):,} characters > max_document_chars={limit:,}")
+                where = f"document {index}: {len(text):,} characters > max_document_chars={limit:,}"
+                self._skip("too_long", where)
                 continue
             yield index, text
 
@@ -246,7 +247,9 @@ def bounded_lines(f: IO[str], limit: int | None) -> Iterator[str | None]:
 
 def _check_limit(value: int | None, kind: str) -> int | None:
     if value is not None and not (isinstance(value, int) and value > 0):
-        raise DataError(f"source '{kind}': max_document_chars must be a positive integer or None, got {value!r}")
+        raise DataError(
+            f"source '{kind}': max_document_chars must be a positive integer or None, got {value!r}"
+        )
     return value
 
 
@@ -280,7 +283,10 @@ class TextSource(Source):
     name = "text"
 
     def __init__(
-        self, paths: list[str], encoding: str = "utf-8", max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS
+        self,
+        paths: list[str],
+        encoding: str = "utf-8",
+        max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS,
     ) -> None:
         self.files = resolve_paths(paths, self.name)
         self.encoding = encoding
@@ -297,14 +303,16 @@ class TextSource(Source):
                     index += 1
             except _CORRUPT_FILE_ERRORS as e:
                 if _owns(index, start, shard, num_shards):
-                    self._skip("corrupt_file", f"{path} after {index - first} paragraphs ({e}); the rest of it")
+                    where = f"{path} after {index - first} paragraphs ({e}); the rest of it"
+                    self._skip("corrupt_file", where)
                 continue
             if index == first and _owns(index, start, shard, num_shards):
                 self._skip("empty_file", f"{path} (no paragraphs)")
 
     def _check(self, paragraph: str | None, path: Path, number: int) -> str | None:
         if paragraph is None:
-            self._skip("too_long", f"{path}, paragraph {number} (> max_document_chars={self.max_document_chars:,})")
+            limit = self.max_document_chars
+            self._skip("too_long", f"{path}, paragraph {number} (> max_document_chars={limit:,})")
             return None
         if _SURROGATE.search(paragraph):
             self._skip("invalid_utf8", f"{path}, paragraph {number} (bytes that are not {self.encoding})")

@@ -252,7 +252,9 @@ def verify(path: Path, checksums: bool = True) -> str | None:
             except OSError as e:
                 return f"file {name} unreadable ({e})"
             if actual != expected:
-                return f"file {name} fails its checksum (crc32 {actual:08x}, expected {int(expected):08x}): corrupt"
+                return (
+                    f"file {name} fails its checksum (crc32 {actual:08x}, expected {int(expected):08x}): corrupt"
+                )
     return None
 
 

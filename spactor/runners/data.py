@@ -14,7 +14,8 @@ import torch.distributed as dist
 from spactor.config import DataConfig, Resolved
 from spactor.data.builtin_tokenizer import builtin_tokenizer
 from spactor.data.loader import build_loader
-from spactor.data.sources import DataError, Source
+from spactor.data.loader import skipped_counts as loader_skipped_counts
+from spactor.data.sources import SKIP_REASONS, DataError, Source
 from spactor.data.tokenizer import Tokenizer
 from spactor.objectives.base import Batch, Vocab
 from spactor.registry import SOURCES
@@ -104,6 +105,19 @@ class DataPipeline:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> Batch:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Records the sources skipped (bad JSON, invalid UTF-8, ...), summed over ranks."""
+        counts = loader_skipped_counts(self._train)
+        if self.world_size > 1:
+            totals = torch.tensor([counts.get(r, 0) for r in SKIP_REASONS], dtype=torch.float64, device=self.device)
+            dist.all_reduce(totals)
+            counts = {r: int(v) for r, v in zip(SKIP_REASONS, totals.tolist())}
+        return counts
+
+    @property
+    def has_validation(self) -> bool:
+        return self.cfg.validation_fraction > 0
 
     def state_dict(self) -> dict[str, Any]:
         return self._train.state_dict()

@@ -4,8 +4,8 @@ How a step is counted:
 
 * The recipe's model and objectives are built on CPU (or ``device``) at the recipe's
   real shapes, the objectives' transforms run on a synthetic ``original`` batch (random
-  real token ids of the raw chunk length), and the runner's forward (``TrainModules``) is traced
-  with fvcore's ``FlopCountAnalysis`` inside a module whose forward returns the loss.
+  real token ids of the raw chunk length), and the runner's forward (``TrainModules``)
+  is traced with fvcore's ``FlopCountAnalysis`` inside a module that returns the loss.
 * The dry run is **one sequence**; FLOPs per step = FLOPs per sequence ×
   ``trainer.batch_size``. Every op of these models acts per sequence (no batch-wide
   reductions with FLOPs), so FLOPs are linear in the batch; the test checks it.
@@ -188,6 +188,7 @@ ELEMENTWISE_FLOPS: dict[str, float] = {
     "aten::tanh": 1,
     "aten::mean": 1,
     "aten::sum": 1,
+    "aten::relu": 1,  # fvcore ignores it; a handle takes precedence
     "aten::gelu": 8,  # tanh approximation: ~8 ops
     "aten::silu": 4,
     "aten::sigmoid": 4,
@@ -612,6 +613,14 @@ def baseline_objectives(resolved: Resolved, has_decoder: bool) -> dict[str, Plug
     }
 
 
+def _has_stage2(objectives: dict[str, Objective]) -> bool:
+    """Releasing the stage-1-only objectives leaves something to train (SpacTor: span
+    corruption; ELECTRA has nothing left, so it has no stage 2)."""
+    rest = [o for o in objectives.values() if not o.STAGE1_ONLY]
+    has_loss = [type(o).loss is not Objective.loss or type(o).modify is not Objective.modify for o in rest]
+    return len(rest) < len(objectives) and any(has_loss)
+
+
 def _can_switch_later(schedules: ScheduleSet) -> bool:
     """A schedule that watches metrics (adaptive τ) may decide the switch during training."""
     return any(type(s).observe is not Schedule.observe for s in schedules.schedules.values())
@@ -783,22 +792,16 @@ def flops_report(
         schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps)
         switch = tau
         if switch is None:
-            candidates = [
-                s
-                for s in (schedules.switch_step(), knob_switch_step(objectives, schedules, max_steps))
-                if s is not None
-            ]
-            switch = min(candidates) if candidates else None
-            if switch is None and _can_switch_later(schedules):
-                notes.append(
-                    "the switch to stage 2 is decided during training: cumulative FLOPs assume stage 1 "
-                    "throughout (an upper bound); pass --tau to assume a switch step"
-                )
-        has_stage2 = any(o.STAGE1_ONLY for o in objectives.values()) and (
-            switch is not None or _can_switch_later(schedules)
-        )
-        if switch is not None and switch >= max_steps:
-            has_stage2 = False
+            found = (schedules.switch_step(), knob_switch_step(objectives, schedules, max_steps))
+            switch = min((s for s in found if s is not None), default=None)
+        if not _has_stage2(objectives) or (switch is not None and switch >= max_steps):
+            switch = None  # nothing would be left to train, or the run ends first
+        runs_stage2 = _has_stage2(objectives) and (switch is not None or _can_switch_later(schedules))
+        if runs_stage2 and switch is None:
+            notes.append(
+                "the switch to stage 2 is decided during training: cumulative FLOPs assume stage 1 "
+                "throughout (an upper bound); pass --tau to assume a switch step"
+            )
         if schedules.driven_knobs():
             notes.append("scheduled knobs: stage 1 is counted with their values at step 0")
 
@@ -808,13 +811,12 @@ def flops_report(
         stages: list[StageFlops] = []
         apply_knobs(objectives, schedules.values(0))
         if switch != 0:
-            steps1 = min(switch, max_steps) if switch is not None else (None if has_stage2 else max_steps)
+            steps1 = switch if switch is not None else (None if runs_stage2 else max_steps)
             stages.append(StageFlops("stage1", 1, 0, steps1, count(1)))
-        if has_stage2 or switch == 0:
+        if runs_stage2:
             release_stage1(modules, objectives, optimizer=None)
-            start = switch
-            steps2 = max(max_steps - switch, 0) if switch is not None else None
-            stages.append(StageFlops("stage2", 2, start, steps2, count(2)))
+            steps2 = max_steps - switch if switch is not None else None
+            stages.append(StageFlops("stage2", 2, switch, steps2, count(2)))
 
         base_plugins = baseline_objectives(resolved, bool(getattr(model, "has_decoder", True)))
         current = {
@@ -839,7 +841,7 @@ def flops_report(
         raw_length=raw_length,
         vocab_size=model.vocab_size,
         max_steps=max_steps,
-        switch_step=switch if has_stage2 or switch == 0 else None,
+        switch_step=switch,
         stages=stages,
         baseline=baseline,
         baseline_objectives=list(base_plugins),
@@ -854,10 +856,11 @@ def flops_report(
 class FlopsTracker:
     """Per-step FLOPs metrics for the training loop.
 
-    ``update(stage)`` after every optimizer step returns ``flops_per_step``,
-    ``flops_cum`` and ``flops_normalized`` (cumulative over the baseline's for as many
-    steps); ``mfu(seconds)`` at log time returns the utilisation of the FLOPs done since
-    the previous call. ``state_dict`` goes into the checkpoint so ``flops_cum`` resumes.
+    ``update(stage, step)`` after every optimizer step (``step`` = updates done, this
+    one included) returns ``flops_per_step``, ``flops_cum`` and ``flops_normalized``
+    (cumulative over the baseline's for as many steps); ``mfu(seconds)`` at log time
+    returns the utilisation of the FLOPs done since the previous call. ``state_dict``
+    goes into the checkpoint so ``flops_cum`` resumes.
     """
 
     def __init__(self, report: FlopsReport, peak_tflops: float | None = None, world_size: int = 1) -> None:
@@ -868,16 +871,26 @@ class FlopsTracker:
         self.steps = 0
         self._window = 0.0
 
-    def update(self, stage: int) -> dict[str, float]:
-        per_step = self.report.per_step(stage)
+    def update(self, stage: int, step: int | None = None) -> dict[str, float]:
+        per_step = self._per_step(stage)
         self.flops_cum += per_step
-        self.steps += 1
+        self.steps = self.steps + 1 if step is None else step
         self._window += per_step
         return {
             "flops_per_step": per_step,
             "flops_cum": self.flops_cum,
             "flops_normalized": self.flops_cum / (self.steps * self.report.baseline_flops_per_step),
         }
+
+    def _per_step(self, stage: int) -> float:
+        try:
+            return self.report.per_step(stage)
+        except KeyError:
+            # A switch the report did not foresee (a non-monotone knob schedule): metrics
+            # must not stop the run; the nearest counted stage is the best estimate.
+            fallback = min(self.report.stages, key=lambda s: abs(s.stage - stage))
+            warnings.warn(f"FLOPs of stage {stage} were not counted; using stage {fallback.stage}'s")
+            return fallback.flops.flops_per_step
 
     def mfu(self, seconds: float) -> float | None:
         value = mfu(self._window, seconds, self.peak_tflops, self.world_size)

@@ -1,7 +1,10 @@
-"""Metrics: one JSON object per logged step in ``metrics.jsonl``, and a progress line.
+"""Metrics: one JSON object per logged step in ``metrics.jsonl``, and a progress line;
+optionally TensorBoard event files beside them (``run.tensorboard=true``).
 
 The JSONL file is opened in append mode and truncated to the resumed step on resume,
-so an interrupted and resumed run has one line per step, as if it had not stopped.
+so an interrupted and resumed run has one line per step, as if it had not stopped. The
+TensorBoard writer does the same with ``purge_step``: events after the resumed step,
+left by the interrupted attempt, are hidden.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from typing import Any, TextIO
 
 
 class MetricsWriter:
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    """``metrics.jsonl``; with ``tensorboard=True`` every record also goes to a
+    :class:`TensorBoardWriter` in ``tensorboard/`` beside the file."""
+
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False) -> None:
         self.path = Path(path)
         self.enabled = enabled
         self._file: TextIO | None = None
+        self.tensorboard = TensorBoardWriter(self.path.parent / "tensorboard", enabled=enabled and tensorboard)
 
     def open(self, resume_step: int | None) -> None:
         if not self.enabled:
@@ -26,17 +33,103 @@ class MetricsWriter:
         if resume_step is not None and self.path.exists():
             drop_lines_after(self.path, resume_step)
         self._file = self.path.open("a", encoding="utf-8")
+        self.tensorboard.open(resume_step)
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is None:
             return
         self._file.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
         self._file.flush()
+        self.tensorboard.write(record)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self.tensorboard.close()
+
+
+def tensorboard_available() -> bool:
+    """Whether ``torch.utils.tensorboard`` can work: it needs the ``tensorboard`` package."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class TensorBoardWriter:
+    """Scalars of each record as TensorBoard events in ``log_dir`` (``tensorboard
+    --logdir runs/`` then compares runs side by side).
+
+    Every numeric field except ``step`` becomes a scalar tagged with its metrics.jsonl
+    key (``loss/span_corruption``, ``knob/objectives.rtd.weight``, ...), so TensorBoard
+    groups them by their prefix. Without the ``tensorboard`` package this is a no-op
+    that says so once: logging must never stop a training run.
+    """
+
+    _warned = False  # one notice per process, however many writers are made
+
+    def __init__(self, log_dir: Path, enabled: bool = True, flush_secs: int = 30) -> None:
+        self.log_dir = Path(log_dir)
+        self.enabled = enabled
+        self.flush_secs = flush_secs
+        self._writer: Any = None
+
+    def open(self, resume_step: int | None = None) -> None:
+        if not self.enabled or self._writer is not None:
+            return
+        if not tensorboard_available():
+            if not TensorBoardWriter._warned:
+                TensorBoardWriter._warned = True
+                print("run.tensorboard=true but the tensorboard package is not installed "
+                      "(pip install tensorboard); logging to metrics.jsonl only", file=sys.stderr, flush=True)
+            self.enabled = False
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: a resumed run re-logs the steps after its checkpoint, and a fresh
+        # run in a reused run.dir logs from step 1; TensorBoard hides older events from
+        # that step on, as metrics.jsonl drops their lines.
+        purge = (resume_step or 0) + 1
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge, flush_secs=self.flush_secs)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self._writer is None:
+            self.open()
+            if self._writer is None:
+                return
+        step = int(record["step"])
+        for key, value in record.items():
+            if key == "step":
+                continue
+            number = _scalar(value)
+            if number is not None:
+                self._writer.add_scalar(key, number, global_step=step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _scalar(value: Any) -> float | None:
+    """A number TensorBoard can plot (NaN/inf included: they are worth seeing), or None
+    for lists, strings and other non-scalars (``released``)."""
+    if hasattr(value, "item"):  # a torch or numpy scalar
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError):  # more than one element
+            return None
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
 
 
 def drop_lines_after(path: Path, step: int) -> None:

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -119,6 +120,7 @@ class TrainResult:
     elapsed_s: float = 0.0
     tokens_seen: int = 0
     preempted: str | None = None  # the signal that stopped the run early
+    skipped: dict[str, int] = field(default_factory=dict)  # bad records the data sources skipped
 
 
 # --------------------------------------------------------------------------- set-up
@@ -227,6 +229,21 @@ def shared_run_dir(resolved: Resolved, resume_dir: str | os.PathLike[str] | None
     return Path(str(chosen[0]))
 
 
+def count_flops(resolved: Resolved, device: torch.device, info: parallel.DistInfo) -> Any:
+    """The FLOPs tracker (``spactor.runners.flops``), or None if counting is off or fails:
+    a metric must never stop a run, so a model fvcore cannot trace only loses the FLOPs
+    fields (with a warning)."""
+    if not resolved.cfg.runtime.count_flops:
+        return None
+    from spactor.runners.flops import tracker_for
+
+    try:
+        return tracker_for(resolved, device, world_size=info.world_size)
+    except Exception as e:  # noqa: BLE001
+        warnings.warn(f"FLOPs counting failed ({type(e).__name__}: {e}); runtime.count_flops=false silences this")
+        return None
+
+
 def checkpoint_shared(path: Path) -> dict[str, Any]:
     """The state every rank shares (stage, schedules, counters), read before the modules
     move to the device: a run resumed after the switch drops its stage-1 modules before
@@ -253,20 +270,27 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
         resume_from, skipped = checkpointer.latest_valid()
         for problem in skipped if info.is_main else []:
             print(f"skipping checkpoint {problem}", flush=True)
+    if resume_from is None and checkpointer.list() and not cfg.run.fresh:
+        raise RuntimeError(
+            f"every checkpoint in {checkpointer.root} failed verification; refusing to start over "
+            "on top of them (run.fresh=true starts a new run there)"
+        )
+
+    torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
+    data = build_data(resolved, device=device, run_dir=None)  # bad data fails before the run dir exists
     if info.is_main:
         if resume_from is None and cfg.run.fresh:
             for old in checkpointer.list():
                 shutil.rmtree(old)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(resolved.to_yaml())
-
-    torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
-    data = build_data(resolved, device=device, run_dir=run_dir if info.is_main else None)
+        data.tokenizer.save(run_dir / "spiece.model")  # the run directory is self-contained
     model = build_model(resolved, data.vocab)
     objectives = build_objectives(resolved, data.vocab, model)
     data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
     schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps)
     modules = TrainModules(model, objectives)
+    flops = count_flops(resolved, device, info)
 
     stage, shared = 1, {}
     if resume_from is not None:
@@ -298,6 +322,8 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
     if resumed is not None:
         step = resumed.step
         tokens_seen = int(resumed.shared.get("tokens_seen", 0))
+        if flops is not None:
+            flops.load_state_dict(resumed.shared.get("flops", {}))
         if resumed.local is not None:
             restore_local(resumed.local, data, ctx, device)
         elif info.is_main:
@@ -316,9 +342,13 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
 
     def save() -> None:
         state = {"step": step, "stage": stage, "tokens_seen": tokens_seen, "schedules": schedules.state_dict()}
+        if flops is not None:
+            state["flops"] = flops.state_dict()
         checkpointer.save(step, modules, optimizer, shared=state, local=local_state(data, ctx, device))
 
     def validate() -> dict[str, float]:
+        if not data.has_validation:
+            return {}
         rng = seeded_generator(tcfg.seed + 2, device)
         return evaluate(modules, data.validation_batches(), tcfg.eval_batches, rng, info, amp_dtype, device)
 
@@ -353,6 +383,8 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
             if switched is not None:
                 record["stage_switch_step"] = step - 1  # updates done before stage 2 began
                 record["released"] = switched
+            if flops is not None:
+                record.update(flops.update(stage, step))
             record.update(out.losses)
             record.update(out.metrics)
             record["lr"] = optimizer.param_groups[0]["lr"]
@@ -365,6 +397,10 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
                 now = time.perf_counter()
                 record["tokens_seen"] = tokens_seen
                 record["tokens_per_s"] = tokens_window / max(now - t_window, 1e-9)
+                if flops is not None:
+                    record["mfu"] = flops.mfu(now - t_window)
+                result.skipped = data.skipped_counts()
+                record.update({f"data/skipped/{k}": v for k, v in result.skipped.items() if v})
                 t_window, tokens_window = now, 0
                 if step == tcfg.max_steps or (tcfg.eval_every and step % tcfg.eval_every == 0):
                     record.update(validate())
@@ -372,7 +408,12 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
                     if step == tcfg.max_steps:
                         result.val = {k: v for k, v in record.items() if k.startswith("val/")}
                 metrics.write(record)
-                progress.update(step, {"loss": out.loss, "stage": stage, "tok/s": record["tokens_per_s"]})
+                shown = {"loss": out.loss, "stage": stage, "tok/s": record["tokens_per_s"]}
+                if record.get("mfu") is not None:
+                    shown["mfu"] = record["mfu"]
+                if "flops_normalized" in record:
+                    shown["flops/base"] = record["flops_normalized"]
+                progress.update(step, shown)
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step != tcfg.max_steps:
                 save()
                 t_window = time.perf_counter()

@@ -76,7 +76,9 @@ def test_all_files_empty_is_zero_usable_documents(kind, tmp_path):
 
 def test_source_whose_every_record_is_bad_is_zero_usable_documents(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", ["{oops", doc("   "), json.dumps({"body": GOOD})])
-    with pytest.raises(DataError, match="zero usable documents.*invalid_json=1.*missing_field=1.*empty_text=1"):
+    with pytest.raises(
+        DataError, match="zero usable documents.*invalid_json=1.*missing_field=1.*empty_text=1"
+    ):
         build_loader(JsonlSource([str(path)]), None, 8, 2)  # fails before any tokenizing
 
 
@@ -84,9 +86,21 @@ def test_missing_data_path_stops_the_cli_before_training(tiny_data, tmp_path):
     overrides = [o for o in tiny_data if not o.startswith("data.paths=")]
     run_dir = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "spactor", "train", "quickstart", *overrides,
-         f"data.paths=[{tmp_path / 'nowhere' / 'c4-*.json.gz'}]", "trainer.max_steps=2", f"run.dir={run_dir}"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "spactor",
+            "train",
+            "quickstart",
+            *overrides,
+            f"data.paths=[{tmp_path / 'nowhere' / 'c4-*.json.gz'}]",
+            "trainer.max_steps=2",
+            f"run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
@@ -284,8 +298,12 @@ def test_loader_surfaces_counts_once_per_record(dirty_jsonl, small_tokenizer, nu
     want = expected_counts(dirty_jsonl)
     assert sum(want.values()) == 10 and want["empty_file"] == 1
     loader = build_loader(
-        JsonlSource([str(dirty_jsonl / "*.jsonl")]), small_tokenizer, 32, 4,
-        num_workers=num_workers, shuffle_window=8,
+        JsonlSource([str(dirty_jsonl / "*.jsonl")]),
+        small_tokenizer,
+        32,
+        4,
+        num_workers=num_workers,
+        shuffle_window=8,
     )
     got = skipped_counts(loader)
     assert set(SKIP_REASONS) <= set(got) and sum(got.values()) == 0  # nothing read yet (probes don't count)
@@ -310,8 +328,13 @@ def test_validation_passes_do_not_inflate_the_train_counts(dirty_jsonl, small_to
 def test_counts_survive_a_resume_without_double_counting(dirty_jsonl, small_tokenizer, num_workers):
     def make():
         return build_loader(
-            JsonlSource([str(dirty_jsonl / "*.jsonl")]), small_tokenizer, 32, 4,
-            num_workers=num_workers, shuffle_window=8, encode_batch_size=4,
+            JsonlSource([str(dirty_jsonl / "*.jsonl")]),
+            small_tokenizer,
+            32,
+            4,
+            num_workers=num_workers,
+            shuffle_window=8,
+            encode_batch_size=4,
         )
 
     loader = make()

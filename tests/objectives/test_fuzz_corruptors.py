@@ -94,7 +94,9 @@ def test_counts_follow_t5s_formulas(length, density, mu):
 
 
 @FUZZ
-@given(length=lengths, density=densities, mu=mean_spans, seed=seeds, batch=batches, extra_pad=st.integers(0, 5))
+@given(
+    length=lengths, density=densities, mu=mean_spans, seed=seeds, batch=batches, extra_pad=st.integers(0, 5)
+)
 def test_span_corruption_reconstructs_exactly(length, density, mu, seed, batch, extra_pad):
     original = originals(batch, length, seed)
     counts = span_counts(length, density, mu)
@@ -109,7 +111,10 @@ def test_span_corruption_reconstructs_exactly(length, density, mu, seed, batch, 
     out = span_corrupt(original, density, mu, VOCAB, gen(seed), pad_to=pad_to)
     enc, tgt, noise = out["encoder_input"], out["decoder_target"], out["noise_mask"]
     assert enc.shape == (batch, pad_to) and tgt.shape == (batch, counts.target_length)
-    assert torch.equal(out["decoder_input"][:, 1:], tgt[:, :-1]) and (out["decoder_input"][:, 0] == VOCAB.pad_id).all()
+    assert (
+        torch.equal(out["decoder_input"][:, 1:], tgt[:, :-1])
+        and (out["decoder_input"][:, 0] == VOCAB.pad_id).all()
+    )
     sentinels = torch.tensor([VOCAB.sentinel_id(k) for k in range(counts.num_spans)])
     for i in range(batch):
         assert torch.equal(reconstruct(enc[i], tgt[i], VOCAB), original[i])
@@ -140,9 +145,13 @@ def test_objective_fills_input_length(input_length, density, mu, seed):
     original = originals(2, sc.chunk_length, seed)
     batch = sc.transform({"original": original}, gen(seed))
     assert batch["encoder_input"].shape == (2, input_length)
-    assert span_counts(sc.chunk_length + 1, density, mu).encoder_length > input_length  # the longest that fits
+    assert (
+        span_counts(sc.chunk_length + 1, density, mu).encoder_length > input_length
+    )  # the longest that fits
     for i in range(2):
-        assert torch.equal(reconstruct(batch["encoder_input"][i], batch["decoder_target"][i], VOCAB), original[i])
+        assert torch.equal(
+            reconstruct(batch["encoder_input"][i], batch["decoder_target"][i], VOCAB), original[i]
+        )
 
 
 # -- mlm_mask ----------------------------------------------------------------------------
@@ -150,15 +159,20 @@ def test_objective_fills_input_length(input_length, density, mu, seed):
 
 @FUZZ
 @given(
-    length=lengths, density=densities, mu=mean_spans, ratio=ratios, seed=seeds, batch=batches,
+    length=lengths,
+    density=densities,
+    mu=mean_spans,
+    ratio=ratios,
+    seed=seeds,
+    batch=batches,
     mode=st.sampled_from(MODES),
 )
 def test_mlm_mask_counts_and_never_touches_specials(length, density, mu, ratio, seed, batch, mode):
     counts = span_counts(length, density, mu)
     assume(counts.num_spans <= VOCAB.num_sentinels)
-    enc = span_corrupt(originals(batch, length, seed), density, mu, VOCAB, gen(seed), pad_to=counts.encoder_length + 3)[
-        "encoder_input"
-    ]
+    enc = span_corrupt(
+        originals(batch, length, seed), density, mu, VOCAB, gen(seed), pad_to=counts.encoder_length + 3
+    )["encoder_input"]
     out = mlm(ratio, mode).transform({"encoder_input": enc}, gen(seed + 1))
     masked, chosen = out["encoder_input"], out["mlm_mask"]
     special = VOCAB.is_special(enc)  # pad, EOS, sentinels, [M] already in the data

@@ -49,11 +49,11 @@ def snapshot(model: nn.Module, opt: torch.optim.Optimizer, local: dict) -> dict:
 
 def assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        if torch.is_tensor(a[k]):
-            assert torch.equal(a[k], b[k]), k
+    for k, value in a.items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, b[k]), k
         else:
-            assert a[k] == b[k], k
+            assert value == b[k], k
 
 
 @pytest.fixture
@@ -154,7 +154,10 @@ def test_several_bad_newest_fall_back_further_and_all_bad_gives_none(three):
     (ckpt.root / "step_00000003" / MANIFEST).unlink()
     (ckpt.root / "step_00000002" / "local_rank00000.pt").unlink()
     loaded, model, opt = load_fresh(ckpt)
-    assert loaded.step == 1 and [s.split(":")[0] for s in loaded.skipped] == ["step_00000003", "step_00000002"]
+    assert loaded.step == 1 and [s.split(":")[0] for s in loaded.skipped] == [
+        "step_00000003",
+        "step_00000002",
+    ]
     assert "missing file local_rank00000.pt" in loaded.skipped[1]
     assert_same(snapshot(model, opt, loaded.local), states[1])
 
@@ -194,10 +197,10 @@ def test_keep_last_k(tmp_path):
         Checkpointer(tmp_path / "ck", keep=0)
 
 
-def test_leftover_tmp_directory_is_never_picked_up(three, tmp_path):
+def test_leftover_tmp_directory_is_never_picked_up(three):
     """A crash mid-save leaves ``.tmp_step_*``; even a complete-looking one (manifest and
     all) is not a checkpoint, and the next save removes it."""
-    ckpt, states = three
+    ckpt, _ = three
     leftover = ckpt.root / ".tmp_step_00000009"
     shutil.copytree(ckpt.root / "step_00000003", leftover)
     (ckpt.root / ".tmp_step_00000010").mkdir()  # an empty one, crashed earlier still

@@ -208,7 +208,9 @@ def test_tracker_accumulates_per_stage_and_resumes(spactor_report):
     assert tracker.mfu(1.0) == 0.0  # the window restarts at every call
     resumed = FlopsTracker(report)
     resumed.load_state_dict(json.loads(json.dumps(tracker.state_dict())))
-    assert resumed.update(2)["flops_cum"] == pytest.approx(f1 + 2 * f2)
+    out = resumed.update(2, step=3)
+    assert out["flops_cum"] == pytest.approx(f1 + 2 * f2)
+    assert out["flops_normalized"] == pytest.approx((f1 + 2 * f2) / (3 * fb))
 
 
 def test_counting_leaves_the_global_rng_alone():

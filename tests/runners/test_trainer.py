@@ -26,7 +26,7 @@ def test_sc_trains_and_logs_required_fields(tiny_overrides, tmp_path):
     result, records = run("sc", tiny_overrides, tmp_path, "sc", "trainer.max_steps=12", "lr_schedule.warmup_steps=100")
     assert [r["step"] for r in records] == list(range(1, 13))
     for key in ("step", "stage", "loss", "loss/span_corruption", "lr", "tokens_seen", "tokens_per_s",
-                "knob/objectives.span_corruption.weight"):
+                "knob/objectives.span_corruption.weight", "flops_per_step", "flops_cum", "flops_normalized", "mfu"):
         assert key in records[0], key
     losses = [r["loss"] for r in records]
     assert all(math.isfinite(x) for x in losses)
@@ -46,6 +46,7 @@ def test_resume_matches_uninterrupted_run(tiny_overrides, tmp_path):
     _, resumed = run("sc", tiny_overrides + common, tmp_path, "part", "trainer.max_steps=8", resume=True)
     assert [r["step"] for r in resumed] == list(range(1, 9))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]  # bitwise on CPU
+    assert [r["flops_cum"] for r in resumed] == [r["flops_cum"] for r in full]
 
 
 def test_existing_run_dir_resumes_unless_fresh(tiny_overrides, tmp_path):

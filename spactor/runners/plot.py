@@ -1,0 +1,238 @@
+"""``spactor plot RUN [RUN ...] [--x steps|tokens|flops] -o FILE.png``: compare runs.
+
+Reads each run's ``metrics.jsonl`` and draws one PNG with two panels sharing the x
+axis: the training loss (``loss/span_corruption`` by default; its ``val/`` twin as
+markers where evaluated) and the throughput (``tokens_per_s``). The x axis is the step,
+the raw tokens consumed (``tokens_seen``) or the cumulative training FLOPs
+(``flops_cum``) — the last is how the SpacTor paper compares a hybrid run with the SC
+baseline: same compute, not same steps. A run's switch to stage 2 (``stage_switch_step``)
+is drawn as a dashed vertical line in its colour.
+
+matplotlib is an optional dependency (``pip install 'spactor[plot]'``); it is used
+through its object-oriented API with the Agg canvas, so plotting never touches a
+display or pyplot's global state. This module stays import-light at the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+X_AXES: dict[str, tuple[str, str]] = {
+    "steps": ("step", "step"),
+    "tokens": ("tokens_seen", "tokens seen (raw text tokens)"),
+    "flops": ("flops_cum", "cumulative training FLOPs"),
+}
+DEFAULT_METRIC = "loss/span_corruption"
+THROUGHPUT = "tokens_per_s"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class Run:
+    path: Path  # the run directory
+    label: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_run(path: Path) -> Run:
+    """A run directory (or its ``metrics.jsonl``); lines cut short by a crash are skipped."""
+    path = Path(path)
+    file = path if path.is_file() else path / METRICS_FILE
+    if not file.is_file():
+        raise ValueError(f"{path}: no {METRICS_FILE} (is it a spactor run directory?)")
+    records = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    if not records:
+        raise ValueError(f"{file}: no records yet")
+    run_dir = file.parent
+    return Run(run_dir, run_dir.resolve().name, records)
+
+
+def unique_labels(paths: Sequence[Path]) -> list[str]:
+    """Run-directory names, lengthened by parent directories until they differ
+    (``a/run`` and ``b/run`` rather than two ``run``)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = 1
+    while True:
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels) or all(depth >= len(p) for p in parts):
+            return labels
+        depth += 1
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (missing, non-numeric, or the "nan"/"inf" strings the
+    metrics writer stores for non-finite values)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def series(records: Sequence[dict[str, Any]], x_key: str, y_key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for record in records:
+        x, y = _number(record.get(x_key)), _number(record.get(y_key))
+        if x is not None and y is not None:
+            xs.append(x)
+            ys.append(y)
+    return xs, ys
+
+
+def ema(values: Sequence[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average, debiased so the first
+    points are not pulled towards zero."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+def _matplotlib() -> tuple[Any, Any, Any, Any]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import EngFormatter
+    except ImportError:
+        raise ImportError("spactor plot needs matplotlib: pip install 'spactor[plot]' (or pip install matplotlib)") from None
+    return Figure, FigureCanvasAgg, Line2D, EngFormatter
+
+
+def plot_runs(
+    paths: Sequence[Path],
+    out: Path,
+    x: str = "steps",
+    metric: str = DEFAULT_METRIC,
+    smooth: float = 0.0,
+    title: str | None = None,
+) -> Path:
+    """Draw ``metric`` and throughput of every run against ``x`` into the PNG ``out``.
+
+    Raises ``ValueError`` (one line, naming the run) when a run lacks the metric or the
+    x-axis field, and ``ImportError`` when matplotlib is not installed.
+    """
+    if x not in X_AXES:
+        raise ValueError(f"--x must be one of {', '.join(X_AXES)}, got {x!r}")
+    if not 0.0 <= smooth < 1.0:
+        raise ValueError(f"--smooth must be in [0, 1), got {smooth}")
+    if not paths:
+        raise ValueError("no runs given")
+    Figure, FigureCanvasAgg, Line2D, EngFormatter = _matplotlib()
+    x_key, x_label = X_AXES[x]
+    runs = [read_run(Path(p)) for p in paths]
+    for run, label in zip(runs, unique_labels([r.path for r in runs])):
+        run.label = label
+        _require(run, x_key, "FLOPs are logged by spactor versions that count them; use --x steps or --x tokens"
+                 if x == "flops" else "choose another --x")
+        _require(run, metric, f"its loss keys: {', '.join(_loss_keys(run)) or '(none)'}; choose one with --metric")
+
+    fig = Figure(figsize=(10, 7.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    val_key = f"val/{metric}"
+    switched = evaluated = False
+    for run, color in zip(runs, colors):
+        xs, ys = series(run.records, x_key, metric)
+        if smooth > 0:
+            top.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
+            top.plot(xs, ema(ys, smooth), color=color, linewidth=1.6, label=run.label)
+        else:
+            top.plot(xs, ys, color=color, linewidth=1.3, label=run.label)
+        vx, vy = series(run.records, x_key, val_key)
+        if vx:
+            top.plot(vx, vy, linestyle="none", marker="o", markersize=6, color=color,
+                     markeredgecolor="black", markeredgewidth=0.7)
+            evaluated = True
+        tx, ty = series(run.records, x_key, THROUGHPUT)
+        bottom.plot(tx, ty, color=color, linewidth=1.1, label=run.label)
+        for record in run.records:
+            at = _number(record.get(x_key)) if "stage_switch_step" in record else None
+            if at is not None:
+                for ax in (top, bottom):
+                    ax.axvline(at, color=color, linestyle="--", linewidth=1.0, alpha=0.7)
+                switched = True
+
+    top.set_ylabel(metric)
+    heading = title or f"{metric} vs {x}" + (f" (EMA {smooth:g})" if smooth > 0 else "")
+    top.set_title(heading)
+    # One legend entry per run (its directory name); the markers and the switch line
+    # are explained once, in grey, instead of once per run.
+    handles, labels = top.get_legend_handles_labels()
+    if evaluated:
+        handles.append(Line2D([], [], linestyle="none", marker="o", color="0.6", markeredgecolor="black"))
+        labels.append(f"{val_key} (evaluation)")
+    if switched:
+        handles.append(Line2D([], [], linestyle="--", color="0.4"))
+        labels.append("switch to stage 2")
+    top.legend(handles, labels, loc="upper right", fontsize="small")
+    bottom.set_ylabel("tokens/s")
+    bottom.set_xlabel(x_label)
+    bottom.set_ylim(bottom=0)
+    bottom.yaxis.set_major_formatter(EngFormatter())
+    if x != "steps":  # 20k tokens, 3 EFLOP rather than an offset exponent
+        bottom.xaxis.set_major_formatter(EngFormatter(unit="FLOP" if x == "flops" else ""))
+    for ax in (top, bottom):
+        ax.grid(True, alpha=0.3)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def _require(run: Run, key: str, hint: str) -> None:
+    if not any(_number(r.get(key)) is not None for r in run.records):
+        raise ValueError(f"run {run.path}: metrics.jsonl has no '{key}' values; {hint}")
+
+
+def _loss_keys(run: Run) -> list[str]:
+    keys = {k for r in run.records for k in r if k.startswith("loss/")}
+    return sorted(keys)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_plot_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "plot",
+        help="plot the loss and throughput of one or more runs into a PNG",
+        description="Draw a loss (default loss/span_corruption; val/ values as markers) and tokens/s of "
+        "several runs on one chart against steps, tokens seen or cumulative FLOPs. Needs matplotlib.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or their metrics.jsonl)")
+    p.add_argument("--x", choices=sorted(X_AXES), default="steps", help="x axis (default: steps)")
+    p.add_argument("--metric", default=DEFAULT_METRIC, help=f"the loss to plot (default: {DEFAULT_METRIC})")
+    p.add_argument("--smooth", type=float, default=0.0, help="EMA weight in [0, 1) for the training curve (0: raw)")
+    p.add_argument("--title", default=None, help="chart title")
+    p.add_argument("-o", "--out", required=True, metavar="FILE.png", help="the PNG to write")
+    p.set_defaults(func=cmd_plot)
+    return p
+
+
+def cmd_plot(ns: argparse.Namespace) -> int:
+    from spactor.cli import UsageError
+
+    try:
+        out = plot_runs([Path(r) for r in ns.runs], Path(ns.out), x=ns.x, metric=ns.metric,
+                        smooth=ns.smooth, title=ns.title)
+    except (ValueError, ImportError) as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {out}", flush=True)
+    return 0

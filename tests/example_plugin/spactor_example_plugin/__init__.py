@@ -1,0 +1,1 @@
+"""An example third-party spactor plugin (see ``token_deletion``)."""
