@@ -8,8 +8,9 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from spactor.config import ConfigError, load_config, recipe_names
 from spactor.plugins import load_plugins
@@ -251,7 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if debug:
         argv.remove("--debug")
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    # key=value overrides may come after flags too (`spactor flops sc --json model.size=tiny`).
+    ns, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if "=" not in a or a.startswith("-")]
+    if stray or (extra and not hasattr(ns, "args")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        ns.args = [*ns.args, *extra]
     load_plugins()
     func: Callable[[argparse.Namespace], int] = ns.func
     try:

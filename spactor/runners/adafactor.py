@@ -12,7 +12,8 @@ reductions the factored second moments need. A test checks it against
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -35,9 +36,10 @@ class DTensorAdafactor(torch.optim.Optimizer):
     ) -> None:
         # The same param-group keys as torch.optim.Adafactor, so that a checkpoint written
         # by one loads into the other (a sharded run resumed on one device, or back).
-        defaults = dict(
-            lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, foreach=False, maximize=False
-        )
+        defaults = {
+            "lr": lr, "beta2_decay": beta2_decay, "eps": eps, "d": d, "weight_decay": weight_decay,
+            "foreach": False, "maximize": False,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()

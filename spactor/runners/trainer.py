@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -235,7 +236,7 @@ def count_flops(resolved: Resolved, device: torch.device, info: parallel.DistInf
     fields (with a warning)."""
     if not resolved.cfg.runtime.count_flops:
         return None
-    from spactor.runners.flops import tracker_for
+    from spactor.runners.mfu import tracker_for
 
     try:
         return tracker_for(resolved, device, world_size=info.world_size)

@@ -12,15 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from spactor.cli import main as cli_main
 from spactor.config import load_config, recipe_names
 from spactor.plugins import load_plugins
-from spactor.runners.flops import (
-    FlopsTracker,
-    count_step_flops,
-    count_vocab,
-    flops_report,
-    mfu,
-    peak_tflops,
-    tracker_for,
-)
+from spactor.runners.flops import count_step_flops, count_vocab, flops_report
+from spactor.runners.mfu import FlopsTracker, mfu, peak_tflops, tracker_for
 from spactor.runners.step import TrainModules, apply_transforms
 from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
 
