@@ -145,7 +145,9 @@ def tokenizer_info(path: Path, text: str = SAMPLE_TEXT) -> dict[str, Any]:
 
     model = path / "spiece.model" if path.is_dir() else path
     if not model.is_file():
-        raise UsageError(f"{path}: no SentencePiece model there (a .model file, or a directory with spiece.model)")
+        raise UsageError(
+            f"{path}: no SentencePiece model there (a .model file, or a directory with spiece.model)"
+        )
     try:
         tok = Tokenizer.load(model)
     except (RuntimeError, ValueError) as e:  # sentencepiece raises RuntimeError on a non-model file
@@ -230,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", "-o", required=True, help="output .model path")
     t.set_defaults(func=cmd_tokenizer_train)
     t = tsub.add_parser("info", help="vocabulary size, special ids, sentinels and a sample encoding")
-    t.add_argument("model", metavar="MODEL", help="a SentencePiece .model, or a run/export directory with spiece.model")
+    t.add_argument(
+        "model", metavar="MODEL", help="a SentencePiece .model, or a run/export directory with spiece.model"
+    )
     t.add_argument("--text", default=SAMPLE_TEXT, help="the sentence to encode as a sample")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=cmd_tokenizer_info)
@@ -243,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flops_parser(sub)
     add_export_parser(sub)
     add_plot_parser(sub)
+    __import__("spactor.runners.data_cli", fromlist=["add_data_parser"]).add_data_parser(sub)  # spactor data
     return parser
 
 

@@ -76,6 +76,7 @@ class DataConfig:
     input_length: int = 512  # encoder length; the raw chunk length follows T5's rule
     validation_fraction: float = 0.01  # documents held out for validation
     num_workers: int = 0
+    backend: str = "default"  # default | fairseq2 (optional extra spactor[fairseq2]; same batches)
 
 
 @dataclass

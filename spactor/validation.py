@@ -150,6 +150,7 @@ def check_data(d: Any) -> None:
     unit_interval("data.validation_fraction", d.validation_fraction)
     at_least("data.num_workers", d.num_workers, 0)
     positive_int("data.tokenizer_vocab_size", d.tokenizer_vocab_size)
+    one_of("data.backend", getattr(d, "backend", "default"), ("default", "fairseq2"))
     import spactor.data.sources  # noqa: F401 — registers the built-in sources
     from spactor.registry import SOURCES, RegistryError
 
@@ -215,6 +216,18 @@ def _cuda_available() -> bool:
 T5_DIMS = ("d_model", "d_ff", "num_heads", "num_layers", "num_decoder_layers", "d_kv")
 
 
+def check_init_from(value: str | None) -> None:
+    """The directory must be there before any work; its dimensions are compared with the
+    model's when the model is built (the vocabulary comes from the tokenizer)."""
+    if not value:
+        return
+    if not value.startswith("hf:"):
+        fail("model.init_from", value, "must be hf:PATH (a directory written by `spactor export` or save_pretrained)")
+    path = os.path.expanduser(value[3:])
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        fail("model.init_from", value, f"no config.json in {path!r}: not a Hugging Face T5 directory")
+
+
 def check_model(model: Plugin, input_length: int) -> int | None:
     """Validate the architecture's config; return the discriminator's hidden size (None
     for an architecture this module does not know)."""
@@ -232,6 +245,7 @@ def check_model(model: Plugin, input_length: int) -> int | None:
             dims = resolve_t5_dims(cfg)
         except ValueError as e:
             raise ConfigError(f"model: {e}") from None
+        check_init_from(getattr(cfg, "init_from", None))
         return int(dims["d_model"])
     if model.type == "encoder":
         from spactor.architectures import encoder

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 
 from spactor.config import ConfigError, load_config, recipe_names
 from spactor.plugins import load_plugins
-from spactor.validation import check_runtime
 
 load_plugins()
 

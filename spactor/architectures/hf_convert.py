@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from spactor.architectures.t5 import T5Config, T5Model, resolve_t5_dims
 from spactor.config import ConfigError
 
@@ -34,6 +35,7 @@ HF_ARCHITECTURE = "T5ForConditionalGeneration"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+LEGACY_WEIGHTS_FILE = "pytorch_model.bin"
 INIT_FROM_PREFIX = "hf:"
 LAYER_NORM_EPS = 1e-6  # spactor's RMSNorm default; HF reads it from the config
 
@@ -150,7 +152,9 @@ def hf_to_t5_state_dict(sd: dict[str, torch.Tensor], cfg: T5Config) -> dict[str,
         else:
             out[renamed] = value
     if unknown:
-        raise ValueError(f"not T5 parameters: {', '.join(sorted(unknown)[:8])}" + (" ..." if len(unknown) > 8 else ""))
+        raise ValueError(
+            f"not T5 parameters: {', '.join(sorted(unknown)[:8])}" + (" ..." if len(unknown) > 8 else "")
+        )
     if "token_embedding.weight" not in out:
         raise ValueError("the checkpoint has no shared.weight (the token embedding)")
     with torch.device("meta"):  # only the parameter names; no memory, no init cost
@@ -220,12 +224,20 @@ def check_hf_config(config: dict[str, Any], cfg: T5Config, vocab_size: int) -> l
         "tie_word_embeddings": True,
         **{k: v for k, v in config.items() if v is not None},
     }
+    # transformers 5 always saves tie_word_embeddings: true and records the v1.0/v1.1
+    # distinction (tied and scaled head, or not) as scale_decoder_outputs instead.
+    if isinstance(config.get("scale_decoder_outputs"), bool):
+        theirs["tie_word_embeddings"] = config["scale_decoder_outputs"]
     names = (
         "d_model", "d_ff", "d_kv", "num_heads", "num_layers", "num_decoder_layers",
         "relative_attention_num_buckets", "relative_attention_max_distance",
         "feed_forward_proj", "tie_word_embeddings", "vocab_size",
     )  # fmt: skip
-    return [f"{name}: checkpoint {theirs.get(name)!r}, model {ours[name]!r}" for name in names if theirs.get(name) != ours[name]]
+    return [
+        f"{name}: checkpoint {theirs.get(name)!r}, model {ours[name]!r}"
+        for name in names
+        if theirs.get(name) != ours[name]
+    ]
 
 
 # --------------------------------------------------------------------------- files
@@ -235,11 +247,15 @@ def _safetensors() -> Any:
     try:
         import safetensors.torch
     except ImportError:  # a declared dependency; only a broken environment lacks it
-        raise ImportError("reading and writing Hugging Face weights needs safetensors: pip install safetensors") from None
+        raise ImportError(
+            "reading and writing Hugging Face weights needs safetensors: pip install safetensors"
+        ) from None
     return safetensors.torch
 
 
-def save_hf_weights(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_hf_weights(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     """``model.safetensors`` as ``from_pretrained`` expects it (``format: pt`` metadata)."""
     _safetensors().save_file(tensors, str(path), metadata={"format": "pt", **(metadata or {})})
     # safetensors creates the file 0600; an export is meant to be shared like any other file.
@@ -267,19 +283,24 @@ def save_hf_pretrained(
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of ``model.safetensors``, or of the shards a
-    ``model.safetensors.index.json`` lists (large hub checkpoints are sharded)."""
-    st = _safetensors()
+    """Every tensor of ``model.safetensors``, of the shards a
+    ``model.safetensors.index.json`` lists (large hub checkpoints are sharded), or of an
+    older hub checkpoint's ``pytorch_model.bin`` (read with ``weights_only``: no code runs)."""
     single, index = directory / WEIGHTS_FILE, directory / WEIGHTS_INDEX_FILE
+    legacy = directory / LEGACY_WEIGHTS_FILE
     if single.is_file():
-        return st.load_file(str(single))
+        return _safetensors().load_file(str(single))
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         out: dict[str, torch.Tensor] = {}
         for shard in shards:
-            out.update(st.load_file(str(directory / shard)))
+            out.update(_safetensors().load_file(str(directory / shard)))
         return out
-    raise FileNotFoundError(f"no {WEIGHTS_FILE} (or {WEIGHTS_INDEX_FILE}) in {directory}")
+    if legacy.is_file():
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(
+        f"no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX_FILE}, {LEGACY_WEIGHTS_FILE}) in {directory}"
+    )
 
 
 def parse_init_from(spec: str) -> Path:

@@ -1,7 +1,8 @@
 """A resumable loader of packed raw chunks.
 
 documents (``Source``) → shard by rank, then by worker → train/validation hold-out →
-optional shuffle within a window of documents → SentencePiece ids + EOS (batched) →
+optional shuffle within a window of documents → SentencePiece ids + EOS (batched; a
+``pretokenized`` source such as a prepared cache yields ids, packed as they are) →
 one token stream cut into ``raw_length`` chunks → batches ``{"original": (B, raw_length)}``.
 
 Everything is a pure function of the document numbering, so the position in the stream
@@ -136,6 +137,9 @@ class PackedChunks(IterableDataset):
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
         if raw_length < 1 or encode_batch_size < 1 or shuffle_window < 0:
             raise ValueError("raw_length and encode_batch_size must be >= 1, shuffle_window >= 0")
+        if getattr(source, "pretokenized", False):
+            # Documents arrive as ids (a prepared cache): they must be this tokenizer's.
+            source.check_tokenizer(tokenizer)  # type: ignore[attr-defined]
         self.source = source
         self.tokenizer = tokenizer
         self.raw_length = raw_length
@@ -267,7 +271,7 @@ class PackedChunks(IterableDataset):
         packer = Packer(self.raw_length, st.carry)
         produced = 0
         for batch in _batched(texts, self.encode_batch_size):
-            for ids in self.tokenizer.encode_batch(batch, add_eos=True, num_threads=threads):
+            for ids in self._encode(batch, threads):
                 packer.add(ids)
             for chunk in packer.take_chunks():
                 produced += 1
@@ -275,6 +279,20 @@ class PackedChunks(IterableDataset):
                     st.emitted = produced
                     yield torch.tensor(chunk, dtype=torch.long)
         st.carry = packer.carry
+
+    def _encode(self, docs: list[Any], threads: int) -> list[list[int]]:
+        """Ids + EOS of each document: text is encoded in one batched call; a document
+        that already is ids (a ``pretokenized`` source's numpy array or list) is taken
+        as it is."""
+        texts = [d for d in docs if isinstance(d, str)]
+        if len(texts) == len(docs):
+            return self.tokenizer.encode_batch(docs, add_eos=True, num_threads=threads)
+        encoded = iter(self.tokenizer.encode_batch(texts, add_eos=True, num_threads=threads) if texts else ())
+        eos = [self.tokenizer.eos_id]
+        return [
+            next(encoded) if isinstance(d, str) else (d.tolist() if hasattr(d, "tolist") else list(d)) + eos
+            for d in docs
+        ]
 
 
 # --------------------------------------------------------------------------- loader
@@ -318,6 +336,9 @@ def skipped_counts(loader: StatefulDataLoader) -> dict[str, int]:
     the batches in flight (and by ``snapshot_every_n_steps`` if that is > 1). The counts
     are this rank's: sum them over ranks (in the order of ``SKIP_REASONS``) for the run's.
     """
+    own = getattr(loader, "skipped_counts", None)  # a loader of another backend counts itself
+    if callable(own):
+        return own()
     if loader.num_workers == 0 and isinstance(loader.dataset, PackedChunks):
         return loader.dataset.skipped_counts()
     totals = _with_all_reasons({})

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -78,9 +79,12 @@ class DataPipeline:
         # is created, and from the global RNG that would shift dropout after an eval or a
         # resume.
         generator = torch.Generator().manual_seed(self.seed)
+        build: Any = build_loader
+        if getattr(self.cfg, "backend", "default") == "fairseq2":  # same batches, a fairseq2 DataPipeline
+            from spactor.data.fairseq2_backend import build_fairseq2_loader as build
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*set_vital.*")
-            return build_loader(
+            return build(
                 self.source,
                 self.tokenizer,
                 self.raw_length,

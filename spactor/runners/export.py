@@ -87,7 +87,9 @@ def read_discriminator(checkpoint: Path) -> dict[str, Any]:
         if key.startswith(DISCRIMINATOR_PREFIX) and isinstance(meta, TensorStorageMetadata)
     }
     if not state:
-        raise ExportError(f"checkpoint {checkpoint} holds no discriminator weights ('{DISCRIMINATOR_PREFIX}*')")
+        raise ExportError(
+            f"checkpoint {checkpoint} holds no discriminator weights ('{DISCRIMINATOR_PREFIX}*')"
+        )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         warnings.filterwarnings("ignore", message=".*process group.*")
@@ -113,14 +115,19 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         raise ExportError(f"{run_dir}: no config.yaml (is {checkpoint} inside a spactor run directory?)")
-    resolved = load_config(str(saved))
+    # Exporting runs on one CPU process, wherever the run trained: its runtime settings
+    # (a GPU, FSDP) must not fail validation here.
+    resolved = load_config(str(saved), ["runtime.device=cpu", "runtime.fsdp=null"])
     if resolved.model.type != "t5":
         raise ExportError(
-            f"model.arch={resolved.model.type}: only T5 runs export to Hugging Face's T5ForConditionalGeneration"
+            f"model.arch={resolved.model.type}: only T5 runs export to Hugging Face's "
+            "T5ForConditionalGeneration"
         )
     cfg = resolved.model.config
     weights = read_discriminator(checkpoint)
-    rows = int(weights["token_embedding.weight"].shape[0]) if "token_embedding.weight" in weights else 0
+    if "token_embedding.weight" not in weights:
+        raise ExportError(f"checkpoint {checkpoint} has no token embedding (model.token_embedding.weight)")
+    rows = int(weights["token_embedding.weight"].shape[0])
     # Built on meta and filled by assignment: no random init, no second copy of the weights.
     # T5Model (not build_t5) so that a run started from model.init_from does not read it again.
     with torch.device("meta"):
@@ -167,7 +174,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         "directory) as a Hugging Face T5ForConditionalGeneration directory: config.json, "
         "model.safetensors, spiece.model, tokenizer_config.json. The generator and RTD head are dropped.",
     )
-    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run directory or RUN/checkpoints/step_NNNNNNNN")
+    p.add_argument(
+        "source", metavar="RUN_OR_CHECKPOINT", help="a run directory or RUN/checkpoints/step_NNNNNNNN"
+    )
     p.add_argument("out", metavar="OUT", help="output directory (created; existing files are replaced)")
     p.add_argument("--format", choices=FORMATS, default="hf", help="output format (default: hf)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")

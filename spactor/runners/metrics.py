@@ -25,7 +25,8 @@ class MetricsWriter:
         self.path = Path(path)
         self.enabled = enabled
         self._file: TextIO | None = None
-        self.tensorboard = TensorBoardWriter(self.path.parent / "tensorboard", enabled=enabled and tensorboard)
+        log_dir = self.path.parent / "tensorboard"
+        self.tensorboard = TensorBoardWriter(log_dir, enabled=enabled and tensorboard)
 
     def open(self, resume_step: int | None) -> None:
         if not self.enabled:

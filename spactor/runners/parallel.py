@@ -13,8 +13,9 @@ The generator and the RTD head are FSDP units of their own so that the switch to
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 X_AXES: dict[str, tuple[str, str]] = {
     "steps": ("step", "step"),
@@ -110,7 +111,9 @@ def _matplotlib() -> tuple[Any, Any, Any, Any]:
         from matplotlib.lines import Line2D
         from matplotlib.ticker import EngFormatter
     except ImportError:
-        raise ImportError("spactor plot needs matplotlib: pip install 'spactor[plot]' (or pip install matplotlib)") from None
+        raise ImportError(
+            "spactor plot needs matplotlib: pip install 'spactor[plot]' (or pip install matplotlib)"
+        ) from None
     return Figure, FigureCanvasAgg, Line2D, EngFormatter
 
 
@@ -136,11 +139,18 @@ def plot_runs(
     Figure, FigureCanvasAgg, Line2D, EngFormatter = _matplotlib()
     x_key, x_label = X_AXES[x]
     runs = [read_run(Path(p)) for p in paths]
-    for run, label in zip(runs, unique_labels([r.path for r in runs])):
+    for run, label in zip(runs, unique_labels([r.path for r in runs]), strict=True):
         run.label = label
-        _require(run, x_key, "FLOPs are logged by spactor versions that count them; use --x steps or --x tokens"
-                 if x == "flops" else "choose another --x")
-        _require(run, metric, f"its loss keys: {', '.join(_loss_keys(run)) or '(none)'}; choose one with --metric")
+        _require(
+            run,
+            x_key,
+            "FLOPs are logged by spactor versions that count them; use --x steps or --x tokens"
+            if x == "flops"
+            else "choose another --x",
+        )
+        _require(
+            run, metric, f"its loss keys: {', '.join(_loss_keys(run)) or '(none)'}; choose one with --metric"
+        )
 
     fig = Figure(figsize=(10, 7.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
@@ -148,7 +158,7 @@ def plot_runs(
     colors = [f"C{i % 10}" for i in range(len(runs))]
     val_key = f"val/{metric}"
     switched = evaluated = False
-    for run, color in zip(runs, colors):
+    for run, color in zip(runs, colors, strict=True):
         xs, ys = series(run.records, x_key, metric)
         if smooth > 0:
             top.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
@@ -157,8 +167,16 @@ def plot_runs(
             top.plot(xs, ys, color=color, linewidth=1.3, label=run.label)
         vx, vy = series(run.records, x_key, val_key)
         if vx:
-            top.plot(vx, vy, linestyle="none", marker="o", markersize=6, color=color,
-                     markeredgecolor="black", markeredgewidth=0.7)
+            top.plot(
+                vx,
+                vy,
+                linestyle="none",
+                marker="o",
+                markersize=6,
+                color=color,
+                markeredgecolor="black",
+                markeredgewidth=0.7,
+            )
             evaluated = True
         tx, ty = series(run.records, x_key, THROUGHPUT)
         bottom.plot(tx, ty, color=color, linewidth=1.1, label=run.label)
@@ -219,7 +237,9 @@ def add_plot_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or their metrics.jsonl)")
     p.add_argument("--x", choices=sorted(X_AXES), default="steps", help="x axis (default: steps)")
     p.add_argument("--metric", default=DEFAULT_METRIC, help=f"the loss to plot (default: {DEFAULT_METRIC})")
-    p.add_argument("--smooth", type=float, default=0.0, help="EMA weight in [0, 1) for the training curve (0: raw)")
+    p.add_argument(
+        "--smooth", type=float, default=0.0, help="EMA weight in [0, 1) for the training curve (0: raw)"
+    )
     p.add_argument("--title", default=None, help="chart title")
     p.add_argument("-o", "--out", required=True, metavar="FILE.png", help="the PNG to write")
     p.set_defaults(func=cmd_plot)
@@ -230,8 +250,14 @@ def cmd_plot(ns: argparse.Namespace) -> int:
     from spactor.cli import UsageError
 
     try:
-        out = plot_runs([Path(r) for r in ns.runs], Path(ns.out), x=ns.x, metric=ns.metric,
-                        smooth=ns.smooth, title=ns.title)
+        out = plot_runs(
+            [Path(r) for r in ns.runs],
+            Path(ns.out),
+            x=ns.x,
+            metric=ns.metric,
+            smooth=ns.smooth,
+            title=ns.title,
+        )
     except (ValueError, ImportError) as e:
         raise UsageError(str(e)) from None
     print(f"wrote {out}", flush=True)

@@ -8,7 +8,8 @@ no memory.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

@@ -334,7 +334,7 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
             print(f"resumed from {resumed.path} at step {step} (stage {stage})", flush=True)
     start_step = step
 
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=info.is_main)
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard=cfg.run.tensorboard)
     metrics.open(resume_step=step if resumed is not None else None)
     if resumed is None and info.is_main:
         metrics.path.write_text("")

@@ -55,7 +55,9 @@ def random_model(version: str, overrides: dict, seed: int = 0) -> T5Model:
     return model.eval()
 
 
-def inputs(batch: int = 2, length: int = 13, target: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def inputs(
+    batch: int = 2, length: int = 13, target: int = 7
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, VOCAB, (batch, length), generator=g)
     decoder_ids = torch.randint(3, VOCAB, (batch, target), generator=g)
@@ -86,7 +88,13 @@ def test_hf_config_follows_the_version():
     v11 = hf_config(T5Config(version="1.1", size="base"), 32128)
     assert (v10["feed_forward_proj"], v10["tie_word_embeddings"]) == ("relu", True)
     assert (v11["feed_forward_proj"], v11["tie_word_embeddings"]) == ("gated-gelu", False)
-    assert (v10["d_model"], v10["d_ff"], v10["num_heads"], v10["num_layers"], v10["d_kv"]) == (512, 2048, 8, 6, 64)
+    assert (v10["d_model"], v10["d_ff"], v10["num_heads"], v10["num_layers"], v10["d_kv"]) == (
+        512,
+        2048,
+        8,
+        6,
+        64,
+    )
     assert (v11["d_model"], v11["d_ff"], v11["num_heads"], v11["num_decoder_layers"]) == (768, 2048, 12, 12)
     assert (v10["pad_token_id"], v10["eos_token_id"], v10["decoder_start_token_id"]) == (0, 1, 0)
     assert v10["vocab_size"] == 32128 and v10["layer_norm_epsilon"] == 1e-6
@@ -128,14 +136,36 @@ def test_init_from_round_trips_exactly(tmp_path, version, overrides):
 
 
 @pytest.mark.parametrize("version", ["1.0", "1.1"])
-def test_hf_state_dict_with_aliases_converts_back(transformers, tmp_path, version):
-    """HF's own state dict (embed_tokens aliases, a tied lm_head) maps back exactly."""
+def test_what_transformers_saves_converts_back(transformers, tmp_path, version):
+    """HF's own state dict (embed_tokens aliases, a tied lm_head) and its own
+    ``save_pretrained`` directory (transformers 5 writes ``tie_word_embeddings: true``
+    even for v1.1) come back exactly."""
     model = random_model(version, {"size": "tiny"})
-    save_hf_pretrained(model, tmp_path)
-    hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path)
+    save_hf_pretrained(model, tmp_path / "ours")
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "ours")
     back = hf_to_t5_state_dict(dict(hf.state_dict()), model.config)
+    hf.save_pretrained(tmp_path / "theirs")
+    loaded = build_t5(T5Config(version=version, size="tiny", init_from=f"hf:{tmp_path / 'theirs'}"), VOCAB)
     for key, value in model.state_dict().items():
         assert torch.equal(back[key], value), key
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_init_from_reads_a_legacy_pytorch_model_bin(tmp_path):
+    model = random_model("1.1", {"size": "tiny"})
+    save_hf_pretrained(model, tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(t5_to_hf_state_dict(model), tmp_path / "pytorch_model.bin")
+    loaded = build_t5(T5Config(version="1.1", size="tiny", init_from=f"hf:{tmp_path}"), VOCAB)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_an_untied_head_cannot_become_v1_0():
+    model = random_model("1.1", {"size": "tiny"})
+    sd = t5_to_hf_state_dict(model)  # v1.1: lm_head.weight is its own tensor
+    with pytest.raises(ValueError, match="lm_head.weight differs from shared.weight"):
+        hf_to_t5_state_dict(sd, T5Config(version="1.0", size="tiny"))
 
 
 def test_init_from_rejects_a_different_architecture(tmp_path):
@@ -209,7 +239,9 @@ def test_trained_run_exports_through_the_cli(transformers, tmp_path, tiny_overri
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
     # HF's T5Tokenizer reads the exported spiece.model with the same ids and sentinels.
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    assert hf_tok("Span corruption replaces spans.").input_ids == tok.encode("Span corruption replaces spans.") + [1]
+    assert hf_tok("Span corruption replaces spans.").input_ids == tok.encode(
+        "Span corruption replaces spans."
+    ) + [1]
     assert hf_tok.convert_tokens_to_ids("<extra_id_0>") == tok.sentinel_id(0)
 
 

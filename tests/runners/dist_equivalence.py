@@ -9,13 +9,13 @@ import sys
 import torch
 
 from spactor.config import load_config
+from spactor.objectives.base import Vocab
 from spactor.plugins import load_plugins
+from spactor.registry import OPTIMIZERS
 from spactor.runners import parallel
 from spactor.runners.stages import trainable_parameters
 from spactor.runners.step import StepContext, TrainModules, train_step
 from spactor.runners.trainer import build_model, build_objectives, parallelize, seeded_generator
-from spactor.registry import OPTIMIZERS
-from spactor.objectives.base import Vocab
 
 
 def main(out_path: str, overrides: list[str]) -> None:

@@ -20,8 +20,14 @@ def _matplotlib():
     pytest.importorskip("matplotlib", reason="pip install -e '.[plot]' for the plotting tests")
 
 
-def write_run(root: Path, name: str, steps: int = 40, flops: bool = True, switch_at: int | None = None,
-              rate: float = 0.05) -> Path:
+def write_run(
+    root: Path,
+    name: str,
+    steps: int = 40,
+    flops: bool = True,
+    switch_at: int | None = None,
+    rate: float = 0.05,
+) -> Path:
     """A metrics.jsonl like the trainer's: per-step loss, evaluation every 10 steps."""
     run = root / name
     run.mkdir(parents=True)
@@ -39,8 +45,9 @@ def write_run(root: Path, name: str, steps: int = 40, flops: bool = True, switch
         if flops:
             per_step = 1.375e12 if stage == 1 else 1e12
             record["flops_per_step"] = per_step
-            record["flops_cum"] = sum(1.375e12 if (switch_at is None or s <= switch_at) else 1e12
-                                      for s in range(1, step + 1))
+            record["flops_cum"] = sum(
+                1.375e12 if (switch_at is None or s <= switch_at) else 1e12 for s in range(1, step + 1)
+            )
         if step == (switch_at or 0) + 1:
             record["stage_switch_step"] = switch_at
             record["released"] = ["rtd", "mlm_mask"]
@@ -115,8 +122,14 @@ def test_plots_a_real_quickstart_run(tmp_path, tiny_overrides):
 
     load_plugins()
     run = tmp_path / "quickstart"
-    train(load_config("quickstart", [*tiny_overrides, "trainer.max_steps=4", "trainer.eval_every=2",
-                                     f"run.dir={run}"]))
+    train(
+        load_config(
+            "quickstart", [*tiny_overrides, "trainer.max_steps=4", "trainer.eval_every=2", f"run.dir={run}"]
+        )
+    )
     out = tmp_path / "real.png"
     assert main(["plot", str(run), "--x", "tokens", "-o", str(out)]) == 0
     assert_png(out)
+    if any("flops_cum" in r for r in read_run(run).records):  # FLOPs counting on (the default)
+        assert main(["plot", str(run), "--x", "flops", "-o", str(out)]) == 0
+        assert_png(out)
