@@ -27,14 +27,17 @@ read through fairseq2's ``read_iterator``, so numbering, skipping and skip count
 the ones the rest of spactor reports. The position is fairseq2's own ``state_dict``
 (each document reader pickles as four integers; the source and tokenizer are not in
 it), so ``state_dict()`` / ``load_state_dict()`` resume the exact batches.
+
+The native pipelines hold Python callables; none of them refers back to the loader (they
+share a small context object instead), so a loader that goes away frees its pipelines at
+once. fairseq2n 0.8.1 aborts the interpreter at exit when a pipeline is still alive then
+or when one whose first stage is a never-iterated ``read_iterator`` was built; a loader
+kept until the end of a program should be ``close()``d.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextvars
-import gc
-import weakref
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -54,22 +57,6 @@ from spactor.data.tokenizer import Tokenizer
 
 STATE_VERSION = 1
 BACKENDS = ("default", "fairseq2")
-
-# The loader whose pipeline is being restored: readers unpickled from a fairseq2 state
-# attach to it (the state holds positions, never the source or the tokenizer).
-_RESTORING: contextvars.ContextVar[Fairseq2Loader | None] = contextvars.ContextVar("_RESTORING", default=None)
-
-
-# fairseq2's native pipelines hold Python callables; one destroyed while the interpreter
-# shuts down (a loader kept alive by a reference cycle) crashes it. Release them first.
-_LIVE: weakref.WeakSet[Fairseq2Loader] = weakref.WeakSet()
-
-
-@atexit.register
-def _release_pipelines() -> None:
-    for loader in list(_LIVE):
-        loader.close()
-    gc.collect()
 
 
 def fairseq2_available() -> bool:
@@ -91,30 +78,53 @@ def _fairseq2() -> Any:
     return data_pipeline
 
 
-class _Epochs:
-    """0, 1, 2, ... (train) or just 0 (validation)."""
+class _Context:
+    """What the pipeline's callables need: the source, the split, the shuffle and
+    tokenising settings, and the first epoch's skip counts. Refers to no pipeline."""
 
-    def __init__(self, infinite: bool) -> None:
-        self.infinite = infinite
-        self.epoch = 0
+    def __init__(self, chunks: PackedChunks) -> None:
+        self.chunks = chunks  # the default dataset: argument checks and block encoding
+        self.source = chunks.source
+        self.split = chunks.split
+        self.validation_fraction = chunks.validation_fraction
+        self.rank = chunks.rank
+        self.seed = chunks.seed
+        self.shuffle_window = chunks.shuffle_window
+        self.encode_batch_size = chunks.encode_batch_size
+        self.skipped: dict[str, int] = {}
 
-    def __iter__(self) -> _Epochs:
-        return self
+    def split_documents(self, start: int, shard: int, num_shards: int) -> Iterator[tuple[int, Any]]:
+        want_validation = self.split == "validation"
+        for index, doc in self.source.documents(start, shard, num_shards):
+            if is_validation(index, self.validation_fraction) == want_validation:
+                yield index, doc
 
-    def __next__(self) -> int:
-        if not self.infinite and self.epoch > 0:
-            raise StopIteration
-        self.epoch += 1
-        return self.epoch - 1
+    def encode_block(self, block: list[tuple[int, Any]]) -> list[list[int]]:
+        """Ids + EOS of each document of a block, encoded ``encode_batch_size`` at a time."""
+        docs = [doc for _, doc in block]
+        out: list[list[int]] = []
+        for lo in range(0, len(docs), self.encode_batch_size):
+            out.extend(self.chunks._encode(docs[lo : lo + self.encode_batch_size], -1))
+        return out
+
+    def tally(self, before: dict[str, int]) -> None:
+        for reason, count in self.source.skipped.items():
+            delta = count - before.get(reason, 0)
+            if delta > 0:
+                self.skipped[reason] = self.skipped.get(reason, 0) + delta
+
+
+# The context of the loader whose pipelines are being restored: document readers
+# unpickled from a fairseq2 state attach to it (the state holds positions only).
+_RESTORING: contextvars.ContextVar[_Context | None] = contextvars.ContextVar("_RESTORING", default=None)
 
 
 class _ShardDocuments:
-    """``(index, document)`` of one shard's split for one epoch, read from the loader's
-    source. Pickles as its position; the first epoch's skipped records are added to the
-    loader's counts as they are read."""
+    """``(index, document)`` of one shard's split for one epoch. Pickles as its
+    position; the first epoch's skipped records are counted as they are read."""
 
-    def __init__(self, loader: Fairseq2Loader | None, shard: int, num_shards: int, epoch: int) -> None:
-        self.loader = loader
+    def __init__(self, ctx: _Context | None, shard: int, num_shards: int, epoch: int) -> None:
+        self.ctx = ctx
         self.shard = shard
         self.num_shards = num_shards
         self.epoch = epoch
@@ -126,26 +136,26 @@ class _ShardDocuments:
         return self
 
     def __next__(self) -> tuple[int, Any]:
-        loader = self.loader
-        if loader is None:
+        ctx = self.ctx
+        if ctx is None:
             raise RuntimeError("a restored fairseq2 document reader was not attached to a loader")
         if self._docs is None:
-            self._docs = loader._split_documents(self.next_index, self.shard, self.num_shards)
-        source = loader.source
+            self._docs = ctx.split_documents(self.next_index, self.shard, self.num_shards)
+        source = ctx.source
         before = dict(source.skipped) if self.epoch == 0 else None
         try:
             index, doc = next(self._docs)
         except StopIteration:
-            if not self.seen and self.next_index == 0 and loader.split == "train":
+            if not self.seen and self.next_index == 0 and ctx.split == "train":
                 raise DataError(
-                    f"train shard {self.shard} of {self.num_shards} (rank {loader.rank}) has no documents: "
+                    f"train shard {self.shard} of {self.num_shards} (rank {ctx.rank}) has no documents: "
                     f"the source has fewer documents than ranks x workers, or the hold-out leaves none. "
                     f"Source: {source.describe()}"
                 ) from None
             raise
         finally:
             if before is not None:
-                loader._tally(before)
+                ctx.tally(before)
         self.seen = True
         self.next_index = index + 1
         return index, doc
@@ -155,12 +165,60 @@ class _ShardDocuments:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.loader = _RESTORING.get()
+        self.ctx = _RESTORING.get()
         self._docs = None
 
 
+def _shard_pipeline(
+    dp: Any, ctx: _Context, shard: int, num_shards: int, raw_length: int, batch_size: int
+) -> Any:
+    """Batches of one shard (one emulated loader worker)."""
+    train = ctx.split == "train"
+    # Epoch numbers. (Not a read_iterator: fairseq2n 0.8.1 aborts the process at exit if
+    # a pipeline starting with a never-iterated read_iterator was built.)
+    epochs = dp.DataPipeline.count(start=0) if train else dp.read_sequence([0])
+    return (
+        epochs.yield_from(partial(_epoch_pipeline, dp, ctx, shard, num_shards))
+        .bucket(raw_length, drop_remainder=True)
+        .map(_as_tensor)
+        .bucket(batch_size, drop_remainder=train)
+        .map(collate_chunks)
+        .and_return()
+    )
+
+
+def _epoch_pipeline(dp: Any, ctx: _Context, shard: int, num_shards: int, epoch: int) -> Any:
+    """The token stream of one shard's epoch."""
+
+    def fresh(_: Any = None) -> _ShardDocuments:
+        return _ShardDocuments(ctx, shard, num_shards, epoch)
+
+    builder = dp.read_iterator(fresh(), fresh, infinite=False)
+    builder = builder.bucket(ctx.shuffle_window or ctx.encode_batch_size)
+    if ctx.shuffle_window:
+        builder = builder.map(partial(_permute, ctx.seed, epoch, shard))
+    builder = builder.map(ctx.encode_block)
+    builder = builder.yield_from(partial(_read_sequence, dp))  # documents
+    builder = builder.yield_from(partial(_read_sequence, dp))  # tokens
+    return builder.and_return()
+
+
+def _read_sequence(dp: Any, items: list[Any]) -> Any:
+    return dp.read_sequence(items).and_return()
+
+
+def _permute(seed: int, epoch: int, shard: int, block: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """The default loader's shuffle: an RNG keyed by (seed, epoch, shard, first document)."""
+    order = np.random.default_rng([seed, epoch, shard, block[0][0]]).permutation(len(block))
+    return [block[i] for i in order]
+
+
+def _as_tensor(chunk: list[int]) -> torch.Tensor:
+    return torch.tensor(chunk, dtype=torch.long)
+
+
 class Fairseq2Loader:
-    """Batches ``{"original": LongTensor (B, raw_length)}`` from a fairseq2 pipeline; the
+    """Batches ``{"original": LongTensor (B, raw_length)}`` from fairseq2 pipelines; the
     arguments and the batches are those of :func:`spactor.data.loader.build_loader`."""
 
     def __init__(
@@ -178,12 +236,12 @@ class Fairseq2Loader:
         shuffle_window: int = 1024,
         encode_batch_size: int = 64,
         num_workers: int = 0,
-        num_parallel_calls: int = 1,
     ) -> None:
-        self._dp = _fairseq2()
-        # The default dataset checks the arguments (and a pre-tokenised source's
-        # tokenizer) and encodes blocks; its stream is not used.
-        self._chunks = PackedChunks(
+        dp = _fairseq2()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+        # The default dataset checks the arguments (and a pre-tokenised source's tokenizer).
+        chunks = PackedChunks(
             source,
             tokenizer,
             raw_length,
@@ -195,83 +253,29 @@ class Fairseq2Loader:
             shuffle_window=shuffle_window,
             encode_batch_size=encode_batch_size,
         )
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError("batch_size must be >= 1 and num_workers >= 0")
-        self.source = source
-        self.tokenizer = tokenizer
-        self.raw_length = raw_length
-        self.batch_size = batch_size
-        self.split = split
-        self.validation_fraction = validation_fraction
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.shuffle_window = self._chunks.shuffle_window
-        self.encode_batch_size = encode_batch_size
-        self.workers = max(1, num_workers)  # emulated DataLoader workers: shards of this rank
-        self.num_workers = 0  # no worker processes
-        self.num_parallel_calls = num_parallel_calls
-        self.skipped: dict[str, int] = {}
-        self._resumed = False
         first_document(source)
         if split == "validation":
             _check_validation_documents(source, validation_fraction)
-        num_shards = self.world_size * self.workers
-        shards = [self.rank * self.workers + w for w in range(self.workers)]
-        self.pipelines = [self._shard_pipeline(self._dp, shard, num_shards) for shard in shards]
+        self.source = source
+        self.split = split
+        self.rank = rank
+        self.world_size = world_size
+        self.workers = max(1, num_workers)  # emulated DataLoader workers: shards of this rank
+        self.num_workers = 0  # no worker processes
+        self._ctx = _Context(chunks)
+        num_shards = world_size * self.workers
+        self.pipelines = [
+            _shard_pipeline(dp, self._ctx, rank * self.workers + w, num_shards, raw_length, batch_size)
+            for w in range(self.workers)
+        ]
         self._turn = 0  # the emulated worker whose batch comes next
         self._finished: set[int] = set()
-        _LIVE.add(self)
+        self._resumed = False
 
-    # -- the pipeline ---------------------------------------------------------------------
+    @property
+    def skipped(self) -> dict[str, int]:
+        return self._ctx.skipped
 
-    def _shard_pipeline(self, dp: Any, shard: int, num_shards: int) -> Any:
-        train = self.split == "train"
-        epochs = dp.read_iterator(_Epochs(train), lambda _: _Epochs(train), infinite=train)
-        return (
-            epochs.yield_from(partial(self._epoch_pipeline, dp, shard, num_shards))
-            .bucket(self.raw_length, drop_remainder=True)
-            .map(_as_tensor)
-            .bucket(self.batch_size, drop_remainder=train)
-            .map(collate_chunks)
-            .and_return()
-        )
-
-    def _epoch_pipeline(self, dp: Any, shard: int, num_shards: int, epoch: int) -> Any:
-        """The token stream of one shard's epoch."""
-
-        def fresh(_: Any = None) -> _ShardDocuments:
-            return _ShardDocuments(self, shard, num_shards, epoch)
-
-        builder = dp.read_iterator(fresh(), fresh, infinite=False)
-        builder = builder.bucket(self.shuffle_window or self.encode_batch_size)
-        if self.shuffle_window:
-            builder = builder.map(partial(_permute, self.seed, epoch, shard))
-        builder = builder.map(self._encode_block, num_parallel_calls=self.num_parallel_calls)
-        builder = builder.yield_from(lambda docs: dp.read_sequence(docs).and_return())
-        builder = builder.yield_from(lambda ids: dp.read_sequence(ids).and_return())
-        return builder.and_return()
-
-    def _split_documents(self, start: int, shard: int, num_shards: int) -> Iterator[tuple[int, Any]]:
-        want_validation = self.split == "validation"
-        for index, doc in self.source.documents(start, shard, num_shards):
-            if is_validation(index, self.validation_fraction) == want_validation:
-                yield index, doc
-
-    def _encode_block(self, block: list[tuple[int, Any]]) -> list[list[int]]:
-        docs = [doc for _, doc in block]
-        out: list[list[int]] = []
-        for lo in range(0, len(docs), self.encode_batch_size):
-            out.extend(self._chunks._encode(docs[lo : lo + self.encode_batch_size], -1))
-        return out
-
-    def _tally(self, before: dict[str, int]) -> None:
-        for reason, count in self.source.skipped.items():
-            delta = count - before.get(reason, 0)
-            if delta > 0:
-                self.skipped[reason] = self.skipped.get(reason, 0) + delta
-
-    # -- the loader interface ---------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self._resumed:
             self._resumed = False
@@ -279,7 +283,7 @@ class Fairseq2Loader:
             for pipeline in self.pipelines:
                 pipeline.reset()
             self._turn, self._finished = 0, set()
-            self.skipped = {}
+            self._ctx.skipped = {}
         return self._batches()
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -299,12 +303,12 @@ class Fairseq2Loader:
             yield batch
 
     def close(self) -> None:
-        """Drop the native pipelines (the loader cannot be iterated afterwards)."""
+        """Free the native pipelines now (the loader cannot be iterated afterwards)."""
         self.pipelines = []
 
     def skipped_counts(self) -> dict[str, int]:
         """Reason -> records skipped so far in the first epoch (every reason present)."""
-        return _with_all_reasons(self.skipped)
+        return _with_all_reasons(self._ctx.skipped)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -315,7 +319,7 @@ class Fairseq2Loader:
             "pipelines": [p.state_dict() for p in self.pipelines],
             "turn": self._turn,
             "finished": sorted(self._finished),
-            "skipped": dict(self.skipped),
+            "skipped": dict(self._ctx.skipped),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -334,25 +338,15 @@ class Fairseq2Loader:
                 f"data-loader state was saved by rank/world size/workers {state['shards']}, but this is "
                 f"{[self.rank, self.world_size, self.workers]}: resume with the same world size and num_workers"
             )
-        token = _RESTORING.set(self)
+        token = _RESTORING.set(self._ctx)
         try:
             for pipeline, saved in zip(self.pipelines, state["pipelines"]):
                 pipeline.load_state_dict(saved)
         finally:
             _RESTORING.reset(token)
         self._turn, self._finished = int(state["turn"]), set(state["finished"])
-        self.skipped = {str(k): int(v) for k, v in (state.get("skipped") or {}).items()}
+        self._ctx.skipped = {str(k): int(v) for k, v in (state.get("skipped") or {}).items()}
         self._resumed = True
-
-
-def _permute(seed: int, epoch: int, shard: int, block: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-    """The default loader's shuffle: an RNG keyed by (seed, epoch, shard, first document)."""
-    order = np.random.default_rng([seed, epoch, shard, block[0][0]]).permutation(len(block))
-    return [block[i] for i in order]
-
-
-def _as_tensor(chunk: list[int]) -> torch.Tensor:
-    return torch.tensor(chunk, dtype=torch.long)
 
 
 def build_fairseq2_loader(
@@ -373,7 +367,6 @@ def build_fairseq2_loader(
         "shuffle_window",
         "encode_batch_size",
         "num_workers",
-        "num_parallel_calls",
     }
     return Fairseq2Loader(
         source, tokenizer, raw_length, batch_size, **{k: v for k, v in kwargs.items() if k in known}
