@@ -16,8 +16,7 @@ next document of the part the schedule gives it. The schedule is a smooth weight
 round-robin over a period of ``P`` slots in which part ``k`` gets exactly ``W_k`` slots
 (``W`` the weights as the smallest proportional integers, ``P = ΣW``; weights that need
 more than 10,000 slots are rounded to that resolution). Every period holds the exact
-proportions, and every prefix and window stays within about one document per part of
-them. ``seed`` rotates where in the period the mixture starts and breaks ties. The slot
+proportions, and shorter windows stay within a document or two per part of them. ``seed`` rotates where in the period the mixture starts and breaks ties. The slot
 → (part, position in part) map is arithmetic, so a loader resuming at document ``t``
 knows where every part stands without replaying the schedule; parts are then read up to
 that point (a ``prepared`` part jumps there directly).
@@ -184,6 +183,11 @@ class MixtureSource(Source):
         """Whether some part yields ids (the loader then checks the tokenizer)."""
         return any(getattr(p, "pretokenized", False) for p in self.parts)
 
+    def __iter__(self) -> Iterator[str]:
+        if self.pretokenized:
+            raise DataError("this mixture has a prepared part (token ids, not text): mix the original sources")
+        return super().__iter__()
+
     def check_tokenizer(self, tokenizer: Any) -> None:
         for part in self.parts:
             if getattr(part, "pretokenized", False):
@@ -276,9 +280,7 @@ class MixtureSource(Source):
 
     def describe(self) -> str:
         total = sum(self.weights)
-        parts = "; ".join(
-            f"{w / total:.1%} {part.describe()}" for w, part in zip(self.weights, self.parts)
-        )
+        parts = "; ".join(f"{w / total:.1%} {part.describe()}" for w, part in zip(self.weights, self.parts))
         return f"mixture (seed {self.seed}, {self.until}, period {self.schedule.period}): {parts}" + (
             self._skipped_suffix()
         )
@@ -288,7 +290,9 @@ def build_part(spec: dict[str, Any], position: int) -> tuple[Source, float, str]
     """One ``sources`` entry → (source, weight, label)."""
     where = f"source 'mixture': sources[{position}]"
     if not isinstance(spec, dict):
-        raise DataError(f"{where} must be a mapping like {{type: jsonl, weight: 1.0, paths: [...]}}, got {spec!r}")
+        raise DataError(
+            f"{where} must be a mapping like {{type: jsonl, weight: 1.0, paths: [...]}}, got {spec!r}"
+        )
     spec = dict(spec)
     kind = spec.pop("type", None)
     if kind is None:
@@ -304,7 +308,12 @@ def build_part(spec: dict[str, Any], position: int) -> tuple[Source, float, str]
         raise DataError(
             f"{where}: source '{kind}' has no option {unknown[0]!r}; valid: type, weight, {', '.join(sorted(fields))}"
         )
-    if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight) and weight > 0):
+    if not (
+        isinstance(weight, (int, float))
+        and not isinstance(weight, bool)
+        and math.isfinite(weight)
+        and weight > 0
+    ):
         raise DataError(f"{where}: weight must be a positive number, got {weight!r}")
     return entry.factory(entry.config_cls(**spec)), float(weight), f"{position}:{kind}"
 
@@ -318,5 +327,9 @@ def mixture_source(cfg: MixtureSourceConfig) -> MixtureSource:
         )
     built = [build_part(spec, i) for i, spec in enumerate(cfg.sources)]
     return MixtureSource(
-        [b[0] for b in built], [b[1] for b in built], seed=cfg.seed, until=cfg.until, labels=[b[2] for b in built]
+        [b[0] for b in built],
+        [b[1] for b in built],
+        seed=cfg.seed,
+        until=cfg.until,
+        labels=[b[2] for b in built],
     )

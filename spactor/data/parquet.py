@@ -40,11 +40,6 @@ from spactor.registry import SOURCES
 READ_BATCH_ROWS = 8192  # rows converted per step inside a row group
 
 
-def pa_array(values: np.ndarray) -> Any:
-    pa, _ = _pyarrow()
-    return pa.array(values)
-
-
 def _pyarrow() -> tuple[Any, Any]:
     try:
         import pyarrow as pa
@@ -106,7 +101,9 @@ class ParquetSource(Source):
             except (pa.ArrowException, OSError) as e:
                 at = max(position[0], start)
                 if _owns(at, start, shard, num_shards):
-                    self._skip("corrupt_file", f"{path} after row {position[0] - first} ({e}); the rest of it")
+                    self._skip(
+                        "corrupt_file", f"{path} after row {position[0] - first} ({e}); the rest of it"
+                    )
             index = end
 
     def _file_records(
@@ -116,7 +113,9 @@ class ParquetSource(Source):
         if self.text_field not in pf.schema_arrow.names:
             for index in range(max(first, start), first + rows):
                 if _owns(index, start, shard, num_shards):
-                    self._skip("missing_field", f"{path}, row {index - first} (no column '{self.text_field}')")
+                    self._skip(
+                        "missing_field", f"{path}, row {index - first} (no column '{self.text_field}')"
+                    )
                     yield index, None
             return
         # Row groups that end before ``start`` are skipped from the metadata, unread.
@@ -129,13 +128,15 @@ class ParquetSource(Source):
             else:
                 index += n
         position[0] = index
-        for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=groups, columns=[self.text_field]):
+        for batch in pf.iter_batches(
+            batch_size=READ_BATCH_ROWS, row_groups=groups, columns=[self.text_field]
+        ):
             n = batch.num_rows
             lo = max(index, start)
             lo += (shard - lo) % num_shards  # this shard's rows: lo, lo + num_shards, ...
             picks = np.arange(lo - index, n, num_shards)
             if len(picks):
-                values = batch.column(0).take(pa_array(picks)).to_pylist()
+                values = batch.column(0).take(picks).to_pylist()
                 for pos, value in zip(picks.tolist(), values):
                     yield index + pos, self._check(value, path, index + pos - first)
             index += n

@@ -157,7 +157,9 @@ class PrepareProgress:
     reason), tokens written, documents per second. Redrawn in a terminal, a line every
     ``every`` seconds otherwise."""
 
-    def __init__(self, enabled: bool = True, stream: TextIO | None = None, every: float | None = None) -> None:
+    def __init__(
+        self, enabled: bool = True, stream: TextIO | None = None, every: float | None = None
+    ) -> None:
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -339,7 +341,9 @@ def read_meta(directory: Path) -> dict[str, Any]:
     """``meta.json`` of a cache, checked for format, version and complete files."""
     meta_path = directory / META_FILE
     if not directory.is_dir():
-        raise DataError(f"source 'prepared': no such directory: {directory} (make one with `spactor data prepare`)")
+        raise DataError(
+            f"source 'prepared': no such directory: {directory} (make one with `spactor data prepare`)"
+        )
     if not meta_path.is_file():
         raise DataError(
             f"source 'prepared': {directory} is not a prepared cache (no {META_FILE}; make one with "
@@ -387,7 +391,11 @@ class _Part:
             tokens = np.memmap(d / TOKENS_FILE, dtype=np.dtype(self.meta["dtype"]), mode="r")
             offsets = np.load(d / INDEX_FILE, mmap_mode="r")
             ids = np.load(d / DOC_IDS_FILE, mmap_mode="r")
-            if len(offsets) != self.documents + 1 or len(ids) != self.documents or int(offsets[-1]) != len(tokens):
+            if (
+                len(offsets) != self.documents + 1
+                or len(ids) != self.documents
+                or int(offsets[-1]) != len(tokens)
+            ):
                 raise DataError(f"source 'prepared': {d}: index and tokens disagree; prepare it again")
             self._maps = (tokens, offsets, ids)
         return self._maps
@@ -445,6 +453,12 @@ class PreparedSource(Source):
                 "source 'prepared': the caches were made with different tokenizers: "
                 + ", ".join(f"{p.directory} ({p.meta['tokenizer']['sha256'][:12]})" for p in self.parts)
             )
+
+    def __iter__(self) -> Iterator[str]:
+        raise DataError(
+            "a prepared cache holds token ids, not text (e.g. to train a tokenizer): use the source it was "
+            "prepared from"
+        )
 
     # -- the contract with the loader ------------------------------------------------------
     def check_tokenizer(self, tokenizer: Tokenizer) -> None:

@@ -577,4 +577,4 @@ def first_document(source: Source) -> tuple[int, str]:
 
 # Sources in modules of their own (pre-tokenised caches, weighted mixtures, parquet)
 # register when this module is imported, like the ones above.
-from spactor.data import mixture, parquet, prepared  # noqa: E402, F401
+from spactor.data import mixture, parquet, prepared  # noqa: F401

@@ -29,9 +29,15 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     d.add_argument("args", nargs="*", metavar="[RECIPE|PATH] [key=value ...]")
     d.add_argument("--out", "-o", required=True, metavar="DIR", help="the cache directory to write")
-    d.add_argument("--force", action="store_true", help="replace DIR if it exists (once the new cache is complete)")
     d.add_argument(
-        "--block-docs", type=int, default=4096, metavar="N", help="documents tokenised per batch (default 4096)"
+        "--force", action="store_true", help="replace DIR if it exists (once the new cache is complete)"
+    )
+    d.add_argument(
+        "--block-docs",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="documents tokenised per batch (default 4096)",
     )
     d.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -61,7 +67,11 @@ def cmd_data_prepare(ns: argparse.Namespace) -> int:
         raise UsageError(f"--out {out} already exists; pass --force to replace it")
     tokenizer = load_tokenizer(cfg)
     source = build_source(cfg)
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("source", "paths", "text_field", "source_options")}
+    config = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k in ("source", "paths", "text_field", "source_options")
+    }
     stats = prepare(
         source,
         tokenizer,

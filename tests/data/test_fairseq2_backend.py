@@ -43,7 +43,9 @@ def same(a, b):
 
 @pytest.mark.skipif(fairseq2_available(), reason="fairseq2 is installed")
 def test_without_fairseq2_the_backend_is_one_clear_error(docs, small_tokenizer):
-    with pytest.raises(DataError, match=r"data.backend=fairseq2 needs fairseq2 .*pip install 'spactor\[fairseq2\]'"):
+    with pytest.raises(
+        DataError, match=r"data.backend=fairseq2 needs fairseq2 .*pip install 'spactor\[fairseq2\]'"
+    ):
         build_fairseq2_loader(ListSource(docs), small_tokenizer, 16, 2)
 
 
@@ -51,10 +53,10 @@ def test_without_fairseq2_the_backend_is_one_clear_error(docs, small_tokenizer):
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("shuffle_window", [0, 8])
 def test_train_batches_equal_the_default_loader(docs, small_tokenizer, num_workers, shuffle_window):
-    kw = dict(shuffle_window=shuffle_window, seed=3, num_workers=num_workers, validation_fraction=0.1)
+    kw = {"shuffle_window": shuffle_window, "seed": 3, "num_workers": num_workers, "validation_fraction": 0.1}
     default = take(build_loader(ListSource(docs), small_tokenizer, 24, 4, **kw), 40)  # several epochs
     assert same(take(build_fairseq2_loader(ListSource(docs), small_tokenizer, 24, 4, **kw), 40), default)
-    kw.update(rank=1, world_size=2)
+    kw.update({"rank": 1, "world_size": 2})
     default = take(build_loader(ListSource(docs), small_tokenizer, 24, 4, **kw), 20)
     assert same(take(build_fairseq2_loader(ListSource(docs), small_tokenizer, 24, 4, **kw), 20), default)
 
@@ -62,7 +64,7 @@ def test_train_batches_equal_the_default_loader(docs, small_tokenizer, num_worke
 @needs_fairseq2
 @pytest.mark.parametrize("num_workers", [0, 3])
 def test_validation_batches_equal_the_default_loader(docs, small_tokenizer, num_workers):
-    kw = dict(split="validation", validation_fraction=0.3, num_workers=num_workers)
+    kw = {"split": "validation", "validation_fraction": 0.3, "num_workers": num_workers}
     default = [b["original"] for b in build_loader(ListSource(docs), small_tokenizer, 8, 3, **kw)]
     got = [b["original"] for b in build_fairseq2_loader(ListSource(docs), small_tokenizer, 8, 3, **kw)]
     assert same(got, default) and got[-1].shape[0] <= 3  # the last partial batch is kept
@@ -74,17 +76,21 @@ def test_same_files_same_chunks(tmp_path, docs, small_tokenizer):
     text = tmp_path / "corpus.txt"
     text.write_text("\n\n".join(docs[:30]) + "\n")
     jsonl = tmp_path / "corpus.jsonl"
-    jsonl.write_text("\n".join(json.dumps({"text": d}) if i % 7 else "{bad" for i, d in enumerate(docs)) + "\n")
+    jsonl.write_text(
+        "\n".join(json.dumps({"text": d}) if i % 7 else "{bad" for i, d in enumerate(docs)) + "\n"
+    )
     prepare(JsonlSource([str(jsonl)]), small_tokenizer, tmp_path / "cache")
 
     def sources():
         yield lambda: TextSource([str(text)])
         yield lambda: JsonlSource([str(jsonl)])
         yield lambda: PreparedSource([str(tmp_path / "cache")])
-        yield lambda: MixtureSource([TextSource([str(text)]), PreparedSource([str(tmp_path / "cache")])], [2, 1])
+        yield lambda: MixtureSource(
+            [TextSource([str(text)]), PreparedSource([str(tmp_path / "cache")])], [2, 1]
+        )
 
     for make in sources():
-        kw = dict(shuffle_window=16, seed=11, validation_fraction=0.05)
+        kw = {"shuffle_window": 16, "seed": 11, "validation_fraction": 0.05}
         default = build_loader(make(), small_tokenizer, 32, 2, **kw)
         backend = build_fairseq2_loader(make(), small_tokenizer, 32, 2, **kw)
         assert same(take(backend, 30), take(default, 30))
@@ -114,9 +120,9 @@ def test_exact_resume(docs, small_tokenizer, num_workers):
     resumed.load_state_dict(state)
     assert same(take(resumed, 15), expected)
     with pytest.raises(DataError, match="same world size and num_workers"):
-        build_fairseq2_loader(ListSource(docs), small_tokenizer, 24, 4, num_workers=num_workers + 2).load_state_dict(
-            state
-        )
+        build_fairseq2_loader(
+            ListSource(docs), small_tokenizer, 24, 4, num_workers=num_workers + 2
+        ).load_state_dict(state)
     default_state = build_loader(ListSource(docs), small_tokenizer, 24, 4).state_dict()
     with pytest.raises(DataError, match="saved by the default backend"):
         make().load_state_dict(default_state)

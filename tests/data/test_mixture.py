@@ -119,7 +119,9 @@ def test_a_prepared_part_mixes_like_its_raw_source(tmp_path, small_tokenizer, en
     paragraphs = [p for doc in english_corpus[:20] for p in doc.split("\n\n") if len(p) > 30]
     prepare(ListSource(paragraphs[:50]), small_tokenizer, tmp_path / "cache")
     raw = MixtureSource([ListSource(paragraphs[:50]), ListSource(paragraphs[50:80])], [3, 2], seed=2)
-    mixed = MixtureSource([PreparedSource([str(tmp_path / "cache")]), ListSource(paragraphs[50:80])], [3, 2], seed=2)
+    mixed = MixtureSource(
+        [PreparedSource([str(tmp_path / "cache")]), ListSource(paragraphs[50:80])], [3, 2], seed=2
+    )
     assert mixed.pretokenized and not raw.pretokenized
     a = build_loader(raw, small_tokenizer, 16, 4, shuffle_window=8, validation_fraction=0.1)
     b = build_loader(mixed, small_tokenizer, 16, 4, shuffle_window=8, validation_fraction=0.1)
@@ -161,14 +163,14 @@ def test_config_route(tmp_path, english_paragraphs, text_files):
     from spactor.runners.data import build_source
 
     load_plugins()
-    sources = (
-        f"[{{type: text, weight: 0.7, paths: [{text_files[0]}, {text_files[1]}]}}, {{type: builtin, weight: 0.3}}]"
-    )
+    sources = f"[{{type: text, weight: 0.7, paths: [{text_files[0]}, {text_files[1]}]}}, {{type: builtin, weight: 0.3}}]"
     resolved = load_config("quickstart", ["data.source=mixture", f"data.source_options.sources={sources}"])
     source = build_source(resolved.cfg.data)
     assert isinstance(source, MixtureSource) and source.schedule.quotas.tolist() == [7, 3]
     docs = [text for _, text in source.documents()]
-    assert docs[:10].count(english_paragraphs[0]) == 1 and len(docs) == 8  # the text part (6 documents) ends it
+    assert (
+        docs[:10].count(english_paragraphs[0]) == 1 and len(docs) == 8
+    )  # the text part (6 documents) ends it
     assert "mixture (seed 0" in source.describe() and "70.0% text" in source.describe()
 
     for bad, message in (

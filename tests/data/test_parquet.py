@@ -13,7 +13,7 @@ from spactor.data.sources import DataError, ListSource
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from spactor.data.parquet import ParquetSource  # noqa: E402
+from spactor.data.parquet import ParquetSource
 
 
 def write(path, column, name="text", row_group_size=4, type_=None):
@@ -102,5 +102,7 @@ def test_missing_pyarrow_is_one_clear_line(corpus, monkeypatch):
     files, _ = corpus
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(DataError, match=r"^source 'parquet' needs pyarrow, which is not installed: pip install pyarrow"):
+    with pytest.raises(
+        DataError, match=r"^source 'parquet' needs pyarrow, which is not installed: pip install pyarrow"
+    ):
         ParquetSource([str(files[0])])

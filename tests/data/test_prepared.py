@@ -92,7 +92,14 @@ def test_train_loader_over_the_cache_gives_the_raw_chunks(
 
     def loader(source, **kw):
         return build_loader(
-            source, small_tokenizer, 32, 4, seed=7, shuffle_window=shuffle_window, validation_fraction=0.1, **kw
+            source,
+            small_tokenizer,
+            32,
+            4,
+            seed=7,
+            shuffle_window=shuffle_window,
+            validation_fraction=0.1,
+            **kw,
         )
 
     raw = JsonlSource([str(jsonl_with_bad_lines)])
@@ -111,13 +118,17 @@ def test_train_loader_over_the_cache_gives_the_raw_chunks(
 def test_a_raw_run_resumes_on_the_cache(tmp_path, jsonl_with_bad_lines, small_tokenizer):
     """The loader state is the same four numbers either way: a run can move onto a cache."""
     prepare(JsonlSource([str(jsonl_with_bad_lines)]), small_tokenizer, tmp_path / "cache")
-    raw = build_loader(JsonlSource([str(jsonl_with_bad_lines)]), small_tokenizer, 24, 4, shuffle_window=8, seed=1)
+    raw = build_loader(
+        JsonlSource([str(jsonl_with_bad_lines)]), small_tokenizer, 24, 4, shuffle_window=8, seed=1
+    )
     it = iter(raw)
     for _ in range(7):
         next(it)
     state = pickle.loads(pickle.dumps(raw.state_dict()))
     expected = [next(it)["original"] for _ in range(15)]
-    cached = build_loader(PreparedSource([str(tmp_path / "cache")]), small_tokenizer, 24, 4, shuffle_window=8, seed=1)
+    cached = build_loader(
+        PreparedSource([str(tmp_path / "cache")]), small_tokenizer, 24, 4, shuffle_window=8, seed=1
+    )
     cached.load_state_dict(state)
     assert same(take(cached, 15), expected)
 
@@ -143,6 +154,8 @@ def test_several_caches_continue_the_numbering(tmp_path, paragraphs, small_token
     ]
     assert [d.tolist() for d in source.iter_from(48)][:3] == small_tokenizer.encode_batch(paragraphs[48:51])
     assert len(list(PreparedSource([str(tmp_path / "*")]).documents())) == 80  # globs of directories
+    with pytest.raises(DataError, match="token ids, not text"):
+        list(source)  # e.g. training a tokenizer on it
 
 
 def test_writing_is_atomic(tmp_path, paragraphs, small_tokenizer):
@@ -181,15 +194,28 @@ def test_damaged_or_missing_caches_are_errors(tmp_path, paragraphs, small_tokeni
 
 def spactor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "spactor", *args], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-m", "spactor", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
 
 
-def test_cli_prepare_writes_meta_with_counts_and_shows_progress(tmp_path, jsonl_with_bad_lines, small_tokenizer):
+def test_cli_prepare_writes_meta_with_counts_and_shows_progress(
+    tmp_path, jsonl_with_bad_lines, small_tokenizer
+):
     model = tmp_path / "spiece.model"
     small_tokenizer.save(model)
     out = tmp_path / "cache"
-    args = ["data", "prepare", "data.source=jsonl", f"data.paths=[{jsonl_with_bad_lines}]", f"data.tokenizer={model}"]
+    args = [
+        "data",
+        "prepare",
+        "data.source=jsonl",
+        f"data.paths=[{jsonl_with_bad_lines}]",
+        f"data.tokenizer={model}",
+    ]
     done = spactor(*args, "--out", str(out), "--block-docs", "32")
     assert done.returncode == 0, done.stderr
     meta = json.loads((out / META_FILE).read_text())
