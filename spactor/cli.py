@@ -65,7 +65,27 @@ def cmd_train(ns: argparse.Namespace) -> int:
         if result.preempted:
             print(f"stopped by {result.preempted} after step {result.steps} and checkpointed; "
                   f"resume with: spactor train --resume {result.run_dir}", flush=True)
+        elif resolved.cfg.run.plot:
+            print(plot_finished_run(result.run_dir), flush=True)
     return 0
+
+
+def plot_finished_run(run_dir: Path) -> str:
+    """``run.plot=true``: draw the run's curves beside its metrics and say where."""
+    from spactor.runners.plot import plot_runs
+
+    out = run_dir / "curves.png"
+    try:
+        plot_runs([run_dir], out, x="flops", smooth=0.6)
+    except ValueError:  # no FLOPs fields (runtime.count_flops=false): plot against steps
+        try:
+            plot_runs([run_dir], out, x="steps", smooth=0.6)
+        except ValueError as e:
+            return f"no plot: {e}"
+    except ImportError as e:
+        return f"no plot: {e}"
+    return (f"loss curves: {out}\n"
+            f"compare runs at equal compute: spactor plot {run_dir} OTHER_RUN --x flops -o compare.png")
 
 
 def _saved_recipe_name(run_dir: Path) -> str:

@@ -63,6 +63,7 @@ class RunConfig:
     dir: str | None = None  # default: a new folder under ./runs/
     fresh: bool = False  # start over even if run.dir holds checkpoints
     tensorboard: bool = False  # also write TensorBoard events to run.dir/tensorboard (needs `tensorboard`)
+    plot: bool = False  # at the end, draw the run's loss and throughput curves to run.dir/curves.png
 
 
 @dataclass

@@ -56,6 +56,9 @@ def test_train_runs_and_summarises(tiny_data, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "loss" in out.stdout and str(run_dir) in out.stdout
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+    # the quickstart ends by drawing its curves and saying where
+    assert f"loss curves: {run_dir / 'curves.png'}" in out.stdout
+    assert (run_dir / "curves.png").stat().st_size > 10_000
 
 
 def test_resume_flag_continues_the_run(tiny_data, tmp_path):
