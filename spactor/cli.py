@@ -205,13 +205,17 @@ def cmd_tokenizer_info(ns: argparse.Namespace) -> int:
     lines = [
         f"model:          {info['model']}",
         f"pieces:         {info['pieces']:,} (SentencePiece)",
-        f"embedding rows: {info['embedding_rows']:,} (pieces + {sentinels['count']} sentinels + [M], "
-        "rounded up to a multiple of 128)",
+        (
+            f"embedding rows: {info['embedding_rows']:,} (pieces + {sentinels['count']} sentinels + [M], "
+            "rounded up to a multiple of 128)"
+        ),
         "special ids:    " + ", ".join(
             f"[M] {i}" if name == "mask" else f"{name} {i} {piece}" for name, (i, piece) in special.items()
         ),
-        f"sentinels:      <extra_id_0> = {sentinels['<extra_id_0>']} down to <extra_id_{last}> = "
-        f"{sentinels[f'<extra_id_{last}>']}",
+        (
+            f"sentinels:      <extra_id_0> = {sentinels['<extra_id_0>']} down to <extra_id_{last}> = "
+            f"{sentinels[f'<extra_id_{last}>']}"
+        ),
         f"unused rows:    {unused[0]}..{unused[1]} (padding)" if unused else "unused rows:    none",
         f"sample:         {sample['text']!r} -> {len(sample['ids'])} tokens (EOS not added)",
         f"  pieces:       {' '.join(sample['pieces'])}",

@@ -8,7 +8,7 @@ import sys
 
 
 def spactor(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "spactor", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(check=False, args=[sys.executable, "-m", "spactor", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 def test_unknown_key_is_one_line_exit_2_no_traceback(tmp_path):

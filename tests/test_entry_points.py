@@ -27,7 +27,7 @@ def plugin_path(tmp_path_factory) -> Path:
     source = root / "src"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = root / "site"
-    done = subprocess.run(
+    done = subprocess.run(check=False, args=
         [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
          "--no-build-isolation", "--no-compile", "--no-index", "--target", str(target), str(source)],
         capture_output=True, text=True, timeout=120,
@@ -41,7 +41,7 @@ def plugin_path(tmp_path_factory) -> Path:
 def spactor(plugin_path: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(plugin_path), env.get("PYTHONPATH")) if p)
-    return subprocess.run(
+    return subprocess.run(check=False, args=
         [sys.executable, "-m", "spactor", *args],
         capture_output=True,
         text=True,
@@ -108,6 +108,6 @@ def test_the_transform_deletes_ordinary_tokens_only(plugin_path):
         "print('ok')\n"
     )
     env = dict(os.environ, PYTHONPATH=str(plugin_path))
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run(check=False, args=[sys.executable, "-c", check], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"

@@ -215,7 +215,7 @@ def test_trained_run_exports_through_the_cli(transformers, tmp_path, tiny_overri
     run = tmp_path / "run"
     _train("quickstart", run, tiny_overrides, steps=3)
     out = tmp_path / "hf"
-    done = subprocess.run(
+    done = subprocess.run(check=False, args=
         [sys.executable, "-m", "spactor", "export", str(run), "--format", "hf", str(out)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

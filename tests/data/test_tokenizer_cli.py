@@ -11,7 +11,7 @@ import pytest
 
 
 def spactor(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return subprocess.run(check=False, args=
         [sys.executable, "-m", "spactor", *args], capture_output=True, text=True, timeout=60
     )
 

@@ -19,11 +19,11 @@ def torchrun(nproc: int, *args: str, timeout: int = 600) -> subprocess.Completed
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(29500 + os.getpid() % 1000), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(check=False, args=cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def spactor(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "spactor", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(check=False, args=[sys.executable, "-m", "spactor", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def metrics(run_dir: Path) -> list[dict]:
