@@ -53,3 +53,25 @@ class Architecture(Protocol):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
     def blocks(self) -> list[nn.Module]: ...
+
+
+class EncoderInputs:
+    """``embed`` and ``encode`` for models whose encoder stack reads token embeddings
+    (``self.token_embedding``, ``self.encoder``): shared by T5 and the encoder-only model."""
+
+    token_embedding: nn.Embedding
+    encoder: nn.Module
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding(ids)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("encode() needs exactly one of input_ids and inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        return self.encoder(x, attention_mask)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spactor.architectures.base import EncoderInputs
 from spactor.architectures.layers import (
     ATTENTION_BACKENDS,
     Attention,
@@ -343,7 +344,7 @@ class MLMHead(nn.Module):
         nn.init.zeros_(self.bias)
 
 
-class EncoderModel(nn.Module):
+class EncoderModel(EncoderInputs, nn.Module):
     """Encoder-only model implementing :class:`spactor.architectures.base.Architecture`."""
 
     has_decoder = False
@@ -366,20 +367,6 @@ class EncoderModel(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=self.spec.embedding_std)
         self.encoder.init_weights()
         self.mlm_head.reset_parameters()
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.token_embedding(ids)
-
-    def encode(
-        self,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("encode() needs exactly one of input_ids and inputs_embeds")
-        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        return self.encoder(x, attention_mask)
 
     def decode(
         self,

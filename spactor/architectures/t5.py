@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spactor.architectures.base import EncoderInputs
 from spactor.architectures.layers import (
     Attention,
     BlockSpec,
@@ -151,7 +152,7 @@ class T5DecoderStack(nn.Module):
         return self.dropout(self.final_norm(x))
 
 
-class T5Model(nn.Module):
+class T5Model(EncoderInputs, nn.Module):
     """T5 encoder-decoder implementing :class:`spactor.architectures.base.Architecture`."""
 
     has_decoder = True
@@ -211,20 +212,6 @@ class T5Model(nn.Module):
                 nn.init.normal_(module.k.weight, std=f * d**-0.5)
                 nn.init.normal_(module.v.weight, std=f * d**-0.5)
                 nn.init.normal_(module.o.weight, std=f * (h * d_kv) ** -0.5)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.token_embedding(ids)
-
-    def encode(
-        self,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("encode() needs exactly one of input_ids and inputs_embeds")
-        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        return self.encoder(x, attention_mask)
 
     def decode(
         self,
