@@ -207,3 +207,29 @@ def test_two_rank_checkpoint_resumes_on_one_rank(two_ranks):
         ref.apply(make_grads(shapes, step), LRS[step])
     for p, q in zip(model.weights, ref.params):
         torch.testing.assert_close(p.detach().double(), q, rtol=0, atol=1e-6)
+
+
+def test_a_torch_adafactor_checkpoint_is_refused_in_one_line(tmp_path):
+    from spactor.config import ConfigError
+
+    model = Table([(160, 130), (32, 12), (96,)])
+    old = torch.optim.Adafactor(model.parameters(), lr=1e-2, eps=(1e-15, 1e-3), foreach=True)
+    _train(model, old, range(2))
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    ckpt.save(2, model, old, shared={}, local={})
+    with pytest.raises(ConfigError, match=r"written by torch\.optim\.Adafactor") as err:
+        ckpt.load(model, Adafactor(model.parameters()))
+    assert "\n" not in str(err.value)
+
+
+def test_config_keys_are_validated():
+    from spactor.config import ConfigError, load_config
+    from spactor.plugins import load_plugins
+
+    load_plugins()
+    r = load_config("sc", ["model.size=tiny", "optimizer.min_dim_size_to_factor=64"])
+    assert r.optimizer.config.min_dim_size_to_factor == 64 and r.optimizer.config.eps1 == 1e-30
+    with pytest.raises(ConfigError, match="optimizer.min_dim_size_to_factor: 0 — must be a positive integer"):
+        load_config("sc", ["model.size=tiny", "optimizer.min_dim_size_to_factor=0"])
+    with pytest.raises(ConfigError, match="optimizer.clipping_threshold"):
+        load_config("sc", ["model.size=tiny", "optimizer.clipping_threshold=-1"])
