@@ -97,7 +97,8 @@ def _layout_of(p: torch.Tensor, min_dim_size_to_factor: int) -> _Layout:
     placements = tuple(p.placements)
     if p.device_mesh.ndim != 1 or placements[0] not in (Shard(0), Replicate()):
         raise NotImplementedError(
-            f"Adafactor supports parameters sharded on dim 0 over a 1-D mesh (FSDP2), not placements {placements}"
+            "Adafactor supports parameters sharded on dim 0 over a 1-D mesh (FSDP2), "
+            f"not placements {placements}"
         )
     group = p.device_mesh.get_group() if placements[0] == Shard(0) and p.device_mesh.size() > 1 else None
     return _Layout(shape, p.numel(), dims, p.device_mesh, group)
@@ -108,10 +109,11 @@ class _Plan:
     parameters with gradients stay the same: their order (sharded first, grouped by
     process group), layouts and the element counts as a device tensor."""
 
-    def __init__(self, params: list[torch.Tensor], layouts: list[_Layout], device: torch.device) -> None:
-        order = sorted(range(len(params)), key=lambda i: (not layouts[i].sharded, id(layouts[i].group)))
-        self.params = [params[i] for i in order]
-        self.layouts = [layouts[i] for i in order]
+    def __init__(self, layouts: list[_Layout], device: torch.device) -> None:
+        # indices into the group's parameters with gradients; no references to the
+        # parameters themselves, so that those dropped at the stage switch are freed
+        self.order = sorted(range(len(layouts)), key=lambda i: (not layouts[i].sharded, id(layouts[i].group)))
+        self.layouts = [layouts[i] for i in self.order]
         self.groups: list[tuple[Any, int, int]] = []  # (process group, first, end) over self.params
         for i, lay in enumerate(self.layouts):
             if not lay.sharded:
@@ -123,6 +125,12 @@ class _Plan:
         self.numel = torch.tensor([float(lay.numel) for lay in self.layouts], device=device)
         self.factored = [i for i, lay in enumerate(self.layouts) if lay.dims is not None]
         self.whole = [i for i, lay in enumerate(self.layouts) if lay.dims is None]
+        # for each factored tensor: its dims (a, b), their global sizes, and whether the
+        # sums over a are partial (a = 0, sharded)
+        self.dims = [self.layouts[i].dims for i in self.factored]
+        self.size_a = [float(self.layouts[i].shape[a]) for i, (a, _) in zip(self.factored, self.dims)]
+        self.size_b = [float(self.layouts[i].shape[b]) for i, (_, b) in zip(self.factored, self.dims)]
+        self.reduce_a = [k for k, i in enumerate(self.factored) if self.layouts[i].col_needs_reduce]
 
 
 class Adafactor(torch.optim.Optimizer):
@@ -157,7 +165,8 @@ class Adafactor(torch.optim.Optimizer):
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                self._step_group(self._plan(index, group, params), group)
+                plan = self._plan(index, group, params)
+                self._step_group(plan, [params[i] for i in plan.order], group)
         return loss
 
     def _plan(self, index: int, group: dict[str, Any], params: list[torch.Tensor]) -> _Plan:
@@ -165,7 +174,7 @@ class Adafactor(torch.optim.Optimizer):
         cached = self._plans.get(index)
         if cached is None or cached[0] != key:
             layouts = [_layout_of(p, group["min_dim_size_to_factor"]) for p in params]
-            cached = (key, _Plan(params, layouts, _local(params[0]).device))
+            cached = (key, _Plan(layouts, _local(params[0]).device))
             self._plans[index] = cached
         return cached[1]
 
@@ -180,8 +189,9 @@ class Adafactor(torch.optim.Optimizer):
             state["variance"] = self._wrap(zeros(local.shape), lay, lay.shape, keeps_dim0=True)
         else:
             a, b = lay.dims
-            state["row_var"] = self._wrap(zeros(_collapse(local.shape, b)), lay, _collapse(lay.shape, b), True)
-            state["col_var"] = self._wrap(zeros(_collapse(local.shape, a)), lay, _collapse(lay.shape, a), a != 0)
+            row, col = _collapse(local.shape, b), _collapse(local.shape, a)
+            state["row_var"] = self._wrap(zeros(row), lay, _collapse(lay.shape, b), keeps_dim0=True)
+            state["col_var"] = self._wrap(zeros(col), lay, _collapse(lay.shape, a), keeps_dim0=a != 0)
         return state
 
     @staticmethod
@@ -191,11 +201,13 @@ class Adafactor(torch.optim.Optimizer):
         if lay.mesh is None:
             return local
         placement = Shard(0) if keeps_dim0 and lay.group is not None else Replicate()
-        return DTensor.from_local(local, lay.mesh, [placement], run_check=False, shape=shape, stride=_strides(shape))
+        return DTensor.from_local(
+            local, lay.mesh, [placement], run_check=False, shape=shape, stride=_strides(shape)
+        )
 
-    def _step_group(self, plan: _Plan, group: dict[str, Any]) -> None:
+    def _step_group(self, plan: _Plan, ordered: list[torch.Tensor], group: dict[str, Any]) -> None:
         lr, eps1, eps2 = group["lr"], group["eps1"], group["eps2"]
-        states = [self._init_state(p, lay) for p, lay in zip(plan.params, plan.layouts)]
+        states = [self._init_state(p, lay) for p, lay in zip(ordered, plan.layouts)]
         device = plan.numel.device
         for s in states:  # e.g. a checkpoint's step loaded onto the CPU
             if s["step"].device != device:
@@ -208,52 +220,51 @@ class Adafactor(torch.optim.Optimizer):
         mix = t.pow(group["beta2_decay"])  # 1 − β_t, the weight of the new statistics
         decay = 1.0 - mix
 
-        params = [_local(p) for p in plan.params]
-        grads = [_local(p.grad).float() for p in plan.params]
+        params = [_local(p) for p in ordered]
+        grads = [_local(p.grad).float() for p in ordered]
         params32 = [q if q.dtype == torch.float32 else q.float() for q in params]
         grad_sq = torch._foreach_mul(grads, grads)
         torch._foreach_add_(grad_sq, eps1)
 
-        # ---- round 1: Σp² of every parameter, col sums and Σ_a row_var where dim a is sharded
+        # ---- round 1: Σp² of every tensor; Σ_a (g² + ε1) and Σ_a row_var where a is sharded
         sq_p = torch.stack(torch._foreach_norm(params32)).square()
-        rows = [states[i]["row_var"] for i in plan.factored]
-        cols = [states[i]["col_var"] for i in plan.factored]
-        rows_l, cols_l = [_local(r) for r in rows], [_local(c) for c in cols]
-        row_means, col_sums, row_sums = [], [], []
-        for i in plan.factored:
-            a, b = plan.layouts[i].dims
-            row_means.append(grad_sq[i].sum(dim=b, keepdim=True).div_(plan.layouts[i].shape[b]))
-            col_sums.append(grad_sq[i].sum(dim=a, keepdim=True))
-        if rows_l:
-            _ema_(rows_l, row_means, decay, mix)
-            for k, i in enumerate(plan.factored):
-                row_sums.append(rows_l[k].sum(dim=plan.layouts[i].dims[0], keepdim=True))
-        reduce_k = [k for k, i in enumerate(plan.factored) if plan.layouts[i].col_needs_reduce]
-        sq_p, reduced = self._all_reduce(plan, sq_p, [col_sums[k] for k in reduce_k] + [row_sums[k] for k in reduce_k])
-        for j, k in enumerate(reduce_k):
-            col_sums[k], row_sums[k] = reduced[j], reduced[len(reduce_k) + j]
+        factored_grads = [grads[i] for i in plan.factored]
+        factored_sq = [grad_sq[i] for i in plan.factored]
+        rows = [_local(states[i]["row_var"]) for i in plan.factored]
+        cols = [_local(states[i]["col_var"]) for i in plan.factored]
+        row_sums: list[torch.Tensor] = []
+        col_sums: list[torch.Tensor] = []
+        if rows:
+            row_means = [g2.sum(dim=b, keepdim=True) for g2, (_, b) in zip(factored_sq, plan.dims)]
+            torch._foreach_div_(row_means, plan.size_b)
+            _ema_(rows, row_means, decay, mix)
+            col_sums = [g2.sum(dim=a, keepdim=True) for g2, (a, _) in zip(factored_sq, plan.dims)]
+            row_sums = [r.sum(dim=a, keepdim=True) for r, (a, _) in zip(rows, plan.dims)]
+        partial = [col_sums[k] for k in plan.reduce_a] + [row_sums[k] for k in plan.reduce_a]
+        sq_p, summed = self._all_reduce(plan, sq_p, partial)
+        for j, k in enumerate(plan.reduce_a):
+            col_sums[k], row_sums[k] = summed[j], summed[len(plan.reduce_a) + j]
 
         # ---- the unclipped update x = g / √v̂
         updates: list[torch.Tensor] = [None] * len(params)  # type: ignore[list-item]
-        if rows_l:
-            col_means = [c.div_(plan.layouts[i].shape[plan.layouts[i].dims[0]]) for c, i in zip(col_sums, plan.factored)]
-            _ema_(cols_l, col_means, decay, mix)
-            row_norm = torch._foreach_div(row_sums, [float(plan.layouts[i].shape[plan.layouts[i].dims[0]]) for i in plan.factored])
-            r_factor = torch._foreach_div(rows_l, row_norm)
+        if rows:
+            torch._foreach_div_(col_sums, plan.size_a)
+            _ema_(cols, col_sums, decay, mix)
+            torch._foreach_div_(row_sums, plan.size_a)  # mean_a(row_var) = mean(v̂)
+            r_factor = torch._foreach_div(rows, row_sums)
             torch._foreach_rsqrt_(r_factor)
-            c_factor = torch._foreach_rsqrt(cols_l)
-            x = torch._foreach_mul([grads[i] for i in plan.factored], r_factor)
-            torch._foreach_mul_(x, c_factor)
+            x = torch._foreach_mul(factored_grads, r_factor)
+            torch._foreach_mul_(x, torch._foreach_rsqrt(cols))
             for k, i in enumerate(plan.factored):
                 updates[i] = x[k]
         if plan.whole:
-            vs = [_local(states[i]["variance"]) for i in plan.whole]
-            _ema_(vs, [grad_sq[i] for i in plan.whole], decay, mix)
-            x = torch._foreach_rsqrt(vs)
+            variances = [_local(states[i]["variance"]) for i in plan.whole]
+            _ema_(variances, [grad_sq[i] for i in plan.whole], decay, mix)
+            x = torch._foreach_rsqrt(variances)
             torch._foreach_mul_(x, [grads[i] for i in plan.whole])
             for k, i in enumerate(plan.whole):
                 updates[i] = x[k]
-        del grad_sq
+        del grad_sq, factored_sq
 
         # ---- round 2: Σx² for update clipping
         sq_x = torch.stack(torch._foreach_norm(updates)).square()
@@ -293,7 +304,9 @@ class Adafactor(torch.optim.Optimizer):
         return out, pieces
 
 
-def _ema_(averages: list[torch.Tensor], values: list[torch.Tensor], decay: torch.Tensor, mix: torch.Tensor) -> None:
+def _ema_(
+    averages: list[torch.Tensor], values: list[torch.Tensor], decay: torch.Tensor, mix: torch.Tensor
+) -> None:
     """averages ← averages · β + values · (1 − β), in place (Mesh TF's form)."""
     torch._foreach_mul_(averages, decay)
     torch._foreach_add_(averages, torch._foreach_mul(values, mix))

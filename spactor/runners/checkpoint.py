@@ -33,6 +33,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from spactor.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -334,9 +336,8 @@ def _check_optimizer_fits(path: Path, optim_sd: dict[str, Any]) -> None:
     state is not this optimizer's: another optimizer, or the torch.optim.Adafactor that
     spactor used before its own (other state for tensors with a dim < 128, other
     param-group keys)."""
-    from spactor.config import ConfigError
-
-    wanted = [f"optim.param_groups.{i}.{k}" for i, g in enumerate(optim_sd.get("param_groups", [])) for k in g]
+    groups = optim_sd.get("param_groups", [])
+    wanted = [f"optim.param_groups.{i}.{k}" for i, g in enumerate(groups) for k in g]
     wanted += [f"optim.state.{fqn}.{k}" for fqn, st in optim_sd.get("state", {}).items() for k in st]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -348,5 +349,6 @@ def _check_optimizer_fits(path: Path, optim_sd: dict[str, Any]) -> None:
             f"checkpoint {path}: its optimizer state does not fit this optimizer (no {missing[0]}); "
             + ("it was written by torch.optim.Adafactor, which spactor's Adafactor does not resume"
                if old_adafactor else "it was written with another optimizer")
-            + " — resume with the optimizer that wrote it, or start a new run from its weights (spactor export, then model.init_from=hf:DIR)"
+            + " — resume with the optimizer that wrote it, or start a new run from its weights"
+            + " (spactor export, then model.init_from=hf:DIR)"
         )

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from adafactor_reference import LRS, SHAPES, MeshTFAdafactor, make_grads, make_params  # noqa: E402
 
 HERE = Path(__file__).parent
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "item", "equal",
-            "is_nonzero"}
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "item",
+            "equal", "is_nonzero"}
 
 
 class CountOps(TorchDispatchMode):
@@ -61,7 +61,8 @@ def test_matches_mesh_tf_on_one_rank():
         ref.apply(grads, lr)
         for p, q, (shape, why) in zip(params, ref.params, SHAPES):
             assert torch.isfinite(p).all(), why
-            torch.testing.assert_close(p.detach().double(), q, rtol=0, atol=1e-6, msg=f"{shape} ({why}), step {step}")
+            msg = f"{shape} ({why}), step {step}"
+            torch.testing.assert_close(p.detach().double(), q, rtol=0, atol=1e-6, msg=msg)
     # what it keeps: factored moments only where both large dims are >= 128
     kinds = {tuple(p.shape): sorted(k for k in opt.state[p] if k != "step") for p in params}
     assert kinds[(32, 12)] == ["variance"] and kinds[(200, 64)] == ["variance"]
@@ -229,7 +230,8 @@ def test_config_keys_are_validated():
     load_plugins()
     r = load_config("sc", ["model.size=tiny", "optimizer.min_dim_size_to_factor=64"])
     assert r.optimizer.config.min_dim_size_to_factor == 64 and r.optimizer.config.eps1 == 1e-30
-    with pytest.raises(ConfigError, match="optimizer.min_dim_size_to_factor: 0 — must be a positive integer"):
+    rule = "optimizer.min_dim_size_to_factor: 0 — must be a positive integer"
+    with pytest.raises(ConfigError, match=rule):
         load_config("sc", ["model.size=tiny", "optimizer.min_dim_size_to_factor=0"])
     with pytest.raises(ConfigError, match="optimizer.clipping_threshold"):
         load_config("sc", ["model.size=tiny", "optimizer.clipping_threshold=-1"])
