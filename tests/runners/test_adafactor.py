@@ -47,7 +47,8 @@ def test_factoring_rule_is_mesh_tf_s():
     assert factored_dims((32, 12), 8) == (0, 1)
 
 
-def test_matches_mesh_tf_on_one_rank():
+@pytest.mark.parametrize("lr_type", [float, torch.tensor])  # the runner's python float, or a tensor
+def test_matches_mesh_tf_on_one_rank(lr_type):
     shapes = [s for s, _ in SHAPES]
     params = [torch.nn.Parameter(p) for p in make_params(shapes)]
     ref = MeshTFAdafactor(params)
@@ -56,7 +57,7 @@ def test_matches_mesh_tf_on_one_rank():
         grads = make_grads(shapes, step)
         for p, g in zip(params, grads):
             p.grad = g.clone()
-        opt.param_groups[0]["lr"] = lr
+        opt.param_groups[0]["lr"] = lr_type(lr)
         opt.step()
         ref.apply(grads, lr)
         for p, q, (shape, why) in zip(params, ref.params, SHAPES):
