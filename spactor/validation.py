@@ -334,8 +334,10 @@ def _rule_optim(key: str, name: str, value: Any) -> None:
         positive(key, value)
     elif name in ("min_lr", "weight_decay"):
         non_negative(key, value)
-    elif name == "decay_steps":
+    elif name in ("decay_steps", "min_dim_size_to_factor"):
         positive_int(key, value)
+    elif name == "clipping_threshold":
+        positive(key, value)
     elif name.endswith("_steps"):
         at_least(key, value, 0)
     elif name.startswith("eps") and _is_number(value):

@@ -33,6 +33,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from spactor.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -195,6 +197,7 @@ class Checkpointer:
         manifest = json.loads((path / MANIFEST).read_text())
         model_sd, optim_sd = get_state_dict(module, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
+        _check_optimizer_fits(path, optim_sd)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
             dcp.load(state, checkpoint_id=path / "dcp")
@@ -326,3 +329,26 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     raise TypeError(f"cannot store {type(value).__name__} in a checkpoint manifest")
+
+
+def _check_optimizer_fits(path: Path, optim_sd: dict[str, Any]) -> None:
+    """One line instead of DCP's missing-key traceback when the checkpoint's optimizer
+    state is not this optimizer's: another optimizer, or the torch.optim.Adafactor that
+    spactor used before its own (other state for tensors with a dim < 128, other
+    param-group keys)."""
+    groups = optim_sd.get("param_groups", [])
+    wanted = [f"optim.param_groups.{i}.{k}" for i, g in enumerate(groups) for k in g]
+    wanted += [f"optim.state.{fqn}.{k}" for fqn, st in optim_sd.get("state", {}).items() for k in st]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved = dcp.FileSystemReader(str(path / "dcp")).read_metadata().state_dict_metadata
+    missing = [k for k in wanted if k not in saved]
+    if missing:
+        old_adafactor = "optim.param_groups.0.d" in saved and "optim.param_groups.0.eps" in saved
+        raise ConfigError(
+            f"checkpoint {path}: its optimizer state does not fit this optimizer (no {missing[0]}); "
+            + ("it was written by torch.optim.Adafactor, which spactor's Adafactor does not resume"
+               if old_adafactor else "it was written with another optimizer")
+            + " — resume with the optimizer that wrote it, or start a new run from its weights"
+            + " (spactor export, then model.init_from=hf:DIR)"
+        )

@@ -23,37 +23,34 @@ LRSchedule = Callable[[int], float]
 
 @dataclass
 class AdafactorConfig:
-    # T5's Adafactor: factored second moments, no momentum, updates scaled by the
-    # parameter's RMS. Mesh TF adds epsilon1 = 1e-30 to grad²; torch squares its eps1
-    # before use, so 1e-15 here is T5's 1e-30 (1e-30 would square to 0 in fp32 and turn
-    # rows with zero gradient into NaN). torch's default, the parameter dtype's eps, is
-    # 7.8e-3 for bf16 — far too big.
-    eps1: float = 1e-15
+    # T5's Adafactor, as Mesh TF's AdafactorOptimizer and T5X run it: factored second
+    # moments for tensors whose two largest dims are both >= min_dim_size_to_factor, no
+    # momentum, decay 1 - t^beta2_decay, updates clipped to RMS <= clipping_threshold and
+    # scaled by max(eps2, RMS(p)). eps1 is added to grad² as is (in fp32), as Mesh TF
+    # does. The learning rate is the lr_schedule's, with nothing taken off it.
+    eps1: float = 1e-30
     eps2: float = 1e-3
     beta2_decay: float = -0.8
-    weight_decay: float = 0.0
-    # Without foreach, torch's Adafactor syncs with the host once per parameter.
-    foreach: bool = True
+    clipping_threshold: float = 1.0
+    min_dim_size_to_factor: int = 128
+    weight_decay: float = 0.0  # decoupled, p *= 1 - lr * weight_decay; T5 uses none
 
 
 @OPTIMIZERS.register("adafactor", AdafactorConfig)
 def build_adafactor(cfg: AdafactorConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """torch.optim.Adafactor with T5's settings (its rsqrt cap is the lr_schedule's job);
-    for FSDP2-sharded parameters the same algorithm in DTensor-safe form."""
-    params = list(params)
-    if any(hasattr(p, "full_tensor") for p in params):
-        from spactor.runners.adafactor import DTensorAdafactor
+    """spactor's Adafactor (spactor.runners.adafactor): one implementation for plain and
+    FSDP2-sharded parameters, two all-reduces per step when sharded."""
+    from spactor.runners.adafactor import Adafactor
 
-        return DTensorAdafactor(
-            params, lr=1e-2, beta2_decay=cfg.beta2_decay, eps=(cfg.eps1, cfg.eps2), weight_decay=cfg.weight_decay
-        )
-    return torch.optim.Adafactor(
+    return Adafactor(
         params,
         lr=1e-2,  # overwritten every step by the lr_schedule
+        eps1=cfg.eps1,
+        eps2=cfg.eps2,
         beta2_decay=cfg.beta2_decay,
-        eps=(cfg.eps1, cfg.eps2),
+        clipping_threshold=cfg.clipping_threshold,
+        min_dim_size_to_factor=cfg.min_dim_size_to_factor,
         weight_decay=cfg.weight_decay,
-        foreach=cfg.foreach,
     )
 
 
