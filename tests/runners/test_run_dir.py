@@ -1,0 +1,238 @@
+"""A run directory is one run: resumes that would change it are refused without touching
+it, one writer at a time, its identity and tokenizer are kept, ``--resume`` says what it
+does. Driven through the CLI the way a user types it (``python -m spactor``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spactor.runners.run_dir import RunDirLock, compare_configs, read_saved_config
+
+STEPS = 4
+
+
+def spactor(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(check=False, args=[sys.executable, "-m", "spactor", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600, env=env)
+
+
+def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    return lines[0]
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (hidden ones too) → sha256 of its bytes."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def steps_logged(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_overrides) -> list[str]:
+    return [*tiny_overrides, "runtime.count_flops=false", "lr_schedule.warmup_steps=100"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory) -> Path:
+    """A finished tiny span-corruption run of STEPS steps, checkpointed at steps 2 and 4."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    out = spactor("train", "sc", *tiny, f"trainer.max_steps={STEPS}", "trainer.checkpoint_every=2",
+                  f"run.dir={run_dir}")
+    assert out.returncode == 0, out.stderr
+    return run_dir
+
+
+@pytest.fixture
+def run(trained, tmp_path) -> Path:
+    """A private copy of ``trained`` for a test to resume (or fail to)."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+# --------------------------------------------------------------------------- 1: resume never damages
+
+
+def test_resume_refuses_a_changed_model_and_loader_and_leaves_the_run_resumable(run):
+    before = tree_hash(run)
+    out = spactor("train", "--resume", str(run), "model.size=small", "data.num_workers=2", "trainer.max_steps=6")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "model.size tiny -> small" in line and "data.num_workers 0 -> 2" in line, line
+    assert "trainer.max_steps" not in line  # a change a resume may make is not a reason to refuse
+    assert tree_hash(run) == before
+    out = spactor("train", "--resume", str(run), "trainer.max_steps=6")
+    assert out.returncode == 0, out.stderr
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_applies_and_reports_mutable_changes(run):
+    out = spactor("train", "--resume", str(run), "trainer.max_steps=6", "trainer.log_every=2")
+    assert out.returncode == 0, out.stderr
+    assert f"resume applies trainer.max_steps {STEPS} -> 6" in out.stdout
+    assert "resume applies trainer.log_every 1 -> 2" in out.stdout
+    saved = read_saved_config(run)
+    assert saved["trainer"]["max_steps"] == 6 and saved["trainer"]["log_every"] == 2
+    assert steps_logged(run) == [1, 2, 3, 4, 6]
+
+
+def test_compare_configs_sorts_changes_into_applied_and_refused(trained):
+    from spactor.config import load_config
+
+    saved = read_saved_config(trained)
+    resolved = load_config(str(trained / "config.yaml"), ["trainer.max_steps=9", "trainer.seed=3",
+                                                          "lr_schedule.warmup_steps=50", "trainer.batch_size=8"])
+    applied, refused = compare_configs(saved, resolved)
+    assert applied == [f"lr_schedule.warmup_steps 100 -> 50", f"trainer.max_steps {STEPS} -> 9"]
+    assert refused == ["trainer.batch_size 4 -> 8", "trainer.seed 0 -> 3"]
+
+
+# --------------------------------------------------------------------------- 2: one writer
+
+
+def test_a_second_writer_is_refused_naming_the_holder(run, tiny):
+    before = tree_hash(run)
+    lock = RunDirLock()
+    lock.acquire(run)  # this test process plays the first `spactor train`
+    try:
+        holding = tree_hash(run)
+        out = spactor("train", "sc", *tiny, "trainer.max_steps=6", f"run.dir={run}")
+        assert out.returncode == 2
+        line = one_error_line(out)
+        assert f"PID {os.getpid()} on host {socket.gethostname()}" in line and str(run) in line, line
+        out = spactor("train", "--resume", str(run), "trainer.max_steps=6")
+        assert out.returncode == 2 and f"PID {os.getpid()}" in one_error_line(out)
+        assert tree_hash(run) == holding  # the refused process wrote nothing, not even the lock file
+    finally:
+        lock.release()
+    assert tree_hash(run) == before  # released: the lock file is empty again
+
+
+def test_the_lock_dies_with_its_holder(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from spactor.runners.run_dir import RunDirLock; "
+         f"RunDirLock().acquire({str(tmp_path)!r}); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match=f"PID {holder.pid} on host"):
+            RunDirLock().acquire(tmp_path)
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs
+        holder.wait()
+    lock = RunDirLock()
+    lock.acquire(tmp_path)
+    lock.release()
+
+
+# --------------------------------------------------------------------------- 3: identity
+
+
+def test_another_recipe_on_a_run_directory_is_refused(run, tiny):
+    assert json.loads((run / "identity.json").read_text())["config"]["model.size"] == "tiny"
+    before = tree_hash(run)
+    out = spactor("train", "spactor", *tiny, "trainer.max_steps=6", f"run.dir={run}")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "holds checkpoints of another run" in line and "objectives.rtd" in line, line
+    assert "run.fresh=true" in line
+    assert tree_hash(run) == before
+
+
+def test_a_resumed_run_keeps_its_own_tokenizer(tiny, tmp_path, english_corpus):
+    from spactor.data.tokenizer import Tokenizer
+
+    given = next(a.split("=", 1)[1] for a in tiny if a.startswith("data.tokenizer="))
+    tokenizer = tmp_path / "tok.model"
+    shutil.copy(given, tokenizer)
+    run = tmp_path / "run"
+    out = spactor("train", "sc", *tiny, "trainer.max_steps=2", f"data.tokenizer={tokenizer}", f"run.dir={run}")
+    assert out.returncode == 0, out.stderr
+    own = (run / "spiece.model").read_bytes()
+    assert json.loads((run / "identity.json").read_text())["tokenizer_sha256"] == hashlib.sha256(own).hexdigest()
+
+    Tokenizer.train(english_corpus[:40], tokenizer, vocab_size=400, num_threads=1)  # the file is replaced
+    before = tree_hash(run)
+    out = spactor("train", "--resume", str(run), "trainer.max_steps=3")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert line.startswith("spactor: error: data.tokenizer:") and "not the tokenizer this run was trained" in line
+    assert tree_hash(run) == before
+
+    tokenizer.unlink()  # gone: the run needs only its own copy
+    out = spactor("train", "--resume", str(run), "trainer.max_steps=3")
+    assert out.returncode == 0, out.stderr
+    assert (run / "spiece.model").read_bytes() == own
+    assert steps_logged(run) == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- 4: --resume says what it does
+
+
+def test_resume_past_max_steps_says_so_and_changes_nothing(run):
+    before = tree_hash(run)
+    out = spactor("train", "--resume", str(run), "trainer.max_steps=2")
+    assert out.returncode == 0, out.stderr
+    assert f"the run is at step {STEPS} and trainer.max_steps is 2: nothing to train" in out.stdout
+    assert tree_hash(run) == before
+
+
+def test_resume_without_a_checkpoint_is_refused_and_keeps_the_metrics(run, tiny):
+    shutil.rmtree(run / "checkpoints")
+    before = tree_hash(run)
+    out = spactor("train", "--resume", str(run))
+    assert out.returncode == 2
+    assert f"no checkpoint in {run}" in one_error_line(out)
+    # and a plain start there does not erase the metrics either
+    out = spactor("train", "sc", *tiny, "trainer.max_steps=2", f"run.dir={run}")
+    assert out.returncode == 2 and "run.fresh=true" in one_error_line(out)
+    assert tree_hash(run) == before
+    out = spactor("train", "sc", *tiny, "trainer.max_steps=2", "run.fresh=true", f"run.dir={run}")
+    assert out.returncode == 0, out.stderr
+    assert steps_logged(run) == [1, 2]
+
+
+def test_double_ctrl_c_before_the_first_checkpoint_keeps_the_metrics(tiny, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spactor", "train", "sc", *tiny, "trainer.max_steps=100000", f"run.dir={run}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)  # the second one: stop now, without a checkpoint
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert not list((run / "checkpoints").glob("step_*")) if (run / "checkpoints").exists() else True
+    before = tree_hash(run)
+    assert len(steps_logged(run)) >= 2
+    out = spactor("train", "--resume", str(run))
+    assert out.returncode == 2 and f"no checkpoint in {run}" in one_error_line(out)
+    assert tree_hash(run) == before
