@@ -240,3 +240,138 @@ def test_double_ctrl_c_before_the_first_checkpoint_keeps_the_metrics(tiny, tmp_p
     out = spactor("train", "--resume", str(run))
     assert out.returncode == 2 and f"no checkpoint in {run}" in one_error_line(out)
     assert tree_hash(run) == before
+
+
+# --------------------------------------------------------------------------- 7: frozen generators
+
+
+def test_a_frozen_generator_without_a_checkpoint_is_a_config_error(tiny, tmp_path):
+    run = tmp_path / "run"
+    out = spactor("train", "fast_electra", *tiny, "trainer.max_steps=1", f"run.dir={run}")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "objectives.rtd.generator_checkpoint: None" in line and "frozen generator" in line, line
+    assert not run.exists()  # refused before anything was built or written
+
+
+def test_a_missing_or_foreign_generator_checkpoint_is_refused_before_start_up(tiny, trained, tmp_path):
+    run = tmp_path / "run"
+    out = spactor("train", "fast_electra", *tiny, f"objectives.rtd.generator_checkpoint={tmp_path / 'nope'}",
+                  f"run.dir={run}")
+    assert out.returncode == 2 and "no such file or directory" in one_error_line(out)
+    out = spactor("train", "fast_electra", *tiny, f"objectives.rtd.generator_checkpoint={trained}", f"run.dir={run}")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "objectives.rtd.generator_checkpoint" in line and "no complete generator weights" in line, line
+    assert not run.exists()
+
+
+def frozen_generator(tiny, rows_extra: int = 0):
+    """fast_electra's generator at tiny size, on CPU, with ``rows_extra`` more vocabulary rows."""
+    import torch
+
+    from spactor.architectures.generator import Generator
+    from spactor.config import load_config
+    from spactor.data.tokenizer import Tokenizer
+    from spactor.objectives.rtd import generator_config
+    from spactor.validation import check_model
+
+    resolved = load_config("fast_electra", tiny)
+    hidden = check_model(resolved.model, resolved.cfg.data.input_length)
+    rows = Tokenizer.load(resolved.cfg.data.tokenizer).vocab().size + rows_extra
+    gen_cfg = generator_config(resolved.objectives["rtd"].config, hidden, resolved.cfg.data.input_length)
+    return Generator(gen_cfg, torch.nn.Embedding(rows, hidden))
+
+
+def test_a_generator_of_another_vocabulary_is_refused_and_a_matching_one_is_named(tiny, tmp_path):
+    import torch
+
+    from spactor.config import ConfigError, load_config
+    from spactor.validation import check_generator_checkpoints
+
+    wrong, right = tmp_path / "wrong.pt", tmp_path / "right.pt"
+    torch.save(frozen_generator(tiny, rows_extra=128).state_dict(), wrong)
+    torch.save(frozen_generator(tiny).state_dict(), right)
+    resolved = load_config("fast_electra", [*tiny, f"objectives.rtd.generator_checkpoint={wrong}"])
+    with pytest.raises(ConfigError, match=r"embedding.weight has shape \[\d+, \d+\].*another vocabulary"):
+        check_generator_checkpoints(resolved)
+    run = tmp_path / "run"
+    out = spactor("train", "fast_electra", *tiny, "trainer.max_steps=1", "lr_schedule.warmup_steps=2",
+                  f"objectives.rtd.generator_checkpoint={right}", f"run.dir={run}")
+    assert out.returncode == 0, out.stderr
+    assert f"objectives.rtd: generator loaded from {right}\n" in out.stdout
+
+
+# --------------------------------------------------------------------------- 8: FLOPs across resumes
+
+
+@pytest.fixture(scope="module")
+def spactor_run(tiny, tmp_path_factory) -> Path:
+    """SpacTor(τ=3) for 4 steps, FLOPs counted, checkpoints at step 2 (stage 1) and 4 (stage 2)."""
+    run_dir = tmp_path_factory.mktemp("spactor") / "run"
+    out = spactor("train", "spactor", *tiny, "runtime.count_flops=true", "schedules.two_stage.tau=3",
+                  "trainer.max_steps=4", "trainer.checkpoint_every=2", f"run.dir={run_dir}")
+    assert out.returncode == 0, out.stderr
+    return run_dir
+
+
+def records(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_flops_after_the_switch_follow_the_stage_whatever_tau_says_on_resume(spactor_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(spactor_run, run)
+    out = spactor("train", "--resume", str(run), "schedules.two_stage.tau=100", "trainer.max_steps=6")
+    assert out.returncode == 0, out.stderr
+    assert "resume applies schedules.two_stage.tau 3 -> 100" in out.stdout
+    assert "were not counted" not in out.stderr
+    r = records(run)
+    f1, f2 = r[1]["flops_per_step"], r[4]["flops_per_step"]
+    baseline = f1 / r[1]["flops_normalized"]
+    assert f2 < f1 and [r[s]["stage"] for s in range(1, 7)] == [1, 1, 1, 2, 2, 2]
+    assert r[5]["flops_per_step"] == r[6]["flops_per_step"] == f2
+    assert r[6]["flops_cum"] == pytest.approx(3 * f1 + 3 * f2, rel=1e-12)
+    assert r[6]["flops_normalized"] == pytest.approx((3 * f1 + 3 * f2) / (6 * baseline), rel=1e-12)
+
+
+def test_a_resume_before_the_switch_with_a_lower_tau_logs_the_switch(spactor_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(spactor_run, run)
+    shutil.rmtree(run / "checkpoints" / "step_00000004")  # resume from step 2, still in stage 1
+    out = spactor("train", "--resume", str(run), "schedules.two_stage.tau=2")
+    assert out.returncode == 0, out.stderr
+    assert "at step 2 (stage 1)" in out.stdout
+    r = records(run)
+    assert sorted(r) == [1, 2, 3, 4]
+    assert r[3]["stage"] == 2 and r[3]["stage_switch_step"] == 2 and "stage_switch_step" not in r[4]
+    f1, f2 = r[1]["flops_per_step"], r[4]["flops_per_step"]
+    assert f2 < f1 and r[3]["flops_per_step"] == f2
+    assert r[4]["flops_cum"] == pytest.approx(2 * f1 + 2 * f2, rel=1e-12)
+
+
+def test_a_spactor_checkpoint_of_stage_1_feeds_a_frozen_generator(spactor_run, tiny):
+    from spactor.config import load_config
+    from spactor.validation import check_generator_checkpoints
+
+    checkpoint = spactor_run / "checkpoints" / "step_00000002"
+    resolved = load_config("spactor_frozen", [*tiny, f"objectives.rtd.generator_checkpoint={checkpoint}"])
+    assert check_generator_checkpoints(resolved) == [
+        f"objectives.rtd: generator loaded from {checkpoint / 'dcp'} (step 2)"
+    ]
+
+
+# --------------------------------------------------------------------------- 9: base: beside its recipe
+
+
+def test_a_recipe_base_is_found_beside_it_from_any_directory(tiny, tmp_path):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "parent.yaml").write_text("base: sc\ntrainer:\n  max_steps: 3\n")
+    (recipes / "child.yaml").write_text("base: parent.yaml\n")
+    (recipes / "orphan.yaml").write_text("base: gone.yaml\n")
+    out = spactor("preview", str(recipes / "child.yaml"), *tiny, "--n", "1", cwd=tmp_path.parent)
+    assert out.returncode == 0, out.stderr
+    out = spactor("train", str(recipes / "orphan.yaml"), *tiny, cwd=tmp_path.parent)
+    assert out.returncode == 2
+    assert f"recipe '{recipes / 'orphan.yaml'}': base 'gone.yaml' does not exist" in one_error_line(out)
