@@ -248,10 +248,10 @@ def check_generator_checkpoint(
     mapping = _key_mapping(shapes, set(wanted), objective_name, source)
     for local, full in sorted(mapping.items()):
         if shapes[full] != wanted[local]:
-            what = " (another vocabulary?)" if local == EMBEDDING_KEY and shapes[full][1:] == wanted[local][1:] else ""
+            vocabulary = local == EMBEDDING_KEY and shapes[full][1:] == wanted[local][1:]
             raise ValueError(
-                f"generator checkpoint {source}: {full} has shape {list(shapes[full])}, this recipe's generator "
-                f"needs {list(wanted[local])}{what}"
+                f"generator checkpoint {source}: {full} has shape {list(shapes[full])}, this recipe's "
+                f"generator needs {list(wanted[local])}" + (" (another vocabulary?)" if vocabulary else "")
             )
     step = None
     manifest = source.parent / "manifest.json"  # a run's step_N/dcp: the step is in step_N's manifest

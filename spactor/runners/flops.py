@@ -597,7 +597,8 @@ def flops_report(
             switch = min((s for s in found if s is not None), default=None)
         if not _has_stage2(objectives) or (switch is not None and switch >= max_steps):
             switch = None  # nothing would be left to train, or the run ends first
-        runs_stage2 = _has_stage2(objectives) and (switch is not None or _can_switch_later(schedules) or every_stage)
+        may_switch = switch is not None or _can_switch_later(schedules) or every_stage
+        runs_stage2 = _has_stage2(objectives) and may_switch
         if runs_stage2 and switch is None:
             notes.append(
                 "the switch to stage 2 is decided during training: cumulative FLOPs assume stage 1 "

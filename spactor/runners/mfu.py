@@ -141,7 +141,8 @@ def tracker_for(
     the GPU's name; none on CPU, so MFU is then None."""
     # Every stage the recipe has: the stage a step runs in decides its FLOPs, whatever the
     # (possibly changed on resume) τ says.
-    report = flops_report(resolved, device=count_device if count_device is not None else device, every_stage=True)
+    count_on = count_device if count_device is not None else device
+    report = flops_report(resolved, device=count_on, every_stage=True)
     override = getattr(resolved.cfg.runtime, "peak_tflops", None)
     peak = peak_tflops(override=override) if device.type == "cuda" or override is not None else None
     return FlopsTracker(report, peak_tflops=peak, world_size=world_size)

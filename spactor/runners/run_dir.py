@@ -94,7 +94,9 @@ class RunDirLock:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder wrote its name
         except OSError as e:
-            raise RunDirError(f"run.dir {run_dir}: cannot create its lock file {path} ({e.strerror})") from None
+            raise RunDirError(
+                f"run.dir {run_dir}: cannot create its lock file {path} ({e.strerror})"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -197,7 +199,9 @@ def check_tokenizer(run_dir: Path, resolved: Resolved) -> Path:
     whose file differs from it is refused (never adopted, never copied over it)."""
     saved = run_dir / TOKENIZER_FILE
     if not saved.is_file():
-        raise RunDirError(f"run.dir {run_dir}: its tokenizer {saved} is missing; the run cannot resume without it")
+        raise RunDirError(
+            f"run.dir {run_dir}: its tokenizer {saved} is missing; the run cannot resume without it"
+        )
     given = resolved.cfg.data.tokenizer
     if given:
         path = Path(given).expanduser()
@@ -258,7 +262,8 @@ def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
     try:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except (OmegaConfBaseException, ValueError, OSError) as e:
-        raise RunDirError(f"{path}: unreadable ({str(e).splitlines()[0]}); the run cannot be checked") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RunDirError(f"{path}: unreadable ({first}); the run cannot be checked") from None
     return data if isinstance(data, dict) else None
 
 

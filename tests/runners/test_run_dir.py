@@ -78,7 +78,8 @@ def run(trained, tmp_path) -> Path:
 
 def test_resume_refuses_a_changed_model_and_loader_and_leaves_the_run_resumable(run):
     before = tree_hash(run)
-    out = spactor("train", "--resume", str(run), "model.size=small", "data.num_workers=2", "trainer.max_steps=6")
+    out = spactor("train", "--resume", str(run), "model.size=small", "data.num_workers=2",
+                  "trainer.max_steps=6")
     assert out.returncode == 2
     line = one_error_line(out)
     assert "model.size tiny -> small" in line and "data.num_workers 0 -> 2" in line, line
@@ -103,8 +104,8 @@ def test_compare_configs_sorts_changes_into_applied_and_refused(trained):
     from spactor.config import load_config
 
     saved = read_saved_config(trained)
-    resolved = load_config(str(trained / "config.yaml"), ["trainer.max_steps=9", "trainer.seed=3",
-                                                          "lr_schedule.warmup_steps=50", "trainer.batch_size=8"])
+    changes = ["trainer.max_steps=9", "trainer.seed=3", "lr_schedule.warmup_steps=50", "trainer.batch_size=8"]
+    resolved = load_config(str(trained / "config.yaml"), changes)
     applied, refused = compare_configs(saved, resolved)
     assert applied == ["lr_schedule.warmup_steps 100 -> 50", f"trainer.max_steps {STEPS} -> 9"]
     assert refused == ["trainer.batch_size 4 -> 8", "trainer.seed 0 -> 3"]
@@ -171,17 +172,20 @@ def test_a_resumed_run_keeps_its_own_tokenizer(tiny, tmp_path, english_corpus):
     tokenizer = tmp_path / "tok.model"
     shutil.copy(given, tokenizer)
     run = tmp_path / "run"
-    out = spactor("train", "sc", *tiny, "trainer.max_steps=2", f"data.tokenizer={tokenizer}", f"run.dir={run}")
+    out = spactor("train", "sc", *tiny, "trainer.max_steps=2", f"data.tokenizer={tokenizer}",
+                  f"run.dir={run}")
     assert out.returncode == 0, out.stderr
     own = (run / "spiece.model").read_bytes()
-    assert json.loads((run / "identity.json").read_text())["tokenizer_sha256"] == hashlib.sha256(own).hexdigest()
+    identity = json.loads((run / "identity.json").read_text())
+    assert identity["tokenizer_sha256"] == hashlib.sha256(own).hexdigest()
 
     Tokenizer.train(english_corpus[:40], tokenizer, vocab_size=400, num_threads=1)  # the file is replaced
     before = tree_hash(run)
     out = spactor("train", "--resume", str(run), "trainer.max_steps=3")
     assert out.returncode == 2
     line = one_error_line(out)
-    assert line.startswith("spactor: error: data.tokenizer:") and "not the tokenizer this run was trained" in line
+    assert line.startswith("spactor: error: data.tokenizer:"), line
+    assert "not the tokenizer this run was trained" in line
     assert tree_hash(run) == before
 
     tokenizer.unlink()  # gone: the run needs only its own copy
@@ -259,7 +263,8 @@ def test_a_missing_or_foreign_generator_checkpoint_is_refused_before_start_up(ti
     out = spactor("train", "fast_electra", *tiny, f"objectives.rtd.generator_checkpoint={tmp_path / 'nope'}",
                   f"run.dir={run}")
     assert out.returncode == 2 and "no such file or directory" in one_error_line(out)
-    out = spactor("train", "fast_electra", *tiny, f"objectives.rtd.generator_checkpoint={trained}", f"run.dir={run}")
+    out = spactor("train", "fast_electra", *tiny, f"objectives.rtd.generator_checkpoint={trained}",
+                  f"run.dir={run}")
     assert out.returncode == 2
     line = one_error_line(out)
     assert "objectives.rtd.generator_checkpoint" in line and "no complete generator weights" in line, line
