@@ -320,8 +320,8 @@ def open_run_dir(run_dir: Path, resolved: Resolved, checkpointer: Any, explicit:
     the config may resume it; writes nothing. ``explicit``: ``--resume``. Raises
     :class:`RunDirError` for a directory that must not be used as asked."""
     cfg = resolved.cfg
-    if is_main and run_dir.is_dir():
-        lock.acquire(run_dir)  # a new directory is locked when it is created
+    # a new directory is locked when it is created
+    _on_rank0(is_main, lambda: lock.acquire(run_dir) if run_dir.is_dir() else None)
     resume_from = None
     if explicit or not cfg.run.fresh:
         resume_from, skipped = checkpointer.latest_valid()
@@ -343,8 +343,14 @@ def open_run_dir(run_dir: Path, resolved: Resolved, checkpointer: Any, explicit:
                 "run.fresh=true starts over there (erasing them), or choose another run.dir"
             )
         return OpenedRunDir(None, 0, [], None, None)
-    applied = check_resume(run_dir, resolved, explicit) if is_main else []
-    tokenizer = str(check_tokenizer(run_dir, resolved)) if is_main else str(run_dir / TOKENIZER_FILE)
+    applied: list[str] = []
+
+    def checks() -> None:
+        applied.extend(check_resume(run_dir, resolved, explicit))
+        check_tokenizer(run_dir, resolved)
+
+    _on_rank0(is_main, checks)
+    tokenizer = str(run_dir / TOKENIZER_FILE)
     manifest = json.loads((resume_from / "manifest.json").read_text())
     step = int(manifest["step"])
     finished = None
@@ -352,6 +358,23 @@ def open_run_dir(run_dir: Path, resolved: Resolved, checkpointer: Any, explicit:
         finished = (f"{run_dir}: the run is at step {step} and trainer.max_steps is {cfg.trainer.max_steps}: "
                     "nothing to train (raise trainer.max_steps to continue it)")
     return OpenedRunDir(resume_from, step, applied, tokenizer, finished)
+
+
+def _on_rank0(is_main: bool, check: Any) -> None:
+    """Run ``check`` on rank 0 and raise its :class:`RunDirError` on every rank (under
+    torchrun the others would otherwise wait for rank 0 at their next collective)."""
+    verdict: list[str | None] = [None]
+    if is_main:
+        try:
+            check()
+        except RunDirError as e:
+            verdict[0] = str(e)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise RunDirError(verdict[0])
 
 
 def start_run_dir(run_dir: Path, resolved: Resolved, tokenizer: Any) -> None:

@@ -90,6 +90,19 @@ def test_resume_refuses_a_changed_model_and_loader_and_leaves_the_run_resumable(
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_refused_resume_stops_every_rank_under_torchrun(run):
+    before = tree_hash(run)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29500 + os.getpid() % 1000 + 7),
+           "-m", "spactor", "train", "--resume", str(run), "model.size=small"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(check=False, args=cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode != 0
+    refusal = f"spactor: error: --resume {run}: cannot change model.size tiny -> small"
+    assert out.stderr.count(refusal) == 2, out.stderr  # both ranks, neither left waiting
+    assert tree_hash(run) == before
+
+
 def test_resume_applies_and_reports_mutable_changes(run):
     out = spactor("train", "--resume", str(run), "trainer.max_steps=6", "trainer.log_every=2")
     assert out.returncode == 0, out.stderr
