@@ -246,10 +246,28 @@ def compare_configs(saved: dict[str, Any], resolved: Resolved) -> tuple[list[str
         a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
         if a == b:
             continue
-        # A schedule added or removed changes what the run is, not just its future.
-        whole_schedule = key.startswith("schedules.") and (a is _ABSENT or b is _ABSENT)
-        (applied if _mutable(key) and not whole_schedule else refused).append(_describe(key, a, b))
+        if a is _ABSENT or b is _ABSENT:
+            # An objective or schedule added or removed changes what the run is; a single
+            # key on one side only is a field one spactor version has and the other not
+            # (its default applies).
+            instance = _instance(key)
+            lacking = old if a is _ABSENT else new
+            if instance is None or any(k.startswith(instance) for k in lacking):
+                continue
+            change = f"{instance[:-1]} {'added' if a is _ABSENT else 'removed'}"
+            if change not in refused:
+                refused.append(change)
+            continue
+        (applied if _mutable(key) else refused).append(_describe(key, a, b))
     return applied, refused
+
+
+def _instance(key: str) -> str | None:
+    """``objectives.rtd.`` for ``objectives.rtd.weight``: the plugin instance a key is in."""
+    parts = key.split(".")
+    if parts[0] in ("objectives", "schedules") and len(parts) >= 2:
+        return f"{parts[0]}.{parts[1]}."
+    return None
 
 
 def read_saved_config(run_dir: Path) -> dict[str, Any] | None:

@@ -124,6 +124,18 @@ def test_compare_configs_sorts_changes_into_applied_and_refused(trained):
     assert refused == ["trainer.batch_size 4 -> 8", "trainer.seed 0 -> 3"]
 
 
+def test_compare_configs_names_added_plugins_and_ignores_fields_a_version_lacks():
+    from spactor.config import as_dict, load_config
+
+    saved = as_dict(load_config("sc", ["model.size=tiny"]))
+    _, refused = compare_configs(saved, load_config("spactor", ["model.size=tiny"]))
+    assert refused == ["objectives.mlm_mask added", "objectives.rtd added",
+                       "objectives.span_corruption.weight 1.0 -> 10.0", "schedules.two_stage added"]
+    del saved["trainer"]["max_consecutive_skips"]  # as written by a spactor without that field
+    del saved["objectives"]["span_corruption"]["weight"]
+    assert compare_configs(saved, load_config("sc", ["model.size=tiny"])) == ([], [])
+
+
 # --------------------------------------------------------------------------- 2: one writer
 
 
