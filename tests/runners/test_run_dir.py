@@ -363,6 +363,8 @@ def test_flops_after_the_switch_follow_the_stage_whatever_tau_says_on_resume(spa
     assert r[5]["flops_per_step"] == r[6]["flops_per_step"] == f2
     assert r[6]["flops_cum"] == pytest.approx(3 * f1 + 3 * f2, rel=1e-12)
     assert r[6]["flops_normalized"] == pytest.approx((3 * f1 + 3 * f2) / (6 * baseline), rel=1e-12)
+    manifest = json.loads((run / "checkpoints" / "step_00000006" / "manifest.json").read_text())
+    assert manifest["shared"]["flops"]["steps_by_stage"] == {"1": 3, "2": 3}  # kept across the resume
 
 
 def test_a_resume_before_the_switch_with_a_lower_tau_logs_the_switch(spactor_run, tmp_path):
