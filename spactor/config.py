@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import inspect
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,11 +202,14 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
 
 def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> Any:
     """A recipe's YAML; a top-level ``base: <recipe>`` is loaded first and this recipe is
-    merged over it, so a variant states only what it changes."""
-    if recipe in _seen:
-        raise ConfigError(f"recipe '{recipe}' inherits from itself ({' -> '.join(_seen + (recipe,))})")
+    merged over it, so a variant states only what it changes. A relative ``base`` path is
+    found beside the recipe that names it, not in the working directory."""
+    path = recipe_path(recipe)
+    key = str(path.resolve())
+    if key in _seen:
+        raise ConfigError(f"recipe '{recipe}' inherits from itself ({' -> '.join(_seen + (key,))})")
     try:
-        raw = OmegaConf.load(recipe_path(recipe))
+        raw = OmegaConf.load(path)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot parse recipe '{recipe}': {e}") from None
     if not isinstance(raw, DictConfig):
@@ -213,8 +217,26 @@ def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> Any:
     base = raw.pop("base", None)
     if base is None:
         return raw
-    parent = load_recipe(str(base), _seen + (recipe,))
+    parent = load_recipe(base_path(str(base), recipe, path), _seen + (key,))
     return OmegaConf.merge(parent, raw)
+
+
+def base_path(base: str, recipe: str, recipe_file: Path) -> str:
+    """Where ``base: <base>`` in ``recipe`` (read from ``recipe_file``) points: a path
+    relative to that file's folder, an absolute path, or a built-in recipe's name."""
+    candidate = Path(base).expanduser()
+    if not candidate.is_absolute():
+        candidate = recipe_file.parent / candidate
+    if candidate.is_file():
+        return str(candidate)
+    looks_like_path = Path(base).suffix in (".yaml", ".yml") or "/" in base or os.sep in base
+    if looks_like_path:
+        raise ConfigError(f"recipe '{recipe}': base '{base}' does not exist (looked for {candidate})")
+    try:
+        recipe_path(base)
+    except ConfigError as e:
+        raise ConfigError(f"recipe '{recipe}': base: {e}") from None
+    return base
 
 
 def resolve(data: dict[str, Any], recipe: str | None = None) -> Resolved:

@@ -592,3 +592,63 @@ def check_knobs_and_schedules(resolved: Resolved) -> None:
         raise
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"schedules: {e}") from None
+
+
+# --------------------------------------------------------------------------- before training
+
+
+def check_generator_checkpoints(resolved: Resolved, tokenizer: str | None = None) -> list[str]:
+    """What ``spactor train`` checks before it builds data or a model: a frozen RTD
+    generator (Fast-ELECTRA) has a ``generator_checkpoint``, and every configured one
+    exists and holds a generator of this recipe's dimensions and vocabulary (read from
+    its metadata; no weights are loaded). Returns one line per generator saying where
+    it comes from. ``tokenizer``: the SentencePiece model the run will use (default
+    ``data.tokenizer``). Not part of :func:`validate`: ``flops`` and ``preview`` of a
+    frozen recipe need no trained generator."""
+    import torch
+
+    lines: list[str] = []
+    for name, plugin in resolved.objectives.items():
+        if plugin.type != "rtd":
+            continue
+        cfg, key = plugin.config, f"objectives.{name}.generator_checkpoint"
+        path = getattr(cfg, "generator_checkpoint", None)
+        if not path:
+            if getattr(cfg, "frozen", False):
+                fail(key, path, "a frozen generator must be loaded from a trained run: set it to a run "
+                                "directory, a checkpoint directory or a .pt state dict")
+            continue
+        if not os.path.exists(os.path.expanduser(path)):
+            fail(key, path, "no such file or directory")
+        rows = _vocab_rows(resolved, tokenizer)
+        if rows is None:
+            continue  # no readable tokenizer: the data set-up reports it
+        from spactor.architectures.generator import Generator, check_generator_checkpoint
+        from spactor.objectives.rtd import generator_config
+
+        hidden = check_model(resolved.model, resolved.cfg.data.input_length)
+        if hidden is None:
+            continue
+        with torch.device("meta"):
+            embedding = torch.nn.Embedding(rows, hidden)
+            generator = Generator(generator_config(cfg, hidden, resolved.cfg.data.input_length), embedding)
+        try:
+            source, step = check_generator_checkpoint(generator, os.path.expanduser(path), name)
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            fail(key, path, f"not usable: {message}")
+        lines.append(f"objectives.{name}: generator loaded from {source}"
+                     + (f" (step {step})" if step is not None else ""))
+    return lines
+
+
+def _vocab_rows(resolved: Resolved, tokenizer: str | None) -> int | None:
+    from spactor.data.tokenizer import Tokenizer, t5_vocab
+
+    path = tokenizer or resolved.cfg.data.tokenizer
+    if not path:
+        return t5_vocab(resolved.cfg.data.tokenizer_vocab_size).size
+    try:
+        return Tokenizer.load(os.path.expanduser(path)).vocab().size
+    except Exception:  # noqa: BLE001 — a missing or broken model is the data set-up's error to report
+        return None

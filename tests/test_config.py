@@ -55,3 +55,38 @@ def test_unknown_recipe_suggests_the_closest():
 def test_every_shipped_recipe_resolves():
     for name in recipe_names():
         load_config(name)
+
+
+def test_base_resolves_beside_the_recipe_that_names_it(tmp_path, monkeypatch):
+    recipes = tmp_path / "recipes"
+    (recipes / "sub").mkdir(parents=True)
+    (recipes / "parent.yaml").write_text("base: sc\ntrainer:\n  max_steps: 7\n  seed: 3\n")
+    (recipes / "child.yaml").write_text("base: parent.yaml\ntrainer:\n  max_steps: 9\n")
+    (recipes / "sub" / "grandchild.yaml").write_text("base: ../child.yaml\ntrainer:\n  batch_size: 4\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # neither the recipes' folder nor the repository
+    resolved = load_config(str(recipes / "sub" / "grandchild.yaml"))
+    trainer = resolved.cfg.trainer
+    assert (trainer.max_steps, trainer.seed, trainer.batch_size) == (9, 3, 4)
+    assert "span_corruption" in resolved.objectives  # from sc, the built-in recipe parent.yaml names
+
+
+def test_a_missing_base_names_the_recipe_that_asked(tmp_path, monkeypatch):
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\n")
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(tmp_path / "child.yaml"))
+    message = str(err.value)
+    assert f"recipe '{tmp_path / 'child.yaml'}'" in message and "base 'parent.yaml' does not exist" in message
+    assert str(tmp_path / "parent.yaml") in message and "\n" not in message
+    (tmp_path / "child.yaml").write_text("base: no_such_recipe\n")
+    with pytest.raises(ConfigError, match=r"recipe '.*child.yaml': base: unknown recipe 'no_such_recipe'"):
+        load_config(str(tmp_path / "child.yaml"))
+
+
+def test_a_recipe_that_inherits_from_itself_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        load_config(str(tmp_path / "a.yaml"))

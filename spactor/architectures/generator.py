@@ -227,6 +227,44 @@ def _dcp_tensor_keys(dcp_dir: Path) -> tuple[list[str], dict[str, tuple[torch.Si
     return list(shapes), shapes
 
 
+def check_generator_checkpoint(
+    generator: Generator, path: str | Path, objective_name: str = "rtd"
+) -> tuple[str, int | None]:
+    """Check, from metadata only (DCP ``.metadata`` or the ``.pt``'s tensor shapes), that
+    ``path`` holds weights for every tensor of ``generator`` with the same shapes; return
+    (the source :func:`load_generator_weights` will read, its checkpoint step or None).
+    ``generator`` may live on the meta device. Raises FileNotFoundError / KeyError /
+    ValueError saying what does not match."""
+    wanted = {k: tuple(v.shape) for k, v in generator.state_dict().items()}
+    kind, source = _locate(Path(path))
+    if kind == "dcp":
+        keys, meta = _dcp_tensor_keys(source)
+        shapes = {k: tuple(size) for k, (size, _) in meta.items()}
+    else:
+        state = torch.load(source, map_location="meta", weights_only=True)
+        if isinstance(state.get("model"), dict):
+            state = state["model"]
+        shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    mapping = _key_mapping(shapes, set(wanted), objective_name, source)
+    for local, full in sorted(mapping.items()):
+        if shapes[full] != wanted[local]:
+            vocabulary = local == EMBEDDING_KEY and shapes[full][1:] == wanted[local][1:]
+            raise ValueError(
+                f"generator checkpoint {source}: {full} has shape {list(shapes[full])}, this recipe's "
+                f"generator needs {list(wanted[local])}" + (" (another vocabulary?)" if vocabulary else "")
+            )
+    step = None
+    manifest = source.parent / "manifest.json"  # a run's step_N/dcp: the step is in step_N's manifest
+    if kind == "dcp" and manifest.is_file():
+        import json
+
+        try:
+            step = int(json.loads(manifest.read_text())["step"])
+        except (ValueError, KeyError, TypeError, OSError):
+            step = None
+    return str(source), step
+
+
 def _key_mapping(keys: Iterable[str], wanted: set[str], name: str, source: Path) -> dict[str, str]:
     """G-local key → key in the source, for every key of ``wanted``."""
     keys = set(keys)

@@ -572,9 +572,12 @@ def flops_report(
     elementwise: bool = False,
     tau: int | None = None,
     device: torch.device | str = "cpu",
+    every_stage: bool = False,
 ) -> FlopsReport:
     """Count every stage the recipe runs and its baseline. ``tau`` overrides the switch
-    step (for a schedule that decides it during training). Builds the model once."""
+    step (for a schedule that decides it during training). ``every_stage``: also count a
+    stage this config would not reach (the runner's tracker: a resumed run may be past
+    a switch its new τ puts later, or before one it puts earlier). Builds the model once."""
     resolved = _without_checkpoint_loading(resolved)
     cfg = resolved.cfg
     vocab = vocab or count_vocab(cfg.data)
@@ -594,7 +597,8 @@ def flops_report(
             switch = min((s for s in found if s is not None), default=None)
         if not _has_stage2(objectives) or (switch is not None and switch >= max_steps):
             switch = None  # nothing would be left to train, or the run ends first
-        runs_stage2 = _has_stage2(objectives) and (switch is not None or _can_switch_later(schedules))
+        may_switch = switch is not None or _can_switch_later(schedules) or every_stage
+        runs_stage2 = _has_stage2(objectives) and may_switch
         if runs_stage2 and switch is None:
             notes.append(
                 "the switch to stage 2 is decided during training: cumulative FLOPs assume stage 1 "
@@ -608,7 +612,7 @@ def flops_report(
 
         stages: list[StageFlops] = []
         apply_knobs(objectives, schedules.values(0))
-        if switch != 0:
+        if switch != 0 or every_stage:
             steps1 = switch if switch is not None else (None if runs_stage2 else max_steps)
             stages.append(StageFlops("stage1", 1, 0, steps1, count(1)))
         if runs_stage2:

@@ -88,12 +88,14 @@ class FlopsTracker:
         self.world_size = world_size
         self.flops_cum = 0.0
         self.steps = 0
+        self.steps_by_stage: dict[int, int] = {}  # steps counted in each stage, resumes included
         self._window = 0.0
 
     def update(self, stage: int, step: int | None = None) -> dict[str, float]:
         per_step = self._per_step(stage)
         self.flops_cum += per_step
         self.steps = self.steps + 1 if step is None else step
+        self.steps_by_stage[stage] = self.steps_by_stage.get(stage, 0) + 1
         self._window += per_step
         return {
             "flops_per_step": per_step,
@@ -117,11 +119,13 @@ class FlopsTracker:
         return value
 
     def state_dict(self) -> dict[str, Any]:
-        return {"flops_cum": self.flops_cum, "steps": self.steps}
+        return {"flops_cum": self.flops_cum, "steps": self.steps,
+                "steps_by_stage": {str(k): v for k, v in self.steps_by_stage.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.flops_cum = float(state.get("flops_cum", 0.0))
         self.steps = int(state.get("steps", 0))
+        self.steps_by_stage = {int(k): int(v) for k, v in state.get("steps_by_stage", {}).items()}
 
 
 def tracker_for(
@@ -135,7 +139,10 @@ def tracker_for(
     T5-Large on a few CPU cores; it builds a second, temporary copy of the model there).
     The peak comes from ``runtime.peak_tflops`` when the config has that key, else from
     the GPU's name; none on CPU, so MFU is then None."""
-    report = flops_report(resolved, device=count_device if count_device is not None else device)
+    # Every stage the recipe has: the stage a step runs in decides its FLOPs, whatever the
+    # (possibly changed on resume) τ says.
+    count_on = count_device if count_device is not None else device
+    report = flops_report(resolved, device=count_on, every_stage=True)
     override = getattr(resolved.cfg.runtime, "peak_tflops", None)
     peak = peak_tflops(override=override) if device.type == "cuda" or override is not None else None
     return FlopsTracker(report, peak_tflops=peak, world_size=world_size)

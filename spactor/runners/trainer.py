@@ -35,6 +35,7 @@ from spactor.runners.checkpoint import Checkpointer
 from spactor.runners.data import build_data
 from spactor.runners.metrics import MetricsWriter, Progress
 from spactor.runners.optim import set_lr
+from spactor.runners.run_dir import RunDirLock, open_run_dir, start_run_dir, with_tokenizer, write_config
 from spactor.runners.stages import (
     apply_knobs,
     knob_values,
@@ -44,6 +45,7 @@ from spactor.runners.stages import (
 )
 from spactor.runners.step import StepContext, TrainModules, evaluate, train_step
 from spactor.schedules.base import build as build_schedules
+from spactor.validation import check_generator_checkpoints
 
 
 class NonFiniteStop(FloatingPointError):
@@ -257,6 +259,14 @@ def checkpoint_shared(path: Path) -> dict[str, Any]:
 
 
 def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) -> TrainResult:
+    lock = RunDirLock()  # one writer per run directory (rank 0 holds it)
+    try:
+        return _train(resolved, resume_dir, lock)
+    finally:
+        lock.release()
+
+
+def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: RunDirLock) -> TrainResult:
     cfg = resolved.cfg
     tcfg = cfg.trainer
     info = parallel.init_distributed(resolve_device(cfg.runtime.device))
@@ -266,26 +276,30 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
 
     run_dir = shared_run_dir(resolved, resume_dir, info)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
-    resume_from = None
-    if resume_dir is not None or not cfg.run.fresh:
-        resume_from, skipped = checkpointer.latest_valid()
-        for problem in skipped if info.is_main else []:
-            print(f"skipping checkpoint {problem}", flush=True)
-    if resume_from is None and checkpointer.list() and not cfg.run.fresh:
-        raise RuntimeError(
-            f"every checkpoint in {checkpointer.root} failed verification; refusing to start over "
-            "on top of them (run.fresh=true starts a new run there)"
-        )
+    # Lock, find the checkpoint, check the config against the run's: nothing is written yet.
+    opened = open_run_dir(run_dir, resolved, checkpointer, explicit=resume_dir is not None,
+                          lock=lock, is_main=info.is_main)
+    resume_from = opened.resume_from
+    if opened.finished is not None:
+        if info.is_main:
+            print(opened.finished, flush=True)
+        return TrainResult(run_dir=run_dir, steps=opened.step, start_step=opened.step)
+    for line in check_generator_checkpoints(resolved, opened.tokenizer):
+        if info.is_main:
+            print(line, flush=True)
 
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
-    data = build_data(resolved, device=device, run_dir=None)  # bad data fails before the run dir exists
+    # bad data fails before the run dir exists; a resumed run reads its own tokenizer
+    data = build_data(with_tokenizer(resolved, opened.tokenizer), device=device, run_dir=None)
     if info.is_main:
-        if resume_from is None and cfg.run.fresh:
-            for old in checkpointer.list():
-                shutil.rmtree(old)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(resolved.to_yaml())
-        data.tokenizer.save(run_dir / "spiece.model")  # the run directory is self-contained
+        if not lock.held:
+            lock.acquire(run_dir)
+        if resume_from is None:
+            if cfg.run.fresh:
+                for old in checkpointer.list():
+                    shutil.rmtree(old)
+            start_run_dir(run_dir, resolved, data.tokenizer)  # config, spiece.model, identity
     model = build_model(resolved, data.vocab)
     objectives = build_objectives(resolved, data.vocab, model)
     data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
@@ -298,8 +312,8 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
         shared = checkpoint_shared(resume_from)
         stage = int(shared.get("stage", 1))
         schedules.load_state_dict(shared.get("schedules", {}))
-    if stage == 1 and schedules.stage(int(shared.get("step", 0))) == 2:
-        stage = 2  # tau = 0: the SC baseline from the first step
+    if stage == 1 and resume_from is None and schedules.stage(0) == 2:
+        stage = 2  # tau = 0: the SC baseline from the first step (a resumed run switches in the loop)
     if stage == 2:
         release_stage1(modules, objectives, optimizer=None)  # before the optimizer exists
 
@@ -332,6 +346,9 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
                   "schedules resume; the data stream restarts on the new sharding", flush=True)
         if info.is_main:
             print(f"resumed from {resumed.path} at step {step} (stage {stage})", flush=True)
+            for change in opened.applied:
+                print(f"resume applies {change}", flush=True)
+            write_config(run_dir, resolved)  # loaded and compatible: now the run's config
     start_step = step
 
     metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard=cfg.run.tensorboard)
