@@ -118,11 +118,13 @@ class Packer:
         return chunks
 
 
-def pack_documents(docs: Iterable[list[int]], length: int, eos_id: int) -> Iterator[list[int]]:
-    """Append ``eos_id`` to every document, concatenate, cut into ``length``-token
-    chunks; a final partial chunk is dropped (streams never end in training)."""
+def pack_documents(docs: Iterable[list[int]], length: int, eos_id: int | None) -> Iterator[list[int]]:
+    """Append ``eos_id`` to every document (``None``: nothing, T5's
+    ``reduce_concat_tokens``), concatenate, cut into ``length``-token chunks; a final
+    partial chunk is dropped (streams never end in training)."""
     packer = Packer(length)
+    separator = () if eos_id is None else (eos_id,)
     for doc in docs:
         packer.add(doc)
-        packer.add((eos_id,))
+        packer.add(separator)
         yield from packer.take_chunks()

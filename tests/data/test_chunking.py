@@ -97,6 +97,12 @@ def test_pack_documents_round_trip():
     assert list(itertools.chain(*chunks)) == stream[: 4 * (len(stream) // 4)]
 
 
+def test_pack_documents_without_separator():
+    docs = [[5, 6, 7], [8], [], [9, 10, 11, 12, 13]]
+    chunks = list(pack_documents(docs, 3, eos_id=None))
+    assert chunks == [[5, 6, 7], [8, 9, 10], [11, 12, 13]]
+
+
 def test_packer_carries_remainder():
     packer = Packer(3, carry=[1, 2])
     assert packer.take_chunks() == []
