@@ -368,6 +368,7 @@ CHOICES: dict[str, dict[str, tuple[str, str]]] = {
     "rtd": {
         "generator_logits": ("spactor.objectives.rtd", "LOGIT_MODES"),
         "embedding_sharing": ("spactor.architectures.generator", "SHARING_MODES"),
+        "generator_head": ("spactor.architectures.generator", "HEADS"),
     },
 }
 
