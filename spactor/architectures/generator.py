@@ -114,11 +114,14 @@ class Generator(nn.Module):
         self.proj_in = nn.Linear(self.embedding_dim, cfg.d_model, bias=bias) if width_differs else None
         self.body = EncoderBody(self.spec)
         electra_head = cfg.head == "electra"
-        self.proj_out = (
-            nn.Linear(cfg.d_model, self.embedding_dim, bias=bias) if width_differs and not electra_head else None
-        )
-        self.head_dense = nn.Linear(cfg.d_model, self.embedding_dim) if electra_head else None
-        self.head_norm = nn.LayerNorm(self.embedding_dim, eps=ELECTRA_LAYER_NORM_EPS) if electra_head else None
+        self.proj_out: nn.Linear | None = None
+        self.head_dense: nn.Linear | None = None
+        self.head_norm: nn.LayerNorm | None = None
+        if electra_head:  # its dense maps G's width to the embedding's: no proj_out
+            self.head_dense = nn.Linear(cfg.d_model, self.embedding_dim)
+            self.head_norm = nn.LayerNorm(self.embedding_dim, eps=ELECTRA_LAYER_NORM_EPS)
+        elif width_differs:
+            self.proj_out = nn.Linear(cfg.d_model, self.embedding_dim, bias=bias)
         self.output_bias = nn.Parameter(torch.zeros(self.vocab_size))
         self.output_scale = self.embedding_dim**-0.5 if self.spec.t5_style else 1.0
         self.init_weights()
@@ -260,8 +263,8 @@ def _key_mapping(keys: Iterable[str], wanted: set[str], name: str, source: Path)
     here = "electra" if ELECTRA_HEAD_KEY in wanted else "linear"
     if trained != here:
         raise KeyError(
-            f"generator checkpoint {source}: its generator was trained with generator_head {trained}, this one "
-            f"has {here}; set objectives.{name}.generator_head: {trained}"
+            f"generator checkpoint {source}: its generator was trained with generator_head {trained}, "
+            f"this one has {here}; set objectives.{name}.generator_head: {trained}"
         )
     mapping = {k: prefix + k for k in wanted if prefix + k in keys}
     if EMBEDDING_KEY in wanted and EMBEDDING_KEY not in mapping:

@@ -58,7 +58,7 @@ _DIM_FIELDS = ("d_model", "d_ff", "num_heads", "num_layers", "d_kv")
 class T5Config:
     """T5 architecture knobs; ``None`` dimensions come from the ``size`` preset."""
 
-    version: str = "1.0"  # "1.0": ReLU FFN, tied head | "1.1": gated-GELU FFN, untied head (see tie_embeddings)
+    version: str = "1.0"  # "1.0": ReLU FFN, tied head | "1.1": gated-GELU FFN, untied head (tie_embeddings)
     size: str = "base"  # tiny | small | base | large
     d_model: int | None = None
     d_ff: int | None = None

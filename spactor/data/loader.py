@@ -138,7 +138,9 @@ class PackedChunks(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
         if document_separator not in DOCUMENT_SEPARATORS:
-            raise ValueError(f"document_separator must be one of {DOCUMENT_SEPARATORS}, got {document_separator!r}")
+            raise ValueError(
+                f"document_separator must be one of {DOCUMENT_SEPARATORS}, got {document_separator!r}"
+            )
         if raw_length < 1 or encode_batch_size < 1 or shuffle_window < 0:
             raise ValueError("raw_length and encode_batch_size must be >= 1, shuffle_window >= 0")
         if getattr(source, "pretokenized", False):

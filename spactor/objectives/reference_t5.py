@@ -33,7 +33,9 @@ def noise_span_counts(length: int, noise_density: float, mean_noise_span_length:
     return num_noise_tokens, num_noise_spans
 
 
-def _helper_counts(tokens_length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+def _helper_counts(
+    tokens_length: int, noise_density: float, mean_noise_span_length: float
+) -> tuple[int, int]:
     """The counts inside T5's ``random_spans_helper``: Python floats (float64) and
     ``round``, no clamping — not always the mask's counts."""
     num_noise_tokens = int(round(tokens_length * noise_density))

@@ -76,7 +76,7 @@ class RTDConfig:
     generator_dropout: float = 0.0
     frozen: bool = False  # Fast-ELECTRA: no gradient, no optimizer state for G
     generator_checkpoint: str | None = None  # run / checkpoint / DCP directory, or a .pt state dict
-    generator_head: str = "linear"  # linear (SpacTor Eq. 3) | electra (dense → GELU → LayerNorm, as ELECTRA)
+    generator_head: str = "linear"  # linear (SpacTor Eq. 3) | electra (ELECTRA: dense → GELU → LayerNorm)
 
 
 # -- sampling and metrics --------------------------------------------------------------------

@@ -234,5 +234,6 @@ def test_generator_head_travels_with_the_checkpoint(tmp_path: Path):
             cfg = {"embedding_sharing": "none", "d_model": d_model, "num_heads": d_model // 16}
             state = Generator(gen_cfg(**cfg, head=trained), embedding()).state_dict()
             torch.save({f"objectives.rtd.generator.{k}": v for k, v in state.items()}, tmp_path / "g.pt")
-            with pytest.raises(KeyError, match=f"trained with generator_head {trained}.*generator_head: {trained}"):
+            expected = f"trained with generator_head {trained}.*generator_head: {trained}"
+            with pytest.raises(KeyError, match=expected):
                 load_generator_weights(Generator(gen_cfg(**cfg, head=here), embedding()), tmp_path / "g.pt")

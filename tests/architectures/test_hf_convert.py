@@ -187,9 +187,11 @@ def test_tied_v1_1_from_transformers_imports_with_its_scaled_head(transformers, 
 
     assert "lm_head.weight" not in read_hf_weights(tmp_path / "hf")
     init_from = f"hf:{tmp_path / 'hf'}"
-    with pytest.raises(ValueError, match=r"tie_word_embeddings: checkpoint True, model False.*model\.tie_embeddings"):
+    refused = r"tie_word_embeddings: checkpoint True, model False.*model\.tie_embeddings"
+    with pytest.raises(ValueError, match=refused):
         build_t5(T5Config(version="1.1", size="tiny", init_from=init_from), VOCAB)
-    model = build_t5(T5Config(version="1.1", size="tiny", tie_embeddings=True, init_from=init_from), VOCAB).eval()
+    tied = T5Config(version="1.1", size="tiny", tie_embeddings=True, init_from=init_from)
+    model = build_t5(tied, VOCAB).eval()
     assert model.lm_head is None
     ids, decoder_ids, mask = inputs()
     expected = hf_logits(hf, ids, decoder_ids, mask)

@@ -44,9 +44,8 @@ def test_document_separator_none_joins_documents_as_t5(small_tokenizer, docs):
     tok = small_tokenizer
     expected = [t for d in docs for t in tok.encode(d)]
     for source_docs in (docs, [tok.encode(d) for d in docs]):
-        loader = build_loader(
-            ListSource(source_docs), tok, raw_length=16, batch_size=4, shuffle_window=0, document_separator="none"
-        )
+        source = ListSource(source_docs)
+        loader = build_loader(source, tok, 16, 4, shuffle_window=0, document_separator="none")
         flat = torch.cat(take(loader, 4)).flatten().tolist()
         assert flat == expected[: len(flat)]
         assert tok.eos_id not in flat

@@ -241,8 +241,9 @@ def test_electra_generator_head_through_a_dcp_checkpoint(tmp_path: Path):
         dcp.save(state, checkpoint_id=step_dir / "dcp")
     (step_dir / "manifest.json").write_text(json.dumps({"step": 3}))
     loaded = build(
-        model, embedding_sharing="none", generator_head="electra", frozen=True, generator_checkpoint=str(tmp_path)
-    )
+        model, embedding_sharing="none", generator_head="electra", frozen=True,
+        generator_checkpoint=str(tmp_path),
+    )  # fmt: skip
     assert_same_generator(source, loaded)
     with pytest.raises(KeyError, match="generator_head: electra"):
         build(model, embedding_sharing="none", frozen=True, generator_checkpoint=str(tmp_path))
