@@ -79,6 +79,7 @@ class DataConfig:
     validation_fraction: float = 0.01  # documents held out for validation
     num_workers: int = 0
     backend: str = "default"  # default | fairseq2 (optional extra spactor[fairseq2]; same batches)
+    document_separator: str = "eos"  # eos | none: what goes between packed documents (T5: none)
 
 
 @dataclass

@@ -151,6 +151,7 @@ def check_data(d: Any) -> None:
     at_least("data.num_workers", d.num_workers, 0)
     positive_int("data.tokenizer_vocab_size", d.tokenizer_vocab_size)
     one_of("data.backend", getattr(d, "backend", "default"), ("default", "fairseq2"))
+    one_of("data.document_separator", getattr(d, "document_separator", "eos"), ("eos", "none"))
     import spactor.data.sources  # noqa: F401 — registers the built-in sources
     from spactor.registry import SOURCES, RegistryError
 
@@ -369,6 +370,7 @@ CHOICES: dict[str, dict[str, tuple[str, str]]] = {
     "rtd": {
         "generator_logits": ("spactor.objectives.rtd", "LOGIT_MODES"),
         "embedding_sharing": ("spactor.architectures.generator", "SHARING_MODES"),
+        "generator_head": ("spactor.architectures.generator", "HEADS"),
     },
 }
 

@@ -48,6 +48,13 @@ CASES = [
     ("sc", ["data.num_workers=-1"], "data.num_workers: -1 —", ">= 0"),
     ("sc", ["data.tokenizer_vocab_size=0"], "data.tokenizer_vocab_size: 0 —", "positive integer"),
     ("sc", ["data.source=jsnl"], "data.source: 'jsnl' —", "did you mean 'jsonl'?"),
+    ("sc", ["data.document_separator=newline"], "data.document_separator: 'newline' —", "eos, none"),
+    (
+        "electra",
+        ["objectives.rtd.generator_head=mlp"],
+        "objectives.rtd.generator_head: 'mlp' —",
+        "linear, electra",
+    ),
     ("sc", ["data.source=jsonl"], "data.paths: [] —", "needs at least one file or glob"),
     ("sc", ["data.source_options.min_char=3"], "data.source_options.min_char: 3 —", "valid: min_chars"),
     (

@@ -17,9 +17,16 @@ In every mode G's embedding has D's width, so a generator trained with one mode 
 another. Where G's width ``d_model`` differs, a Linear projects in (embedding → G) and out
 (G → embedding).
 
-Output logits are a linear projection to the vocabulary tied to the embedding G reads (D's
-when shared: the paper's W^G is then the shared embedder), plus a per-token bias. With the
-T5 layout (``norm: rmsnorm``, embedding std 1) the tied projection is scaled by
+Output logits are a projection to the vocabulary tied to the embedding G reads (D's when
+shared: the paper's W^G is then the shared embedder), plus a per-token bias. ``head``
+says what comes before it:
+
+* ``linear`` — nothing (SpacTor's Eq. 3); a Linear ``proj_out`` only where G's width
+  differs from the embedding's.
+* ``electra`` — ELECTRA's ``get_token_logits``: dense (G's width → the embedding's, with
+  bias) → GELU (erf) → LayerNorm (eps 1e-12), which also takes ``proj_out``'s place.
+
+With the T5 layout (``norm: rmsnorm``, embedding std 1) the tied projection is scaled by
 ``embedding_dim^-0.5`` as T5 v1.0 does; BERT-style embeddings (std 0.02) are not scaled.
 So match G's ``norm`` to D's.
 
@@ -44,8 +51,11 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from spactor.architectures.encoder import EncoderBody, EncoderSpec
 
 SHARING_MODES = ("shared", "none", "gdes")
+HEADS = ("linear", "electra")  # what precedes the tied output projection
+ELECTRA_LAYER_NORM_EPS = 1e-12  # tf.contrib.layers.layer_norm's, which ELECTRA uses
 EMBEDDING_KEY = "embedding.weight"  # G's own embedding in its state dict (none, gdes)
 DISCRIMINATOR_EMBEDDING_KEY = "model.token_embedding.weight"  # D's, inside a run's ``model``
+ELECTRA_HEAD_KEY = "head_dense.weight"  # present exactly when a generator has head: electra
 
 
 @dataclass
@@ -61,6 +71,7 @@ class GeneratorConfig:
     dropout: float = 0.0
     attention: str = "sdpa"
     embedding_sharing: str = "shared"  # shared | none | gdes
+    head: str = "linear"  # linear (SpacTor Eq. 3) | electra (dense → GELU → LayerNorm first)
 
 
 class Generator(nn.Module):
@@ -73,6 +84,8 @@ class Generator(nn.Module):
             raise ValueError(
                 f"unknown embedding_sharing '{cfg.embedding_sharing}'; valid: {', '.join(SHARING_MODES)}"
             )
+        if cfg.head not in HEADS:
+            raise ValueError(f"unknown generator head '{cfg.head}'; valid: {', '.join(HEADS)}")
         self.config = cfg
         self.spec = EncoderSpec(
             d_model=cfg.d_model,
@@ -100,7 +113,15 @@ class Generator(nn.Module):
         bias = not self.spec.t5_style
         self.proj_in = nn.Linear(self.embedding_dim, cfg.d_model, bias=bias) if width_differs else None
         self.body = EncoderBody(self.spec)
-        self.proj_out = nn.Linear(cfg.d_model, self.embedding_dim, bias=bias) if width_differs else None
+        electra_head = cfg.head == "electra"
+        self.proj_out: nn.Linear | None = None
+        self.head_dense: nn.Linear | None = None
+        self.head_norm: nn.LayerNorm | None = None
+        if electra_head:  # its dense maps G's width to the embedding's: no proj_out
+            self.head_dense = nn.Linear(cfg.d_model, self.embedding_dim)
+            self.head_norm = nn.LayerNorm(self.embedding_dim, eps=ELECTRA_LAYER_NORM_EPS)
+        elif width_differs:
+            self.proj_out = nn.Linear(cfg.d_model, self.embedding_dim, bias=bias)
         self.output_bias = nn.Parameter(torch.zeros(self.vocab_size))
         self.output_scale = self.embedding_dim**-0.5 if self.spec.t5_style else 1.0
         self.init_weights()
@@ -116,11 +137,14 @@ class Generator(nn.Module):
         spec = self.spec
         if self.embedding is not None:
             nn.init.normal_(self.embedding.weight, std=spec.embedding_std)
-        for proj in (self.proj_in, self.proj_out):
+        for proj in (self.proj_in, self.proj_out, self.head_dense):
             if proj is not None:
                 nn.init.normal_(proj.weight, std=spec.dense_std(proj.in_features))
                 if proj.bias is not None:
                     nn.init.zeros_(proj.bias)
+        if self.head_norm is not None:
+            nn.init.ones_(self.head_norm.weight)
+            nn.init.zeros_(self.head_norm.bias)
         self.body.init_weights()
         nn.init.zeros_(self.output_bias)
 
@@ -137,6 +161,8 @@ class Generator(nn.Module):
         """Vocabulary logits for G's hidden states of any leading shape."""
         if self.proj_out is not None:
             hidden = self.proj_out(hidden)
+        if self.head_dense is not None and self.head_norm is not None:
+            hidden = self.head_norm(F.gelu(self.head_dense(hidden)))
         return F.linear(hidden * self.output_scale, self.token_embedding.weight, self.output_bias)
 
     def masked_logits(
@@ -268,7 +294,16 @@ def check_generator_checkpoint(
 def _key_mapping(keys: Iterable[str], wanted: set[str], name: str, source: Path) -> dict[str, str]:
     """G-local key → key in the source, for every key of ``wanted``."""
     keys = set(keys)
-    prefix = _find_prefix(keys, wanted, name, source)
+    # Find G first by what both heads have, so that a head mismatch is named as such.
+    head_dependent = {k for k in wanted if k.startswith(("head_dense.", "head_norm.", "proj_out."))}
+    prefix = _find_prefix(keys, wanted - head_dependent, name, source)
+    trained = "electra" if prefix + ELECTRA_HEAD_KEY in keys else "linear"
+    here = "electra" if ELECTRA_HEAD_KEY in wanted else "linear"
+    if trained != here:
+        raise KeyError(
+            f"generator checkpoint {source}: its generator was trained with generator_head {trained}, "
+            f"this one has {here}; set objectives.{name}.generator_head: {trained}"
+        )
     mapping = {k: prefix + k for k in wanted if prefix + k in keys}
     if EMBEDDING_KEY in wanted and EMBEDDING_KEY not in mapping:
         # Trained with shared embeddings: D's embedding of the same run is G's.

@@ -4,12 +4,19 @@ The two models compute the same function; only parameter names differ (the mappi
 ``spactor/architectures/t5.py``'s docstring and in :data:`_RULES` below). Three things
 need more than a rename:
 
-* **tied head (v1.0)**: spactor has no ``lm_head`` module and HF ties ``lm_head`` to
-  ``shared``; the tensor is written once (``shared.weight``) and HF ties it on load.
-  Both scale the decoder output by ``d_model**-0.5`` before the tied projection (HF
-  does so exactly when the config says ``tie_word_embeddings: true``).
+* **tied head (v1.0, or ``model.tie_embeddings: true``)**: spactor has no ``lm_head``
+  module and HF ties ``lm_head`` to ``shared``; the tensor is written once
+  (``shared.weight``) and HF ties it on load. Both scale the decoder output by
+  ``d_model**-0.5`` before the tied projection (HF does so exactly when the config says
+  ``tie_word_embeddings: true``; transformers 5 records that as
+  ``scale_decoder_outputs``). A v1.1 that transformers 5 builds from a default config
+  is such a model: import it with ``model.version=1.1 model.tie_embeddings=true``.
 * **untied head (v1.1)**: ``lm_head.weight`` is written and the config says
   ``tie_word_embeddings: false``, which also turns off HF's output scaling.
+  transformers 5 ties every T5 head in memory, so a v1.1 it builds with
+  ``tie_word_embeddings=False`` saves no ``lm_head.weight`` (its head is ``shared``,
+  unscaled): that imports as an untied head initialised from ``shared.weight``, the
+  same logits, trained untied from there as Mesh TF's v1.1.
 * **relative position bias**: one table per stack in spactor; HF keeps it in block 0's
   self-attention (``...block.0.layer.0.SelfAttention.relative_attention_bias``).
 
@@ -143,7 +150,7 @@ def hf_to_t5_state_dict(sd: dict[str, torch.Tensor], cfg: T5Config) -> dict[str,
             if shared is not None and not torch.equal(value, shared):
                 raise ValueError(
                     "the checkpoint's lm_head.weight differs from shared.weight (an untied head), "
-                    "but T5 v1.0 ties them; use model.version=1.1"
+                    "but the configured T5 ties them; use model.version=1.1 (model.tie_embeddings=false)"
                 )
             continue
         renamed = hf_to_spactor_key(key)
@@ -157,6 +164,10 @@ def hf_to_t5_state_dict(sd: dict[str, torch.Tensor], cfg: T5Config) -> dict[str,
         )
     if "token_embedding.weight" not in out:
         raise ValueError("the checkpoint has no shared.weight (the token embedding)")
+    if not tied and "lm_head.weight" not in out:
+        # transformers 5 ties lm_head to shared in every T5 and then saves no lm_head
+        # (the config check has made sure its head is the unscaled one).
+        out["lm_head.weight"] = out["token_embedding.weight"].clone()
     with torch.device("meta"):  # only the parameter names; no memory, no init cost
         expected = T5Model(cfg, out["token_embedding.weight"].shape[0]).state_dict().keys()
     missing = sorted(set(expected) - set(out))
@@ -336,7 +347,8 @@ def load_hf_weights(model: T5Model, spec: str) -> Path:
     if problems:
         raise ConfigError(
             f"{where}: the checkpoint does not match the configured model ({'; '.join(problems)}); "
-            "set model.version/size/d_model/... (and data.tokenizer for the vocabulary) to match it"
+            "set model.version/size/d_model/... (model.tie_embeddings for the head, data.tokenizer for the "
+            "vocabulary) to match it"
         )
     if any(p.is_meta for p in model.parameters()):
         return path

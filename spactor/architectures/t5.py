@@ -10,7 +10,7 @@ Module names follow Hugging Face's where it is cheap (``q/k/v/o``, ``wi``/``wi_0
     encoder.blocks.N.ffn.*, ffn_norm         HF encoder.block.N.layer.1.DenseReluDense.*, layer_norm
     encoder.final_norm                       HF encoder.final_layer_norm
     decoder.blocks.N.cross_attn{,_norm}      HF decoder.block.N.layer.1.EncDecAttention / layer_norm
-    lm_head (v1.1 only)                      HF lm_head
+    lm_head (untied: v1.1 by default)        HF lm_head
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ _DIM_FIELDS = ("d_model", "d_ff", "num_heads", "num_layers", "d_kv")
 class T5Config:
     """T5 architecture knobs; ``None`` dimensions come from the ``size`` preset."""
 
-    version: str = "1.0"  # "1.0": ReLU FFN, tied head | "1.1": gated-GELU FFN, untied head
+    version: str = "1.0"  # "1.0": ReLU FFN, tied head | "1.1": gated-GELU FFN, untied head (tie_embeddings)
     size: str = "base"  # tiny | small | base | large
     d_model: int | None = None
     d_ff: int | None = None
@@ -73,6 +73,10 @@ class T5Config:
     init_std: float = 1.0  # T5's initializer factor: multiplies every init std
     vocab_size: int | None = None  # None: the tokenizer's size, given at build time
     init_from: str | None = None  # "hf:PATH": start from HF T5 weights (config.json + model.safetensors)
+    # None: the version's head (1.0 tied, 1.1 untied). true: the lm head is the token
+    # embedding, output scaled by d_model**-0.5 (HF's tie_word_embeddings: true, which
+    # transformers 5 also gives a v1.1 built from a default config); false: its own lm_head.
+    tie_embeddings: bool | None = None
 
 
 def _version(cfg: T5Config) -> str:
@@ -102,7 +106,7 @@ def resolve_t5_dims(cfg: T5Config) -> dict[str, Any]:
             dims[name] = int(value)
     dims.setdefault("num_decoder_layers", dims["num_layers"])
     dims["ffn"] = "relu" if version == "1.0" else "gated-gelu"
-    dims["tie_embeddings"] = version == "1.0"
+    dims["tie_embeddings"] = version == "1.0" if cfg.tie_embeddings is None else bool(cfg.tie_embeddings)
     return dims
 
 

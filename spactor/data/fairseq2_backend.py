@@ -236,6 +236,7 @@ class Fairseq2Loader:
         shuffle_window: int = 1024,
         encode_batch_size: int = 64,
         num_workers: int = 0,
+        document_separator: str = "eos",
     ) -> None:
         dp = _fairseq2()
         if batch_size < 1 or num_workers < 0:
@@ -252,6 +253,7 @@ class Fairseq2Loader:
             seed=seed,
             shuffle_window=shuffle_window,
             encode_batch_size=encode_batch_size,
+            document_separator=document_separator,
         )
         first_document(source)
         if split == "validation":
@@ -367,6 +369,7 @@ def build_fairseq2_loader(
         "shuffle_window",
         "encode_batch_size",
         "num_workers",
+        "document_separator",
     }
     return Fairseq2Loader(
         source, tokenizer, raw_length, batch_size, **{k: v for k, v in kwargs.items() if k in known}

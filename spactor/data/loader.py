@@ -43,6 +43,7 @@ from spactor.data.sources import SKIP_REASONS, DataError, Source, first_document
 from spactor.data.tokenizer import Tokenizer
 
 SPLITS = ("train", "validation")
+DOCUMENT_SEPARATORS = ("eos", "none")  # data.document_separator
 HOLDOUT_BUCKETS = 10_000
 STATE_VERSION = 1
 T = TypeVar("T")
@@ -126,6 +127,7 @@ class PackedChunks(IterableDataset):
         seed: int = 0,
         shuffle_window: int = 0,
         encode_batch_size: int = 64,
+        document_separator: str = "eos",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -135,6 +137,10 @@ class PackedChunks(IterableDataset):
             raise DataError("the validation split is empty: set validation_fraction > 0 (e.g. 0.01)")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        if document_separator not in DOCUMENT_SEPARATORS:
+            raise ValueError(
+                f"document_separator must be one of {DOCUMENT_SEPARATORS}, got {document_separator!r}"
+            )
         if raw_length < 1 or encode_batch_size < 1 or shuffle_window < 0:
             raise ValueError("raw_length and encode_batch_size must be >= 1, shuffle_window >= 0")
         if getattr(source, "pretokenized", False):
@@ -150,6 +156,7 @@ class PackedChunks(IterableDataset):
         self.seed = seed
         self.shuffle_window = shuffle_window if split == "train" else 0
         self.encode_batch_size = encode_batch_size
+        self.add_eos = document_separator == "eos"
         self._state = StreamState()
         self._resume = False
 
@@ -281,14 +288,17 @@ class PackedChunks(IterableDataset):
         st.carry = packer.carry
 
     def _encode(self, docs: list[Any], threads: int) -> list[list[int]]:
-        """Ids + EOS of each document: text is encoded in one batched call; a document
-        that already is ids (a ``pretokenized`` source's numpy array or list) is taken
-        as it is."""
+        """Ids of each document, + EOS unless ``document_separator`` is ``none`` (T5's
+        ``reduce_concat_tokens`` joins documents with nothing between them): text is
+        encoded in one batched call; a document that already is ids (a ``pretokenized``
+        source's numpy array or list) is taken as it is."""
         texts = [d for d in docs if isinstance(d, str)]
         if len(texts) == len(docs):
-            return self.tokenizer.encode_batch(docs, add_eos=True, num_threads=threads)
-        encoded = iter(self.tokenizer.encode_batch(texts, add_eos=True, num_threads=threads) if texts else ())
-        eos = [self.tokenizer.eos_id]
+            return self.tokenizer.encode_batch(docs, add_eos=self.add_eos, num_threads=threads)
+        encoded = iter(
+            self.tokenizer.encode_batch(texts, add_eos=self.add_eos, num_threads=threads) if texts else ()
+        )
+        eos = [self.tokenizer.eos_id] if self.add_eos else []
         return [
             next(encoded) if isinstance(d, str) else (d.tolist() if hasattr(d, "tolist") else list(d)) + eos
             for d in docs
@@ -366,6 +376,7 @@ def build_loader(
     shuffle_window: int = 1024,
     encode_batch_size: int = 64,
     num_workers: int = 0,
+    document_separator: str = "eos",
     **loader_kwargs: Any,
 ) -> StatefulDataLoader:
     """A checkpointable loader of ``{"original": LongTensor (batch_size, raw_length)}``.
@@ -388,6 +399,7 @@ def build_loader(
         seed=seed,
         shuffle_window=shuffle_window,
         encode_batch_size=encode_batch_size,
+        document_separator=document_separator,
     )
     # Fail here, with a clear message, rather than inside a worker or never.
     first_document(source)

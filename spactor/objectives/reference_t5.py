@@ -7,8 +7,9 @@ example at a time with an ``np.random.Generator``. It is meant to be obviously c
 not fast: the tests use it as the statistical reference for the vectorised torch version
 in ``span_corruption.py``, and the benchmarks as the baseline.
 
-It deliberately does not import ``span_corruption.py``; the counting rule is written
-again here so that a mistake in one shows up as a disagreement.
+It deliberately does not import ``span_corruption.py`` or ``spactor.data.chunking``; the
+counting rule and ``random_spans_helper`` are written again here from T5's code so that a
+mistake in one shows up as a disagreement.
 """
 
 from __future__ import annotations
@@ -19,14 +20,51 @@ from spactor.objectives.base import Vocab
 
 
 def noise_span_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
-    """(num_noise_tokens, num_noise_spans) for a chunk of ``length`` tokens."""
-    num_noise_tokens = round(length * noise_density)
+    """(num_noise_tokens, num_noise_spans) for a chunk of ``length`` tokens, as T5's
+    ``random_spans_noise_mask`` computes them in the graph: ``to_float`` is float32, the
+    Python float operand becomes float32 too, and ``tf.round`` rounds half to even."""
+    num_noise_tokens = int(np.round(np.float32(length) * np.float32(noise_density)))
     num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
-    num_noise_spans = round(num_noise_tokens / mean_noise_span_length)
+    num_noise_spans = int(np.round(np.float32(num_noise_tokens) / np.float32(mean_noise_span_length)))
     num_noise_spans = max(num_noise_spans, 1)
-    # Same cap as span_corruption.span_counts: T5 would create empty segments here.
+    # Not T5: the same cap as span_corruption.span_counts, where T5 would create empty
+    # segments (it only binds at density above ~μ/(μ+1) or μ < 1).
     num_noise_spans = min(num_noise_spans, num_noise_tokens, length - num_noise_tokens)
     return num_noise_tokens, num_noise_spans
+
+
+def _helper_counts(
+    tokens_length: int, noise_density: float, mean_noise_span_length: float
+) -> tuple[int, int]:
+    """The counts inside T5's ``random_spans_helper``: Python floats (float64) and
+    ``round``, no clamping — not always the mask's counts."""
+    num_noise_tokens = int(round(tokens_length * noise_density))
+    return num_noise_tokens, int(round(num_noise_tokens / mean_noise_span_length))
+
+
+def random_spans_helper(
+    inputs_length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    counts=_helper_counts,
+) -> tuple[int, int]:
+    """T5's ``random_spans_helper`` with one sentinel per span: (tokens_length,
+    targets_length). ``counts`` defaults to the helper's own float64 arithmetic; pass
+    ``noise_span_counts`` to run the same search on the counts the mask really uses."""
+
+    def lengths(tokens_length: int) -> tuple[int, int]:
+        num_noise_tokens, num_noise_spans = counts(tokens_length, noise_density, mean_noise_span_length)
+        num_nonnoise_tokens = tokens_length - num_noise_tokens
+        return num_nonnoise_tokens + num_noise_spans + 1, num_noise_tokens + num_noise_spans + 1
+
+    tokens_length = inputs_length - 1
+    while lengths(tokens_length + 1)[0] <= inputs_length:
+        tokens_length += 1
+    inputs_length, targets_length = lengths(tokens_length)
+    if noise_density == 0.5 and targets_length > inputs_length:
+        tokens_length -= 1
+        targets_length -= 1
+    return tokens_length, targets_length
 
 
 def random_segmentation(num_items: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:

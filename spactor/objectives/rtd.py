@@ -38,7 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spactor.architectures.generator import SHARING_MODES, Generator, GeneratorConfig, load_generator_weights
+from spactor.architectures.generator import (
+    HEADS,
+    SHARING_MODES,
+    Generator,
+    GeneratorConfig,
+    load_generator_weights,
+)
 from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
 from spactor.registry import OBJECTIVES
 
@@ -70,6 +76,7 @@ class RTDConfig:
     generator_dropout: float = 0.0
     frozen: bool = False  # Fast-ELECTRA: no gradient, no optimizer state for G
     generator_checkpoint: str | None = None  # run / checkpoint / DCP directory, or a .pt state dict
+    generator_head: str = "linear"  # linear (SpacTor Eq. 3) | electra (ELECTRA: dense → GELU → LayerNorm)
 
 
 # -- sampling and metrics --------------------------------------------------------------------
@@ -190,6 +197,7 @@ def _generator_config(
         max_positions=input_length,
         dropout=cfg.generator_dropout,
         embedding_sharing=cfg.embedding_sharing,
+        head=cfg.generator_head,
     )
 
 
@@ -212,6 +220,8 @@ class RTD(Objective):
             raise ValueError(
                 f"{where}.embedding_sharing: '{cfg.embedding_sharing}' not in {', '.join(SHARING_MODES)}"
             )
+        if cfg.generator_head not in HEADS:
+            raise ValueError(f"{where}.generator_head: '{cfg.generator_head}' not in {', '.join(HEADS)}")
         if cfg.frozen and cfg.embedding_sharing == "shared":
             raise ValueError(
                 f"{where}: a frozen generator cannot share D's token embedding (D keeps training it); "

@@ -8,7 +8,8 @@ tests hold this one to.
 For a raw chunk of ``N`` tokens:
 
 * ``num_noise = round(N * density)`` clamped to ``[1, N - 1]``;
-* ``num_spans = max(1, round(num_noise / mean_noise_span_length))``;
+* ``num_spans = max(1, round(num_noise / mean_noise_span_length))`` (both in float32,
+  rounded half to even, as T5's in-graph ``tf.round``);
 * the noise and the non-noise tokens are each split into ``num_spans`` positive parts by
   a uniformly random composition, and the parts are interleaved starting with non-noise;
 * each noise span becomes one sentinel in the encoder input, each non-noise span one
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from spactor.architectures.base import Architecture
+from spactor.data.chunking import noise_span_counts, span_corruption_lengths
 from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput, Vocab
 from spactor.registry import OBJECTIVES
 
@@ -65,21 +67,12 @@ class SpanCounts:
 
 
 def span_counts(length: int, noise_density: float, mean_noise_span_length: float) -> SpanCounts:
-    """T5's counting rule for a raw chunk of ``length`` tokens.
-
-    Rounding is Python's ``round`` on float64 (half to even), as in T5's
-    ``random_spans_helper``; T5's in-graph mask rounds in float32, which can differ only
-    when ``length * density`` lands within float32 error of a .5 boundary.
-    """
+    """T5's counting rule for a raw chunk of ``length`` tokens: the float32, half-to-even
+    arithmetic of ``random_spans_noise_mask``, with spactor's cap that keeps every span
+    non-empty (``spactor.data.chunking.noise_span_counts`` holds the one implementation)."""
     if length < 2:
         raise ValueError(f"{CONFIG_PATH}: span corruption needs at least 2 tokens per chunk, got {length}")
-    num_noise = round(length * noise_density)
-    num_noise = min(max(num_noise, 1), length - 1)
-    num_spans = max(1, round(num_noise / mean_noise_span_length))
-    # Every span must be non-empty. T5 would silently produce empty segments here (and
-    # then merge neighbouring spans, changing the sequence length per example); that only
-    # happens for degenerate settings (density above ~μ/(μ+1), or μ < 1), so cap instead.
-    num_spans = min(num_spans, num_noise, length - num_noise)
+    num_noise, num_spans = noise_span_counts(length, noise_density, mean_noise_span_length)
     return SpanCounts(length, num_noise, num_spans)
 
 
@@ -97,21 +90,13 @@ def check_sentinels(counts: SpanCounts, vocab: Vocab, name: str = "span_corrupti
 
 
 def max_raw_length(input_length: int, noise_density: float, mean_noise_span_length: float) -> int:
-    """Largest raw chunk whose corrupted encoder input fits in ``input_length`` tokens
-    (the inverse T5's ``random_spans_helper`` computes; ``spactor.data.chunking`` owns the
-    data-side version, the tests check the two agree)."""
-
-    def enc_len(n: int) -> int:
-        return span_counts(n, noise_density, mean_noise_span_length).encoder_length
-
-    if enc_len(2) > input_length:
+    """Raw chunk length for an encoder input of ``input_length`` tokens: T5's
+    ``random_spans_helper`` (the longest chunk that fits, one shorter at density 0.5
+    when the target would be longer than the input), from
+    ``spactor.data.chunking.span_corruption_lengths`` so that data and objective agree."""
+    if input_length < 3:  # a 2-token chunk, the shortest there is, corrupts to 3
         raise ValueError(f"{CONFIG_PATH}: input_length {input_length} is too short for span corruption")
-    # The encoder length never decreases as the chunk grows, so walk up from the first
-    # length known to fit (input_length itself fits whenever num_spans + 1 <= num_noise).
-    n = input_length if enc_len(input_length) <= input_length else 2
-    while enc_len(n + 1) <= input_length:
-        n += 1
-    return n
+    return span_corruption_lengths(input_length, noise_density, mean_noise_span_length)[0]
 
 
 # -- the vectorised transform ------------------------------------------------------------

@@ -95,6 +95,7 @@ class DataPipeline:
                 world_size=self.world_size,
                 seed=self.seed,
                 num_workers=num_workers,
+                document_separator=getattr(self.cfg, "document_separator", "eos"),
                 generator=generator,
             )
 

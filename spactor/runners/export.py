@@ -102,7 +102,7 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
     import torch
 
     from spactor.architectures.hf_convert import save_hf_pretrained
-    from spactor.architectures.t5 import T5Model, resolve_t5_dims
+    from spactor.architectures.t5 import T5Model
     from spactor.config import load_config
     from spactor.data.tokenizer import NUM_SENTINELS, Tokenizer
     from spactor.plugins import load_plugins
@@ -158,7 +158,7 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
         files += ["spiece.model", "tokenizer_config.json"]
     else:
         print(f"warning: {spiece} is missing; exported the weights without a tokenizer", flush=True)
-    version = "1.0" if resolve_t5_dims(cfg)["tie_embeddings"] else "1.1"
+    version = str(cfg.version)
     parameters = sum(p.numel() for p in model.parameters())
     return Exported(out, run_dir, checkpoint, step, version, parameters, files)
 

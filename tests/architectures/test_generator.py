@@ -139,3 +139,101 @@ def test_load_errors_are_clear(tmp_path: Path):
         load_generator_weights(bigger, tmp_path / "two.pt")
     with pytest.raises(FileNotFoundError):
         load_generator_weights(dst, tmp_path)
+
+
+# -- ELECTRA's head --------------------------------------------------------------------------
+
+
+def electra_token_logits(
+    hidden: torch.Tensor,
+    dense_w: torch.Tensor,
+    dense_b: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    table: torch.Tensor,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    """ELECTRA's generator head, written from run_pretraining.py's _get_masked_lm_output:
+    tf.layers.dense(units=embedding width, activation=gelu) with modeling.gelu's erf
+    form, modeling.layer_norm (contrib layer_norm, epsilon 1e-12), then
+    matmul(hidden, embedding_table, transpose_b=True) + output_bias."""
+    x = hidden.double() @ dense_w.double().T + dense_b.double()
+    x = x * 0.5 * (1.0 + torch.erf(x / 2.0**0.5))
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    x = (x - mean) / torch.sqrt(var + 1e-12) * gamma.double() + beta.double()
+    return x @ table.double().T + bias.double()
+
+
+@pytest.mark.parametrize("d_model", [32, D_MODEL])
+def test_electra_head_is_electras_get_token_logits(d_model: int):
+    emb = embedding()
+    with torch.no_grad():
+        emb.weight.mul_(0.02)  # BERT-style embedding scale: no T5 rescaling in the head
+    gen = Generator(gen_cfg(d_model=d_model, num_heads=d_model // 16, norm="layernorm", head="electra"), emb)
+    assert gen.proj_out is None  # the dense maps G's width to the embedding's itself
+    assert gen.head_dense.weight.shape == (D_MODEL, d_model)
+    with torch.no_grad():  # move every head parameter off its init so each one is exercised
+        for p in (gen.head_norm.weight, gen.head_norm.bias, gen.head_dense.bias, gen.output_bias):
+            p.normal_()
+    ids, attention, positions_mask = inputs()
+    hidden = gen.hidden_states(ids, attention)
+    reference = electra_token_logits(
+        hidden,
+        gen.head_dense.weight,
+        gen.head_dense.bias,
+        gen.head_norm.weight,
+        gen.head_norm.bias,
+        emb.weight,
+        gen.output_bias,
+    )
+    full = gen.logits_all(ids, attention)
+    assert (full.double() - reference).abs().max().item() < 1e-5
+    masked = gen.masked_logits(ids, attention, positions_mask)
+    assert torch.allclose(masked.double(), reference[positions_mask], atol=1e-5)
+
+
+def test_linear_head_is_the_tied_projection_alone():
+    gen = Generator(gen_cfg(d_model=D_MODEL, num_heads=4, norm="layernorm"), embedding())
+    assert gen.head_dense is None and gen.head_norm is None
+    ids, attention, _ = inputs()
+    hidden = gen.hidden_states(ids, attention)
+    expected = hidden @ gen.token_embedding.weight.T + gen.output_bias
+    assert torch.allclose(gen.logits_all(ids, attention), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="generator head"):
+        Generator(gen_cfg(head="mlp"), embedding())
+
+
+def test_electra_head_flops_are_its_dense_layer():
+    """At equal widths the electra head adds exactly its dense layer's matmul per row."""
+    ids, attention, positions_mask = inputs()
+    flops = {}
+    for head in ("linear", "electra"):
+        gen = Generator(gen_cfg(d_model=D_MODEL, num_heads=4, head=head), embedding())
+        with FlopCounterMode(display=False) as counter:
+            gen.masked_logits(ids, attention, positions_mask)
+        flops[head] = counter.get_total_flops()
+    assert flops["electra"] - flops["linear"] == 2 * int(positions_mask.sum()) * D_MODEL * D_MODEL
+
+
+def test_generator_head_travels_with_the_checkpoint(tmp_path: Path):
+    src = Generator(gen_cfg(embedding_sharing="none", head="electra"), embedding())
+    with torch.no_grad():
+        src.head_norm.weight.normal_()
+    run = tmp_path / "run.pt"
+    torch.save({"model": {f"objectives.rtd.generator.{k}": v for k, v in src.state_dict().items()}}, run)
+    dst = Generator(gen_cfg(embedding_sharing="none", head="electra"), embedding())
+    load_generator_weights(dst, run)
+    ids, attention, positions_mask = inputs()
+    assert torch.equal(
+        dst.masked_logits(ids, attention, positions_mask), src.masked_logits(ids, attention, positions_mask)
+    )
+    # A head mismatch is named, both ways, also where widths match and nothing else differs.
+    for trained, here in (("electra", "linear"), ("linear", "electra")):
+        for d_model in (32, D_MODEL):
+            cfg = {"embedding_sharing": "none", "d_model": d_model, "num_heads": d_model // 16}
+            state = Generator(gen_cfg(**cfg, head=trained), embedding()).state_dict()
+            torch.save({f"objectives.rtd.generator.{k}": v for k, v in state.items()}, tmp_path / "g.pt")
+            expected = f"trained with generator_head {trained}.*generator_head: {trained}"
+            with pytest.raises(KeyError, match=expected):
+                load_generator_weights(Generator(gen_cfg(**cfg, head=here), embedding()), tmp_path / "g.pt")

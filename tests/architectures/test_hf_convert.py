@@ -151,6 +151,80 @@ def test_what_transformers_saves_converts_back(transformers, tmp_path, version):
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
+def hf_v11(transformers, tie_word_embeddings: bool):
+    """A tiny v1.1 as transformers builds it from a config (its own init, then norms and
+    the relative bias randomised too)."""
+    config = transformers.T5Config(
+        vocab_size=VOCAB, d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=tie_word_embeddings,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(3)
+    hf = transformers.T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "layer_norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif "relative_attention_bias" in name:
+                p.normal_()
+    return hf
+
+
+def hf_logits(hf, ids, decoder_ids, mask):
+    with torch.no_grad():
+        return hf(input_ids=ids, attention_mask=mask.long(), decoder_input_ids=decoder_ids).logits
+
+
+def test_tied_v1_1_from_transformers_imports_with_its_scaled_head(transformers, tmp_path):
+    """transformers 5's v1.1 from a default config: tie_word_embeddings true, no
+    lm_head.weight, decoder output scaled by d_model**-0.5. HF is the oracle: the logits
+    of the imported model are HF's, and its export loads back into HF with HF's logits."""
+    hf = hf_v11(transformers, tie_word_embeddings=True)
+    hf.save_pretrained(tmp_path / "hf")
+    saved = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert saved["tie_word_embeddings"] is True
+    from spactor.architectures.hf_convert import read_hf_weights
+
+    assert "lm_head.weight" not in read_hf_weights(tmp_path / "hf")
+    init_from = f"hf:{tmp_path / 'hf'}"
+    refused = r"tie_word_embeddings: checkpoint True, model False.*model\.tie_embeddings"
+    with pytest.raises(ValueError, match=refused):
+        build_t5(T5Config(version="1.1", size="tiny", init_from=init_from), VOCAB)
+    tied = T5Config(version="1.1", size="tiny", tie_embeddings=True, init_from=init_from)
+    model = build_t5(tied, VOCAB).eval()
+    assert model.lm_head is None
+    ids, decoder_ids, mask = inputs()
+    expected = hf_logits(hf, ids, decoder_ids, mask)
+    assert expected.abs().max() > 1.0
+    with torch.no_grad():
+        ours = model(ids, decoder_ids, mask)
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+    # Without the scaling the logits would be d_model**0.5 = 8x off: the check has teeth.
+    assert (ours * 8 - expected).abs().max() > 1.0
+    save_hf_pretrained(model, tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["tie_word_embeddings"] is True
+    back = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
+    assert back.config.scale_decoder_outputs is True
+    torch.testing.assert_close(hf_logits(back, ids, decoder_ids, mask), expected, atol=1e-4, rtol=0)
+
+
+def test_v1_1_that_transformers_ties_unscaled_imports_untied(transformers, tmp_path):
+    """tie_word_embeddings=False in transformers 5: still tied in memory (no lm_head.weight
+    saved) but unscaled. spactor's untied v1.1 takes shared as its lm_head: HF's logits."""
+    hf = hf_v11(transformers, tie_word_embeddings=False)
+    hf.save_pretrained(tmp_path / "hf")
+    model = build_t5(T5Config(version="1.1", size="tiny", init_from=f"hf:{tmp_path / 'hf'}"), VOCAB).eval()
+    assert model.lm_head is not None
+    assert torch.equal(model.lm_head.weight, model.token_embedding.weight)
+    ids, decoder_ids, mask = inputs()
+    expected = hf_logits(hf, ids, decoder_ids, mask)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, decoder_ids, mask), expected, atol=1e-4, rtol=0)
+    save_hf_pretrained(model, tmp_path / "ours")
+    back = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
+    torch.testing.assert_close(hf_logits(back, ids, decoder_ids, mask), expected, atol=1e-4, rtol=0)
+
+
 def test_init_from_reads_a_legacy_pytorch_model_bin(tmp_path):
     model = random_model("1.1", {"size": "tiny"})
     save_hf_pretrained(model, tmp_path)

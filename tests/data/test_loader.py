@@ -38,6 +38,21 @@ def test_batches_are_the_packed_stream(small_tokenizer, docs):
     assert flat == expected[: len(flat)]
 
 
+def test_document_separator_none_joins_documents_as_t5(small_tokenizer, docs):
+    """T5's reduce_concat_tokens: the documents' ids back to back, no EOS between them;
+    for text and for pre-tokenised documents alike."""
+    tok = small_tokenizer
+    expected = [t for d in docs for t in tok.encode(d)]
+    for source_docs in (docs, [tok.encode(d) for d in docs]):
+        source = ListSource(source_docs)
+        loader = build_loader(source, tok, 16, 4, shuffle_window=0, document_separator="none")
+        flat = torch.cat(take(loader, 4)).flatten().tolist()
+        assert flat == expected[: len(flat)]
+        assert tok.eos_id not in flat
+    with pytest.raises(ValueError, match="document_separator"):
+        PackedChunks(ListSource(docs), tok, 16, document_separator="newline")
+
+
 def test_train_loops_over_epochs(small_tokenizer, docs):
     epoch = stream(small_tokenizer, docs, range(len(docs)))
     raw_length, batch_size = 32, 4

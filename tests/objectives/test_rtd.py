@@ -226,6 +226,31 @@ def test_frozen_generator_loads_from_a_dcp_directory(tmp_path: Path):
         assert_same_generator(source, rtd)
 
 
+def test_electra_generator_head_through_a_dcp_checkpoint(tmp_path: Path):
+    """generator_head: electra builds ELECTRA's dense → GELU → LayerNorm head, its weights
+    travel through generator_checkpoint, and a linear generator refuses them by name."""
+    model = encoder_d()
+    source = build(model, embedding_sharing="none", generator_head="electra")
+    assert source.generator.head_dense is not None and source.generator.proj_out is None
+    with torch.no_grad():
+        source.generator.head_norm.bias.normal_()
+    step_dir = tmp_path / "checkpoints" / "step_00000003"
+    state = {"model": {f"objectives.rtd.generator.{k}": v for k, v in source.generator.state_dict().items()}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # single-process DCP
+        dcp.save(state, checkpoint_id=step_dir / "dcp")
+    (step_dir / "manifest.json").write_text(json.dumps({"step": 3}))
+    loaded = build(
+        model, embedding_sharing="none", generator_head="electra", frozen=True,
+        generator_checkpoint=str(tmp_path),
+    )  # fmt: skip
+    assert_same_generator(source, loaded)
+    with pytest.raises(KeyError, match="generator_head: electra"):
+        build(model, embedding_sharing="none", frozen=True, generator_checkpoint=str(tmp_path))
+    with pytest.raises(ValueError, match="objectives.rtd.generator_head: 'mlp'"):
+        build(model, generator_head="mlp")
+
+
 def test_frozen_generator_loads_from_a_runner_checkpoint_of_a_shared_run(tmp_path: Path):
     from spactor.runners.checkpoint import Checkpointer
 

@@ -97,8 +97,10 @@ def test_agrees_with_data_chunking(input_length: int, raw_length: int, target_le
 
 def test_counts_follow_t5_rule() -> None:
     for length in range(2, 2000, 7):
-        num_noise = min(max(round(length * DENSITY), 1), length - 1)
-        num_spans = max(1, round(num_noise / MEAN_SPAN))
+        # T5's random_spans_noise_mask: float32 arithmetic, tf.round (half to even).
+        num_noise = int(np.round(np.float32(length) * np.float32(DENSITY)))
+        num_noise = min(max(num_noise, 1), length - 1)
+        num_spans = max(1, int(np.round(np.float32(num_noise) / np.float32(MEAN_SPAN))))
         c = span_counts(length, DENSITY, MEAN_SPAN)
         assert (c.num_noise, c.num_spans) == (num_noise, num_spans)
         assert reference_t5.noise_span_counts(length, DENSITY, MEAN_SPAN) == (num_noise, num_spans)
@@ -108,6 +110,34 @@ def test_counts_follow_t5_rule() -> None:
     assert (mask.sum(1) == 85).all()
     assert ((mask[:, 1:] & ~mask[:, :-1]).sum(1) == 28).all()
     assert (~mask[:, 0]).all() and mask[:, -1].all()
+
+
+def test_float32_rounding_of_the_noise_count() -> None:
+    """Raw length 190 at 0.15: T5 gets 29 noise tokens in 10 spans (28.500002 in
+    float32), float64 rounding would give 28 in 9."""
+    c = span_counts(190, DENSITY, MEAN_SPAN)
+    assert (c.num_noise, c.num_spans) == (29, 10) == reference_t5.noise_span_counts(190, DENSITY, MEAN_SPAN)
+    out = span_corrupt(make_originals(3, 190), DENSITY, MEAN_SPAN, VOCAB, gen(0))
+    assert (out["noise_mask"].sum(1) == 29).all()
+    assert out["decoder_target"].shape == (3, 29 + 10 + 1)
+
+
+@pytest.mark.parametrize(
+    "input_length,mean_span,raw_length", [(256, 3.0, 382), (512, 3.0, 766), (1024, 8.0, 1818)]
+)
+def test_density_half_raw_length_is_t5s(input_length: int, mean_span: float, raw_length: int) -> None:
+    """The trainer's raw length at density 0.5 is T5's random_spans_helper's (one token
+    off where the target would be longer than the input): inputs == targets."""
+    helper = reference_t5.random_spans_helper(input_length, 0.5, mean_span)
+    assert helper == (raw_length, input_length)
+    assert max_raw_length(input_length, 0.5, mean_span) == raw_length
+    if span_counts(raw_length, 0.5, mean_span).num_spans > VOCAB.num_sentinels:
+        return  # 512 at μ 3 needs 128 sentinels; the length rule is what is checked there
+    obj = build(input_length, noise_density=0.5, mean_noise_span_length=mean_span)
+    assert obj.chunk_length == raw_length
+    out = obj.transform({"original": make_originals(2, raw_length)}, gen(0))
+    assert out["encoder_input"].shape == out["decoder_target"].shape == (2, input_length)
+    assert (out["encoder_input"] != VOCAB.pad_id).all()
 
 
 def test_short_chunk_is_padded_to_input_length() -> None:
