@@ -33,6 +33,7 @@ from spactor.registry import ARCHITECTURES, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS
 from spactor.runners import parallel
 from spactor.runners.checkpoint import Checkpointer
 from spactor.runners.data import build_data
+from spactor.runners.meta_init import InitProgram, NotReplayable, record_init
 from spactor.runners.metrics import MetricsWriter, Progress
 from spactor.runners.optim import set_lr
 from spactor.runners.stages import (
@@ -161,6 +162,33 @@ def build_model(resolved: Resolved, vocab: Vocab) -> nn.Module:
     return entry.factory(resolved.model.config, vocab.size)
 
 
+def build_on_meta(resolved: Resolved, vocab: Vocab) -> tuple[nn.Module, dict[str, Objective], InitProgram | None]:
+    """The model and the objectives' modules on the meta device, with the program that
+    initialises them once sharded (``spactor.runners.meta_init``), or built eagerly on
+    CPU (program None) when the build loads weights (``model.init_from``, a generator
+    checkpoint) or initialises in a way the program cannot replay."""
+    if _loads_weights(resolved):
+        model = build_model(resolved, vocab)
+        return model, build_objectives(resolved, vocab, model), None
+    rng = torch.get_rng_state()
+    try:
+        with record_init() as program:
+            model = build_model(resolved, vocab)
+            objectives = build_objectives(resolved, vocab, model)
+        return model, objectives, program
+    except NotReplayable as e:
+        warnings.warn(f"building on the meta device is not possible ({e}); building on CPU")
+        torch.set_rng_state(rng)
+        model = build_model(resolved, vocab)
+        return model, build_objectives(resolved, vocab, model), None
+
+
+def _loads_weights(resolved: Resolved) -> bool:
+    if getattr(resolved.model.config, "init_from", None):
+        return True
+    return any(getattr(p.config, "generator_checkpoint", None) for p in resolved.objectives.values())
+
+
 def build_objectives(resolved: Resolved, vocab: Vocab, model: nn.Module) -> dict[str, Objective]:
     objectives: dict[str, Objective] = {}
     for name, plugin in resolved.objectives.items():
@@ -286,11 +314,12 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(resolved.to_yaml())
         data.tokenizer.save(run_dir / "spiece.model")  # the run directory is self-contained
-    model = build_model(resolved, data.vocab)
-    objectives = build_objectives(resolved, data.vocab, model)
+    model, objectives, init_program = build_on_meta(resolved, data.vocab)
     data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
     schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps)
     modules = TrainModules(model, objectives)
+    if init_program is not None:
+        init_program.bind(modules)
     flops = count_flops(resolved, device, info)
 
     stage, shared = 1, {}
@@ -303,9 +332,13 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
     if stage == 2:
         release_stage1(modules, objectives, optimizer=None)  # before the optimizer exists
 
-    modules.to(device).train()
+    if init_program is None:
+        modules.to(device)
     use_fsdp = parallelize(modules, objectives, resolved, device, info)
-    amp_dtype = None if use_fsdp else autocast_dtype(cfg.runtime.precision, device)
+    if init_program is not None:
+        init_program.materialize(modules, device)  # after sharding: each rank allocates its shards
+    modules.train()
+    amp_dtype = autocast_dtype(cfg.runtime.precision, device)
     optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config, trainable_parameters(modules))
     lr_at = LR_SCHEDULES.get(resolved.lr_schedule.type).factory(resolved.lr_schedule.config)
     ctx = StepContext(
