@@ -137,6 +137,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The compute dtype of the step's autocast, with and without FSDP: one precision
+    policy on 1 and N devices (bf16 matmuls; fp32 master weights, optimizer state,
+    residual stream, norms' statistics, softmax and cross-entropy; FSDP adds bf16
+    all-gathers of the blocks and fp32 gradient reduction, see ``parallel.apply_fsdp``)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if precision == "bf16":
@@ -240,7 +244,7 @@ def parallelize(modules: TrainModules, objectives: dict[str, Objective], resolve
         for o in objectives.values():
             methods.update(o.fsdp_forward_methods())
         param_dtype = torch.bfloat16 if _wants_bf16(rt.precision, device) else None
-        parallel.apply_fsdp(modules, units, methods, param_dtype, device)
+        parallel.apply_fsdp(modules, units, methods, param_dtype, device, blocks=blocks)
     return use_fsdp
 
 
@@ -261,16 +265,24 @@ def shared_run_dir(resolved: Resolved, resume_dir: str | os.PathLike[str] | None
 def count_flops(resolved: Resolved, device: torch.device, info: parallel.DistInfo) -> Any:
     """The FLOPs tracker (``spactor.runners.flops``), or None if counting is off or fails:
     a metric must never stop a run, so a model fvcore cannot trace only loses the FLOPs
-    fields (with a warning)."""
+    fields (with a warning). Rank 0 counts, on CPU (one temporary unsharded copy of the
+    model, in its host memory only, freed before training), and tells the others."""
     if not resolved.cfg.runtime.count_flops:
         return None
-    from spactor.runners.mfu import tracker_for
+    from spactor.runners.flops import flops_report
+    from spactor.runners.mfu import tracker_from_report
 
-    try:
-        return tracker_for(resolved, device, world_size=info.world_size)
-    except Exception as e:  # noqa: BLE001
-        warnings.warn(f"FLOPs counting failed ({type(e).__name__}: {e}); runtime.count_flops=false silences this")
-        return None
+    report = None
+    if info.is_main:
+        try:
+            report = flops_report(resolved, device="cpu")
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"FLOPs counting failed ({type(e).__name__}: {e}); runtime.count_flops=false silences this")
+    if info.world_size > 1:
+        shared = [report]
+        dist.broadcast_object_list(shared, src=0)
+        report = shared[0]
+    return None if report is None else tracker_from_report(resolved, device, report, info.world_size)
 
 
 def checkpoint_shared(path: Path) -> dict[str, Any]:
