@@ -1,0 +1,73 @@
+"""``benchmarks/device_check.sh OUT --cpu-dry-run``: the device check's every code path at
+tiny sizes on CPU, through the same wrapper a device machine runs, and a JSON report
+with every field the GPU run fills (speed is not asserted: it is a measurement)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # one ~1 minute run of the dry run shared by the tests below
+
+THROUGHPUT_FIELDS = {"status", "recipe", "size", "batch_size", "compile", "precision", "attention", "steps_timed",
+                     "step_s", "seq_per_s", "tokens_per_s", "flops_per_step", "tflops_per_s", "mfu",
+                     "peak_memory_gb", "warmup_s", "loss_last", "loss_finite"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("device_check")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    done = subprocess.run([str(ROOT / "benchmarks" / "device_check.sh"), str(out), "--cpu-dry-run"],
+                          check=False, capture_output=True, text=True, timeout=400, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "device_check.json").read_text()), (out / "device_check.md").read_text()
+
+
+def test_every_section_ran_and_has_its_fields(report):
+    data, _ = report
+    assert data["mode"] == "cpu-dry-run" and data["finished"] is True
+    assert data["elapsed_s"] < 180
+    for key in ("torch", "transformers", "device_name", "peak_tflops", "flex_attention_in_torch"):
+        assert key in data["env"]
+    assert set(data["throughput"]) == {"sc_base", "hf_t5_base", "spactor_stage1_base", "sc_large"}
+    for name, result in data["throughput"].items():
+        assert result["status"] == "ok", (name, result.get("error"))
+        assert THROUGHPUT_FIELDS <= set(result), (name, THROUGHPUT_FIELDS - set(result))
+        assert result["loss_finite"] and result["seq_per_s"] > 0 and result["flops_per_step"] > 0
+    assert data["throughput"]["sc_base"]["compile"] and data["throughput"]["spactor_stage1_base"]["compile"]
+    assert data["ratios"]["sc_base_over_hf_t5_base"] > 0 and data["ratios"]["spactor_stage1_over_sc_base"] > 0
+
+
+def test_attention_paths_are_measured_or_named_unsupported(report):
+    data, _ = report
+    assert set(data["attention"]) == {"sdpa", "flex", "eager"}
+    for path, result in data["attention"].items():
+        if result["status"] == "unsupported":
+            assert "unsupported on this build" in result["error"], path
+        else:
+            assert result["status"] == "ok" and result["attention"] == path and result["seq_per_s"] > 0
+
+
+def test_host_syncs_precision_and_fsdp(report):
+    data, markdown = report
+    for recipe in ("sc", "spactor"):
+        syncs = data["host_syncs"][recipe]
+        assert syncs["status"] == "ok"
+        assert {"syncs_per_step", "data_dependent_per_step", "ops", "cuda_sync_warnings_per_step"} <= set(syncs)
+        assert syncs["cuda_sync_warnings_per_step"] is None  # CUDA only
+    agree = data["bf16_vs_fp32"]
+    assert agree["status"] == "ok" and agree["steps"] == 30 and len(agree["losses_fp32"]) == 30
+    assert agree["max_rel_diff"] < 0.05 and agree["fp32_loss_decreased"]
+    fsdp = data["fsdp_1rank"]
+    assert fsdp["status"] == "ok" and fsdp["max_rel_diff_vs_no_fsdp"] < 1e-2
+    # the FLOPs behind MFU (FlopCounterMode) agree with spactor's fvcore count
+    assert data["flops_cross_check"]["ratio"] == pytest.approx(1.0, rel=0.02)
+    for heading in ("## Throughput", "## Attention paths", "## Host syncs", "## Precision and FSDP"):
+        assert heading in markdown
