@@ -130,3 +130,24 @@ def test_bf16_one_rank_without_fsdp_matches_two_ranks_with_fsdp(tmp_path):
     assert residual_one == residual_two == "torch.float32"
     assert one == pytest.approx(two, rel=1e-2)  # bf16's epsilon is 7.8e-3
     assert one[-1] < one[0]
+
+
+def test_flops_are_counted_on_cpu_whatever_the_training_device(monkeypatch):
+    """FLOP counting builds an unsharded copy of the model: on CPU, never on the GPU the
+    run trains on (rank 0 counts and broadcasts)."""
+    import spactor.runners.flops as flops
+    from spactor.runners.parallel import DistInfo
+    from spactor.runners.trainer import count_flops
+
+    seen: list[str] = []
+    real = flops.flops_report
+
+    def spy(resolved, *args, device="cpu", **kwargs):
+        seen.append(str(device))
+        return real(resolved, *args, device=device, **kwargs)
+
+    monkeypatch.setattr(flops, "flops_report", spy)
+    resolved = _resolved("sc", "data.tokenizer_vocab_size=512", "trainer.batch_size=4")
+    tracker = count_flops(resolved, torch.device("cuda"), DistInfo())
+    assert seen == ["cpu"]
+    assert tracker is not None and tracker.report.baseline_flops_per_step > 0
