@@ -4,6 +4,7 @@ ranks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -151,3 +152,28 @@ def test_flops_are_counted_on_cpu_whatever_the_training_device(monkeypatch):
     tracker = count_flops(resolved, torch.device("cuda"), DistInfo())
     assert seen == ["cpu"]
     assert tracker is not None and tracker.report.baseline_flops_per_step > 0
+
+
+@pytest.mark.parametrize("recipe", ["sc", "spactor"])
+def test_a_run_built_on_meta_logs_the_losses_of_an_eager_build(tiny_overrides, tmp_path, monkeypatch, recipe):
+    import spactor.runners.trainer as trainer
+    from spactor.runners.metrics import read_metrics
+
+    def run(name: str) -> list[float]:
+        resolved = load_config(recipe, [*tiny_overrides, f"run.dir={tmp_path / name}", "trainer.max_steps=3",
+                                        "lr_schedule.warmup_steps=100", "model.dropout=0.1",
+                                        "runtime.count_flops=false"])
+        trainer.train(resolved)
+        return [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl")]
+
+    on_meta = run("meta")
+
+    @contextlib.contextmanager
+    def refuse():
+        raise NotReplayable("forced for the test")
+        yield
+
+    monkeypatch.setattr(trainer, "record_init", refuse)
+    with pytest.warns(UserWarning, match="building on CPU"):
+        eager = run("eager")
+    assert on_meta == eager  # bitwise on CPU
