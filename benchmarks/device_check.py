@@ -74,6 +74,7 @@ class Settings:
     fsdp_steps: int
     budget_s: float
     peak_tflops: float | None
+    overrides: tuple[str, ...] = ()  # --set: applied to every spactor case (an unknown key: unsupported)
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
@@ -82,7 +83,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
             device=torch.device("cpu"), dry_run=True, input_length=64, vocab_pieces=1000,
             sizes={"base": "tiny", "large": "tiny"}, batch={"base": 4, "large": 2}, small_batch=2,
             warmup_steps=1, min_timed_steps=2, timed_s=0.5, agreement_steps=30, fsdp_steps=5,
-            budget_s=args.budget_s or 170.0, peak_tflops=args.peak_tflops,
+            budget_s=args.budget_s or 170.0, peak_tflops=args.peak_tflops, overrides=tuple(args.set),
         )
     if not torch.cuda.is_available():
         raise SystemExit("device_check: no CUDA device (use --cpu-dry-run to exercise the script on CPU)")
@@ -94,7 +95,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
         batch={"base": args.base_batch, "large": args.large_batch}, small_batch=8,
         warmup_steps=3, min_timed_steps=5, timed_s=args.timed_s, agreement_steps=30, fsdp_steps=10,
         budget_s=args.budget_s or 450.0,
-        peak_tflops=args.peak_tflops or peak_tflops() or PEAK_H100_TFLOPS,
+        peak_tflops=args.peak_tflops or peak_tflops() or PEAK_H100_TFLOPS, overrides=tuple(args.set),
     )
 
 
@@ -219,7 +220,7 @@ def build_spactor(s: Settings, recipe: str, size: str, batch: int, *, precision:
     from spactor.runners.step import StepContext, TrainModules, apply_transforms, train_step
     from spactor.runners.trainer import autocast_dtype, build_on_meta, parallelize, raw_length_for, seeded_generator
 
-    resolved = _load(recipe, _overrides(s, size, batch, precision, compile_, []), extra)
+    resolved = _load(recipe, _overrides(s, size, batch, precision, compile_, []), [*s.overrides, *(extra or [])])
     if fsdp:  # set past validation, which refuses FSDP in one process: this one sets up its world of one
         resolved.cfg.runtime.fsdp = True
     vocab = count_vocab(resolved.cfg.data)
@@ -577,7 +578,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "finished": False,
         "settings": {"input_length": s.input_length, "vocab_pieces": s.vocab_pieces, "sizes": s.sizes,
                      "batch": s.batch, "small_batch": s.small_batch, "warmup_steps": s.warmup_steps,
-                     "timed_s": s.timed_s, "budget_s": s.budget_s, "t5_version": "1.0"},
+                     "timed_s": s.timed_s, "budget_s": s.budget_s, "t5_version": "1.0",
+                     "overrides": list(s.overrides)},
         "env": environment(s),
         "throughput": {},
         "attention": {},
@@ -712,11 +714,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", help="where device_check.json and device_check.md go")
     parser.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on CPU: every code path, no GPU")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting sections after this (default 450 s; dry run 170 s)")
-    parser.add_argument("--timed-s", type=float, default=8.0, help="seconds of timed steps per throughput case")
+    parser.add_argument("--timed-s", type=float, default=6.0, help="seconds of timed steps per throughput case")
     parser.add_argument("--base-batch", type=int, default=64)
     parser.add_argument("--large-batch", type=int, default=32)
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak per device (default: from the GPU's name)")
     parser.add_argument("--fvcore", action="store_true", help="also count FLOPs with fvcore on CPU (slow at Base)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every spactor case, e.g. --set runtime.activation_checkpointing=selective")
     args = parser.parse_args(argv)
     if args.cpu_dry_run:
         torch.set_num_threads(int(os.environ.get("SPACTOR_BENCH_THREADS", "1")))
