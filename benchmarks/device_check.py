@@ -326,7 +326,33 @@ def _sync(device: torch.device) -> None:
 # --------------------------------------------------------------------------- measurements
 
 
-def measure_throughput(s: Settings, build: Callable[[], Built]) -> dict[str, Any]:
+Make = Callable[[int, bool], Built]  # (batch, compile) → a built step
+
+
+def measure_throughput(s: Settings, make: Make, batch: int, compile_: bool = True) -> dict[str, Any]:
+    """Steady-state speed of ``make(batch, compile_)``. Out of memory: once more at half
+    the batch; a failure with compile on: once more without (so a number still comes
+    back, with the reason recorded)."""
+    notes: dict[str, Any] = {}
+    while True:
+        try:
+            return {**_timed(s, lambda: make(batch, compile_)), **notes}
+        except Unsupported:
+            raise
+        except torch.OutOfMemoryError:
+            if batch <= 1 or "out_of_memory_at_batch" in notes:
+                raise
+            notes["out_of_memory_at_batch"] = batch
+            batch //= 2
+        except Exception as e:  # noqa: BLE001
+            if not compile_:
+                raise
+            notes["compile_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+            compile_ = False
+        _free(s.device)
+
+
+def _timed(s: Settings, build: Callable[[], Built]) -> dict[str, Any]:
     device = s.device
     _free(device)
     t0 = time.monotonic()
@@ -593,22 +619,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # The dry run compiles SC and SpacTor (every compiled code path of spactor) and runs
     # the other cases eagerly: compiling HF's blocks alone takes over a minute on CPU.
     again = not s.dry_run
-    cases: dict[str, Callable[[], Built]] = {
-        "sc_base": lambda: build_spactor(s, "sc", "base", base),
-        "hf_t5_base": lambda: build_hf(s, "base", base, compile_=again),
-        "spactor_stage1_base": lambda: build_spactor(s, "spactor", "base", base),
-        "sc_large": lambda: build_spactor(s, "sc", "large", large, compile_=again),
+    cases: dict[str, tuple[Make, int, bool]] = {
+        "sc_base": (lambda b, c: build_spactor(s, "sc", "base", b, compile_=c), base, True),
+        "hf_t5_base": (lambda b, c: build_hf(s, "base", b, compile_=c), base, again),
+        "spactor_stage1_base": (lambda b, c: build_spactor(s, "spactor", "base", b, compile_=c), base, True),
+        "sc_large": (lambda b, c: build_spactor(s, "sc", "large", b, compile_=c), large, again),
     }
+
+    def throughput(name: str) -> Callable[[], dict[str, Any]]:
+        make, batch, compile_ = cases[name]
+        return lambda: measure_throughput(s, make, batch, compile_)
+
     store: dict[str, Any] = {}
     with _cpu_compile_backend(s.dry_run):
         for name in THROUGHPUT_CASES[:3]:
-            report.section(tp, name, need, lambda b=cases[name]: measure_throughput(s, b))
+            report.section(tp, name, need, throughput(name))
             _ratios(report.data)
         for recipe in ("sc", "spactor"):
             report.section(report.data["host_syncs"], recipe, need / 2, lambda r=recipe: measure_host_syncs(s, r))
         report.section(report.data, "bf16_vs_fp32", need, lambda: measure_agreement(s, store))
         report.section(report.data, "fsdp_1rank", need / 2, lambda: measure_fsdp(s, store))
-        report.section(tp, "sc_large", need * 1.5, lambda: measure_throughput(s, cases["sc_large"]))
+        report.section(tp, "sc_large", need * 1.5, throughput("sc_large"))
         att = report.data["attention"]
         if tp.get("sc_base", {}).get("status") == "ok":
             att["sdpa"] = {**tp["sc_base"], "note": "the sc_base run"}
@@ -616,7 +647,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if path in att:
                 continue
             report.section(att, path, need, lambda p=path: measure_throughput(
-                s, lambda: build_spactor(s, "sc", "base", base, extra=[f"model.attention={p}"], compile_=again)))
+                s, lambda b, c: build_spactor(s, "sc", "base", b, extra=[f"model.attention={p}"], compile_=c),
+                base, again))
         if s.dry_run or args.fvcore:
             flops = {k: v.get("flops_per_step") for k, v in tp.items()}
             report.section(report.data, "flops_cross_check", 5.0, lambda: fvcore_cross_check(s, flops))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow  # one ~1 minute run of the dry run shared by the tests below
+
 
 THROUGHPUT_FIELDS = {"status", "recipe", "size", "batch_size", "compile", "precision", "attention", "steps_timed",
                      "step_s", "seq_per_s", "tokens_per_s", "flops_per_step", "tflops_per_s", "mfu",
@@ -30,6 +30,7 @@ def report(tmp_path_factory) -> tuple[dict, str]:
     return json.loads((out / "device_check.json").read_text()), (out / "device_check.md").read_text()
 
 
+@pytest.mark.slow  # shares one ~1 minute dry run
 def test_every_section_ran_and_has_its_fields(report):
     data, _ = report
     assert data["mode"] == "cpu-dry-run" and data["finished"] is True
@@ -45,6 +46,7 @@ def test_every_section_ran_and_has_its_fields(report):
     assert data["ratios"]["sc_base_over_hf_t5_base"] > 0 and data["ratios"]["spactor_stage1_over_sc_base"] > 0
 
 
+@pytest.mark.slow  # shares one ~1 minute dry run
 def test_attention_paths_are_measured_or_named_unsupported(report):
     data, _ = report
     assert set(data["attention"]) == {"sdpa", "flex", "eager"}
@@ -55,6 +57,7 @@ def test_attention_paths_are_measured_or_named_unsupported(report):
             assert result["status"] == "ok" and result["attention"] == path and result["seq_per_s"] > 0
 
 
+@pytest.mark.slow  # shares one ~1 minute dry run
 def test_host_syncs_precision_and_fsdp(report):
     data, markdown = report
     for recipe in ("sc", "spactor"):
@@ -71,3 +74,27 @@ def test_host_syncs_precision_and_fsdp(report):
     assert data["flops_cross_check"]["ratio"] == pytest.approx(1.0, rel=0.02)
     for heading in ("## Throughput", "## Attention paths", "## Host syncs", "## Precision and FSDP"):
         assert heading in markdown
+
+
+def test_throughput_retries_at_half_the_batch_and_without_compile():
+    import argparse
+
+    import torch
+
+    from benchmarks.device_check import Built, measure_throughput, settings_for
+
+    s = settings_for(argparse.Namespace(cpu_dry_run=True, budget_s=None, peak_tflops=None, set=[]))
+    calls: list[tuple[int, bool]] = []
+
+    def make(batch: int, compile_: bool) -> Built:
+        calls.append((batch, compile_))
+        if batch > 2:
+            raise torch.OutOfMemoryError("pretend")
+        if compile_:
+            raise RuntimeError("pretend the compiler failed")
+        return Built(step=lambda: 1.0, flops_per_step=None, sequences=batch, tokens=batch * 10)
+
+    result = measure_throughput(s, make, batch=4, compile_=True)
+    assert calls == [(4, True), (2, True), (2, False)]
+    assert result["out_of_memory_at_batch"] == 4 and "compiler failed" in result["compile_error"]
+    assert result["batch_size"] == 2 and result["seq_per_s"] > 0
