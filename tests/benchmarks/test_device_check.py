@@ -14,7 +14,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
 THROUGHPUT_FIELDS = {"status", "recipe", "size", "batch_size", "compile", "precision", "attention", "steps_timed",
                      "step_s", "seq_per_s", "tokens_per_s", "flops_per_step", "tflops_per_s", "mfu",
                      "peak_memory_gb", "warmup_s", "loss_last", "loss_finite"}

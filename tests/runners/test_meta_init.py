@@ -59,9 +59,17 @@ def _on_meta(resolved):
     return modules, objectives, program
 
 
-@pytest.mark.parametrize("recipe", ["sc", "spactor", "electra", "fast_electra", "mlm"])
-def test_meta_build_initialises_exactly_like_the_eager_build(recipe):
-    resolved = _resolved(recipe)
+@pytest.mark.parametrize(
+    "recipe, extra",
+    [(name, ()) for name in ("sc", "spactor", "electra", "fast_electra", "mlm")]
+    + [
+        ("sc", ("model.version=1.1",)),  # untied lm_head, gated FFN
+        ("spactor", ("objectives.rtd.embedding_sharing=gdes",)),
+        ("spactor", ("objectives.rtd.embedding_sharing=none", "objectives.rtd.generator_hidden_fraction=0.5")),
+    ],
+)
+def test_meta_build_initialises_exactly_like_the_eager_build(recipe, extra):
+    resolved = _resolved(recipe, *extra)
     eager = _eager(resolved)
     modules, _, program = _on_meta(resolved)
     assert all(p.is_meta for p in modules.parameters())  # nothing allocated yet
