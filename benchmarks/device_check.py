@@ -161,7 +161,7 @@ def _free(device: torch.device) -> None:
 
 @dataclass
 class Built:
-    step: Callable[[], float]  # one optimizer step; returns the loss
+    step: Callable[[], Any]  # one optimizer step; returns the loss (a float, or a tensor left on the device)
     flops_per_step: float | None
     sequences: int
     tokens: int  # raw tokens per step (the runner's tokens_per_s)
@@ -270,8 +270,8 @@ def build_spactor(s: Settings, recipe: str, size: str, batch: int, *, precision:
     )
     batch_data = {"original": original}
 
-    def step() -> float:
-        return _as_float(train_step(modules, optimizer, batch_data, ctx).loss)
+    def step() -> Any:
+        return train_step(modules, optimizer, batch_data, ctx).loss
 
     extra_info = {"recipe": recipe, "size": s.sizes[size], "compile": compile_, "precision": precision,
                   "attention": getattr(resolved.model.config, "attention", None)}
@@ -307,9 +307,9 @@ def build_hf(s: Settings, size: str, batch: int, *, compile_: bool = True, seed:
             for block in stack.block:
                 block.compile()
     train = hf_train_step(model, resolved, inputs, amp_dtype)
-    return Built(lambda: _as_float(train()), flops, batch, batch * raw_length,
+    return Built(train, flops, batch, batch * raw_length,
                  {"recipe": "hf_t5", "size": s.sizes[size], "compile": compile_, "precision": "bf16",
-                  "attention": "hf-eager"})
+                  "attention": f"hf-{getattr(model.config, '_attn_implementation', None) or 'eager'}"})
 
 
 def _as_float(value: Any) -> float:
@@ -387,9 +387,9 @@ def _timed(s: Settings, build: Callable[[], Built]) -> dict[str, Any]:
         "tflops_per_s": tflops,
         "mfu": None if tflops is None or s.peak_tflops is None else tflops / s.peak_tflops,
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "loss_finite": all(math.isfinite(x) for x in losses),
+        "loss_first": _as_float(losses[0]),  # read after the timing: no extra sync in the timed steps
+        "loss_last": _as_float(losses[-1]),
+        "loss_finite": all(math.isfinite(_as_float(x)) for x in losses),
     }
 
 
@@ -458,7 +458,7 @@ def measure_host_syncs(s: Settings, recipe: str, steps: int = 3) -> dict[str, An
 
 
 def _run_steps(built: Built, steps: int) -> list[float]:
-    return [built.step() for _ in range(steps)]
+    return [_as_float(built.step()) for _ in range(steps)]
 
 
 def measure_agreement(s: Settings, store: dict[str, Any]) -> dict[str, Any]:
