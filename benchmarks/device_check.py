@@ -613,6 +613,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "attention": {},
         "host_syncs": {},
         "ratios": {},
+        "targets": {},
     })
     report.write()
     tp = report.data["throughput"]
@@ -672,6 +673,22 @@ def _ratios(data: dict[str, Any]) -> None:
     for key, (a, b) in pairs.items():
         x, y = seq(a), seq(b)
         data["ratios"][key] = None if x is None or y is None else x / y
+
+    def mfu(name: str) -> float | None:
+        r = tp.get(name, {})
+        return r.get("mfu") if r.get("status") == "ok" else None
+
+    # issue 11's GPU targets (T5.1.0, 512/114, bf16): measured value, bound, met
+    measured = {
+        "sc_base_mfu": (mfu("sc_base"), 0.40),
+        "sc_large_mfu": (mfu("sc_large"), 0.40),
+        "sc_base_over_hf_t5_base": (data["ratios"]["sc_base_over_hf_t5_base"], 4.0),
+        "spactor_stage1_over_sc_base": (data["ratios"]["spactor_stage1_over_sc_base"], 0.85),
+    }
+    data["targets"] = {
+        key: {"value": value, "at_least": bound, "met": None if value is None else value >= bound}
+        for key, (value, bound) in measured.items()
+    }
 
 
 # --------------------------------------------------------------------------- command

@@ -37,6 +37,11 @@ def render_markdown(data: dict[str, Any]) -> str:
     for name, r in data.get("throughput", {}).items():
         lines.append(row(name, r))
     lines += ["", "Ratios: " + ", ".join(f"{k} = {_fmt(v, '.2f')}" for k, v in data.get("ratios", {}).items()), ""]
+    targets = data.get("targets") or {}
+    if targets and data.get("mode") == "cuda":
+        lines += ["| target | value | at least | met |", "|---|---|---|---|"]
+        lines += [f"| {k} | {_fmt(t['value'], '.3f')} | {t['at_least']} | {t['met']} |" for k, t in targets.items()]
+        lines.append("")
     lines += ["## Attention paths, SC Base", "",
               "| path | status | seq/s | MFU | peak GiB | note |", "|---|---|---|---|---|---|"]
     for name, r in data.get("attention", {}).items():

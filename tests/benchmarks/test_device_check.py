@@ -37,6 +37,7 @@ def test_every_section_ran_and_has_its_fields(report):
     for key in ("torch", "transformers", "device_name", "peak_tflops", "flex_attention_in_torch"):
         assert key in data["env"]
     assert set(data["throughput"]) == {"sc_base", "hf_t5_base", "spactor_stage1_base", "sc_large"}
+    assert set(data["targets"]) == {"sc_base_mfu", "sc_large_mfu", "sc_base_over_hf_t5_base", "spactor_stage1_over_sc_base"}
     for name, result in data["throughput"].items():
         assert result["status"] == "ok", (name, result.get("error"))
         assert THROUGHPUT_FIELDS <= set(result), (name, THROUGHPUT_FIELDS - set(result))
