@@ -23,7 +23,7 @@ THROUGHPUT_FIELDS = {"status", "recipe", "size", "batch_size", "compile", "preci
 def report(tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("device_check")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
-    done = subprocess.run([str(ROOT / "benchmarks" / "device_check.sh"), str(out), "--cpu-dry-run"],
+    done = subprocess.run([str(ROOT / "benchmarks" / "device_check.sh"), str(out), "--cpu-dry-run", "--peak-tflops", "1.0"],
                           check=False, capture_output=True, text=True, timeout=400, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "device_check.json").read_text()), (out / "device_check.md").read_text()
@@ -38,10 +38,12 @@ def test_every_section_ran_and_has_its_fields(report):
         assert key in data["env"]
     assert set(data["throughput"]) == {"sc_base", "hf_t5_base", "spactor_stage1_base", "sc_large"}
     assert set(data["targets"]) == {"sc_base_mfu", "sc_large_mfu", "sc_base_over_hf_t5_base", "spactor_stage1_over_sc_base"}
+    assert all(t["value"] is not None and isinstance(t["met"], bool) for t in data["targets"].values())
     for name, result in data["throughput"].items():
         assert result["status"] == "ok", (name, result.get("error"))
         assert THROUGHPUT_FIELDS <= set(result), (name, THROUGHPUT_FIELDS - set(result))
         assert result["loss_finite"] and result["seq_per_s"] > 0 and result["flops_per_step"] > 0
+        assert result["mfu"] > 0  # against the --peak-tflops given (CPU has no table entry)
     assert data["throughput"]["sc_base"]["compile"] and data["throughput"]["spactor_stage1_base"]["compile"]
     assert data["ratios"]["sc_base_over_hf_t5_base"] > 0 and data["ratios"]["spactor_stage1_over_sc_base"] > 0
 
