@@ -265,8 +265,10 @@ def shared_run_dir(resolved: Resolved, resume_dir: str | os.PathLike[str] | None
 def count_flops(resolved: Resolved, device: torch.device, info: parallel.DistInfo) -> Any:
     """The FLOPs tracker (``spactor.runners.flops``), or None if counting is off or fails:
     a metric must never stop a run, so a model fvcore cannot trace only loses the FLOPs
-    fields (with a warning). Rank 0 counts, on CPU (one temporary unsharded copy of the
-    model, in its host memory only, freed before training), and tells the others."""
+    fields (with a warning). Rank 0 counts and tells the others, never on the training
+    device: on ``meta`` (no storage at all) where the step traces there, else on CPU
+    (one temporary unsharded copy in rank 0's host memory, freed before training; the
+    meta trace fails on data-dependent shapes such as boolean-mask indexing)."""
     if not resolved.cfg.runtime.count_flops:
         return None
     from spactor.runners.flops import flops_report
@@ -275,7 +277,10 @@ def count_flops(resolved: Resolved, device: torch.device, info: parallel.DistInf
     report = None
     if info.is_main:
         try:
-            report = flops_report(resolved, device="cpu")
+            try:
+                report = flops_report(resolved, device="meta")
+            except Exception:  # noqa: BLE001
+                report = flops_report(resolved, device="cpu")
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"FLOPs counting failed ({type(e).__name__}: {e}); runtime.count_flops=false silences this")
     if info.world_size > 1:
