@@ -133,9 +133,9 @@ def tracker_for(
     """The tracker the runner builds once per run. The dry run traces one sequence on
     ``count_device`` — CPU by default, never the training device: it builds a temporary,
     unsharded copy of the model, which must not take GPU memory from the real one — and
-    scales to ``trainer.batch_size`` (FLOPs are linear in the batch). fvcore traces with
-    ``torch.jit.trace``, which runs the ops, so the meta device cannot stand in (the
-    corruption and sampling ops need values)."""
+    scales to ``trainer.batch_size`` (FLOPs are linear in the batch). ``"meta"`` needs no
+    storage at all, for steps without data-dependent shapes (the runner tries it first,
+    see ``trainer.count_flops``)."""
     return tracker_from_report(resolved, device, flops_report(resolved, device=count_device), world_size)
 
 
