@@ -2,7 +2,9 @@
 
 One full optimizer step of the runner (``spactor.runners.step.train_step``: corruption,
 generator, encode, losses, backward, optimizer) on a fixed batch of random real token
-ids. ``tiny`` runs on CPU in fp32; ``base``/``large`` on CUDA with bf16 autocast and the
+ids; beside it, in the same group, Hugging Face's ``T5ForConditionalGeneration`` on the
+SC step's batch (``benchmarks.hf_peer``), the reference ``compare`` divides the SC step
+by. ``small`` is T5.1.0-Small at 512/114, batch 2, on CPU (``-k small``). ``tiny`` runs on CPU in fp32; ``base``/``large`` on CUDA with bf16 autocast and the
 recipes' optimizers in their fast form (Adafactor ``foreach``, AdamW ``fused``).
 ``extra_info``: seq/s and raw tokens/s from the median step time, the step's FLOPs
 (``spactor.runners.flops``) and MFU.
@@ -17,7 +19,7 @@ import pytest
 import torch
 
 from benchmarks.conftest import device_for, record, synchronize
-from spactor.config import load_config
+from spactor.config import Resolved, load_config
 from spactor.plugins import load_plugins
 from spactor.registry import OPTIMIZERS
 from spactor.runners.flops import count_step_flops, count_vocab
@@ -40,6 +42,8 @@ class Size:
 
 SIZES = {
     "tiny": Size(batch_size=8, input_length=128, vocab_pieces=8000, rounds=8, warmup_rounds=2),
+    # T5.1.0-Small at T5's 512/114 on CPU: the side-by-side with HF the issue quotes
+    "small": Size(batch_size=2, input_length=512, vocab_pieces=32000, rounds=3, warmup_rounds=1),
     "base": Size(batch_size=32, input_length=512, vocab_pieces=32000, rounds=10, warmup_rounds=3),
     "large": Size(batch_size=16, input_length=512, vocab_pieces=32000, rounds=10, warmup_rounds=3),
 }
@@ -53,20 +57,28 @@ CASES = {
 }
 
 
+# what HF's T5 is compared with: the same work as the SC step
+SPAN_CORRUPTION_STEP = "t5_span_corruption_step"
+
+
+def _resolved(recipe: str, size: str, device: torch.device) -> Resolved:
+    shape = SIZES[size]
+    return load_config(recipe, [
+        f"model.size={size}",
+        f"data.input_length={shape.input_length}",
+        f"data.tokenizer_vocab_size={shape.vocab_pieces}",
+        f"trainer.batch_size={shape.batch_size}",
+        f"runtime.device={device.type}",
+    ])
+
+
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("case", list(CASES))
 def test_train_step(benchmark, case: str, size: str) -> None:
     device = device_for(size)
     recipe, stage = CASES[case]
     shape = SIZES[size]
-    overrides = [
-        f"model.size={size}",
-        f"data.input_length={shape.input_length}",
-        f"data.tokenizer_vocab_size={shape.vocab_pieces}",
-        f"trainer.batch_size={shape.batch_size}",
-        f"runtime.device={device.type}",
-    ]
-    resolved = load_config(recipe, overrides)
+    resolved = _resolved(recipe, size, device)
     vocab = count_vocab(resolved.cfg.data)
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -109,4 +121,48 @@ def test_train_step(benchmark, case: str, size: str) -> None:
         stage=stage,
         size=size,
         input_length=shape.input_length,
+        kind=SPAN_CORRUPTION_STEP if case == "sc" else case,
+    )
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_hf_t5_step(benchmark, size: str) -> None:
+    """Hugging Face's T5ForConditionalGeneration on the SC step's batch: the reference of
+    the SC benchmark in the same group (``compare`` prints sc ÷ HF as "vs reference")."""
+    pytest.importorskip("transformers")
+    from benchmarks.hf_peer import hf_inputs, hf_t5_for, hf_train_step
+    from spactor.runners.step import apply_transforms
+
+    device = device_for(size)
+    shape = SIZES[size]
+    resolved = _resolved("sc", size, device)
+    vocab = count_vocab(resolved.cfg.data)
+    torch.manual_seed(0)
+    model = hf_t5_for(resolved, vocab).to(device).train()
+    objectives = build_objectives(resolved, vocab, build_model(resolved, vocab))  # for the corruption only
+    raw_length = raw_length_for(objectives, shape.input_length)
+    data_rng = torch.Generator().manual_seed(3)
+    original = torch.randint(3, vocab.last_sentinel_id, (shape.batch_size, raw_length), generator=data_rng)
+    batch = apply_transforms(objectives, {"original": original}, seeded_generator(1, torch.device("cpu")))
+    inputs = {k: v.to(device) for k, v in hf_inputs(batch, vocab).items()}
+    train = hf_train_step(model, resolved, inputs, torch.bfloat16 if device.type == "cuda" else None)
+
+    def step() -> None:
+        train()
+        synchronize(device)
+
+    benchmark.group = f"train_step-{size}"
+    benchmark.pedantic(step, rounds=shape.rounds, warmup_rounds=shape.warmup_rounds, iterations=1)
+    flops = count_step_flops(resolved, stage=1, vocab=vocab, device=device)  # the same model's FLOPs
+    record(
+        benchmark,
+        sequences=shape.batch_size,
+        tokens=shape.batch_size * raw_length,
+        device=device,
+        flops_per_step=flops.flops_per_step,
+        recipe="hf_t5",
+        size=size,
+        input_length=shape.input_length,
+        kind=SPAN_CORRUPTION_STEP,
+        reference=True,
     )

@@ -232,7 +232,7 @@ class RTD(Objective):
         self.generator: Generator | None = Generator(gen_cfg, model.token_embedding)
         self.head: RTDHead | None = RTDHead(model.hidden_size, cfg.head_hidden or 4 * model.hidden_size)
         # Ids a sample may not take; persistent=False keeps it out of checkpoints.
-        special = self.vocab.is_special(torch.arange(model.vocab_size))
+        special = self.vocab.is_special(torch.arange(model.vocab_size, device="cpu"))  # real even on meta
         self.register_buffer("disallowed", special, persistent=False)
         self.released = False
         if cfg.generator_checkpoint:

@@ -319,7 +319,9 @@ def _quiet_build(device: torch.device) -> Iterator[None]:
         if device.type == "cuda"
         else []
     )
-    with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():
+    # On ``meta`` the modules hold no storage: counting then needs no host memory at all.
+    place = torch.device("meta") if device.type == "meta" else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=cuda), warnings.catch_warnings(), place:
         warnings.filterwarnings("ignore", message=".*frozen generator without generator_checkpoint.*")
         yield
 
@@ -348,8 +350,15 @@ def _count(
     seed: int = 0,
 ) -> StepFlops:
     objectives: dict[str, Objective] = dict(modules.objectives.items())  # type: ignore[arg-type]
-    rng = seeded_generator(seed, device)
-    batch = _dry_batch(objectives, vocab, input_length, rng, device)
+    if device.type == "meta":  # the corruption needs values: prepare on CPU, trace on meta
+        cpu = torch.device("cpu")
+        with cpu:
+            rng = seeded_generator(seed, cpu)
+            batch = _dry_batch(objectives, vocab, input_length, rng, cpu)
+        batch = {k: v.to(device) for k, v in batch.items()}
+    else:
+        rng = seeded_generator(seed, device)
+        batch = _dry_batch(objectives, vocab, input_length, rng, device)
     return count_modules_flops(modules, batch, rng, batch_size, stage, elementwise)
 
 

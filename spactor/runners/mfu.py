@@ -132,18 +132,24 @@ def tracker_for(
     resolved: Resolved,
     device: torch.device,
     world_size: int = 1,
-    count_device: torch.device | str | None = None,
+    count_device: torch.device | str = "cpu",
 ) -> FlopsTracker:
-    """The tracker the runner builds once per run. The dry run executes on
-    ``count_device`` (default: the training device — seconds on a GPU, tens of seconds for
-    T5-Large on a few CPU cores; it builds a second, temporary copy of the model there).
-    The peak comes from ``runtime.peak_tflops`` when the config has that key, else from
-    the GPU's name; none on CPU, so MFU is then None."""
-    # Every stage the recipe has: the stage a step runs in decides its FLOPs, whatever the
-    # (possibly changed on resume) τ says.
-    count_on = count_device if count_device is not None else device
-    report = flops_report(resolved, device=count_on, every_stage=True)
+    """The tracker the runner builds once per run. The dry run traces one sequence on
+    ``count_device`` — CPU by default, never the training device: it builds a temporary,
+    unsharded copy of the model, which must not take GPU memory from the real one — and
+    scales to ``trainer.batch_size`` (FLOPs are linear in the batch). ``"meta"`` needs no
+    storage at all, for steps without data-dependent shapes (the runner tries it first,
+    see ``trainer.count_flops``)."""
+    report = flops_report(resolved, device=count_device, every_stage=True)
+    return tracker_from_report(resolved, device, report, world_size)
+
+
+def tracker_from_report(
+    resolved: Resolved, device: torch.device, report: FlopsReport, world_size: int = 1
+) -> FlopsTracker:
+    """The tracker for a report counted elsewhere (by rank 0, for every rank). The peak
+    comes from ``runtime.peak_tflops`` when the config has that key, else from the GPU's
+    name; none on CPU, so MFU is then None."""
     override = getattr(resolved.cfg.runtime, "peak_tflops", None)
     peak = peak_tflops(override=override) if device.type == "cuda" or override is not None else None
     return FlopsTracker(report, peak_tflops=peak, world_size=world_size)
-

@@ -139,16 +139,29 @@ def apply_fsdp(
     forward_methods: dict[nn.Module, tuple[str, ...]],
     param_dtype: torch.dtype | None,
     device: torch.device,
+    blocks: Iterable[nn.Module] = (),
 ) -> None:
-    """Shard every unit (blocks, generator, RTD head), then the root."""
+    """Shard every unit (blocks, generator, RTD head), then the root.
+
+    The precision policy (the same residual stream as one device under autocast):
+    ``blocks`` — the repeated transformer blocks, nearly all the parameters — are
+    all-gathered in ``param_dtype`` (bf16: half the traffic, and autocast would cast
+    them anyway); every other unit and the root (token and position embeddings,
+    relative-bias tables, final norms, heads: small) keep fp32, so the embeddings enter
+    the residual stream in fp32 and the final norms return fp32, as on one device.
+    Gradients are reduced in fp32 and the sharded master weights and optimizer state
+    stay fp32."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     mesh = init_device_mesh(device.type, (world_info().world_size,))
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    # cast_forward_inputs=False: a block must not cast the residual stream it receives
+    low = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    full = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
+    in_low = {id(b) for b in blocks}
     for unit in units:
-        fully_shard(unit, mesh=mesh, mp_policy=mp)
-    fully_shard(root, mesh=mesh, mp_policy=mp)
+        fully_shard(unit, mesh=mesh, mp_policy=low if id(unit) in in_low else full)
+    fully_shard(root, mesh=mesh, mp_policy=full)
     for module, methods in forward_methods.items():
         for method in methods:
             register_fsdp_forward_method(module, method)

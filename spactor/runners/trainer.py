@@ -33,6 +33,7 @@ from spactor.registry import ARCHITECTURES, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS
 from spactor.runners import parallel
 from spactor.runners.checkpoint import Checkpointer
 from spactor.runners.data import build_data
+from spactor.runners.meta_init import InitProgram, NotReplayable, record_init
 from spactor.runners.metrics import MetricsWriter, Progress
 from spactor.runners.optim import set_lr
 from spactor.runners.run_dir import RunDirLock, open_run_dir, start_run_dir, with_tokenizer, write_config
@@ -138,6 +139,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The compute dtype of the step's autocast, with and without FSDP: one precision
+    policy on 1 and N devices (bf16 matmuls; fp32 master weights, optimizer state,
+    residual stream, norms' statistics, softmax and cross-entropy; FSDP adds bf16
+    all-gathers of the blocks and fp32 gradient reduction, see ``parallel.apply_fsdp``)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if precision == "bf16":
@@ -161,6 +166,33 @@ def default_run_dir(recipe: str | None) -> Path:
 def build_model(resolved: Resolved, vocab: Vocab) -> nn.Module:
     entry = ARCHITECTURES.get(resolved.model.type)
     return entry.factory(resolved.model.config, vocab.size)
+
+
+def build_on_meta(resolved: Resolved, vocab: Vocab) -> tuple[nn.Module, dict[str, Objective], InitProgram | None]:
+    """The model and the objectives' modules on the meta device, with the program that
+    initialises them once sharded (``spactor.runners.meta_init``), or built eagerly on
+    CPU (program None) when the build loads weights (``model.init_from``, a generator
+    checkpoint) or initialises in a way the program cannot replay."""
+    if _loads_weights(resolved):
+        model = build_model(resolved, vocab)
+        return model, build_objectives(resolved, vocab, model), None
+    rng = torch.get_rng_state()
+    try:
+        with record_init() as program:
+            model = build_model(resolved, vocab)
+            objectives = build_objectives(resolved, vocab, model)
+        return model, objectives, program
+    except NotReplayable as e:
+        warnings.warn(f"building on the meta device is not possible ({e}); building on CPU")
+        torch.set_rng_state(rng)
+        model = build_model(resolved, vocab)
+        return model, build_objectives(resolved, vocab, model), None
+
+
+def _loads_weights(resolved: Resolved) -> bool:
+    if getattr(resolved.model.config, "init_from", None):
+        return True
+    return any(getattr(p.config, "generator_checkpoint", None) for p in resolved.objectives.values())
 
 
 def build_objectives(resolved: Resolved, vocab: Vocab, model: nn.Module) -> dict[str, Objective]:
@@ -214,7 +246,7 @@ def parallelize(modules: TrainModules, objectives: dict[str, Objective], resolve
         for o in objectives.values():
             methods.update(o.fsdp_forward_methods())
         param_dtype = torch.bfloat16 if _wants_bf16(rt.precision, device) else None
-        parallel.apply_fsdp(modules, units, methods, param_dtype, device)
+        parallel.apply_fsdp(modules, units, methods, param_dtype, device, blocks=blocks)
     return use_fsdp
 
 
@@ -235,16 +267,29 @@ def shared_run_dir(resolved: Resolved, resume_dir: str | os.PathLike[str] | None
 def count_flops(resolved: Resolved, device: torch.device, info: parallel.DistInfo) -> Any:
     """The FLOPs tracker (``spactor.runners.flops``), or None if counting is off or fails:
     a metric must never stop a run, so a model fvcore cannot trace only loses the FLOPs
-    fields (with a warning)."""
+    fields (with a warning). Rank 0 counts and tells the others, never on the training
+    device: on ``meta`` (no storage at all) where the step traces there, else on CPU
+    (one temporary unsharded copy in rank 0's host memory, freed before training; the
+    meta trace fails on data-dependent shapes such as boolean-mask indexing)."""
     if not resolved.cfg.runtime.count_flops:
         return None
-    from spactor.runners.mfu import tracker_for
+    from spactor.runners.flops import flops_report
+    from spactor.runners.mfu import tracker_from_report
 
-    try:
-        return tracker_for(resolved, device, world_size=info.world_size)
-    except Exception as e:  # noqa: BLE001
-        warnings.warn(f"FLOPs counting failed ({type(e).__name__}: {e}); runtime.count_flops=false silences this")
-        return None
+    report = None
+    if info.is_main:
+        try:
+            try:
+                report = flops_report(resolved, device="meta", every_stage=True)
+            except Exception:  # noqa: BLE001
+                report = flops_report(resolved, device="cpu", every_stage=True)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"FLOPs counting failed ({type(e).__name__}: {e}); runtime.count_flops=false silences this")
+    if info.world_size > 1:
+        shared = [report]
+        dist.broadcast_object_list(shared, src=0)
+        report = shared[0]
+    return None if report is None else tracker_from_report(resolved, device, report, info.world_size)
 
 
 def checkpoint_shared(path: Path) -> dict[str, Any]:
@@ -300,11 +345,12 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
                 for old in checkpointer.list():
                     shutil.rmtree(old)
             start_run_dir(run_dir, resolved, data.tokenizer)  # config, spiece.model, identity
-    model = build_model(resolved, data.vocab)
-    objectives = build_objectives(resolved, data.vocab, model)
+    model, objectives, init_program = build_on_meta(resolved, data.vocab)
     data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
     schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps)
     modules = TrainModules(model, objectives)
+    if init_program is not None:
+        init_program.bind(modules)
     flops = count_flops(resolved, device, info)
 
     stage, shared = 1, {}
@@ -317,9 +363,13 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     if stage == 2:
         release_stage1(modules, objectives, optimizer=None)  # before the optimizer exists
 
-    modules.to(device).train()
+    if init_program is None:
+        modules.to(device)
     use_fsdp = parallelize(modules, objectives, resolved, device, info)
-    amp_dtype = None if use_fsdp else autocast_dtype(cfg.runtime.precision, device)
+    if init_program is not None:
+        init_program.materialize(modules, device)  # after sharding: each rank allocates its shards
+    modules.train()
+    amp_dtype = autocast_dtype(cfg.runtime.precision, device)
     optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config, trainable_parameters(modules))
     lr_at = LR_SCHEDULES.get(resolved.lr_schedule.type).factory(resolved.lr_schedule.config)
     ctx = StepContext(

@@ -1,5 +1,6 @@
 """Run under torchrun by test_distributed.py: three SC steps on a fixed global batch, each
-rank holding its slice; rank 0 writes the logged losses to the JSON path in argv[1]."""
+rank holding its slice; rank 0 writes the logged losses to the JSON path in argv[1], and
+the dtype of the residual stream entering the first encoder block to ``argv[1].residual``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from spactor.registry import OPTIMIZERS
 from spactor.runners import parallel
 from spactor.runners.stages import trainable_parameters
 from spactor.runners.step import StepContext, TrainModules, train_step
-from spactor.runners.trainer import build_model, build_objectives, parallelize, seeded_generator
+from spactor.runners.trainer import autocast_dtype, build_model, build_objectives, parallelize, seeded_generator
 
 
 def main(out_path: str, overrides: list[str]) -> None:
@@ -30,7 +31,10 @@ def main(out_path: str, overrides: list[str]) -> None:
     modules = TrainModules(model, objectives)
     parallelize(modules, objectives, resolved, cpu, info)
     optimizer = OPTIMIZERS.get("adafactor").factory(resolved.optimizer.config, trainable_parameters(modules))
-    ctx = StepContext(info, seeded_generator(1, cpu), seeded_generator(2 + info.rank, cpu), grad_accum_steps=1)
+    ctx = StepContext(info, seeded_generator(1, cpu), seeded_generator(2 + info.rank, cpu), grad_accum_steps=1,
+                      amp_dtype=autocast_dtype(resolved.cfg.runtime.precision, cpu))
+    residual: list[torch.dtype] = []
+    model.encoder.blocks[0].register_forward_pre_hook(lambda _, args: residual.append(args[0].dtype))
     data = torch.Generator().manual_seed(3)
     losses = []
     for _ in range(3):
@@ -41,6 +45,8 @@ def main(out_path: str, overrides: list[str]) -> None:
     if info.is_main:
         with open(out_path, "w") as f:
             json.dump(losses, f)
+        with open(out_path + ".residual", "w") as f:
+            f.write(str(residual[0]))
     parallel.shutdown_distributed()
 
 
