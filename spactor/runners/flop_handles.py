@@ -82,6 +82,8 @@ ELEMENTWISE_FLOPS: dict[str, float] = {
     "aten::sigmoid": 4,
     "aten::softmax": 5,  # max, subtract, exp, sum, divide
     "aten::log_softmax": 5,
+    "aten::logsumexp": 4,  # max, subtract, exp, sum (+ a log per row)
+    "aten::square": 1,
     "aten::cross_entropy_loss": 6,  # log-softmax + gather/negate/sum
     "aten::binary_cross_entropy_with_logits": 6,
     "aten::layer_norm": 5,  # fvcore's own estimate
