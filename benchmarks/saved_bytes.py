@@ -32,7 +32,11 @@ def saved_storages(modules: TrainModules, batch: dict[str, torch.Tensor], dtype:
     params = {p.untyped_storage().data_ptr() for p in modules.parameters()}
     seen: dict[int, tuple[int, tuple[int, ...], str]] = {}
 
+    from torch._subclasses.fake_tensor import FakeTensor
+
     def pack(t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, FakeTensor):  # flex builds its backward graph on fake tensors
+            return t
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in params and ptr not in seen:

@@ -350,13 +350,18 @@ def flex_attention(
         def score_mod(score: torch.Tensor, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> torch.Tensor:
             return score_fn(score, b, h, q_idx, kv_idx, table, offset_buckets)
 
-    if q.device.type == "cpu":  # inference on CPU: the public eager path is fine
+    if q.device.type == "cpu":  # inference on CPU
         from torch.nn.attention.flex_attention import flex_attention as flex
 
+        if torch.compiler.is_compiling():
+            # Inductor's CPU flex template reads q/k/v as 4-D buffers; a head-split view of
+            # a matmul output is 2-D underneath and fails to lower.
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
     return _fused_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
 
+@torch.compiler.disable  # CPU only: no compiled flex backward exists there, run it eagerly
 def _flex_attention_eager(
     q: torch.Tensor,
     k: torch.Tensor,
