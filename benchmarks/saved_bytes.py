@@ -44,7 +44,8 @@ def saved_storages(modules: TrainModules, batch: dict[str, torch.Tensor], dtype:
         return t
 
     rng = seeded_generator(1, torch.device("cpu"))
-    autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
+    enabled = dtype is not None
+    autocast = torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=enabled)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
         modules(batch, rng)
     return seen
@@ -112,7 +113,9 @@ def main() -> None:
         "per_sequence_MB_by_group": {
             k: round((groups[2].get(k, 0) - groups[1].get(k, 0)) / 1e6, 1) for k in sorted(groups[2])
         },
-        "largest_saved_at_batch_2": [f"{nbytes / 1e6:.1f} MB {dt} {list(shape)}" for nbytes, shape, dt in top],
+        "largest_saved_at_batch_2": [
+            f"{nbytes / 1e6:.1f} MB {dt} {list(shape)}" for nbytes, shape, dt in top
+        ],
     }
     print(json.dumps(report, indent=2))
 

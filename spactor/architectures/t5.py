@@ -148,7 +148,9 @@ class T5DecoderStack(nn.Module):
         # (1, H, T, T): causal and relative; no batch dimension.
         self_bias = attention_bias(self.backend, dtype, length, length, self.rel_bias, causal=True)
         # Cross-attention has no position bias: only the encoder padding, if any.
-        cross_bias = attention_bias(self.backend, dtype, length, encoder_hidden.shape[1], key_keep=encoder_mask)
+        cross_bias = attention_bias(
+            self.backend, dtype, length, encoder_hidden.shape[1], key_keep=encoder_mask
+        )
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, self_bias, encoder_hidden, cross_bias)

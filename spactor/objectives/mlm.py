@@ -49,7 +49,8 @@ class MLM(Objective):
         mask = self._mask(batch)
         labels = batch.get("mlm_labels", batch["encoder_input"])[mask]  # no labels only if nothing is masked
         # Logits in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
-        ce = token_cross_entropy(model.lm_logits(encoder_hidden[mask]), labels, with_accuracy=self.compute_metrics)
+        logits = model.lm_logits(encoder_hidden[mask])
+        ce = token_cross_entropy(logits, labels, with_accuracy=self.compute_metrics)
         aux = {}
         if self.cfg.z_loss > 0:
             aux[f"{self.name}_z"] = LossTerm(self.cfg.z_loss * ce.z_total, mask.sum(), self.weight)

@@ -337,9 +337,8 @@ class SpanCorruption(Objective):
         encoder_mask = batch["encoder_input"] != self.vocab.pad_id
         hidden = model.decode(batch["decoder_input"], encoder_hidden, encoder_mask)
         # Logits stay in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
-        ce = token_cross_entropy(
-            model.lm_logits(hidden), target, ignore_index=self.vocab.pad_id, with_accuracy=self.compute_metrics
-        )
+        logits = model.lm_logits(hidden)
+        ce = token_cross_entropy(logits, target, self.vocab.pad_id, with_accuracy=self.compute_metrics)
         count = (target != self.vocab.pad_id).sum()
         aux = {}
         if self.cfg.z_loss > 0:

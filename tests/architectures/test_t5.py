@@ -304,7 +304,8 @@ def test_flex_inference_on_cpu_uses_the_public_kernel_and_agrees():
     flex.load_state_dict(sdpa.state_dict())
     inputs, targets, mask = batch()
     with torch.no_grad():
-        torch.testing.assert_close(flex(inputs, targets, mask), sdpa(inputs, targets, mask), atol=1e-5, rtol=1e-5)
+        expected = sdpa(inputs, targets, mask)
+        torch.testing.assert_close(flex(inputs, targets, mask), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_flex_refuses_attention_dropout():
@@ -335,6 +336,7 @@ def test_bias_is_built_once_per_stack_in_the_compute_dtype():
     encoder, decoder = seen[:layers], seen[layers:]
     self_biases, cross_biases = decoder[0::2], decoder[1::2]
     heads = model.dims["num_heads"]
-    for group, shape in ((encoder, (3, heads, 11, 11)), (self_biases, (1, heads, 7, 7)), (cross_biases, (3, 1, 1, 11))):
+    expected = ((encoder, (3, heads, 11, 11)), (self_biases, (1, heads, 7, 7)), (cross_biases, (3, 1, 1, 11)))
+    for group, shape in expected:
         assert all(b is group[0] for b in group), "the bias must be built once per stack, not per layer"
         assert group[0].dtype == torch.bfloat16 and tuple(group[0].shape) == shape

@@ -116,15 +116,23 @@ def _sc_batch(obj: SpanCorruption, batch_size: int = 3):
     return obj.transform({"original": original}, torch.Generator().manual_seed(1))
 
 
+def _sc_logits(model, batch) -> torch.Tensor:
+    mask = batch["encoder_input"] != VOCAB.pad_id
+    encoded = model.encode(batch["encoder_input"], mask)
+    return model.lm_logits(model.decode(batch["decoder_input"], encoded, mask))
+
+
 def test_span_corruption_logs_z_loss_on_its_own():
     model = _t5()
     obj = _sc(model, z_loss=1e-4, weight=10.0)
     batch = _sc_batch(obj)
     mask = batch["encoder_input"] != VOCAB.pad_id
     out = obj.loss(batch, model.encode(batch["encoder_input"], mask), model)
-    logits = model.lm_logits(model.decode(batch["decoder_input"], model.encode(batch["encoder_input"], mask), mask))
+    logits = _sc_logits(model, batch)
     target = batch["decoder_target"]
-    plain = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=VOCAB.pad_id, reduction="sum")
+    plain = F.cross_entropy(
+        logits.flatten(0, 1), target.flatten(), ignore_index=VOCAB.pad_id, reduction="sum"
+    )
     torch.testing.assert_close(out.loss.total, plain)  # loss/span_corruption stays the plain CE
     z_term = out.aux_losses["span_corruption_z"]
     valid = target != VOCAB.pad_id
@@ -134,7 +142,8 @@ def test_span_corruption_logs_z_loss_on_its_own():
     assert obj.aux_counts(batch) == {"span_corruption_z": obj.count(batch)}
     # z_loss = 0: no aux loss at all, the losses of a run stay what they were.
     off = _sc(model, z_loss=0.0)
-    assert off.aux_counts(batch) == {} and off.loss(batch, model.encode(batch["encoder_input"], mask), model).aux_losses == {}
+    assert off.aux_counts(batch) == {}
+    assert off.loss(batch, model.encode(batch["encoder_input"], mask), model).aux_losses == {}
 
 
 def test_mlm_z_loss():
@@ -148,7 +157,8 @@ def test_mlm_z_loss():
     out = obj.loss(batch, hidden, model)
     logits = model.lm_logits(hidden[mask])
     torch.testing.assert_close(out.loss.total, F.cross_entropy(logits, ids[mask], reduction="sum"))
-    torch.testing.assert_close(out.aux_losses["mlm_z"].total, 1e-3 * torch.logsumexp(logits, -1).square().sum())
+    expected_z = 1e-3 * torch.logsumexp(logits, -1).square().sum()
+    torch.testing.assert_close(out.aux_losses["mlm_z"].total, expected_z)
     assert set(obj.aux_counts(batch)) == {"mlm_z"}
 
 
@@ -205,12 +215,14 @@ def test_span_corruption_loss_saves_no_fp32_logits_under_bf16():
 
     out, saved = saved_tensors(step)
     vocab_sized = [t for t in saved if t.numel() == logits_numel and t.shape[-1] == VOCAB.size]
-    assert not [t for t in vocab_sized if t.dtype == torch.float32], "fp32 (B, T, V) logits saved for backward"
+    fp32_logits = [t for t in vocab_sized if t.dtype == torch.float32]
+    assert not fp32_logits, "fp32 (B, T, V) logits saved for backward"
     storages = {t.untyped_storage().data_ptr() for t in vocab_sized}
     assert len(storages) == 1 and vocab_sized[0].dtype == torch.bfloat16  # the logits, once, in bf16
     # What the previous F.cross_entropy(logits.float()) kept: an fp32 (B·T, V) log-softmax.
-    logits = model.lm_logits(model.decode(batch["decoder_input"], model.encode(batch["encoder_input"], mask), mask))
-    _, before = saved_tensors(lambda: F.cross_entropy(logits.float().flatten(0, 1), batch["decoder_target"].flatten()))
+    logits = _sc_logits(model, batch)
+    targets_flat = batch["decoder_target"].flatten()
+    _, before = saved_tensors(lambda: F.cross_entropy(logits.float().flatten(0, 1), targets_flat))
     assert any(t.dtype == torch.float32 and t.numel() == logits_numel for t in before)
     (out.loss.total + out.aux_losses["span_corruption_z"].total).backward()
     assert model.token_embedding.weight.grad is not None
