@@ -286,6 +286,8 @@ def _rule_objective(key: str, name: str, value: Any) -> None:
         unit_interval(key, value)
     elif name == "mean_noise_span_length":
         positive(key, value)
+    elif name == "z_loss" or name.endswith("_z_loss"):
+        non_negative(key, value)
     elif name == "weight" or name.endswith("_weight"):
         non_negative(key, value)
     elif name.endswith("temperature"):

@@ -33,15 +33,17 @@ from torch import nn
 
 from spactor.architectures.base import EncoderInputs
 from spactor.architectures.layers import (
-    ATTENTION_BACKENDS,
     Attention,
     BlockSpec,
     EncoderBlock,
     FeedForward,
+    FlexBias,
     RelativePositionBias,
     RMSNorm,
-    mask_bias,
-    padding_bias,
+    attention_bias,
+    check_attention,
+    compute_dtype,
+    flex_attention,
 )
 from spactor.registry import ARCHITECTURES
 
@@ -72,7 +74,7 @@ class EncoderConfig:
     max_positions: int = 512  # rows of the learned position table
     norm: str = "layernorm"  # layernorm (post-LN BERT/ELECTRA) | rmsnorm (pre-norm T5)
     dropout: float = 0.1
-    attention: str = "sdpa"  # sdpa | eager
+    attention: str = "sdpa"  # sdpa | eager | flex (FlexAttention; needs dropout 0)
     vocab_size: int | None = None  # None: the tokenizer's size, given at build time
 
 
@@ -102,10 +104,7 @@ class EncoderSpec:
             raise ValueError(f"unknown encoder norm '{self.norm}'; valid: {', '.join(NORMS)}")
         if self.positions not in POSITIONS:
             raise ValueError(f"unknown encoder positions '{self.positions}'; valid: {', '.join(POSITIONS)}")
-        if self.attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"unknown attention '{self.attention}'; valid: {', '.join(ATTENTION_BACKENDS)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_attention(self.attention, self.dropout)
 
     @property
     def t5_style(self) -> bool:
@@ -161,7 +160,8 @@ def resolve_encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
 
 
 def _bias_as(bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    # fp32's finfo.min becomes -inf in bf16; clamp first so a fully masked row stays finite.
+    # A no-op for the bias EncoderBody builds (already in the compute dtype); fp32's
+    # finfo.min becomes -inf in bf16, so a bias built elsewhere is clamped first.
     if bias is None or bias.dtype == dtype:
         return bias
     return bias.clamp(min=torch.finfo(dtype).min).to(dtype)
@@ -184,10 +184,12 @@ class ScaledAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.d_kv).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | FlexBias | None) -> torch.Tensor:
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
         dropout_p = self.dropout if self.training else 0.0
-        if self.backend == "sdpa":
+        if self.backend == "flex":
+            out = flex_attention(q, k, v, bias, scale=self.d_kv**-0.5)  # type: ignore[arg-type]
+        elif self.backend == "sdpa":
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=_bias_as(bias, q.dtype), dropout_p=dropout_p
             )
@@ -213,7 +215,7 @@ class PostLNBlock(nn.Module):
         self.ffn_norm = nn.LayerNorm(spec.d_model, eps=LAYER_NORM_EPS)
         self.dropout = nn.Dropout(spec.dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | FlexBias | None) -> torch.Tensor:
         x = self.self_attn_norm(x + self.dropout(self.self_attn(x, bias)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
@@ -248,14 +250,9 @@ class EncoderBody(nn.Module):
 
     def attention_bias(
         self, length: int, attention_mask: torch.Tensor | None, dtype: torch.dtype
-    ) -> torch.Tensor | None:
-        """One additive bias for every layer: relative bias and/or key padding."""
-        if self.rel_bias is not None:
-            bias = self.rel_bias(length, length)
-            return (
-                bias if attention_mask is None else mask_bias(bias, attention_mask[:, None, None, :].bool())
-            )
-        return None if attention_mask is None else padding_bias(attention_mask.bool(), dtype)
+    ) -> torch.Tensor | FlexBias | None:
+        """One bias for every layer, in ``dtype``: relative bias and/or key padding."""
+        return attention_bias(self.spec.attention, dtype, length, length, self.rel_bias, attention_mask)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         length = x.shape[1]
@@ -269,7 +266,7 @@ class EncoderBody(nn.Module):
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         x = self.dropout(x)
-        bias = self.attention_bias(length, attention_mask, x.dtype)
+        bias = self.attention_bias(length, attention_mask, compute_dtype(x))
         for block in self.blocks:
             x = block(x, bias)
         if self.final_norm is not None:

@@ -31,8 +31,9 @@ from spactor.architectures.layers import (
     FeedForward,
     RelativePositionBias,
     RMSNorm,
-    mask_bias,
-    padding_bias,
+    attention_bias,
+    check_attention,
+    compute_dtype,
 )
 from spactor.registry import ARCHITECTURES
 
@@ -69,7 +70,7 @@ class T5Config:
     dropout: float = 0.0
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
-    attention: str = "sdpa"  # sdpa | eager
+    attention: str = "sdpa"  # sdpa | eager | flex (FlexAttention; needs dropout 0)
     init_std: float = 1.0  # T5's initializer factor: multiplies every init std
     vocab_size: int | None = None  # None: the tokenizer's size, given at build time
     init_from: str | None = None  # "hf:PATH": start from HF T5 weights (config.json + model.safetensors)
@@ -105,6 +106,7 @@ def resolve_t5_dims(cfg: T5Config) -> dict[str, Any]:
                 raise ValueError(f"T5 {name} must be a positive integer, got {value!r}")
             dims[name] = int(value)
     dims.setdefault("num_decoder_layers", dims["num_layers"])
+    check_attention(cfg.attention, cfg.dropout)
     dims["ffn"] = "relu" if version == "1.0" else "gated-gelu"
     dims["tie_embeddings"] = version == "1.0" if cfg.tie_embeddings is None else bool(cfg.tie_embeddings)
     return dims
@@ -115,6 +117,7 @@ class T5EncoderStack(nn.Module):
 
     def __init__(self, spec: BlockSpec, num_layers: int, num_buckets: int, max_distance: int) -> None:
         super().__init__()
+        self.backend = spec.attention
         self.rel_bias = RelativePositionBias(spec.num_heads, True, num_buckets, max_distance)
         self.blocks = nn.ModuleList(EncoderBlock(spec) for _ in range(num_layers))
         self.final_norm = RMSNorm(spec.d_model)
@@ -122,10 +125,9 @@ class T5EncoderStack(nn.Module):
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         length = x.shape[1]
-        # Computed once per forward and reused by every layer (T5 shares it the same way).
-        bias = self.rel_bias(length, length)
-        if attention_mask is not None:
-            bias = mask_bias(bias, attention_mask[:, None, None, :].bool())
+        # Built once per forward in the compute dtype and shared by every layer (T5
+        # shares the position bias the same way).
+        bias = attention_bias(self.backend, compute_dtype(x), length, length, self.rel_bias, attention_mask)
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, bias)
@@ -137,6 +139,7 @@ class T5DecoderStack(nn.Module):
 
     def __init__(self, spec: BlockSpec, num_layers: int, num_buckets: int, max_distance: int) -> None:
         super().__init__()
+        self.backend = spec.attention
         self.rel_bias = RelativePositionBias(spec.num_heads, False, num_buckets, max_distance)
         self.blocks = nn.ModuleList(DecoderBlock(spec) for _ in range(num_layers))
         self.final_norm = RMSNorm(spec.d_model)
@@ -145,11 +148,13 @@ class T5DecoderStack(nn.Module):
     def forward(
         self, x: torch.Tensor, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        length = x.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        self_bias = mask_bias(self.rel_bias(length, length), causal)
+        length, dtype = x.shape[1], compute_dtype(x)
+        # (1, H, T, T): causal and relative; no batch dimension.
+        self_bias = attention_bias(self.backend, dtype, length, length, self.rel_bias, causal=True)
         # Cross-attention has no position bias: only the encoder padding, if any.
-        cross_bias = None if encoder_mask is None else padding_bias(encoder_mask.bool(), encoder_hidden.dtype)
+        cross_bias = attention_bias(
+            self.backend, dtype, length, encoder_hidden.shape[1], key_keep=encoder_mask
+        )
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, self_bias, encoder_hidden, cross_bias)

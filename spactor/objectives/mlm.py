@@ -11,21 +11,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
+from spactor.objectives.cross_entropy import check_z_loss, token_cross_entropy
 from spactor.registry import OBJECTIVES
 
 
 @dataclass
 class MLMConfig:
     weight: float = 1.0  # knob
+    z_loss: float = 0.0  # T5's z-loss coefficient (see span_corruption); logged as loss/<name>_z
 
 
 class MLM(Objective):
     """Cross-entropy of ``model.lm_logits`` at the masked encoder positions."""
 
     KNOBS = ("weight",)
+
+    def __init__(self, cfg: MLMConfig, ctx: ObjectiveContext) -> None:
+        super().__init__(cfg, ctx)
+        check_z_loss(f"objectives.{ctx.name}", cfg.z_loss)
 
     def _mask(self, batch: Batch) -> torch.Tensor:
         if "mlm_mask" not in batch:
@@ -37,14 +42,22 @@ class MLM(Objective):
     def count(self, batch: Batch) -> torch.Tensor:
         return self._mask(batch).sum()
 
+    def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {f"{self.name}_z": self.count(batch)} if self.cfg.z_loss > 0 else {}
+
     def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Any) -> ObjectiveOutput:
         mask = self._mask(batch)
         labels = batch.get("mlm_labels", batch["encoder_input"])[mask]  # no labels only if nothing is masked
-        logits = model.lm_logits(encoder_hidden[mask]).float()  # CE in fp32 whatever the compute dtype
-        total = F.cross_entropy(logits, labels, reduction="sum")
-        with torch.no_grad():
-            accuracy = (logits.argmax(dim=-1) == labels).sum().float() / max(labels.numel(), 1)
-        return ObjectiveOutput(loss=LossTerm(total, mask.sum()), metrics={"mlm/accuracy": accuracy})
+        # Logits in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
+        logits = model.lm_logits(encoder_hidden[mask])
+        ce = token_cross_entropy(logits, labels, with_accuracy=self.compute_metrics)
+        aux = {}
+        if self.cfg.z_loss > 0:
+            aux[f"{self.name}_z"] = LossTerm(self.cfg.z_loss * ce.z_total, mask.sum(), self.weight)
+        metrics = {}
+        if ce.correct is not None:
+            metrics["mlm/accuracy"] = ce.correct.float() / max(labels.numel(), 1)
+        return ObjectiveOutput(loss=LossTerm(ce.total, mask.sum()), aux_losses=aux, metrics=metrics)
 
 
 @OBJECTIVES.register("mlm", MLMConfig)

@@ -46,9 +46,11 @@ from spactor.architectures.generator import (
     load_generator_weights,
 )
 from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
+from spactor.objectives.cross_entropy import check_z_loss, token_cross_entropy
 from spactor.registry import OBJECTIVES
 
 GENERATOR_LOSS = "generator"  # aux-loss key → logged as loss/generator
+GENERATOR_Z_LOSS = "generator_z"  # the generator's z-loss, loss/generator_z
 LOGIT_MODES = ("masked", "all")
 
 
@@ -56,6 +58,9 @@ LOGIT_MODES = ("masked", "all")
 class RTDConfig:
     weight: float = 10.0  # knob: λ1 on the RTD loss (ELECTRA: 50)
     generator_weight: float = 1.0  # knob: weight on L_G
+    # T5's z-loss on the generator's cross-entropy (see span_corruption), loss/generator_z,
+    # weighted by generator_weight.
+    generator_z_loss: float = 0.0
     temperature: float = 1.0  # knob: sampling temperature (Fast-ELECTRA anneals it to 1)
     enabled: bool = True  # knob: off = identity, no losses
     head_hidden: int | None = None  # RTD head MLP width; None: 4 × D's hidden size (paper: D's d_ff)
@@ -227,6 +232,7 @@ class RTD(Objective):
                 f"{where}: a frozen generator cannot share D's token embedding (D keeps training it); "
                 f"use embedding_sharing: none (or gdes)"
             )
+        check_z_loss(f"{where}.generator_z_loss", cfg.generator_z_loss)
         model = ctx.model
         gen_cfg = generator_config(cfg, model.hidden_size, ctx.input_length)
         self.generator: Generator | None = Generator(gen_cfg, model.token_embedding)
@@ -284,7 +290,10 @@ class RTD(Objective):
     def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         if not self.active:
             return {}
-        return {GENERATOR_LOSS: self._mlm_mask(batch).sum()}
+        counts = {GENERATOR_LOSS: self._mlm_mask(batch).sum()}
+        if self.cfg.generator_z_loss > 0:
+            counts[GENERATOR_Z_LOSS] = counts[GENERATOR_LOSS]
+        return counts
 
     def _mlm_mask(self, batch: Batch) -> torch.Tensor:
         if "mlm_mask" not in batch:
@@ -314,8 +323,9 @@ class RTD(Objective):
         frozen = self.cfg.frozen
         # nullcontext, not enable_grad: an outer no_grad (evaluation) must still hold.
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            logits = self._generator_logits(ids, attention, positions).float()  # CE in fp32
-            gen_total = F.cross_entropy(logits, labels, reduction="sum")
+            # Logits in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
+            logits = self._generator_logits(ids, attention, positions)
+            gen_ce = token_cross_entropy(logits, labels, with_accuracy=self.compute_metrics)
 
         with torch.no_grad():
             sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed)
@@ -323,18 +333,23 @@ class RTD(Objective):
             original = torch.where(positions, full_labels, ids)
             rtd_labels = (replaced != original) & attention
             n_masked = max(labels.numel(), 1)
-            metrics = {
-                "gen/accuracy": (logits.argmax(dim=-1) == labels).sum().float() / n_masked,
-                "gen/sampled_original": (sampled == labels).sum().float() / n_masked,
-            }
+            metrics = {}
+            if gen_ce.correct is not None:
+                metrics = {
+                    "gen/accuracy": gen_ce.correct.float() / n_masked,
+                    "gen/sampled_original": (sampled == labels).sum().float() / n_masked,
+                }
 
         out = {**batch, "encoder_input": replaced, "rtd_labels": rtd_labels}
         if self.cfg.embedding_sharing == "gdes":
             # D's input: stop_grad(E_G[ids]) + E_D[ids]; E_G learns only from L_G.
             out["encoder_embeds"] = self.generator.token_embedding(replaced).detach() + model.embed(replaced)
         weight = 0.0 if frozen else float(self.cfg.generator_weight)
-        term = LossTerm(gen_total, positions.sum(), weight)
-        return out, ObjectiveOutput(aux_losses={GENERATOR_LOSS: term}, metrics=metrics)
+        aux = {GENERATOR_LOSS: LossTerm(gen_ce.total, positions.sum(), weight)}
+        if self.cfg.generator_z_loss > 0:
+            z_term = self.cfg.generator_z_loss * gen_ce.z_total
+            aux[GENERATOR_Z_LOSS] = LossTerm(z_term, positions.sum(), weight)
+        return out, ObjectiveOutput(aux_losses=aux, metrics=metrics)
 
     # -- discriminator ---------------------------------------------------------------------
     def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Any) -> ObjectiveOutput:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from spactor.architectures.base import Architecture
 from spactor.data.chunking import noise_span_counts, span_corruption_lengths
 from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput, Vocab
+from spactor.objectives.cross_entropy import check_z_loss, token_cross_entropy
 from spactor.registry import OBJECTIVES
 
 CONFIG_PATH = "objectives.span_corruption"
@@ -41,6 +42,9 @@ class SpanCorruptionConfig:
     noise_density: float = 0.15
     mean_noise_span_length: float = 3.0
     weight: float = 1.0  # knob: λ for this loss; the runner applies it
+    # T5's z-loss coefficient (Mesh TF / T5X: 1e-4): z_loss · logsumexp(logits)² per
+    # target token, logged as loss/<name>_z and weighted by λ like the cross-entropy.
+    z_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,7 @@ class SpanCorruption(Objective):
             raise ValueError(
                 f"objectives.{ctx.name}.mean_noise_span_length must be > 0, got {cfg.mean_noise_span_length}"
             )
+        check_z_loss(f"objectives.{ctx.name}", cfg.z_loss)
         self.input_length = ctx.input_length
         # Fail at build time, not at the first batch, if the configured encoder length
         # would need more sentinels than there are.
@@ -302,25 +307,31 @@ class SpanCorruption(Objective):
     def count(self, batch: Batch) -> torch.Tensor:
         return (batch["decoder_target"] != self.vocab.pad_id).sum()
 
+    @property
+    def z_loss_name(self) -> str:
+        return f"{self.name}_z"
+
+    def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {self.z_loss_name: self.count(batch)} if self.cfg.z_loss > 0 else {}
+
     def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Architecture) -> ObjectiveOutput:
         """Unweighted summed token cross-entropy; the runner multiplies by ``weight`` and
-        divides by the global ``count``."""
+        divides by the global ``count``. With ``z_loss`` > 0 the z term is an aux loss of
+        its own (``<name>_z``, also weighted by ``weight``)."""
         target = batch["decoder_target"]
         encoder_mask = batch["encoder_input"] != self.vocab.pad_id
         hidden = model.decode(batch["decoder_input"], encoder_hidden, encoder_mask)
-        logits = model.lm_logits(hidden).float()  # CE in fp32 whatever the compute dtype
-        valid = target != self.vocab.pad_id
-        total = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            target.reshape(-1),
-            ignore_index=self.vocab.pad_id,
-            reduction="sum",
-        )
-        count = valid.sum()
-        with torch.no_grad():
-            correct = ((logits.argmax(dim=-1) == target) & valid).sum()
-            accuracy = correct.float() / count.clamp_min(1).float()
-        return ObjectiveOutput(loss=LossTerm(total, count), metrics={f"{self.name}/accuracy": accuracy})
+        # Logits stay in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
+        logits = model.lm_logits(hidden)
+        ce = token_cross_entropy(logits, target, self.vocab.pad_id, with_accuracy=self.compute_metrics)
+        count = (target != self.vocab.pad_id).sum()
+        aux = {}
+        if self.cfg.z_loss > 0:
+            aux[self.z_loss_name] = LossTerm(self.cfg.z_loss * ce.z_total, count, self.weight)
+        metrics = {}
+        if ce.correct is not None:  # logging steps only
+            metrics[f"{self.name}/accuracy"] = ce.correct.float() / count.clamp_min(1).float()
+        return ObjectiveOutput(loss=LossTerm(ce.total, count), aux_losses=aux, metrics=metrics)
 
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"noise_mask": batch["noise_mask"]}

@@ -82,6 +82,8 @@ ELEMENTWISE_FLOPS: dict[str, float] = {
     "aten::sigmoid": 4,
     "aten::softmax": 5,  # max, subtract, exp, sum, divide
     "aten::log_softmax": 5,
+    "aten::logsumexp": 4,  # max, subtract, exp, sum (+ a log per row)
+    "aten::square": 1,
     "aten::cross_entropy_loss": 6,  # log-softmax + gather/negate/sum
     "aten::binary_cross_entropy_with_logits": 6,
     "aten::layer_norm": 5,  # fvcore's own estimate
@@ -100,9 +102,9 @@ ATTENTION_OPS: dict[str, str] = {
     "aten::_flash_attention_forward": "blhd",
     "aten::_efficient_attention_forward": "blhd",
 }
-# Flex attention is not listed: it vmaps internally and cannot be traced by torch.jit,
-# so fvcore never sees it (no shipped architecture uses it; count such a model with its
-# ``attention: sdpa`` equivalent).
+# Flex attention needs no handle: it cannot be traced by torch.jit, so under tracing
+# ``architectures.layers.flex_attention`` runs the equivalent SDPA call on the dense bias
+# (same q/k/v shapes), which the SDPA handle counts — the FLOPs flex's kernel does.
 
 
 def _shape(value: Any) -> list[int] | None:

@@ -138,3 +138,29 @@ def test_init_follows_the_layout():
     assert all(
         p.dim() > 1 or "norm" in n or "mlm_head" in n for n, p in t5.encoder.named_parameters()
     )  # no biases
+
+
+@pytest.mark.parametrize("norm,positions", LAYOUTS)
+def test_flex_matches_sdpa_and_eager_with_gradients(norm: str, positions: str):
+    """Outputs and (with relative positions) the bias table's gradient agree across the
+    three backends, padding included."""
+    ids, mask = inputs()
+    results = {}
+    for backend in ("sdpa", "eager", "flex"):
+        model = tiny(norm, positions, attention=backend)
+        out = model.encode(ids, mask)
+        out.square().mean().backward()
+        table = model.encoder.rel_bias
+        results[backend] = (out.detach(), None if table is None else table.embedding.weight.grad)
+    ref_out, ref_grad = results["eager"]
+    for backend in ("sdpa", "flex"):
+        out, grad = results[backend]
+        torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+        if positions == "relative":
+            assert grad is not None and grad.abs().sum() > 0
+            torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_flex_refuses_dropout():
+    with pytest.raises(ValueError, match="no attention-probability dropout"):
+        resolve_encoder_spec(EncoderConfig(size="tiny", attention="flex", dropout=0.1))

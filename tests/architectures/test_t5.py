@@ -259,3 +259,84 @@ def test_init_weights_after_meta_to_empty():
     inputs, targets, mask = batch()
     assert torch.isfinite(model(inputs, targets, mask)).all()
     assert (model.decoder.final_norm.weight == 1).all()
+
+
+# --- flex attention and the once-per-stack bias -------------------------------------------
+
+BACKENDS = ("sdpa", "eager", "flex")
+
+
+def _stack_outputs_and_table_grads(model: T5Model, padded: bool):
+    inputs, targets, mask = batch(b=3, length=11, target=7)
+    mask = mask if padded else None
+    encoded = model.encode(inputs, mask)
+    decoded = model.decode(targets, encoded, mask)
+    (encoded.square().mean() + decoded.square().mean()).backward()
+    grads = {
+        "encoder": model.encoder.rel_bias.embedding.weight.grad.clone(),
+        "decoder": model.decoder.rel_bias.embedding.weight.grad.clone(),
+    }
+    return encoded.detach(), decoded.detach(), grads
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_sdpa_eager_and_flex_agree_on_outputs_and_bias_table_gradients(version, padded):
+    """Encoder self-attention (relative + padding), decoder causal self-attention
+    (relative + causal) and cross-attention (padding): the same outputs and the same
+    gradient for both relative-bias tables from all three backends, in fp32."""
+    models = {name: tiny(version, attention=name) for name in BACKENDS}
+    for model in models.values():
+        model.load_state_dict(models["sdpa"].state_dict())
+    results = {name: _stack_outputs_and_table_grads(model, padded) for name, model in models.items()}
+    enc_ref, dec_ref, grads_ref = results["eager"]
+    for name in ("sdpa", "flex"):
+        enc, dec, grads = results[name]
+        torch.testing.assert_close(enc, enc_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(dec, dec_ref, atol=1e-5, rtol=1e-5)
+        for stack, grad in grads.items():
+            assert grad.abs().sum() > 0, (name, stack)
+            torch.testing.assert_close(grad, grads_ref[stack], atol=1e-5, rtol=1e-4)
+
+
+def test_flex_inference_on_cpu_uses_the_public_kernel_and_agrees():
+    sdpa, flex = tiny(attention="sdpa"), tiny(attention="flex")
+    flex.load_state_dict(sdpa.state_dict())
+    inputs, targets, mask = batch()
+    with torch.no_grad():
+        expected = sdpa(inputs, targets, mask)
+        torch.testing.assert_close(flex(inputs, targets, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_flex_refuses_attention_dropout():
+    with pytest.raises(ValueError, match="attention 'flex' has no attention-probability dropout"):
+        resolve_t5_dims(T5Config(attention="flex", dropout=0.1))
+
+
+def test_bias_is_built_once_per_stack_in_the_compute_dtype():
+    """Under bf16 autocast every layer's SDPA gets the same bf16 bias object, of the
+    smallest shape its masks need: (B, H, L, L) for the encoder (position + padding),
+    (1, H, T, T) for causal self-attention, (B, 1, 1, L) for cross-attention."""
+    model = tiny()
+    seen: list[torch.Tensor] = []
+    original = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        seen.append(attn_mask)
+        return original(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    inputs, targets, mask = batch(b=3, length=11, target=7)
+    F.scaled_dot_product_attention = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(inputs, targets, mask)
+    finally:
+        F.scaled_dot_product_attention = original
+    layers = model.dims["num_layers"]
+    encoder, decoder = seen[:layers], seen[layers:]
+    self_biases, cross_biases = decoder[0::2], decoder[1::2]
+    heads = model.dims["num_heads"]
+    expected = ((encoder, (3, heads, 11, 11)), (self_biases, (1, heads, 7, 7)), (cross_biases, (3, 1, 1, 11)))
+    for group, shape in expected:
+        assert all(b is group[0] for b in group), "the bias must be built once per stack, not per layer"
+        assert group[0].dtype == torch.bfloat16 and tuple(group[0].shape) == shape

@@ -79,6 +79,7 @@ def test_counts_match_flop_counter_mode_on_a_real_step(recipe):
     [(name, ()) for name in recipe_names()]
     + [
         ("sc", ("model.attention=eager",)),
+        ("sc", ("model.attention=flex",)),
         ("sc", ("model.version=1.1",)),
         ("electra", ("model.attention=eager",)),
         ("spactor", ("objectives.rtd.embedding_sharing=gdes", "objectives.rtd.generator_logits=all")),

@@ -34,9 +34,9 @@ def test_switch_happens_exactly_at_tau(tiny_overrides, tmp_path):
     for r in records[4:]:
         assert not any(k in r for k in HYBRID_KEYS)
         assert not any(k.startswith("knob/objectives.rtd") for k in r)
-        # plain SC: the total is λ2 · L_SC and nothing else
-        assert r["loss"] == torch.tensor(10.0 * r["loss/span_corruption"]).item() or abs(
-            r["loss"] - 10.0 * r["loss/span_corruption"]) < 1e-5
+        # plain SC: the total is λ2 · (L_SC + its z-loss) and nothing else
+        sc = r["loss/span_corruption"] + r.get("loss/span_corruption_z", 0.0)
+        assert r["loss"] == torch.tensor(10.0 * sc).item() or abs(r["loss"] - 10.0 * sc) < 1e-5
 
 
 def test_tau_zero_is_the_sc_baseline_and_null_never_switches(tiny_overrides, tmp_path):
