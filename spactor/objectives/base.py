@@ -95,6 +95,9 @@ class Objective(nn.Module):
     KNOBS: ClassVar[tuple[str, ...]] = ("weight",)
     # Objectives active only in the hybrid stage (released at the switch to stage 2).
     STAGE1_ONLY: ClassVar[bool] = False
+    # Whether to compute ``ObjectiveOutput.metrics`` (accuracies, detection metrics): the
+    # runner sets it before each forward, on for logging and evaluation steps only.
+    compute_metrics: bool = True
 
     def __init__(self, cfg: Any, ctx: ObjectiveContext) -> None:
         super().__init__()

@@ -2,7 +2,8 @@
 
 Needs ``mlm_mask`` / ``mlm_labels`` from the ``mlm_mask`` objective. The loss is the token
 cross-entropy at the masked positions, summed, with ``count`` = the number of masked
-positions; the vocabulary projection (``model.lm_logits``) runs on those rows only.
+positions; the vocabulary projection (``model.lm_logits``) runs on the rows of
+``mlm_index`` only (a fixed number per example, see ``mlm_mask``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
+from spactor.objectives.mlm_mask import index_from_mask, index_parts
 from spactor.registry import OBJECTIVES
 
 
@@ -39,12 +41,21 @@ class MLM(Objective):
 
     def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Any) -> ObjectiveOutput:
         mask = self._mask(batch)
-        labels = batch.get("mlm_labels", batch["encoder_input"])[mask]  # no labels only if nothing is masked
-        logits = model.lm_logits(encoder_hidden[mask]).float()  # CE in fp32 whatever the compute dtype
+        index = batch["mlm_index"] if "mlm_index" in batch else index_from_mask(mask)
+        rows, cols, slot = index_parts(index, mask.shape[1])
+        full_labels = batch.get("mlm_labels", batch["encoder_input"])  # no labels only if nothing is masked
+        # (B·K,) targets at the index; its padding slots are ignored (-100). The vocabulary
+        # projection runs on the K gathered rows only, a shape that never depends on the data.
+        labels = torch.where(slot, full_labels.gather(1, cols), -100).flatten()
+        logits = model.lm_logits(encoder_hidden[rows, cols]).float().flatten(0, 1)  # CE in fp32
         total = F.cross_entropy(logits, labels, reduction="sum")
-        with torch.no_grad():
-            accuracy = (logits.argmax(dim=-1) == labels).sum().float() / max(labels.numel(), 1)
-        return ObjectiveOutput(loss=LossTerm(total, mask.sum()), metrics={"mlm/accuracy": accuracy})
+        metrics = {}
+        if self.compute_metrics:
+            with torch.no_grad():
+                real = slot.flatten()
+                correct = ((logits.argmax(dim=-1) == labels) & real).sum().float()
+                metrics["mlm/accuracy"] = correct / real.sum().clamp(min=1).float()
+        return ObjectiveOutput(loss=LossTerm(total, mask.sum()), metrics=metrics)
 
 
 @OBJECTIVES.register("mlm", MLMConfig)

@@ -40,9 +40,11 @@ from torch import nn
 
 from spactor.architectures.generator import SHARING_MODES, Generator, GeneratorConfig, load_generator_weights
 from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
+from spactor.objectives.mlm_mask import index_from_mask, index_parts, scatter_index
 from spactor.registry import OBJECTIVES
 
 GENERATOR_LOSS = "generator"  # aux-loss key → logged as loss/generator
+IGNORE = -100  # cross-entropy target of the padding slots of mlm_index
 LOGIT_MODES = ("masked", "all")
 
 
@@ -99,35 +101,43 @@ def gumbel_max_sample(
     return (scores / temperature - torch.log(-torch.log(u))).argmax(dim=-1)
 
 
-def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Rank-based (Mann–Whitney) ROC AUC, ties counted half. 0.5 when ``labels`` holds
-    only one class (AUC is undefined there; 0.5 keeps the logged curve NaN-free)."""
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank-based (Mann–Whitney) ROC AUC over the ``valid`` entries (all by default), ties
+    counted half. 0.5 when they hold only one class (AUC is undefined there; 0.5 keeps
+    the logged curve NaN-free). Static shapes: invalid entries sort after every valid
+    one instead of being dropped, and tie groups come from ``searchsorted``."""
+    scores = scores.flatten().float()
     labels = labels.bool().flatten()
-    positives = labels.sum().double()
-    negatives = labels.numel() - positives
-    if labels.numel() == 0:
-        return torch.tensor(0.5, dtype=torch.float64, device=scores.device)
-    _, inverse, counts = torch.unique(scores.flatten().float(), return_inverse=True, return_counts=True)
-    # Average 1-based rank of each tie group: its last rank minus half its extra members.
-    group_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2
-    rank_sum = group_rank[inverse][labels].sum()
+    valid = torch.ones_like(labels) if valid is None else valid.bool().flatten()
+    positive = labels & valid
+    positives = positive.sum().double()
+    negatives = valid.sum().double() - positives
+    keyed = torch.where(valid, scores, torch.full_like(scores, float("inf")))
+    ordered = keyed.sort().values
+    # A tie group holds ranks below+1 .. upto (1-based): its members share the mean rank.
+    below = torch.searchsorted(ordered, keyed, right=False)
+    upto = torch.searchsorted(ordered, keyed, right=True)
+    rank_sum = ((below + upto + 1).double() / 2 * positive).sum()
     auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives).clamp(min=1)
     return torch.where((positives > 0) & (negatives > 0), auc, torch.full_like(auc, 0.5))
 
 
-def rtd_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Detection metrics over one micro-batch's non-pad positions (1-D inputs).
+def rtd_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Detection metrics over one micro-batch's ``valid`` (non-pad) positions.
     Precision/recall are 0 where their denominator is (sklearn's ``zero_division=0``)."""
-    labels = labels.bool()
-    predicted = logits > 0
+    valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid.bool()
+    labels = labels.bool() & valid
+    predicted = (logits > 0) & valid
     true_pos = (predicted & labels).sum().float()
-    n = max(labels.numel(), 1)
+    n = valid.sum().clamp(min=1).float()
     return {
         "rtd/replaced_fraction": labels.sum().float() / n,
-        "rtd/accuracy": (predicted == labels).sum().float() / n,
+        "rtd/accuracy": ((predicted == labels) & valid).sum().float() / n,
         "rtd/precision": true_pos / predicted.sum().clamp(min=1).float(),
         "rtd/recall": true_pos / labels.sum().clamp(min=1).float(),
-        "rtd/auc": roc_auc(logits, labels).float(),
+        "rtd/auc": roc_auc(logits, labels, valid).float(),
     }
 
 
@@ -285,45 +295,53 @@ class RTD(Objective):
 
     # -- generator -------------------------------------------------------------------------
     def _generator_logits(
-        self, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor
+        self, ids: torch.Tensor, attention: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
+        """``(B, K, V)`` logits at the ``(rows, cols)`` index pair ``at``."""
         assert self.generator is not None
         if self.cfg.generator_logits == "all":
-            return self.generator.logits_all(ids, attention)[positions]
-        return self.generator.masked_logits(ids, attention, positions)
+            return self.generator.logits_all(ids, attention)[at]
+        # An index pair, not a mask: the gather has a static shape.
+        return self.generator.masked_logits(ids, attention, at)  # type: ignore[arg-type]
 
     def modify(self, batch: Batch, model: Any, rng: torch.Generator) -> tuple[Batch, ObjectiveOutput]:
         if not self.active:
             return batch, ObjectiveOutput()
         assert self.generator is not None
         ids = batch["encoder_input"]
-        positions = self._mlm_mask(batch)
+        mask = self._mlm_mask(batch)
+        index = batch["mlm_index"] if "mlm_index" in batch else index_from_mask(mask)
+        rows, cols, slot = index_parts(index, ids.shape[1])
         full_labels = batch.get("mlm_labels", ids)  # absent only when nothing was masked
-        labels = full_labels[positions]
+        # (B·K,) targets; padding slots are ignored by the cross-entropy (-100).
+        labels = torch.where(slot, full_labels.gather(1, cols), IGNORE).flatten()
         attention = ids != self.vocab.pad_id
         frozen = self.cfg.frozen
         # nullcontext, not enable_grad: an outer no_grad (evaluation) must still hold.
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            logits = self._generator_logits(ids, attention, positions).float()  # CE in fp32
+            logits = self._generator_logits(ids, attention, (rows, cols)).float().flatten(0, 1)  # CE in fp32
             gen_total = F.cross_entropy(logits, labels, reduction="sum")
 
         with torch.no_grad():
             sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed)
-            replaced = ids.masked_scatter(positions, sampled.to(ids.dtype))
-            original = torch.where(positions, full_labels, ids)
+            replaced = scatter_index(ids, index, sampled.view_as(index))
+            original = torch.where(mask, full_labels, ids)
             rtd_labels = (replaced != original) & attention
-            n_masked = max(labels.numel(), 1)
-            metrics = {
-                "gen/accuracy": (logits.argmax(dim=-1) == labels).sum().float() / n_masked,
-                "gen/sampled_original": (sampled == labels).sum().float() / n_masked,
-            }
+            metrics = {}
+            if self.compute_metrics:
+                real = slot.flatten()
+                n_masked = real.sum().clamp(min=1).float()
+                metrics = {
+                    "gen/accuracy": ((logits.argmax(dim=-1) == labels) & real).sum().float() / n_masked,
+                    "gen/sampled_original": ((sampled == labels) & real).sum().float() / n_masked,
+                }
 
         out = {**batch, "encoder_input": replaced, "rtd_labels": rtd_labels}
         if self.cfg.embedding_sharing == "gdes":
             # D's input: stop_grad(E_G[ids]) + E_D[ids]; E_G learns only from L_G.
             out["encoder_embeds"] = self.generator.token_embedding(replaced).detach() + model.embed(replaced)
         weight = 0.0 if frozen else float(self.cfg.generator_weight)
-        term = LossTerm(gen_total, positions.sum(), weight)
+        term = LossTerm(gen_total, mask.sum(), weight)
         return out, ObjectiveOutput(aux_losses={GENERATOR_LOSS: term}, metrics=metrics)
 
     # -- discriminator ---------------------------------------------------------------------
@@ -339,8 +357,10 @@ class RTD(Objective):
         logits = self.head(encoder_hidden).float()
         per_token = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
         total = (per_token * valid).sum()
-        with torch.no_grad():
-            metrics = rtd_metrics(logits.detach()[valid], labels[valid])
+        metrics = {}
+        if self.compute_metrics:
+            with torch.no_grad():
+                metrics = rtd_metrics(logits.detach(), labels, valid)
         return ObjectiveOutput(loss=LossTerm(total, valid.sum()), metrics=metrics)
 
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -332,10 +332,12 @@ class SpanCorruption(Objective):
             reduction="sum",
         )
         count = valid.sum()
-        with torch.no_grad():
-            correct = ((logits.argmax(dim=-1) == target) & valid).sum()
-            accuracy = correct.float() / count.clamp_min(1).float()
-        return ObjectiveOutput(loss=LossTerm(total, count), metrics={f"{self.name}/accuracy": accuracy})
+        metrics = {}
+        if self.compute_metrics:  # logging steps only
+            with torch.no_grad():
+                correct = ((logits.argmax(dim=-1) == target) & valid).sum()
+                metrics[f"{self.name}/accuracy"] = correct.float() / count.clamp_min(1).float()
+        return ObjectiveOutput(loss=LossTerm(total, count), metrics=metrics)
 
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"noise_mask": batch["noise_mask"]}

@@ -37,7 +37,7 @@ def main(out_path: str, overrides: list[str]) -> None:
         global_batch = torch.randint(3, 600, (8, 70), generator=data)
         local = global_batch.chunk(info.world_size)[info.rank]
         out = train_step(modules, optimizer, {"original": local}, ctx)
-        losses.append(out.loss)
+        losses.append(parallel.all_reduce_sum({"loss": float(out.loss)}, cpu)["loss"])  # shares of the loss
     if info.is_main:
         with open(out_path, "w") as f:
             json.dump(losses, f)
