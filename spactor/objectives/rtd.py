@@ -6,7 +6,10 @@ Runs after ``mlm_mask`` (which puts [M] at ``mlm_mask`` and keeps the originals 
 * ``modify``: the generator G predicts the masked tokens; ``L_G`` = CE summed over the
   masked positions (aux loss ``generator``, logged ``loss/generator``, weight
   ``generator_weight``). Replacements are drawn by Gumbel-max on fp32 logits / temperature
-  under ``no_grad`` with the runner's seeded generator, written into ``encoder_input``;
+  under ``no_grad``, at the ``mlm_index`` positions (a fixed number per row), and written
+  into ``encoder_input``. The uniforms are counter-based on the runner's per-row
+  ``noise_seed`` (the same for a row on any number of ranks), or drawn from the runner's
+  generator where a batch has no seeds;
   ``rtd_labels`` = 1 where the token now differs from the original (a sample equal to the
   original is *original*), 0 elsewhere and at padding.
 * ``loss``: an MLP head (``Linear(d, head_hidden) → GELU → Linear(head_hidden, 1)``) on
@@ -80,14 +83,17 @@ class RTDConfig:
 def gumbel_max_sample(
     logits: torch.Tensor,
     temperature: float,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     disallowed: torch.Tensor | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One sample per row of ``softmax(logits / temperature)`` via Gumbel-max.
 
     In fp32 whatever the input dtype (fp16/bf16 noise near U = 1 gives -log(0) = inf and
-    NaN). U is clamped into (0, 1) so both logs stay finite. ``disallowed`` (``(V,)`` bool)
-    ids are never drawn. Temperature 0 is the argmax.
+    NaN). The uniforms come from ``uniform`` (``logits``' shape, e.g. from
+    :func:`counter_uniform`) or else are drawn from ``generator``; U is clamped into
+    (0, 1) so both logs stay finite. ``disallowed`` (``(V,)`` bool) ids are never drawn.
+    Temperature 0 is the argmax.
     """
     if temperature < 0:
         raise ValueError(f"sampling temperature must be >= 0, got {temperature}")
@@ -96,9 +102,36 @@ def gumbel_max_sample(
         scores = scores.masked_fill(disallowed, float("-inf"))
     if temperature == 0:
         return scores.argmax(dim=-1)
-    u = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float32)
-    u = u.clamp(min=torch.finfo(torch.float32).tiny, max=1.0 - torch.finfo(torch.float32).eps)
+    if uniform is None:
+        uniform = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float32)
+    u = uniform.float().clamp(min=torch.finfo(torch.float32).tiny, max=1.0 - torch.finfo(torch.float32).eps)
     return (scores / temperature - torch.log(-torch.log(u))).argmax(dim=-1)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (Wellons' lowbias32) on int64 tensors holding values in
+    [0, 2^32): products are reduced mod 2^32, shifts act on non-negative values."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def counter_uniform(row_seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``(B, *shape)`` fp32 uniforms in (0, 1), a pure function of each row's seed and the
+    element's position in the row: counter-based, so a row gets the same numbers on any
+    rank, in any micro-batch, and inside a compiled graph (no generator object)."""
+    count = 1
+    for size in shape:
+        count *= size
+    counter = torch.arange(count, device=row_seeds.device, dtype=torch.int64).view(shape)
+    rows = _hash32(row_seeds.long() & _MASK32).view(-1, *([1] * len(shape)))
+    bits = _hash32(_hash32(counter ^ 0x9E3779B9) ^ rows)
+    return ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -323,7 +356,10 @@ class RTD(Objective):
             gen_total = F.cross_entropy(logits, labels, reduction="sum")
 
         with torch.no_grad():
-            sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed)
+            uniform = None
+            if "noise_seed" in batch:  # the runner's per-row seeds: the same draws on any number of ranks
+                uniform = counter_uniform(batch["noise_seed"], (index.shape[1], logits.shape[-1])).flatten(0, 1)
+            sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed, uniform)
             replaced = scatter_index(ids, index, sampled.view_as(index))
             original = torch.where(mask, full_labels, ids)
             rtd_labels = (replaced != original) & attention

@@ -6,8 +6,10 @@ A step, in order:
    their rows in the global batch: the transforms run on a batch of the global size in
    which only this rank's rows hold data, with a generator that is the same on every
    rank, and this rank keeps its slice. The noise of the whole global batch is cheap to
-   draw; the batch itself is never gathered. The inputs so depend on neither the number
-   of ranks nor gradient accumulation;
+   draw; the batch itself is never gathered. Noise drawn inside the forward (the RTD
+   generator's sampling) is counter-based on per-row seeds drawn the same way
+   (``noise_seed``). The inputs so depend on neither the number of ranks nor gradient
+   accumulation;
 2. count the items every loss covers, summed over ranks (one all-reduce of a small
    stacked tensor; losses are normalised by these global counts);
 3. split the rows into micro-batches, and for each run :class:`TrainModules` — input
@@ -113,6 +115,15 @@ def corrupt_local_rows(
     return {key: value[start : start + rows] for key, value in out.items()}
 
 
+def row_noise_seeds(rng: torch.Generator, rows: int, info: DistInfo) -> torch.Tensor:
+    """``(rows,)`` int64 seeds for the noise objectives draw inside the forward (the RTD
+    generator's Gumbel noise, counter-based on them): one per global row from a
+    generator that is the same on every rank, this rank's slice kept, so a row's noise
+    depends on neither the number of ranks nor the micro-batch it lands in."""
+    seeds = torch.randint(0, 2**31 - 1, (rows * info.world_size,), generator=rng, device=rng.device)
+    return seeds[info.rank * rows : (info.rank + 1) * rows]
+
+
 def loss_counts(objectives: dict[str, Objective], batch: Batch) -> dict[str, torch.Tensor]:
     counts: dict[str, torch.Tensor] = {}
     for name, obj in objectives.items():
@@ -166,7 +177,7 @@ class StepContext:
 
     dist: DistInfo
     transform_rng: torch.Generator  # the same on every rank
-    modify_rng: torch.Generator  # this rank's own (generator sampling)
+    modify_rng: torch.Generator  # the same on every rank: per-row seeds of the noise drawn in the forward
     grad_accum_steps: int = 1
     clip_grad_norm: float | None = None
     amp_dtype: torch.dtype | None = None
@@ -186,6 +197,7 @@ def train_step(
     ``StepOutput.stop`` says whether any rank set it."""
     objectives: dict[str, Objective] = dict(modules.objectives.items())  # type: ignore[arg-type]
     local = corrupt_local_rows(objectives, batch, ctx.transform_rng, ctx.dist)
+    local["noise_seed"] = row_noise_seeds(ctx.modify_rng, local["encoder_input"].shape[0], ctx.dist)
     counts = loss_counts(objectives, local)
     if ctx.dist.world_size > 1 and counts:
         keys = sorted(counts)
