@@ -69,7 +69,7 @@ class MetricWindow:
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         for key, value in values.items():
-            value = value.detach().float()
+            value = value.detach().double()  # float64 sums: long windows add up many steps
             self._sums[key] = self._sums[key] + value if key in self._sums else value
             self._steps[key] = self._steps.get(key, 0) + 1
 
