@@ -50,11 +50,12 @@ def main() -> None:
     compiled = torch.compile(modules)
     raw = raw_length_for(objectives, args.length)
     data = torch.Generator().manual_seed(1)
-    transform_rng, modify_rng = seeded_generator(2, torch.device("cpu")), seeded_generator(3, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    transform_rng, modify_rng = seeded_generator(2, cpu), seeded_generator(3, cpu)
 
     def batch() -> dict[str, torch.Tensor]:
-        out = corrupt_local_rows(objectives, {"original": torch.randint(3, 32000, (args.batch, raw), generator=data)},
-                                 transform_rng, DistInfo())
+        original = torch.randint(3, 32000, (args.batch, raw), generator=data)
+        out = corrupt_local_rows(objectives, {"original": original}, transform_rng, DistInfo())
         out["noise_seed"] = row_noise_seeds(modify_rng, args.batch, DistInfo())
         return out
 

@@ -358,7 +358,8 @@ class RTD(Objective):
         with torch.no_grad():
             uniform = None
             if "noise_seed" in batch:  # the runner's per-row seeds: the same draws on any number of ranks
-                uniform = counter_uniform(batch["noise_seed"], (index.shape[1], logits.shape[-1])).flatten(0, 1)
+                uniform = counter_uniform(batch["noise_seed"], (index.shape[1], logits.shape[-1]))
+                uniform = uniform.flatten(0, 1)
             sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed, uniform)
             replaced = scatter_index(ids, index, sampled.view_as(index))
             original = torch.where(mask, full_labels, ids)

@@ -20,7 +20,8 @@ from test_host_syncs import build_step  # tests/runners is on sys.path (rootdir 
     ("fast_electra", []),
 ])
 def test_train_modules_forward_has_no_graph_break(recipe, overrides, tiny_overrides, tmp_path):
-    modules, _, ctx, batches = build_step(recipe, [*overrides, "optimizer.type=adamw"], tiny_overrides, tmp_path)
+    modules, _, ctx, batches = build_step(recipe, [*overrides, "optimizer.type=adamw"], tiny_overrides,
+                                          tmp_path)
     objectives = dict(modules.objectives.items())
     batch = corrupt_local_rows(objectives, next(batches), ctx.transform_rng, ctx.dist)
     batch["noise_seed"] = row_noise_seeds(ctx.modify_rng, batch["encoder_input"].shape[0], ctx.dist)
