@@ -12,7 +12,6 @@ Data-side only: this objective has no loss. It adds
 * ``mlm_mask`` ``(B, L)`` bool: the chosen positions (whatever happened to them);
 * ``mlm_labels`` ``(B, L)``: the original id at chosen positions, ``pad_id`` elsewhere.
   The pre-masking input everywhere is ``torch.where(mlm_mask, mlm_labels, encoder_input)``.
-
 * ``mlm_index`` ``(B, K)`` long: the chosen positions of each row in ascending order,
   padded with ``L`` (one past the last position). ``K = round(ratio * L)`` bounds every
   row's count and follows from the encoder length and the knob alone, so the shape never
