@@ -103,7 +103,7 @@ def scatter_index(ids: torch.Tensor, index: torch.Tensor, values: torch.Tensor) 
     """``ids`` with ``values`` ``(B, K)`` written at ``index``; padding slots (``L``) land
     in a spare column that is dropped."""
     length = ids.shape[1]
-    spare = torch.nn.functional.pad(ids, (0, 1))
+    spare = torch.cat([ids, ids[:, :1]], dim=1)
     return spare.scatter(1, index, values.to(ids.dtype))[:, :length]
 
 
