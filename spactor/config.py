@@ -77,7 +77,7 @@ class DataConfig:
     tokenizer_vocab_size: int = 8000  # pieces of the tokenizer trained when none is given
     input_length: int = 512  # encoder length; the raw chunk length follows T5's rule
     validation_fraction: float = 0.01  # documents held out for validation
-    num_workers: int = 0
+    num_workers: int | None = None  # loader processes per rank; None: 2 on CUDA, 0 elsewhere
     backend: str = "default"  # default | fairseq2 (optional extra spactor[fairseq2]; same batches)
     document_separator: str = "eos"  # eos | none: what goes between packed documents (T5: none)
 

@@ -148,7 +148,8 @@ def _world_size() -> int:
 def check_data(d: Any) -> None:
     at_least("data.input_length", d.input_length, 2)
     unit_interval("data.validation_fraction", d.validation_fraction)
-    at_least("data.num_workers", d.num_workers, 0)
+    if d.num_workers is not None:
+        at_least("data.num_workers", d.num_workers, 0)
     positive_int("data.tokenizer_vocab_size", d.tokenizer_vocab_size)
     one_of("data.backend", getattr(d, "backend", "default"), ("default", "fairseq2"))
     one_of("data.document_separator", getattr(d, "document_separator", "eos"), ("eos", "none"))

@@ -96,7 +96,7 @@ class Objective(nn.Module):
     # Objectives active only in the hybrid stage (released at the switch to stage 2).
     STAGE1_ONLY: ClassVar[bool] = False
     # Whether to compute ``ObjectiveOutput.metrics`` (accuracies, detection metrics): the
-    # runner sets it before each forward, on for logging and evaluation steps only.
+    # runner sets it before each forward, on for logging steps only (reading them is a sync).
     compute_metrics: bool = True
 
     def __init__(self, cfg: Any, ctx: ObjectiveContext) -> None:

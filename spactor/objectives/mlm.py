@@ -2,7 +2,8 @@
 
 Needs ``mlm_mask`` / ``mlm_labels`` from the ``mlm_mask`` objective. The loss is the token
 cross-entropy at the masked positions, summed, with ``count`` = the number of masked
-positions; the vocabulary projection (``model.lm_logits``) runs on those rows only.
+positions; the vocabulary projection (``model.lm_logits``) runs on the rows of
+``mlm_index`` only (a fixed number per example, see ``mlm_mask``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
 from spactor.objectives.cross_entropy import check_z_loss, token_cross_entropy
+from spactor.objectives.mlm_mask import index_from_mask, index_parts
 from spactor.registry import OBJECTIVES
 
 
@@ -47,17 +49,23 @@ class MLM(Objective):
 
     def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Any) -> ObjectiveOutput:
         mask = self._mask(batch)
-        labels = batch.get("mlm_labels", batch["encoder_input"])[mask]  # no labels only if nothing is masked
-        # Logits in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
-        logits = model.lm_logits(encoder_hidden[mask])
+        index = batch["mlm_index"] if "mlm_index" in batch else index_from_mask(mask)
+        rows, cols, slot = index_parts(index, mask.shape[1])
+        full_labels = batch.get("mlm_labels", batch["encoder_input"])  # no labels only if nothing is masked
+        # (B·K,) targets at the index; its padding slots are ignored (-100). The vocabulary
+        # projection runs on the K gathered rows only, a shape that never depends on the data;
+        # its logits stay in the compute dtype and the cross-entropy works in fp32 by chunks.
+        labels = torch.where(slot, full_labels.gather(1, cols), -100).flatten()
+        logits = model.lm_logits(encoder_hidden[rows, cols]).flatten(0, 1)
         ce = token_cross_entropy(logits, labels, with_accuracy=self.compute_metrics)
+        count = mask.sum()
         aux = {}
         if self.cfg.z_loss > 0:
-            aux[f"{self.name}_z"] = LossTerm(self.cfg.z_loss * ce.z_total, mask.sum(), self.weight)
+            aux[f"{self.name}_z"] = LossTerm(self.cfg.z_loss * ce.z_total, count, self.weight)
         metrics = {}
         if ce.correct is not None:
-            metrics["mlm/accuracy"] = ce.correct.float() / max(labels.numel(), 1)
-        return ObjectiveOutput(loss=LossTerm(ce.total, mask.sum()), aux_losses=aux, metrics=metrics)
+            metrics["mlm/accuracy"] = ce.correct.float() / slot.sum().clamp(min=1).float()
+        return ObjectiveOutput(loss=LossTerm(ce.total, count), aux_losses=aux, metrics=metrics)
 
 
 @OBJECTIVES.register("mlm", MLMConfig)

@@ -12,9 +12,13 @@ Data-side only: this objective has no loss. It adds
 * ``mlm_mask`` ``(B, L)`` bool: the chosen positions (whatever happened to them);
 * ``mlm_labels`` ``(B, L)``: the original id at chosen positions, ``pad_id`` elsewhere.
   The pre-masking input everywhere is ``torch.where(mlm_mask, mlm_labels, encoder_input)``.
+* ``mlm_index`` ``(B, K)`` long: the chosen positions of each row in ascending order,
+  padded with ``L`` (one past the last position). ``K = round(ratio * L)`` bounds every
+  row's count and follows from the encoder length and the knob alone, so the shape never
+  depends on the data: the generator and the MLM loss gather and scatter at these
+  indices without boolean indexing or a host sync (see :func:`index_parts`).
 
-The number chosen differs per example, so positions are returned as a mask (no host
-sync); ``preview_fields`` turns it into padded ``mlm_positions``.
+``preview_fields`` shows them as ``mlm_positions``, trimmed to the longest row, -1 padded.
 """
 
 from __future__ import annotations
@@ -39,12 +43,20 @@ class MlmMaskConfig:
     mode: str = "replace_all"  # replace_all | electra | bert
 
 
-def choose_positions(
+def max_chosen(length: int, ratio: float) -> int:
+    """The most positions a row of ``length`` can have chosen: ``round(ratio * length)``
+    (half to even in float64 like the per-row counts, and monotone in the row's count)."""
+    return round(length * ratio)
+
+
+def choose_index(
     ids: torch.Tensor, ratio: float, vocab: Vocab, generator: torch.Generator
-) -> torch.Tensor:
-    """``(B, L)`` bool with exactly ``round(ratio * n_i)`` True among the real tokens of
-    each row, uniformly at random: random keys (specials pushed past every real key), and
-    a position is chosen if its key ranks among the row's k smallest."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly ``round(ratio * n_i)`` positions among the ``n_i`` real tokens of each row,
+    uniformly at random: random keys (specials pushed past every real key), and the
+    row's k smallest keys are chosen. Returns the ``(B, L)`` bool mask and the ``(B, K)``
+    ascending index (padded with ``L``, ``K = max_chosen(L, ratio)``)."""
+    length = ids.shape[1]
     real = ~vocab.is_special(ids)
     # float64 half-to-even rounding, like Python's round() on the same numbers.
     k = torch.round(real.sum(dim=1).double() * ratio).long()
@@ -52,9 +64,47 @@ def choose_positions(
     keys = torch.rand(ids.shape, generator=generator, device=ids.device, dtype=torch.float64)
     keys = keys.masked_fill(~real, 2.0)
     order = keys.argsort(dim=1)
-    positions = torch.arange(ids.shape[1], device=ids.device).expand_as(order)
+    positions = torch.arange(length, device=ids.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(1, order, positions)
-    return rank < k[:, None]
+    mask = rank < k[:, None]
+    width = max_chosen(length, ratio)
+    slots = torch.arange(width, device=ids.device) < k[:, None]
+    index = torch.where(slots, order[:, :width], length).sort(dim=1).values
+    return mask, index
+
+
+def choose_positions(
+    ids: torch.Tensor, ratio: float, vocab: Vocab, generator: torch.Generator
+) -> torch.Tensor:
+    """``(B, L)`` bool with exactly ``round(ratio * n_i)`` True among the real tokens of
+    each row (:func:`choose_index`'s mask)."""
+    return choose_index(ids, ratio, vocab, generator)[0]
+
+
+def index_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """An ``mlm_index`` for a batch that has only a mask (every position a slot, so ``K =
+    L``: static, but as wide as the row)."""
+    length = mask.shape[1]
+    positions = torch.arange(length, device=mask.device).expand_as(mask)
+    return torch.where(mask, positions, length).sort(dim=1).values
+
+
+def index_parts(index: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows, cols, slot)`` for an ``mlm_index`` over rows of ``length``:
+    ``x[rows, cols]`` gathers ``(B, K, ...)`` from a ``(B, L, ...)`` tensor (padding
+    slots read the last position), ``slot`` is True at the real entries."""
+    slot = index < length
+    cols = index.clamp(max=length - 1)
+    rows = torch.arange(index.shape[0], device=index.device)[:, None].expand_as(cols)
+    return rows, cols, slot
+
+
+def scatter_index(ids: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``ids`` with ``values`` ``(B, K)`` written at ``index``; padding slots (``L``) land
+    in a spare column that is dropped."""
+    length = ids.shape[1]
+    spare = torch.cat([ids, ids[:, :1]], dim=1)
+    return spare.scatter(1, index, values.to(ids.dtype))[:, :length]
 
 
 def apply_mask(
@@ -100,13 +150,15 @@ class MlmMask(Objective):
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
         ids = batch["encoder_input"]
         if not self.cfg.enabled or self.cfg.ratio == 0:
-            return {**batch, "mlm_mask": torch.zeros_like(ids, dtype=torch.bool)}
+            empty = ids.new_zeros((ids.shape[0], 0), dtype=torch.long)
+            return {**batch, "mlm_mask": torch.zeros_like(ids, dtype=torch.bool), "mlm_index": empty}
         self._check_ratio()
-        chosen = choose_positions(ids, self.cfg.ratio, self.vocab, rng)
+        chosen, index = choose_index(ids, self.cfg.ratio, self.vocab, rng)
         return {
             **batch,
             "encoder_input": apply_mask(ids, chosen, self.cfg.mode, self.vocab, rng),
             "mlm_mask": chosen,
+            "mlm_index": index,
             "mlm_labels": ids.masked_fill(~chosen, self.vocab.pad_id),
         }
 

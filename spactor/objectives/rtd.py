@@ -6,7 +6,10 @@ Runs after ``mlm_mask`` (which puts [M] at ``mlm_mask`` and keeps the originals 
 * ``modify``: the generator G predicts the masked tokens; ``L_G`` = CE summed over the
   masked positions (aux loss ``generator``, logged ``loss/generator``, weight
   ``generator_weight``). Replacements are drawn by Gumbel-max on fp32 logits / temperature
-  under ``no_grad`` with the runner's seeded generator, written into ``encoder_input``;
+  under ``no_grad``, at the ``mlm_index`` positions (a fixed number per row), and written
+  into ``encoder_input``. The uniforms are counter-based on the runner's per-row
+  ``noise_seed`` (the same for a row on any number of ranks), or drawn from the runner's
+  generator where a batch has no seeds;
   ``rtd_labels`` = 1 where the token now differs from the original (a sample equal to the
   original is *original*), 0 elsewhere and at padding.
 * ``loss``: an MLP head (``Linear(d, head_hidden) → GELU → Linear(head_hidden, 1)``) on
@@ -47,10 +50,12 @@ from spactor.architectures.generator import (
 )
 from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
 from spactor.objectives.cross_entropy import check_z_loss, token_cross_entropy
+from spactor.objectives.mlm_mask import index_from_mask, index_parts, scatter_index
 from spactor.registry import OBJECTIVES
 
 GENERATOR_LOSS = "generator"  # aux-loss key → logged as loss/generator
 GENERATOR_Z_LOSS = "generator_z"  # the generator's z-loss, loss/generator_z
+IGNORE = -100  # cross-entropy target of the padding slots of mlm_index
 LOGIT_MODES = ("masked", "all")
 
 
@@ -90,14 +95,17 @@ class RTDConfig:
 def gumbel_max_sample(
     logits: torch.Tensor,
     temperature: float,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     disallowed: torch.Tensor | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One sample per row of ``softmax(logits / temperature)`` via Gumbel-max.
 
     In fp32 whatever the input dtype (fp16/bf16 noise near U = 1 gives -log(0) = inf and
-    NaN). U is clamped into (0, 1) so both logs stay finite. ``disallowed`` (``(V,)`` bool)
-    ids are never drawn. Temperature 0 is the argmax.
+    NaN). The uniforms come from ``uniform`` (``logits``' shape, e.g. from
+    :func:`counter_uniform`) or else are drawn from ``generator``; U is clamped into
+    (0, 1) so both logs stay finite. ``disallowed`` (``(V,)`` bool) ids are never drawn.
+    Temperature 0 is the argmax.
     """
     if temperature < 0:
         raise ValueError(f"sampling temperature must be >= 0, got {temperature}")
@@ -106,40 +114,75 @@ def gumbel_max_sample(
         scores = scores.masked_fill(disallowed, float("-inf"))
     if temperature == 0:
         return scores.argmax(dim=-1)
-    u = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float32)
-    u = u.clamp(min=torch.finfo(torch.float32).tiny, max=1.0 - torch.finfo(torch.float32).eps)
+    if uniform is None:
+        uniform = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float32)
+    u = uniform.float().clamp(min=torch.finfo(torch.float32).tiny, max=1.0 - torch.finfo(torch.float32).eps)
     return (scores / temperature - torch.log(-torch.log(u))).argmax(dim=-1)
 
 
-def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Rank-based (Mann–Whitney) ROC AUC, ties counted half. 0.5 when ``labels`` holds
-    only one class (AUC is undefined there; 0.5 keeps the logged curve NaN-free)."""
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (Wellons' lowbias32) on int64 tensors holding values in
+    [0, 2^32): products are reduced mod 2^32, shifts act on non-negative values."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def counter_uniform(row_seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``(B, *shape)`` fp32 uniforms in (0, 1), a pure function of each row's seed and the
+    element's position in the row: counter-based, so a row gets the same numbers on any
+    rank, in any micro-batch, and inside a compiled graph (no generator object)."""
+    count = 1
+    for size in shape:
+        count *= size
+    counter = torch.arange(count, device=row_seeds.device, dtype=torch.int64).view(shape)
+    rows = _hash32(row_seeds.long() & _MASK32).view(-1, *([1] * len(shape)))
+    bits = _hash32(_hash32(counter ^ 0x9E3779B9) ^ rows)
+    return ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
+
+
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank-based (Mann–Whitney) ROC AUC over the ``valid`` entries (all by default), ties
+    counted half. 0.5 when they hold only one class (AUC is undefined there; 0.5 keeps
+    the logged curve NaN-free). Static shapes: invalid entries sort after every valid
+    one instead of being dropped, and tie groups come from ``searchsorted``."""
+    scores = scores.flatten().float()
     labels = labels.bool().flatten()
-    positives = labels.sum().double()
-    negatives = labels.numel() - positives
-    if labels.numel() == 0:
-        return torch.tensor(0.5, dtype=torch.float64, device=scores.device)
-    _, inverse, counts = torch.unique(scores.flatten().float(), return_inverse=True, return_counts=True)
-    # Average 1-based rank of each tie group: its last rank minus half its extra members.
-    group_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2
-    rank_sum = group_rank[inverse][labels].sum()
+    valid = torch.ones_like(labels) if valid is None else valid.bool().flatten()
+    positive = labels & valid
+    positives = positive.sum().double()
+    negatives = valid.sum().double() - positives
+    keyed = torch.where(valid, scores, torch.full_like(scores, float("inf")))
+    ordered = keyed.sort().values
+    # A tie group holds ranks below+1 .. upto (1-based): its members share the mean rank.
+    below = torch.searchsorted(ordered, keyed, right=False)
+    upto = torch.searchsorted(ordered, keyed, right=True)
+    rank_sum = ((below + upto + 1).double() / 2 * positive).sum()
     auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives).clamp(min=1)
     return torch.where((positives > 0) & (negatives > 0), auc, torch.full_like(auc, 0.5))
 
 
-def rtd_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Detection metrics over one micro-batch's non-pad positions (1-D inputs).
+def rtd_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Detection metrics over one micro-batch's ``valid`` (non-pad) positions.
     Precision/recall are 0 where their denominator is (sklearn's ``zero_division=0``)."""
-    labels = labels.bool()
-    predicted = logits > 0
+    valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid.bool()
+    labels = labels.bool() & valid
+    predicted = (logits > 0) & valid
     true_pos = (predicted & labels).sum().float()
-    n = max(labels.numel(), 1)
+    n = valid.sum().clamp(min=1).float()
     return {
         "rtd/replaced_fraction": labels.sum().float() / n,
-        "rtd/accuracy": (predicted == labels).sum().float() / n,
+        "rtd/accuracy": ((predicted == labels) & valid).sum().float() / n,
         "rtd/precision": true_pos / predicted.sum().clamp(min=1).float(),
         "rtd/recall": true_pos / labels.sum().clamp(min=1).float(),
-        "rtd/auc": roc_auc(logits, labels).float(),
+        "rtd/auc": roc_auc(logits, labels, valid).float(),
     }
 
 
@@ -304,40 +347,50 @@ class RTD(Objective):
 
     # -- generator -------------------------------------------------------------------------
     def _generator_logits(
-        self, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor
+        self, ids: torch.Tensor, attention: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
+        """``(B, K, V)`` logits at the ``(rows, cols)`` index pair ``at``."""
         assert self.generator is not None
         if self.cfg.generator_logits == "all":
-            return self.generator.logits_all(ids, attention)[positions]
-        return self.generator.masked_logits(ids, attention, positions)
+            return self.generator.logits_all(ids, attention)[at]
+        # An index pair, not a mask: the gather has a static shape.
+        return self.generator.masked_logits(ids, attention, at)  # type: ignore[arg-type]
 
     def modify(self, batch: Batch, model: Any, rng: torch.Generator) -> tuple[Batch, ObjectiveOutput]:
         if not self.active:
             return batch, ObjectiveOutput()
         assert self.generator is not None
         ids = batch["encoder_input"]
-        positions = self._mlm_mask(batch)
+        mask = self._mlm_mask(batch)
+        index = batch["mlm_index"] if "mlm_index" in batch else index_from_mask(mask)
+        rows, cols, slot = index_parts(index, ids.shape[1])
         full_labels = batch.get("mlm_labels", ids)  # absent only when nothing was masked
-        labels = full_labels[positions]
+        # (B·K,) targets; padding slots are ignored by the cross-entropy (-100).
+        labels = torch.where(slot, full_labels.gather(1, cols), IGNORE).flatten()
         attention = ids != self.vocab.pad_id
         frozen = self.cfg.frozen
         # nullcontext, not enable_grad: an outer no_grad (evaluation) must still hold.
         with torch.no_grad() if frozen else contextlib.nullcontext():
             # Logits in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
-            logits = self._generator_logits(ids, attention, positions)
+            logits = self._generator_logits(ids, attention, (rows, cols)).flatten(0, 1)
             gen_ce = token_cross_entropy(logits, labels, with_accuracy=self.compute_metrics)
 
         with torch.no_grad():
-            sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed)
-            replaced = ids.masked_scatter(positions, sampled.to(ids.dtype))
-            original = torch.where(positions, full_labels, ids)
+            uniform = None
+            if "noise_seed" in batch:  # the runner's per-row seeds: the same draws on any number of ranks
+                uniform = counter_uniform(batch["noise_seed"], (index.shape[1], logits.shape[-1]))
+                uniform = uniform.flatten(0, 1)
+            sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed, uniform)
+            replaced = scatter_index(ids, index, sampled.view_as(index))
+            original = torch.where(mask, full_labels, ids)
             rtd_labels = (replaced != original) & attention
-            n_masked = max(labels.numel(), 1)
             metrics = {}
             if gen_ce.correct is not None:
+                real = slot.flatten()
+                n_masked = real.sum().clamp(min=1).float()
                 metrics = {
                     "gen/accuracy": gen_ce.correct.float() / n_masked,
-                    "gen/sampled_original": (sampled == labels).sum().float() / n_masked,
+                    "gen/sampled_original": ((sampled == labels) & real).sum().float() / n_masked,
                 }
 
         out = {**batch, "encoder_input": replaced, "rtd_labels": rtd_labels}
@@ -345,10 +398,10 @@ class RTD(Objective):
             # D's input: stop_grad(E_G[ids]) + E_D[ids]; E_G learns only from L_G.
             out["encoder_embeds"] = self.generator.token_embedding(replaced).detach() + model.embed(replaced)
         weight = 0.0 if frozen else float(self.cfg.generator_weight)
-        aux = {GENERATOR_LOSS: LossTerm(gen_ce.total, positions.sum(), weight)}
+        aux = {GENERATOR_LOSS: LossTerm(gen_ce.total, mask.sum(), weight)}
         if self.cfg.generator_z_loss > 0:
             z_term = self.cfg.generator_z_loss * gen_ce.z_total
-            aux[GENERATOR_Z_LOSS] = LossTerm(z_term, positions.sum(), weight)
+            aux[GENERATOR_Z_LOSS] = LossTerm(z_term, mask.sum(), weight)
         return out, ObjectiveOutput(aux_losses=aux, metrics=metrics)
 
     # -- discriminator ---------------------------------------------------------------------
@@ -364,8 +417,10 @@ class RTD(Objective):
         logits = self.head(encoder_hidden).float()
         per_token = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
         total = (per_token * valid).sum()
-        with torch.no_grad():
-            metrics = rtd_metrics(logits.detach()[valid], labels[valid])
+        metrics = {}
+        if self.compute_metrics:
+            with torch.no_grad():
+                metrics = rtd_metrics(logits.detach(), labels, valid)
         return ObjectiveOutput(loss=LossTerm(total, valid.sum()), metrics=metrics)
 
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:

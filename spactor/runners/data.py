@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,10 @@ from spactor.data.sources import SKIP_REASONS, DataError, Source
 from spactor.data.tokenizer import Tokenizer
 from spactor.objectives.base import Batch, Vocab
 from spactor.registry import SOURCES
+
+CUDA_DEFAULT_WORKERS = 2  # loader processes per rank when data.num_workers is unset on CUDA
+# A host batch -> the device batch and a call that makes the current stream wait for it.
+Copy = Callable[[dict[str, torch.Tensor]], tuple[Batch, Callable[[], None]]]
 
 
 def build_source(cfg: DataConfig) -> Source:
@@ -64,6 +68,7 @@ class DataPipeline:
         self.raw_length = 0
         self.batch_size = 0
         self._train: Any = None
+        self._consumed_state: Any = None  # the loader's state after the batches handed out
 
     def start(self, raw_length: int, batch_size: int) -> None:
         """Open the train loader once the objectives have said how long a raw chunk is.
@@ -72,7 +77,15 @@ class DataPipeline:
             raise ValueError(f"trainer.batch_size={batch_size} does not divide over {self.world_size} ranks")
         self.raw_length = raw_length
         self.batch_size = batch_size // self.world_size
-        self._train = self._loader("train", self.batch_size, self.cfg.num_workers)
+        self._train = self._loader("train", self.batch_size, self.num_workers)
+
+    @property
+    def num_workers(self) -> int:
+        """``data.num_workers``; unset: loader workers on CUDA (tokenisation off the
+        training process), none elsewhere."""
+        if self.cfg.num_workers is not None:
+            return self.cfg.num_workers
+        return CUDA_DEFAULT_WORKERS if self.device.type == "cuda" else 0
 
     def _loader(self, split: str, batch_size: int, num_workers: int) -> Any:
         # A loader of its own generator: DataLoader draws a base seed whenever an iterator
@@ -97,11 +110,65 @@ class DataPipeline:
                 num_workers=num_workers,
                 document_separator=getattr(self.cfg, "document_separator", "eos"),
                 generator=generator,
+                pin_memory=self.device.type == "cuda",  # page-locked: asynchronous copies to the GPU
             )
 
-    def train_batches(self) -> Iterator[Batch]:
-        for batch in self._train:
-            yield self._to_device(batch)
+    def train_batches(self, prefetch: bool | None = None) -> Iterator[Batch]:
+        """This rank's training batches on the device. ``prefetch`` (default: on CUDA)
+        fetches and copies batch i+1 before handing out batch i (see :meth:`_prefetched`)."""
+        if prefetch is None:
+            prefetch = self.device.type == "cuda"
+        if not prefetch:
+            for batch in self._train:
+                yield self._to_device(batch)
+            return
+        copy = self._copy_on_side_stream() if self.device.type == "cuda" else self._copy_now
+        yield from self._prefetched(iter(self._train), copy)
+
+    def _prefetched(self, batches: Iterator[dict[str, torch.Tensor]], copy: Copy) -> Iterator[Batch]:
+        """Batch i+1 is fetched and its copy to the device started before batch i is
+        handed out, so on CUDA the copy overlaps step i. The loader so runs one batch
+        ahead: :meth:`state_dict` returns its state from before that fetch, i.e. after
+        the batches handed out, and a checkpoint resumes exactly."""
+
+        def fetch() -> tuple[tuple[Batch, Callable[[], None]] | None, Any]:
+            state = self._train.state_dict()
+            try:
+                return copy(next(batches)), state
+            except StopIteration:
+                return None, state
+
+        pending, _ = fetch()
+        while pending is not None:
+            following, state_after = fetch()
+            batch, ready = pending
+            ready()
+            self._consumed_state = state_after
+            yield batch
+            pending = following
+
+    def _copy_now(self, host: dict[str, torch.Tensor]) -> tuple[Batch, Callable[[], None]]:
+        return self._to_device(host), lambda: None
+
+    def _copy_on_side_stream(self) -> Copy:
+        stream = torch.cuda.Stream(self.device)
+
+        def copy(host: dict[str, torch.Tensor]) -> tuple[Batch, Callable[[], None]]:
+            with torch.cuda.stream(stream):
+                batch = {k: (v if v.is_pinned() else v.pin_memory()).to(self.device, non_blocking=True)
+                         for k, v in host.items()}
+                copied = torch.cuda.Event()
+                copied.record(stream)
+
+            def ready() -> None:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_event(copied)
+                for value in batch.values():
+                    value.record_stream(current)  # allocated on the side stream, used on this one
+
+            return batch, ready
+
+        return copy
 
     def validation_batches(self) -> Iterator[Batch]:
         """A fresh pass over this rank's validation split (the same batches every time)."""
@@ -125,9 +192,12 @@ class DataPipeline:
         return self.cfg.validation_fraction > 0
 
     def state_dict(self) -> dict[str, Any]:
+        if self._consumed_state is not None:  # prefetching: the loader is one batch ahead
+            return self._consumed_state
         return self._train.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._consumed_state = None
         self._train.load_state_dict(state)
 
 

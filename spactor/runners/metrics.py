@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+import torch.distributed as dist
+
 
 class MetricsWriter:
     """``metrics.jsonl``; with ``tensorboard=True`` every record also goes to a
@@ -48,6 +51,41 @@ class MetricsWriter:
             self._file.close()
             self._file = None
         self.tensorboard.close()
+
+
+class MetricWindow:
+    """Per-step values of one logging window, summed on the device, read once.
+
+    ``add`` takes device tensors (a step's shares: the sum over ranks is the value) and
+    adds them up per key without reading them; ``read`` sums each key over ranks (one
+    all-reduce of one stacked tensor), reads it (one host sync) and returns the mean
+    per step over the steps that carried the key, then starts a new window. Keys may come
+    and go inside a window (the stage switch drops the RTD losses): each is averaged
+    over its own steps. Every rank must add the same keys in the same steps."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._steps: dict[str, int] = {}
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            value = value.detach().double()  # float64 sums: long windows add up many steps
+            self._sums[key] = self._sums[key] + value if key in self._sums else value
+            self._steps[key] = self._steps.get(key, 0) + 1
+
+    def __len__(self) -> int:
+        return len(self._sums)
+
+    def read(self) -> dict[str, float]:
+        if not self._sums:
+            return {}
+        keys = sorted(self._sums)
+        stacked = torch.stack([self._sums[k].reshape(()) for k in keys]).double()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stacked)
+        means = {k: v / self._steps[k] for k, v in zip(keys, stacked.tolist())}
+        self._sums, self._steps = {}, {}
+        return means
 
 
 def tensorboard_available() -> bool:

@@ -76,23 +76,12 @@ def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, 
     return dict(zip(keys, tensor.tolist()))
 
 
-def all_gather_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Concatenate every rank's batch in rank order, so that corruption runs on the global
-    batch and does not depend on the number of ranks."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return batch
-    out = {}
-    for key, value in batch.items():
-        parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, value.contiguous())
-        out[key] = torch.cat(parts)
-    return out
-
-
-def local_slice(batch: dict[str, torch.Tensor], info: DistInfo) -> dict[str, torch.Tensor]:
-    if info.world_size == 1:
-        return batch
-    return {k: v.chunk(info.world_size)[info.rank] for k, v in batch.items()}
+def all_reduce_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a (small, stacked) tensor over ranks in place, in one collective; no host
+    sync (a no-op in a world of one)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
 
 
 # --------------------------------------------------------------------------- wrapping

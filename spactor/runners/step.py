@@ -2,16 +2,27 @@
 
 A step, in order:
 
-1. gather the global batch from every rank and run every objective's ``transform``
-   (corruption) on it with a generator that is the same on every rank, so the inputs
-   depend on neither the number of ranks nor gradient accumulation;
-2. count the items every loss covers in the global batch (losses are normalised by
-   these global counts);
-3. keep this rank's slice, split it into micro-batches, and for each run
-   :class:`TrainModules` — input modifiers (the generator), one encode, every loss —
-   and backprop ``Σ weight · total / global_count`` (times the world size, because FSDP
-   averages gradients over ranks);
-4. clip, update, and sum the logged values over ranks.
+1. corrupt this rank's rows (every objective's ``transform``) with the random numbers of
+   their rows in the global batch: the transforms run on a batch of the global size in
+   which only this rank's rows hold data, with a generator that is the same on every
+   rank, and this rank keeps its slice. The noise of the whole global batch is cheap to
+   draw; the batch itself is never gathered. Noise drawn inside the forward (the RTD
+   generator's sampling) is counter-based on per-row seeds drawn the same way
+   (``noise_seed``). The inputs so depend on neither the number of ranks nor gradient
+   accumulation;
+2. count the items every loss covers, summed over ranks (one all-reduce of a small
+   stacked tensor; losses are normalised by these global counts);
+3. split the rows into micro-batches, and for each run :class:`TrainModules` — input
+   modifiers (the generator), one encode, every loss — and backprop
+   ``Σ weight · total / global_count`` (times the world size, because FSDP averages
+   gradients over ranks);
+4. the global gradient norm, the finiteness of the step and the preemption flag in one
+   all-reduce; clip; one host sync to read the flag; update unless it was not finite.
+
+Everything logged stays on the device as this rank's share (the sum over ranks is the
+value): the runner accumulates shares over a logging window and reduces them once
+(``spactor.runners.metrics.MetricWindow``). Metrics other than the losses (accuracies,
+RTD detection) are computed only when ``with_metrics`` is set, on logging steps.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import torch
 from torch import nn
 
 from spactor.objectives.base import Batch, Objective
-from spactor.runners.parallel import DistInfo, all_gather_batch, all_reduce_sum, local_slice
+from spactor.runners.parallel import DistInfo, all_reduce_tensor
 
 Losses = dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # name -> (total, count, weight)
 
@@ -42,8 +53,12 @@ class TrainModules(nn.Module):
         self.model = model
         self.objectives = nn.ModuleDict(objectives)
 
-    def forward(self, batch: Batch, rng: torch.Generator) -> tuple[Losses, dict[str, torch.Tensor]]:
+    def forward(
+        self, batch: Batch, rng: torch.Generator, with_metrics: bool = True
+    ) -> tuple[Losses, dict[str, torch.Tensor]]:
         objectives: dict[str, Objective] = dict(self.objectives.items())  # type: ignore[arg-type]
+        for obj in objectives.values():
+            obj.compute_metrics = with_metrics  # accuracies, RTD detection: logging steps only
         losses: Losses = {}
         metrics: dict[str, torch.Tensor] = {}
 
@@ -78,6 +93,37 @@ def apply_transforms(objectives: dict[str, Objective], batch: Batch, rng: torch.
     return batch
 
 
+def corrupt_local_rows(
+    objectives: dict[str, Objective], batch: Batch, rng: torch.Generator, info: DistInfo
+) -> Batch:
+    """Transform this rank's rows exactly as they would be transformed in the global
+    batch. The transforms draw their noise for every row of the batch they get (the
+    generator is the same on every rank) and treat each row on its own, so running them
+    on a global-size batch that holds this rank's rows at their global offset, and
+    padding elsewhere, then keeping the slice, gives every row the corruption it gets on
+    one rank. No data crosses ranks."""
+    if info.world_size == 1:
+        return apply_transforms(objectives, batch, rng)
+    rows = next(iter(batch.values())).shape[0]
+    start = info.rank * rows
+    padded = {}
+    for key, value in batch.items():
+        full = value.new_zeros((rows * info.world_size, *value.shape[1:]))
+        full[start : start + rows] = value
+        padded[key] = full
+    out = apply_transforms(objectives, padded, rng)
+    return {key: value[start : start + rows] for key, value in out.items()}
+
+
+def row_noise_seeds(rng: torch.Generator, rows: int, info: DistInfo) -> torch.Tensor:
+    """``(rows,)`` int64 seeds for the noise objectives draw inside the forward (the RTD
+    generator's Gumbel noise, counter-based on them): one per global row from a
+    generator that is the same on every rank, this rank's slice kept, so a row's noise
+    depends on neither the number of ranks nor the micro-batch it lands in."""
+    seeds = torch.randint(0, 2**31 - 1, (rows * info.world_size,), generator=rng, device=rng.device)
+    return seeds[info.rank * rows : (info.rank + 1) * rows]
+
+
 def loss_counts(objectives: dict[str, Objective], batch: Batch) -> dict[str, torch.Tensor]:
     counts: dict[str, torch.Tensor] = {}
     for name, obj in objectives.items():
@@ -104,15 +150,25 @@ def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.Abst
 
 @dataclass
 class StepOutput:
-    loss: float
-    losses: dict[str, float]
-    metrics: dict[str, float]
-    grad_norm: float
-    applied: bool = True  # False: the loss or the gradients were not finite, no update
+    """What a step logs, as device tensors: ``loss``, ``losses`` and ``metrics`` are this
+    rank's shares (their sum over ranks is the step's value), ``grad_norm`` is the global
+    norm (the same on every rank). Reading a tensor is a host sync: the runner reads
+    them once per logging window."""
 
-    @property
-    def finite(self) -> bool:
-        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    metrics: dict[str, torch.Tensor]
+    grad_norm: torch.Tensor
+    applied: bool = True  # False: the loss or the gradients were not finite, no update
+    stop: bool = False  # some rank asked to stop (a signal): every rank stops after this step
+    global_loss: torch.Tensor | None = None  # the loss summed over ranks, where it came for free
+
+    def nonfinite_message(self, step: int) -> str:
+        """Why step ``step`` was not applied (reads the values: for bad steps only)."""
+        loss = float(self.loss if self.global_loss is None else self.global_loss)
+        grad_norm = float(self.grad_norm)
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        return f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm})"
 
 
 @dataclass
@@ -121,65 +177,111 @@ class StepContext:
 
     dist: DistInfo
     transform_rng: torch.Generator  # the same on every rank
-    modify_rng: torch.Generator  # this rank's own (generator sampling)
+    modify_rng: torch.Generator  # the same on every rank: per-row seeds of the noise drawn in the forward
     grad_accum_steps: int = 1
     clip_grad_norm: float | None = None
     amp_dtype: torch.dtype | None = None
 
 
 def train_step(
-    modules: TrainModules, optimizer: torch.optim.Optimizer, batch: Batch, ctx: StepContext
+    modules: TrainModules,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    ctx: StepContext,
+    with_metrics: bool = True,
+    stop_requested: bool = False,
 ) -> StepOutput:
+    """One optimizer step on this rank's rows. ``with_metrics``: also compute the
+    objectives' metrics (a logging step). ``stop_requested``: this rank got a signal;
+    with several ranks the flag rides on the step's one all-reduce and
+    ``StepOutput.stop`` says whether any rank set it."""
     objectives: dict[str, Objective] = dict(modules.objectives.items())  # type: ignore[arg-type]
-    global_batch = apply_transforms(objectives, all_gather_batch(batch), ctx.transform_rng)
-    counts = {k: v.clamp(min=1) for k, v in loss_counts(objectives, global_batch).items()}
-    micro = split_batch(local_slice(global_batch, ctx.dist), ctx.grad_accum_steps)
+    local = corrupt_local_rows(objectives, batch, ctx.transform_rng, ctx.dist)
+    local["noise_seed"] = row_noise_seeds(ctx.modify_rng, local["encoder_input"].shape[0], ctx.dist)
+    counts = loss_counts(objectives, local)
+    if ctx.dist.world_size > 1 and counts:
+        keys = sorted(counts)
+        summed = all_reduce_tensor(torch.stack([counts[k] for k in keys]))
+        counts = dict(zip(keys, summed.unbind()))
+    counts = {k: v.clamp(min=1) for k, v in counts.items()}
+    micro = split_batch(local, ctx.grad_accum_steps)
 
-    logged: dict[str, torch.Tensor] = {}
+    logged_losses: dict[str, torch.Tensor] = {}
+    logged_metrics: dict[str, torch.Tensor] = {}
+    device = local["encoder_input"].device
+    total_loss = torch.zeros((), device=device)
     for mb in micro:
-        device = mb["encoder_input"].device
         with autocast(ctx.amp_dtype, device):
-            losses, metrics = modules(mb, ctx.modify_rng)
+            losses, metrics = modules(mb, ctx.modify_rng, with_metrics)
         loss = torch.zeros((), device=device)
         for name, (total, _, weight) in losses.items():
             normalised = total.float() / counts[name]
-            logged[f"loss/{name}"] = logged.get(f"loss/{name}", 0) + normalised.detach()
+            _accumulate(logged_losses, f"loss/{name}", normalised.detach())
             if weight != 0:
                 loss = loss + weight * normalised
-        logged["loss"] = logged.get("loss", 0) + loss.detach()
+        total_loss = total_loss + loss.detach()
         if loss.requires_grad:
             (loss * ctx.dist.world_size).backward()
         for key, value in metrics.items():
-            share = value.detach().float() / (len(micro) * ctx.dist.world_size)
-            logged[key] = logged.get(key, 0) + share
+            _accumulate(logged_metrics, key, value.detach().float() / (len(micro) * ctx.dist.world_size))
 
-    grad_norm = clip_gradients(modules, ctx.clip_grad_norm)  # the global norm: the same on every rank
-    device = next(iter(counts.values())).device if counts else torch.device("cpu")
-    values = all_reduce_sum({k: float(v) for k, v in logged.items()}, device)
-    out = StepOutput(
-        loss=values.pop("loss"),
-        losses={k: v for k, v in values.items() if k.startswith("loss/")},
-        metrics={k: v for k, v in values.items() if not k.startswith("loss/")},
-        grad_norm=grad_norm,
+    grad_norm, finite, stop, global_loss = finish_gradients(
+        modules, ctx.clip_grad_norm, total_loss, stop_requested, ctx.dist
     )
-    out.applied = out.finite  # a non-finite step never reaches the weights or the optimizer state
-    if out.applied:
+    # The step's one host sync: whether to update (and, with several ranks, whether to stop).
+    code = int((finite.int() + 2 * stop.int()).item()) if stop is not None else int(finite.item())
+    applied = bool(code & 1)
+    if applied:  # a non-finite step never reaches the weights or the optimizer state
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return out
+    return StepOutput(
+        loss=total_loss,
+        losses=logged_losses,
+        metrics=logged_metrics,
+        grad_norm=grad_norm,
+        applied=applied,
+        stop=stop_requested if stop is None else bool(code & 2),
+        global_loss=global_loss,
+    )
 
 
-def clip_gradients(modules: nn.Module, max_norm: float | None) -> float:
+def _accumulate(into: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+    into[key] = into[key] + value if key in into else value
+
+
+def finish_gradients(
+    modules: nn.Module, max_norm: float | None, loss: torch.Tensor, stop_requested: bool, info: DistInfo
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The global gradient norm, clipping, and the step's flags, without a host sync.
+
+    Returns ``(grad_norm, finite, stop, global_loss)`` as device tensors. One rank: the
+    norm as ``clip_grad_norm_`` computes it; ``stop`` and ``global_loss`` are None (the
+    caller knows its own flag and loss). Several ranks: every rank's squared shard
+    norms, its loss share and its stop flag go into one all-reduce, so ``finite`` and
+    ``stop`` are the same on every rank."""
     params = [p for p in modules.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    if max_norm is not None and max_norm > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
-        norm = norm.full_tensor()
-    return float(norm)
+    grads = [p.grad for p in params]
+    device = loss.device
+    if info.world_size == 1:
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+        if grads and max_norm is not None and max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm, torch.isfinite(norm) & torch.isfinite(loss), None, None
+    shards = [g.to_local() for g in grads if hasattr(g, "to_local")]  # FSDP: this rank's shard
+    replicated = [g for g in grads if not hasattr(g, "to_local")]
+    squares = torch.zeros((), device=device)
+    if shards:
+        squares = squares + torch.nn.utils.get_total_norm(shards).float() ** 2
+    if replicated:  # the same on every rank: count it once in the sum over ranks
+        squares = squares + torch.nn.utils.get_total_norm(replicated).float() ** 2 / info.world_size
+    flag = torch.full((), 1.0 if stop_requested else 0.0, device=device)
+    packed = all_reduce_tensor(torch.stack([squares, loss.float(), flag]))
+    norm, global_loss = packed[0].sqrt(), packed[1]
+    finite = torch.isfinite(norm) & torch.isfinite(global_loss)
+    if grads and max_norm is not None and max_norm > 0:
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(shards + replicated, coef)
+    return norm, finite, packed[2] > 0, global_loss
 
 
 @torch.no_grad()
@@ -200,18 +302,21 @@ def evaluate(
     usable = len(local) if dist_info.world_size == 1 else _min_over_ranks(len(local), device)
     was_training = modules.training
     modules.eval()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     for batch in local[:usable]:
         batch = apply_transforms(objectives, batch, rng)
         with autocast(amp_dtype, device):
-            losses, _ = modules(batch, rng)
+            losses, _ = modules(batch, rng, with_metrics=False)
         for name, (total, count, _) in losses.items():
-            sums[f"{name}/total"] = sums.get(f"{name}/total", 0.0) + float(total)
-            sums[f"{name}/count"] = sums.get(f"{name}/count", 0.0) + float(count)
+            _accumulate(sums, f"{name}/total", total.detach().double())
+            _accumulate(sums, f"{name}/count", count.double())
     modules.train(was_training)
-    sums = all_reduce_sum(sums, device)
-    names = sorted({k.rsplit("/", 1)[0] for k in sums})
-    return {f"val/loss/{n}": sums[f"{n}/total"] / max(sums[f"{n}/count"], 1.0) for n in names}
+    keys = sorted(sums)
+    # One read (and, with several ranks, one all-reduce) for the whole evaluation.
+    values = all_reduce_tensor(torch.stack([sums[k] for k in keys])).tolist() if keys else []
+    totals = dict(zip(keys, values))
+    names = sorted({k.rsplit("/", 1)[0] for k in totals})
+    return {f"val/loss/{n}": totals[f"{n}/total"] / max(totals[f"{n}/count"], 1.0) for n in names}
 
 
 def _min_over_ranks(value: int, device: torch.device) -> int:

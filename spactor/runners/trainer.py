@@ -34,7 +34,7 @@ from spactor.runners import parallel
 from spactor.runners.checkpoint import Checkpointer
 from spactor.runners.data import build_data
 from spactor.runners.meta_init import InitProgram, NotReplayable, record_init
-from spactor.runners.metrics import MetricsWriter, Progress
+from spactor.runners.metrics import MetricWindow, MetricsWriter, Progress
 from spactor.runners.optim import set_lr
 from spactor.runners.run_dir import RunDirLock, open_run_dir, start_run_dir, with_tokenizer, write_config
 from spactor.runners.stages import (
@@ -68,8 +68,7 @@ class NonFiniteGuard:
     def bad_step(self, step: int, out: Any) -> None:
         self.consecutive += 1
         self.total += 1
-        what = f"non-finite {'loss' if not math.isfinite(out.loss) else 'gradient norm'} at step {step} " \
-               f"(loss {out.loss}, grad norm {out.grad_norm})"
+        what = out.nonfinite_message(step)
         if self.policy == "stop":
             raise NonFiniteStop(f"{what}; trainer.nonfinite=stop: checkpointed the last good step")
         if self.consecutive >= self.max_consecutive:
@@ -82,8 +81,10 @@ class NonFiniteGuard:
 
 
 class Preemption:
-    """SIGTERM/SIGINT: finish the current step, checkpoint, exit cleanly. Ranks agree on
-    the step they stop at (one tiny all-reduce per step)."""
+    """SIGTERM/SIGINT: finish the current step, checkpoint, exit cleanly. The handler only
+    sets a Python flag. One rank reads it after each step; several ranks send it along
+    with the step's one all-reduce (``train_step(stop_requested=...)``), so they agree
+    on the step they stop at without a collective of its own."""
 
     def __init__(self, info: parallel.DistInfo, device: torch.device) -> None:
         self.info = info
@@ -101,13 +102,10 @@ class Preemption:
         self.signal_name = signal.Signals(signum).name
         print(f"\n{self.signal_name}: finishing this step, then checkpointing", file=sys.stderr, flush=True)
 
-    def requested(self) -> bool:
-        flag = 1.0 if self.signal_name else 0.0
-        if self.info.world_size > 1:
-            flag = parallel.all_reduce_sum({"stop": flag}, self.device)["stop"]
-            if flag and not self.signal_name:
-                self.signal_name = "SIGTERM"
-        return flag > 0
+    def agree(self) -> None:
+        """Another rank got the signal: stop here as well."""
+        if self.signal_name is None:
+            self.signal_name = "SIGTERM"
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -119,7 +117,7 @@ class TrainResult:
     run_dir: Path
     steps: int
     start_step: int
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # the logged loss of every logging step
     val: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
     tokens_seen: int = 0
@@ -375,7 +373,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     ctx = StepContext(
         dist=info,
         transform_rng=seeded_generator(tcfg.seed + 1, device),
-        modify_rng=seeded_generator(tcfg.seed + 1000 + info.rank, device),
+        modify_rng=seeded_generator(tcfg.seed + 1000, device),  # per-row seeds: rank-independent
         grad_accum_steps=tcfg.grad_accum_steps,
         clip_grad_norm=tcfg.clip_grad_norm,
         amp_dtype=amp_dtype,
@@ -423,18 +421,25 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     guard = NonFiniteGuard(tcfg.nonfinite, tcfg.max_consecutive_skips)
     preemption = Preemption(info, device)
     train_iter: Iterator[Batch] = iter(data.train_batches())
+    window = MetricWindow()  # losses, metrics and grad norm stay on the device until a logging step
+    once: dict[str, Any] = {}  # fields of a step inside the window (the stage switch)
+    flops_fields: dict[str, float] = {}
     t_start = time.monotonic()
-    t_window, tokens_window = time.perf_counter(), 0
+    t_window, tokens_window, steps_window, data_s = time.perf_counter(), 0, 0, 0.0
     try:
         while step < tcfg.max_steps:
             apply_knobs(objectives, schedules.values(step))
-            switched = None
             if stage == 1 and (schedules.stage(step) == 2 or stage1_finished(objectives)):
-                switched = release_stage1(modules, objectives, optimizer)
+                once["stage_switch_step"] = step  # updates done before stage 2 began
+                once["released"] = release_stage1(modules, objectives, optimizer)
                 stage = 2
             set_lr(optimizer, lr_at(step))
+            t_data = time.perf_counter()
             batch = next(train_iter)
-            out = train_step(modules, optimizer, batch, ctx)
+            data_s += time.perf_counter() - t_data
+            log_step = (step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.max_steps
+            out = train_step(modules, optimizer, batch, ctx, with_metrics=log_step,
+                             stop_requested=preemption.signal_name is not None)
             if out.applied:
                 guard.good_step()
             else:
@@ -443,52 +448,58 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
             batch_tokens = batch["original"].numel() * info.world_size
             tokens_seen += batch_tokens
             tokens_window += batch_tokens
-            result.losses.append(out.loss)
-
-            record: dict[str, Any] = {"step": step, "stage": stage, "loss": out.loss}
-            if guard.total:
-                record["skipped_nonfinite"] = guard.total
-            if switched is not None:
-                record["stage_switch_step"] = step - 1  # updates done before stage 2 began
-                record["released"] = switched
+            steps_window += 1
+            grad_norm = out.grad_norm if info.world_size == 1 else out.grad_norm / info.world_size
+            window.add({"loss": out.loss, **out.losses, **out.metrics, "grad_norm": grad_norm})
             if flops is not None:
-                record.update(flops.update(stage, step))
-            record.update(out.losses)
-            record.update(out.metrics)
-            record["lr"] = optimizer.param_groups[0]["lr"]
-            record["grad_norm"] = out.grad_norm
-            record.update({f"knob/{k}": v for k, v in knob_values(objectives).items()})
-            schedules.observe(step, record)
-            if step % tcfg.log_every == 0 or step == tcfg.max_steps:
+                flops_fields = flops.update(stage, step)
+
+            if log_step:
+                values = window.read()  # one all-reduce and one host sync per logging window
+                record: dict[str, Any] = {"step": step, "stage": stage, "loss": values.pop("loss")}
+                if guard.total:
+                    record["skipped_nonfinite"] = guard.total
+                record.update(once)
+                once = {}
+                record.update(flops_fields)
+                grad_norm_mean = values.pop("grad_norm")
+                record.update(values)
+                record["lr"] = optimizer.param_groups[0]["lr"]
+                record["grad_norm"] = grad_norm_mean
+                record.update({f"knob/{k}": v for k, v in knob_values(objectives).items()})
+                schedules.observe(step, record)  # adaptive schedules see logged windows only
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 now = time.perf_counter()
                 record["tokens_seen"] = tokens_seen
                 record["tokens_per_s"] = tokens_window / max(now - t_window, 1e-9)
+                record["time/step_s"] = (now - t_window) / steps_window
+                record["time/data_s"] = data_s / steps_window
                 if flops is not None:
                     record["mfu"] = flops.mfu(now - t_window)
                 result.skipped = data.skipped_counts()
                 record.update({f"data/skipped/{k}": v for k, v in result.skipped.items() if v})
-                t_window, tokens_window = now, 0
+                result.losses.append(record["loss"])
                 if step == tcfg.max_steps or (tcfg.eval_every and step % tcfg.eval_every == 0):
                     record.update(validate())
-                    t_window = time.perf_counter()
                     if step == tcfg.max_steps:
                         result.val = {k: v for k, v in record.items() if k.startswith("val/")}
                 metrics.write(record)
-                shown = {"loss": out.loss, "stage": stage, "tok/s": record["tokens_per_s"]}
+                shown = {"loss": record["loss"], "stage": stage, "tok/s": record["tokens_per_s"]}
                 if record.get("mfu") is not None:
                     shown["mfu"] = record["mfu"]
                 if "flops_normalized" in record:
                     shown["flops/base"] = record["flops_normalized"]
                 progress.update(step, shown)
+                t_window, tokens_window, steps_window, data_s = time.perf_counter(), 0, 0, 0.0
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step != tcfg.max_steps:
                 save()
                 t_window = time.perf_counter()
-            if preemption.requested():
+            # One rank reads its own signal flag; several agree through the step's all-reduce.
+            if out.stop or (info.world_size == 1 and preemption.signal_name is not None):
+                preemption.agree()
                 break
-        if preemption.requested():
-            result.preempted = preemption.signal_name
+        result.preempted = preemption.signal_name
         if step > start_step or resumed is None or result.preempted:
             save()
     except NonFiniteStop:

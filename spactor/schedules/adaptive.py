@@ -6,7 +6,8 @@ T5-Base) as the generator's replacements get harder. This schedule watches a log
 metric (default ``loss/rtd``) and switches when it plateaus, within
 ``[min_tau, max_tau]``.
 
-After every step the runner calls ``observe(step, metrics)``. Steps before ``warmup`` are
+After every logging step (``trainer.log_every``) the runner calls ``observe(step,
+metrics)`` with the logged record (losses averaged over the logging window). Steps before ``warmup`` are
 ignored; from then on, each observed value x of ``metric`` updates a bias-corrected
 exponential moving average (as in Adam; ``n`` counts the tracked values)::
 
@@ -32,7 +33,7 @@ not before ``min_tau`` (a plateau before it switches at ``min_tau``). It switche
 
 ``patience`` counts *observations that carry the metric*: a step whose metrics lack it
 (or hold NaN/inf) is skipped, not counted as "no improvement". With the metric logged
-every step, as the runner does, that is ``patience`` steps.
+every ``log_every`` steps, that is ``patience · log_every`` steps.
 
 The switch step is decided once, never changes afterwards, and is checkpointed together
 with the tracking state (m, n, best, stale count), so a resumed run decides identically.

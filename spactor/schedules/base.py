@@ -7,7 +7,9 @@ hybrid stage (SC + RTD) to stage 2 (plain SC); they say so through ``switch_step
 
 Step convention: ``values(step)`` and ``stage(step)`` describe the step about to run,
 0-based, i.e. ``step`` optimizer updates have been done so far. ``observe(step, ...)``
-is called after that step ran, with its logged metrics.
+is called after a logging step ran (every ``trainer.log_every`` steps), with the record
+it logged: the losses averaged over the logging window, the metrics of that step. Reading
+metrics costs a host sync, so schedules never see the steps in between.
 
 Schedule state goes into the checkpoint manifest, so ``state_dict`` must be plain JSON
 (ints, floats, None, lists, dicts). Pure schedules have no state (``{}``); a resumed run
@@ -55,7 +57,7 @@ class Schedule:
         return None
 
     def observe(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Called after step ``step`` ran, with that step's logged metrics."""
+        """Called after logging step ``step`` ran, with the record it logged."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -102,7 +102,8 @@ def test_off_is_identity(cfg: dict) -> None:
     out = build(**cfg).transform(batch, gen(0))
     assert torch.equal(out["encoder_input"], batch["encoder_input"])
     assert out["mlm_mask"].shape == batch["encoder_input"].shape and not out["mlm_mask"].any()
-    assert set(out) == {"encoder_input", "mlm_mask"}
+    assert set(out) == {"encoder_input", "mlm_mask", "mlm_index"}
+    assert out["mlm_index"].shape == (batch["encoder_input"].shape[0], 0)  # nothing to gather
 
 
 def test_knobs() -> None:

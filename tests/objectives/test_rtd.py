@@ -16,7 +16,7 @@ from spactor.architectures.encoder import EncoderConfig, build_encoder
 from spactor.architectures.t5 import T5Config, build_t5
 from spactor.objectives.base import ObjectiveContext, Vocab
 from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
-from spactor.objectives.rtd import RTD, RTDConfig, build_rtd, gumbel_max_sample, roc_auc
+from spactor.objectives.rtd import RTD, RTDConfig, build_rtd, counter_uniform, gumbel_max_sample, roc_auc
 from spactor.objectives.span_corruption import SpanCorruptionConfig, build_span_corruption
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
@@ -351,3 +351,36 @@ def test_spactor_step_on_t5():
     total.backward()
     assert model.token_embedding.weight.grad is not None and rtd.head.out.weight.grad is not None
     assert not VOCAB.is_special(new["encoder_input"][batch["mlm_mask"]]).any()
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+def test_gumbel_max_with_counter_based_noise_follows_the_tempered_softmax(temperature: float):
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5])
+    rows, slots = 2000, 100
+    seeds = torch.randint(0, 2**31 - 1, (rows,), generator=rng(7))
+    uniform = counter_uniform(seeds, (slots, 5)).flatten(0, 1)
+    samples = gumbel_max_sample(logits.expand(rows * slots, -1), temperature, None, uniform=uniform)
+    n = rows * slots
+    freq = torch.bincount(samples, minlength=5).double() / n
+    p = torch.softmax(logits.double() / temperature, dim=0)
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt()).all(), (freq, p)
+
+
+def test_counter_uniform_depends_on_the_row_seed_and_position_only():
+    seeds = torch.tensor([5, 17, 5, 2**31 - 2])
+    u = counter_uniform(seeds, (3, 7))
+    assert u.shape == (4, 3, 7) and u.dtype == torch.float32
+    assert ((u > 0) & (u < 1)).all()
+    assert torch.equal(u[0], u[2]) and not torch.equal(u[0], u[1])  # equal seeds, equal noise
+    assert torch.equal(counter_uniform(seeds[1:2], (3, 7))[0], u[1])  # whatever the batch around it
+    many = counter_uniform(torch.arange(64), (50, 20)).flatten()
+    assert abs(many.mean().item() - 0.5) < 0.01 and abs(many.var().item() - 1 / 12) < 0.005
+
+
+def test_roc_auc_over_a_mask_equals_roc_auc_of_the_kept_entries():
+    g = rng(11)
+    scores = torch.randint(0, 6, (300,), generator=g).float()  # many ties
+    labels = torch.rand(300, generator=g) < 0.3
+    valid = torch.rand(300, generator=g) < 0.7
+    kept = roc_auc(scores[valid], labels[valid]).item()
+    assert roc_auc(scores, labels, valid).item() == pytest.approx(kept)

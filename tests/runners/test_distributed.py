@@ -30,15 +30,20 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("recipe", ["sc", "spactor"])  # spactor: stage 1, the generator's sampling included
+def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path, recipe):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     script = str(HERE / "dist_equivalence.py")
     for nproc, out in ((1, one), (2, two)):
-        done = torchrun(nproc, script, str(out))  # one rank: a plain module; two: FSDP2
+        done = torchrun(nproc, script, str(out), "--recipe", recipe)  # one rank: a plain module; two: FSDP2
         assert done.returncode == 0, done.stderr[-3000:]
-    losses_one, losses_two = json.loads(one.read_text()), json.loads(two.read_text())
-    assert losses_one == pytest.approx(losses_two, rel=1e-5, abs=1e-6)
-    assert losses_one[-1] < losses_one[0]
+    steps_one, steps_two = json.loads(one.read_text()), json.loads(two.read_text())
+    assert [sorted(s) for s in steps_one] == [sorted(s) for s in steps_two]
+    for a, b in zip(steps_one, steps_two):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    assert steps_one[-1]["loss"] < steps_one[0]["loss"]
+    if recipe == "spactor":
+        assert {"loss/rtd", "loss/generator", "loss/span_corruption"} <= set(steps_one[0])
 
 
 def test_two_stage_switch_on_two_ranks_then_resume_on_one(tiny_overrides, tmp_path):
