@@ -58,11 +58,15 @@ class Vocab:
         return self.first_sentinel_id - self.num_sentinels + 1
 
     def is_special(self, ids: torch.Tensor) -> torch.Tensor:
-        """True where ``ids`` are pad, EOS, sentinels, [M] or a mode token (never
-        candidates for masking)."""
+        """True where ``ids`` are pad, EOS, sentinels or [M] (never candidates for masking)."""
         sentinel = (ids <= self.first_sentinel_id) & (ids >= self.last_sentinel_id)
-        mode = (ids > self.mask_id) & (ids <= self.mask_id + len(MODE_TOKENS))
-        return (ids == self.pad_id) | (ids == self.eos_id) | (ids == self.mask_id) | sentinel | mode
+        return (ids == self.pad_id) | (ids == self.eos_id) | (ids == self.mask_id) | sentinel
+
+    def is_mode_token(self, ids: torch.Tensor) -> torch.Tensor:
+        """True where ``ids`` are UL2's mode tokens. Kept out of ``is_special`` so the ids
+        RTD's generator may sample (and so every existing run's losses) stay as they were;
+        masking excludes both."""
+        return (ids > self.mask_id) & (ids <= self.mask_id + len(MODE_TOKENS))
 
 
 @dataclass

@@ -158,7 +158,7 @@ def test_mode_token_first_and_nowhere_else():
     assert torch.equal(enc[:, 0], expected)
     modes = torch.tensor([VOCAB.mode_id(k) for k in range(len(MODE_TOKENS))])
     assert not torch.isin(enc[:, 1:], modes).any() and not torch.isin(out["decoder_target"], modes).any()
-    assert VOCAB.is_special(modes).all()  # so MLM masking never picks them
+    assert VOCAB.is_mode_token(modes).all() and not VOCAB.is_mode_token(torch.arange(VOCAB.mask_id + 1)).any()
     assert torch.equal(out["decoder_input"][:, 1:], out["decoder_target"][:, :-1])
     assert (out["decoder_input"][:, 0] == VOCAB.pad_id).all()
 
@@ -166,7 +166,7 @@ def test_mode_token_first_and_nowhere_else():
 def test_without_mode_tokens_the_encoder_starts_with_text():
     ul2 = build(UL2Config(mode_tokens=False))
     out = corrupt(ul2, 16)
-    assert not VOCAB.is_special(out["encoder_input"][:, :1]).all()
+    assert not VOCAB.is_mode_token(out["encoder_input"]).any()
     assert out["encoder_input"].shape == (16, LENGTH)
 
 
@@ -204,7 +204,10 @@ def test_mlm_masking_never_picks_mode_tokens_or_sentinels():
     out = corrupt(build(), 32, seed=4)
     chosen = choose_positions(out["encoder_input"], 1.0, VOCAB, torch.Generator().manual_seed(0))
     assert not chosen[:, 0].any()
-    assert not VOCAB.is_special(out["encoder_input"][chosen]).any()
+    picked = out["encoder_input"][chosen]
+    assert not (VOCAB.is_special(picked) | VOCAB.is_mode_token(picked)).any()
+    real = ~(VOCAB.is_special(out["encoder_input"]) | VOCAB.is_mode_token(out["encoder_input"]))
+    assert torch.equal(chosen, real)  # ratio 1: every real token and nothing else
 
 
 def test_config_errors_are_one_line():
