@@ -233,3 +233,32 @@ def test_registered_and_listed_by_components():
     out = subprocess.run([sys.executable, "-m", "spactor", "components"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "ul2" in out.stdout and "prefix_lm" in out.stdout
+
+
+def test_flops_of_a_ul2_model(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "spactor", "flops", "ul2", "model.size=tiny"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line.strip()}
+    ratio = float(rows["ratio"][-2])  # UL2's 511-token targets cost more decoder than SC's 114
+    assert ratio > 1.0 and float(rows["decoder"][0]) > float(rows["decoder"][1])
+
+
+def test_preview_shows_every_denoiser_on_real_text(tiny_data):
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "spactor", "preview", "ul2", *tiny_data, "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    examples = [json.loads(line) for line in out.stdout.splitlines()]
+    labels = [e["denoiser"] for e in examples]
+    assert labels == build(length=64).labels  # one example per denoiser, in config order
+    from spactor.data.tokenizer import Tokenizer
+
+    vocab = Tokenizer.load(next(o.split("=", 1)[1] for o in tiny_data if o.startswith("data.tokenizer="))).vocab()
+    for e in examples:
+        assert e["encoder_input"][0] == vocab.mode_id(MODES.index(e["denoiser"][0]))
+    text = subprocess.run([sys.executable, "-m", "spactor", "preview", "ul2", *tiny_data],
+                          capture_output=True, text=True).stdout
+    for token in MODE_TOKENS:
+        assert f"{token}" in text

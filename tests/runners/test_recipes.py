@@ -60,3 +60,11 @@ def test_spactor_logs_every_loss_and_rtd_metric(tiny_overrides, tmp_path):
                 "knob/objectives.rtd.weight", "knob/objectives.mlm_mask.ratio"):
         assert key in records[0], key
     assert all(r["stage"] == 1 for r in records)
+
+
+def test_ul2_rtd_logs_ul2_and_rtd_losses(tiny_overrides, tmp_path):
+    records = tiny_run("ul2_rtd", tiny_overrides, tmp_path / "ul2_rtd", "trainer.max_steps=3",
+                       "runtime.count_flops=false")
+    for key in ("loss/ul2", "loss/rtd", "loss/generator", "ul2/accuracy", "rtd/replaced_fraction"):
+        assert key in records[0], key
+    assert all(r["stage"] == 1 for r in records)
