@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from spactor.config import ConfigError
 from spactor.objectives.base import Batch, Objective, ObjectiveContext, ObjectiveOutput, Vocab
 from spactor.objectives.span_corruption import SpanCorruption
 from spactor.registry import OBJECTIVES
@@ -37,7 +38,7 @@ class PrefixLMConfig:
 
 def check_prefix_density(where: str, noise_density: float) -> None:
     if not 0.0 < noise_density <= 0.5:
-        raise ValueError(
+        raise ConfigError(
             f"{where}.noise_density must be in (0, 0.5] for a prefix-LM split, got {noise_density}"
         )
 
@@ -105,7 +106,7 @@ class PrefixLM(Objective):
         super().__init__(cfg, ctx)
         check_prefix_density(f"objectives.{ctx.name}", cfg.noise_density)
         if ctx.input_length < 2:
-            raise ValueError(f"objectives.{ctx.name}: input_length {ctx.input_length} is too short to split")
+            raise ConfigError(f"objectives.{ctx.name}: input_length {ctx.input_length} is too short to split")
         self.input_length = ctx.input_length
 
     # prefix + EOS fits in N tokens, so the chunk is as long as the encoder input.

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from spactor.config import ConfigError
 from spactor.objectives.base import MODE_TOKENS, Batch, Objective, ObjectiveContext, ObjectiveOutput, Vocab
 from spactor.objectives.prefix_lm import (
     check_prefix_density,
@@ -107,23 +108,23 @@ def plan_denoiser(index: int, d: DenoiserConfig, input_length: int, vocab: Vocab
     """Check one denoiser and fix its raw / target lengths for ``input_length``."""
     at = f"{where}.denoisers[{index}]"
     if d.mode not in MODES:
-        raise ValueError(f"{at}.mode: '{d.mode}' not in {', '.join(MODES)}")
+        raise ConfigError(f"{at}.mode: '{d.mode}' not in {', '.join(MODES)}")
     if not d.rate >= 0.0:
-        raise ValueError(f"{at}.rate must be >= 0, got {d.rate}")
+        raise ConfigError(f"{at}.rate must be >= 0, got {d.rate}")
     if d.mode == "S":
         check_prefix_density(at, d.noise_density)
         raw = input_length  # prefix + EOS fit in raw tokens
         if raw < 2:
-            raise ValueError(f"{at}: input_length is too short for a prefix-LM split")
+            raise ConfigError(f"{at}: input_length is too short for a prefix-LM split")
         return DenoiserPlan(index, d.mode, raw, raw, 0.0, d.noise_density)
     if not 0.0 < d.noise_density < 1.0:
-        raise ValueError(f"{at}.noise_density must be in (0, 1), got {d.noise_density}")
+        raise ConfigError(f"{at}.noise_density must be in (0, 1), got {d.noise_density}")
     if not d.mean_noise_span_length > 0.0:
-        raise ValueError(f"{at}.mean_noise_span_length must be > 0, got {d.mean_noise_span_length}")
+        raise ConfigError(f"{at}.mean_noise_span_length must be > 0, got {d.mean_noise_span_length}")
     try:
         raw = max_raw_length(input_length, d.noise_density, d.mean_noise_span_length)
     except ValueError:
-        raise ValueError(f"{at}: input_length is too short for span corruption") from None
+        raise ConfigError(f"{at}: input_length is too short for span corruption") from None
     # Past the sentinel budget, use the longest chunk that stays within it (a shorter,
     # padded encoder input) rather than refuse one of UL2's own denoisers at 512 tokens.
     while raw > 2 and span_counts(raw, d.noise_density, d.mean_noise_span_length).num_spans > vocab.num_sentinels:
@@ -141,11 +142,11 @@ class UL2(Objective):
         super().__init__(cfg, ctx)
         where = f"objectives.{ctx.name}"
         if not cfg.denoisers:
-            raise ValueError(f"{where}.denoisers: empty; configure at least one denoiser")
+            raise ConfigError(f"{where}.denoisers: empty; configure at least one denoiser")
         if cfg.mode_tokens:
             last = ctx.vocab.mode_id(len(MODE_TOKENS) - 1)
             if last >= ctx.vocab.size:
-                raise ValueError(
+                raise ConfigError(
                     f"{where}.mode_tokens: the vocabulary has {ctx.vocab.size} rows, no free rows after [M] "
                     f"({ctx.vocab.mask_id}) for [R] [S] [X] (needs {last + 1}); set mode_tokens: false"
                 )
@@ -154,13 +155,13 @@ class UL2(Objective):
         self.plans = [plan_denoiser(i, d, body, ctx.vocab, where) for i, d in enumerate(cfg.denoisers)]
         rates = [d.rate for d in cfg.denoisers]
         if sum(rates) <= 0:
-            raise ValueError(f"{where}.denoisers: every rate is 0; give at least one a positive rate")
+            raise ConfigError(f"{where}.denoisers: every rate is 0; give at least one a positive rate")
         self.labels = [denoiser_label(d) for d in cfg.denoisers]
         self.chunk_length = max(p.raw_length for p in self.plans)
         needed = max(p.target_length for p in self.plans)
         if cfg.target_length is not None and cfg.target_length < needed:
             worst = self.labels[max(range(len(self.plans)), key=lambda i: self.plans[i].target_length)]
-            raise ValueError(
+            raise ConfigError(
                 f"{where}.target_length: {cfg.target_length} is shorter than the {needed} target tokens "
                 f"denoiser {worst} produces at input_length {ctx.input_length}; use at least {needed} or null"
             )
