@@ -262,3 +262,29 @@ def test_preview_shows_every_denoiser_on_real_text(tiny_data):
                           capture_output=True, text=True).stdout
     for token in MODE_TOKENS:
         assert f"{token}" in text
+
+
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "item",
+            "equal", "is_nonzero", "index_with_bool_mask"}
+
+
+def test_transform_has_no_host_sync_or_value_dependent_shape():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            name = func.overloadpacket.__name__
+            if name == "index" and any(t is not None and t.dtype == torch.bool for t in args[1]):
+                name = "index_with_bool_mask"  # a value-dependent shape
+            self.names.append(name)
+            return func(*args, **(kwargs or {}))
+
+    ul2 = build()
+    corrupt(ul2, 8)  # the first call places the rates / mode-id tables on the device
+    with CountOps() as ops:
+        corrupt(ul2, 8, seed=1)
+    assert ops.names and not SYNC_OPS & set(ops.names), sorted(SYNC_OPS & set(ops.names))
