@@ -18,6 +18,8 @@ BUILTIN_MODULES = (
     "spactor.objectives.mlm_mask",
     "spactor.objectives.rtd",
     "spactor.objectives.mlm",
+    "spactor.objectives.prefix_lm",
+    "spactor.objectives.ul2",
     "spactor.schedules.two_stage",
     "spactor.schedules.anneal",
     "spactor.schedules.temperature",

@@ -26,7 +26,7 @@ from typing import Any
 
 import sentencepiece as spm
 
-from spactor.objectives.base import Vocab
+from spactor.objectives.base import MODE_TOKENS, Vocab
 
 NUM_SENTINELS = 100
 EMBEDDING_MULTIPLE = 128  # rows padded like T5's 32,128 (tensor-core friendly)
@@ -205,6 +205,8 @@ class Tokenizer:
             return sentinel_token(n + NUM_SENTINELS - 1 - i)
         if i == self.mask_id:
             return MASK_TOKEN
+        if self.mask_id < i <= self.mask_id + len(MODE_TOKENS) and i < self.vocab_size:
+            return MODE_TOKENS[i - self.mask_id - 1]  # UL2's [R] / [S] / [X]
         if n + NUM_SENTINELS < i < self.vocab_size:
             return f"<unused_{i}>"  # embedding padding rows: never produced by encode
         raise ValueError(f"token id {i} out of range [0, {self.vocab_size})")

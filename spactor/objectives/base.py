@@ -30,6 +30,9 @@ from torch import nn
 
 Batch = dict[str, torch.Tensor]
 
+# UL2's mode tokens take the padding rows right after [M] (``Vocab.mode_id``).
+MODE_TOKENS = ("[R]", "[S]", "[X]")
+
 
 @dataclass(frozen=True)
 class Vocab:
@@ -46,6 +49,10 @@ class Vocab:
     def sentinel_id(self, k: int) -> int:
         return self.first_sentinel_id - k
 
+    def mode_id(self, k: int) -> int:
+        """Row of ``MODE_TOKENS[k]``; an objective using it checks it is below ``size``."""
+        return self.mask_id + 1 + k
+
     @property
     def last_sentinel_id(self) -> int:
         return self.first_sentinel_id - self.num_sentinels + 1
@@ -54,6 +61,12 @@ class Vocab:
         """True where ``ids`` are pad, EOS, sentinels or [M] (never candidates for masking)."""
         sentinel = (ids <= self.first_sentinel_id) & (ids >= self.last_sentinel_id)
         return (ids == self.pad_id) | (ids == self.eos_id) | (ids == self.mask_id) | sentinel
+
+    def is_mode_token(self, ids: torch.Tensor) -> torch.Tensor:
+        """True where ``ids`` are UL2's mode tokens. Kept out of ``is_special`` so the ids
+        RTD's generator may sample (and so every existing run's losses) stay as they were;
+        masking excludes both."""
+        return (ids > self.mask_id) & (ids <= self.mask_id + len(MODE_TOKENS))
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Token-level masking on the (already span-corrupted) encoder input.
 
 ``round(ratio * n_i)`` positions are chosen uniformly among the ``n_i`` real tokens of
-example ``i`` (never pad, EOS, sentinels or [M]) and replaced according to ``mode``:
+example ``i`` (never pad, EOS, sentinels, [M] or a UL2 mode token) and replaced according to ``mode``:
 
 * ``replace_all`` (SpacTor): every chosen position becomes [M];
 * ``electra``: each chosen position becomes [M] with probability 0.85, else keeps its token;
@@ -57,7 +57,7 @@ def choose_index(
     row's k smallest keys are chosen. Returns the ``(B, L)`` bool mask and the ``(B, K)``
     ascending index (padded with ``L``, ``K = max_chosen(L, ratio)``)."""
     length = ids.shape[1]
-    real = ~vocab.is_special(ids)
+    real = ~(vocab.is_special(ids) | vocab.is_mode_token(ids))
     # float64 half-to-even rounding, like Python's round() on the same numbers.
     k = torch.round(real.sum(dim=1).double() * ratio).long()
     # float64 keys in [0, 1); specials get 2.0 so they rank after all real tokens.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -264,7 +265,48 @@ def reconstruct(
 # -- the objective -------------------------------------------------------------------------
 
 
-class SpanCorruption(Objective):
+class DecoderTargetLoss:
+    """The decoder side every encoder-decoder objective shares (span corruption, prefix-LM,
+    UL2): teacher-forced token cross-entropy on ``decoder_target`` with T5's z-loss. Mixed
+    into an :class:`Objective` whose config has ``z_loss``."""
+
+    cfg: Any
+    name: str
+    vocab: Vocab
+    weight: float
+    compute_metrics: bool
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        return (batch["decoder_target"] != self.vocab.pad_id).sum()
+
+    @property
+    def z_loss_name(self) -> str:
+        return f"{self.name}_z"
+
+    def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {self.z_loss_name: self.count(batch)} if self.cfg.z_loss > 0 else {}
+
+    def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Architecture) -> ObjectiveOutput:
+        """Unweighted summed token cross-entropy; the runner multiplies by ``weight`` and
+        divides by the global ``count``. With ``z_loss`` > 0 the z term is an aux loss of
+        its own (``<name>_z``, also weighted by ``weight``)."""
+        target = batch["decoder_target"]
+        encoder_mask = batch["encoder_input"] != self.vocab.pad_id
+        hidden = model.decode(batch["decoder_input"], encoder_hidden, encoder_mask)
+        # Logits stay in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
+        logits = model.lm_logits(hidden)
+        ce = token_cross_entropy(logits, target, self.vocab.pad_id, with_accuracy=self.compute_metrics)
+        count = (target != self.vocab.pad_id).sum()
+        aux = {}
+        if self.cfg.z_loss > 0:
+            aux[self.z_loss_name] = LossTerm(self.cfg.z_loss * ce.z_total, count, self.weight)
+        metrics = {}
+        if ce.correct is not None:  # logging steps only
+            metrics[f"{self.name}/accuracy"] = ce.correct.float() / count.clamp_min(1).float()
+        return ObjectiveOutput(loss=LossTerm(ce.total, count), aux_losses=aux, metrics=metrics)
+
+
+class SpanCorruption(DecoderTargetLoss, Objective):
     """T5 span corruption: corrupts ``original`` into encoder input / decoder target and
     trains the decoder with teacher forcing (loss summed over target tokens)."""
 
@@ -303,35 +345,6 @@ class SpanCorruption(Objective):
             name=self.name,
         )
         return {**batch, **corrupted}
-
-    def count(self, batch: Batch) -> torch.Tensor:
-        return (batch["decoder_target"] != self.vocab.pad_id).sum()
-
-    @property
-    def z_loss_name(self) -> str:
-        return f"{self.name}_z"
-
-    def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return {self.z_loss_name: self.count(batch)} if self.cfg.z_loss > 0 else {}
-
-    def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Architecture) -> ObjectiveOutput:
-        """Unweighted summed token cross-entropy; the runner multiplies by ``weight`` and
-        divides by the global ``count``. With ``z_loss`` > 0 the z term is an aux loss of
-        its own (``<name>_z``, also weighted by ``weight``)."""
-        target = batch["decoder_target"]
-        encoder_mask = batch["encoder_input"] != self.vocab.pad_id
-        hidden = model.decode(batch["decoder_input"], encoder_hidden, encoder_mask)
-        # Logits stay in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
-        logits = model.lm_logits(hidden)
-        ce = token_cross_entropy(logits, target, self.vocab.pad_id, with_accuracy=self.compute_metrics)
-        count = (target != self.vocab.pad_id).sum()
-        aux = {}
-        if self.cfg.z_loss > 0:
-            aux[self.z_loss_name] = LossTerm(self.cfg.z_loss * ce.z_total, count, self.weight)
-        metrics = {}
-        if ce.correct is not None:  # logging steps only
-            metrics[f"{self.name}/accuracy"] = ce.correct.float() / count.clamp_min(1).float()
-        return ObjectiveOutput(loss=LossTerm(ce.total, count), aux_losses=aux, metrics=metrics)
 
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"noise_mask": batch["noise_mask"]}

@@ -3,6 +3,10 @@
 Only the data-side transforms run (span corruption, MLM masking); the model and the
 objectives' modules are built on the meta device, so previewing a Large recipe costs
 no memory.
+
+An objective that draws one of several variants per example (UL2's denoisers) may define
+``for_preview() -> int``: it then shows its variants in turn, and the preview holds at
+least that many examples so that every variant appears.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ def preview_batch(resolved: Resolved, n: int) -> tuple[dict[str, torch.Tensor], 
     with torch.device("meta"):
         model = build_model(resolved, data.vocab)
         objectives = build_objectives(resolved, data.vocab, model)
+    for obj in objectives.values():
+        if hasattr(obj, "for_preview"):
+            n = max(n, obj.for_preview())
     data.start(raw_length_for(objectives, resolved.cfg.data.input_length), batch_size=n)
     batch = next(iter(data.train_batches()))
     batch = apply_transforms(objectives, batch, seeded_generator(resolved.cfg.trainer.seed + 1, cpu))
@@ -36,7 +43,7 @@ def preview_batch(resolved: Resolved, n: int) -> tuple[dict[str, torch.Tensor], 
 
 def preview(resolved: Resolved, n: int = 2, as_json: bool = False) -> Iterator[str]:
     batch, extra, tokenizer = preview_batch(resolved, n)
-    for i in range(n):
+    for i in range(batch["original"].shape[0]):
         example: dict[str, Any] = {
             "original": batch["original"][i].tolist(),
             "encoder_input": batch["encoder_input"][i].tolist(),

@@ -7,7 +7,7 @@ steps: ``aten._local_scalar_dense`` is what ``.item()``, ``float(t)``, ``bool(t)
 boolean mask have data-dependent output shapes (each a sync on a GPU). On CPU every op
 dispatches the same way it does on CUDA, so the counts carry over.
 
-AdamW runs ``fused`` as it does by default on CUDA: the foreach path reads each
+Adafactor (spactor's own) reads nothing on the host. AdamW runs ``fused`` as it does by default on CUDA: the foreach path reads each
 parameter's step counter with ``.item()`` (a CPU tensor, so no device sync on a GPU, but
 it would count here).
 """
@@ -55,20 +55,15 @@ class SyncCounter(TorchDispatchMode):
 
 
 ADAMW = ["optimizer.type=adamw", "optimizer.fused=true"]
-ADAFACTOR = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="the Adafactor on this branch reads per-parameter values with .item(); the "
-                        "replacement Adafactor (issue 11 item 3) removes them: drop this mark then")
-
 CASES = [
     pytest.param("sc", ADAMW, id="sc-adamw"),
-    pytest.param("sc", ["optimizer.type=adafactor"], id="sc-adafactor", marks=ADAFACTOR),
+    pytest.param("sc", ["optimizer.type=adafactor"], id="sc-adafactor"),
     # stage 1: span corruption + MLM masking + RTD
     pytest.param("spactor", ADAMW, id="spactor1-adamw"),
-    pytest.param("spactor", ["optimizer.type=adafactor"], id="spactor1-adafactor", marks=ADAFACTOR),
+    pytest.param("spactor", ["optimizer.type=adafactor"], id="spactor1-adafactor"),
     # stage 2 from the first step
     pytest.param("spactor", ["schedules.two_stage.tau=0", *ADAMW], id="spactor2-adamw"),
-    pytest.param("spactor", ["schedules.two_stage.tau=0", "optimizer.type=adafactor"], id="spactor2-adafactor",
-                 marks=ADAFACTOR),
+    pytest.param("spactor", ["schedules.two_stage.tau=0", "optimizer.type=adafactor"], id="spactor2-adafactor"),
     pytest.param("electra", ADAMW, id="electra-adamw"),  # ELECTRA's own optimizer
     # a frozen generator (its random init: the syncs do not depend on the weights)
     pytest.param("fast_electra", ADAMW, id="fast_electra-adamw"),

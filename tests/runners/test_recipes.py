@@ -60,3 +60,12 @@ def test_spactor_logs_every_loss_and_rtd_metric(tiny_overrides, tmp_path):
                 "knob/objectives.rtd.weight", "knob/objectives.mlm_mask.ratio"):
         assert key in records[0], key
     assert all(r["stage"] == 1 for r in records)
+
+
+def test_ul2_rtd_logs_ul2_and_rtd_losses_then_switches_to_ul2(tiny_overrides, tmp_path):
+    records = tiny_run("ul2_rtd", tiny_overrides, tmp_path / "ul2_rtd", "trainer.max_steps=4",
+                       "schedules.two_stage.tau=2", "runtime.count_flops=false")
+    for key in ("loss/ul2", "loss/rtd", "loss/generator", "ul2/accuracy", "rtd/replaced_fraction"):
+        assert key in records[0], key
+    assert [r["stage"] for r in records] == [1, 1, 2, 2]
+    assert "loss/ul2" in records[-1] and "loss/rtd" not in records[-1]

@@ -1,0 +1,124 @@
+"""Prefix language modelling (T5's ``prefix_lm``; UL2's S-denoiser), vectorised in torch.
+
+A raw chunk of ``N`` tokens is split once per example: the encoder reads the prefix, the
+decoder predicts the rest. The prefix length ``P`` is uniform over
+``[min_prefix, N - 1]`` with ``min_prefix = min(N - 1, max(1, round((1 - 2d)(N - 1))))``
+for a noise density ``d`` in ``(0, 0.5]``: at ``d = 0.5`` that is T5's
+``random_prefix_noise_mask`` (``P`` uniform in ``[1, N)``), and for smaller ``d`` the
+suffix averages about ``d·N`` tokens (the generalisation later T5 versions use).
+
+Both sides get EOS, as T5's ``denoise`` appends it. Shapes do not depend on ``P``: the
+encoder input is padded to ``N`` (``P + 1 <= N``) and the target to ``N`` (``N - P + 1``
+at most ``N``), so a whole batch is split with a few tensor ops and no host sync.
+
+The decoder loss is span corruption's (:class:`DecoderTargetLoss`): the same teacher-forced,
+summed token cross-entropy, one code path for every encoder-decoder objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from spactor.config import ConfigError
+from spactor.objectives.base import Batch, Objective, ObjectiveContext, ObjectiveOutput, Vocab
+from spactor.objectives.cross_entropy import check_z_loss
+from spactor.objectives.span_corruption import DecoderTargetLoss
+from spactor.registry import OBJECTIVES
+
+
+@dataclass
+class PrefixLMConfig:
+    # Expected share of the chunk the decoder predicts; 0.5 (T5's prefix_lm) puts the
+    # split point uniformly anywhere.
+    noise_density: float = 0.5
+    weight: float = 1.0  # knob: λ for this loss; the runner applies it
+    z_loss: float = 0.0  # T5's z-loss on the decoder's cross-entropy (see span_corruption)
+
+
+def check_prefix_density(where: str, noise_density: float) -> None:
+    if not 0.0 < noise_density <= 0.5:
+        raise ConfigError(
+            f"{where}.noise_density must be in (0, 0.5] for a prefix-LM split, got {noise_density}"
+        )
+
+
+def min_prefix_length(length: int, noise_density: float) -> int:
+    """Shortest prefix a chunk of ``length`` tokens is split at (see the module doc)."""
+    longest = length - 1
+    return min(longest, max(1, round((1.0 - 2.0 * noise_density) * longest)))
+
+
+def random_prefix_lengths(
+    batch_size: int, length: int, noise_density: float, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """``(batch_size,)`` prefix lengths, uniform over ``[min_prefix_length, length - 1]``."""
+    if length < 2:
+        raise ValueError(f"a prefix-LM split needs at least 2 tokens per chunk, got {length}")
+    low = min_prefix_length(length, noise_density)
+    choices = length - low  # the number of allowed prefix lengths
+    u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+    return low + (u * choices).long().clamp_(max=choices - 1)
+
+
+def prefix_split(original: torch.Tensor, prefix_length: torch.Tensor, vocab: Vocab) -> Batch:
+    """Split raw chunks ``(B, N)`` at ``prefix_length`` ``(B,)``.
+
+    Returns ``encoder_input`` ``(B, N)`` (prefix, EOS, pad), ``decoder_target`` ``(B, N)``
+    (suffix, EOS, pad), ``decoder_input`` (target shifted right, ``pad_id`` first) and
+    ``noise_mask`` ``(B, N)`` (True on the suffix, the tokens the decoder predicts).
+    """
+    batch_size, length = original.shape
+    position = torch.arange(length, device=original.device).expand(batch_size, length)
+    split = prefix_length[:, None]
+    eos = torch.full_like(original, vocab.eos_id)
+    pad = torch.full_like(original, vocab.pad_id)
+    encoder = torch.where(position < split, original, torch.where(position == split, eos, pad))
+    suffix_length = length - split
+    shifted = original.gather(1, (position + split).clamp(max=length - 1))
+    target = torch.where(position < suffix_length, shifted, torch.where(position == suffix_length, eos, pad))
+    decoder_input = torch.cat([pad[:, :1], target[:, :-1]], dim=1)
+    return {
+        "encoder_input": encoder,
+        "decoder_target": target,
+        "decoder_input": decoder_input,
+        "noise_mask": position >= split,
+    }
+
+
+class PrefixLM(DecoderTargetLoss, Objective):
+    """The encoder reads a random prefix of the chunk, the decoder predicts the rest."""
+
+    KNOBS = ("weight",)
+
+    def __init__(self, cfg: PrefixLMConfig, ctx: ObjectiveContext) -> None:
+        super().__init__(cfg, ctx)
+        check_prefix_density(f"objectives.{ctx.name}", cfg.noise_density)
+        check_z_loss(f"objectives.{ctx.name}", cfg.z_loss)
+        if ctx.input_length < 2:
+            raise ConfigError(f"objectives.{ctx.name}: input_length {ctx.input_length} is too short to split")
+        self.input_length = ctx.input_length
+
+    # prefix + EOS fits in N tokens, so the chunk is as long as the encoder input.
+    def raw_length(self, input_length: int) -> int:
+        return input_length
+
+    @torch.no_grad()
+    def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
+        original = batch["original"]
+        if original.dim() != 2:
+            raise ValueError(f"objectives.{self.name}: expected raw chunks (B, N), got {tuple(original.shape)}")
+        prefix = random_prefix_lengths(original.shape[0], original.shape[1], self.cfg.noise_density, rng,
+                                       original.device)
+        return {**batch, **prefix_split(original, prefix, self.vocab), "prefix_length": prefix}
+
+    def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"prefix_length": batch["prefix_length"]}
+
+
+@OBJECTIVES.register("prefix_lm", PrefixLMConfig)
+def build_prefix_lm(cfg: PrefixLMConfig, ctx: ObjectiveContext) -> PrefixLM:
+    """Prefix LM (T5's prefix_lm): encoder gets a uniform-length prefix, decoder the rest."""
+    return PrefixLM(cfg, ctx)

@@ -1,0 +1,263 @@
+"""UL2's mixture of denoisers (Tay et al., 2023), vectorised over the batch in torch.
+
+Each example is corrupted by one denoiser, drawn per example with the configured rates:
+
+* **R** (regular) and **X** (extreme): T5 span corruption
+  (:func:`spactor.objectives.span_corruption.span_corrupt`) with the denoiser's mean span
+  length and noise density — UL2's R: μ 3 and 8 at 15%; X: μ 3 at 50%, μ 8 at 15%,
+  μ 64 at 15% and at 50%;
+* **S** (sequential): a prefix LM (:mod:`spactor.objectives.prefix_lm`), one split
+  point, the encoder reads the prefix and the decoder predicts the rest.
+
+The denoiser's mode token (``[R]``, ``[S]``, ``[X]``: the embedding padding rows right
+after ``[M]``, ``Vocab.mode_id``) is prepended to the encoder input.
+
+**Lengths.** Every denoiser must fill the same ``input_length`` encoder tokens but needs
+a different raw chunk for it (R at 15% / μ 3 shortens ~568 → 512, S keeps it). The data
+pipeline delivers one raw length, the longest any denoiser needs
+(:meth:`UL2.raw_length`), and each denoiser corrupts only the first ``raw_length`` tokens
+of its own (T5 cuts chunks per task the same way); the rest of the chunk is dropped. A
+denoiser's own raw length is the longest chunk whose corrupted input, with the mode
+token, fits ``input_length`` *and* needs at most the vocabulary's 100 sentinels — at
+50% noise and μ 3 that is the sentinels' limit, so that denoiser's encoder input is
+shorter and padded. Targets differ in length per denoiser; all are padded to
+``target_length``, the longest any denoiser produces (or a longer configured value),
+so every output shape depends only on the config.
+
+**Vectorisation.** Every denoiser runs on the whole batch (a handful of tensor ops each)
+and each example keeps the output of its own: a few times the (cheap) corruption work in
+exchange for static shapes, no boolean indexing and no host sync.
+
+The loss is span corruption's decoder cross-entropy (``loss/<name>``), summed over the
+real target tokens of every example whatever its denoiser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from spactor.config import ConfigError
+from spactor.objectives.base import MODE_TOKENS, Batch, Objective, ObjectiveContext, ObjectiveOutput, Vocab
+from spactor.objectives.prefix_lm import (
+    check_prefix_density,
+    prefix_split,
+    random_prefix_lengths,
+)
+from spactor.objectives.cross_entropy import check_z_loss
+from spactor.objectives.span_corruption import DecoderTargetLoss, max_raw_length, span_corrupt, span_counts
+from spactor.registry import OBJECTIVES
+
+MODES = ("R", "S", "X")
+assert len(MODES) == len(MODE_TOKENS)
+
+
+@dataclass
+class DenoiserConfig:
+    mode: str = "R"  # R | X: span corruption; S: prefix LM. Also picks the mode token.
+    mean_noise_span_length: float = 3.0  # R / X only
+    noise_density: float = 0.15  # R / X: noise fraction; S: expected suffix fraction (<= 0.5)
+    rate: float = 1.0  # relative share of the examples this denoiser corrupts
+
+
+def ul2_denoisers() -> list[DenoiserConfig]:
+    """UL2's seven denoisers (paper, section 3.1.2), in equal proportions."""
+    return [
+        DenoiserConfig("R", 3.0, 0.15),
+        DenoiserConfig("R", 8.0, 0.15),
+        DenoiserConfig("S", 0.0, 0.5),
+        DenoiserConfig("X", 3.0, 0.5),
+        DenoiserConfig("X", 8.0, 0.15),
+        DenoiserConfig("X", 64.0, 0.15),
+        DenoiserConfig("X", 64.0, 0.5),
+    ]
+
+
+@dataclass
+class UL2Config:
+    denoisers: list[DenoiserConfig] = field(default_factory=ul2_denoisers)
+    mode_tokens: bool = True  # prepend [R] / [S] / [X] to the encoder input
+    target_length: int | None = None  # null: the longest target any denoiser produces
+    weight: float = 1.0  # knob: λ for this loss; the runner applies it
+    z_loss: float = 0.0  # T5's z-loss on the decoder's cross-entropy (see span_corruption)
+
+
+def denoiser_label(d: DenoiserConfig) -> str:
+    """``R(μ=3,r=0.15)`` / ``S(r=0.5)``: how preview and errors name a denoiser."""
+    if d.mode == "S":
+        return f"S(r={d.noise_density:g})"
+    return f"{d.mode}(μ={d.mean_noise_span_length:g},r={d.noise_density:g})"
+
+
+@dataclass(frozen=True)
+class DenoiserPlan:
+    """What one denoiser does at this encoder length (fixed at build time)."""
+
+    index: int
+    mode: str
+    raw_length: int  # leading tokens of the chunk it corrupts
+    target_length: int  # its (unpadded) decoder target length
+    mean_noise_span_length: float
+    noise_density: float
+
+
+def plan_denoiser(index: int, d: DenoiserConfig, input_length: int, vocab: Vocab, where: str) -> DenoiserPlan:
+    """Check one denoiser and fix its raw / target lengths for ``input_length``."""
+    at = f"{where}.denoisers[{index}]"
+    if d.mode not in MODES:
+        raise ConfigError(f"{at}.mode: '{d.mode}' not in {', '.join(MODES)}")
+    if not d.rate >= 0.0:
+        raise ConfigError(f"{at}.rate must be >= 0, got {d.rate}")
+    if d.mode == "S":
+        check_prefix_density(at, d.noise_density)
+        raw = input_length  # prefix + EOS fit in raw tokens
+        if raw < 2:
+            raise ConfigError(f"{at}: input_length is too short for a prefix-LM split")
+        return DenoiserPlan(index, d.mode, raw, raw, 0.0, d.noise_density)
+    if not 0.0 < d.noise_density < 1.0:
+        raise ConfigError(f"{at}.noise_density must be in (0, 1), got {d.noise_density}")
+    if not d.mean_noise_span_length > 0.0:
+        raise ConfigError(f"{at}.mean_noise_span_length must be > 0, got {d.mean_noise_span_length}")
+    try:
+        raw = max_raw_length(input_length, d.noise_density, d.mean_noise_span_length)
+    except ValueError:
+        raise ConfigError(f"{at}: input_length is too short for span corruption") from None
+    # Past the sentinel budget, use the longest chunk that stays within it (a shorter,
+    # padded encoder input) rather than refuse one of UL2's own denoisers at 512 tokens.
+    while raw > 2 and span_counts(raw, d.noise_density, d.mean_noise_span_length).num_spans > vocab.num_sentinels:
+        raw -= 1
+    counts = span_counts(raw, d.noise_density, d.mean_noise_span_length)
+    return DenoiserPlan(index, d.mode, raw, counts.target_length, d.mean_noise_span_length, d.noise_density)
+
+
+class UL2(DecoderTargetLoss, Objective):
+    """UL2's mixture of denoisers, with mode tokens and a decoder loss."""
+
+    KNOBS = ("weight",)
+
+    def __init__(self, cfg: UL2Config, ctx: ObjectiveContext) -> None:
+        super().__init__(cfg, ctx)
+        where = f"objectives.{ctx.name}"
+        check_z_loss(where, cfg.z_loss)
+        if not cfg.denoisers:
+            raise ConfigError(f"{where}.denoisers: empty; configure at least one denoiser")
+        if cfg.mode_tokens:
+            last = ctx.vocab.mode_id(len(MODE_TOKENS) - 1)
+            if last >= ctx.vocab.size:
+                raise ConfigError(
+                    f"{where}.mode_tokens: the vocabulary has {ctx.vocab.size} rows, no free rows after [M] "
+                    f"({ctx.vocab.mask_id}) for [R] [S] [X] (needs {last + 1}); set mode_tokens: false"
+                )
+        self.input_length = ctx.input_length
+        body = ctx.input_length - (1 if cfg.mode_tokens else 0)  # room left after the mode token
+        self.plans = [plan_denoiser(i, d, body, ctx.vocab, where) for i, d in enumerate(cfg.denoisers)]
+        rates = [d.rate for d in cfg.denoisers]
+        if sum(rates) <= 0:
+            raise ConfigError(f"{where}.denoisers: every rate is 0; give at least one a positive rate")
+        self.labels = [denoiser_label(d) for d in cfg.denoisers]
+        self.chunk_length = max(p.raw_length for p in self.plans)
+        needed = max(p.target_length for p in self.plans)
+        if cfg.target_length is not None and cfg.target_length < needed:
+            worst = self.labels[max(range(len(self.plans)), key=lambda i: self.plans[i].target_length)]
+            raise ConfigError(
+                f"{where}.target_length: {cfg.target_length} is shorter than the {needed} target tokens "
+                f"denoiser {worst} produces at input_length {ctx.input_length}; use at least {needed} or null"
+            )
+        self.target_length = needed if cfg.target_length is None else cfg.target_length
+        self._rates = rates
+        self._mode_ids = [ctx.vocab.mode_id(MODES.index(p.mode)) for p in self.plans]
+        # Per device, made once: not buffers, because objectives may be built on the meta
+        # device (preview, FLOPs) while the batch lives on the CPU or a GPU.
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.round_robin = False  # preview: denoiser i % D for example i instead of drawing
+
+    def raw_length(self, input_length: int) -> int:
+        if input_length != self.input_length:
+            body = input_length - (1 if self.cfg.mode_tokens else 0)
+            return max(plan_denoiser(i, d, body, self.vocab, f"objectives.{self.name}").raw_length
+                       for i, d in enumerate(self.cfg.denoisers))
+        return self.chunk_length
+
+    def _table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rates, mode-token ids) on ``device``."""
+        if device not in self._tables:
+            self._tables[device] = (
+                torch.tensor(self._rates, dtype=torch.float64, device=device),
+                torch.tensor(self._mode_ids, dtype=torch.long, device=device),
+            )
+        return self._tables[device]
+
+    def choose_denoisers(self, batch_size: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+        """``(batch_size,)`` denoiser index per example, drawn with the configured rates."""
+        if self.round_robin:
+            return torch.arange(batch_size, device=device) % len(self.plans)
+        return torch.multinomial(self._table(device)[0], batch_size, replacement=True, generator=rng)
+
+    def _corrupt(self, plan: DenoiserPlan, original: torch.Tensor, rng: torch.Generator) -> Batch:
+        """One denoiser on the whole batch: encoder ``(B, body)``, target ``(B, T)``,
+        noise mask ``(B, N)`` over the full chunk (False past the denoiser's own length)."""
+        chunk = original[:, : plan.raw_length]
+        body = self.input_length - (1 if self.cfg.mode_tokens else 0)
+        if plan.mode == "S":
+            prefix = random_prefix_lengths(chunk.shape[0], chunk.shape[1], plan.noise_density, rng, chunk.device)
+            out = prefix_split(chunk, prefix, self.vocab)
+        else:
+            out = span_corrupt(chunk, plan.noise_density, plan.mean_noise_span_length, self.vocab, rng,
+                               pad_to=body, name=self.name)
+        pad = self.vocab.pad_id
+        return {
+            "encoder_input": F.pad(out["encoder_input"], (0, body - out["encoder_input"].shape[1]), value=pad),
+            "decoder_target": F.pad(
+                out["decoder_target"], (0, self.target_length - out["decoder_target"].shape[1]), value=pad
+            ),
+            "noise_mask": F.pad(out["noise_mask"], (0, original.shape[1] - plan.raw_length), value=False),
+        }
+
+    @torch.no_grad()
+    def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
+        original = batch["original"]
+        if original.dim() != 2 or original.shape[1] < self.chunk_length:
+            raise ValueError(
+                f"objectives.{self.name}: expected raw chunks (B, >= {self.chunk_length}), got {tuple(original.shape)}"
+            )
+        choice = self.choose_denoisers(original.shape[0], rng, original.device)
+        merged: Batch | None = None
+        for plan in self.plans:  # a static handful, not a loop over examples
+            out = self._corrupt(plan, original, rng)
+            if merged is None:
+                merged = out
+                continue
+            mine = choice == plan.index
+            merged = {k: torch.where(mine[:, None], out[k], merged[k]) for k in merged}
+        assert merged is not None
+        encoder = merged["encoder_input"]
+        if self.cfg.mode_tokens:
+            mode = self._table(original.device)[1][choice].to(encoder.dtype)
+            encoder = torch.cat([mode[:, None], encoder], dim=1)
+        target = merged["decoder_target"]
+        decoder_input = F.pad(target[:, :-1], (1, 0), value=self.vocab.pad_id)
+        return {
+            **batch,
+            "encoder_input": encoder,
+            "decoder_target": target,
+            "decoder_input": decoder_input,
+            "noise_mask": merged["noise_mask"],
+            "denoiser": choice,
+        }
+
+    def for_preview(self) -> int:
+        """Show every denoiser in turn (``spactor preview``)."""
+        self.round_robin = True
+        return len(self.plans)
+
+    def preview_fields(self, batch: Batch) -> dict[str, Any]:
+        return {"denoiser": [self.labels[i] for i in batch["denoiser"].tolist()], "noise_mask": batch["noise_mask"]}
+
+
+@OBJECTIVES.register("ul2", UL2Config)
+def build_ul2(cfg: UL2Config, ctx: ObjectiveContext) -> UL2:
+    """UL2 mixture of denoisers (R/S/X, per-example, mode tokens), decoder loss."""
+    return UL2(cfg, ctx)
