@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -196,7 +197,15 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
     data = OmegaConf.to_container(raw, resolve=True) or {}
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping of sections (run, model, data, ...)")
+    _single_path_as_list(data)
     return resolve(data, recipe=recipe)
+
+
+def _single_path_as_list(data: dict[str, Any]) -> None:
+    """``data.paths=corpus.txt`` (no brackets) means the list of that one path."""
+    section = data.get("data")
+    if isinstance(section, dict) and isinstance(section.get("paths"), str):
+        section["paths"] = [section["paths"]]
 
 
 def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> Any:
@@ -204,10 +213,11 @@ def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> Any:
     merged over it, so a variant states only what it changes."""
     if recipe in _seen:
         raise ConfigError(f"recipe '{recipe}' inherits from itself ({' -> '.join(_seen + (recipe,))})")
+    path = recipe_path(recipe)
     try:
-        raw = OmegaConf.load(recipe_path(recipe))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot parse recipe '{recipe}': {e}") from None
+        raw = OmegaConf.load(path)
+    except (OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(yaml_error_message(path, e)) from None
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"recipe '{recipe}' must be a mapping of sections (run, model, data, ...)")
     base = raw.pop("base", None)
@@ -215,6 +225,34 @@ def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> Any:
         return raw
     parent = load_recipe(str(base), _seen + (recipe,))
     return OmegaConf.merge(parent, raw)
+
+
+def yaml_error_message(path: Path, e: BaseException) -> str:
+    """``file:line:column: what is wrong`` for a recipe that does not parse (PyYAML
+    counts lines and columns from 0; editors count from 1)."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"{path}: not a YAML recipe (not UTF-8 text: byte {e.start} is {e.object[e.start]:#04x})"
+    if isinstance(e, OSError):
+        return f"{path}: cannot read it ({e.strerror or e})"
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        problem = " ".join(str(x) for x in (e.context, e.problem) if x)
+        if mark is not None and _char_at(path, mark.line, mark.column) == "\t":
+            problem += " (a tab: YAML indents with spaces)"
+        if mark is not None:
+            return f"{path}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {problem}"
+        return f"{path}: YAML syntax error: {problem}"
+    if isinstance(e, yaml.reader.ReaderError):
+        return f"{path}: not a YAML recipe (unprintable character {e.character!r} at byte {e.position})"
+    return f"{path}: cannot parse the recipe: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+
+
+def _char_at(path: Path, line: int, column: int) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return lines[line][column]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return ""
 
 
 def resolve(data: dict[str, Any], recipe: str | None = None) -> Resolved:

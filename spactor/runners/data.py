@@ -17,7 +17,7 @@ from spactor.data.builtin_tokenizer import builtin_tokenizer
 from spactor.data.loader import build_loader
 from spactor.data.loader import skipped_counts as loader_skipped_counts
 from spactor.data.sources import SKIP_REASONS, DataError, Source
-from spactor.data.tokenizer import Tokenizer
+from spactor.data.tokenizer import Tokenizer, VocabularyTooLarge
 from spactor.objectives.base import Batch, Vocab
 from spactor.registry import SOURCES
 
@@ -42,7 +42,10 @@ def load_tokenizer(cfg: DataConfig) -> Tokenizer:
         path = Path(cfg.tokenizer).expanduser()
         if not path.is_file():
             raise DataError(f"data.tokenizer: no such file '{cfg.tokenizer}'")
-        return Tokenizer.load(path)
+        try:
+            return Tokenizer.load(path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"data.tokenizer: {e}") from None
     if cfg.source != "builtin":
         raise DataError(
             f"data.tokenizer is required for data.source={cfg.source}: pass a SentencePiece .model "
@@ -142,5 +145,11 @@ def build_data(resolved: Resolved, device: torch.device, run_dir: Path | None) -
 def train_tokenizer_from_config(resolved: Resolved, out: Path, vocab_size: int) -> Path:
     source = build_source(resolved.cfg.data)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Tokenizer.train(iter(source), out, vocab_size=vocab_size)
+    try:
+        Tokenizer.train(iter(source), out, vocab_size=vocab_size)
+    except VocabularyTooLarge as e:
+        raise DataError(
+            f"--vocab-size {e.requested}: {source.describe()} supports at most {e.maximum} pieces; "
+            f"pass --vocab-size {e.maximum} or less, or train on more text"
+        ) from None
     return out

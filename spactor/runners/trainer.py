@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spactor.config import Resolved
+from spactor.config import ConfigError, Resolved
 from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
 from spactor.registry import ARCHITECTURES, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS
 from spactor.runners import parallel
@@ -131,7 +131,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device=cuda but no CUDA device is available")
+        raise ConfigError("runtime.device: 'cuda' — no CUDA device is available here (use cpu or auto)")
     return torch.device(name)
 
 
