@@ -7,7 +7,9 @@ import dataclasses
 import errno
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -291,13 +293,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    # Until the trainer installs its own handler (finish the step, checkpoint), Ctrl-C
+    # ends the process at once: a KeyboardInterrupt raised while torch imports is
+    # swallowed there and the run would carry on.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _exit_interrupted)
     try:
         return _dispatch(argv, debug)
-    except KeyboardInterrupt:  # Ctrl-C at any moment, start-up included: no traceback
+    except KeyboardInterrupt:  # the trainer's second Ctrl-C: stop now, no traceback
         if debug:
             traceback.print_exc()
         print("spactor: interrupted", file=sys.stderr, flush=True)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _exit_interrupted(signum: int, frame: Any) -> None:
+    sys.stderr.write("spactor: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _dispatch(argv: list[str], debug: bool) -> int:
