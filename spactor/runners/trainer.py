@@ -32,7 +32,7 @@ from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
 from spactor.registry import ARCHITECTURES, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS
 from spactor.runners import parallel
 from spactor.runners.checkpoint import Checkpointer
-from spactor.runners.data import build_data
+from spactor.runners.data import build_data, local_state_of_rank0
 from spactor.runners.metrics import MetricsWriter, Progress
 from spactor.runners.optim import set_lr
 from spactor.runners.stages import (
@@ -265,6 +265,8 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
         torch.cuda.set_device(device)
 
     run_dir = shared_run_dir(resolved, resume_dir, info)
+    if info.is_main:
+        print(f"run directory: {run_dir}", flush=True)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
     resume_from = None
     if resume_dir is not None or not cfg.run.fresh:
@@ -327,9 +329,15 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
             flops.load_state_dict(resumed.shared.get("flops", {}))
         if resumed.local is not None:
             restore_local(resumed.local, data, ctx, device)
-        elif info.is_main:
-            print("the checkpoint was written by a different number of ranks: weights, optimizer and "
-                  "schedules resume; the data stream restarts on the new sharding", flush=True)
+        else:  # the data position and the corruption RNG are global: rank 0's are every rank's
+            rank0 = local_state_of_rank0(resumed.path)
+            if "data" in rank0:
+                data.load_state_dict(rank0["data"])
+            if "transform_rng" in rank0:
+                ctx.transform_rng.set_state(rank0["transform_rng"])
+            if info.is_main:
+                print("the checkpoint was written by a different number of ranks: weights, optimizer, "
+                      "schedules and the data stream resume; per-rank random streams start afresh", flush=True)
         if info.is_main:
             print(f"resumed from {resumed.path} at step {step} (stage {stage})", flush=True)
     start_step = step
@@ -405,6 +413,8 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
                 t_window, tokens_window = now, 0
                 if step == tcfg.max_steps or (tcfg.eval_every and step % tcfg.eval_every == 0):
                     record.update(validate())
+                    result.skipped = data.skipped_counts()  # with what the validation pass skipped
+                    record.update({f"data/skipped/{k}": v for k, v in result.skipped.items() if v})
                     t_window = time.perf_counter()
                     if step == tcfg.max_steps:
                         result.val = {k: v for k, v in record.items() if k.startswith("val/")}
