@@ -118,7 +118,12 @@ def summary(result: Any) -> str:
     if any(result.skipped.values()):
         from spactor.data.sources import describe_skipped
 
-        lines.append(f"data: {describe_skipped(result.skipped)}")
+        train = {k: v for k, v in result.skipped.items() if not k.startswith("val/")}
+        val = {k[len("val/"):]: v for k, v in result.skipped.items() if k.startswith("val/")}
+        said = [describe_skipped(train)] if any(train.values()) else []
+        if any(val.values()):
+            said.append(f"validation {describe_skipped(val)}")
+        lines.append(f"data: {'; '.join(said)}")
     lines.append(f"metrics: {result.run_dir / 'metrics.jsonl'}; checkpoints: {result.run_dir / 'checkpoints'}")
     return "\n".join(lines)
 
