@@ -238,14 +238,16 @@ class Checkpointer:
 
     def latest_valid(self) -> tuple[Path | None, list[str]]:
         """The newest checkpoint that passes :func:`verify`, and ``"step_N: problem"`` for
-        each newer one that did not (logged as warnings)."""
+        each newer one that did not."""
         skipped: list[str] = []
         for path in reversed(self.list()):
             problem = self.verify(path)
             if problem is None:
                 return path, skipped
             skipped.append(f"{path.name}: {problem}")
-            log.warning("checkpoint %s is unusable (%s); trying the previous one", path, problem)
+            # info, not warning: the caller reports ``skipped`` once (logging's last-resort
+            # handler would print every warning a second time, on every rank)
+            log.info("checkpoint %s is unusable (%s); trying the previous one", path, problem)
         return None, skipped
 
     def verify(self, path: Path) -> str | None:

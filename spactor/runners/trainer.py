@@ -33,6 +33,7 @@ from spactor.registry import ARCHITECTURES, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS
 from spactor.runners import parallel
 from spactor.runners.checkpoint import Checkpointer
 from spactor.runners.data import build_data, local_state_of_rank0
+from spactor.runners.memory import check_memory
 from spactor.runners.metrics import MetricsWriter, Progress
 from spactor.runners.optim import set_lr
 from spactor.runners.stages import (
@@ -293,6 +294,8 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
     data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
     schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps)
     modules = TrainModules(model, objectives)
+    check_memory(resolved, modules, objectives, raw_length_for(objectives, cfg.data.input_length), data.vocab.size,
+                 device, info.world_size, fsdp=cfg.runtime.fsdp if cfg.runtime.fsdp is not None else info.world_size > 1)
     flops = count_flops(resolved, device, info)
 
     stage, shared = 1, {}
@@ -440,6 +443,7 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
     finally:
         preemption.restore()
         metrics.close()
+        progress.close()
     result.steps = step
     result.elapsed_s = time.monotonic() - t_start
     result.tokens_seen = tokens_seen
