@@ -238,3 +238,22 @@ def test_skip_counters_count_one_pass(small_tokenizer, tmp_path):
     val = build_loader(src, small_tokenizer, 4, 2, split="validation", validation_fraction=0.9999)
     list(val)
     assert src.skipped["invalid_json"] == 2  # the start-up checks did not count
+
+
+def test_resume_with_workers_on_another_number_of_ranks(small_tokenizer, docs):
+    """Real worker processes: a 1-rank state resumes on rank 1 of 2 with the same workers."""
+    def make(rank, world):
+        return build_loader(ListSource(docs), small_tokenizer, 8, 4 // world, rank=rank, world_size=world,
+                            shuffle_window=8, seed=2, num_workers=2)
+
+    reference = take(build_loader(ListSource(docs), small_tokenizer, 8, 4, shuffle_window=8, seed=2), 8)
+    saver = make(0, 1)
+    it = iter(saver)
+    for _ in range(3):
+        next(it)
+    state = pickle.loads(pickle.dumps(saver.state_dict()))
+    del it
+    resumed = make(1, 2)
+    resumed.load_state_dict(state)
+    for got, want in zip(take(resumed, 4), reference[3:]):
+        assert torch.equal(got, want[2:4])
