@@ -370,7 +370,8 @@ def describe_os_error(e: OSError) -> str:
 
         where = Path(str(e.filename)) if e.filename else Path.cwd()
         free = next((shutil.disk_usage(p).free for p in (where, *where.parents) if p.exists()), None)
-        return f"{path}: no space left on device" + (f" ({free / 2**20:.1f} MB free)" if free is not None else "")
+        room = f" ({free / 2**20:.1f} MB free)" if free is not None else ""
+        return f"{path}: no space left on device{room}"
     if e.errno in (errno.EACCES, errno.EPERM):
         return f"{path}: permission denied"
     if e.errno == errno.EROFS:

@@ -107,7 +107,7 @@ class RuntimeConfig:
     activation_checkpointing: str = "none"  # none | full | selective (per block)
     count_flops: bool = True  # fvcore dry run at start-up: flops_per_step, flops_cum, flops_normalized, mfu
     peak_tflops: float | None = None  # per-device peak for MFU; None: looked up from the GPU's name
-    memory_check: bool = True  # estimate peak memory at start-up: refuse on CPU, warn on CUDA, if it won't fit
+    memory_check: bool = True  # estimate the peak memory at start-up: refuse on CPU, warn on CUDA
 
 
 @dataclass

@@ -62,7 +62,9 @@ class VocabularyTooLarge(ValueError):
     """The corpus has fewer distinct pieces than the vocabulary asked for."""
 
     def __init__(self, requested: int, maximum: int) -> None:
-        super().__init__(f"vocabulary size {requested} is too large for this corpus: it supports at most {maximum}")
+        super().__init__(
+            f"vocabulary size {requested} is too large for this corpus: it supports at most {maximum}"
+        )
         self.requested = requested
         self.maximum = maximum
 

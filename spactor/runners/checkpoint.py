@@ -161,9 +161,12 @@ class Checkpointer:
         if why == "no space left on device" and free is not None:
             why += f" ({_human(free)} free on {self.root})"
         intact = self.list()
-        kept = (f"the checkpoint of step {int(STEP_DIR.match(intact[-1].name).group(1))} is intact"  # type: ignore[union-attr]
-                if intact else "no earlier checkpoint exists")
-        return CheckpointWriteError(f"could not write the checkpoint of step {step} to {self.root}: {why}; {kept}")
+        kept = "no earlier checkpoint exists"
+        if intact:
+            kept = f"the checkpoint of step {int(intact[-1].name[len('step_'):])} is intact"
+        return CheckpointWriteError(
+            f"could not write the checkpoint of step {step} to {self.root}: {why}; {kept}"
+        )
 
     def _save(
         self,

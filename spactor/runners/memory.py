@@ -24,9 +24,9 @@ The estimate (:func:`estimate`) adds, for one rank:
 
   plus the additive attention masks, ``b · heads · L_q · L_k`` fp32 elements per stack
   and kind of attention (shared by the layers); on CPU the backward of one attention at
-  a time, about three score-sized temporaries; plus the output layer: logits, their log-softmax and its gradient, ``3 · b · L · V``
-  fp32 elements, ``L`` the length the loss is taken over (decoder targets for T5, the
-  encoder input for an MLM generator). The lengths come from running the objectives'
+  a time, about three score-sized temporaries; plus the output layer: logits, their
+  log-softmax and its gradient, ``3 · b · L · V`` fp32 elements, ``L`` the length the
+  loss is taken over (decoder targets for T5, the encoder input for an MLM generator). The lengths come from running the objectives'
   transforms on one dummy row, so every objective's own lengths are used.
 
 On CPU the estimate is compared with the memory the system has available
@@ -37,10 +37,10 @@ may not fit gets a warning: allocator caching and fragmentation make GPU peaks l
 predictable, and a refusal there would cost more than an OOM at step 1.
 ``runtime.memory_check=false`` skips the check.
 
-Measured against peak RSS on CPU (see the README's "Memory" section), the estimate is
-within about ±30 % of the growth in RSS during training for the recipes' tiny and small
-sizes; it errs on the high side for long sequences (CPU attention may use a fused
-kernel, which keeps less).
+Measured against the growth of peak RSS during training on CPU (the README's "Memory"
+section): tiny at 512 tokens, batch 64: 1.63 GB estimated, 1.53 GB measured; small at
+512, batch 8 and 24: 1.95 / 5.52 GB estimated, 1.67 / 4.70 GB measured. A test checks
+the forward part against the bytes autograd saves.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _optimizer_bytes(kind: str, params: list[nn.Parameter]) -> int:
     return total
 
 
-def _lengths(resolved: Resolved, objectives: dict[str, Any], raw_length: int, vocab_size: int) -> tuple[int, int]:
+def _lengths(objectives: dict[str, Any], raw_length: int, vocab_size: int) -> tuple[int, int]:
     from spactor.runners.step import apply_transforms
 
     gen = torch.Generator().manual_seed(0)
@@ -131,7 +131,7 @@ def estimate(resolved: Resolved, modules: nn.Module, objectives: dict[str, Any],
     optim_bytes = _optimizer_bytes(resolved.optimizer.type, trainable) // shard
 
     micro = max(1, cfg.trainer.batch_size // max(1, world_size) // max(1, cfg.trainer.grad_accum_steps))
-    enc, dec = _lengths(resolved, objectives, raw_length, vocab_size)
+    enc, dec = _lengths(objectives, raw_length, vocab_size)
     bf16 = cfg.runtime.precision == "bf16" or (cfg.runtime.precision == "auto" and device.type == "cuda")
     elem = 2 if bf16 else 4
     fused = True  # SDPA's flash/memory-efficient kernels, CPU included (torch >= 2.3); eager is counted
@@ -140,8 +140,10 @@ def estimate(resolved: Resolved, modules: nn.Module, objectives: dict[str, Any],
     per_sequence = 0
     for block in blocks:
         if checkpointed:
-            d_model = next((m.weight.numel() for m in block.modules() if type(m).__name__.endswith("Norm")), 0)
-            per_sequence += (dec if any(n == "cross_attn" for n, _ in block.named_children()) else enc) * d_model
+            norms = [m for m in block.modules() if type(m).__name__.endswith("Norm")]
+            d_model = norms[0].weight.numel() if norms else 0
+            is_decoder = any(n == "cross_attn" for n, _ in block.named_children())
+            per_sequence += (dec if is_decoder else enc) * d_model
         else:
             per_sequence += _block_elements(block, enc, dec, fused)
     activations = micro * per_sequence * elem

@@ -294,8 +294,9 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
     data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
     schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps)
     modules = TrainModules(model, objectives)
-    check_memory(resolved, modules, objectives, raw_length_for(objectives, cfg.data.input_length), data.vocab.size,
-                 device, info.world_size, fsdp=cfg.runtime.fsdp if cfg.runtime.fsdp is not None else info.world_size > 1)
+    check_memory(resolved, modules, objectives, raw_length_for(objectives, cfg.data.input_length),
+                 data.vocab.size, device, info.world_size,
+                 fsdp=cfg.runtime.fsdp if cfg.runtime.fsdp is not None else info.world_size > 1)
     flops = count_flops(resolved, device, info)
 
     stage, shared = 1, {}
@@ -339,8 +340,8 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) 
             if "transform_rng" in rank0:
                 ctx.transform_rng.set_state(rank0["transform_rng"])
             if info.is_main:
-                print("the checkpoint was written by a different number of ranks: weights, optimizer, "
-                      "schedules and the data stream resume; per-rank random streams start afresh", flush=True)
+                print("the checkpoint was written by a different number of ranks: weights, optimizer, schedules "
+                      "and the data stream resume; per-rank random streams start afresh", flush=True)
         if info.is_main:
             print(f"resumed from {resumed.path} at step {step} (stage {stage})", flush=True)
     start_step = step
