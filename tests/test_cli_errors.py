@@ -141,3 +141,18 @@ def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(tiny_overrides, tmp_
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
     if moment == "training":
         assert Checkpointer(run_dir / "checkpoints").list()  # the graceful stop checkpointed
+
+
+def test_run_directory_first_and_a_skipped_checkpoint_reported_once(tiny_overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    common = [*tiny_overrides, "runtime.count_flops=false"]
+    first = spactor("train", "sc", *common, "trainer.max_steps=4", "trainer.checkpoint_every=2", f"run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines()[0] == f"run directory: {run_dir}"
+    damaged = next((run_dir / "checkpoints" / "step_00000004" / "dcp").glob("*.distcp"))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    resumed = spactor("train", "--resume", str(run_dir), "trainer.max_steps=6")
+    assert resumed.returncode == 0, resumed.stderr
+    said = resumed.stdout + resumed.stderr
+    assert said.count("step_00000004") == 1 and "skipping checkpoint step_00000004" in said, said
+    assert "resumed from" in resumed.stdout and "step_00000002" in resumed.stdout
