@@ -93,6 +93,19 @@ class StreamState:
     chunks: int = 0  # chunks of the whole stream produced so far (kept here or not): the global position
 
 
+def _from_version_1(state: dict[str, Any], global_batch: int) -> dict[str, Any]:
+    """A state of the rank-sharded stream (version 1). With one shard that stream was
+    this one, so it continues (its chunk count is unknown, which only a change of layout
+    would need); with several it cannot."""
+    if state.get("num_shards") != 1:
+        raise DataError(
+            "the data-loader state was saved by an older spactor that sharded documents over "
+            f"{state.get('num_shards')} ranks x workers; it cannot continue the world-size-independent stream"
+        )
+    return {**state, "version": STATE_VERSION, "global_batch": global_batch, "worker": 0, "num_workers": 1,
+            "chunks": 0}
+
+
 def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
     it = iter(items)
     while batch := list(islice(it, n)):
@@ -204,10 +217,7 @@ class PackedChunks(IterableDataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") == 1:
-            raise DataError(
-                "the data-loader state was saved by an older spactor that sharded documents by rank; "
-                "it cannot continue the world-size-independent stream"
-            )
+            state = _from_version_1(state, self.global_batch)
         if state.get("version") != STATE_VERSION:
             raise DataError(f"unknown data-loader state version {state.get('version')!r}")
         if state["split"] != self.split:

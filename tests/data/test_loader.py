@@ -257,3 +257,21 @@ def test_resume_with_workers_on_another_number_of_ranks(small_tokenizer, docs):
     resumed.load_state_dict(state)
     for got, want in zip(take(resumed, 4), reference[3:]):
         assert torch.equal(got, want[2:4])
+
+
+def test_a_state_of_the_old_one_process_stream_still_resumes(small_tokenizer, docs):
+    loader = build_loader(ListSource(docs), small_tokenizer, 8, 4, shuffle_window=8, seed=2)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    state = copy.deepcopy(loader.state_dict())
+    expected = [next(it)["original"] for _ in range(4)]
+    # what the rank-sharded loader (state version 1) saved on one rank without workers
+    old = {k: v for k, v in state["dataset_state"].items() if k not in ("global_batch", "worker", "num_workers",
+                                                                         "chunks")}
+    old.update(version=1, shard=0, num_shards=1)
+    resumed = build_loader(ListSource(docs), small_tokenizer, 8, 4, shuffle_window=8, seed=2)
+    resumed.load_state_dict({**state, "dataset_state": old})
+    assert all(torch.equal(a, b) for a, b in zip(take(resumed, 4), expected))
+    with pytest.raises(DataError, match="sharded documents over 2"):
+        PackedChunks(ListSource(docs), small_tokenizer, 8).load_state_dict({**old, "num_shards": 2})
