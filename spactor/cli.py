@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from spactor.config import ConfigError, load_config, recipe_names
-from spactor.plugins import load_plugins
-from spactor.registry import ALL_REGISTRIES, RegistryError
+try:
+    from spactor.config import ConfigError, load_config, recipe_names
+    from spactor.plugins import load_plugins
+    from spactor.registry import ALL_REGISTRIES, RegistryError
+except KeyboardInterrupt:  # Ctrl-C while the CLI itself is still importing: no traceback
+    sys.stderr.write("spactor: interrupted\n")
+    raise SystemExit(130) from None
 
 QUICKSTART = "quickstart"
 
@@ -56,6 +63,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         resolved.recipe = _saved_recipe_name(run_dir)
     else:
         resolved = load_config(recipe or QUICKSTART, overrides)
+    check_run_dir(Path(ns.resume) if ns.resume else Path(resolved.cfg.run.dir or "runs"),
+                  "--resume" if ns.resume else "run.dir")
     try:
         result = train(resolved, resume_dir=ns.resume)
     finally:
@@ -67,7 +76,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
                   f"resume with: spactor train --resume {result.run_dir}", flush=True)
         elif resolved.cfg.run.plot:
             print(plot_finished_run(result.run_dir), flush=True)
-    return 0
+    return 130 if result.preempted == "SIGINT" else 0  # Ctrl-C exits as interrupted, checkpointed
 
 
 def plot_finished_run(run_dir: Path) -> str:
@@ -109,7 +118,12 @@ def summary(result: Any) -> str:
     if any(result.skipped.values()):
         from spactor.data.sources import describe_skipped
 
-        lines.append(f"data: {describe_skipped(result.skipped)}")
+        train = {k: v for k, v in result.skipped.items() if not k.startswith("val/")}
+        val = {k[len("val/"):]: v for k, v in result.skipped.items() if k.startswith("val/")}
+        said = [describe_skipped(train)] if any(train.values()) else []
+        if any(val.values()):
+            said.append(f"validation {describe_skipped(val)}")
+        lines.append(f"data: {'; '.join(said)}")
     lines.append(f"metrics: {result.run_dir / 'metrics.jsonl'}; checkpoints: {result.run_dir / 'checkpoints'}")
     return "\n".join(lines)
 
@@ -117,6 +131,8 @@ def summary(result: Any) -> str:
 def cmd_preview(ns: argparse.Namespace) -> int:
     from spactor.runners.preview import preview
 
+    if ns.n < 1:
+        raise UsageError(f"--n {ns.n}: the number of examples must be at least 1")
     recipe, overrides = split_recipe(ns.args)
     resolved = load_config(recipe or QUICKSTART, overrides)
     for line in preview(resolved, n=ns.n, as_json=ns.json):
@@ -148,6 +164,8 @@ def _default_repr(f: dataclasses.Field[Any]) -> str:
 def cmd_tokenizer_train(ns: argparse.Namespace) -> int:
     from spactor.runners.data import train_tokenizer_from_config
 
+    if ns.vocab_size < 1:
+        raise UsageError(f"--vocab-size {ns.vocab_size}: must be a positive number of pieces")
     recipe, overrides = split_recipe(ns.args)
     resolved = load_config(recipe or QUICKSTART, overrides)
     out = train_tokenizer_from_config(resolved, Path(ns.out), vocab_size=ns.vocab_size)
@@ -280,6 +298,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    # Until the trainer installs its own handler (finish the step, checkpoint), Ctrl-C
+    # ends the process at once: a KeyboardInterrupt raised while torch imports is
+    # swallowed there and the run would carry on.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    try:
+        return _dispatch(argv, debug)
+    except KeyboardInterrupt:  # the trainer's second Ctrl-C: stop now, no traceback
+        if debug:
+            traceback.print_exc()
+        print("spactor: interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _exit_interrupted(signum: int, frame: Any) -> None:
+    sys.stderr.write("spactor: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _dispatch(argv: list[str], debug: bool) -> int:
     parser = build_parser()
     # key=value overrides may come after flags too (`spactor flops sc --json model.size=tiny`).
     ns, extra = parser.parse_known_args(argv)
@@ -302,14 +345,67 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"spactor: stopped: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("spactor: interrupted", file=sys.stderr)
-        return 130
+    except OSError as e:  # the machine's edge: full disk, permissions, a file where a directory goes
+        if debug:
+            traceback.print_exc()
+        print(f"spactor: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1 if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else 2
     except Exception as e:  # noqa: BLE001 — a one-line message unless --debug
+        if _is_checkpoint_write_error(e):  # says why and which checkpoint is intact
+            if debug:
+                traceback.print_exc()
+            print(f"spactor: error: {e}", file=sys.stderr)
+            return 1
         if debug or _is_data_error(e) is False:
             traceback.print_exc()
         print(f"spactor: {type(e).__name__}: {e}", file=sys.stderr)
         return 2 if _is_data_error(e) else 1
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: the path and what is wrong with it, in words."""
+    path = e.filename if e.filename is not None else "a file"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        import shutil
+
+        where = Path(str(e.filename)) if e.filename else Path.cwd()
+        free = next((shutil.disk_usage(p).free for p in (where, *where.parents) if p.exists()), None)
+        room = f" ({free / 2**20:.1f} MB free)" if free is not None else ""
+        return f"{path}: no space left on device{room}"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"{path}: permission denied"
+    if e.errno == errno.EROFS:
+        return f"{path}: read-only file system"
+    if e.errno == errno.ENOTDIR:
+        return f"{path}: part of this path is a file, not a directory"
+    if e.errno == errno.EEXIST:
+        return f"{path}: exists and is not a directory"
+    if e.errno == errno.EISDIR:
+        return f"{path}: is a directory, not a file"
+    if e.errno == errno.ENOENT:
+        return f"{path}: no such file or directory"
+    return f"{path}: {e.strerror or e}"
+
+
+def check_run_dir(path: Path, key: str) -> None:
+    """Fail before any work if the run directory cannot be written: it is a file, it or
+    the nearest existing parent is not writable, or a parent is a file."""
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"{key}: '{path}' is a file, not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"{key}: '{path}' is not writable (permission denied)")
+        return
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise UsageError(f"{key}: cannot create '{path}': '{parent}' is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{key}: cannot create '{path}': '{parent}' is not writable (permission denied)")
+
+
+def _is_checkpoint_write_error(e: Exception) -> bool:
+    mod = sys.modules.get("spactor.runners.checkpoint")
+    return mod is not None and isinstance(e, mod.CheckpointWriteError)
 
 
 def _is_data_error(e: Exception) -> bool:

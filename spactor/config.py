@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -108,6 +109,7 @@ class RuntimeConfig:
     activation_checkpointing: str = "none"  # none | full | selective (per block)
     count_flops: bool = True  # fvcore dry run at start-up: flops_per_step, flops_cum, flops_normalized, mfu
     peak_tflops: float | None = None  # per-device peak for MFU; None: looked up from the GPU's name
+    memory_check: bool = True  # estimate the peak memory at start-up: refuse on CPU, warn on CUDA
 
 
 @dataclass
@@ -198,7 +200,15 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
     data = OmegaConf.to_container(raw, resolve=True) or {}
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping of sections (run, model, data, ...)")
+    _single_path_as_list(data)
     return resolve(data, recipe=recipe)
+
+
+def _single_path_as_list(data: dict[str, Any]) -> None:
+    """``data.paths=corpus.txt`` (no brackets) means the list of that one path."""
+    section = data.get("data")
+    if isinstance(section, dict) and isinstance(section.get("paths"), str):
+        section["paths"] = [section["paths"]]
 
 
 def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> Any:
@@ -211,8 +221,8 @@ def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> Any:
         raise ConfigError(f"recipe '{recipe}' inherits from itself ({' -> '.join(_seen + (key,))})")
     try:
         raw = OmegaConf.load(path)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot parse recipe '{recipe}': {e}") from None
+    except (OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(yaml_error_message(path, e)) from None
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"recipe '{recipe}' must be a mapping of sections (run, model, data, ...)")
     base = raw.pop("base", None)
@@ -238,6 +248,34 @@ def base_path(base: str, recipe: str, recipe_file: Path) -> str:
     except ConfigError as e:
         raise ConfigError(f"recipe '{recipe}': base: {e}") from None
     return base
+
+
+def yaml_error_message(path: Path, e: BaseException) -> str:
+    """``file:line:column: what is wrong`` for a recipe that does not parse (PyYAML
+    counts lines and columns from 0; editors count from 1)."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"{path}: not a YAML recipe (not UTF-8 text: byte {e.start} is {e.object[e.start]:#04x})"
+    if isinstance(e, OSError):
+        return f"{path}: cannot read it ({e.strerror or e})"
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        problem = " ".join(str(x) for x in (e.context, e.problem) if x)
+        if mark is not None and _char_at(path, mark.line, mark.column) == "\t":
+            problem += " (a tab: YAML indents with spaces)"
+        if mark is not None:
+            return f"{path}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {problem}"
+        return f"{path}: YAML syntax error: {problem}"
+    if isinstance(e, yaml.reader.ReaderError):
+        return f"{path}: not a YAML recipe (unprintable character {e.character!r} at byte {e.position})"
+    return f"{path}: cannot parse the recipe: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+
+
+def _char_at(path: Path, line: int, column: int) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return lines[line][column]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return ""
 
 
 def resolve(data: dict[str, Any], recipe: str | None = None) -> Resolved:

@@ -1,9 +1,10 @@
 """A resumable loader of packed raw chunks.
 
-documents (``Source``) → shard by rank, then by worker → train/validation hold-out →
+documents (``Source``) → train/validation hold-out →
 optional shuffle within a window of documents → SentencePiece ids + EOS (batched; a
 ``pretokenized`` source such as a prepared cache yields ids, packed as they are) →
-one token stream cut into ``raw_length`` chunks → batches ``{"original": (B, raw_length)}``.
+one token stream cut into ``raw_length`` chunks → global batches of consecutive chunks,
+of which each rank keeps its rows → batches ``{"original": (B, raw_length)}``.
 
 Everything is a pure function of the document numbering, so the position in the stream
 is four small numbers (epoch, first document of the current block, tokens carried into
@@ -14,15 +15,24 @@ being parsed, but gzip must still be decompressed) and re-tokenises at most one 
 ``torchdata``'s ``StatefulDataLoader`` collects this state from every worker, so
 ``loader.state_dict()`` / ``loader.load_state_dict()`` resume the exact same batches.
 
-Sharding: global shard = ``rank * num_workers + worker_id``; document ``j`` belongs to
-shard ``j % (world_size * num_workers)``. Resuming therefore needs the same world size
-and ``num_workers``; a mismatch raises ``DataError``.
+Ranks and workers: there is one stream, whatever the world size. Chunk ``c`` of it is row
+``c % G`` of global batch ``c // G`` (``G`` = the global batch size); rank ``r`` keeps
+rows ``[r*B, (r+1)*B)`` of each global batch (``B = G / world_size``, the block the
+runner's step treats as rank ``r``'s), and loader worker ``w`` of ``n`` makes the global
+batches ``k`` with ``k % n == w``. So the documents of global batch ``k`` depend on the
+seed and ``k`` only: a 2-rank run trains on the batches a 1-rank run does, and data
+workers change nothing but speed. Every process tokenises the whole split to know where
+the chunks fall (cheap with a prepared, pretokenized source). The state is a position
+in that stream (plus chunk count), the same kind on every rank, so a run resumes on
+another number of ranks at the next global batch; the number of workers and the global
+batch size must stay the same (else ``DataError``).
 
 Skipped records (bad JSON, invalid bytes, over-long documents, empty or damaged files:
-``spactor.data.sources``) are tallied per shard in the stream state during the first
-epoch, so each bad record counts once however many epochs and evaluations re-read it,
-the counts travel with ``state_dict()`` (a resumed run keeps them), and
-:func:`skipped_counts` adds up a loader's workers. A run sums that over its ranks.
+``spactor.data.sources``) are tallied in the stream state during the first epoch, so
+each bad record counts once however many epochs and evaluations re-read it, and the
+counts travel with ``state_dict()`` (a resumed run keeps them). Every rank and worker
+reads the whole stream, so each counts every skip: :func:`skipped_counts` takes the
+worker furthest along, and a rank's counts are the run's.
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from spactor.data.tokenizer import Tokenizer
 SPLITS = ("train", "validation")
 DOCUMENT_SEPARATORS = ("eos", "none")  # data.document_separator
 HOLDOUT_BUCKETS = 10_000
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: documents sharded by rank and worker
 T = TypeVar("T")
 
 
@@ -72,7 +82,7 @@ def is_validation(index: int, validation_fraction: float) -> bool:
 
 @dataclass
 class StreamState:
-    """Where a shard's stream stands, after the last chunk it yielded."""
+    """Where the stream stands, after the last chunk this process yielded."""
 
     epoch: int = 0
     index: int = 0  # first document of the current block (or of the next one)
@@ -81,6 +91,20 @@ class StreamState:
     finished: bool = False  # validation: the single pass is over
     skipped: dict[str, int] = field(default_factory=dict)  # first epoch's skipped records, by reason
     counted_to: int = 0  # skips of records with index < counted_to are in ``skipped``
+    chunks: int = 0  # chunks of the whole stream produced so far (kept here or not): the global position
+
+
+def _from_version_1(state: dict[str, Any], global_batch: int) -> dict[str, Any]:
+    """A state of the rank-sharded stream (version 1). With one shard that stream was
+    this one, so it continues (its chunk count is unknown, which only a change of layout
+    would need); with several it cannot."""
+    if state.get("num_shards") != 1:
+        raise DataError(
+            "the data-loader state was saved by an older spactor that sharded documents over "
+            f"{state.get('num_shards')} ranks x workers; it cannot continue the world-size-independent stream"
+        )
+    return {**state, "version": STATE_VERSION, "global_batch": global_batch, "worker": 0, "num_workers": 1,
+            "chunks": 0}
 
 
 def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -89,11 +113,29 @@ def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield batch
 
 
-def _shard_of_this_process(rank: int, world_size: int) -> tuple[int, int, int]:
-    """(global shard, number of shards, workers per rank) for the calling process."""
+def _worker_of_this_process() -> tuple[int, int]:
+    """(worker id, workers per rank) for the calling process."""
     info = get_worker_info()
-    worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-    return rank * num_workers + worker_id, world_size * num_workers, num_workers
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Which chunks of the one global stream this process yields: chunk ``c`` is row
+    ``c % global_batch`` of global batch ``c // global_batch``; a rank keeps rows
+    ``[start, stop)`` of every global batch, and worker ``w`` of ``n`` the global
+    batches ``k`` with ``k % n == w`` (the loader takes one batch from each worker in
+    turn, so batches arrive in order)."""
+
+    global_batch: int
+    start: int
+    stop: int
+    worker: int = 0
+    num_workers: int = 1
+
+    def keeps(self, chunk: int) -> bool:
+        batch, row = divmod(chunk, self.global_batch)
+        return self.start <= row < self.stop and batch % self.num_workers == self.worker
 
 
 # --------------------------------------------------------------------------- dataset
@@ -102,14 +144,14 @@ def _shard_of_this_process(rank: int, world_size: int) -> tuple[int, int, int]:
 class PackedChunks(IterableDataset):
     """Yields ``raw_length``-token ``LongTensor`` chunks of one split of ``source``.
 
-    ``train`` loops over epochs forever; each epoch re-reads the shard's documents (in a
+    ``train`` loops over epochs forever; each epoch re-reads the split's documents (in a
     new shuffled order when ``shuffle_window`` > 0) and the token stream runs on across
     the epoch boundary. ``validation`` makes one pass and drops the final partial chunk.
-    A train shard with no documents is a ``DataError`` (it would otherwise spin); a
-    validation shard with none simply yields nothing.
+    A train split with no documents is a ``DataError`` (it would otherwise spin); a rank
+    whose rows lie past the end of a short validation split yields nothing.
 
     ``shuffle_window`` (train only): documents are read in blocks of this many and
-    permuted within the block with an RNG keyed by (seed, epoch, shard, block), so the
+    permuted within the block with an RNG keyed by (seed, epoch, block), so the
     order is reproducible without storing the RNG. 0 keeps file order. A resume
     re-tokenises up to one block, so keep it in the thousands, not millions.
     """
@@ -128,6 +170,7 @@ class PackedChunks(IterableDataset):
         shuffle_window: int = 0,
         encode_batch_size: int = 64,
         document_separator: str = "eos",
+        batch_size: int = 1,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -141,8 +184,8 @@ class PackedChunks(IterableDataset):
             raise ValueError(
                 f"document_separator must be one of {DOCUMENT_SEPARATORS}, got {document_separator!r}"
             )
-        if raw_length < 1 or encode_batch_size < 1 or shuffle_window < 0:
-            raise ValueError("raw_length and encode_batch_size must be >= 1, shuffle_window >= 0")
+        if raw_length < 1 or encode_batch_size < 1 or shuffle_window < 0 or batch_size < 1:
+            raise ValueError("raw_length, encode_batch_size and batch_size must be >= 1, shuffle_window >= 0")
         if getattr(source, "pretokenized", False):
             # Documents arrive as ids (a prepared cache): they must be this tokenizer's.
             source.check_tokenizer(tokenizer)  # type: ignore[attr-defined]
@@ -157,63 +200,87 @@ class PackedChunks(IterableDataset):
         self.shuffle_window = shuffle_window if split == "train" else 0
         self.encode_batch_size = encode_batch_size
         self.add_eos = document_separator == "eos"
+        self.batch_size = batch_size  # this rank's rows of each global batch
+        self.global_batch = batch_size * world_size
         self._state = StreamState()
         self._resume = False
+        self._first_kept = 0  # after a resume: the first chunk of the next global batch
 
     # -- checkpointing (called by StatefulDataLoader, in the worker that owns the copy) --
     def state_dict(self) -> dict[str, Any]:
-        shard, num_shards, _ = _shard_of_this_process(self.rank, self.world_size)
+        """The position in the global stream: the same kind of state on every rank, so
+        a run can resume on another number of ranks (the next global batch is the
+        first one after ``chunks``). Workers each hold their own position."""
+        worker, num_workers = _worker_of_this_process()
         state = asdict(self._state)  # deep copy: the live carry list keeps changing
         return {
             "version": STATE_VERSION,
             "split": self.split,
-            "shard": shard,
-            "num_shards": num_shards,
+            "global_batch": self.global_batch,
+            "worker": worker,
+            "num_workers": num_workers,
             **state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") == 1:
+            state = _from_version_1(state, self.global_batch)
         if state.get("version") != STATE_VERSION:
             raise DataError(f"unknown data-loader state version {state.get('version')!r}")
         if state["split"] != self.split:
             raise DataError(f"data-loader state is for split '{state['split']}', not '{self.split}'")
-        self._saved_shard = (state["shard"], state["num_shards"])
+        if int(state["global_batch"]) != self.global_batch:
+            raise DataError(
+                f"the data-loader state is for global batches of {state['global_batch']} sequences, "
+                f"not {self.global_batch}: resume with the same trainer.batch_size"
+            )
+        self._saved_worker = (int(state["worker"]), int(state["num_workers"]))
         fields = {k: state[k] for k in ("epoch", "index", "carry", "emitted", "finished")}
-        # States saved before skip counting existed have neither field: start from zero.
         skipped = {str(k): int(v) for k, v in (state.get("skipped") or {}).items()}
-        counted_to = int(state.get("counted_to", 0))
+        chunks = int(state["chunks"])
         self._state = StreamState(
-            **{**fields, "carry": list(fields["carry"])}, skipped=skipped, counted_to=counted_to
+            **{**fields, "carry": list(fields["carry"])}, skipped=skipped,
+            counted_to=int(state.get("counted_to", 0)), chunks=chunks,
         )
+        # Whatever rows the saving process kept, global batches up to the one holding
+        # its last chunk are consumed: continue with the next whole one.
+        self._first_kept = -(-chunks // self.global_batch) * self.global_batch
         self._resume = True  # the next __iter__ continues from here
 
     def skipped_counts(self) -> dict[str, int]:
-        """Reason -> records of this process's shard skipped in the first epoch so far
+        """Reason -> records of the stream skipped in the first epoch so far
         (every reason of ``SKIP_REASONS`` present). With loader workers, ask the loader:
         :func:`skipped_counts`."""
         return _with_all_reasons(self._state.skipped)
 
     # -- iteration ------------------------------------------------------------------------
     def __iter__(self) -> Iterator[torch.Tensor]:
-        shard, num_shards, num_workers = _shard_of_this_process(self.rank, self.world_size)
+        worker, num_workers = _worker_of_this_process()
         if self._resume:
-            if self._saved_shard != (shard, num_shards):
+            if self._saved_worker[1] != num_workers:
                 raise DataError(
-                    f"data-loader state was saved by shard {self._saved_shard[0]} of {self._saved_shard[1]}, "
-                    f"but this is shard {shard} of {num_shards}: resume with the same world size and num_workers"
+                    f"data-loader state was saved with {self._saved_worker[1]} loader worker(s), "
+                    f"this loader has {num_workers}: resume with the same data.num_workers"
                 )
             self._resume = False
         else:
             self._state = StreamState()
+            self._first_kept = 0
+        rows = Rows(self.global_batch, self.rank * self.batch_size, (self.rank + 1) * self.batch_size,
+                    worker, num_workers)
         # One SentencePiece thread per worker when several workers share the cores.
         threads = -1 if num_workers == 1 else max(1, (os.cpu_count() or 1) // num_workers)
-        return self._stream(self._state, shard, num_shards, threads)
+        return self._stream(self._state, rows, threads)
 
-    def _stream(self, st: StreamState, shard: int, num_shards: int, threads: int) -> Iterator[torch.Tensor]:
+    def _stream(self, st: StreamState, rows: Rows, threads: int) -> Iterator[torch.Tensor]:
+        # Every rank and worker reads, tokenises and packs the whole split, so that the
+        # chunks (and the documents in them) of global batch k depend on the seed and k
+        # only; each keeps its rows of its batches. Tokenising is repeated per process:
+        # a prepared (pretokenized) source makes that cheap at scale.
         block_size = self.shuffle_window or self.encode_batch_size
         while not st.finished:
             from_start = st.index == 0
-            docs = self._split_documents(st.index, shard, num_shards)
+            docs = self._split_documents(st.index)
             saw_documents = False
             while True:
                 before = self._source_skips()
@@ -223,15 +290,13 @@ class PackedChunks(IterableDataset):
                     break
                 saw_documents = True
                 st.index = block[0][0]  # same block as before on resume: it starts at >= index
-                yield from self._emit_block(st, block, shard, threads)
+                yield from self._emit_block(st, block, rows, threads)
                 st.index, st.emitted = block[-1][0] + 1, 0
             if from_start and not saw_documents and self.split == "train":
-                # Without this a document-less shard would spin forever. (An empty
-                # validation shard just yields nothing; build_loader checks that the
-                # validation split as a whole is not empty.)
+                # Without this a document-less split would spin forever (build_loader
+                # checks the validation split the same way).
                 raise DataError(
-                    f"{self.split} shard {shard} of {num_shards} (rank {self.rank}) has no documents: "
-                    f"the source has fewer documents than ranks x workers, or the hold-out leaves none. "
+                    f"the {self.split} split has no documents: the hold-out leaves none. "
                     f"Source: {self.source.describe()}"
                 )
             if self.split == "validation":
@@ -259,21 +324,23 @@ class PackedChunks(IterableDataset):
         if end is not None:
             st.counted_to = end
 
-    def _split_documents(self, start: int, shard: int, num_shards: int) -> Iterator[tuple[int, str]]:
+    def _split_documents(self, start: int) -> Iterator[tuple[int, str]]:
         want_validation = self.split == "validation"
-        for index, text in self.source.documents(start, shard, num_shards):
+        for index, text in self.source.documents(start, 0, 1):
             if is_validation(index, self.validation_fraction) == want_validation:
                 yield index, text
 
     def _emit_block(
-        self, st: StreamState, block: list[tuple[int, str]], shard: int, threads: int
+        self, st: StreamState, block: list[tuple[int, str]], rows: Rows, threads: int
     ) -> Iterator[torch.Tensor]:
-        """Tokenise one block and yield its chunks, skipping the ``st.emitted`` already
-        yielded before a checkpoint. ``st.carry`` stays the block's incoming carry until
-        the block is done, so the state is valid at every yield."""
+        """Tokenise one block and yield this process's chunks of it, skipping the
+        ``st.emitted`` produced before a checkpoint. ``st.carry`` stays the block's
+        incoming carry until the block is done, so the state is valid at every yield."""
         texts = [text for _, text in block]
         if self.shuffle_window:
-            order = np.random.default_rng([self.seed, st.epoch, shard, block[0][0]]).permutation(len(texts))
+            # Keyed like this since before the stream was global (then per shard; shard 0
+            # of 1 is the whole stream), so one-process runs keep their order.
+            order = np.random.default_rng([self.seed, st.epoch, 0, block[0][0]]).permutation(len(texts))
             texts = [texts[i] for i in order]
         packer = Packer(self.raw_length, st.carry)
         produced = 0
@@ -284,7 +351,9 @@ class PackedChunks(IterableDataset):
                 produced += 1
                 if produced > st.emitted:
                     st.emitted = produced
-                    yield torch.tensor(chunk, dtype=torch.long)
+                    index, st.chunks = st.chunks, st.chunks + 1
+                    if index >= self._first_kept and rows.keeps(index):
+                        yield torch.tensor(chunk, dtype=torch.long)
         st.carry = packer.carry
 
     def _encode(self, docs: list[Any], threads: int) -> list[list[int]]:
@@ -339,23 +408,22 @@ def _dataset_states(loader_state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def skipped_counts(loader: StatefulDataLoader) -> dict[str, int]:
-    """Reason -> records skipped so far by ``loader``'s reads (its first epoch), summed
-    over its workers; every reason of ``SKIP_REASONS`` is present, zeros included.
+    """Reason -> records skipped so far by ``loader``'s reads (its first epoch); every
+    reason of ``SKIP_REASONS`` is present, zeros included.
 
     With workers, each worker's counts arrive with its state snapshots, so they lag by
-    the batches in flight (and by ``snapshot_every_n_steps`` if that is > 1). The counts
-    are this rank's: sum them over ranks (in the order of ``SKIP_REASONS``) for the run's.
+    the batches in flight (and by ``snapshot_every_n_steps`` if that is > 1). Every rank
+    reads the whole stream, so these are the run's counts (not to be summed over ranks).
     """
     own = getattr(loader, "skipped_counts", None)  # a loader of another backend counts itself
     if callable(own):
         return own()
     if loader.num_workers == 0 and isinstance(loader.dataset, PackedChunks):
         return loader.dataset.skipped_counts()
-    totals = _with_all_reasons({})
-    for state in _dataset_states(loader.state_dict()):
-        for reason, count in (state.get("skipped") or {}).items():
-            totals[reason] = totals.get(reason, 0) + int(count)
-    return totals
+    # Every worker reads the whole stream: the one furthest along has seen the most.
+    states = _dataset_states(loader.state_dict())
+    furthest = max(states, key=lambda st: int(st.get("counted_to", 0)), default={})
+    return _with_all_reasons(dict(furthest.get("skipped") or {}))
 
 
 def collate_chunks(chunks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -400,6 +468,7 @@ def build_loader(
         shuffle_window=shuffle_window,
         encode_batch_size=encode_batch_size,
         document_separator=document_separator,
+        batch_size=batch_size,
     )
     # Fail here, with a clear message, rather than inside a worker or never.
     first_document(source)

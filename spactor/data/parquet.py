@@ -7,7 +7,8 @@ row groups from the file metadata without reading them, and a shard converts onl
 own rows to Python strings.
 
 Skipped and counted like JSON lines (``spactor.data.sources``): a row whose value is
-null or not a string (or a file without the column) is ``missing_field``, a blank one
+null (or in a file without the column) is ``missing_field``, one that is not a string
+``non_string_field``, a blank one
 ``empty_text``, a binary value that is not UTF-8 ``invalid_utf8``, a longer one than
 ``max_document_chars`` ``too_long``; a file with no rows is ``empty_file`` and one
 pyarrow cannot read (not Parquet, truncated) ``corrupt_file``.
@@ -62,7 +63,7 @@ class ParquetSource(Source):
     """Parquet files; each row's ``text_field`` is a document (see the module docstring)."""
 
     name = "parquet"
-    SKIP_REASONS = ("missing_field", "empty_text")
+    SKIP_REASONS = ("missing_field", "non_string_field", "empty_text")
 
     def __init__(
         self,
@@ -150,8 +151,10 @@ class ParquetSource(Source):
             except UnicodeDecodeError:
                 reason = "invalid_utf8"
         if reason is None:
-            if not isinstance(value, str):
+            if value is None:
                 reason = "missing_field"
+            elif not isinstance(value, str):  # a numeric or nested column
+                reason = "non_string_field"
             elif not value.strip():
                 reason = "empty_text"
             elif _SURROGATE.search(value):

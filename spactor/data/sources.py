@@ -19,8 +19,9 @@ usable documents (``first_document``, called when a loader is built). What spoil
 records is skipped, counted in ``Source.skipped`` (reason -> count) and the first of each
 kind logged with its file and position:
 
-``invalid_json`` / ``missing_field`` / ``empty_text``  (jsonl) a line that is not a JSON
-    object with a non-blank string in ``text_field``;
+``invalid_json`` / ``missing_field`` / ``non_string_field`` / ``empty_text``  (jsonl) a
+    line that is not a JSON object, has no (or a null) ``text_field``, holds a number,
+    list or object there, or a blank string;
 ``invalid_utf8``  a document (jsonl line, text paragraph) with bytes that are not valid
     in the source's ``encoding`` (UTF-8 by default), or a JSON string holding a lone
     surrogate (``"\\udc80"``), which no tokenizer can encode. Such documents are *skipped*,
@@ -74,6 +75,7 @@ class DataError(ValueError):
 SKIP_REASONS = (
     "invalid_json",
     "missing_field",
+    "non_string_field",
     "empty_text",
     "invalid_utf8",
     "too_long",
@@ -383,7 +385,7 @@ class JsonlSource(Source):
     """
 
     name = "jsonl"
-    SKIP_REASONS = ("invalid_json", "missing_field", "empty_text")
+    SKIP_REASONS = ("invalid_json", "missing_field", "non_string_field", "empty_text")
 
     def __init__(
         self,
@@ -448,8 +450,10 @@ def parse_jsonl_line(line: str, text_field: str) -> tuple[str | None, str | None
     except ValueError:
         return None, "invalid_json"
     text = record.get(text_field) if isinstance(record, dict) else None
-    if not isinstance(text, str):
+    if text is None:
         return None, "missing_field"
+    if not isinstance(text, str):  # a number, list or object where the text should be
+        return None, "non_string_field"
     if not text.strip():
         return None, "empty_text"
     if _SURROGATE.search(text):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -57,13 +58,29 @@ def t5_vocab(num_pieces: int, pad_id: int = 0, eos_id: int = 1, unk_id: int = 2)
     )
 
 
+class VocabularyTooLarge(ValueError):
+    """The corpus has fewer distinct pieces than the vocabulary asked for."""
+
+    def __init__(self, requested: int, maximum: int) -> None:
+        super().__init__(
+            f"vocabulary size {requested} is too large for this corpus: it supports at most {maximum}"
+        )
+        self.requested = requested
+        self.maximum = maximum
+
+
 class Tokenizer:
     """A SentencePiece model plus T5's sentinels and an ``[M]`` mask token."""
 
     def __init__(self, model_proto: bytes, name: str = "") -> None:
         self._proto = bytes(model_proto)
         self.name = name
-        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        except RuntimeError:  # sentencepiece's C++ error says only which check failed
+            raise ValueError(
+                f"{name or 'tokenizer'}: not a SentencePiece model (the file does not parse as one)"
+            ) from None
         # The rest of spactor pads with pad_id and separates documents with eos_id; a
         # model trained with SentencePiece's defaults (pad_id=-1) cannot do either.
         if self._sp.pad_id() < 0 or self._sp.eos_id() < 0:
@@ -123,24 +140,30 @@ class Tokenizer:
         writer = io.BytesIO()
         # The sampler behind shuffle_input_sentence uses SentencePiece's global RNG.
         spm.set_random_generator_seed(seed)
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=lines,
-            model_writer=writer,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            pad_id=0,
-            eos_id=1,
-            unk_id=2,
-            bos_id=-1,
-            input_sentence_size=input_sentence_size,
-            shuffle_input_sentence=True,
-            character_coverage=character_coverage,
-            byte_fallback=byte_fallback,
-            hard_vocab_limit=hard_vocab_limit,
-            num_threads=num_threads or os.cpu_count() or 1,
-            minloglevel=0 if verbose else 2,
-            **trainer_options,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=lines,
+                model_writer=writer,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                pad_id=0,
+                eos_id=1,
+                unk_id=2,
+                bos_id=-1,
+                input_sentence_size=input_sentence_size,
+                shuffle_input_sentence=True,
+                character_coverage=character_coverage,
+                byte_fallback=byte_fallback,
+                hard_vocab_limit=hard_vocab_limit,
+                num_threads=num_threads or os.cpu_count() or 1,
+                minloglevel=0 if verbose else 2,
+                **trainer_options,
+            )
+        except RuntimeError as e:
+            too_high = re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", str(e))
+            if too_high:
+                raise VocabularyTooLarge(int(too_high.group(1)), int(too_high.group(2))) from None
+            raise
         tok = cls(writer.getvalue(), name=str(out_path) if out_path else f"trained-{model_type}-{vocab_size}")
         if out_path is not None:
             tok.save(out_path)

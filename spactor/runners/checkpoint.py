@@ -17,6 +17,7 @@ ignored and removed by the next save.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -56,6 +57,46 @@ def _barrier() -> None:
         dist.barrier()
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the message says why and what is intact."""
+
+
+_LOW_SPACE = 64 << 20  # below this much free space a failed write is blamed on the disk
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error``, its chained causes, and the per-rank failures inside a DCP
+    ``CheckpointException``, outermost first."""
+    seen: list[BaseException] = []
+    todo = [error]
+    while todo:
+        e = todo.pop(0)
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        for wrapped in (getattr(e, "failures", None) or {}).values():
+            todo.append(wrapped[0] if isinstance(wrapped, tuple) else wrapped)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return seen
+
+
+def _free_bytes(path: Path) -> int | None:
+    for p in (path, *path.parents):
+        try:
+            return shutil.disk_usage(p).free
+        except OSError:
+            continue
+    return None
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
 @dataclass
 class Loaded:
     path: Path
@@ -83,6 +124,53 @@ class Checkpointer:
 
     # ----------------------------------------------------------------------- save
     def save(
+        self,
+        step: int,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        shared: dict[str, Any],
+        local: dict[str, Any],
+    ) -> Path:
+        try:
+            return self._save(step, module, optimizer, shared, local)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 — DCP raises CheckpointException, a BaseException
+            if isinstance(e, CheckpointWriteError):
+                raise
+            raise self._write_error(step, e) from e
+
+    def _write_error(self, step: int, error: BaseException) -> CheckpointWriteError:
+        """One line for a failed save: why (no space, permission, a path that is a file,
+        or the error itself) and which checkpoint is intact. The half-written
+        ``.tmp_step_*`` directory is removed: it holds the space the disk lacked."""
+        free = _free_bytes(self.root)  # before the clean-up frees what the write took
+        shutil.rmtree(self.root / f".tmp_step_{step:08d}", ignore_errors=True)
+        causes = _causes(error)
+        os_error = next((c for c in causes if isinstance(c, OSError) and c.errno), None)
+        if os_error is not None and os_error.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = "no space left on device"
+        elif os_error is not None and os_error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            why = f"permission denied ({os_error.filename or self.root})"
+        elif os_error is not None and os_error.errno in (errno.ENOTDIR, errno.EEXIST):
+            why = f"a path there is a file, not a directory ({os_error.filename or self.root})"
+        elif free is not None and free < _LOW_SPACE:
+            # torch's zip writer reports a short write as "unexpected pos N vs M"
+            why = "no space left on device"
+        else:
+            last = causes[-1] if causes else error
+            why = f"{type(last).__name__}: {str(last).strip().splitlines()[-1] if str(last).strip() else ''}"
+        if why == "no space left on device" and free is not None:
+            why += f" ({_human(free)} free on {self.root})"
+        intact = self.list()
+        kept = "no earlier checkpoint exists"
+        if intact:
+            kept = f"the checkpoint of step {int(intact[-1].name[len('step_'):])} is intact"
+        return CheckpointWriteError(
+            f"could not write the checkpoint of step {step} to {self.root}: {why}; {kept}"
+        )
+
+    def _save(
         self,
         step: int,
         module: torch.nn.Module,
@@ -155,14 +243,16 @@ class Checkpointer:
 
     def latest_valid(self) -> tuple[Path | None, list[str]]:
         """The newest checkpoint that passes :func:`verify`, and ``"step_N: problem"`` for
-        each newer one that did not (logged as warnings)."""
+        each newer one that did not."""
         skipped: list[str] = []
         for path in reversed(self.list()):
             problem = self.verify(path)
             if problem is None:
                 return path, skipped
             skipped.append(f"{path.name}: {problem}")
-            log.warning("checkpoint %s is unusable (%s); trying the previous one", path, problem)
+            # info, not warning: the caller reports ``skipped`` once (logging's last-resort
+            # handler would print every warning a second time, on every rank)
+            log.info("checkpoint %s is unusable (%s); trying the previous one", path, problem)
         return None, skipped
 
     def verify(self, path: Path) -> str | None:

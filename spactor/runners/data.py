@@ -17,7 +17,7 @@ from spactor.data.builtin_tokenizer import builtin_tokenizer
 from spactor.data.loader import build_loader
 from spactor.data.loader import skipped_counts as loader_skipped_counts
 from spactor.data.sources import SKIP_REASONS, DataError, Source
-from spactor.data.tokenizer import Tokenizer
+from spactor.data.tokenizer import Tokenizer, VocabularyTooLarge
 from spactor.objectives.base import Batch, Vocab
 from spactor.registry import SOURCES
 
@@ -46,7 +46,10 @@ def load_tokenizer(cfg: DataConfig) -> Tokenizer:
         path = Path(cfg.tokenizer).expanduser()
         if not path.is_file():
             raise DataError(f"data.tokenizer: no such file '{cfg.tokenizer}'")
-        return Tokenizer.load(path)
+        try:
+            return Tokenizer.load(path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"data.tokenizer: {e}") from None
     if cfg.source != "builtin":
         raise DataError(
             f"data.tokenizer is required for data.source={cfg.source}: pass a SentencePiece .model "
@@ -69,6 +72,7 @@ class DataPipeline:
         self.batch_size = 0
         self._train: Any = None
         self._consumed_state: Any = None  # the loader's state after the batches handed out
+        self._val_skipped: dict[str, int] = {}
 
     def start(self, raw_length: int, batch_size: int) -> None:
         """Open the train loader once the objectives have said how long a raw chunk is.
@@ -171,20 +175,28 @@ class DataPipeline:
         return copy
 
     def validation_batches(self) -> Iterator[Batch]:
-        """A fresh pass over this rank's validation split (the same batches every time)."""
-        for batch in self._loader("validation", self.batch_size, 0):
+        """A fresh pass over this rank's validation split (the same batches every time).
+        What the pass skipped so far is kept for :meth:`skipped_counts` (``val/...``)."""
+        loader = self._loader("validation", self.batch_size, 0)
+        for batch in loader:
+            self._val_skipped = loader_skipped_counts(loader)
             yield self._to_device(batch)
+        self._val_skipped = loader_skipped_counts(loader)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> Batch:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def skipped_counts(self) -> dict[str, int]:
-        """Records the sources skipped (bad JSON, invalid UTF-8, ...), summed over ranks."""
-        counts = loader_skipped_counts(self._train)
-        if self.world_size > 1:
+        """Records the sources skipped (bad JSON, invalid UTF-8, ...): reason -> count for
+        the train stream, ``val/<reason>`` -> count for the latest validation pass. Every
+        rank reads the whole stream, so a rank's counts are the run's."""
+        counts = dict(loader_skipped_counts(self._train))
+        if getattr(self.cfg, "backend", "default") == "fairseq2" and self.world_size > 1:
+            # that backend still shards documents by rank: add the ranks' counts up
             totals = torch.tensor([counts.get(r, 0) for r in SKIP_REASONS], dtype=torch.float64, device=self.device)
             dist.all_reduce(totals)
             counts = {r: int(v) for r, v in zip(SKIP_REASONS, totals.tolist())}
+        counts.update({f"val/{k}": v for k, v in self._val_skipped.items()})
         return counts
 
     @property
@@ -201,6 +213,14 @@ class DataPipeline:
         self._train.load_state_dict(state)
 
 
+def local_state_of_rank0(checkpoint: Path) -> dict[str, Any]:
+    """What rank 0 saved beside ``checkpoint``'s weights. Its loader state is a position
+    in the global stream, valid on any number of ranks (with the same
+    ``data.num_workers``); empty if the file is absent."""
+    path = Path(checkpoint) / "local_rank00000.pt"
+    return torch.load(path, weights_only=False) if path.is_file() else {}
+
+
 def build_data(resolved: Resolved, device: torch.device, run_dir: Path | None) -> DataPipeline:
     cfg = resolved.cfg.data
     tokenizer = load_tokenizer(cfg)
@@ -213,5 +233,11 @@ def build_data(resolved: Resolved, device: torch.device, run_dir: Path | None) -
 def train_tokenizer_from_config(resolved: Resolved, out: Path, vocab_size: int) -> Path:
     source = build_source(resolved.cfg.data)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Tokenizer.train(iter(source), out, vocab_size=vocab_size)
+    try:
+        Tokenizer.train(iter(source), out, vocab_size=vocab_size)
+    except VocabularyTooLarge as e:
+        raise DataError(
+            f"--vocab-size {e.requested}: {source.describe()} supports at most {e.maximum} pieces; "
+            f"pass --vocab-size {e.maximum} or less, or train on more text"
+        ) from None
     return out

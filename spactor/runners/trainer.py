@@ -27,12 +27,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spactor.config import Resolved
+from spactor.config import ConfigError, Resolved
 from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
 from spactor.registry import ARCHITECTURES, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS
 from spactor.runners import parallel
 from spactor.runners.checkpoint import Checkpointer
-from spactor.runners.data import build_data
+from spactor.runners.data import build_data, local_state_of_rank0
+from spactor.runners.memory import check_memory
 from spactor.runners.meta_init import InitProgram, NotReplayable, record_init
 from spactor.runners.metrics import MetricWindow, MetricsWriter, Progress
 from spactor.runners.optim import set_lr
@@ -132,7 +133,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device=cuda but no CUDA device is available")
+        raise ConfigError("runtime.device: 'cuda' — no CUDA device is available here (use cpu or auto)")
     return torch.device(name)
 
 
@@ -318,6 +319,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         torch.cuda.set_device(device)
 
     run_dir = shared_run_dir(resolved, resume_dir, info)
+    if info.is_main:
+        print(f"run directory: {run_dir}", flush=True)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
     # Lock, find the checkpoint, check the config against the run's: nothing is written yet.
     opened = open_run_dir(run_dir, resolved, checkpointer, explicit=resume_dir is not None,
@@ -338,17 +341,20 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         run_dir.mkdir(parents=True, exist_ok=True)
         if not lock.held:
             lock.acquire(run_dir)
-        if resume_from is None:
-            if cfg.run.fresh:
-                for old in checkpointer.list():
-                    shutil.rmtree(old)
-            start_run_dir(run_dir, resolved, data.tokenizer)  # config, spiece.model, identity
     model, objectives, init_program = build_on_meta(resolved, data.vocab)
     data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
     schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps)
     modules = TrainModules(model, objectives)
     if init_program is not None:
         init_program.bind(modules)
+    check_memory(resolved, modules, objectives, raw_length_for(objectives, cfg.data.input_length),
+                 data.vocab.size, device, info.world_size,
+                 fsdp=cfg.runtime.fsdp if cfg.runtime.fsdp is not None else info.world_size > 1)
+    if info.is_main and resume_from is None:  # the run fits: only now is anything written
+        if cfg.run.fresh:
+            for old in checkpointer.list():
+                shutil.rmtree(old)
+        start_run_dir(run_dir, resolved, data.tokenizer)  # config, spiece.model, identity
     flops = count_flops(resolved, device, info)
 
     stage, shared = 1, {}
@@ -389,9 +395,15 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
             flops.load_state_dict(resumed.shared.get("flops", {}))
         if resumed.local is not None:
             restore_local(resumed.local, data, ctx, device)
-        elif info.is_main:
-            print("the checkpoint was written by a different number of ranks: weights, optimizer and "
-                  "schedules resume; the data stream restarts on the new sharding", flush=True)
+        else:  # the data position and the corruption RNG are global: rank 0's are every rank's
+            rank0 = local_state_of_rank0(resumed.path)
+            if "data" in rank0:
+                data.load_state_dict(rank0["data"])
+            if "transform_rng" in rank0:
+                ctx.transform_rng.set_state(rank0["transform_rng"])
+            if info.is_main:
+                print("the checkpoint was written by a different number of ranks: weights, optimizer, schedules "
+                      "and the data stream resume; per-rank random streams start afresh", flush=True)
         if info.is_main:
             print(f"resumed from {resumed.path} at step {step} (stage {stage})", flush=True)
             for change in opened.applied:
@@ -482,6 +494,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
                 result.losses.append(record["loss"])
                 if step == tcfg.max_steps or (tcfg.eval_every and step % tcfg.eval_every == 0):
                     record.update(validate())
+                    result.skipped = data.skipped_counts()  # with what the validation pass skipped
+                    record.update({f"data/skipped/{k}": v for k, v in result.skipped.items() if v})
                     if step == tcfg.max_steps:
                         result.val = {k: v for k, v in record.items() if k.startswith("val/")}
                 metrics.write(record)
@@ -508,6 +522,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     finally:
         preemption.restore()
         metrics.close()
+        progress.close()
     result.steps = step
     result.elapsed_s = time.monotonic() - t_start
     result.tokens_seen = tokens_seen

@@ -177,7 +177,7 @@ def test_jsonl_bad_lines_are_skipped_and_counted(tmp_path):
     )
     src = JsonlSource([str(path)])
     assert list(src.documents()) == [(0, GOOD), (7, "tail")]  # index = line number, stable
-    assert counts(src) == {"invalid_json": 2, "missing_field": 3, "empty_text": 1}
+    assert counts(src) == {"invalid_json": 2, "missing_field": 2, "non_string_field": 1, "empty_text": 1}
 
 
 def test_enormous_lines_are_skipped_without_holding_them(tmp_path):

@@ -95,26 +95,28 @@ def test_validation_drops_final_partial_chunk(small_tokenizer, docs):
     assert torch.cat(batches).flatten().tolist() == expected[: len(expected) // 64 * 64]
 
 
-def test_rank_and_worker_shards_partition_documents(small_tokenizer, docs, monkeypatch):
-    tok, world_size, num_workers = small_tokenizer, 2, 2
-    everything = Counter()
-    seen_docs = []
-    for rank, worker in itertools.product(range(world_size), range(num_workers)):
-        info = SimpleNamespace(id=worker, num_workers=num_workers)
-        monkeypatch.setattr(loader_mod, "get_worker_info", lambda info=info: info)
-        ds = PackedChunks(ListSource(docs), tok, 1, rank=rank, world_size=world_size)
-        it = iter(ds)
-        shard_tokens = []
-        while ds._state.epoch == 0:  # raw_length 1: every token of the epoch is emitted
-            shard_tokens.append(int(next(it)))
-        shard_tokens.pop()  # the first token of epoch 1
-        shard = rank * num_workers + worker
-        mine = [j for j in range(len(docs)) if j % (world_size * num_workers) == shard]
-        assert shard_tokens == stream(tok, docs, mine)
-        everything.update(stream(tok, docs, mine))
-        seen_docs.extend(mine)
-    assert sorted(seen_docs) == list(range(len(docs)))  # no overlap, full cover
-    assert everything == Counter(stream(tok, docs, range(len(docs))))
+def test_ranks_and_workers_take_rows_of_the_same_global_batches(small_tokenizer, docs, monkeypatch):
+    """Global batch k is the same chunks however many ranks and workers make it: rank r
+    holds rows [r*B, (r+1)*B) of it, worker w the batches k with k % workers == w."""
+    tok, raw_length, global_batch, n_batches = small_tokenizer, 8, 4, 12
+    one = take(build_loader(ListSource(docs), tok, raw_length, global_batch, shuffle_window=8, seed=5), n_batches)
+    for world_size, num_workers in ((2, 1), (4, 1), (2, 3)):
+        local = global_batch // world_size
+        for rank, worker in itertools.product(range(world_size), range(num_workers)):
+            info = SimpleNamespace(id=worker, num_workers=num_workers)
+            monkeypatch.setattr(loader_mod, "get_worker_info", lambda info=info: info)
+            ds = PackedChunks(ListSource(docs), tok, raw_length, rank=rank, world_size=world_size,
+                              shuffle_window=8, seed=5, batch_size=local)
+            chunks = list(itertools.islice(iter(ds), local * len(range(worker, n_batches, num_workers))))
+            for i, k in enumerate(range(worker, n_batches, num_workers)):
+                got = torch.stack(chunks[i * local:(i + 1) * local])
+                assert torch.equal(got, one[k][rank * local:(rank + 1) * local]), (world_size, num_workers, rank, k)
+
+
+def test_real_workers_give_the_batches_of_no_workers(small_tokenizer, docs):
+    make = lambda n: build_loader(ListSource(docs), small_tokenizer, 8, 4, shuffle_window=8, seed=1,  # noqa: E731
+                                  num_workers=n, rank=1, world_size=2)
+    assert all(torch.equal(a, b) for a, b in zip(take(make(0), 10), take(make(2), 10)))
 
 
 def test_real_workers_cover_the_split_once(small_tokenizer, docs):
@@ -184,14 +186,37 @@ def test_dataset_state_round_trip_mid_block(small_tokenizer, docs):
     assert all(torch.equal(a, b) for a, b in zip(itertools.islice(ds2, 20), expected))
 
 
-def test_resume_with_other_shard_layout_is_an_error(small_tokenizer, docs):
-    ds = PackedChunks(ListSource(docs), small_tokenizer, 8)
-    next(iter(ds))
-    state = ds.state_dict()
-    other = PackedChunks(ListSource(docs), small_tokenizer, 8, rank=0, world_size=2)
-    other.load_state_dict(state)
-    with pytest.raises(DataError, match="same world size and num_workers"):
-        next(iter(other))
+@pytest.mark.parametrize("saved_by", [(0, 1), (1, 2), (0, 4)])
+@pytest.mark.parametrize("resumed_on", [(0, 1), (1, 2), (3, 4)])
+def test_resume_on_another_number_of_ranks_continues_the_stream(small_tokenizer, docs, saved_by, resumed_on):
+    """Any rank's state is a position in the one stream: a resume on another world size
+    continues with the next global batch (rows of it for the resuming rank)."""
+    tok, global_batch = small_tokenizer, 4
+    reference = take(build_loader(ListSource(docs), tok, 8, global_batch, shuffle_window=8, seed=2), 9)
+    rank, world = saved_by
+    saver = build_loader(ListSource(docs), tok, 8, global_batch // world, rank=rank, world_size=world,
+                         shuffle_window=8, seed=2)
+    take(saver, 5)  # global batches 0..4 consumed
+    state = pickle.loads(pickle.dumps(saver.state_dict()))
+    rank, world = resumed_on
+    local = global_batch // world
+    resumed = build_loader(ListSource(docs), tok, 8, local, rank=rank, world_size=world, shuffle_window=8, seed=2)
+    resumed.load_state_dict(state)
+    for got, want in zip(take(resumed, 4), reference[5:]):
+        assert torch.equal(got, want[rank * local:(rank + 1) * local])
+
+
+def test_resume_with_other_workers_or_batch_is_an_error(small_tokenizer, docs):
+    loader = build_loader(ListSource(docs), small_tokenizer, 8, 4)
+    take(loader, 1)
+    state = loader.state_dict()
+    other = build_loader(ListSource(docs), small_tokenizer, 8, 4, num_workers=2)
+    with pytest.raises(Exception, match="same data.num_workers|_snapshot|worker"):
+        other.load_state_dict(state)
+        take(other, 1)
+    ds = PackedChunks(ListSource(docs), small_tokenizer, 8, batch_size=2)
+    with pytest.raises(DataError, match="same trainer.batch_size"):
+        ds.load_state_dict(state["dataset_state"])
 
 
 def test_empty_inputs_are_errors(small_tokenizer):
@@ -203,26 +228,20 @@ def test_empty_inputs_are_errors(small_tokenizer):
         build_loader(
             ListSource(["a", "b", "c"]), small_tokenizer, 8, 2, split="validation", validation_fraction=0.01
         )
-    lonely = build_loader(ListSource(["just one document"]), small_tokenizer, 8, 2, rank=1, world_size=2)
-    with pytest.raises(DataError, match="shard 1 of 2 .* has no documents"):
-        next(iter(lonely))
+    # One document is enough for any number of ranks: they all read the one stream.
+    lonely = build_loader(ListSource(["just one document, told twice"]), small_tokenizer, 2, 2, rank=1, world_size=2)
+    assert take(lonely, 2)[0].shape == (2, 2)
 
 
-def test_validation_shard_without_documents_is_empty(small_tokenizer, docs):
-    held_out = [j for j in range(len(docs)) if is_validation(j, 0.3)]
-    world_size = len(docs)  # one document per rank
-    rank = next(r for r in range(world_size) if r not in held_out)
-    val = build_loader(
-        ListSource(docs),
-        small_tokenizer,
-        8,
-        2,
-        split="validation",
-        validation_fraction=0.3,
-        rank=rank,
-        world_size=world_size,
-    )
-    assert list(val) == []
+def test_validation_rows_past_the_end_are_empty_and_ranks_cover_the_split(small_tokenizer, docs):
+    kw = {"split": "validation", "validation_fraction": 0.3}
+    whole = torch.cat([b["original"] for b in build_loader(ListSource(docs), small_tokenizer, 8, 64, **kw)])
+    assert 0 < len(whole) < 64  # one partial global batch
+    world_size = 64 // 4
+    parts = [[b["original"] for b in build_loader(ListSource(docs), small_tokenizer, 8, 4, rank=r,
+                                                   world_size=world_size, **kw)] for r in range(world_size)]
+    assert parts[-1] == []  # this rank's rows lie past the end of the split
+    assert torch.equal(torch.cat([b for p in parts for b in p]), whole)
 
 
 def test_skip_counters_count_one_pass(small_tokenizer, tmp_path):
@@ -234,3 +253,40 @@ def test_skip_counters_count_one_pass(small_tokenizer, tmp_path):
     val = build_loader(src, small_tokenizer, 4, 2, split="validation", validation_fraction=0.9999)
     list(val)
     assert src.skipped["invalid_json"] == 2  # the start-up checks did not count
+
+
+def test_resume_with_workers_on_another_number_of_ranks(small_tokenizer, docs):
+    """Real worker processes: a 1-rank state resumes on rank 1 of 2 with the same workers."""
+    def make(rank, world):
+        return build_loader(ListSource(docs), small_tokenizer, 8, 4 // world, rank=rank, world_size=world,
+                            shuffle_window=8, seed=2, num_workers=2)
+
+    reference = take(build_loader(ListSource(docs), small_tokenizer, 8, 4, shuffle_window=8, seed=2), 8)
+    saver = make(0, 1)
+    it = iter(saver)
+    for _ in range(3):
+        next(it)
+    state = pickle.loads(pickle.dumps(saver.state_dict()))
+    del it
+    resumed = make(1, 2)
+    resumed.load_state_dict(state)
+    for got, want in zip(take(resumed, 4), reference[3:]):
+        assert torch.equal(got, want[2:4])
+
+
+def test_a_state_of_the_old_one_process_stream_still_resumes(small_tokenizer, docs):
+    loader = build_loader(ListSource(docs), small_tokenizer, 8, 4, shuffle_window=8, seed=2)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    state = copy.deepcopy(loader.state_dict())
+    expected = [next(it)["original"] for _ in range(4)]
+    # what the rank-sharded loader (state version 1) saved on one rank without workers
+    old = {k: v for k, v in state["dataset_state"].items() if k not in ("global_batch", "worker", "num_workers",
+                                                                         "chunks")}
+    old.update(version=1, shard=0, num_shards=1)
+    resumed = build_loader(ListSource(docs), small_tokenizer, 8, 4, shuffle_window=8, seed=2)
+    resumed.load_state_dict({**state, "dataset_state": old})
+    assert all(torch.equal(a, b) for a, b in zip(take(resumed, 4), expected))
+    with pytest.raises(DataError, match="sharded documents over 2"):
+        PackedChunks(ListSource(docs), small_tokenizer, 8).load_state_dict({**old, "num_shards": 2})

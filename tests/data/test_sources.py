@@ -75,7 +75,7 @@ def test_jsonl_bad_lines_are_counted(tmp_path):
     src = JsonlSource([str(path)])
     docs = list(src.documents())
     assert docs == [(0, "good one"), (7, "good two")]  # index = line number
-    assert src.skipped == {"invalid_json": 2, "missing_field": 3, "empty_text": 1}
+    assert src.skipped == {"invalid_json": 2, "missing_field": 2, "non_string_field": 1, "empty_text": 1}
     assert "invalid_json=2" in src.describe()
 
 

@@ -8,7 +8,7 @@ import sentencepiece as spm
 import torch
 
 from spactor.data.builtin_tokenizer import builtin_tokenizer, builtin_tokenizer_path
-from spactor.data.tokenizer import Tokenizer, atomic_write_bytes, t5_vocab
+from spactor.data.tokenizer import Tokenizer, VocabularyTooLarge, atomic_write_bytes, t5_vocab
 
 
 def test_t5_layout_for_32k_pieces():
@@ -98,8 +98,9 @@ def test_model_without_pad_is_rejected(english_corpus):
 
 def test_train_writes_model_and_soft_vocab_limit(tmp_path):
     tiny = ["hello world"] * 20
-    with pytest.raises(RuntimeError, match="Vocabulary size too high"):
+    with pytest.raises(VocabularyTooLarge, match="vocabulary size 300 is too large") as info:
         Tokenizer.train(tiny, vocab_size=300)
+    assert 0 < info.value.maximum < 300  # the largest vocabulary this corpus supports
     tok = Tokenizer.train(tiny, tmp_path / "tiny.model", vocab_size=300, hard_vocab_limit=False)
     assert tok.num_pieces < 300
     assert tok.vocab().first_sentinel_id == tok.num_pieces + 99
