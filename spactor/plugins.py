@@ -24,6 +24,7 @@ BUILTIN_MODULES = (
     "spactor.schedules.adaptive",
     "spactor.data.sources",
     "spactor.runners.optim",
+    "spactor.tasks",
 )
 
 
