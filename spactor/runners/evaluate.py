@@ -452,3 +452,23 @@ def parse_finetune_overrides(items: list[str]) -> tuple[FinetuneConfig, dict[str
     if not math.isfinite(cfg.lr):
         raise EvaluationError("finetune.lr must be finite")
     return cfg, options
+
+
+def downstream_scores(run_dir: Path, step: int, tasks: list[str], seeds: int = 1) -> dict[str, float]:
+    """``trainer.downstream_every``: evaluate the checkpoint just saved at ``step`` on
+    each task (default budget), on rank 0, and return ``eval/<task>/score``. The global
+    RNG streams are restored afterwards, so the training run continues as it would
+    have (dropout draws included)."""
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        out = {}
+        for name in tasks:
+            [(_, result)] = evaluate_run(run_dir, name, step=step, seeds=seeds, show_progress=False)
+            out[f"eval/{name}/score"] = result.score
+            out[f"eval/{name}/std"] = result.std
+        return out
+    finally:
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)

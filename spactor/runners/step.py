@@ -42,8 +42,12 @@ class TrainModules(nn.Module):
         self.model = model
         self.objectives = nn.ModuleDict(objectives)
 
-    def forward(self, batch: Batch, rng: torch.Generator) -> tuple[Losses, dict[str, torch.Tensor]]:
+    def forward(
+        self, batch: Batch, rng: torch.Generator, stage1: bool = True
+    ) -> tuple[Losses, dict[str, torch.Tensor]]:
         objectives: dict[str, Objective] = dict(self.objectives.items())  # type: ignore[arg-type]
+        if not stage1:  # the clean validation pass: no generator, no RTD (see evaluate)
+            objectives = {n: o for n, o in objectives.items() if not o.STAGE1_ONLY}
         losses: Losses = {}
         metrics: dict[str, torch.Tensor] = {}
 
@@ -201,17 +205,56 @@ def evaluate(
     was_training = modules.training
     modules.eval()
     sums: dict[str, float] = {}
+    rng_states = []  # the clean pass replays each batch's corruption draws
     for batch in local[:usable]:
+        rng_states.append(rng.get_state())
         batch = apply_transforms(objectives, batch, rng)
         with autocast(amp_dtype, device):
             losses, _ = modules(batch, rng)
         for name, (total, count, _) in losses.items():
             sums[f"{name}/total"] = sums.get(f"{name}/total", 0.0) + float(total)
             sums[f"{name}/count"] = sums.get(f"{name}/count", 0.0) + float(count)
+    clean = _clean_losses(modules, objectives, local[:usable], rng_states, rng.device, amp_dtype, device)
     modules.train(was_training)
     sums = all_reduce_sum(sums, device)
     names = sorted({k.rsplit("/", 1)[0] for k in sums})
-    return {f"val/loss/{n}": sums[f"{n}/total"] / max(sums[f"{n}/count"], 1.0) for n in names}
+    out = {f"val/loss/{n}": sums[f"{n}/total"] / max(sums[f"{n}/count"], 1.0) for n in names}
+    out.update(clean)
+    return out
+
+
+def _clean_losses(
+    modules: TrainModules,
+    objectives: dict[str, Objective],
+    batches: list[Batch],
+    rng_states: list[torch.Tensor],
+    rng_device: torch.device,
+    amp_dtype: torch.dtype | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """In stage 1, ``val/clean/loss/<name>`` of the objectives that outlive it (span
+    corruption) on the same raw batches with only their own transforms: the encoder
+    reads X_c, not the generator-replaced X̂_c (the paper's Figure 4). Each batch's
+    transforms start from the random state the noisy pass started from, so with span
+    corruption first in ``objectives`` the spans are the same ones. Nothing once the
+    stage-1 objectives are gone (stage 2, runs without them): the losses would equal
+    ``val/loss``."""
+    kept = {n: o for n, o in objectives.items() if not o.STAGE1_ONLY}
+    if len(kept) == len(objectives) or not kept:
+        return {}
+    clean_rng = torch.Generator(device=rng_device)
+    sums: dict[str, float] = {}
+    for batch, state in zip(batches, rng_states):
+        clean_rng.set_state(state)
+        batch = apply_transforms(kept, batch, clean_rng)
+        with autocast(amp_dtype, device):
+            losses, _ = modules(batch, clean_rng, stage1=False)
+        for name, (total, count, _) in losses.items():
+            sums[f"{name}/total"] = sums.get(f"{name}/total", 0.0) + float(total)
+            sums[f"{name}/count"] = sums.get(f"{name}/count", 0.0) + float(count)
+    sums = all_reduce_sum(sums, device)
+    names = sorted({k.rsplit("/", 1)[0] for k in sums})
+    return {f"val/clean/loss/{n}": sums[f"{n}/total"] / max(sums[f"{n}/count"], 1.0) for n in names}
 
 
 def _min_over_ranks(value: int, device: torch.device) -> int:
