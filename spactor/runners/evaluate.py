@@ -306,7 +306,7 @@ class Finetuner:
             torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.clip_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress is not None:
                 progress.update(done + step + 1, {"seed": self.seed, "loss": losses[-1]})
         return losses
