@@ -240,7 +240,10 @@ def _clean_losses(
     stage-1 objectives are gone (stage 2, runs without them): the losses would equal
     ``val/loss``."""
     kept = {n: o for n, o in objectives.items() if not o.STAGE1_ONLY}
-    if len(kept) == len(objectives) or not kept:
+    # Only runs whose encoder input a stage-1 objective rewrites (SpacTor's generator)
+    # have a noisy input; the objectives kept must run alone, as they do in stage 2.
+    rewrites = any(o.STAGE1_ONLY and type(o).modify is not Objective.modify for o in objectives.values())
+    if not kept or not rewrites:
         return {}
     clean_rng = torch.Generator(device=rng_device)
     sums: dict[str, float] = {}
