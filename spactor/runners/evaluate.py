@@ -72,6 +72,7 @@ class FinetuneConfig:
     max_input_length: int = 128  # tokens, EOS included; longer inputs are truncated
     max_target_length: int = 16  # tokens of a target, EOS included; also the decoding length
     eval_batch_size: int = 64
+    dropout: float | None = None  # None: the run's own; else every dropout layer's rate while fine-tuning
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 on CUDA)
 
@@ -81,6 +82,8 @@ class FinetuneConfig:
                 raise EvaluationError(f"finetune.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise EvaluationError(f"finetune.lr must be > 0, got {self.lr}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise EvaluationError(f"finetune.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -252,6 +255,10 @@ class Finetuner:
             raise EvaluationError(f"task '{task.name}' is text-to-text ({task.kind}); an encoder-only model "
                                   "can only be fine-tuned on classification tasks")
         self.model = model.to(device)
+        if cfg.dropout is not None:
+            for module in model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = cfg.dropout
         self.head = None
         if not self.text_to_text:
             torch.manual_seed(seed)

@@ -127,7 +127,7 @@ def load_study(path: Path) -> Study:
 
     file = path
     if not file.is_file():
-        found = shipped_study(str(path)) if path.suffix == "" else None
+        found = shipped_study(path.name) if path.suffix == "" and len(path.parts) == 1 else None
         if found is None:
             raise StudyError(f"{path}: no such study file")
         file = found
