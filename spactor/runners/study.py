@@ -19,7 +19,8 @@ A study file::
       spactor_inf: {schedules.two_stage.tau: null}
 
 Everything goes under the study directory (``--out``, default ``studies/<name>``):
-``<arm>/`` run directories, ``study.md`` and ``study.png``. The arms run one after
+``<arm>/`` run directories, ``study.md`` and ``study.png``, ``timings.json`` (wall
+seconds per part) and ``cpu_seconds.json`` (CPU seconds per part). The arms run one after
 another, in this process. A study resumes where it stopped: an arm whose final
 checkpoint exists is not trained again, one that was interrupted resumes from its
 newest checkpoint (the trainer's own resume), and an evaluation whose
@@ -245,6 +246,10 @@ def train_arm(study: Study, arm: str, run_dir: Path) -> float:
     return time.monotonic() - start
 
 
+def _cpu_seconds() -> float:
+    return time.process_time()  # every thread of this process: the wall time on idle cores, one thread each
+
+
 def cluster_commands(study: Study, out: Path, nproc_per_node: int) -> None:
     finetune = [f"finetune.{k}={_yaml_value(v)}" for k, v in study.finetune.items()]
     for arm in study.arms:
@@ -276,6 +281,8 @@ def run_study(path: Path, out_dir: str | None = None, print_commands: bool = Fal
     out.mkdir(parents=True, exist_ok=True)
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    cpu_file = out / "cpu_seconds.json"  # CPU time of the same parts (machine-load independent)
+    cpu_times = json.loads(cpu_file.read_text()) if cpu_file.is_file() else {}
     finetune = _finetune_config(study)
     budget = dataclasses.asdict(finetune)
     for arm in study.arms:
@@ -285,7 +292,10 @@ def run_study(path: Path, out_dir: str | None = None, print_commands: bool = Fal
             continue
         print(f"[study {study.name}] arm {arm}: pre-training {study.steps} steps -> {run_dir}",
               file=sys.stderr, flush=True)
+        cpu = _cpu_seconds()
         timings[f"train/{arm}"] = timings.get(f"train/{arm}", 0.0) + train_arm(study, arm, run_dir)
+        cpu_times[f"train/{arm}"] = cpu_times.get(f"train/{arm}", 0.0) + _cpu_seconds() - cpu
+        (out / "cpu_seconds.json").write_text(json.dumps(cpu_times, indent=1))
         timings_file.write_text(json.dumps(timings, indent=1))
     for arm in study.arms:
         run_dir = out / arm
@@ -295,11 +305,13 @@ def run_study(path: Path, out_dir: str | None = None, print_commands: bool = Fal
                     run_dir, task, None, study.seeds, budget):
                 todo.append(None)  # type: ignore[arg-type]
             for step in todo:
-                start = time.monotonic()
+                start, cpu = time.monotonic(), _cpu_seconds()
                 init = "random" if step is None else "checkpoint"
                 evaluate_run(run_dir, task, step=step, seeds=study.seeds, init=init, finetune=finetune)
                 key = f"eval/{arm}/{task}/{'random' if step is None else step}"
                 timings[key] = time.monotonic() - start
+                cpu_times[key] = _cpu_seconds() - cpu
+                (out / "cpu_seconds.json").write_text(json.dumps(cpu_times, indent=1))
                 timings_file.write_text(json.dumps(timings, indent=1))
     report = write_report(study, out, timings)
     print(f"wrote {report} and {out / 'study.png'}")
