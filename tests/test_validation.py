@@ -49,7 +49,7 @@ CASES = [
     ("sc", ["data.tokenizer_vocab_size=0"], "data.tokenizer_vocab_size: 0 —", "positive integer"),
     ("sc", ["data.source=jsnl"], "data.source: 'jsnl' —", "did you mean 'jsonl'?"),
     ("sc", ["data.source=jsonl"], "data.paths: [] —", "needs at least one file or glob"),
-    ("sc", ["data.source_options.min_char=3"], "data.source_options.min_char: 3 —", "valid: min_chars"),
+    ("sc", ["data.source_options.min_char=3"], "data.source_options.min_char: 3 —", "valid: holdout_tasks, min_chars"),
     (
         "sc",
         ["data.source=text", "data.paths=[x.txt]", "data.source_options.max_document_chars=0"],
