@@ -254,6 +254,9 @@ def cmd_study(ns: argparse.Namespace) -> int:
                          nproc_per_node=ns.nproc_per_node)
     except StudyError as e:
         raise UsageError(str(e)) from None
+    except KeyboardInterrupt as e:
+        print(f"spactor: study interrupted ({e or 'Ctrl-C'}); run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 # --------------------------------------------------------------------------- parser

@@ -240,9 +240,11 @@ def train_arm(study: Study, arm: str, run_dir: Path) -> float:
     resolved.recipe = study.recipe
     start = time.monotonic()
     try:
-        train(resolved)  # resumes from the arm's newest valid checkpoint, if any
+        result = train(resolved)  # resumes from the arm's newest valid checkpoint, if any
     finally:
         shutdown_distributed()
+    if result.preempted:  # SIGTERM/SIGINT: the trainer checkpointed; the study stops here too
+        raise KeyboardInterrupt(f"arm {arm} stopped by {result.preempted} at step {result.steps}")
     return time.monotonic() - start
 
 
