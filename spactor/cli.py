@@ -1,4 +1,5 @@
-"""``spactor`` command line: train, preview, components, tokenizer, flops, export, plot."""
+"""``spactor`` command line: train, preview, components, tokenizer, flops, export, plot,
+evaluate, study."""
 
 from __future__ import annotations
 
@@ -243,6 +244,39 @@ def cmd_tokenizer_info(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(ns: argparse.Namespace) -> int:
+    from spactor.runners.evaluate import EvaluationError, evaluate_run, parse_finetune_overrides
+
+    if ns.step is not None and ns.all:
+        raise UsageError("--step and --all exclude each other")
+    try:
+        budget, options = parse_finetune_overrides(list(ns.args))
+        written = evaluate_run(ns.run_dir, ns.task, step=ns.step, every=ns.all, seeds=ns.seeds,
+                               init=ns.init, finetune=budget, task_options=options)
+    except (EvaluationError, ValueError) as e:  # a task's bad content (missing file, field) included
+        if isinstance(e, ConfigError):
+            raise
+        raise UsageError(str(e)) from None
+    for path, result in written:
+        where = "random init" if result.step is None else f"step {result.step}"
+        print(f"{result.task} @ {where}: {result.metric} {result.score:.4f} ± {result.std:.4f} "
+              f"({result.seeds} seed{'s' if result.seeds != 1 else ''}) -> {path}")
+    return 0
+
+
+def cmd_study(ns: argparse.Namespace) -> int:
+    from spactor.runners.study import StudyError, run_study
+
+    try:
+        return run_study(Path(ns.study), out_dir=ns.out, print_commands=ns.print_commands,
+                         nproc_per_node=ns.nproc_per_node)
+    except StudyError as e:
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt as e:
+        print(f"spactor: study interrupted ({e or 'Ctrl-C'}); run the same command again to resume", file=sys.stderr)
+        return 130
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -280,6 +314,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--text", default=SAMPLE_TEXT, help="the sentence to encode as a sample")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=cmd_tokenizer_info)
+
+    p = sub.add_parser("evaluate", help="fine-tune a run's checkpoints on a downstream task and score them")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--task", required=True, help="a registered task (spactor components task)")
+    p.add_argument("--step", type=int, help="the checkpoint at this step (default: the newest)")
+    p.add_argument("--all", action="store_true", help="every kept checkpoint")
+    p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds (mean ± std)")
+    p.add_argument("--init", choices=("checkpoint", "random"), default="checkpoint",
+                   help="random: the same architecture from random init (eval/<task>/random.json)")
+    p.add_argument("args", nargs="*", metavar="key=value",
+                   help="finetune.steps=N etc. (the budget), other keys: task options (train=PATH ...)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("study", help="pre-train a study's arms, evaluate them, write study.md/study.png")
+    p.add_argument("study", metavar="STUDY.yaml", help="a study file, or a shipped one by name (spactor_tiny)")
+    p.add_argument("--out", help="the study directory (default: studies/<name> under the current directory)")
+    p.add_argument("--print-commands", action="store_true", help="print torchrun commands instead of running")
+    p.add_argument("--nproc-per-node", type=int, default=8, help="with --print-commands: ranks per node")
+    p.set_defaults(func=cmd_study)
 
     # These modules are argparse-only at import; the work they do imports lazily.
     from spactor.runners.export import add_export_parser

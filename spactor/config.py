@@ -97,6 +97,8 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: skip (drop the update) | stop (checkpoint, exit 1)
     max_consecutive_skips: int = 10  # with nonfinite=skip: this many bad steps in a row stop the run
+    downstream_every: int = 0  # fine-tune + score downstream_tasks every N steps on rank 0 (0 = off)
+    downstream_tasks: list[str] = field(default_factory=lambda: ["pydoc_module"])  # registered tasks
 
 
 @dataclass

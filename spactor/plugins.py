@@ -26,6 +26,7 @@ BUILTIN_MODULES = (
     "spactor.schedules.adaptive",
     "spactor.data.sources",
     "spactor.runners.optim",
+    "spactor.tasks",
 )
 
 

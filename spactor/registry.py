@@ -88,9 +88,10 @@ ARCHITECTURES: Registry[Any] = Registry("architecture")
 SOURCES: Registry[Any] = Registry("source")
 OPTIMIZERS: Registry[Any] = Registry("optimizer")
 LR_SCHEDULES: Registry[Any] = Registry("lr_schedule")
+TASKS: Registry[Any] = Registry("task")  # downstream tasks (spactor.tasks)
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
-    r.kind: r for r in (OBJECTIVES, SCHEDULES, ARCHITECTURES, SOURCES, OPTIMIZERS, LR_SCHEDULES)
+    r.kind: r for r in (OBJECTIVES, SCHEDULES, ARCHITECTURES, SOURCES, OPTIMIZERS, LR_SCHEDULES, TASKS)
 }
 
 _entry_points_loaded = False

@@ -117,6 +117,15 @@ def check_trainer(t: Any) -> None:
     at_least("trainer.eval_every", t.eval_every, 0)
     at_least("trainer.checkpoint_every", t.checkpoint_every, 0)
     at_least("trainer.eval_batches", t.eval_batches, 0)
+    at_least("trainer.downstream_every", t.downstream_every, 0)
+    if t.downstream_every:
+        import spactor.tasks  # noqa: F401 — registers the built-in tasks
+        from spactor.registry import TASKS
+
+        if not t.downstream_tasks:
+            fail("trainer.downstream_tasks", t.downstream_tasks, "must name at least one task")
+        for name in t.downstream_tasks:
+            one_of("trainer.downstream_tasks", name, TASKS.names())
     # numpy's SeedSequence (the loader's shuffle) refuses negative seeds.
     at_least("trainer.seed", t.seed, 0)
     if t.clip_grad_norm is not None:

@@ -56,7 +56,7 @@ CASES = [
         "linear, electra",
     ),
     ("sc", ["data.source=jsonl"], "data.paths: [] —", "needs at least one file or glob"),
-    ("sc", ["data.source_options.min_char=3"], "data.source_options.min_char: 3 —", "valid: min_chars"),
+    ("sc", ["data.source_options.min_char=3"], "data.source_options.min_char: 3 —", "valid: holdout_tasks, min_chars"),
     (
         "sc",
         ["data.source=text", "data.paths=[x.txt]", "data.source_options.max_document_chars=0"],

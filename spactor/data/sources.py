@@ -473,6 +473,9 @@ def jsonl_source(cfg: JsonlSourceConfig) -> JsonlSource:
 @dataclass
 class BuiltinSourceConfig:
     min_chars: int = 20  # docstrings shorter than this ("Return self.") are noise
+    # Leave out the function/class docstrings that the built-in downstream tasks
+    # (spactor.tasks.pydoc) are made of, so pre-training never sees them.
+    holdout_tasks: bool = True
 
 
 # Parts of the standard library that are not its documentation: installed third-party
@@ -520,6 +523,64 @@ def builtin_documents(min_chars: int = 20) -> tuple[str, ...]:
     return tuple(d for d in docs if len(d) >= min_chars)
 
 
+# Share of the standard library's function/class docstrings held out for the built-in
+# downstream tasks; decided by a checksum of the text, so it is fixed for a given Python.
+TASK_HOLDOUT_PERCENT = 20
+
+
+@dataclass(frozen=True)
+class DocstringRecord:
+    """One function/class docstring of the standard library and where it comes from."""
+
+    module: str  # the top-level module or package: "json", "email", "asyncio"
+    path: str  # relative to the stdlib root: "json/decoder.py"
+    name: str  # the function's or class's name
+    kind: str  # "function" | "class"
+    text: str
+
+
+@lru_cache(maxsize=4)
+def builtin_docstring_records(min_chars: int = 20) -> tuple[DocstringRecord, ...]:
+    """The function/class docstrings of ``builtin_documents`` with their module and name,
+    in the same order (the same walk, the same cleaning)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    records = []
+    for path in _stdlib_files(root):
+        try:
+            with tokenize.open(path) as f:
+                tree = ast.parse(f.read(), filename=str(path))
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue
+        rel = path.relative_to(root)
+        module = rel.parts[0].removesuffix(".py")
+        for node in ast.walk(tree):
+            if isinstance(node, _DOCUMENTED) and not isinstance(node, ast.Module):
+                doc = ast.get_docstring(node, clean=False)
+                text = inspect.cleandoc(doc) if doc else ""
+                if len(text) >= min_chars:
+                    kind = "class" if isinstance(node, ast.ClassDef) else "function"
+                    records.append(DocstringRecord(module, rel.as_posix(), node.name, kind, text))
+    return tuple(records)
+
+
+def is_task_docstring(text: str) -> bool:
+    return zlib.crc32(text.encode("utf-8", "surrogatepass")) % 100 < TASK_HOLDOUT_PERCENT
+
+
+@lru_cache(maxsize=4)
+def task_docstring_records(min_chars: int = 20) -> tuple[DocstringRecord, ...]:
+    """The held-out docstrings the built-in tasks use (``is_task_docstring``)."""
+    return tuple(r for r in builtin_docstring_records(min_chars) if is_task_docstring(r.text))
+
+
+@lru_cache(maxsize=4)
+def pretraining_documents(min_chars: int = 20) -> tuple[str, ...]:
+    """``builtin_documents`` without the held-out docstrings (nor any document with the
+    same text: a docstring copied elsewhere in the standard library goes with them)."""
+    held_out = {r.text for r in task_docstring_records(min_chars)}
+    return tuple(d for d in builtin_documents(min_chars) if d not in held_out)
+
+
 class BuiltinSource(ListSource):
     """The documentation that ships with the running Python (see ``builtin_documents``).
 
@@ -529,13 +590,16 @@ class BuiltinSource(ListSource):
 
     name = "builtin"
 
-    def __init__(self, min_chars: int = 20) -> None:
+    def __init__(self, min_chars: int = 20, holdout_tasks: bool = True) -> None:
         # Read lazily: DataLoader workers receive a small object and read (or inherit
         # through fork) the module-level cache themselves.
         self.min_chars = min_chars
+        self.holdout_tasks = holdout_tasks
 
     @property
     def docs(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self.holdout_tasks:
+            return pretraining_documents(self.min_chars)
         return builtin_documents(self.min_chars)
 
     def describe(self) -> str:
@@ -550,7 +614,7 @@ class BuiltinSource(ListSource):
 @SOURCES.register("builtin", BuiltinSourceConfig)
 def builtin_source(cfg: BuiltinSourceConfig) -> BuiltinSource:
     """Python's bundled English documentation (pydoc topics + stdlib docstrings); offline."""
-    return BuiltinSource(cfg.min_chars)
+    return BuiltinSource(cfg.min_chars, cfg.holdout_tasks)
 
 
 @contextmanager

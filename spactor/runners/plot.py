@@ -132,6 +132,8 @@ def plot_runs(
     """
     if x not in X_AXES:
         raise ValueError(f"--x must be one of {', '.join(X_AXES)}, got {x!r}")
+    if eval_task(metric) is not None:
+        return plot_eval(paths, out, eval_task(metric) or "", x=x, title=title)
     if not 0.0 <= smooth < 1.0:
         raise ValueError(f"--smooth must be in [0, 1), got {smooth}")
     if not paths:
@@ -224,6 +226,76 @@ def _loss_keys(run: Run) -> list[str]:
     return sorted(keys)
 
 
+# --------------------------------------------------------------------------- downstream scores
+
+
+def eval_task(metric: str) -> str | None:
+    """``eval/<task>/score`` -> ``<task>``; None for any other metric."""
+    parts = metric.split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == "eval" and parts[2] == "score" else None
+
+
+def read_eval(run_dir: Path, task: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """A run's ``eval/<task>/step_<N>.json`` results by step, and its ``random.json``."""
+    folder = Path(run_dir) / "eval" / task
+    results = []
+    for path in sorted(folder.glob("step_*.json")) if folder.is_dir() else []:
+        try:
+            results.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    random_file = folder / "random.json"
+    random = json.loads(random_file.read_text()) if random_file.is_file() else None
+    return sorted(results, key=lambda r: r["step"]), random
+
+
+def draw_eval(ax: Any, paths: Sequence[Path], labels: Sequence[str], task: str, x: str) -> None:
+    """Score ± std (error bars over seeds) of each run's evaluated checkpoints against
+    ``step`` or ``flops_cum``; a run's random-init control as a dotted line."""
+    if x not in ("steps", "flops"):
+        raise ValueError(f"eval/{task}/score is plotted against steps or flops, not {x}")
+    key = "step" if x == "steps" else "flops_cum"
+    metric = None
+    for i, (path, label) in enumerate(zip(paths, labels, strict=True)):
+        results, random = read_eval(Path(path), task)
+        points = [r for r in results if _number(r.get(key)) is not None]
+        if not points:
+            raise ValueError(f"run {path}: no eval/{task}/step_*.json with '{key}' "
+                             f"(run `spactor evaluate {path} --task {task} --all` first)")
+        metric = points[0].get("metric", metric)
+        color = f"C{i % 10}"
+        ax.errorbar([r[key] for r in points], [r["score"] for r in points], yerr=[r.get("std", 0.0) for r in points],
+                    color=color, marker="o", capsize=3, linewidth=1.3,
+                    label=f"{label} ({points[0].get('seeds', 1)} seeds)")
+        if random is not None:
+            ax.axhline(random["score"], color=color, linestyle=":", linewidth=1.0, alpha=0.8)
+    ax.set_ylabel(f"{task} {metric or 'score'}")
+    ax.set_xlabel(X_AXES[x][1] + (" of pre-training" if x == "flops" else " (pre-training)"))
+    ax.grid(True, alpha=0.3)
+
+
+def plot_eval(paths: Sequence[Path], out: Path, task: str, x: str = "flops", title: str | None = None) -> Path:
+    """The paper's Figure 2/3: downstream score of several runs' checkpoints."""
+    if not paths:
+        raise ValueError("no runs given")
+    Figure, FigureCanvasAgg, Line2D, EngFormatter = _matplotlib()
+    fig = Figure(figsize=(8, 5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    draw_eval(ax, paths, unique_labels(paths), task, x)
+    if x == "flops":
+        ax.xaxis.set_major_formatter(EngFormatter(unit="FLOP"))
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], linestyle=":", color="0.4"))
+    labels.append("random init (same budget)")
+    ax.legend(handles, labels, fontsize="small")
+    ax.set_title(title or f"eval/{task}/score vs {x} (mean ± std over seeds)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -236,7 +308,8 @@ def add_plot_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or their metrics.jsonl)")
     p.add_argument("--x", choices=sorted(X_AXES), default="steps", help="x axis (default: steps)")
-    p.add_argument("--metric", default=DEFAULT_METRIC, help=f"the loss to plot (default: {DEFAULT_METRIC})")
+    p.add_argument("--metric", default=DEFAULT_METRIC, help=f"the loss to plot (default: {DEFAULT_METRIC}); "
+                   "eval/<task>/score: downstream scores from RUN/eval/<task>/ with error bars (--x steps|flops)")
     p.add_argument(
         "--smooth", type=float, default=0.0, help="EMA weight in [0, 1) for the training curve (0: raw)"
     )

@@ -54,9 +54,11 @@ class TrainModules(nn.Module):
         self.objectives = nn.ModuleDict(objectives)
 
     def forward(
-        self, batch: Batch, rng: torch.Generator, with_metrics: bool = True
+        self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, stage1: bool = True
     ) -> tuple[Losses, dict[str, torch.Tensor]]:
         objectives: dict[str, Objective] = dict(self.objectives.items())  # type: ignore[arg-type]
+        if not stage1:  # the clean validation pass: no generator, no RTD (see evaluate)
+            objectives = {n: o for n, o in objectives.items() if not o.STAGE1_ONLY}
         for obj in objectives.values():
             obj.compute_metrics = with_metrics  # accuracies, RTD detection: logging steps only
         losses: Losses = {}
@@ -303,20 +305,65 @@ def evaluate(
     was_training = modules.training
     modules.eval()
     sums: dict[str, torch.Tensor] = {}
+    rng_states = []  # the clean pass replays each batch's corruption draws
     for batch in local[:usable]:
+        rng_states.append(rng.get_state())
         batch = apply_transforms(objectives, batch, rng)
         with autocast(amp_dtype, device):
             losses, _ = modules(batch, rng, with_metrics=False)
         for name, (total, count, _) in losses.items():
             _accumulate(sums, f"{name}/total", total.detach().double())
             _accumulate(sums, f"{name}/count", count.double())
+    clean = _clean_loss_sums(modules, objectives, local[:usable], rng_states, rng.device, amp_dtype, device)
     modules.train(was_training)
+    sums.update({f"clean/{k}": v for k, v in clean.items()})
     keys = sorted(sums)
     # One read (and, with several ranks, one all-reduce) for the whole evaluation.
     values = all_reduce_tensor(torch.stack([sums[k] for k in keys])).tolist() if keys else []
     totals = dict(zip(keys, values))
     names = sorted({k.rsplit("/", 1)[0] for k in totals})
-    return {f"val/loss/{n}": totals[f"{n}/total"] / max(totals[f"{n}/count"], 1.0) for n in names}
+    return {f"val/{_loss_key(n)}": totals[f"{n}/total"] / max(totals[f"{n}/count"], 1.0) for n in names}
+
+
+def _loss_key(name: str) -> str:
+    """``span_corruption`` → ``loss/span_corruption``; ``clean/span_corruption`` →
+    ``clean/loss/span_corruption`` (``val/clean/loss/...``)."""
+    return f"clean/loss/{name[len('clean/'):]}" if name.startswith("clean/") else f"loss/{name}"
+
+
+def _clean_loss_sums(
+    modules: TrainModules,
+    objectives: dict[str, Objective],
+    batches: list[Batch],
+    rng_states: list[torch.Tensor],
+    rng_device: torch.device,
+    amp_dtype: torch.dtype | None,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """In stage 1, the loss sums for ``val/clean/loss/<name>`` of the objectives that
+    outlive it (span corruption) on the same raw batches with only their own transforms:
+    the encoder reads X_c, not the generator-replaced X̂_c (the paper's Figure 4). Each
+    batch's transforms start from the random state the noisy pass started from, so with
+    span corruption first in ``objectives`` the spans are the same ones. Nothing once the
+    stage-1 objectives are gone (stage 2, runs without them): the losses would equal
+    ``val/loss``. On the device; :func:`evaluate` reduces and reads them with the rest."""
+    kept = {n: o for n, o in objectives.items() if not o.STAGE1_ONLY}
+    # Only runs whose encoder input a stage-1 objective rewrites (SpacTor's generator)
+    # have a noisy input; the objectives kept must run alone, as they do in stage 2.
+    rewrites = any(o.STAGE1_ONLY and type(o).modify is not Objective.modify for o in objectives.values())
+    if not kept or not rewrites:
+        return {}
+    clean_rng = torch.Generator(device=rng_device)
+    sums: dict[str, torch.Tensor] = {}
+    for batch, state in zip(batches, rng_states):
+        clean_rng.set_state(state)
+        batch = apply_transforms(kept, batch, clean_rng)
+        with autocast(amp_dtype, device):
+            losses, _ = modules(batch, clean_rng, with_metrics=False, stage1=False)
+        for name, (total, count, _) in losses.items():
+            _accumulate(sums, f"{name}/total", total.detach().double())
+            _accumulate(sums, f"{name}/count", count.double())
+    return sums
 
 
 def _min_over_ranks(value: int, device: torch.device) -> int:

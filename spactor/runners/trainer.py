@@ -509,6 +509,14 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step != tcfg.max_steps:
                 save()
                 t_window = time.perf_counter()
+            if tcfg.downstream_every and step % tcfg.downstream_every == 0:  # eval/<task>/score
+                if not (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step != tcfg.max_steps):
+                    save()  # the evaluation reads the weights back from this checkpoint
+                if info.is_main:
+                    from spactor.runners.evaluate import downstream_scores
+
+                    metrics.write({"step": step, **downstream_scores(run_dir, step, tcfg.downstream_tasks)})
+                t_window = time.perf_counter()
             # One rank reads its own signal flag; several agree through the step's all-reduce.
             if out.stop or (info.world_size == 1 and preemption.signal_name is not None):
                 preemption.agree()

@@ -1,0 +1,90 @@
+"""Built-in tasks from the held-out docstrings of the built-in corpus; no download.
+
+The built-in corpus (``spactor.data.sources``, source ``builtin``) holds out
+``TASK_HOLDOUT_PERCENT`` = 20% of the standard library's function/class docstrings
+(by a CRC-32 of the text: ``is_task_docstring``) and pre-training never reads them (nor
+any document with the same text). These tasks are made of them; labels come from where
+each docstring sits in the standard library, not from a model:
+
+``pydoc_module``  classification: which top-level standard-library module or package
+    (``tkinter``, ``asyncio``, ``email`` ...) a docstring belongs to, among the
+    ``num_modules`` (default 8) modules with the most held-out docstrings.
+``pydoc_name``  generation: the function's or class's name from its docstring (public
+    names only, those not starting with ``_``); metric token F1 over the name's parts
+    (``get_value`` = ``get`` + ``value``) by default, ``exact_match`` optional.
+
+Each held-out docstring appears once (duplicate texts are dropped, keeping the first in
+corpus order), and goes to ``test`` when a second, independent CRC-32
+(``"split:" + text``) falls below ``TEST_PERCENT`` = 30%, else to ``train``: the
+split is fixed for a given Python and never mixes one text into both halves.
+
+Sizes on CPython 3.11.7 (``spactor tasks`` prints them for the running Python):
+see the README section "Downstream evaluation and studies".
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+
+from spactor.data.sources import DocstringRecord, task_docstring_records
+from spactor.registry import TASKS
+from spactor.tasks.base import Example, Task
+
+TEST_PERCENT = 30
+
+
+def is_test(text: str) -> bool:
+    return zlib.crc32(("split:" + text).encode("utf-8", "surrogatepass")) % 100 < TEST_PERCENT
+
+
+def unique_records(records: tuple[DocstringRecord, ...]) -> list[DocstringRecord]:
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        if r.text not in seen:
+            seen.add(r.text)
+            out.append(r)
+    return out
+
+
+def split(examples: list[Example]) -> tuple[list[Example], list[Example]]:
+    train = [e for e in examples if not is_test(e.input)]
+    test = [e for e in examples if is_test(e.input)]
+    return train, test
+
+
+@dataclass
+class PydocModuleConfig:
+    num_modules: int = 8  # the classes: the modules with the most held-out docstrings
+    metric: str = "accuracy"
+
+
+@TASKS.register("pydoc_module", PydocModuleConfig)
+def pydoc_module(cfg: PydocModuleConfig) -> Task:
+    """Classify a held-out stdlib docstring by its module (8 classes); offline."""
+    if cfg.num_modules < 2:
+        raise ValueError(f"task pydoc_module: num_modules must be >= 2, got {cfg.num_modules}")
+    records = unique_records(task_docstring_records())
+    counts = Counter(r.module for r in records)
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.num_modules]
+    labels = sorted(m for m, _ in top)
+    examples = [Example(r.text, r.module) for r in records if r.module in labels]
+    train, test = split(examples)
+    return Task("pydoc_module", "classification", cfg.metric, train, test, labels=labels,
+                description="module of a held-out standard-library docstring")
+
+
+@dataclass
+class PydocNameConfig:
+    metric: str = "f1"
+
+
+@TASKS.register("pydoc_name", PydocNameConfig)
+def pydoc_name(cfg: PydocNameConfig) -> Task:
+    """Generate a function's/class's name from its held-out stdlib docstring; offline."""
+    records = [r for r in unique_records(task_docstring_records()) if not r.name.startswith("_")]
+    train, test = split([Example(r.text, r.name) for r in records])
+    return Task("pydoc_name", "generation", cfg.metric, train, test,
+                description="name of the function/class a held-out standard-library docstring documents")

@@ -1,0 +1,1 @@
+"""Studies (YAML) shipped as package data under ``spactor.studies`` (``spactor study NAME``)."""

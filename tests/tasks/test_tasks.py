@@ -1,0 +1,107 @@
+"""Downstream tasks: metrics, the built-in pydoc tasks' splits, the jsonl task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spactor.config import ConfigError
+from spactor.plugins import load_plugins
+from spactor.registry import TASKS, RegistryError
+from spactor.tasks import build_task
+from spactor.tasks.metrics import accuracy, exact_match, f1, lcs_length, rouge_l
+
+load_plugins()
+
+
+def test_metrics_known_values():
+    assert accuracy(["a", "b", "c"], ["a", "x", "c"]) == pytest.approx(2 / 3)
+    assert exact_match(["The Cat!", "dog"], ["cat", "dogs"]) == 0.5  # articles, case, punctuation dropped
+    # get_value vs get_item: tokens {get, value} vs {get, item}: P = R = 1/2
+    assert f1(["get_value"], ["get_item"]) == pytest.approx(0.5)
+    assert f1(["x"], ["y"]) == 0.0 and f1([""], [""]) == 1.0
+    assert lcs_length("abcbdab", "bdcaba") == 4
+    # LCS of (w x y z) and (w y z q) is w y z: P = R = 3/4
+    assert rouge_l(["w x y z"], ["w y z q"]) == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        accuracy(["a"], ["a", "b"])
+
+
+def test_task_registry_lists_tasks():
+    assert {"jsonl", "pydoc_module", "pydoc_name"} <= set(TASKS.names())
+    with pytest.raises(RegistryError, match="unknown task 'nope'; valid: jsonl, pydoc_module, pydoc_name"):
+        build_task("nope")
+    with pytest.raises(ConfigError, match="num_modulez"):
+        build_task("pydoc_module", {"num_modulez": 3})
+
+
+@pytest.mark.parametrize("name", ["pydoc_module", "pydoc_name"])
+def test_pydoc_splits_are_fixed_disjoint_and_held_out_of_pretraining(name):
+    from spactor.data.sources import builtin_documents, pretraining_documents
+
+    task, again = build_task(name), build_task(name)
+    assert task.train == again.train and task.test == again.test  # deterministic
+    train_inputs, test_inputs = {e.input for e in task.train}, {e.input for e in task.test}
+    assert not train_inputs & test_inputs
+    assert len(train_inputs) == len(task.train) and len(test_inputs) == len(task.test)  # no duplicates
+    pretraining = set(pretraining_documents())
+    assert not (train_inputs | test_inputs) & pretraining  # pre-training never sees them
+    assert (train_inputs | test_inputs) <= set(builtin_documents())  # they are corpus documents
+    assert len(task.train) > 300 and len(task.test) > 100
+
+
+def test_pydoc_module_labels_come_from_the_corpus_structure():
+    from spactor.data.sources import task_docstring_records
+
+    task = build_task("pydoc_module")
+    assert task.kind == "classification" and len(task.labels) == 8
+    where: dict[str, str] = {}
+    for r in task_docstring_records():
+        where.setdefault(r.text, r.module)  # a text found in two modules is the first one's example
+    assert all(where[e.input] == e.target for e in task.train + task.test)
+    assert task.chance_level() == 1 / 8
+    assert 1 / 8 < task.majority_baseline() < 0.5
+
+
+def test_pydoc_name_targets_are_public_names():
+    task = build_task("pydoc_name")
+    assert task.kind == "generation" and task.metric == "f1"
+    assert all(e.target.isidentifier() and not e.target.startswith("_") for e in task.train + task.test)
+
+
+def test_builtin_source_without_the_holdout_is_the_whole_corpus():
+    from spactor.data.sources import BuiltinSource, builtin_documents
+
+    assert BuiltinSource(holdout_tasks=False).docs == builtin_documents()
+    assert len(BuiltinSource().docs) < len(builtin_documents())
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def test_jsonl_classification_and_text_to_text(tmp_path):
+    train = _write(tmp_path / "train.jsonl", [{"t": "good film", "y": 1}, {"t": "bad film", "y": 0}])
+    test = _write(tmp_path / "test.jsonl", [{"t": "fine film", "y": 1}])
+    task = build_task("jsonl", {"train": train, "test": test, "text_field": "t", "label_field": "y"})
+    assert task.kind == "classification" and task.metric == "accuracy" and task.labels == ["0", "1"]
+    assert task.score(["1"]) == 1.0
+    t2t = build_task("jsonl", {"train": train, "test": test, "input_field": "t", "target_field": "y",
+                               "metric": "rouge_l", "name": "mine"})
+    assert t2t.kind == "generation" and t2t.name == "mine" and t2t.metric == "rouge_l"
+
+
+def test_jsonl_bad_input_names_the_problem(tmp_path):
+    train = _write(tmp_path / "train.jsonl", [{"t": "x"}])
+    with pytest.raises(ValueError, match="either input_field and target_field"):
+        build_task("jsonl", {"train": train, "test": train})
+    with pytest.raises(ValueError, match=r"train.jsonl:1 has no field 'y'"):
+        build_task("jsonl", {"train": train, "test": train, "text_field": "t", "label_field": "y"})
+    with pytest.raises(ValueError, match="no such file"):
+        build_task("jsonl", {"train": str(tmp_path / "nope.jsonl"), "test": train, "text_field": "t",
+                             "label_field": "y"})
+    with pytest.raises(ValueError, match="unknown metric"):
+        build_task("jsonl", {"train": train, "test": train, "input_field": "t", "target_field": "t",
+                             "metric": "bleu"})
