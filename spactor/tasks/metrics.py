@@ -37,10 +37,14 @@ def f1_one(prediction: str, reference: str) -> float:
     pred, ref = normalize_tokens(prediction), normalize_tokens(reference)
     if not pred or not ref:
         return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
+    return _f_measure(sum((Counter(pred) & Counter(ref)).values()), len(pred), len(ref))
+
+
+def _f_measure(overlap: int, predicted: int, reference: int) -> float:
+    """Harmonic mean of precision ``overlap/predicted`` and recall ``overlap/reference``."""
+    if overlap == 0:
         return 0.0
-    precision, recall = common / len(pred), common / len(ref)
+    precision, recall = overlap / predicted, overlap / reference
     return 2 * precision * recall / (precision + recall)
 
 
@@ -64,11 +68,7 @@ def rouge_l_one(prediction: str, reference: str) -> float:
     pred, ref = normalize_tokens(prediction), normalize_tokens(reference)
     if not pred or not ref:
         return float(pred == ref)
-    lcs = lcs_length(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return _f_measure(lcs_length(pred, ref), len(pred), len(ref))
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
