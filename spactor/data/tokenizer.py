@@ -26,7 +26,7 @@ from typing import Any
 
 import sentencepiece as spm
 
-from spactor.objectives.base import Vocab
+from spactor.vocab import Vocab
 
 NUM_SENTINELS = 100
 EMBEDDING_MULTIPLE = 128  # rows padded like T5's 32,128 (tensor-core friendly)

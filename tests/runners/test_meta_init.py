@@ -22,7 +22,7 @@ from spactor.plugins import load_plugins
 from spactor.runners.meta_init import NotReplayable, record_init
 from spactor.runners.stages import release_stage1
 from spactor.runners.step import TrainModules
-from spactor.runners.trainer import build_model, build_objectives, build_on_meta
+from spactor.runners.builders import build_model, build_objectives, build_on_meta
 
 load_plugins()
 HERE = Path(__file__).parent
@@ -176,6 +176,7 @@ def test_flops_traced_on_meta_equal_those_traced_on_cpu(recipe):
 
 @pytest.mark.parametrize("recipe", ["sc", "spactor"])
 def test_a_run_built_on_meta_logs_the_losses_of_an_eager_build(tiny_overrides, tmp_path, monkeypatch, recipe):
+    import spactor.runners.builders as builders
     import spactor.runners.trainer as trainer
     from spactor.runners.metrics import read_metrics
 
@@ -193,7 +194,7 @@ def test_a_run_built_on_meta_logs_the_losses_of_an_eager_build(tiny_overrides, t
         raise NotReplayable("forced for the test")
         yield
 
-    monkeypatch.setattr(trainer, "record_init", refuse)
+    monkeypatch.setattr(builders, "record_init", refuse)
     with pytest.warns(UserWarning, match="building on CPU"):
         eager = run("eager")
     assert on_meta == eager  # bitwise on CPU
