@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from spactor.errors import UsageError
 from spactor.registry import (
     ARCHITECTURES,
     LR_SCHEDULES,
@@ -31,7 +32,6 @@ from spactor.registry import (
     RegistryError,
     closest,
 )
-from spactor.errors import UsageError
 
 
 class ConfigError(ValueError):
