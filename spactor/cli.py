@@ -17,33 +17,13 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from spactor.config import ConfigError, load_config, recipe_names
+    from spactor.config import QUICKSTART, ConfigError, load_config, recipe_names, split_recipe
+    from spactor.errors import UsageError
     from spactor.plugins import load_plugins
     from spactor.registry import ALL_REGISTRIES, RegistryError
 except KeyboardInterrupt:  # Ctrl-C while the CLI itself is still importing: no traceback
     sys.stderr.write("spactor: interrupted\n")
     raise SystemExit(130) from None
-
-QUICKSTART = "quickstart"
-
-
-class UsageError(Exception):
-    """Bad command-line input; printed in one line, exit code 2."""
-
-
-def split_recipe(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """``[RECIPE|PATH] [key=value ...]``: the first argument without '=' is the recipe."""
-    recipe: str | None = None
-    overrides: list[str] = []
-    for arg in args:
-        if "=" in arg:
-            overrides.append(arg)
-        elif recipe is None:
-            recipe = arg
-        else:
-            raise UsageError(f"expected key=value, got '{arg}' (the recipe is already '{recipe}')")
-    return recipe, overrides
-
 
 # --------------------------------------------------------------------------- commands
 

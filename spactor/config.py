@@ -13,6 +13,7 @@ import dataclasses
 import importlib.resources
 import inspect
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from spactor.errors import UsageError
 from spactor.registry import (
     ARCHITECTURES,
     LR_SCHEDULES,
@@ -163,6 +165,27 @@ class Resolved:
 
 # --------------------------------------------------------------------------- loading
 
+QUICKSTART = "quickstart"  # the recipe a command runs when none is named
+
+# Range and cross-plugin rules (``spactor.validation.validate``) read the plugins' own
+# constants, so the core cannot import them: ``spactor.plugins.load_plugins`` installs
+# them here, and :func:`resolve` runs every installed check.
+CONFIG_CHECKS: list[Callable[[Resolved], None]] = []
+
+
+def split_recipe(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``[RECIPE|PATH] [key=value ...]``: the first argument without '=' is the recipe."""
+    recipe: str | None = None
+    overrides: list[str] = []
+    for arg in args:
+        if "=" in arg:
+            overrides.append(arg)
+        elif recipe is None:
+            recipe = arg
+        else:
+            raise UsageError(f"expected key=value, got '{arg}' (the recipe is already '{recipe}')")
+    return recipe, overrides
+
 
 def recipe_names() -> list[str]:
     root = importlib.resources.files("spactor.configs")
@@ -289,9 +312,11 @@ def resolve(data: dict[str, Any], recipe: str | None = None) -> Resolved:
     objectives = resolve_named("objectives", cfg.objectives, OBJECTIVES)
     schedules = resolve_named("schedules", cfg.schedules, SCHEDULES)
     resolved = Resolved(cfg, model, objectives, schedules, optimizer, lr_schedule, recipe=recipe)
-    from spactor.validation import validate  # ranges and cross-field rules (imports the plugins' modules)
-
-    validate(resolved)
+    if not CONFIG_CHECKS:
+        # Without them a bad value would pass silently; the registries are empty too.
+        raise RuntimeError("no configuration checks installed: call spactor.plugins.load_plugins() first")
+    for check in CONFIG_CHECKS:
+        check(resolved)
     return resolved
 
 

@@ -1,4 +1,5 @@
-"""Registers every built-in plugin, then third-party ones from entry points.
+"""Registers every built-in plugin, then third-party ones from entry points, then
+installs the configuration checks that span plugins (``spactor.validation``).
 
 The top layers (CLI, runner, tests) call :func:`load_plugins` before looking anything
 up; the registries themselves import nothing so that the import direction stays
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 
+from spactor.config import CONFIG_CHECKS
 from spactor.registry import load_entry_points
+from spactor.validation import validate
 
 BUILTIN_MODULES = (
-    "spactor.architectures.t5",
+    "spactor.architectures.t5_plugin",
     "spactor.architectures.encoder",
     "spactor.objectives.span_corruption",
     "spactor.objectives.mlm_mask",
@@ -34,3 +37,5 @@ def load_plugins() -> None:
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
     load_entry_points()
+    if validate not in CONFIG_CHECKS:
+        CONFIG_CHECKS.append(validate)

@@ -119,8 +119,7 @@ def check_trainer(t: Any) -> None:
     at_least("trainer.eval_batches", t.eval_batches, 0)
     at_least("trainer.downstream_every", t.downstream_every, 0)
     if t.downstream_every:
-        import spactor.tasks  # noqa: F401 — registers the built-in tasks
-        from spactor.registry import TASKS
+        from spactor.registry import TASKS  # filled by spactor.plugins.load_plugins, as validation requires
 
         if not t.downstream_tasks:
             fail("trainer.downstream_tasks", t.downstream_tasks, "must name at least one task")

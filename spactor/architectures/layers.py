@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 ATTENTION_BACKENDS = ("sdpa", "eager", "flex")
 FFN_KINDS = ("relu", "gated-gelu")
@@ -170,7 +171,7 @@ def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype attention's q/k/v will have for the residual stream ``x``: autocast's
     when it is on (a Linear's output), else ``x``'s own (bf16 parameters under FSDP)."""
-    if torch.is_autocast_enabled(x.device.type):
+    if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
 
@@ -320,7 +321,7 @@ def flex_attention(
 ) -> torch.Tensor:
     """FlexAttention with the relative bias in a ``score_mod`` and masks in a ``BlockMask``.
 
-    * under ``torch.jit`` tracing (fvcore's FLOP count, which cannot trace flex): the
+    * under ``torch.jit`` tracing or a dispatch mode (FLOP counters cannot see flex): the
       equivalent SDPA call on the dense bias, so the count sees attention's two matmuls
       at the same shapes;
     * on CPU with gradients (torch's public ``flex_attention`` refuses a backward there):
@@ -331,7 +332,9 @@ def flex_attention(
     """
     if bias is not None and not isinstance(bias, FlexBias):
         raise TypeError(f"attention 'flex' takes a FlexBias (see attention_bias), got {type(bias).__name__}")
-    if torch.jit.is_tracing():
+    if torch.jit.is_tracing() or _get_current_dispatch_mode() is not None:
+        # FLOP counters (fvcore's trace, torch's FlopCounterMode) cannot see through flex's
+        # higher-order op; the SDPA call has the same two matmuls at the same shapes.
         attn_mask = None if bias is None else bias.dense(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     buffers: tuple[torch.Tensor, ...] = ()

@@ -1,4 +1,4 @@
-"""T5 v1.0 / v1.1 encoder-decoder, registered as architecture ``t5``.
+"""T5 v1.0 / v1.1 encoder-decoder (registered as architecture ``t5`` by ``t5_plugin``).
 
 Module names follow Hugging Face's where it is cheap (``q/k/v/o``, ``wi``/``wi_0``/
 ``wi_1``/``wo``) so weight conversion is a renaming of the block paths:
@@ -35,7 +35,6 @@ from spactor.architectures.layers import (
     check_attention,
     compute_dtype,
 )
-from spactor.registry import ARCHITECTURES
 
 # (d_model, d_ff, num_heads, num_layers, d_kv); num_decoder_layers defaults to num_layers.
 T5_SIZES: dict[str, dict[str, tuple[int, int, int, int, int]]] = {
@@ -258,14 +257,3 @@ def count_parameters(model: nn.Module) -> int:
             seen.add(id(param))
             total += param.numel()
     return total
-
-
-@ARCHITECTURES.register("t5", T5Config)
-def build_t5(cfg: T5Config, vocab_size: int) -> T5Model:
-    """T5 v1.0/v1.1 encoder-decoder (SpacTor's discriminator, plain T5 span corruption)."""
-    model = T5Model(cfg, cfg.vocab_size if cfg.vocab_size is not None else vocab_size)
-    if cfg.init_from is not None:
-        from spactor.architectures.hf_convert import load_hf_weights  # imports this module
-
-        load_hf_weights(model, cfg.init_from)
-    return model

@@ -1,0 +1,8 @@
+"""Text sources, tokenizer, packing and loading.
+
+Importing any module of this package registers every built-in source: the ones in
+``sources`` and those in modules of their own (pre-tokenised caches, weighted mixtures,
+parquet), which import ``sources`` and so cannot be imported by it.
+"""
+
+from spactor.data import mixture, parquet, prepared, sources  # noqa: F401

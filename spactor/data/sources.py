@@ -641,8 +641,3 @@ def first_document(source: Source) -> tuple[int, str]:
             f"source has no usable documents (zero usable documents: every file is empty or every record "
             f"was skipped): {source.describe()}"
         )
-
-
-# Sources in modules of their own (pre-tokenised caches, weighted mixtures, parquet)
-# register when this module is imported, like the ones above.
-from spactor.data import mixture, parquet, prepared  # noqa: F401

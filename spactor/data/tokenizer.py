@@ -27,7 +27,7 @@ from typing import Any
 
 import sentencepiece as spm
 
-from spactor.objectives.base import MODE_TOKENS, Vocab
+from spactor.vocab import MODE_TOKENS, Vocab
 
 NUM_SENTINELS = 100
 EMBEDDING_MULTIPLE = 128  # rows padded like T5's 32,128 (tensor-core friendly)

@@ -18,12 +18,11 @@ summed token cross-entropy, one code path for every encoder-decoder objective.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from spactor.config import ConfigError
-from spactor.objectives.base import Batch, Objective, ObjectiveContext, ObjectiveOutput, Vocab
+from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
 from spactor.objectives.cross_entropy import check_z_loss
 from spactor.objectives.span_corruption import DecoderTargetLoss
 from spactor.registry import OBJECTIVES

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from spactor.config import ConfigError
-from spactor.objectives.base import MODE_TOKENS, Batch, Objective, ObjectiveContext, ObjectiveOutput, Vocab
+from spactor.objectives.base import MODE_TOKENS, Batch, Objective, ObjectiveContext, Vocab
 from spactor.objectives.prefix_lm import (
     check_prefix_density,
     prefix_split,

@@ -49,10 +49,10 @@ def cmd_data_prepare(ns: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from spactor.cli import QUICKSTART, UsageError, split_recipe
-    from spactor.config import load_config
+    from spactor.config import QUICKSTART, load_config, split_recipe
     from spactor.data.prepared import prepare
     from spactor.data.sources import describe_skipped
+    from spactor.errors import UsageError
     from spactor.runners.data import build_source, load_tokenizer
 
     if ns.block_docs < 1:

@@ -185,7 +185,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from spactor.cli import UsageError
+    from spactor.errors import UsageError
 
     try:
         result = export_hf(Path(ns.source), Path(ns.out), dtype=ns.dtype)

@@ -58,7 +58,7 @@ from spactor.registry import OBJECTIVES
 from spactor.runners.flop_handles import op_handles
 from spactor.runners.stages import apply_knobs, knob_values, release_stage1, stage1_finished
 from spactor.runners.step import TrainModules, apply_transforms
-from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 from spactor.schedules.base import Schedule, ScheduleSet
 from spactor.schedules.base import build as build_schedules
 

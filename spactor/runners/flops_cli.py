@@ -71,8 +71,7 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_flops(ns: argparse.Namespace) -> int:
-    from spactor.cli import QUICKSTART, split_recipe
-    from spactor.config import load_config
+    from spactor.config import QUICKSTART, load_config, split_recipe
     from spactor.runners.flops import flops_report
 
     recipe, overrides = split_recipe(ns.args)

@@ -320,7 +320,7 @@ def add_plot_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_plot(ns: argparse.Namespace) -> int:
-    from spactor.cli import UsageError
+    from spactor.errors import UsageError
 
     try:
         out = plot_runs(

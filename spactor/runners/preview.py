@@ -20,7 +20,7 @@ import torch
 from spactor.config import Resolved
 from spactor.runners.data import build_data
 from spactor.runners.step import apply_transforms
-from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
 
 def preview_batch(resolved: Resolved, n: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:

@@ -308,13 +308,14 @@ def evaluate(
     rng_states = []  # the clean pass replays each batch's corruption draws
     for batch in local[:usable]:
         rng_states.append(rng.get_state())
-        batch = apply_transforms(objectives, batch, rng)
+        batch = corrupt_local_rows(objectives, batch, rng, dist_info)  # as in training: by global row
         with autocast(amp_dtype, device):
             losses, _ = modules(batch, rng, with_metrics=False)
         for name, (total, count, _) in losses.items():
             _accumulate(sums, f"{name}/total", total.detach().double())
             _accumulate(sums, f"{name}/count", count.double())
-    clean = _clean_loss_sums(modules, objectives, local[:usable], rng_states, rng.device, amp_dtype, device)
+    clean = _clean_loss_sums(modules, objectives, local[:usable], rng_states, rng.device, amp_dtype, device,
+                             dist_info)
     modules.train(was_training)
     sums.update({f"clean/{k}": v for k, v in clean.items()})
     keys = sorted(sums)
@@ -339,6 +340,7 @@ def _clean_loss_sums(
     rng_device: torch.device,
     amp_dtype: torch.dtype | None,
     device: torch.device,
+    dist_info: DistInfo,
 ) -> dict[str, torch.Tensor]:
     """In stage 1, the loss sums for ``val/clean/loss/<name>`` of the objectives that
     outlive it (span corruption) on the same raw batches with only their own transforms:
@@ -357,7 +359,7 @@ def _clean_loss_sums(
     sums: dict[str, torch.Tensor] = {}
     for batch, state in zip(batches, rng_states):
         clean_rng.set_state(state)
-        batch = apply_transforms(kept, batch, clean_rng)
+        batch = corrupt_local_rows(kept, batch, clean_rng, dist_info)
         with autocast(amp_dtype, device):
             losses, _ = modules(batch, clean_rng, with_metrics=False, stage1=False)
         for name, (total, count, _) in losses.items():

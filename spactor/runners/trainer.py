@@ -10,7 +10,6 @@ switch, one step (``spactor.runners.step``), metrics, evaluation, checkpoints.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -28,13 +27,13 @@ import torch.distributed as dist
 from torch import nn
 
 from spactor.config import ConfigError, Resolved
-from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
-from spactor.registry import ARCHITECTURES, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS
+from spactor.objectives.base import Batch, Objective
+from spactor.registry import LR_SCHEDULES, OPTIMIZERS
 from spactor.runners import parallel
+from spactor.runners.builders import build_on_meta, raw_length_for, seeded_generator
 from spactor.runners.checkpoint import Checkpointer
 from spactor.runners.data import build_data, local_state_of_rank0
 from spactor.runners.memory import check_memory
-from spactor.runners.meta_init import InitProgram, NotReplayable, record_init
 from spactor.runners.metrics import MetricWindow, MetricsWriter, Progress
 from spactor.runners.optim import set_lr
 from spactor.runners.run_dir import RunDirLock, open_run_dir, start_run_dir, with_tokenizer, write_config
@@ -160,67 +159,6 @@ def default_run_dir(recipe: str | None) -> Path:
         suffix += 1
         path = Path("runs") / f"{name}-{stamp}-{suffix}"
     return path
-
-
-def build_model(resolved: Resolved, vocab: Vocab) -> nn.Module:
-    entry = ARCHITECTURES.get(resolved.model.type)
-    return entry.factory(resolved.model.config, vocab.size)
-
-
-def build_on_meta(resolved: Resolved, vocab: Vocab) -> tuple[nn.Module, dict[str, Objective], InitProgram | None]:
-    """The model and the objectives' modules on the meta device, with the program that
-    initialises them once sharded (``spactor.runners.meta_init``), or built eagerly on
-    CPU (program None) when the build loads weights (``model.init_from``, a generator
-    checkpoint) or initialises in a way the program cannot replay."""
-    if _loads_weights(resolved):
-        model = build_model(resolved, vocab)
-        return model, build_objectives(resolved, vocab, model), None
-    rng = torch.get_rng_state()
-    try:
-        with record_init() as program:
-            model = build_model(resolved, vocab)
-            objectives = build_objectives(resolved, vocab, model)
-        return model, objectives, program
-    except NotReplayable as e:
-        warnings.warn(f"building on the meta device is not possible ({e}); building on CPU")
-        torch.set_rng_state(rng)
-        model = build_model(resolved, vocab)
-        return model, build_objectives(resolved, vocab, model), None
-
-
-def _loads_weights(resolved: Resolved) -> bool:
-    if getattr(resolved.model.config, "init_from", None):
-        return True
-    return any(getattr(p.config, "generator_checkpoint", None) for p in resolved.objectives.values())
-
-
-def build_objectives(resolved: Resolved, vocab: Vocab, model: nn.Module) -> dict[str, Objective]:
-    objectives: dict[str, Objective] = {}
-    for name, plugin in resolved.objectives.items():
-        ctx = ObjectiveContext(name=name, vocab=vocab, input_length=resolved.cfg.data.input_length, model=model)
-        objectives[name] = OBJECTIVES.get(plugin.type).factory(plugin.config, ctx)
-    if not any(_has_loss(o) for o in objectives.values()):
-        raise ValueError("no objective with a loss is configured (e.g. objectives.span_corruption)")
-    return objectives
-
-
-def raw_length_for(objectives: dict[str, Objective], input_length: int) -> int:
-    """Fold the objectives' length needs, last transform first: each maps the length it
-    must output to the length it needs as input (span corruption: 512 → 568)."""
-    length = input_length
-    for obj in reversed(list(objectives.values())):
-        length = obj.raw_length(length)
-    return length
-
-
-def _has_loss(obj: Objective) -> bool:
-    return type(obj).loss is not Objective.loss or type(obj).modify is not Objective.modify
-
-
-def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
 
 
 # --------------------------------------------------------------------------- parallelism
@@ -369,7 +307,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
 
     if init_program is None:
         modules.to(device)
-    use_fsdp = parallelize(modules, objectives, resolved, device, info)
+    parallelize(modules, objectives, resolved, device, info)
     if init_program is not None:
         init_program.materialize(modules, device)  # after sharding: each rank allocates its shards
     modules.train()

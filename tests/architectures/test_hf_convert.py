@@ -23,7 +23,8 @@ from spactor.architectures.hf_convert import (
     spactor_to_hf_key,
     t5_to_hf_state_dict,
 )
-from spactor.architectures.t5 import T5Config, T5Model, build_t5
+from spactor.architectures.t5 import T5Config, T5Model
+from spactor.architectures.t5_plugin import build_t5
 
 VOCAB = 384  # rows; above the largest id the inputs use
 

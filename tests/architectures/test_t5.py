@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from spactor.architectures.base import Architecture
 from spactor.architectures.layers import RelativePositionBias
-from spactor.architectures.t5 import T5Config, T5Model, build_t5, count_parameters, resolve_t5_dims
+from spactor.architectures.t5 import T5Config, T5Model, count_parameters, resolve_t5_dims
+from spactor.architectures.t5_plugin import build_t5
 from spactor.registry import ARCHITECTURES
 
 VOCAB = 97

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import spactor.objectives.cross_entropy as cross_entropy
-from spactor.architectures.t5 import T5Config, build_t5
+from spactor.architectures.t5 import T5Config
+from spactor.architectures.t5_plugin import build_t5
 from spactor.config import ConfigError, load_config
 from spactor.objectives.base import ObjectiveContext, Vocab
 from spactor.objectives.cross_entropy import token_cross_entropy

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from spactor.architectures.encoder import EncoderConfig, build_encoder
-from spactor.architectures.t5 import T5Config, build_t5
+from spactor.architectures.t5 import T5Config
+from spactor.architectures.t5_plugin import build_t5
 from spactor.objectives.base import ObjectiveContext, Vocab
 from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
 from spactor.plugins import load_plugins

@@ -13,7 +13,8 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from spactor.architectures.encoder import EncoderConfig, build_encoder
-from spactor.architectures.t5 import T5Config, build_t5
+from spactor.architectures.t5 import T5Config
+from spactor.architectures.t5_plugin import build_t5
 from spactor.objectives.base import ObjectiveContext, Vocab
 from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
 from spactor.objectives.rtd import RTD, RTDConfig, build_rtd, counter_uniform, gumbel_max_sample, roc_auc

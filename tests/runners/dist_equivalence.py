@@ -15,9 +15,10 @@ from spactor.objectives.base import Vocab
 from spactor.plugins import load_plugins
 from spactor.registry import OPTIMIZERS
 from spactor.runners import parallel
+from spactor.runners.builders import build_model, build_objectives, seeded_generator
 from spactor.runners.stages import trainable_parameters
 from spactor.runners.step import StepContext, TrainModules, train_step
-from spactor.runners.trainer import autocast_dtype, build_model, build_objectives, parallelize, seeded_generator
+from spactor.runners.trainer import autocast_dtype, parallelize
 
 
 def main(out_path: str, overrides: list[str], recipe: str = "sc") -> None:

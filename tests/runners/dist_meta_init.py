@@ -15,8 +15,9 @@ from spactor.config import load_config
 from spactor.objectives.base import Vocab
 from spactor.plugins import load_plugins
 from spactor.runners import parallel
+from spactor.runners.builders import build_model, build_objectives, build_on_meta
 from spactor.runners.step import TrainModules
-from spactor.runners.trainer import build_model, build_objectives, build_on_meta, parallelize
+from spactor.runners.trainer import parallelize
 
 
 def main(out_path: str, recipe: str) -> None:

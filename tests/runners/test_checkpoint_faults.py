@@ -80,26 +80,32 @@ def _small_tmpfs(path) -> bool:
     path.mkdir()
     if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
         return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(path)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
                           capture_output=True, check=False)
     return done.returncode == 0
 
 
 def test_a_real_full_disk_through_the_cli(tmp_path, tiny_overrides):
-    """On a 5 MB tmpfs (needs root to mount; skipped otherwise): the run's second
+    """On a 16 MB tmpfs (needs root to mount; skipped otherwise): the run's second
     checkpoint does not fit; one line, exit 1, the first checkpoint intact."""
     disk = tmp_path / "disk"
     if not _small_tmpfs(disk):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
+    args = [sys.executable, "-m", "spactor", "train", "sc", *tiny_overrides, "runtime.count_flops=false",
+            "trainer.max_steps=6", "trainer.checkpoint_every=2"]
     try:
-        # Leave room for one checkpoint of the tiny model (about 1.5 MB) and not two.
-        (disk / "filler").write_bytes(b"\0" * (2600 << 10))
+        # One checkpoint's size, measured on a real disk: leave room for one and a half.
+        probe = tmp_path / "probe"
+        subprocess.run([*args, "trainer.max_steps=2", f"run.dir={probe}"], capture_output=True, check=True,
+                       timeout=300)
+        [first] = Checkpointer(probe / "checkpoints").list()
+        size = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
+        free = shutil.disk_usage(disk).free
+        assert free > 2 * size, f"the 16 MB tmpfs cannot hold a {size}-byte checkpoint twice"
+        (disk / "filler").write_bytes(b"\0" * (free - int(1.5 * size) - (256 << 10)))  # and the run's files
         run_dir = disk / "run"
-        out = subprocess.run(
-            [sys.executable, "-m", "spactor", "train", "sc", *tiny_overrides, "runtime.count_flops=false",
-             "trainer.max_steps=6", "trainer.checkpoint_every=2", f"run.dir={run_dir}"],
-            capture_output=True, text=True, check=False, timeout=300,
-        )
+        out = subprocess.run([*args, f"run.dir={run_dir}"], capture_output=True, text=True, check=False,
+                             timeout=300)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 1, out.stderr
         assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr

@@ -58,10 +58,14 @@ def test_a_whole_recipe_run_on_two_ranks_matches_one_rank(tiny_overrides, tmp_pa
     done = torchrun(2, "-m", "spactor", "train", "sc", *common, f"run.dir={two}")
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = metrics(one), metrics(two)
-    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5, abs=1e-6)
-    # (Validation losses still differ: evaluate() corrupts each rank's rows with one RNG
-    # from the start, not the global batch's randomness: spactor.runners.step's business.)
-    assert sum("val/loss/span_corruption" in r for r in b) == 2
+    # Adafactor's first update is lr·RMS(p)·sign(g) (v = g² at step 1), so fp32 reduction
+    # order, which differs between world sizes, can flip near-zero entries: the runs agree
+    # to ~1e-4 after a few steps. Another data order moves the losses by > 1e-2.
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-3, abs=1e-6)
+    # Validation corrupts each rank's rows by their global index too.
+    val_a = [r["val/loss/span_corruption"] for r in a if "val/loss/span_corruption" in r]
+    val_b = [r["val/loss/span_corruption"] for r in b if "val/loss/span_corruption" in r]
+    assert len(val_b) == 2 and val_a == pytest.approx(val_b, rel=1e-3)
 
     # Two more steps: straight on, and on 1 rank from the 2-rank checkpoint. The data
     # stream continues (same batches), so the losses agree with the straight run.
@@ -71,7 +75,7 @@ def test_a_whole_recipe_run_on_two_ranks_matches_one_rank(tiny_overrides, tmp_pa
     assert "different number of ranks" in resumed.stdout
     a, b = metrics(one), metrics(two)
     assert [r["step"] for r in b] == list(range(1, 7))
-    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5, abs=1e-6)
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-3, abs=1e-6)
 
 
 def test_two_stage_switch_on_two_ranks_then_resume_on_one(tiny_overrides, tmp_path):

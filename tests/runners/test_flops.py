@@ -15,7 +15,7 @@ from spactor.plugins import load_plugins
 from spactor.runners.flops import count_step_flops, count_vocab, flops_report
 from spactor.runners.mfu import FlopsTracker, mfu, peak_tflops, tracker_for
 from spactor.runners.step import TrainModules, apply_transforms
-from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
 load_plugins()
 

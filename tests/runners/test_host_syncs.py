@@ -27,7 +27,7 @@ from spactor.runners.data import build_data
 from spactor.runners.parallel import DistInfo
 from spactor.runners.stages import knob_values, release_stage1, trainable_parameters
 from spactor.runners.step import StepContext, TrainModules, train_step
-from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 from spactor.schedules.base import build as build_schedules
 
 load_plugins()

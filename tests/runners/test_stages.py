@@ -7,12 +7,13 @@ import torch
 
 from spactor.config import load_config
 from spactor.plugins import load_plugins
+from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 from spactor.runners.data import build_data
 from spactor.runners.metrics import read_metrics
 from spactor.runners.parallel import DistInfo
 from spactor.runners.stages import release_stage1, trainable_parameters
 from spactor.runners.step import StepContext, TrainModules, train_step
-from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator, train
+from spactor.runners.trainer import train
 
 load_plugins()
 
