@@ -1,4 +1,5 @@
-"""Knobs and stages: applying schedule values, and SpacTor's switch to stage 2."""
+"""Knobs and stages: applying schedule values, and releasing the objectives a stage no
+longer runs (SpacTor's switch to stage 2 is one such release)."""
 
 from __future__ import annotations
 
@@ -17,24 +18,22 @@ def knob_values(objectives: dict[str, Objective]) -> dict[str, float]:
 def apply_knobs(objectives: dict[str, Objective], values: dict[str, float]) -> None:
     for path, value in values.items():
         _, name, knob = path.split(".", 2)
-        if name in objectives:  # released stage-1 objectives no longer take values
+        if name in objectives:  # released objectives no longer take values
             objectives[name].set_knob(knob, value)
 
 
-def stage1_finished(objectives: dict[str, Objective]) -> bool:
-    """Every stage-1 objective has been turned off by its knobs (e.g. λ1 and the MLM
-    ratio annealed to 0): the hybrid stage is over even without a two_stage schedule."""
-    stage1 = [o for o in objectives.values() if o.STAGE1_ONLY]
-    return bool(stage1) and all(o.is_off() for o in stage1)
-
-
-def release_stage1(
-    modules: nn.Module, objectives: dict[str, Objective], optimizer: torch.optim.Optimizer | None
+def release_objectives(
+    modules: nn.Module,
+    objectives: dict[str, Objective],
+    names: list[str],
+    optimizer: torch.optim.Optimizer | None,
 ) -> list[str]:
-    """Switch to stage 2: drop the stage-1 objectives (generator, RTD head, MLM masking),
-    their parameters from the optimizer and their optimizer state, and free the memory.
-    Every rank does the same at the same step, so sharded modules stay consistent."""
-    released = [name for name, obj in objectives.items() if obj.STAGE1_ONLY]
+    """Enter a stage that no longer runs ``names``: drop those objectives (their modules,
+    e.g. the RTD generator and head, and buffers), their parameters from the optimizer and
+    their optimizer state, and free the memory. Parameters another module still holds
+    (the shared token embedder) stay. Every rank does the same at the same step, so
+    sharded modules stay consistent. Returns the names released, in config order."""
+    released = [name for name in objectives if name in set(names)]
     for name in released:
         objectives[name].release()
         del modules.objectives[name]  # type: ignore[attr-defined]
@@ -50,6 +49,15 @@ def release_stage1(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return released
+
+
+def release_stage1(
+    modules: nn.Module, objectives: dict[str, Objective], optimizer: torch.optim.Optimizer | None
+) -> list[str]:
+    """SpacTor's switch to stage 2 of the implicit two-stage curriculum: release the
+    objectives whose class says ``STAGE1_ONLY`` (generator, RTD head, MLM masking)."""
+    names = [name for name, obj in objectives.items() if obj.STAGE1_ONLY]
+    return release_objectives(modules, objectives, names, optimizer)
 
 
 def trainable_parameters(modules: nn.Module) -> list[nn.Parameter]:
