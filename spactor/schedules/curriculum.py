@@ -1,16 +1,21 @@
 """A curriculum of N stages, schedule ``curriculum``.
 
 Each stage names the objectives it runs and, optionally, constant knob values; every
-stage but the last says when it ends::
+stage but the last says when it ends. ``stages`` maps a stage name to its options, in
+order (a mapping, so ``schedules.curriculum.stages.handover.until_step=4`` overrides one
+from the command line; a plain list works too); stage k is the k-th, 1-based::
 
     schedules:
       curriculum:
         stages:
-          - objectives: [span_corruption, mlm_mask, rtd]   # default: every objective
-            until_step: 120000                             # the first step of stage 2
-          - knobs: {objectives.rtd.weight: 1.0}            # default objectives: the previous stage's
+          hybrid:
+            objectives: [span_corruption, mlm_mask, rtd]  # default: every objective
+            until_step: 120000                            # the first step of stage 2
+          handover:
+            knobs: {objectives.rtd.weight: 1.0}           # default objectives: the previous stage's
             until_off: true
-          - objectives: [span_corruption]
+          sc:
+            objectives: [span_corruption]
 
 A stage ends at the first of its end conditions that holds, checked before every step:
 
@@ -47,8 +52,8 @@ STAGE_KEYS = ("objectives", "knobs", "until_step", "until_off", "adaptive")
 
 @dataclass
 class CurriculumConfig:
-    # One mapping per stage: objectives, knobs, until_step, until_off, adaptive (see above).
-    stages: list[Any] = field(default_factory=list)
+    # stage name -> {objectives, knobs, until_step, until_off, adaptive}, in order (or a list).
+    stages: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -124,8 +129,7 @@ class Curriculum(Schedule, Stages):
         return spec.adaptive is not None and spec.adaptive.switch_step() is None
 
 
-def _stage(raw: Any, index: int, previous: list[str], ctx: ScheduleContext, last: bool) -> Stage:
-    where = f"schedules.{ctx.name}.stages[{index}]"
+def _stage(raw: Any, where: str, index: int, previous: list[str], ctx: ScheduleContext, last: bool) -> Stage:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a mapping with keys {', '.join(STAGE_KEYS)}, got {raw!r}")
     unknown = sorted(set(raw) - set(STAGE_KEYS))
@@ -145,7 +149,7 @@ def _stage(raw: Any, index: int, previous: list[str], ctx: ScheduleContext, last
             )
         if name not in previous:
             raise ConfigError(
-                f"{where}.objectives: '{name}' is not in stage {index}; objectives only leave a curriculum "
+                f"{where}.objectives: '{name}' is not in stage {index - 1}; objectives only leave a curriculum "
                 "(each stage names a subset of the previous one's)"
             )
 
@@ -193,23 +197,29 @@ def build_curriculum(cfg: CurriculumConfig, ctx: ScheduleContext) -> Curriculum:
     """N stages, each naming its objectives and knob values, ending at a step, when its
     leaving objectives are off, or on a metric plateau."""
     where = f"schedules.{ctx.name}.stages"
-    if not isinstance(cfg.stages, list) or not cfg.stages:
-        raise ConfigError(f"{where}: must list at least one stage")
+    if isinstance(cfg.stages, Mapping):
+        entries = [(f"{where}.{key}", raw) for key, raw in cfg.stages.items()]
+    elif isinstance(cfg.stages, list):
+        entries = [(f"{where}[{i}]", raw) for i, raw in enumerate(cfg.stages)]
+    else:
+        raise ConfigError(f"{where}: must map stage names to their options, got {cfg.stages!r}")
+    if not entries:
+        raise ConfigError(f"{where}: must have at least one stage")
     stages: list[Stage] = []
     previous = list(ctx.objectives)
-    for i, raw in enumerate(cfg.stages):
-        stage = _stage(raw, i + 1, previous, ctx, last=i == len(cfg.stages) - 1)
+    for i, (at, raw) in enumerate(entries):
+        stage = _stage(raw, at, i + 1, previous, ctx, last=i == len(entries) - 1)
         stages.append(stage)
         previous = stage.objectives
     # Fixed ends must come in order: stage k+1 cannot end before stage k does.
-    last_end, last_index = -1, 0
-    for i, stage in enumerate(stages[:-1]):
+    last_end, last_at = -1, ""
+    for (at, _), stage in zip(entries[:-1], stages[:-1]):
         if stage.until_step is None:
             continue
         if stage.until_step < last_end:
             raise ConfigError(
-                f"{where}[{i + 1}].until_step: {stage.until_step} is before stage {last_index}'s "
-                f"until_step {last_end}; stage ends must be in order"
+                f"{at}.until_step: {stage.until_step} is before {last_at}.until_step {last_end}; "
+                "stage ends must be in order"
             )
-        last_end, last_index = stage.until_step, i + 1
+        last_end, last_at = stage.until_step, at
     return Curriculum(stages, ctx.knobs)
