@@ -633,7 +633,10 @@ def flops_report(
         schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps, list(objectives))
         num_stages = schedules.stages.num_stages
         if schedules.driven_knobs():
-            notes.append("scheduled knobs: stage 1 is counted with their values at step 0")
+            explicit = any(s is schedules.stages for s in schedules.schedules.values())
+            notes.append("scheduled knobs: each stage is counted with its curriculum knob values and the "
+                         "other schedules' values at step 0" if explicit else
+                         "scheduled knobs: stage 1 is counted with their values at step 0")
 
         def count(stage: int) -> StepFlops:
             return _count(modules, vocab, input_length, batch_size, stage, elementwise, device)

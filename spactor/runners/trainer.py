@@ -437,7 +437,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
             if entered != stage:
                 once["stage_switch_step"] = step  # updates done before the new stage began
                 inactive = schedules.stages.inactive_in(entered, objectives)
-                once["released"] = release_objectives(modules, objectives, inactive, optimizer)
+                released = release_objectives(modules, objectives, inactive, optimizer)
+                once["released"] = once.get("released", []) + released  # two switches in one window: both
                 stage = entered
                 apply_knobs(objectives, schedules.values(step))  # the new stage's knob values
             set_lr(optimizer, lr_at(step))
