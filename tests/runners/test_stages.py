@@ -1,5 +1,5 @@
-"""SpacTor's two stages in the runner: the switch at tau, what it releases, and resume
-across it."""
+"""Stages in the runner: SpacTor's two (the switch at tau, what it releases, resume across
+it) and a three-stage curriculum (switches, releases, knobs, resume, FLOPs)."""
 
 from __future__ import annotations
 
@@ -156,7 +156,8 @@ def test_entering_the_last_stage_drops_modules_and_optimizer_state(tiny_override
 def test_resume_in_the_middle_stage_matches_uninterrupted(tiny_overrides, tmp_path):
     common = ["model.dropout=0.1"]
     full = run3(tiny_overrides + common, tmp_path / "full", "trainer.max_steps=7")
-    run3(tiny_overrides + common, tmp_path / "part", "trainer.max_steps=3")  # stops in stage 2
+    run3(tiny_overrides + common, tmp_path / "part", "trainer.max_steps=2")  # stops at the switch to stage 2
+    run3(tiny_overrides + common, tmp_path / "part", "trainer.max_steps=3", resume=True)  # stops in stage 2
     resumed = run3(tiny_overrides + common, tmp_path / "part", "trainer.max_steps=7", resume=True)  # crosses 2 → 3
     assert [r["stage"] for r in resumed] == [r["stage"] for r in full] == [1, 1, 2, 2, 3, 3, 3]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
