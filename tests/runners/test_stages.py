@@ -188,3 +188,31 @@ def test_three_stage_flops_per_stage_and_normalized(tiny_overrides, tmp_path):
         fields = tracker.update(stage, step)
     assert fields["flops_cum"] == pytest.approx(report.cumulative(10))
     assert fields["flops_normalized"] == pytest.approx(report.normalized(10))
+
+
+ADAPTIVE = ["warmup=0", "patience=1", "smoothing=0.0", "min_delta=100", "min_tau=2", "max_tau=5"]
+WRITTEN_OUT = {  # recipe + overrides -> the same run as a two-stage curriculum written out
+    "two_stage": (("spactor", ["schedules.two_stage.tau=3"]),
+                  ["schedules.curriculum.stages.hybrid.until_step=3"]),
+    "anneal": (("spactor_anneal", ["schedules.rtd_weight.end_step=3", "schedules.mask_off.end_step=3"]),
+               ["schedules.curriculum.stages.hybrid.until_off=true",
+                "schedules.rtd_weight.end_step=3", "schedules.mask_off.end_step=3"]),
+    "adaptive": (("spactor_adaptive", [f"schedules.adaptive.{a}" for a in ADAPTIVE]),
+                 [f"schedules.curriculum.stages.hybrid.adaptive.{a}" for a in ADAPTIVE]),
+}
+
+
+@pytest.mark.parametrize("case", list(WRITTEN_OUT))
+def test_two_stage_anneal_and_adaptive_are_curricula(case, tiny_overrides, tmp_path):
+    (recipe, implicit), explicit = WRITTEN_OUT[case]
+    base = [*tiny_overrides, "lr_schedule.warmup_steps=100", "trainer.max_steps=5"]
+    train(load_config(recipe, [*base, *implicit, f"run.dir={tmp_path / 'implicit'}"]))
+    curriculum = [*base, "schedules.two_stage.tau=null", *explicit,
+                  "schedules.curriculum.stages.sc.objectives=[span_corruption]", f"run.dir={tmp_path / 'explicit'}"]
+    if case == "adaptive":  # spactor_adaptive's own adaptive schedule would decide a switch too
+        recipe = "spactor"
+    train(load_config(recipe, curriculum))
+    a, b = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("implicit", "explicit"))
+    keys = ("stage", "loss", "loss/rtd", "stage_switch_step", "released")
+    assert [[r.get(k) for k in keys] for r in a] == [[r.get(k) for k in keys] for r in b]
+    assert [r["stage"] for r in a] == [1, 1, 1, 2, 2]
