@@ -422,12 +422,15 @@ def baseline_objectives(resolved: Resolved, has_decoder: bool) -> dict[str, Plug
     }
 
 
-def _enter_stage(modules: TrainModules, objectives: dict[str, Objective], schedules: ScheduleSet, stage: int) -> None:
+def _enter_stage(
+    modules: TrainModules, objectives: dict[str, Objective], schedules: ScheduleSet, stage: int
+) -> None:
     """Put the counting build into ``stage``: release what it does not run, and apply the
     knob values of its step 0 (the curriculum's constants for the stage)."""
     schedules.stages.current = stage
     if stage > 1:
-        release_objectives(modules, objectives, schedules.stages.inactive_in(stage, objectives), optimizer=None)
+        inactive = schedules.stages.inactive_in(stage, objectives)
+        release_objectives(modules, objectives, inactive, optimizer=None)
     apply_knobs(objectives, schedules.values(0))
 
 
@@ -654,7 +657,10 @@ def flops_report(
             runs_next = False
             if k < num_stages:
                 if first is not None:
-                    end = tau if k == 1 and tau is not None else stage_end_step(objectives, schedules, k, first, max_steps)
+                    if k == 1 and tau is not None:
+                        end = tau
+                    else:
+                        end = stage_end_step(objectives, schedules, k, first, max_steps)
                 exists_next = _stage_exists(objectives, schedules, k + 1)
                 if not exists_next or (end is not None and end >= max_steps):
                     end = None  # nothing would be left to train, or the run ends first
@@ -667,7 +673,8 @@ def flops_report(
                 if runs_next and end is None:
                     notes.append(
                         f"the switch to stage {k + 1} is decided during training: cumulative FLOPs assume "
-                        f"stage {k} throughout (an upper bound)" + ("; pass --tau to assume a switch step" if k == 1 else "")
+                        f"stage {k} throughout (an upper bound)"
+                        + ("; pass --tau to assume a switch step" if k == 1 else "")
                     )
                 switches.append(end)
             if every_stage or first is None or end is None or end > first:

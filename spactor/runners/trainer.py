@@ -3,8 +3,9 @@
 Set-up, in order: process group → run directory → data and tokenizer → model and
 objectives → schedules → the stage recorded in the newest checkpoint (a run resumed
 in a later stage first drops the objectives that stage no longer runs) → activation
-checkpointing, compile, FSDP → optimizer → checkpoint load. Then the loop: knobs from the schedules, the stage
-switch, one step (``spactor.runners.step``), metrics, evaluation, checkpoints.
+checkpointing, compile, FSDP → optimizer → checkpoint load. Then the loop: knobs from the
+schedules, the stage switches, one step (``spactor.runners.step``), metrics, evaluation,
+checkpoints.
 """
 
 from __future__ import annotations
@@ -344,14 +345,15 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
             start_run_dir(run_dir, resolved, data.tokenizer)  # config, spiece.model, identity
     model, objectives, init_program = build_on_meta(resolved, data.vocab)
     data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
-    schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps, list(objectives))
+    schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps,
+                                list(objectives))
     modules = TrainModules(model, objectives)
     if init_program is not None:
         init_program.bind(modules)
     flops = count_flops(resolved, device, info)
 
     # The stage is an int 1..N (two-stage checkpoints wrote 1 or 2: the implicit curriculum's).
-    shared = {}
+    shared: dict[str, Any] = {}
     if resume_from is not None:
         shared = checkpoint_shared(resume_from)
         stage = int(shared.get("stage", 1))
@@ -363,7 +365,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         stage = schedules.stage(0)  # e.g. tau = 0: the SC baseline from the first step
     schedules.stages.current = stage
     if stage > 1:  # before the optimizer exists
-        release_objectives(modules, objectives, schedules.stages.inactive_in(stage, objectives), optimizer=None)
+        inactive = schedules.stages.inactive_in(stage, objectives)
+        release_objectives(modules, objectives, inactive, optimizer=None)
 
     if init_program is None:
         modules.to(device)

@@ -283,7 +283,9 @@ def build(
         objectives = dict.fromkeys(path.split(".")[1] for path in knobs if path.startswith("objectives."))
     names = list(objectives)
     schedules = {
-        name: SCHEDULES.get(plugin.type).factory(plugin.config, ScheduleContext(name, dict(knobs), max_steps, names))
+        name: SCHEDULES.get(plugin.type).factory(
+            plugin.config, ScheduleContext(name, dict(knobs), max_steps, names)
+        )
         for name, plugin in plugins.items()
     }
     return ScheduleSet(schedules, knobs)

@@ -149,8 +149,8 @@ def _stage(raw: Any, where: str, index: int, previous: list[str], ctx: ScheduleC
             )
         if name not in previous:
             raise ConfigError(
-                f"{where}.objectives: '{name}' is not in stage {index - 1}; objectives only leave a curriculum "
-                "(each stage names a subset of the previous one's)"
+                f"{where}.objectives: '{name}' is not in stage {index - 1}; objectives only leave a "
+                "curriculum (each stage names a subset of the previous one's)"
             )
 
     knobs_raw = raw.get("knobs") or {}
@@ -165,7 +165,8 @@ def _stage(raw: Any, where: str, index: int, previous: list[str], ctx: ScheduleC
             raise ConfigError(f"{where}.knobs.{knob}: must be a number or a boolean, got {value!r}")
 
     until_step = raw.get("until_step")
-    if until_step is not None and (isinstance(until_step, bool) or not isinstance(until_step, int) or until_step < 0):
+    is_step = isinstance(until_step, int) and not isinstance(until_step, bool) and until_step >= 0
+    if until_step is not None and not is_step:
         raise ConfigError(f"{where}.until_step: must be a step >= 0, got {until_step!r}")
     until_off = raw.get("until_off", False)
     if not isinstance(until_off, bool):
