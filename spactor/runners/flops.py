@@ -59,7 +59,7 @@ from spactor.config import DataConfig, Plugin, Resolved
 from spactor.objectives.base import Batch, Objective, Vocab
 from spactor.registry import OBJECTIVES
 from spactor.runners.flop_handles import op_handles
-from spactor.runners.stages import apply_knobs, knob_values, release_objectives
+from spactor.runners.stages import apply_knobs, enter_stage, knob_values, stage_end_step, stage_exists
 from spactor.runners.step import TrainModules, apply_transforms
 from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
 from spactor.schedules.base import Schedule, ScheduleSet
@@ -385,7 +385,7 @@ def count_step_flops(
         schedules = build_schedules(
             resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps, list(objectives)
         )
-        _enter_stage(modules, objectives, schedules, stage)
+        enter_stage(modules, objectives, schedules, stage)
         return _count(
             modules,
             vocab,
@@ -422,63 +422,9 @@ def baseline_objectives(resolved: Resolved, has_decoder: bool) -> dict[str, Plug
     }
 
 
-def _enter_stage(
-    modules: TrainModules, objectives: dict[str, Objective], schedules: ScheduleSet, stage: int
-) -> None:
-    """Put the counting build into ``stage``: release what it does not run, and apply the
-    knob values of its step 0 (the curriculum's constants for the stage)."""
-    schedules.stages.current = stage
-    if stage > 1:
-        inactive = schedules.stages.inactive_in(stage, objectives)
-        release_objectives(modules, objectives, inactive, optimizer=None)
-    apply_knobs(objectives, schedules.values(0))
-
-
-def _stage_exists(objectives: dict[str, Objective], schedules: ScheduleSet, stage: int) -> bool:
-    """Whether ``stage`` trains something of its own: what it runs has a loss, and (for the
-    implicit two-stage curriculum) it releases something (ELECTRA has nothing left after
-    dropping its stage-1-only objectives, so it has no stage 2). A written-out curriculum's
-    stages all exist."""
-    if stage == 1:
-        return True
-    inactive = set(schedules.stages.inactive_in(stage, objectives))
-    rest = [o for name, o in objectives.items() if name not in inactive]
-    has_loss = any(type(o).loss is not Objective.loss or type(o).modify is not Objective.modify for o in rest)
-    explicit = any(s is schedules.stages for s in schedules.schedules.values())
-    return has_loss and (explicit or len(rest) < len(objectives))
-
-
 def _can_switch_later(schedules: ScheduleSet) -> bool:
     """A schedule that watches metrics (adaptive τ) may decide the switch during training."""
     return any(type(s).observe is not Schedule.observe for s in schedules.schedules.values())
-
-
-def stage_end_step(
-    objectives: dict[str, Objective], schedules: ScheduleSet, stage: int, first: int, max_steps: int
-) -> int | None:
-    """First step in ``[first, max_steps)`` before which ``stage`` has ended (a fixed end
-    step, or the knobs turning its leaving objectives off, e.g. an annealed λ1 reaching 0),
-    by bisection: the conditions that end a stage are monotone in the step. None if it
-    does not end before ``max_steps``. Leaves the knobs at their step-0 values."""
-    stages = schedules.stages
-    if stage >= stages.num_stages or max_steps < 1 or first >= max_steps:
-        return None
-    stages.current = stage
-
-    def ended(step: int) -> bool:
-        apply_knobs(objectives, schedules.values(step))
-        return stages.ends(stage, step, objectives)
-
-    try:
-        if not ended(max_steps - 1):
-            return None
-        lo, hi = first, max_steps - 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if ended(mid) else (mid + 1, hi)
-        return lo
-    finally:
-        apply_knobs(objectives, schedules.values(0))
 
 
 def knob_switch_step(objectives: dict[str, Objective], schedules: ScheduleSet, max_steps: int) -> int | None:
@@ -649,10 +595,10 @@ def flops_report(
         stages: list[StageFlops] = []
         switches: list[int | None] = []
         first: int | None = 0
-        _enter_stage(modules, objectives, schedules, 1)
+        enter_stage(modules, objectives, schedules, 1)
         for k in range(1, num_stages + 1):
             if k > 1:
-                _enter_stage(modules, objectives, schedules, k)
+                enter_stage(modules, objectives, schedules, k)
             end: int | None = None
             runs_next = False
             if k < num_stages:
@@ -661,7 +607,7 @@ def flops_report(
                         end = tau
                     else:
                         end = stage_end_step(objectives, schedules, k, first, max_steps)
-                exists_next = _stage_exists(objectives, schedules, k + 1)
+                exists_next = stage_exists(objectives, schedules, k + 1)
                 if not exists_next or (end is not None and end >= max_steps):
                     end = None  # nothing would be left to train, or the run ends first
                 later = (
