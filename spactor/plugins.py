@@ -27,6 +27,7 @@ BUILTIN_MODULES = (
     "spactor.schedules.anneal",
     "spactor.schedules.temperature",
     "spactor.schedules.adaptive",
+    "spactor.schedules.curriculum",
     "spactor.data.sources",
     "spactor.runners.optim",
     "spactor.tasks",

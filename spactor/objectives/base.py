@@ -70,7 +70,8 @@ class Objective(nn.Module):
     """Base class; subclasses override what they do and leave the rest as no-ops."""
 
     KNOBS: ClassVar[tuple[str, ...]] = ("weight",)
-    # Objectives active only in the hybrid stage (released at the switch to stage 2).
+    # Dropped by the implicit two-stage curriculum at its switch (SpacTor's MLM masking and
+    # RTD). A written-out ``curriculum`` schedule ignores it: its stages name their objectives.
     STAGE1_ONLY: ClassVar[bool] = False
     # Whether to compute ``ObjectiveOutput.metrics`` (accuracies, detection metrics): the
     # runner sets it before each forward, on for logging steps only (reading them is a sync).
@@ -93,12 +94,13 @@ class Objective(nn.Module):
         setattr(self.cfg, knob, bool(value) if isinstance(current, bool) else float(value))
 
     def is_off(self) -> bool:
-        """True when the knobs have turned this objective off (the runner switches to
-        stage 2 once every stage-1 objective is off)."""
+        """True when the knobs have turned this objective off (a stage ending on a knob
+        condition ends once every objective the next stage drops is off)."""
         return not self.enabled or self.weight == 0
 
     def release(self) -> None:
-        """Drop modules and buffers before the objective is removed at the stage switch."""
+        """Drop modules and buffers before the objective is removed (on entering the first
+        stage that does not run it)."""
 
     @property
     def weight(self) -> float:

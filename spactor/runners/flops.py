@@ -30,8 +30,11 @@ How a step is counted:
   modules (``rtd.generator``, ``rtd.head``) and ``losses`` (what objectives compute
   themselves: cross-entropy, sampling; 0 under the default convention).
 
-Stages follow the trainer: stage 1 runs every objective; stage 2 (after the switch)
-runs without the stage-1-only ones (``release_stage1``). The baseline is plain span
+Stages follow the trainer's curriculum (``ScheduleSet.stages``): stage k runs the
+objectives it names (the implicit two-stage one: stage 1 every objective, stage 2 without
+the stage-1-only ones) with its knob values; each stage's first step is known when the
+previous one ends at a step or on a knob condition (found by bisection), else it is
+decided during training. The baseline is plain span
 corruption on the same architecture (the recipe's ``span_corruption`` settings), or, for
 an encoder-only model, BERT-style MLM on the same encoder (15% masked, or the recipe's
 ``mlm_mask`` ratio): the cheapest standard objective each architecture pre-trains with.
@@ -55,10 +58,10 @@ from torch import nn
 from spactor.config import DataConfig, Plugin, Resolved
 from spactor.objectives.base import Batch, Objective, Vocab
 from spactor.registry import OBJECTIVES
-from spactor.runners.flop_handles import op_handles
-from spactor.runners.stages import apply_knobs, knob_values, release_stage1, stage1_finished
-from spactor.runners.step import TrainModules, apply_transforms
 from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.runners.flop_handles import op_handles
+from spactor.runners.stages import enter_stage, knob_values, stage_end_step, stage_exists
+from spactor.runners.step import TrainModules, apply_transforms
 from spactor.schedules.base import Schedule, ScheduleSet
 from spactor.schedules.base import build as build_schedules
 
@@ -369,8 +372,9 @@ def count_step_flops(
     elementwise: bool = False,
     device: torch.device | str = "cpu",
 ) -> StepFlops:
-    """FLOPs of one training step of ``stage`` (1: every objective; 2: without the
-    stage-1-only ones) of the recipe, at its real shapes and ``trainer.batch_size``."""
+    """FLOPs of one training step of ``stage`` (1..N of the recipe's curriculum: the
+    objectives that stage runs, its knob values at step 0) of the recipe, at its real
+    shapes and ``trainer.batch_size``."""
     resolved = _without_checkpoint_loading(resolved)
     vocab = vocab or count_vocab(resolved.cfg.data)
     device = torch.device(device)
@@ -379,11 +383,9 @@ def count_step_flops(
         objectives = build_objectives(resolved, vocab, model)
         modules = TrainModules(model, objectives).to(device).train()
         schedules = build_schedules(
-            resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps
+            resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps, list(objectives)
         )
-        apply_knobs(objectives, schedules.values(0))
-        if stage == 2:
-            release_stage1(modules, objectives, optimizer=None)
+        enter_stage(modules, objectives, schedules, stage)
         return _count(
             modules,
             vocab,
@@ -420,46 +422,20 @@ def baseline_objectives(resolved: Resolved, has_decoder: bool) -> dict[str, Plug
     }
 
 
-def _has_stage2(objectives: dict[str, Objective]) -> bool:
-    """Releasing the stage-1-only objectives leaves something to train (SpacTor: span
-    corruption; ELECTRA has nothing left, so it has no stage 2)."""
-    rest = [o for o in objectives.values() if not o.STAGE1_ONLY]
-    has_loss = [type(o).loss is not Objective.loss or type(o).modify is not Objective.modify for o in rest]
-    return len(rest) < len(objectives) and any(has_loss)
-
-
 def _can_switch_later(schedules: ScheduleSet) -> bool:
     """A schedule that watches metrics (adaptive τ) may decide the switch during training."""
     return any(type(s).observe is not Schedule.observe for s in schedules.schedules.values())
 
 
 def knob_switch_step(objectives: dict[str, Objective], schedules: ScheduleSet, max_steps: int) -> int | None:
-    """First step at which the schedules have turned every stage-1 objective off (the
-    trainer then switches, e.g. an annealed λ1 reaching 0), by bisection: knob schedules
-    that end stage 1 are monotone. None if that never happens before ``max_steps``.
-    Leaves the knobs at their step-0 values."""
-    if not any(o.STAGE1_ONLY for o in objectives.values()) or not schedules.driven_knobs() or max_steps < 1:
-        return None
-
-    def off(step: int) -> bool:
-        apply_knobs(objectives, schedules.values(step))
-        return stage1_finished(objectives)
-
-    try:
-        if not off(max_steps - 1):
-            return None
-        lo, hi = 0, max_steps - 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if off(mid) else (mid + 1, hi)
-        return lo
-    finally:
-        apply_knobs(objectives, schedules.values(0))
+    """The step at which stage 1 ends by its conditions known before training (see
+    :func:`stage_end_step`)."""
+    return stage_end_step(objectives, schedules, 1, 0, max_steps)
 
 
 @dataclass
 class StageFlops:
-    name: str  # "stage1" | "stage2"
+    name: str  # "stage1", "stage2", ...
     stage: int
     first_step: int | None  # None: the switch is decided during training
     steps: int | None  # None: until the switch (unknown) or for ever
@@ -477,12 +453,13 @@ class FlopsReport:
     raw_length: int
     vocab_size: int
     max_steps: int
-    switch_step: int | None
+    switch_step: int | None  # the first switch (stage 1 → 2)
     stages: list[StageFlops]
     baseline: StepFlops
     baseline_objectives: list[str]
     elementwise: bool = False
     notes: list[str] = field(default_factory=list)
+    switch_steps: list[int | None] = field(default_factory=list)  # first step of stages 2..N, None: unknown
 
     @property
     def baseline_flops_per_step(self) -> float:
@@ -499,9 +476,10 @@ class FlopsReport:
         return self.per_step(stage) / self.baseline_flops_per_step
 
     def cumulative(self, steps: int) -> float:
-        """FLOPs of the first ``steps`` steps, stage 1 until the switch then stage 2
-        (the last stage continues past ``max_steps``): τ·F1 + (n − τ)·F2. With the switch
-        unknown (decided during training), stage 1 throughout: an upper bound."""
+        """FLOPs of the first ``steps`` steps, each stage from its first step to the next
+        one's (the last stage continues past ``max_steps``): τ·F1 + (n − τ)·F2 for two
+        stages. With a switch unknown (decided during training), the stage before it
+        throughout: an upper bound."""
         total = 0.0
         for i, s in enumerate(self.stages):
             if s.first_step is None:
@@ -518,8 +496,9 @@ class FlopsReport:
 
     def default_steps(self) -> list[int]:
         points = {self.max_steps // 2, self.max_steps}
-        if self.switch_step:
-            points.add(self.switch_step)
+        for switch in self.switch_steps or [self.switch_step]:
+            if switch:
+                points.add(switch)
         return sorted(p for p in points if p > 0)
 
     def to_json(self, steps: Sequence[int] | None = None) -> dict[str, Any]:
@@ -533,6 +512,7 @@ class FlopsReport:
             "vocab_size": self.vocab_size,
             "max_steps": self.max_steps,
             "switch_step": self.switch_step,
+            "switch_steps": self.switch_steps,
             "stages": [
                 {
                     "name": s.name,
@@ -599,35 +579,62 @@ def flops_report(
         objectives = build_objectives(resolved, vocab, model)
         modules = TrainModules(model, objectives).to(device).train()
         raw_length = raw_length_for(objectives, input_length)
-        schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps)
-        switch = tau
-        if switch is None:
-            found = (schedules.switch_step(), knob_switch_step(objectives, schedules, max_steps))
-            switch = min((s for s in found if s is not None), default=None)
-        if not _has_stage2(objectives) or (switch is not None and switch >= max_steps):
-            switch = None  # nothing would be left to train, or the run ends first
-        may_switch = switch is not None or _can_switch_later(schedules) or every_stage
-        runs_stage2 = _has_stage2(objectives) and may_switch
-        if runs_stage2 and switch is None:
-            notes.append(
-                "the switch to stage 2 is decided during training: cumulative FLOPs assume stage 1 "
-                "throughout (an upper bound); pass --tau to assume a switch step"
-            )
+        schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps, list(objectives))
+        num_stages = schedules.stages.num_stages
         if schedules.driven_knobs():
-            notes.append("scheduled knobs: stage 1 is counted with their values at step 0")
+            explicit = any(s is schedules.stages for s in schedules.schedules.values())
+            notes.append("scheduled knobs: each stage is counted with its curriculum knob values and the "
+                         "other schedules' values at step 0" if explicit else
+                         "scheduled knobs: stage 1 is counted with their values at step 0")
 
         def count(stage: int) -> StepFlops:
             return _count(modules, vocab, input_length, batch_size, stage, elementwise, device)
 
+        # Stage k runs from first (None: decided during training) to its end; stage k+1
+        # runs if it exists and its start is known, may be decided later, or every_stage.
         stages: list[StageFlops] = []
-        apply_knobs(objectives, schedules.values(0))
-        if switch != 0 or every_stage:
-            steps1 = switch if switch is not None else (None if runs_stage2 else max_steps)
-            stages.append(StageFlops("stage1", 1, 0, steps1, count(1)))
-        if runs_stage2:
-            release_stage1(modules, objectives, optimizer=None)
-            steps2 = max_steps - switch if switch is not None else None
-            stages.append(StageFlops("stage2", 2, switch, steps2, count(2)))
+        switches: list[int | None] = []
+        first: int | None = 0
+        enter_stage(modules, objectives, schedules, 1)
+        for k in range(1, num_stages + 1):
+            if k > 1:
+                enter_stage(modules, objectives, schedules, k)
+            end: int | None = None
+            runs_next = False
+            if k < num_stages:
+                if first is not None:
+                    if k == 1 and tau is not None:
+                        end = tau
+                    else:
+                        end = stage_end_step(objectives, schedules, k, first, max_steps)
+                exists_next = stage_exists(objectives, schedules, k + 1)
+                if not exists_next or (end is not None and end >= max_steps):
+                    end = None  # nothing would be left to train, or the run ends first
+                later = (
+                    schedules.stages.decides_later(k)
+                    or (k == 1 and _can_switch_later(schedules))
+                    or (first is None and schedules.stages.decided_end(k) is not None)
+                )
+                runs_next = exists_next and (end is not None or later or every_stage)
+                if runs_next and end is None:
+                    notes.append(
+                        f"the switch to stage {k + 1} is decided during training: cumulative FLOPs assume "
+                        f"stage {k} throughout (an upper bound)"
+                        + ("; pass --tau to assume a switch step" if k == 1 else "")
+                    )
+                switches.append(end)
+            if every_stage or first is None or end is None or end > first:
+                if first is not None and end is not None:
+                    steps_k: int | None = end - first
+                elif first is not None and not runs_next:
+                    steps_k = max_steps - first
+                else:
+                    steps_k = None
+                stages.append(StageFlops(f"stage{k}", k, first, steps_k, count(k)))
+            if not runs_next:
+                break
+            first = end
+        switch = switches[0] if switches else None
 
         base_plugins = baseline_objectives(resolved, bool(getattr(model, "has_decoder", True)))
         current = {
@@ -653,6 +660,7 @@ def flops_report(
         vocab_size=model.vocab_size,
         max_steps=max_steps,
         switch_step=switch,
+        switch_steps=switches,
         stages=stages,
         baseline=baseline,
         baseline_objectives=list(base_plugins),

@@ -116,8 +116,10 @@ def format_report(data: dict[str, Any]) -> str:
         f"{data['input_length']} tokens (raw chunk {data['raw_length']}), vocabulary {data['vocab_size']:,}"
     )
     lines = [header]
-    if data["switch_step"] is not None:
-        lines.append(f"stage 2 from step {data['switch_step']:,} of {data['max_steps']:,}")
+    switches = data.get("switch_steps") or [data["switch_step"]]
+    known = [(k + 2, step) for k, step in enumerate(switches) if step is not None]
+    if known:
+        lines.append(", ".join(f"stage {k} from step {step:,}" for k, step in known) + f" of {data['max_steps']:,}")
     lines.append(f"baseline: {' + '.join(data['baseline_objectives'])} on the same model")
     lines.append("")
 

@@ -1,4 +1,6 @@
-"""Knobs and stages: applying schedule values, and SpacTor's switch to stage 2."""
+"""Knobs and stages: applying schedule values, releasing the objectives a stage no
+longer runs (SpacTor's switch to stage 2 is one such release), and walking a run's
+stages before training (what each runs, where each ends) for the FLOPs report."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import torch
 from torch import nn
 
 from spactor.objectives.base import Objective
+from spactor.schedules.base import ScheduleSet
 
 
 def knob_values(objectives: dict[str, Objective]) -> dict[str, float]:
@@ -17,24 +20,22 @@ def knob_values(objectives: dict[str, Objective]) -> dict[str, float]:
 def apply_knobs(objectives: dict[str, Objective], values: dict[str, float]) -> None:
     for path, value in values.items():
         _, name, knob = path.split(".", 2)
-        if name in objectives:  # released stage-1 objectives no longer take values
+        if name in objectives:  # released objectives no longer take values
             objectives[name].set_knob(knob, value)
 
 
-def stage1_finished(objectives: dict[str, Objective]) -> bool:
-    """Every stage-1 objective has been turned off by its knobs (e.g. λ1 and the MLM
-    ratio annealed to 0): the hybrid stage is over even without a two_stage schedule."""
-    stage1 = [o for o in objectives.values() if o.STAGE1_ONLY]
-    return bool(stage1) and all(o.is_off() for o in stage1)
-
-
-def release_stage1(
-    modules: nn.Module, objectives: dict[str, Objective], optimizer: torch.optim.Optimizer | None
+def release_objectives(
+    modules: nn.Module,
+    objectives: dict[str, Objective],
+    names: list[str],
+    optimizer: torch.optim.Optimizer | None,
 ) -> list[str]:
-    """Switch to stage 2: drop the stage-1 objectives (generator, RTD head, MLM masking),
-    their parameters from the optimizer and their optimizer state, and free the memory.
-    Every rank does the same at the same step, so sharded modules stay consistent."""
-    released = [name for name, obj in objectives.items() if obj.STAGE1_ONLY]
+    """Enter a stage that no longer runs ``names``: drop those objectives (their modules,
+    e.g. the RTD generator and head, and buffers), their parameters from the optimizer and
+    their optimizer state, and free the memory. Parameters another module still holds
+    (the shared token embedder) stay. Every rank does the same at the same step, so
+    sharded modules stay consistent. Returns the names released, in config order."""
+    released = [name for name in objectives if name in set(names)]
     for name in released:
         objectives[name].release()
         del modules.objectives[name]  # type: ignore[attr-defined]
@@ -50,6 +51,72 @@ def release_stage1(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return released
+
+
+def release_stage1(
+    modules: nn.Module, objectives: dict[str, Objective], optimizer: torch.optim.Optimizer | None
+) -> list[str]:
+    """SpacTor's switch to stage 2 of the implicit two-stage curriculum: release the
+    objectives whose class says ``STAGE1_ONLY`` (generator, RTD head, MLM masking)."""
+    names = [name for name, obj in objectives.items() if obj.STAGE1_ONLY]
+    return release_objectives(modules, objectives, names, optimizer)
+
+
+# --------------------------------------------------------------------------- walking the stages (FLOPs)
+
+
+def enter_stage(
+    modules: nn.Module, objectives: dict[str, Objective], schedules: ScheduleSet, stage: int
+) -> None:
+    """Put the counting build into ``stage``: release what it does not run, and apply the
+    knob values of its step 0 (the curriculum's constants for the stage)."""
+    schedules.stages.current = stage
+    if stage > 1:
+        inactive = schedules.stages.inactive_in(stage, objectives)
+        release_objectives(modules, objectives, inactive, optimizer=None)
+    apply_knobs(objectives, schedules.values(0))
+
+
+def stage_exists(objectives: dict[str, Objective], schedules: ScheduleSet, stage: int) -> bool:
+    """Whether ``stage`` trains something of its own: what it runs has a loss, and (for the
+    implicit two-stage curriculum) it releases something (ELECTRA has nothing left after
+    dropping its stage-1-only objectives, so it has no stage 2). A written-out curriculum's
+    stages all exist."""
+    if stage == 1:
+        return True
+    inactive = set(schedules.stages.inactive_in(stage, objectives))
+    rest = [o for name, o in objectives.items() if name not in inactive]
+    has_loss = any(type(o).loss is not Objective.loss or type(o).modify is not Objective.modify for o in rest)
+    explicit = any(s is schedules.stages for s in schedules.schedules.values())
+    return has_loss and (explicit or len(rest) < len(objectives))
+
+
+def stage_end_step(
+    objectives: dict[str, Objective], schedules: ScheduleSet, stage: int, first: int, max_steps: int
+) -> int | None:
+    """First step in ``[first, max_steps)`` before which ``stage`` has ended (a fixed end
+    step, or the knobs turning its leaving objectives off, e.g. an annealed λ1 reaching 0),
+    by bisection: the conditions that end a stage are monotone in the step. None if it
+    does not end before ``max_steps``. Leaves the knobs at their step-0 values."""
+    stages = schedules.stages
+    if stage >= stages.num_stages or max_steps < 1 or first >= max_steps:
+        return None
+    stages.current = stage
+
+    def ended(step: int) -> bool:
+        apply_knobs(objectives, schedules.values(step))
+        return stages.ends(stage, step, objectives)
+
+    try:
+        if not ended(max_steps - 1):
+            return None
+        lo, hi = first, max_steps - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if ended(mid) else (mid + 1, hi)
+        return lo
+    finally:
+        apply_knobs(objectives, schedules.values(0))
 
 
 def trainable_parameters(modules: nn.Module) -> list[nn.Parameter]:

@@ -2,9 +2,10 @@
 
 Set-up, in order: process group → run directory → data and tokenizer → model and
 objectives → schedules → the stage recorded in the newest checkpoint (a run resumed
-after the switch drops its stage-1 modules first) → activation checkpointing, compile,
-FSDP → optimizer → checkpoint load. Then the loop: knobs from the schedules, the stage
-switch, one step (``spactor.runners.step``), metrics, evaluation, checkpoints.
+in a later stage first drops the objectives that stage no longer runs) → activation
+checkpointing, compile, FSDP → optimizer → checkpoint load. Then the loop: knobs from the
+schedules, the stage switches, one step (``spactor.runners.step``), metrics, evaluation,
+checkpoints.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ from spactor.runners.run_dir import RunDirLock, open_run_dir, start_run_dir, wit
 from spactor.runners.stages import (
     apply_knobs,
     knob_values,
-    release_stage1,
-    stage1_finished,
+    release_objectives,
     trainable_parameters,
 )
 from spactor.runners.step import StepContext, TrainModules, evaluate, train_step
@@ -231,8 +231,8 @@ def count_flops(resolved: Resolved, device: torch.device, info: parallel.DistInf
 
 def checkpoint_shared(path: Path) -> dict[str, Any]:
     """The state every rank shares (stage, schedules, counters), read before the modules
-    move to the device: a run resumed after the switch drops its stage-1 modules before
-    they take device memory or optimizer state, and never loads weights into them."""
+    move to the device: a run resumed in a later stage drops the objectives it no longer
+    runs before they take device memory or optimizer state, and never loads weights into them."""
     manifest = json.loads((path / "manifest.json").read_text())
     return {"step": manifest["step"], **manifest.get("shared", {})}
 
@@ -281,7 +281,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
             lock.acquire(run_dir)
     model, objectives, init_program = build_on_meta(resolved, data.vocab)
     data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
-    schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps)
+    schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps,
+                                list(objectives))
     modules = TrainModules(model, objectives)
     if init_program is not None:
         init_program.bind(modules)
@@ -295,15 +296,21 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         start_run_dir(run_dir, resolved, data.tokenizer)  # config, spiece.model, identity
     flops = count_flops(resolved, device, info)
 
-    stage, shared = 1, {}
+    # The stage is an int 1..N (two-stage checkpoints wrote 1 or 2: the implicit curriculum's).
+    shared: dict[str, Any] = {}
     if resume_from is not None:
         shared = checkpoint_shared(resume_from)
         stage = int(shared.get("stage", 1))
+        if not 1 <= stage <= schedules.stages.num_stages:
+            raise ConfigError(f"{resume_from}: the checkpoint is in stage {stage}, but the configured "
+                              f"curriculum has {schedules.stages.num_stages} stages")
         schedules.load_state_dict(shared.get("schedules", {}))
-    if stage == 1 and resume_from is None and schedules.stage(0) == 2:
-        stage = 2  # tau = 0: the SC baseline from the first step (a resumed run switches in the loop)
-    if stage == 2:
-        release_stage1(modules, objectives, optimizer=None)  # before the optimizer exists
+    else:
+        stage = schedules.stage(0)  # e.g. tau = 0: the SC baseline from the first step
+    schedules.stages.current = stage
+    if stage > 1:  # before the optimizer exists
+        inactive = schedules.stages.inactive_in(stage, objectives)
+        release_objectives(modules, objectives, inactive, optimizer=None)
 
     if init_program is None:
         modules.to(device)
@@ -379,10 +386,14 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     try:
         while step < tcfg.max_steps:
             apply_knobs(objectives, schedules.values(step))
-            if stage == 1 and (schedules.stage(step) == 2 or stage1_finished(objectives)):
-                once["stage_switch_step"] = step  # updates done before stage 2 began
-                once["released"] = release_stage1(modules, objectives, optimizer)
-                stage = 2
+            entered = schedules.advance(step, objectives)
+            if entered != stage:
+                once["stage_switch_step"] = step  # updates done before the new stage began
+                inactive = schedules.stages.inactive_in(entered, objectives)
+                released = release_objectives(modules, objectives, inactive, optimizer)
+                once["released"] = once.get("released", []) + released  # two switches in one window: both
+                stage = entered
+                apply_knobs(objectives, schedules.values(step))  # the new stage's knob values
             set_lr(optimizer, lr_at(step))
             t_data = time.perf_counter()
             batch = next(train_iter)

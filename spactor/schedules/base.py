@@ -5,6 +5,13 @@ runner has logged so far) that sets objective knobs by dotted path, e.g.
 ``objectives.rtd.weight``. Some schedules also decide *when* SpacTor switches from the
 hybrid stage (SC + RTD) to stage 2 (plain SC); they say so through ``switch_step``.
 
+Stages: the runner drives one :class:`Stages` (stage 1..N, which objectives each stage
+runs, when each ends). A ``curriculum`` schedule (``spactor.schedules.curriculum``) is
+one, written out in YAML; without it the set builds the implicit two-stage one
+(:class:`HybridThenRest`) that ``two_stage``, ``adaptive`` and anneal-to-zero recipes
+have always meant. An objective is released (modules and optimizer state) when the run
+enters the first stage that does not name it.
+
 Step convention: ``values(step)`` and ``stage(step)`` describe the step about to run,
 0-based, i.e. ``step`` optimizer updates have been done so far. ``observe(step, ...)``
 is called after a logging step ran (every ``trainer.log_every`` steps), with the record
@@ -21,15 +28,12 @@ set rejects a schedule driving an unknown knob, and two schedules driving the sa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from spactor.config import ConfigError
 from spactor.registry import SCHEDULES, closest
-
-STAGE_HYBRID = 1  # SC + MLM/RTD (SpacTor stage 1)
-STAGE_SC = 2  # plain span corruption after the switch
 
 
 @dataclass
@@ -39,6 +43,7 @@ class ScheduleContext:
     name: str  # instance key under ``schedules:``, for error messages
     knobs: dict[str, float]  # every valid knob path -> its configured (initial) value
     max_steps: int
+    objectives: list[str] = field(default_factory=list)  # configured objective names, in order
 
 
 class Schedule:
@@ -84,6 +89,71 @@ def check_knob(where: str, knob: str, knobs: Mapping[str, float]) -> None:
         raise ConfigError(unknown_knob_message(where, knob, knobs))
 
 
+# --------------------------------------------------------------------------- stages
+
+
+class Stages:
+    """Stage 1..N of a run: what each stage trains and when it ends.
+
+    The runner keeps ``current`` (checkpointed as the manifest's ``stage``) and asks,
+    before every step, whether the current stage has ended (:meth:`ScheduleSet.advance`);
+    entering stage k releases every live objective :meth:`inactive_in` k. Stages only
+    move forward, and an objective never comes back once released.
+    """
+
+    num_stages: int = 1
+    current: int = 1
+
+    def ends(self, stage: int, step: int, objectives: Mapping[str, Any]) -> bool:
+        """Whether ``stage`` is over before the step about to run (``step`` updates done),
+        given the live objectives with this step's knob values applied."""
+        return False
+
+    def inactive_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
+        """Names among ``objectives`` that ``stage`` does not run (released on entering it)."""
+        return []
+
+    def decided_end(self, stage: int) -> int | None:
+        """The step at which ``stage`` ends, when that is a known step (for FLOPs)."""
+        return None
+
+    def decides_later(self, stage: int) -> bool:
+        """Whether the end of ``stage`` is decided from metrics during training."""
+        return False
+
+
+class HybridThenRest(Stages):
+    """The implicit two-stage curriculum: stage 1 runs every objective; stage 2 drops the
+    ones whose class says ``STAGE1_ONLY`` (MLM masking, RTD). Stage 1 ends at the earliest
+    ``switch_step`` a schedule reports (``two_stage``'s τ, ``adaptive``'s decision), or
+    once the knobs have turned every stage-1-only objective off (an annealed λ1 at 0)."""
+
+    num_stages = 2
+
+    def __init__(self, switch_step: Callable[[], int | None], decides_later: bool) -> None:
+        self.switch_step = switch_step
+        self._decides_later = decides_later
+        self.current = 1
+
+    def ends(self, stage: int, step: int, objectives: Mapping[str, Any]) -> bool:
+        switch = self.switch_step()
+        if switch is not None and step >= switch:
+            return True
+        hybrid = [o for o in objectives.values() if getattr(o, "STAGE1_ONLY", False)]
+        return bool(hybrid) and all(o.is_off() for o in hybrid)
+
+    def inactive_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
+        if stage < 2:
+            return []
+        return [name for name, o in objectives.items() if getattr(o, "STAGE1_ONLY", False)]
+
+    def decided_end(self, stage: int) -> int | None:
+        return self.switch_step() if stage == 1 else None
+
+    def decides_later(self, stage: int) -> bool:
+        return stage == 1 and self._decides_later
+
+
 # --------------------------------------------------------------------------- the set
 
 
@@ -91,8 +161,11 @@ class ScheduleSet:
     """All configured schedules, merged: the runner's single view of them.
 
     * ``values(step)``: every driven knob's value for the step about to run;
-    * ``stage(step)``: 1 (hybrid) before the earliest ``switch_step`` any schedule
-      reports, 2 from it on; 1 throughout when no schedule switches;
+    * ``stages``: the run's :class:`Stages` (a ``curriculum`` schedule, else the implicit
+      :class:`HybridThenRest`); ``advance(step, objectives)`` moves it on;
+    * ``stage(step)``: the stage by the switch steps known so far: without a curriculum
+      1 (hybrid) before the earliest ``switch_step`` any schedule reports, 2 from it on,
+      1 throughout when no schedule switches;
     * ``observe`` fans out to every schedule; ``state_dict`` is keyed by instance name.
     """
 
@@ -100,6 +173,33 @@ class ScheduleSet:
         self.schedules: dict[str, Schedule] = dict(schedules)
         self.valid_knobs: list[str] = sorted(knobs)
         self.owners: dict[str, str] = self._check(self.schedules, set(self.valid_knobs))
+        self.stages: Stages = self._stages(self.schedules)
+
+    def _stages(self, schedules: Mapping[str, Schedule]) -> Stages:
+        """The one ``Stages`` among the schedules (a curriculum), else the implicit two."""
+        explicit = [(name, s) for name, s in schedules.items() if isinstance(s, Stages)]
+        if len(explicit) > 1:
+            raise ConfigError(
+                f"schedules: {', '.join(n for n, _ in explicit)} each define stages; a run has one curriculum"
+            )
+        if explicit:
+            name, stages = explicit[0]
+            for other, schedule in schedules.items():
+                if schedule is not stages and _switches(schedule):
+                    raise ConfigError(
+                        f"schedules.{other}: decides a stage switch, but schedules.{name} is a curriculum; "
+                        "end its stages with until_step, until_off or adaptive instead"
+                    )
+            return stages
+        decides_later = any(type(s).observe is not Schedule.observe for s in schedules.values())
+        return HybridThenRest(self.switch_step, decides_later)
+
+    def advance(self, step: int, objectives: Mapping[str, Any]) -> int:
+        """Move past every stage that has ended before ``step`` runs; the current stage."""
+        stages = self.stages
+        while stages.current < stages.num_stages and stages.ends(stages.current, step, objectives):
+            stages.current += 1
+        return stages.current
 
     @staticmethod
     def _check(schedules: Mapping[str, Schedule], valid: set[str]) -> dict[str, str]:
@@ -133,8 +233,15 @@ class ScheduleSet:
         return min(steps) if steps else None
 
     def stage(self, step: int) -> int:
-        switch = self.switch_step()
-        return STAGE_SC if switch is not None and step >= switch else STAGE_HYBRID
+        """The stage ``step`` runs in by the stage ends known as steps so far (knob
+        conditions aside; the runner uses :meth:`advance`)."""
+        stage = 1
+        while stage < self.stages.num_stages:
+            end = self.stages.decided_end(stage)
+            if end is None or step < end:
+                break
+            stage += 1
+        return stage
 
     def observe(self, step: int, metrics: Mapping[str, float]) -> None:
         for schedule in self.schedules.values():
@@ -157,12 +264,28 @@ class ScheduleSet:
             self.schedules[name].load_state_dict(entry)
 
 
-def build(plugins: Mapping[str, Any], knobs: Mapping[str, float], max_steps: int) -> ScheduleSet:
+def _switches(schedule: Schedule) -> bool:
+    """A schedule that decides a stage switch: a fixed one (τ) or one from metrics."""
+    return schedule.switch_step() is not None or type(schedule).observe is not Schedule.observe
+
+
+def build(
+    plugins: Mapping[str, Any],
+    knobs: Mapping[str, float],
+    max_steps: int,
+    objectives: Iterable[str] | None = None,
+) -> ScheduleSet:
     """A ScheduleSet from resolved ``schedules:`` sections (anything with ``.type`` and
     ``.config``, e.g. :class:`spactor.config.Plugin`), keyed by instance name. The
-    schedule modules must have been imported (``spactor.plugins.load_plugins``)."""
+    schedule modules must have been imported (``spactor.plugins.load_plugins``).
+    ``objectives``: the configured objective names (default: those the knobs name)."""
+    if objectives is None:
+        objectives = dict.fromkeys(path.split(".")[1] for path in knobs if path.startswith("objectives."))
+    names = list(objectives)
     schedules = {
-        name: SCHEDULES.get(plugin.type).factory(plugin.config, ScheduleContext(name, dict(knobs), max_steps))
+        name: SCHEDULES.get(plugin.type).factory(
+            plugin.config, ScheduleContext(name, dict(knobs), max_steps, names)
+        )
         for name, plugin in plugins.items()
     }
     return ScheduleSet(schedules, knobs)

@@ -1,8 +1,9 @@
-"""SpacTor's two stages in the runner: the switch at tau, what it releases, and resume
-across it."""
+"""Stages in the runner: SpacTor's two (the switch at tau, what it releases, resume across
+it) and a three-stage curriculum (switches, releases, knobs, resume, FLOPs)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from spactor.config import load_config
@@ -90,3 +91,129 @@ def test_resume_before_and_after_tau_matches_uninterrupted(tiny_overrides, tmp_p
     assert [r["stage"] for r in resumed] == [r["stage"] for r in full]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
     assert [r.get("loss/rtd") for r in resumed] == [r.get("loss/rtd") for r in full]
+
+
+# --------------------------------------------------------------------------- N stages
+
+THREE = ["schedules.curriculum.stages.hybrid.until_step=2", "schedules.curriculum.stages.handover.until_step=4"]
+
+
+def run3(overrides, run_dir, *extra, resume=False):
+    resolved = load_config("spactor_three_stage",
+                           [*overrides, *THREE, f"run.dir={run_dir}", "lr_schedule.warmup_steps=100", *extra])
+    train(resolved, resume_dir=run_dir if resume else None)
+    return read_metrics(run_dir / "metrics.jsonl")
+
+
+def test_three_stages_switch_release_and_log(tiny_overrides, tmp_path):
+    records = run3(tiny_overrides, tmp_path / "r", "trainer.max_steps=6")
+    assert [r["stage"] for r in records] == [1, 1, 2, 2, 3, 3]
+    switches = {r["step"]: r for r in records if "stage_switch_step" in r}
+    # a record's step counts the updates done; the switch is logged with the first step of the new stage
+    assert [(r["stage_switch_step"], r["released"]) for r in switches.values()] == [(2, []), (4, ["mlm_mask", "rtd"])]
+    for r in records[:4]:  # stages 1 and 2 are hybrid
+        assert all(k in r for k in HYBRID_KEYS)
+    assert [r["knob/objectives.rtd.weight"] for r in records[:4]] == [10.0, 10.0, 1.0, 1.0]
+    assert [r["knob/objectives.mlm_mask.ratio"] for r in records[:4]] == [0.15, 0.15, 0.05, 0.05]
+    for r in records[4:]:
+        assert not any(k in r for k in HYBRID_KEYS)
+        assert not any(k.startswith("knob/objectives.rtd") for k in r)
+
+
+def test_entering_the_last_stage_drops_modules_and_optimizer_state(tiny_overrides, tmp_path):
+    from spactor.runners.stages import apply_knobs, knob_values, release_objectives
+    from spactor.schedules.base import build as build_schedules
+
+    resolved = load_config("spactor_three_stage", [*tiny_overrides, *THREE, f"run.dir={tmp_path}"])
+    data = build_data(resolved, torch.device("cpu"), None)
+    model = build_model(resolved, data.vocab)
+    objectives = build_objectives(resolved, data.vocab, model)
+    data.start(raw_length_for(objectives, 64), batch_size=4)
+    schedules = build_schedules(resolved.schedules, knob_values(objectives), 10, list(objectives))
+    modules = TrainModules(model, objectives)
+    optimizer = torch.optim.AdamW(trainable_parameters(modules))
+    cpu = torch.device("cpu")
+    ctx = StepContext(DistInfo(), seeded_generator(0, cpu), seeded_generator(1, cpu), clip_grad_norm=1.0)
+    batches = iter(data.train_batches())
+    rtd_only = [p for p in objectives["rtd"].parameters() if id(p) not in {id(q) for q in model.parameters()}]
+    released_at = {}
+    for step in range(6):
+        apply_knobs(objectives, schedules.values(step))
+        before = schedules.stages.current
+        stage = schedules.advance(step, objectives)
+        if stage != before:
+            released_at[stage] = release_objectives(
+                modules, objectives, schedules.stages.inactive_in(stage, objectives), optimizer)
+        if step < 4:  # the RTD modules are alive and trained through stages 1 and 2
+            assert all(id(p) in {id(q) for q in modules.parameters()} for p in rtd_only)
+        train_step(modules, optimizer, next(batches), ctx)
+    assert released_at == {2: [], 3: ["mlm_mask", "rtd"]}
+    assert list(modules.objectives) == ["span_corruption"]
+    kept = {id(p) for p in modules.parameters()}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == kept
+    assert {id(p) for p in optimizer.state} <= kept and not any(id(p) in kept for p in rtd_only)
+
+
+def test_resume_in_the_middle_stage_matches_uninterrupted(tiny_overrides, tmp_path):
+    common = ["model.dropout=0.1"]
+    full = run3(tiny_overrides + common, tmp_path / "full", "trainer.max_steps=7")
+    run3(tiny_overrides + common, tmp_path / "part", "trainer.max_steps=2")  # stops at the switch to stage 2
+    run3(tiny_overrides + common, tmp_path / "part", "trainer.max_steps=3", resume=True)  # stops in stage 2
+    resumed = run3(tiny_overrides + common, tmp_path / "part", "trainer.max_steps=7", resume=True)  # crosses 2 → 3
+    assert [r["stage"] for r in resumed] == [r["stage"] for r in full] == [1, 1, 2, 2, 3, 3, 3]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+    assert [r.get("loss/rtd") for r in resumed] == [r.get("loss/rtd") for r in full]
+    assert [r.get("stage_switch_step") for r in resumed] == [r.get("stage_switch_step") for r in full]
+    manifest = sorted((tmp_path / "part" / "checkpoints").glob("*/manifest.json"))[-1]
+    import json
+
+    assert json.loads(manifest.read_text())["shared"]["stage"] == 3
+
+
+def test_three_stage_flops_per_stage_and_normalized(tiny_overrides, tmp_path):
+    from spactor.runners.flops import flops_report
+    from spactor.runners.mfu import FlopsTracker
+
+    resolved = load_config("spactor_three_stage", [*tiny_overrides, *THREE, "trainer.max_steps=10"])
+    report = flops_report(resolved, every_stage=True)
+    assert [(s.name, s.stage, s.first_step, s.steps) for s in report.stages] == [
+        ("stage1", 1, 0, 2), ("stage2", 2, 2, 2), ("stage3", 3, 4, 6)]
+    f1, f2, f3 = (s.flops.flops_per_step for s in report.stages)
+    # the hand-over keeps RTD at 5% masking (fewer generator logits); stage 3 is plain SC
+    assert f3 < f2 < f1
+    assert f3 == pytest.approx(report.baseline_flops_per_step)  # the baseline: the final stage alone
+    assert report.switch_steps == [2, 4] and report.switch_step == 2
+    assert report.cumulative(10) == pytest.approx(2 * f1 + 2 * f2 + 6 * f3)
+    tracker = FlopsTracker(report)
+    for step, stage in enumerate([1, 1, 2, 2, 3, 3, 3, 3, 3, 3], start=1):
+        fields = tracker.update(stage, step)
+    assert fields["flops_cum"] == pytest.approx(report.cumulative(10))
+    assert fields["flops_normalized"] == pytest.approx(report.normalized(10))
+
+
+ADAPTIVE = ["warmup=0", "patience=1", "smoothing=0.0", "min_delta=100", "min_tau=2", "max_tau=5"]
+WRITTEN_OUT = {  # recipe + overrides -> the same run as a two-stage curriculum written out
+    "two_stage": (("spactor", ["schedules.two_stage.tau=3"]),
+                  ["schedules.curriculum.stages.hybrid.until_step=3"]),
+    "anneal": (("spactor_anneal", ["schedules.rtd_weight.end_step=3", "schedules.mask_off.end_step=3"]),
+               ["schedules.curriculum.stages.hybrid.until_off=true",
+                "schedules.rtd_weight.end_step=3", "schedules.mask_off.end_step=3"]),
+    "adaptive": (("spactor_adaptive", [f"schedules.adaptive.{a}" for a in ADAPTIVE]),
+                 [f"schedules.curriculum.stages.hybrid.adaptive.{a}" for a in ADAPTIVE]),
+}
+
+
+@pytest.mark.parametrize("case", list(WRITTEN_OUT))
+def test_two_stage_anneal_and_adaptive_are_curricula(case, tiny_overrides, tmp_path):
+    (recipe, implicit), explicit = WRITTEN_OUT[case]
+    base = [*tiny_overrides, "lr_schedule.warmup_steps=100", "trainer.max_steps=5"]
+    train(load_config(recipe, [*base, *implicit, f"run.dir={tmp_path / 'implicit'}"]))
+    curriculum = [*base, "schedules.two_stage.tau=null", *explicit,
+                  "schedules.curriculum.stages.sc.objectives=[span_corruption]", f"run.dir={tmp_path / 'explicit'}"]
+    if case == "adaptive":  # spactor_adaptive's own adaptive schedule would decide a switch too
+        recipe = "spactor"
+    train(load_config(recipe, curriculum))
+    a, b = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("implicit", "explicit"))
+    keys = ("stage", "loss", "loss/rtd", "stage_switch_step", "released")
+    assert [[r.get(k) for k in keys] for r in a] == [[r.get(k) for k in keys] for r in b]
+    assert [r["stage"] for r in a] == [1, 1, 1, 2, 2]

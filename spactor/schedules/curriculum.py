@@ -1,0 +1,226 @@
+"""A curriculum of N stages, schedule ``curriculum``.
+
+Each stage names the objectives it runs and, optionally, constant knob values; every
+stage but the last says when it ends. ``stages`` maps a stage name to its options, in
+order (a mapping, so ``schedules.curriculum.stages.handover.until_step=4`` overrides one
+from the command line; a plain list works too); stage k is the k-th, 1-based::
+
+    schedules:
+      curriculum:
+        stages:
+          hybrid:
+            objectives: [span_corruption, mlm_mask, rtd]  # default: every objective
+            until_step: 120000                            # the first step of stage 2
+          handover:
+            knobs: {objectives.rtd.weight: 1.0}           # default objectives: the previous stage's
+            until_off: true
+          sc:
+            objectives: [span_corruption]
+
+A stage ends at the first of its end conditions that holds, checked before every step:
+
+* ``until_step: N``: stage k+1 starts at step N (N updates done), like ``two_stage``'s τ;
+* ``until_off: true``: once the knobs have turned off every objective the next stage
+  drops (``enabled`` false or ``weight`` 0, e.g. an anneal of λ1 reaching 0);
+* ``adaptive: {...}``: a plateau of a logged metric, with ``adaptive``'s options and
+  meaning (its ``min_tau``/``max_tau``/``warmup`` are absolute steps); it watches the
+  logged records from the start of its stage.
+
+Objectives only leave: a stage names a subset of the previous stage's objectives, and an
+objective is released (its modules and their optimizer state) on entering the first
+stage that does not name it. A knob named by some stage holds its configured value in the
+stages that do not name it; knobs the curriculum sets may not be driven by another
+schedule. ``two_stage``, ``adaptive`` and anneal-to-zero recipes are the implicit
+two-stage curriculum (``spactor.schedules.base.HybridThenRest``); a run with a
+``curriculum`` decides its stages with it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from spactor.config import ConfigError
+from spactor.registry import SCHEDULES
+from spactor.schedules.adaptive import Adaptive, AdaptiveConfig, build_adaptive
+from spactor.schedules.base import Schedule, ScheduleContext, Stages, check_knob
+
+STAGE_KEYS = ("objectives", "knobs", "until_step", "until_off", "adaptive")
+
+
+@dataclass
+class CurriculumConfig:
+    # stage name -> {objectives, knobs, until_step, until_off, adaptive}, in order (or a list).
+    stages: Any = field(default_factory=dict)
+
+
+@dataclass
+class Stage:
+    objectives: list[str]
+    knobs: dict[str, float]
+    until_step: int | None = None
+    until_off: bool = False
+    adaptive: Adaptive | None = None
+
+
+class Curriculum(Schedule, Stages):
+    def __init__(self, stages: list[Stage], defaults: Mapping[str, float]) -> None:
+        self.stages = stages
+        self.num_stages = len(stages)
+        self.current = 1
+        self.driven = sorted({k for s in stages for k in s.knobs})
+        self.defaults = {k: defaults[k] for k in self.driven}
+
+    # -- a schedule: the current stage's knob values --------------------------------
+    def driven_knobs(self) -> list[str]:
+        return list(self.driven)
+
+    def values(self, step: int) -> dict[str, float]:
+        return {**self.defaults, **self.stages[self.current - 1].knobs}
+
+    def observe(self, step: int, metrics: Mapping[str, float]) -> None:
+        adaptive = self.stages[self.current - 1].adaptive
+        if adaptive is not None:
+            adaptive.observe(step, metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        # The current stage is the manifest's ``stage``; here only what decides an end.
+        return {
+            "adaptive": {str(i + 1): s.adaptive.state_dict() for i, s in enumerate(self.stages) if s.adaptive}
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, entry in state.get("adaptive", {}).items():
+            adaptive = self.stages[int(key) - 1].adaptive
+            if adaptive is None:
+                raise ConfigError(f"checkpoint has adaptive state for stage {key}, which has no adaptive end")
+            adaptive.load_state_dict(entry)
+
+    # -- the stages -----------------------------------------------------------------
+    def ends(self, stage: int, step: int, objectives: Mapping[str, Any]) -> bool:
+        spec = self.stages[stage - 1]
+        if spec.until_step is not None and step >= spec.until_step:
+            return True
+        if spec.adaptive is not None:
+            switch = spec.adaptive.switch_step()
+            if switch is not None and step >= switch:
+                return True
+        if spec.until_off:
+            leaving = [objectives[n] for n in self.inactive_in(stage + 1, objectives)]
+            return bool(leaving) and all(o.is_off() for o in leaving)
+        return False
+
+    def inactive_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
+        active = set(self.stages[stage - 1].objectives)
+        return [name for name in objectives if name not in active]
+
+    def decided_end(self, stage: int) -> int | None:
+        spec = self.stages[stage - 1]
+        ends = [spec.until_step]
+        if spec.adaptive is not None:
+            ends.append(spec.adaptive.switch_step())
+        known = [e for e in ends if e is not None]
+        return min(known) if known else None
+
+    def decides_later(self, stage: int) -> bool:
+        spec = self.stages[stage - 1]
+        return spec.adaptive is not None and spec.adaptive.switch_step() is None
+
+
+def _stage(raw: Any, where: str, index: int, previous: list[str], ctx: ScheduleContext, last: bool) -> Stage:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping with keys {', '.join(STAGE_KEYS)}, got {raw!r}")
+    unknown = sorted(set(raw) - set(STAGE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(STAGE_KEYS)}")
+
+    names = raw.get("objectives")
+    if names is None:
+        names = list(previous)
+    if isinstance(names, str) or not isinstance(names, list) or not names:
+        raise ConfigError(f"{where}.objectives: must be a non-empty list of objective names, got {names!r}")
+    for name in names:
+        if name not in ctx.objectives:
+            raise ConfigError(
+                f"{where}.objectives: unknown objective '{name}'; configured objectives: "
+                f"{', '.join(ctx.objectives) or '(none)'}"
+            )
+        if name not in previous:
+            raise ConfigError(
+                f"{where}.objectives: '{name}' is not in stage {index - 1}; objectives only leave a "
+                "curriculum (each stage names a subset of the previous one's)"
+            )
+
+    knobs_raw = raw.get("knobs") or {}
+    if not isinstance(knobs_raw, Mapping):
+        raise ConfigError(f"{where}.knobs: must map knob paths to values, got {knobs_raw!r}")
+    knobs: dict[str, float] = {}
+    for knob, value in knobs_raw.items():
+        check_knob(f"{where}.knobs", str(knob), ctx.knobs)
+        if isinstance(value, bool) or isinstance(value, (int, float)):
+            knobs[str(knob)] = float(value)
+        else:
+            raise ConfigError(f"{where}.knobs.{knob}: must be a number or a boolean, got {value!r}")
+
+    until_step = raw.get("until_step")
+    is_step = isinstance(until_step, int) and not isinstance(until_step, bool) and until_step >= 0
+    if until_step is not None and not is_step:
+        raise ConfigError(f"{where}.until_step: must be a step >= 0, got {until_step!r}")
+    until_off = raw.get("until_off", False)
+    if not isinstance(until_off, bool):
+        raise ConfigError(f"{where}.until_off: must be true or false, got {until_off!r}")
+    adaptive = None
+    if raw.get("adaptive") is not None:
+        adaptive = _adaptive(raw["adaptive"], f"{where}.adaptive", ctx)
+    has_end = until_step is not None or until_off or adaptive is not None
+    if last and has_end:
+        raise ConfigError(f"{where}: the last stage runs to trainer.max_steps and has no end condition")
+    if not last and not has_end:
+        raise ConfigError(f"{where}: a stage before the last needs an end: until_step, until_off or adaptive")
+    return Stage(list(names), knobs, until_step, until_off, adaptive)
+
+
+def _adaptive(raw: Any, where: str, ctx: ScheduleContext) -> Adaptive:
+    valid = [f.name for f in dataclasses.fields(AdaptiveConfig)]
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping of adaptive options ({', '.join(valid)}), got {raw!r}")
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(valid)}")
+    return build_adaptive(AdaptiveConfig(**raw), ScheduleContext(where.removeprefix("schedules."), ctx.knobs,
+                                                                 ctx.max_steps, ctx.objectives))
+
+
+@SCHEDULES.register("curriculum", CurriculumConfig)
+def build_curriculum(cfg: CurriculumConfig, ctx: ScheduleContext) -> Curriculum:
+    """N stages, each naming its objectives and knob values, ending at a step, when its
+    leaving objectives are off, or on a metric plateau."""
+    where = f"schedules.{ctx.name}.stages"
+    if isinstance(cfg.stages, Mapping):
+        entries = [(f"{where}.{key}", raw) for key, raw in cfg.stages.items()]
+    elif isinstance(cfg.stages, list):
+        entries = [(f"{where}[{i}]", raw) for i, raw in enumerate(cfg.stages)]
+    else:
+        raise ConfigError(f"{where}: must map stage names to their options, got {cfg.stages!r}")
+    if not entries:
+        raise ConfigError(f"{where}: must have at least one stage")
+    stages: list[Stage] = []
+    previous = list(ctx.objectives)
+    for i, (at, raw) in enumerate(entries):
+        stage = _stage(raw, at, i + 1, previous, ctx, last=i == len(entries) - 1)
+        stages.append(stage)
+        previous = stage.objectives
+    # Fixed ends must come in order: stage k+1 cannot end before stage k does.
+    last_end, last_at = -1, ""
+    for (at, _), stage in zip(entries[:-1], stages[:-1]):
+        if stage.until_step is None:
+            continue
+        if stage.until_step < last_end:
+            raise ConfigError(
+                f"{at}.until_step: {stage.until_step} is before {last_at}.until_step {last_end}; "
+                "stage ends must be in order"
+            )
+        last_end, last_at = stage.until_step, at
+    return Curriculum(stages, ctx.knobs)

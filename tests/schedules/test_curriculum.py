@@ -1,0 +1,156 @@
+"""curriculum: N stages in YAML, each naming its objectives and knob values, ending at a
+step, a knob condition or an adaptive decision; the implicit two-stage curriculum."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+import spactor.schedules.anneal
+import spactor.schedules.curriculum
+import spactor.schedules.two_stage  # noqa: F401
+from spactor.cli import main
+from spactor.config import ConfigError
+from spactor.schedules.anneal import AnnealConfig
+from spactor.schedules.base import HybridThenRest, build
+from spactor.schedules.curriculum import Curriculum, CurriculumConfig
+from spactor.schedules.two_stage import TwoStageConfig
+
+KNOBS = {
+    "objectives.span_corruption.weight": 10.0,
+    "objectives.mlm_mask.ratio": 0.15,
+    "objectives.mlm_mask.enabled": 1.0,
+    "objectives.rtd.weight": 10.0,
+}
+
+
+class Fake:
+    """An objective as the stages see it: knobs, ``is_off`` and the two-stage flag."""
+
+    def __init__(self, weight: float = 1.0, stage1_only: bool = False) -> None:
+        self.weight = weight
+        self.STAGE1_ONLY = stage1_only
+
+    def is_off(self) -> bool:
+        return self.weight == 0
+
+
+def plugin(type_: str, config) -> SimpleNamespace:
+    return SimpleNamespace(type=type_, config=config)
+
+
+def curriculum(stages, **others):
+    plugins = {"curriculum": plugin("curriculum", CurriculumConfig(stages=stages)), **others}
+    return build(plugins, KNOBS, max_steps=100)
+
+
+THREE = {
+    "hybrid": {"until_step": 3},
+    "handover": {"knobs": {"objectives.rtd.weight": 1.0}, "until_step": 6},
+    "sc": {"objectives": ["span_corruption"]},
+}
+
+
+def test_three_stages_switch_at_their_steps_with_their_knobs() -> None:
+    schedules = curriculum(THREE)
+    stages = schedules.stages
+    assert isinstance(stages, Curriculum) and stages.num_stages == 3
+    objectives = {"span_corruption": Fake(), "mlm_mask": Fake(), "rtd": Fake()}
+    seen = []
+    for step in range(9):
+        stage = schedules.advance(step, objectives)
+        seen.append((stage, schedules.values(step)["objectives.rtd.weight"]))
+    assert seen == [(1, 10.0)] * 3 + [(2, 1.0)] * 3 + [(3, 10.0)] * 3
+    assert [schedules.stage(s) for s in (0, 2, 3, 5, 6, 99)] == [1, 1, 2, 2, 3, 3]
+    # released on entering the first stage that does not name them
+    assert stages.inactive_in(2, objectives) == []
+    assert stages.inactive_in(3, objectives) == ["mlm_mask", "rtd"]
+    assert schedules.driven_knobs() == {"objectives.rtd.weight": "curriculum"}
+
+
+def test_a_stage_ends_when_its_leaving_objectives_are_off() -> None:
+    stages = {
+        "hybrid": {"until_off": True},
+        "sc": {"objectives": ["span_corruption"]},
+    }
+    anneal = plugin("anneal", AnnealConfig(knob="objectives.rtd.weight", end_step=5))
+    schedules = curriculum(stages, rtd_weight=anneal)
+    rtd = Fake(weight=10.0)
+    objectives = {"span_corruption": Fake(), "rtd": rtd}
+    entered = []
+    for step in range(8):
+        rtd.weight = schedules.values(step)["objectives.rtd.weight"]
+        entered.append(schedules.advance(step, objectives))
+    assert entered == [1, 1, 1, 1, 1, 2, 2, 2]
+
+
+def test_adaptive_end_decides_once_and_round_trips() -> None:
+    stages = {
+        "hybrid": {"adaptive": {"metric": "loss/rtd", "smoothing": 0.0, "patience": 2, "warmup": 0,
+                                "min_delta": 0.0, "min_tau": 0, "max_tau": 50}},
+        "sc": {"objectives": ["span_corruption"]},
+    }
+    schedules = curriculum(stages)
+    objectives = {"span_corruption": Fake(), "rtd": Fake()}
+    assert schedules.stages.decides_later(1)
+    for step in range(1, 4):
+        assert schedules.advance(step - 1, objectives) == 1
+        schedules.observe(step, {"loss/rtd": 1.0})  # flat: stale at steps 2 and 3, so stage 2 from 4
+    assert schedules.stages.decided_end(1) == 4
+    assert schedules.advance(3, objectives) == 1
+    resumed = curriculum(stages)
+    resumed.load_state_dict(schedules.state_dict())
+    assert resumed.stages.decided_end(1) == 4
+    assert resumed.advance(4, objectives) == 2
+
+
+def test_the_implicit_curriculum_is_two_stage() -> None:
+    schedules = build({"two_stage": plugin("two_stage", TwoStageConfig(tau=4))}, KNOBS, max_steps=10)
+    assert isinstance(schedules.stages, HybridThenRest) and schedules.stages.num_stages == 2
+    objectives = {"span_corruption": Fake(), "rtd": Fake(stage1_only=True)}
+    assert [schedules.advance(s, objectives) for s in range(6)] == [1, 1, 1, 1, 2, 2]
+    assert schedules.stages.inactive_in(2, objectives) == ["rtd"]
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ({"a": {"until_step": 2}, "b": {"objectives": ["nope"]}},
+         "schedules.curriculum.stages.b.objectives: unknown objective 'nope'"),
+        ({"a": {"until_step": 5}, "b": {"until_step": 3}, "c": {"objectives": ["span_corruption"]}},
+         "stages.b.until_step: 3 is before schedules.curriculum.stages.a.until_step 5"),
+        ({"a": {"objectives": ["span_corruption"], "until_step": 2}, "b": {"objectives": ["span_corruption", "rtd"]}},
+         "stages.b.objectives: 'rtd' is not in stage 1"),
+        ({"a": {"objectives": ["span_corruption"]}, "b": {"objectives": ["span_corruption"]}},
+         "stages.a: a stage before the last needs an end"),
+        ({"a": {"until_step": 2}, "b": {"until_step": 4}},
+         "stages.b: the last stage runs to trainer.max_steps"),
+        ({"a": {"until_step": 2, "knobs": {"objectives.rtd.wieght": 1}}, "b": {}},
+         "unknown knob 'objectives.rtd.wieght'"),
+        ({"a": {"until": 2}, "b": {}}, "stages.a: unknown key 'until'"),
+    ],
+)
+def test_bad_stages_are_one_line_errors(stages, message) -> None:
+    with pytest.raises(ConfigError) as e:
+        curriculum(stages)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_second_switching_schedule_is_refused() -> None:
+    with pytest.raises(ConfigError, match="schedules.two_stage: decides a stage switch"):
+        curriculum(THREE, two_stage=plugin("two_stage", TwoStageConfig(tau=4)))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("schedules.curriculum.stages.sc.objectives=[span_corruptoin]", "unknown objective 'span_corruptoin'"),
+        ("schedules.curriculum.stages.hybrid.until_step=300000", "stage ends must be in order"),
+    ],
+)
+def test_cli_config_error_is_one_line_exit_2(override, message, capsys, tmp_path) -> None:
+    code = main(["train", "spactor_three_stage", override, f"run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()
