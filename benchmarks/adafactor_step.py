@@ -17,7 +17,7 @@ from spactor.config import load_config
 from spactor.objectives.base import Vocab
 from spactor.plugins import load_plugins
 from spactor.runners.adafactor import Adafactor
-from spactor.runners.trainer import build_model
+from spactor.runners.builders import build_model
 
 
 def main() -> None:

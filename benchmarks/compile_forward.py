@@ -23,7 +23,7 @@ from spactor.objectives.base import Vocab
 from spactor.plugins import load_plugins
 from spactor.runners.step import TrainModules, corrupt_local_rows, row_noise_seeds
 from spactor.runners.parallel import DistInfo
-from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
 
 def main() -> None:

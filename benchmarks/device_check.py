@@ -220,7 +220,8 @@ def build_spactor(s: Settings, recipe: str, size: str, batch: int, *, precision:
     from spactor.runners.parallel import DistInfo
     from spactor.runners.stages import trainable_parameters
     from spactor.runners.step import StepContext, TrainModules, apply_transforms, train_step
-    from spactor.runners.trainer import autocast_dtype, build_on_meta, parallelize, raw_length_for, seeded_generator
+    from spactor.runners.builders import build_on_meta, raw_length_for, seeded_generator
+    from spactor.runners.trainer import autocast_dtype, parallelize
 
     resolved = _load(recipe, _overrides(s, size, batch, precision, compile_, []), [*s.overrides, *(extra or [])])
     if fsdp:  # set past validation, which refuses FSDP in one process: this one sets up its world of one
@@ -286,7 +287,7 @@ def build_hf(s: Settings, size: str, batch: int, *, compile_: bool = True, seed:
     from benchmarks.hf_peer import hf_inputs, hf_t5_for, hf_train_step
     from spactor.runners.flops import count_vocab
     from spactor.runners.step import apply_transforms
-    from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
+    from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
     resolved = _load("sc", _overrides(s, size, batch, "bf16", compile_, []))
     vocab = count_vocab(resolved.cfg.data)

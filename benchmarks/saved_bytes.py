@@ -24,7 +24,7 @@ from spactor.config import load_config
 from spactor.plugins import load_plugins
 from spactor.runners.flops import count_vocab
 from spactor.runners.step import TrainModules, apply_transforms
-from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
 
 def saved_storages(modules: TrainModules, batch: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict:

@@ -26,7 +26,7 @@ from spactor.runners.flops import count_step_flops, count_vocab
 from spactor.runners.parallel import DistInfo
 from spactor.runners.stages import release_stage1, trainable_parameters
 from spactor.runners.step import StepContext, TrainModules, train_step
-from spactor.runners.trainer import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
 load_plugins()
 

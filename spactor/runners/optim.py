@@ -59,7 +59,9 @@ class AdamWConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.01
-    fused: bool | None = None  # None: fused on CUDA, foreach elsewhere
+    # None: fused wherever torch has the kernel (CPU and CUDA): the foreach path reads
+    # each parameter's step counter with .item() every step.
+    fused: bool | None = None
 
 
 @OPTIMIZERS.register("adamw", AdamWConfig)
@@ -68,7 +70,7 @@ def build_adamw(cfg: AdamWConfig, params: Iterable[torch.nn.Parameter]) -> torch
     params = list(params)
     fused = cfg.fused
     if fused is None:
-        fused = bool(params) and all(p.is_cuda for p in params)
+        fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(
         params, lr=1e-3, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused
     )

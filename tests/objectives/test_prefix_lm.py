@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from spactor.architectures.t5 import T5Config, build_t5
+from spactor.architectures.t5 import T5Config
+from spactor.architectures.t5_plugin import build_t5
 from spactor.objectives.base import ObjectiveContext, Vocab
 from spactor.objectives.prefix_lm import PrefixLM, PrefixLMConfig, min_prefix_length
 from spactor.objectives.span_corruption import SpanCorruption, SpanCorruptionConfig

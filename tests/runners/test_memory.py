@@ -14,7 +14,7 @@ from spactor.config import ConfigError, load_config
 from spactor.plugins import load_plugins
 from spactor.runners.data import build_data
 from spactor.runners.step import TrainModules, apply_transforms
-from spactor.runners.trainer import build_model, build_objectives, raw_length_for
+from spactor.runners.builders import build_model, build_objectives, raw_length_for
 
 load_plugins()
 CPU = torch.device("cpu")
