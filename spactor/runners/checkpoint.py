@@ -138,6 +138,10 @@ class Checkpointer:
         except BaseException as e:  # noqa: BLE001 — DCP raises CheckpointException, a BaseException
             if isinstance(e, CheckpointWriteError):
                 raise
+            if any(isinstance(c, KeyboardInterrupt) for c in _causes(e)):
+                # a second Ctrl-C while DCP writes (it wraps it): still an interruption
+                shutil.rmtree(self.root / f".tmp_step_{step:08d}", ignore_errors=True)
+                raise KeyboardInterrupt from None
             raise self._write_error(step, e) from e
 
     def _write_error(self, step: int, error: BaseException) -> CheckpointWriteError:

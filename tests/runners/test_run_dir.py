@@ -262,7 +262,7 @@ def test_double_ctrl_c_before_the_first_checkpoint_keeps_the_metrics(tiny, tmp_p
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0, err
+    assert proc.returncode == 130 and "Traceback" not in err, err  # interrupted, at any moment
     assert not list(run.glob("checkpoints/step_*")), err
     before = tree_hash(run)
     assert len(steps_logged(run)) >= 2
