@@ -595,6 +595,7 @@ def flops_report(
         stages: list[StageFlops] = []
         switches: list[int | None] = []
         first: int | None = 0
+        speculative = False  # this stage is counted only because every_stage asks for it
         enter_stage(modules, objectives, schedules, 1)
         for k in range(1, num_stages + 1):
             if k > 1:
@@ -616,6 +617,7 @@ def flops_report(
                     or (first is None and schedules.stages.decided_end(k) is not None)
                 )
                 runs_next = exists_next and (end is not None or later or every_stage)
+                next_speculative = runs_next and end is None and not later
                 if runs_next and end is None:
                     notes.append(
                         f"the switch to stage {k + 1} is decided during training: cumulative FLOPs assume "
@@ -630,10 +632,21 @@ def flops_report(
                     steps_k = max_steps - first
                 else:
                     steps_k = None
-                stages.append(StageFlops(f"stage{k}", k, first, steps_k, count(k)))
+                try:
+                    stages.append(StageFlops(f"stage{k}", k, first, steps_k, count(k)))
+                except Exception:  # noqa: BLE001
+                    # A stage no schedule reaches may not run at all (``mlm`` without the
+                    # ``mlm_mask`` a switch would release): nothing to count, not an error.
+                    if not speculative:
+                        raise
+                    last = stages[-1]
+                    if last.steps is None and last.first_step is not None:  # it runs to the end
+                        stages[-1] = dataclasses.replace(last, steps=max_steps - last.first_step)
+                    break
             if not runs_next:
                 break
             first = end
+            speculative = next_speculative
         switch = switches[0] if switches else None
 
         base_plugins = baseline_objectives(resolved, bool(getattr(model, "has_decoder", True)))

@@ -217,3 +217,13 @@ def test_tracker_for_a_cpu_run_has_no_mfu_unless_a_peak_is_configured():
     tracker = tracker_for(tiny("sc"), torch.device("cpu"))
     assert tracker.update(1)["flops_normalized"] == pytest.approx(1.0)
     assert tracker.mfu(1.0) is None
+
+
+def test_the_runners_every_stage_report_of_a_recipe_with_one_real_stage():
+    """``mlm`` has a stage-1-only objective (``mlm_mask``) but no schedule that switches,
+    and its ``mlm`` loss cannot run without it: the runner's tracker (which also counts
+    stages a resume might reach) counts stage 1 for the whole run instead of failing."""
+    resolved = tiny("mlm")
+    report = flops_report(resolved, every_stage=True)
+    assert [(s.stage, s.steps) for s in report.stages] == [(1, resolved.cfg.trainer.max_steps)]
+    assert report.stages[0].flops.flops_per_step > 0
