@@ -5,7 +5,7 @@ generator, encode, losses, backward, optimizer) on a fixed batch of random real 
 ids; beside it, in the same group, Hugging Face's ``T5ForConditionalGeneration`` on the
 SC step's batch (``benchmarks.hf_peer``), the reference ``compare`` divides the SC step
 by. ``small`` is T5.1.0-Small at 512/114, batch 2, on CPU (``-k small``). ``tiny`` runs on CPU in fp32; ``base``/``large`` on CUDA with bf16 autocast and the
-recipes' optimizers in their fast form (Adafactor ``foreach``, AdamW ``fused``).
+recipes' optimizers (spactor's Adafactor, batched over parameters; AdamW ``fused``).
 ``extra_info``: seq/s and raw tokens/s from the median step time, the step's FLOPs
 (``spactor.runners.flops``) and MFU.
 """
