@@ -52,11 +52,20 @@ class TrainModules(nn.Module):
         super().__init__()
         self.model = model
         self.objectives = nn.ModuleDict(objectives)
+        # The objectives the current stage runs, in config order (None: every one held).
+        # A curriculum may hold an objective that only a later stage runs.
+        self.active: list[str] | None = None
+
+    def active_objectives(self) -> dict[str, Objective]:
+        held: dict[str, Objective] = dict(self.objectives.items())  # type: ignore[arg-type]
+        if self.active is None:
+            return held
+        return {n: o for n, o in held.items() if n in self.active}
 
     def forward(
         self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, stage1: bool = True
     ) -> tuple[Losses, dict[str, torch.Tensor]]:
-        objectives: dict[str, Objective] = dict(self.objectives.items())  # type: ignore[arg-type]
+        objectives = self.active_objectives()
         if not stage1:  # the clean validation pass: no generator, no RTD (see evaluate)
             objectives = {n: o for n, o in objectives.items() if not o.STAGE1_ONLY}
         for obj in objectives.values():
@@ -197,7 +206,7 @@ def train_step(
     objectives' metrics (a logging step). ``stop_requested``: this rank got a signal;
     with several ranks the flag rides on the step's one all-reduce and
     ``StepOutput.stop`` says whether any rank set it."""
-    objectives: dict[str, Objective] = dict(modules.objectives.items())  # type: ignore[arg-type]
+    objectives = modules.active_objectives()
     local = corrupt_local_rows(objectives, batch, ctx.transform_rng, ctx.dist)
     local["noise_seed"] = row_noise_seeds(ctx.modify_rng, local["encoder_input"].shape[0], ctx.dist)
     counts = loss_counts(objectives, local)
@@ -299,7 +308,7 @@ def evaluate(
     """Mean of every loss over this rank's first ``num_batches`` validation batches, summed
     over ranks. Ranks may hold different numbers of validation batches; all run the
     smallest number so that sharded forwards stay in step."""
-    objectives: dict[str, Objective] = dict(modules.objectives.items())  # type: ignore[arg-type]
+    objectives = modules.active_objectives()
     local = [b for _, b in zip(range(num_batches), batches)]
     usable = len(local) if dist_info.world_size == 1 else _min_over_ranks(len(local), device)
     was_training = modules.training

@@ -311,6 +311,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     if stage > 1:  # before the optimizer exists
         inactive = schedules.stages.inactive_in(stage, objectives)
         release_objectives(modules, objectives, inactive, optimizer=None)
+    modules.active = schedules.stages.active_in(stage, objectives)
 
     if init_program is None:
         modules.to(device)
@@ -393,6 +394,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
                 released = release_objectives(modules, objectives, inactive, optimizer)
                 once["released"] = once.get("released", []) + released  # two switches in one window: both
                 stage = entered
+                modules.active = schedules.stages.active_in(stage, objectives)
                 apply_knobs(objectives, schedules.values(step))  # the new stage's knob values
             set_lr(optimizer, lr_at(step))
             t_data = time.perf_counter()

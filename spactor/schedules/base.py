@@ -113,6 +113,12 @@ class Stages:
         """Names among ``objectives`` that ``stage`` does not run (released on entering it)."""
         return []
 
+    def active_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
+        """Names among ``objectives`` that ``stage`` runs, in their order (the step runs
+        only these; an objective held for a later stage waits)."""
+        inactive = set(self.inactive_in(stage, objectives))
+        return [name for name in objectives if name not in inactive]
+
     def decided_end(self, stage: int) -> int | None:
         """The step at which ``stage`` ends, when that is a known step (for FLOPs)."""
         return None
