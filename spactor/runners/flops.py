@@ -32,9 +32,11 @@ How a step is counted:
 
 Stages follow the trainer's curriculum (``ScheduleSet.stages``): stage k runs the
 objectives it names (the implicit two-stage one: stage 1 every objective, stage 2 without
-the stage-1-only ones) with its knob values; each stage's first step is known when the
-previous one ends at a step or on a knob condition (found by bisection), else it is
-decided during training. The baseline is plain span
+the stage-1-only ones) with its knob values, on the run's raw chunk (the longest any stage
+needs); an objective held for a later stage costs nothing in the stages it sits out, and
+is released, as in training, once no later stage names it. Each stage's first step is
+known when the previous one ends at a step or on a knob condition (found by bisection),
+else it is decided during training. The baseline is plain span
 corruption on the same architecture (the recipe's ``span_corruption`` settings), or, for
 an encoder-only model, BERT-style MLM on the same encoder (15% masked, or the recipe's
 ``mlm_mask`` ratio): the cheapest standard objective each architecture pre-trains with.

@@ -17,6 +17,10 @@ from the command line; a plain list works too); stage k is the k-th, 1-based::
           sc:
             objectives: [span_corruption]
 
+A stage may also bring in an objective the previous one did not run (``spactor_ul2_sc``:
+``hybrid: {objectives: [span_corruption, mlm_mask, rtd], ...}``, ``ul2: {objectives: [ul2],
+...}``, ``sc: {objectives: [span_corruption]}``).
+
 A stage ends at the first of its end conditions that holds, checked before every step:
 
 * ``until_step: N``: stage k+1 starts at step N (N updates done), like ``two_stage``'s τ;

@@ -231,10 +231,11 @@ LATE = {  # stage 1 -> 2 -> 3 objectives, ending at steps 2 and 4
 
 def late_run(overrides, case, run_dir, *extra, resume=False):
     first, second, third = LATE[case]
-    stages = [f"schedules.curriculum.stages.a.objectives={first}", "schedules.curriculum.stages.a.until_step=2",
-              f"schedules.curriculum.stages.b.objectives={second}", "schedules.curriculum.stages.b.until_step=4",
-              "schedules.curriculum.stages.b.knobs={objectives.span_corruption.weight: 5.0}",
-              f"schedules.curriculum.stages.c.objectives={third}"]
+    at = "schedules.curriculum.stages"
+    stages = [f"{at}.a.objectives={first}", f"{at}.a.until_step=2",
+              f"{at}.b.objectives={second}", f"{at}.b.until_step=4",
+              f"{at}.b.knobs={{objectives.span_corruption.weight: 5.0}}",
+              f"{at}.c.objectives={third}"]
     return run([*overrides, "schedules.two_stage.tau=null", "model.dropout=0.1", "runtime.count_flops=false",
                 *stages], run_dir, *extra, resume=resume)
 
@@ -253,19 +254,19 @@ def test_resume_in_a_middle_stage_holds_an_objective_for_a_later_one(case, tiny_
         assert [r.get(key) for r in resumed] == [r.get(key) for r in full], key
     import torch.distributed.checkpoint as dcp
 
-    saved = dcp.FileSystemReader(str(tmp_path / "part" / "checkpoints" / "step_00000003" / "dcp")).read_metadata()
-    keys = saved.state_dict_metadata
+    path = tmp_path / "part" / "checkpoints" / "step_00000003" / "dcp"
+    keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     assert any(k.startswith("model.objectives.rtd.generator.") for k in keys)
     has_state = any(k.startswith("optim.state.objectives.rtd.generator.") for k in keys)
     assert has_state == (case == "comes_back")
 
 
-def test_a_longer_chunk_than_its_own_gives_span_corruption_and_prefix_lm_the_same_batch(tiny_overrides, tmp_path):
+def test_span_corruption_and_prefix_lm_crop_a_longer_chunk_to_their_own(tiny_overrides, tmp_path):
     from spactor.runners.step import apply_transforms
 
-    resolved = load_config("spactor_ul2_sc", [*tiny_overrides, f"run.dir={tmp_path}",
-                                              "objectives.prefix_lm.noise_density=0.5",
-                                              "schedules.curriculum.stages.sc.objectives=[span_corruption,prefix_lm]"])
+    resolved = load_config("spactor_ul2_sc", [
+        *tiny_overrides, f"run.dir={tmp_path}", "objectives.prefix_lm.noise_density=0.5",
+        "schedules.curriculum.stages.sc.objectives=[span_corruption,prefix_lm]"])
     data = build_data(resolved, torch.device("cpu"), None)
     model = build_model(resolved, data.vocab)
     objectives = build_objectives(resolved, data.vocab, model)
@@ -300,6 +301,7 @@ def test_flops_of_an_objective_that_enters_in_stage_2(tiny_overrides):
     assert f1.modules == hybrid.stages[0].flops.modules  # stage 1 is SpacTor's, UL2 held costs nothing
     assert f2.modules == ul2.stages[0].flops.modules and "rtd.generator" not in f2.modules
     assert f3.flops_per_step == pytest.approx(report.baseline_flops_per_step)
-    assert report.cumulative(10) == pytest.approx(2 * f1.flops_per_step + 2 * f2.flops_per_step + 6 * f3.flops_per_step)
+    expected = 2 * f1.flops_per_step + 2 * f2.flops_per_step + 6 * f3.flops_per_step
+    assert report.cumulative(10) == pytest.approx(expected)
     assert count_step_flops(load_config("spactor_ul2_sc", [*common, *UL2_SC]), stage=2).modules == f2.modules
 
