@@ -10,8 +10,8 @@ runs, when each ends). A ``curriculum`` schedule (``spactor.schedules.curriculum
 one, written out in YAML; without it the set builds the implicit two-stage one
 (:class:`HybridThenRest`) that ``two_stage``, ``adaptive`` and anneal-to-zero recipes
 have always meant. A stage runs the objectives it names; an objective is released
-(modules and optimizer state) when the run enters the first stage after which no stage
-runs it, and held (untrained) through a stage it sits out before coming back.
+(modules and optimizer state) when the run enters a stage that neither it nor any later
+stage runs, and held (untrained) through a stage it sits out before coming back.
 
 Step convention: ``values(step)`` and ``stage(step)`` describe the step about to run,
 0-based, i.e. ``step`` optimizer updates have been done so far. ``observe(step, ...)``

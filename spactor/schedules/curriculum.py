@@ -34,11 +34,11 @@ Objectives may enter and leave: a stage runs exactly the objectives it names, so
 sit out a stage and come back (``SC + RTD → UL2 → SC``, recipe ``spactor_ul2_sc``). Every
 objective is built at the start (the data delivers the longest raw chunk any stage needs;
 each transform uses its own leading part) and is held, untrained, while a stage does not
-run it; it is released (its modules and their optimizer state) on entering the first
-stage after which no stage names it. Every objective must be named by some stage. A knob
-named by some stage holds its configured value in the stages that do not name it; knobs
-the curriculum sets may not be driven by another schedule. ``two_stage``, ``adaptive`` and
-anneal-to-zero recipes are the implicit two-stage curriculum
+run it; it is released (its modules and their optimizer state) on entering a stage that
+neither names it nor is followed by one that does. Every objective must be named by some
+stage. A knob named by some stage holds its configured value in the stages that do not
+name it; knobs the curriculum sets may not be driven by another schedule. ``two_stage``,
+``adaptive`` and anneal-to-zero recipes are the implicit two-stage curriculum
 (``spactor.schedules.base.HybridThenRest``); a run with a ``curriculum`` decides its
 stages with it alone.
 """
