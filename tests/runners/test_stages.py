@@ -305,3 +305,34 @@ def test_flops_of_an_objective_that_enters_in_stage_2(tiny_overrides):
     assert report.cumulative(10) == pytest.approx(expected)
     assert count_step_flops(load_config("spactor_ul2_sc", [*common, *UL2_SC]), stage=2).modules == f2.modules
 
+
+
+def test_an_objective_held_through_a_stage_on_two_ranks_matches_one_rank(tiny_overrides, tmp_path):
+    """RTD's FSDP units sit stage 2 out (no forward, no gradient, no collective) and train
+    again in stage 3: 2 gloo ranks log the 1-rank losses."""
+    import json
+    import math
+    import os
+    import subprocess
+    import sys
+
+    first, second, third = LATE["comes_back"]
+    at = "schedules.curriculum.stages"
+    args = [*tiny_overrides, "schedules.two_stage.tau=null", "runtime.count_flops=false", "trainer.max_steps=6",
+            "lr_schedule.warmup_steps=100", f"{at}.a.objectives={first}", f"{at}.a.until_step=2",
+            f"{at}.b.objectives={second}", f"{at}.b.until_step=4", f"{at}.c.objectives={third}"]
+    logged = []
+    for nproc in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(29500 + os.getpid() % 1000), "-m", "spactor", "train", "spactor", *args,
+               f"run.dir={tmp_path / str(nproc)}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = (tmp_path / str(nproc) / "metrics.jsonl").read_text().splitlines()
+        logged.append([json.loads(line) for line in lines])
+    one, two = logged
+    assert [r["stage"] for r in two] == [1, 1, 2, 2, 3, 3] and "loss/rtd" in two[-1]
+    for key in ("loss", "loss/rtd"):  # no loss/rtd in stage 2: nan on both sides
+        a, b = ([r.get(key, math.nan) for r in run] for run in (one, two))
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6, nan_ok=True)
