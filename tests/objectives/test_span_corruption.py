@@ -151,7 +151,8 @@ def test_short_chunk_is_padded_to_input_length() -> None:
         span_corrupt(make_originals(3, 569), DENSITY, MEAN_SPAN, VOCAB, gen(0), pad_to=512)
     # a longer chunk (a curriculum's other stage needs it) is cut to the objective's own 568
     longer = make_originals(3, 700)
-    cut, whole = obj.transform({"original": longer[:, :568]}, gen(0)), obj.transform({"original": longer}, gen(0))
+    cut = obj.transform({"original": longer[:, :568]}, gen(0))
+    whole = obj.transform({"original": longer}, gen(0))
     assert all(torch.equal(cut[k], whole[k]) for k in cut if k != "original")
 
 

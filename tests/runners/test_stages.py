@@ -318,8 +318,8 @@ def test_an_objective_held_through_a_stage_on_two_ranks_matches_one_rank(tiny_ov
 
     first, second, third = LATE["comes_back"]
     at = "schedules.curriculum.stages"
-    args = [*tiny_overrides, "schedules.two_stage.tau=null", "runtime.count_flops=false", "trainer.max_steps=6",
-            "lr_schedule.warmup_steps=100", f"{at}.a.objectives={first}", f"{at}.a.until_step=2",
+    args = [*tiny_overrides, "schedules.two_stage.tau=null", "runtime.count_flops=false",
+            "trainer.max_steps=6", "lr_schedule.warmup_steps=100", f"{at}.a.objectives={first}", f"{at}.a.until_step=2",
             f"{at}.b.objectives={second}", f"{at}.b.until_step=4", f"{at}.c.objectives={third}"]
     logged = []
     for nproc in (1, 2):
