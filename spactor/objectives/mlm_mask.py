@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
+from spactor.checks import CheckContext, one_of, unit_interval
+from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab, check_objective_fields
 from spactor.registry import OBJECTIVES
 
 MODES = ("replace_all", "electra", "bert")
@@ -41,6 +42,10 @@ class MlmMaskConfig:
     ratio: float = 0.15  # knob: fraction of real tokens chosen
     enabled: bool = True  # knob: off = identity (stage 2 of SpacTor)
     mode: str = "replace_all"  # replace_all | electra | bert
+
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_objective_fields(where, self)
+        one_of(f"{where}.mode", self.mode, MODES)
 
 
 def max_chosen(length: int, ratio: float) -> int:
@@ -135,16 +140,11 @@ class MlmMask(Objective):
 
     def __init__(self, cfg: MlmMaskConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
-        if cfg.mode not in MODES:
-            raise ValueError(
-                f"objectives.{ctx.name}.mode: unknown mode '{cfg.mode}'; valid: {', '.join(MODES)}"
-            )
-        self._check_ratio()
+        cfg.check(f"objectives.{ctx.name}", ctx.check_context())
 
     def _check_ratio(self) -> None:
-        # Checked per batch too: a schedule may set the knob at any step.
-        if not 0.0 <= self.cfg.ratio <= 1.0:
-            raise ValueError(f"objectives.{self.name}.ratio must be in [0, 1], got {self.cfg.ratio}")
+        # Checked per batch too, by the config's own rule: a schedule may set the knob at any step.
+        unit_interval(f"objectives.{self.name}.ratio", self.cfg.ratio)
 
     @torch.no_grad()
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:

@@ -48,8 +48,16 @@ from spactor.architectures.generator import (
     GeneratorConfig,
     load_generator_weights,
 )
-from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
-from spactor.objectives.cross_entropy import check_z_loss, token_cross_entropy
+from spactor.checks import CheckContext, one_of, positive
+from spactor.objectives.base import (
+    Batch,
+    LossTerm,
+    Objective,
+    ObjectiveContext,
+    ObjectiveOutput,
+    check_objective_fields,
+)
+from spactor.objectives.cross_entropy import token_cross_entropy
 from spactor.objectives.mlm_mask import index_from_mask, index_parts, scatter_index
 from spactor.registry import OBJECTIVES
 
@@ -88,6 +96,12 @@ class RTDConfig:
     generator_checkpoint: str | None = None  # run / checkpoint / DCP directory, or a .pt state dict
     generator_head: str = "linear"  # linear (SpacTor Eq. 3) | electra (ELECTRA: dense → GELU → LayerNorm)
 
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_objective_fields(where, self)
+        one_of(f"{where}.generator_logits", self.generator_logits, LOGIT_MODES)
+        one_of(f"{where}.embedding_sharing", self.embedding_sharing, SHARING_MODES)
+        one_of(f"{where}.generator_head", self.generator_head, HEADS)
+
 
 # -- sampling and metrics --------------------------------------------------------------------
 
@@ -105,15 +119,13 @@ def gumbel_max_sample(
     NaN). The uniforms come from ``uniform`` (``logits``' shape, e.g. from
     :func:`counter_uniform`) or else are drawn from ``generator``; U is clamped into
     (0, 1) so both logs stay finite. ``disallowed`` (``(V,)`` bool) ids are never drawn.
-    Temperature 0 is the argmax.
+    The temperature must be > 0, as ``RTDConfig.temperature`` is checked (a schedule
+    sets the knob between checks).
     """
-    if temperature < 0:
-        raise ValueError(f"sampling temperature must be >= 0, got {temperature}")
+    positive("temperature", temperature)
     scores = logits.detach().float()
     if disallowed is not None:
         scores = scores.masked_fill(disallowed, float("-inf"))
-    if temperature == 0:
-        return scores.argmax(dim=-1)
     if uniform is None:
         uniform = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float32)
     u = uniform.float().clamp(min=torch.finfo(torch.float32).tiny, max=1.0 - torch.finfo(torch.float32).eps)
@@ -260,22 +272,12 @@ class RTD(Objective):
         where = f"objectives.{ctx.name}"
         if ctx.model is None:
             raise ValueError(f"{where}: rtd needs the discriminator model to build its generator")
-        if cfg.generator_logits not in LOGIT_MODES:
-            raise ValueError(
-                f"{where}.generator_logits: '{cfg.generator_logits}' not in {', '.join(LOGIT_MODES)}"
-            )
-        if cfg.embedding_sharing not in SHARING_MODES:
-            raise ValueError(
-                f"{where}.embedding_sharing: '{cfg.embedding_sharing}' not in {', '.join(SHARING_MODES)}"
-            )
-        if cfg.generator_head not in HEADS:
-            raise ValueError(f"{where}.generator_head: '{cfg.generator_head}' not in {', '.join(HEADS)}")
+        cfg.check(where, ctx.check_context())
         if cfg.frozen and cfg.embedding_sharing == "shared":
             raise ValueError(
                 f"{where}: a frozen generator cannot share D's token embedding (D keeps training it); "
                 f"use embedding_sharing: none (or gdes)"
             )
-        check_z_loss(f"{where}.generator_z_loss", cfg.generator_z_loss)
         model = ctx.model
         gen_cfg = generator_config(cfg, model.hidden_size, ctx.input_length)
         self.generator: Generator | None = Generator(gen_cfg, model.token_embedding)
