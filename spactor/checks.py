@@ -84,11 +84,11 @@ def non_negative(key: str, value: Any) -> None:
         fail(key, value, "must be >= 0 (and finite)")
 
 
-def unit_interval(key: str, value: Any, *, open_low: bool = False) -> None:
-    """[0, 1) or, with ``open_low``, (0, 1). NaN fails both."""
-    ok = is_number(value) and (value > 0 if open_low else value >= 0) and value < 1
+def unit_interval(key: str, value: Any, *, open_low: bool = False, closed_high: bool = False) -> None:
+    """[0, 1); with ``open_low`` (0, 1); with ``closed_high`` [0, 1]. NaN fails them all."""
+    ok = is_number(value) and (value > 0 if open_low else value >= 0) and (value <= 1 if closed_high else value < 1)
     if not ok:
-        fail(key, value, "must be in (0, 1)" if open_low else "must be in [0, 1)")
+        fail(key, value, f"must be in {'(' if open_low else '['}0, 1{']' if closed_high else ')'}")
 
 
 def one_of(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:

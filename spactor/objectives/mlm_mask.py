@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from spactor.checks import CheckContext, one_of, unit_interval
-from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab, check_objective_fields
+from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
 from spactor.registry import OBJECTIVES
 
 MODES = ("replace_all", "electra", "bert")
@@ -44,7 +44,9 @@ class MlmMaskConfig:
     mode: str = "replace_all"  # replace_all | electra | bert
 
     def check(self, where: str, ctx: CheckContext) -> None:
-        check_objective_fields(where, self)
+        # Every real token (ratio 1) is a well-defined choice, unlike the [0, 1) of
+        # objectives' generic ``*ratio`` rule.
+        unit_interval(f"{where}.ratio", self.ratio, closed_high=True)
         one_of(f"{where}.mode", self.mode, MODES)
 
 
@@ -144,7 +146,7 @@ class MlmMask(Objective):
 
     def _check_ratio(self) -> None:
         # Checked per batch too, by the config's own rule: a schedule may set the knob at any step.
-        unit_interval(f"objectives.{self.name}.ratio", self.cfg.ratio)
+        unit_interval(f"objectives.{self.name}.ratio", self.cfg.ratio, closed_high=True)
 
     @torch.no_grad()
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:

@@ -119,13 +119,15 @@ def gumbel_max_sample(
     NaN). The uniforms come from ``uniform`` (``logits``' shape, e.g. from
     :func:`counter_uniform`) or else are drawn from ``generator``; U is clamped into
     (0, 1) so both logs stay finite. ``disallowed`` (``(V,)`` bool) ids are never drawn.
-    The temperature must be > 0, as ``RTDConfig.temperature`` is checked (a schedule
-    sets the knob between checks).
+    Temperature 0 is the argmax.
     """
-    positive("temperature", temperature)
+    if temperature < 0:
+        raise ValueError(f"sampling temperature must be >= 0, got {temperature}")
     scores = logits.detach().float()
     if disallowed is not None:
         scores = scores.masked_fill(disallowed, float("-inf"))
+    if temperature == 0:
+        return scores.argmax(dim=-1)
     if uniform is None:
         uniform = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float32)
     u = uniform.float().clamp(min=torch.finfo(torch.float32).tiny, max=1.0 - torch.finfo(torch.float32).eps)
@@ -382,6 +384,9 @@ class RTD(Objective):
             if "noise_seed" in batch:  # the runner's per-row seeds: the same draws on any number of ranks
                 uniform = counter_uniform(batch["noise_seed"], (index.shape[1], logits.shape[-1]))
                 uniform = uniform.flatten(0, 1)
+            # The config's rule on the knob a schedule may have set since the last check
+            # (gumbel_max_sample itself reads T = 0 as the argmax, which RTD does not allow).
+            positive(f"objectives.{self.name}.temperature", self.cfg.temperature)
             sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed, uniform)
             replaced = scatter_index(ids, index, sampled.view_as(index))
             original = torch.where(mask, full_labels, ids)
