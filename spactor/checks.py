@@ -86,7 +86,8 @@ def non_negative(key: str, value: Any) -> None:
 
 def unit_interval(key: str, value: Any, *, open_low: bool = False, closed_high: bool = False) -> None:
     """[0, 1); with ``open_low`` (0, 1); with ``closed_high`` [0, 1]. NaN fails them all."""
-    ok = is_number(value) and (value > 0 if open_low else value >= 0) and (value <= 1 if closed_high else value < 1)
+    above_low = value > 0 if open_low else value >= 0
+    ok = is_number(value) and above_low and (value <= 1 if closed_high else value < 1)
     if not ok:
         fail(key, value, f"must be in {'(' if open_low else '['}0, 1{']' if closed_high else ')'}")
 

@@ -261,7 +261,8 @@ def _build_objective(kind: str, fields: dict, input_length: int = 512):
     from spactor.registry import OBJECTIVES
 
     entry = OBJECTIVES.get(kind)
-    return entry.factory(entry.config_cls(**fields), ObjectiveContext(kind, Vocab(size=32128), input_length, None))
+    ctx = ObjectiveContext(kind, Vocab(size=32128), input_length, None)
+    return entry.factory(entry.config_cls(**fields), ctx)
 
 
 def _build_schedule(kind: str, fields: dict):

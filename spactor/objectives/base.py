@@ -223,4 +223,6 @@ def check_some_objective_has_a_loss(objectives: dict[str, Any], ctx: CheckContex
     if not classes or not all(isinstance(c, type) and issubclass(c, Objective) for c in classes):
         return
     if not any(has_loss(c) for c in classes):  # type: ignore[arg-type]
-        fail("objectives", list(objectives), "no objective has a loss; add one (e.g. objectives.span_corruption)")
+        fail(
+            "objectives", list(objectives), "no objective has a loss; add one (e.g. objectives.span_corruption)"
+        )

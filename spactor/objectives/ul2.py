@@ -108,7 +108,9 @@ class DenoiserPlan:
     noise_density: float
 
 
-def plan_denoiser(index: int, d: DenoiserConfig, input_length: int, num_sentinels: int, where: str) -> DenoiserPlan:
+def plan_denoiser(
+    index: int, d: DenoiserConfig, input_length: int, num_sentinels: int, where: str
+) -> DenoiserPlan:
     """Check one denoiser and fix its raw / target lengths for ``input_length``."""
     at = f"{where}.denoisers[{index}]"
     if d.mode not in MODES:
@@ -189,7 +191,8 @@ class UL2(DecoderTargetLoss, Objective):
     def raw_length(self, input_length: int) -> int:
         if input_length != self.input_length:
             body = input_length - (1 if self.cfg.mode_tokens else 0)
-            return max(plan_denoiser(i, d, body, self.vocab.num_sentinels, f"objectives.{self.name}").raw_length
+            sentinels = self.vocab.num_sentinels
+            return max(plan_denoiser(i, d, body, sentinels, f"objectives.{self.name}").raw_length
                        for i, d in enumerate(self.cfg.denoisers))
         return self.chunk_length
 
