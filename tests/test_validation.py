@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -297,6 +298,30 @@ def test_a_plugin_check_runs_at_config_time_and_in_its_constructor(recipe, overr
     with pytest.raises(ConfigError) as built:
         build()
     assert str(built.value) == at_config_time
+
+
+def test_a_plugin_config_without_a_check_still_gets_the_field_rules(tmp_path):
+    """A third-party objective whose config defines no ``check`` (the example plugin's
+    ``token_deletion``) is held to the ranges every objective follows by field name."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from spactor.plugins import load_plugins; load_plugins()\n"
+        "import spactor_example_plugin.token_deletion\n"
+        "from spactor.config import ConfigError, load_config\n"
+        "overrides = ['model.size=tiny', 'objectives.token_deletion.ratio=' + sys.argv[2]]\n"
+        "try:\n"
+        "    load_config('sc', overrides)\n"
+        "    print('accepted')\n"
+        "except ConfigError as e:\n"
+        "    print(e)\n"
+    )
+    example = str(Path(__file__).parent / "example_plugin")
+    refused = "objectives.token_deletion.ratio: 1.5 — must be in [0, 1)"
+    for ratio, expected in (("1.5", refused), ("0.2", "accepted")):
+        out = subprocess.run([sys.executable, "-c", code, example, ratio], capture_output=True, text=True,
+                             timeout=300, check=False, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected
 
 
 def test_a_schedule_driving_the_rtd_temperature_to_zero_is_refused_at_the_step():

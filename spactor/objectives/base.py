@@ -210,6 +210,15 @@ def check_objective_fields(where: str, cfg: Any) -> None:
     check_fields(where, cfg, objective_field_rule)
 
 
+@OBJECTIVES.add_section_check
+def check_objectives_without_a_check(objectives: dict[str, Any], ctx: CheckContext) -> None:
+    """An objective config with no ``check`` of its own (a third-party plugin's) still
+    follows the ranges every objective follows by field name."""
+    for name, plugin in objectives.items():
+        if not callable(getattr(plugin.config, "check", None)):
+            check_objective_fields(f"objectives.{name}", plugin.config)
+
+
 def has_loss(cls: type[Objective]) -> bool:
     """Whether objectives of ``cls`` contribute a loss (a ``loss`` or a ``modify`` of their own)."""
     return cls.loss is not Objective.loss or cls.modify is not Objective.modify

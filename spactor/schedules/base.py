@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spactor.checks import CheckContext, fail, is_int
+from spactor.checks import CheckContext, check_fields, fail, is_int
 from spactor.config import ConfigError
 from spactor.registry import SCHEDULES, closest
 
@@ -313,6 +313,14 @@ def schedule_field_rule(key: str, name: str, value: Any) -> None:
         return
     if (name == "tau" or name.endswith("_tau")) and not (is_int(value) and value >= 0):
         fail(key, value, "must be >= 0 (a step), or null for never")
+
+
+@SCHEDULES.add_section_check
+def check_schedules_without_a_check(schedules: Mapping[str, Any], ctx: CheckContext) -> None:
+    """A schedule config with no ``check`` of its own still follows the switch-step rule."""
+    for name, plugin in schedules.items():
+        if not callable(getattr(plugin.config, "check", None)):
+            check_fields(f"schedules.{name}", plugin.config, schedule_field_rule)
 
 
 @SCHEDULES.add_section_check
