@@ -167,9 +167,10 @@ class Resolved:
 
 QUICKSTART = "quickstart"  # the recipe a command runs when none is named
 
-# Range and cross-plugin rules (``spactor.validation.validate``) read the plugins' own
-# constants, so the core cannot import them: ``spactor.plugins.load_plugins`` installs
-# them here, and :func:`resolve` runs every installed check.
+# Semantic checks of a resolved config (``spactor.validation.validate``: the core's
+# sections, then each plugin's own ``check`` through the registries). That module imports
+# this one, so ``spactor.plugins.load_plugins`` installs it here rather than this module
+# importing it; :func:`resolve` runs every installed check.
 CONFIG_CHECKS: list[Callable[[Resolved], None]] = []
 
 

@@ -1,5 +1,6 @@
 """Registers every built-in plugin, then third-party ones from entry points, then
-installs the configuration checks that span plugins (``spactor.validation``).
+installs the configuration checks (``spactor.validation``: the core's sections, and
+every plugin's own check reached through the registries).
 
 The top layers (CLI, runner, tests) call :func:`load_plugins` before looking anything
 up; the registries themselves import nothing so that the import direction stays
@@ -29,6 +30,7 @@ BUILTIN_MODULES = (
     "spactor.schedules.adaptive",
     "spactor.schedules.curriculum",
     "spactor.data.sources",
+    "spactor.data.pydoc_tasks",
     "spactor.runners.optim",
     "spactor.tasks",
 )

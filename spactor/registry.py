@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -39,6 +40,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self._section_checks: list[Callable[..., None]] = []
 
     def register(
         self, name: str, config_cls: type, help: str = ""
@@ -55,6 +57,18 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def add_section_check(self, check: Callable[..., None]) -> Callable[..., None]:
+        """Install a rule about this kind's section as a whole, ``check(plugins, ctx)``:
+        ``plugins`` maps instance names to resolved plugins (``.type``, ``.config``), ``ctx``
+        is a ``spactor.checks.CheckContext``. The plugin package that defines the rule
+        installs it; ``spactor.validation`` runs it after every instance's own check."""
+        if check not in self._section_checks:
+            self._section_checks.append(check)
+        return check
+
+    def section_checks(self) -> list[Callable[..., None]]:
+        return list(self._section_checks)
+
     def get(self, name: str) -> Entry[T]:
         try:
             return self._entries[name]
@@ -69,6 +83,17 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+
+def factory_class(entry: Entry[Any]) -> type | None:
+    """The class ``entry``'s factory is annotated to return (``-> SpanCorruption``), or
+    None when the annotation is missing or cannot be resolved: what a check can learn of
+    a plugin (its ``KNOBS``, whether it has a loss) without building it."""
+    try:
+        cls = typing.get_type_hints(entry.factory).get("return")
+    except Exception:  # noqa: BLE001 — unresolvable annotations
+        return None
+    return cls if isinstance(cls, type) else None
 
 
 def closest(name: str, candidates: list[str]) -> str | None:

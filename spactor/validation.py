@@ -3,18 +3,16 @@
 ``spactor.config`` already rejects unknown keys and values of the wrong type (OmegaConf's
 structured configs). :func:`validate` then checks what the types cannot say: ranges
 (ratios in [0, 1), densities in (0, 1), τ ≥ 0, positive sizes), choices (device,
-precision, model presets) and rules that involve several keys:
+precision, model presets) and rules that involve several keys.
 
-* span corruption at ``data.input_length`` needing more than the vocabulary's 100
-  sentinels (T5: inputs beyond ~1809 tokens at density 0.15, μ 3);
-* an RTD generator wider than its discriminator, or a ``generator_d_model`` that
-  ``generator_d_kv`` does not divide;
-* objectives in an order that cannot work (``mlm_mask`` before ``span_corruption``, an
-  ``rtd``/``mlm`` objective without ``mlm_mask``), or none with a loss;
-* schedules driving knobs that do not exist (or one knob twice): the schedules are
-  built here against the objectives' ``KNOBS`` — cheap, no model needed;
-* learned position tables shorter than the input; a batch that does not split over the
-  ranks (``WORLD_SIZE``) and accumulation steps; FSDP asked for on one CPU process.
+The core's own sections (``trainer``, ``data``, ``runtime``) are checked here. Every
+plugin section is checked by its config dataclass (``check(where, ctx)``, see
+:mod:`spactor.checks`): span corruption's sentinel budget at ``data.input_length``, an
+RTD generator's width against the discriminator's, a learned position table shorter than
+the input, a schedule's τ. Rules about a plugin kind's whole section come from that kind's
+package through ``Registry.add_section_check``: schedules driving knobs that do not exist
+(or one knob twice), no objective with a loss. This module imports no plugin package: it
+reaches the plugins only through the registries.
 
 Every problem is one :class:`~spactor.config.ConfigError` line,
 ``<key>: <value> — <rule>``; the CLI prints it and exits with code 2. The first problem
@@ -24,20 +22,28 @@ found is reported.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import typing
 from typing import Any
 
-from spactor.config import ConfigError, Plugin, Resolved
+from spactor.checks import (  # noqa: F401 — NUM_SENTINELS, non_negative re-exported for older imports
+    NUM_SENTINELS,
+    CheckContext,
+    at_least,
+    check_config,
+    check_fields,
+    fail,
+    is_number,
+    non_negative,
+    one_of,
+    positive,
+    positive_int,
+    unit_interval,
+)
+from spactor.config import Plugin, Resolved
+from spactor.registry import OBJECTIVES, SCHEDULES, factory_class
 
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "bf16", "auto")
-NUM_SENTINELS = 100  # T5's <extra_id_0..99>; every spactor tokenizer has exactly these
-
-
-def fail(key: str, value: Any, rule: str) -> typing.NoReturn:
-    raise ConfigError(f"{key}: {value!r} — {rule}")
 
 
 def validate(resolved: Resolved) -> None:
@@ -47,60 +53,33 @@ def validate(resolved: Resolved) -> None:
     check_data(cfg.data)
     check_runtime(cfg.runtime)
     width = check_model(resolved.model, cfg.data.input_length)
+    ctx = CheckContext(
+        input_length=cfg.data.input_length,
+        hidden_size=width,
+        world_size=_world_size(),
+        max_steps=cfg.trainer.max_steps,
+        knobs=knob_values(resolved.objectives),
+        objectives=tuple(resolved.objectives),
+    )
     for name, plugin in resolved.objectives.items():
-        check_fields(f"objectives.{name}", plugin.config, OBJECTIVE_RULES)
+        check_config(f"objectives.{name}", plugin.config, ctx)
     for name, plugin in resolved.schedules.items():
-        check_fields(f"schedules.{name}", plugin.config, SCHEDULE_RULES)
-    check_fields("optimizer", resolved.optimizer.config, OPTIM_RULES)
-    check_fields("lr_schedule", resolved.lr_schedule.config, OPTIM_RULES)
-    check_choices(resolved.objectives)
+        check_config(f"schedules.{name}", plugin.config, ctx)
+    for path in ("optimizer", "lr_schedule"):
+        plugin = getattr(resolved, path)
+        check_config(path, plugin.config, ctx)
+        check_fields(path, plugin.config, OPTIM_RULES)
     check_objective_order(resolved.objectives)
-    check_span_corruption(resolved)
     check_rtd(resolved, width)
-    check_knobs_and_schedules(resolved)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def positive(key: str, value: Any) -> None:
-    if not (_is_number(value) and value > 0 and math.isfinite(value)):
-        fail(key, value, "must be > 0")
-
-
-def positive_int(key: str, value: Any) -> None:
-    if not (_is_int(value) and value > 0):
-        fail(key, value, "must be a positive integer")
-
-
-def at_least(key: str, value: Any, low: int) -> None:
-    if not (_is_number(value) and value >= low):
-        fail(key, value, f"must be >= {low}")
-
-
-def non_negative(key: str, value: Any) -> None:
-    if not (_is_number(value) and value >= 0 and math.isfinite(value)):
-        fail(key, value, "must be >= 0 (and finite)")
-
-
-def unit_interval(key: str, value: Any, *, open_low: bool = False) -> None:
-    """[0, 1) or, with ``open_low``, (0, 1). NaN fails both."""
-    ok = _is_number(value) and (value > 0 if open_low else value >= 0) and value < 1
-    if not ok:
-        fail(key, value, "must be in (0, 1)" if open_low else "must be in [0, 1)")
-
-
-def one_of(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
-    if str(value) not in choices:
-        fail(key, value, f"must be one of {', '.join(choices)}")
+    if not resolved.objectives:
+        fail(
+            "objectives",
+            {},
+            "no objective is configured; add one with a loss (e.g. objectives.span_corruption)",
+        )
+    for registry, plugins in ((OBJECTIVES, resolved.objectives), (SCHEDULES, resolved.schedules)):
+        for check in registry.section_checks():
+            check(plugins, ctx)
 
 
 # --------------------------------------------------------------------------- sections
@@ -161,8 +140,7 @@ def check_data(d: Any) -> None:
     positive_int("data.tokenizer_vocab_size", d.tokenizer_vocab_size)
     one_of("data.backend", getattr(d, "backend", "default"), ("default", "fairseq2"))
     one_of("data.document_separator", getattr(d, "document_separator", "eos"), ("eos", "none"))
-    import spactor.data.sources  # noqa: F401 — registers the built-in sources
-    from spactor.registry import SOURCES, RegistryError
+    from spactor.registry import SOURCES, RegistryError  # filled by load_plugins, as validation requires
 
     try:
         entry = SOURCES.get(d.source)
@@ -223,123 +201,21 @@ def _cuda_available() -> bool:
 
 # --------------------------------------------------------------------------- model
 
-T5_DIMS = ("d_model", "d_ff", "num_heads", "num_layers", "num_decoder_layers", "d_kv")
-
-
-def check_init_from(value: str | None) -> None:
-    """The directory must be there before any work; its dimensions are compared with the
-    model's when the model is built (the vocabulary comes from the tokenizer)."""
-    if not value:
-        return
-    if not value.startswith("hf:"):
-        fail("model.init_from", value, "must be hf:PATH (a directory written by `spactor export` or save_pretrained)")
-    path = os.path.expanduser(value[3:])
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        fail("model.init_from", value, f"no config.json in {path!r}: not a Hugging Face T5 directory")
-
 
 def check_model(model: Plugin, input_length: int) -> int | None:
-    """Validate the architecture's config; return the discriminator's hidden size (None
-    for an architecture this module does not know)."""
+    """Run the architecture config's own check; return the discriminator's hidden size
+    (None for an architecture whose config has no ``hidden_size()``)."""
     cfg = model.config
-    check_fields("model", cfg, MODEL_RULES)
-    if model.type == "t5":
-        from spactor.architectures.t5 import T5_SIZES, resolve_t5_dims
-
-        one_of("model.version", str(cfg.version), list(T5_SIZES))
-        one_of("model.size", cfg.size, list(T5_SIZES[str(cfg.version)]))
-        for name in T5_DIMS:
-            if getattr(cfg, name) is not None:
-                positive_int(f"model.{name}", getattr(cfg, name))
-        try:
-            dims = resolve_t5_dims(cfg)
-        except ValueError as e:
-            raise ConfigError(f"model: {e}") from None
-        check_init_from(getattr(cfg, "init_from", None))
-        return int(dims["d_model"])
-    if model.type == "encoder":
-        from spactor.architectures import encoder
-
-        for key, choices in (("size", "ENCODER_SIZES"), ("positions", "POSITIONS"), ("norm", "NORMS")):
-            if hasattr(encoder, choices) and hasattr(cfg, key):
-                one_of(f"model.{key}", getattr(cfg, key), list(getattr(encoder, choices)))
-        for name in ("d_model", "num_heads", "num_layers", "d_ff", "d_kv"):
-            if getattr(cfg, name, None) is not None:
-                positive_int(f"model.{name}", getattr(cfg, name))
-        try:
-            spec = encoder.resolve_encoder_spec(cfg)
-        except ValueError as e:
-            raise ConfigError(f"model: {e}") from None
-        if spec.positions == "learned" and spec.max_positions < input_length:
-            fail(
-                "model.max_positions",
-                spec.max_positions,
-                "the learned position table needs a row per position: at least data.input_length "
-                f"({input_length})",
-            )
-        return int(spec.d_model)
-    return None
+    check_config("model", cfg, CheckContext(input_length=input_length, world_size=_world_size()))
+    hidden_size = getattr(cfg, "hidden_size", None)
+    return int(hidden_size()) if callable(hidden_size) else None
 
 
-# --------------------------------------------------------------------------- field rules
-
-Rule = typing.Callable[[str, str, Any], None]
-
-
-def _rule_objective(key: str, name: str, value: Any) -> None:
-    if value is None or isinstance(value, bool):
-        return
-    if "density" in name:
-        unit_interval(key, value, open_low=True)
-    elif name.endswith("ratio"):
-        unit_interval(key, value)
-    elif name == "mean_noise_span_length":
-        positive(key, value)
-    elif name == "z_loss" or name.endswith("_z_loss"):
-        non_negative(key, value)
-    elif name == "weight" or name.endswith("_weight"):
-        non_negative(key, value)
-    elif name.endswith("temperature"):
-        positive(key, value)
-    elif name.endswith("dropout"):
-        unit_interval(key, value)
-    elif _is_int(value) and _is_size_name(name):
-        positive_int(key, value)
-
-
-def _is_size_name(name: str) -> bool:
-    sizes = ("layers", "d_model", "d_ff", "heads", "d_kv", "hidden", "max_positions")
-    return name in sizes or any(name.endswith("_" + s) for s in sizes)
-
-
-def _rule_schedule(key: str, name: str, value: Any) -> None:
-    if value is None or isinstance(value, bool):
-        return
-    if (name == "tau" or name.endswith("_tau")) and not (_is_int(value) and value >= 0):
-        fail(key, value, "must be >= 0 (a step), or null for never")
-
-
-def _rule_model(key: str, name: str, value: Any) -> None:
-    if value is None or isinstance(value, bool):
-        return
-    if name.endswith("dropout"):
-        unit_interval(key, value)
-    elif name in (
-        "vocab_size",
-        "relative_attention_num_buckets",
-        "relative_attention_max_distance",
-        "max_positions",
-    ):
-        positive_int(key, value)
-    elif name == "init_std":
-        positive(key, value)
-    elif name == "attention":
-        from spactor.architectures.layers import ATTENTION_BACKENDS
-
-        one_of(key, value, ATTENTION_BACKENDS)
+# --------------------------------------------------------------------------- optimizer
 
 
 def _rule_optim(key: str, name: str, value: Any) -> None:
+    """The optimizers and LR schedules (``spactor.runners.optim``), by field name."""
     if value is None or isinstance(value, bool):
         return
     if name in ("lr", "scale"):
@@ -352,51 +228,17 @@ def _rule_optim(key: str, name: str, value: Any) -> None:
         positive(key, value)
     elif name.endswith("_steps"):
         at_least(key, value, 0)
-    elif name.startswith("eps") and _is_number(value):
+    elif name.startswith("eps") and is_number(value):
         positive(key, value)
     elif name == "betas":
         for i, beta in enumerate(value):
             unit_interval(f"{key}[{i}]", beta)
 
 
-OBJECTIVE_RULES: Rule = _rule_objective
-SCHEDULE_RULES: Rule = _rule_schedule
-MODEL_RULES: Rule = _rule_model
-OPTIM_RULES: Rule = _rule_optim
-
-
-def check_fields(path: str, cfg: Any, rule: Rule) -> None:
-    if not dataclasses.is_dataclass(cfg):
-        return
-    for f in dataclasses.fields(cfg):
-        rule(f"{path}.{f.name}", f.name, getattr(cfg, f.name))
+OPTIM_RULES = _rule_optim
 
 
 # --------------------------------------------------------------------------- objectives
-
-
-# objective type -> field -> (module, name of the tuple of valid values in it)
-CHOICES: dict[str, dict[str, tuple[str, str]]] = {
-    "mlm_mask": {"mode": ("spactor.objectives.mlm_mask", "MODES")},
-    "rtd": {
-        "generator_logits": ("spactor.objectives.rtd", "LOGIT_MODES"),
-        "embedding_sharing": ("spactor.architectures.generator", "SHARING_MODES"),
-        "generator_head": ("spactor.architectures.generator", "HEADS"),
-    },
-}
-
-
-def check_choices(objectives: dict[str, Plugin]) -> None:
-    import importlib
-
-    for name, plugin in objectives.items():
-        for key, (module, constant) in CHOICES.get(plugin.type, {}).items():
-            try:
-                valid = getattr(importlib.import_module(module), constant)
-            except (ImportError, AttributeError):
-                continue
-            if hasattr(plugin.config, key):
-                one_of(f"objectives.{name}.{key}", getattr(plugin.config, key), list(valid))
 
 
 def check_objective_order(objectives: dict[str, Plugin]) -> None:
@@ -416,89 +258,6 @@ def check_objective_order(objectives: dict[str, Plugin]) -> None:
                 kind,
                 "needs an mlm_mask objective (it works on the [M] positions mlm_mask chooses)",
             )
-
-
-def check_span_corruption(resolved: Resolved) -> None:
-    """Refuse inputs that need more noise spans than there are sentinels (and inputs too
-    short to corrupt), with the numbers and the longest input_length that would fit."""
-    for name, plugin in resolved.objectives.items():
-        if plugin.type == "span_corruption":
-            _check_sentinels(
-                f"objectives.{name}",
-                resolved.cfg.data.input_length,
-                plugin.config.noise_density,
-                plugin.config.mean_noise_span_length,
-            )
-
-
-def _check_sentinels(where: str, input_length: int, density: float, mu: float) -> None:
-    from spactor.objectives.span_corruption import max_raw_length, span_counts
-
-    settings = f"{where}: noise_density {density}, mean_noise_span_length {mu}"
-
-    def spans(length: int) -> int | None:
-        """Noise spans of the raw chunk an input of ``length`` tokens is cut from."""
-        try:
-            return span_counts(max_raw_length(length, density, mu), density, mu).num_spans
-        except ValueError:
-            return None  # too short to corrupt at all
-
-    def raw_spans(length: int) -> int:
-        return span_counts(length, density, mu).num_spans
-
-    # Spans only grow with the chunk, which is (about) as long as the input or longer:
-    # for an absurd length, answer without walking up to the raw chunk length.
-    if input_length > HUGE_INPUT and raw_spans(input_length) > NUM_SENTINELS:
-        needed = raw_spans(input_length)
-    else:
-        needed = spans(input_length)
-        if needed is None:
-            fail(
-                "data.input_length",
-                input_length,
-                f"too short for span corruption ({settings}): the shortest corrupted input is 3 tokens",
-            )
-        if needed <= NUM_SENTINELS:
-            return
-    longest = _longest_fitting(input_length, spans, raw_spans)
-    fail(
-        "data.input_length",
-        input_length,
-        f"span corruption ({settings}) would need at least {needed} noise spans per chunk, but there are "
-        f"only {NUM_SENTINELS} sentinels; use data.input_length <= {longest}, a lower noise_density or a "
-        f"longer mean_noise_span_length",
-    )
-
-
-HUGE_INPUT = 1 << 16
-
-
-def _bisect_last(lo: int, hi: int, fits: typing.Callable[[int], bool]) -> int:
-    """Largest n in [lo, hi) with ``fits(n)``, for a monotone ``fits`` true at ``lo`` and
-    false at ``hi``."""
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def _longest_fitting(
-    upper: int, spans: typing.Callable[[int], int | None], raw_spans: typing.Callable[[int], int]
-) -> int:
-    """Largest input length < ``upper`` whose chunk needs <= NUM_SENTINELS spans (the
-    count never decreases with the length). ``raw_spans`` (cheap: spans of a chunk of
-    exactly n tokens) first bounds the search, so it stays fast for huge ``upper``."""
-    if (spans(2) or 0) > NUM_SENTINELS:
-        return 0
-    bound = upper
-    if raw_spans(upper) > NUM_SENTINELS:
-        bound = _bisect_last(2, upper, lambda n: raw_spans(n) <= NUM_SENTINELS) + 1
-    if (spans(bound) or 0) <= NUM_SENTINELS:
-        return bound  # degenerate settings (raw chunk shorter than the input): a safe answer
-    return _bisect_last(2, bound, lambda n: (spans(n) or 0) <= NUM_SENTINELS)
 
 
 def check_rtd(resolved: Resolved, hidden_size: int | None) -> None:
@@ -544,67 +303,21 @@ def check_rtd(resolved: Resolved, hidden_size: int | None) -> None:
 # --------------------------------------------------------------------------- knobs
 
 
-def objective_class(kind: str) -> type | None:
-    """The Objective subclass an objective factory returns (from its return annotation),
-    or None when that cannot be told without calling it."""
-    from spactor.objectives.base import Objective
-    from spactor.registry import OBJECTIVES
-
-    try:
-        factory = OBJECTIVES.get(kind).factory
-        cls = typing.get_type_hints(factory).get("return")
-    except Exception:  # noqa: BLE001 — unresolvable annotations, unknown names
-        return None
-    return cls if isinstance(cls, type) and issubclass(cls, Objective) else None
-
-
 def knob_values(objectives: dict[str, Plugin]) -> dict[str, float] | None:
     """Every knob path -> its configured value, as the runner will see it; None when an
-    objective's class (and so its KNOBS) cannot be found without building it."""
+    objective's class (and so its ``KNOBS``) cannot be told from its factory's return
+    annotation without building it (the runner then checks the schedules)."""
     knobs: dict[str, float] = {}
     for name, plugin in objectives.items():
-        cls = objective_class(plugin.type)
-        if cls is None:
+        cls = factory_class(OBJECTIVES.get(plugin.type))
+        names = getattr(cls, "KNOBS", None)
+        if names is None:
             return None
-        for knob in cls.KNOBS:
+        for knob in names:
             value = getattr(plugin.config, knob, None)
-            if _is_number(value) or isinstance(value, bool):
+            if is_number(value) or isinstance(value, bool):
                 knobs[f"objectives.{name}.{knob}"] = float(value)
     return knobs
-
-
-def check_knobs_and_schedules(resolved: Resolved) -> None:
-    classes = {name: objective_class(p.type) for name, p in resolved.objectives.items()}
-    if classes and all(c is not None for c in classes.values()):
-        from spactor.objectives.base import Objective
-
-        def has_loss(cls: type) -> bool:
-            overrides = cls.loss is not Objective.loss  # type: ignore[attr-defined]
-            return overrides or cls.modify is not Objective.modify  # type: ignore[attr-defined]
-
-        if not any(has_loss(c) for c in classes.values() if c is not None):
-            fail(
-                "objectives",
-                list(classes),
-                "no objective has a loss; add one (e.g. objectives.span_corruption)",
-            )
-    elif not resolved.objectives:
-        fail(
-            "objectives",
-            {},
-            "no objective is configured; add one with a loss (e.g. objectives.span_corruption)",
-        )
-    knobs = knob_values(resolved.objectives)
-    if knobs is None or not resolved.schedules:
-        return  # an objective's knobs are unknown until it is built: the runner checks
-    from spactor.schedules.base import build
-
-    try:
-        build(resolved.schedules, knobs, resolved.cfg.trainer.max_steps)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"schedules: {e}") from None
 
 
 # --------------------------------------------------------------------------- before training

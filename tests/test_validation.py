@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,8 +107,8 @@ CASES = [
     ),
     ("sc", ["objectives.span_corruption.weight=-1"], "objectives.span_corruption.weight: -1.0 —", ">= 0"),
     ("sc", ["objectives.span_corruption.weight=inf"], "objectives.span_corruption.weight: inf —", "finite"),
-    ("spactor", ["objectives.mlm_mask.ratio=1.0"], "objectives.mlm_mask.ratio: 1.0 —", "[0, 1)"),
-    ("spactor", ["objectives.mlm_mask.ratio=-0.1"], "objectives.mlm_mask.ratio: -0.1 —", "[0, 1)"),
+    ("spactor", ["objectives.mlm_mask.ratio=1.5"], "objectives.mlm_mask.ratio: 1.5 —", "[0, 1]"),
+    ("spactor", ["objectives.mlm_mask.ratio=-0.1"], "objectives.mlm_mask.ratio: -0.1 —", "[0, 1]"),
     ("spactor", ["objectives.rtd.temperature=0"], "objectives.rtd.temperature: 0.0 —", "> 0"),
     ("spactor", ["objectives.rtd.generator_weight=-1"], "objectives.rtd.generator_weight: -1.0 —", ">= 0"),
     (
@@ -228,6 +229,7 @@ def test_allowed_edge_values():
     load_config("sc", ["runtime.device=cpu", "runtime.precision=bf16"])  # CPU autocast is fine
     load_config("sc", ["data.validation_fraction=0", "trainer.eval_every=0", "trainer.clip_grad_norm=null"])
     load_config("spactor", ["schedules.two_stage.tau=0", "objectives.mlm_mask.ratio=0"])
+    load_config("spactor", ["objectives.mlm_mask.ratio=1"])  # every real token: what MlmMask accepts
     load_config("spactor", ["schedules.two_stage.tau=null", "objectives.rtd.generator_d_model=768"])
     load_config("sc", ["trainer.batch_size=12", "trainer.grad_accum_steps=4"])
     for name in recipe_names():
@@ -250,6 +252,101 @@ def test_fsdp_on_one_cpu_process_is_refused(monkeypatch):
     load_config("sc", ["runtime.fsdp=false", "runtime.device=cpu"])
     monkeypatch.setenv("WORLD_SIZE", "4")
     load_config("sc", ["runtime.fsdp=true", "runtime.device=cpu", "trainer.batch_size=8"])  # gloo: allowed
+
+
+# --------------------------------------------------------------------------- one rule, two places
+
+
+def _build_objective(kind: str, fields: dict, input_length: int = 512):
+    from spactor.objectives.base import ObjectiveContext, Vocab
+    from spactor.registry import OBJECTIVES
+
+    entry = OBJECTIVES.get(kind)
+    ctx = ObjectiveContext(kind, Vocab(size=32128), input_length, None)
+    return entry.factory(entry.config_cls(**fields), ctx)
+
+
+def _build_schedule(kind: str, fields: dict):
+    from spactor.registry import SCHEDULES
+    from spactor.schedules.base import ScheduleContext
+
+    entry = SCHEDULES.get(kind)
+    return entry.factory(entry.config_cls(**fields), ScheduleContext(kind, {}, 1000))
+
+
+# (recipe, override, how the plugin is built directly with the same value)
+SAME_RULE = [
+    ("sc", "objectives.span_corruption.noise_density=1.5",
+     lambda: _build_objective("span_corruption", {"noise_density": 1.5})),
+    ("sc", "objectives.span_corruption.z_loss=-1",
+     lambda: _build_objective("span_corruption", {"z_loss": -1.0})),
+    ("sc", "data.input_length=4096", lambda: _build_objective("span_corruption", {}, input_length=4096)),
+    ("spactor", "objectives.mlm_mask.mode=bart", lambda: _build_objective("mlm_mask", {"mode": "bart"})),
+    ("spactor", "objectives.mlm_mask.ratio=1.5", lambda: _build_objective("mlm_mask", {"ratio": 1.5})),
+    ("ul2", "objectives.ul2.target_length=10", lambda: _build_objective("ul2", {"target_length": 10})),
+    ("spactor", "schedules.two_stage.tau=-1", lambda: _build_schedule("two_stage", {"tau": -1})),
+    ("spactor_adaptive", "schedules.adaptive.smoothing=1.0",
+     lambda: _build_schedule("adaptive", {"smoothing": 1.0})),
+]
+
+
+@pytest.mark.parametrize("recipe, override, build", SAME_RULE, ids=[c[1] for c in SAME_RULE])
+def test_a_plugin_check_runs_at_config_time_and_in_its_constructor(recipe, override, build):
+    """The config's own ``check`` is the one rule: ``load_config`` and the plugin's
+    constructor (objective class / schedule factory) refuse the value with the same line."""
+    at_config_time = error(recipe, [override])
+    with pytest.raises(ConfigError) as built:
+        build()
+    assert str(built.value) == at_config_time
+
+
+def test_a_plugin_config_without_a_check_still_gets_the_field_rules(tmp_path):
+    """A third-party objective whose config defines no ``check`` (the example plugin's
+    ``token_deletion``) is held to the ranges every objective follows by field name."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from spactor.plugins import load_plugins; load_plugins()\n"
+        "import spactor_example_plugin.token_deletion\n"
+        "from spactor.config import ConfigError, load_config\n"
+        "overrides = ['model.size=tiny', 'objectives.token_deletion.ratio=' + sys.argv[2]]\n"
+        "try:\n"
+        "    load_config('sc', overrides)\n"
+        "    print('accepted')\n"
+        "except ConfigError as e:\n"
+        "    print(e)\n"
+    )
+    example = str(Path(__file__).parent / "example_plugin")
+    refused = "objectives.token_deletion.ratio: 1.5 — must be in [0, 1)"
+    for ratio, expected in (("1.5", refused), ("0.2", "accepted")):
+        out = subprocess.run([sys.executable, "-c", code, example, ratio], capture_output=True, text=True,
+                             timeout=300, check=False, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected
+
+
+def test_a_schedule_driving_the_rtd_temperature_to_zero_is_refused_at_the_step():
+    """Config time refuses ``temperature: 0``; a schedule may still set the knob to 0 later,
+    and RTD then refuses it with the same rule before sampling (``gumbel_max_sample``
+    alone would take T = 0 as the argmax)."""
+    import torch
+
+    from spactor.architectures.encoder import EncoderConfig, EncoderModel
+    from spactor.objectives.base import ObjectiveContext, Vocab
+    from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
+    from spactor.objectives.rtd import RTDConfig, build_rtd
+
+    assert error("spactor", ["objectives.rtd.temperature=0"]).startswith("objectives.rtd.temperature: 0.0 —")
+    vocab = Vocab(size=256, first_sentinel_id=250, mask_id=251)
+    model = EncoderModel(EncoderConfig(size="tiny", max_positions=16), vocab.size)
+    ctx = ObjectiveContext("rtd", vocab, 16, model)
+    rtd = build_rtd(RTDConfig(generator_layers=1, generator_d_model=32, generator_d_kv=16), ctx)
+    ids = torch.randint(3, 140, (2, 16), generator=torch.Generator().manual_seed(0))
+    mask = build_mlm_mask(MlmMaskConfig(), ObjectiveContext("mlm_mask", vocab, 16, None))
+    batch = mask.transform({"encoder_input": ids}, torch.Generator().manual_seed(1))
+    rtd.modify(batch, model, torch.Generator().manual_seed(2))  # T = 1: fine
+    rtd.set_knob("temperature", 0.0)
+    with pytest.raises(ConfigError, match=r"^objectives\.rtd\.temperature: 0\.0 — must be > 0$"):
+        rtd.modify(batch, model, torch.Generator().manual_seed(2))
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -44,7 +44,10 @@ from spactor.architectures.layers import (
     check_attention,
     compute_dtype,
     flex_attention,
+    model_field_rule,
 )
+from spactor.checks import CheckContext, check_fields, fail, one_of, positive_int
+from spactor.config import ConfigError
 from spactor.registry import ARCHITECTURES
 
 # (d_model, num_heads, num_layers, d_ff); "small" is ELECTRA-Small, base/large are BERT's.
@@ -76,6 +79,29 @@ class EncoderConfig:
     dropout: float = 0.1
     attention: str = "sdpa"  # sdpa | eager | flex (FlexAttention; needs dropout 0)
     vocab_size: int | None = None  # None: the tokenizer's size, given at build time
+
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_fields(where, self, model_field_rule)
+        one_of(f"{where}.size", self.size, list(ENCODER_SIZES))
+        one_of(f"{where}.positions", self.positions, list(POSITIONS))
+        one_of(f"{where}.norm", self.norm, list(NORMS))
+        for name in ("d_model", "num_heads", "num_layers", "d_ff", "d_kv"):
+            if getattr(self, name) is not None:
+                positive_int(f"{where}.{name}", getattr(self, name))
+        try:
+            spec = resolve_encoder_spec(self)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if spec.positions == "learned" and spec.max_positions < ctx.input_length:
+            fail(
+                f"{where}.max_positions",
+                spec.max_positions,
+                "the learned position table needs a row per position: at least data.input_length "
+                f"({ctx.input_length})",
+            )
+
+    def hidden_size(self) -> int:
+        return int(resolve_encoder_spec(self).d_model)
 
 
 @dataclass(frozen=True)

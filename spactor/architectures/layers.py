@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from spactor.checks import one_of, positive, positive_int, unit_interval
+
 ATTENTION_BACKENDS = ("sdpa", "eager", "flex")
 FFN_KINDS = ("relu", "gated-gelu")
 
@@ -47,6 +49,26 @@ def check_attention(attention: str, dropout: float) -> None:
             f"attention 'flex' has no attention-probability dropout, but dropout is {dropout}; "
             f"set dropout 0 or use attention sdpa"
         )
+
+
+def model_field_rule(key: str, name: str, value: Any) -> None:
+    """Config-time ranges of the fields the architectures built from these layers share
+    (``T5Config``, ``EncoderConfig``), by field name (``spactor.checks.check_fields``)."""
+    if value is None or isinstance(value, bool):
+        return
+    if name.endswith("dropout"):
+        unit_interval(key, value)
+    elif name in (
+        "vocab_size",
+        "relative_attention_num_buckets",
+        "relative_attention_max_distance",
+        "max_positions",
+    ):
+        positive_int(key, value)
+    elif name == "init_std":
+        positive(key, value)
+    elif name == "attention":
+        one_of(key, value, ATTENTION_BACKENDS)
 
 
 @dataclass(frozen=True)

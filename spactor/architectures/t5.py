@@ -15,6 +15,7 @@ Module names follow Hugging Face's where it is cheap (``q/k/v/o``, ``wi``/``wi_0
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,10 @@ from spactor.architectures.layers import (
     attention_bias,
     check_attention,
     compute_dtype,
+    model_field_rule,
 )
+from spactor.checks import CheckContext, check_fields, fail, one_of, positive_int
+from spactor.config import ConfigError
 
 # (d_model, d_ff, num_heads, num_layers, d_kv); num_decoder_layers defaults to num_layers.
 T5_SIZES: dict[str, dict[str, tuple[int, int, int, int, int]]] = {
@@ -77,6 +81,37 @@ class T5Config:
     # embedding, output scaled by d_model**-0.5 (HF's tie_word_embeddings: true, which
     # transformers 5 also gives a v1.1 built from a default config); false: its own lm_head.
     tie_embeddings: bool | None = None
+
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_fields(where, self, model_field_rule)
+        one_of(f"{where}.version", str(self.version), list(T5_SIZES))
+        one_of(f"{where}.size", self.size, list(T5_SIZES[str(self.version)]))
+        for name in T5_DIMS:
+            if getattr(self, name) is not None:
+                positive_int(f"{where}.{name}", getattr(self, name))
+        try:
+            resolve_t5_dims(self)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        check_init_from(f"{where}.init_from", self.init_from)
+
+    def hidden_size(self) -> int:
+        return int(resolve_t5_dims(self)["d_model"])
+
+
+T5_DIMS = ("d_model", "d_ff", "num_heads", "num_layers", "num_decoder_layers", "d_kv")
+
+
+def check_init_from(key: str, value: str | None) -> None:
+    """The directory must be there before any work; its dimensions are compared with the
+    model's when the model is built (the vocabulary comes from the tokenizer)."""
+    if not value:
+        return
+    if not value.startswith("hf:"):
+        fail(key, value, "must be hf:PATH (a directory written by `spactor export` or save_pretrained)")
+    path = os.path.expanduser(value[3:])
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        fail(key, value, f"no config.json in {path!r}: not a Hugging Face T5 directory")
 
 
 def _version(cfg: T5Config) -> str:

@@ -474,7 +474,7 @@ def jsonl_source(cfg: JsonlSourceConfig) -> JsonlSource:
 class BuiltinSourceConfig:
     min_chars: int = 20  # docstrings shorter than this ("Return self.") are noise
     # Leave out the function/class docstrings that the built-in downstream tasks
-    # (spactor.tasks.pydoc) are made of, so pre-training never sees them.
+    # (spactor.data.pydoc_tasks) are made of, so pre-training never sees them.
     holdout_tasks: bool = True
 
 

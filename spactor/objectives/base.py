@@ -28,6 +28,17 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from spactor.checks import (
+    CheckContext,
+    check_fields,
+    fail,
+    is_int,
+    non_negative,
+    positive,
+    positive_int,
+    unit_interval,
+)
+from spactor.registry import OBJECTIVES, factory_class
 from spactor.vocab import MODE_TOKENS, Vocab  # noqa: F401 re-exported: objectives and plugins import them from here
 
 Batch = dict[str, torch.Tensor]
@@ -42,6 +53,15 @@ class ObjectiveContext:
     input_length: int  # encoder length
     model: Any  # the discriminator (an ``Architecture``); objectives use only its protocol
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_context(self) -> CheckContext:
+        """What the objective's config check knows when the objective is built: the same
+        rules as at config time, with this vocabulary's sentinels and this model's width."""
+        return CheckContext(
+            input_length=self.input_length,
+            hidden_size=getattr(self.model, "hidden_size", None),
+            num_sentinels=self.vocab.num_sentinels,
+        )
 
 
 @dataclass
@@ -152,3 +172,66 @@ class Objective(nn.Module):
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Extra per-example fields ``spactor preview --json`` shows."""
         return {}
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+def objective_field_rule(key: str, name: str, value: Any) -> None:
+    """Ranges every objective's config follows by field name: densities in (0, 1), ratios
+    and dropouts in [0, 1), span lengths and temperatures > 0, weights and z-losses >= 0
+    and finite, sizes (layers, widths, heads) positive integers."""
+    if value is None or isinstance(value, bool):
+        return
+    if "density" in name:
+        unit_interval(key, value, open_low=True)
+    elif name.endswith("ratio"):
+        unit_interval(key, value)
+    elif name == "mean_noise_span_length":
+        positive(key, value)
+    elif name == "z_loss" or name.endswith("_z_loss"):
+        non_negative(key, value)
+    elif name == "weight" or name.endswith("_weight"):
+        non_negative(key, value)
+    elif name.endswith("temperature"):
+        positive(key, value)
+    elif name.endswith("dropout"):
+        unit_interval(key, value)
+    elif is_int(value) and _is_size_name(name):
+        positive_int(key, value)
+
+
+def _is_size_name(name: str) -> bool:
+    sizes = ("layers", "d_model", "d_ff", "heads", "d_kv", "hidden", "max_positions")
+    return name in sizes or any(name.endswith("_" + s) for s in sizes)
+
+
+def check_objective_fields(where: str, cfg: Any) -> None:
+    check_fields(where, cfg, objective_field_rule)
+
+
+@OBJECTIVES.add_section_check
+def check_objectives_without_a_check(objectives: dict[str, Any], ctx: CheckContext) -> None:
+    """An objective config with no ``check`` of its own (a third-party plugin's) still
+    follows the ranges every objective follows by field name."""
+    for name, plugin in objectives.items():
+        if not callable(getattr(plugin.config, "check", None)):
+            check_objective_fields(f"objectives.{name}", plugin.config)
+
+
+def has_loss(cls: type[Objective]) -> bool:
+    """Whether objectives of ``cls`` contribute a loss (a ``loss`` or a ``modify`` of their own)."""
+    return cls.loss is not Objective.loss or cls.modify is not Objective.modify
+
+
+@OBJECTIVES.add_section_check
+def check_some_objective_has_a_loss(objectives: dict[str, Any], ctx: CheckContext) -> None:
+    """A run needs at least one loss. Told from the classes the factories return, so it is
+    skipped when one cannot be told without building it."""
+    classes = [factory_class(OBJECTIVES.get(p.type)) for p in objectives.values()]
+    if not classes or not all(isinstance(c, type) and issubclass(c, Objective) for c in classes):
+        return
+    if not any(has_loss(c) for c in classes):  # type: ignore[arg-type]
+        fail(
+            "objectives", list(objectives), "no objective has a loss; add one (e.g. objectives.span_corruption)"
+        )

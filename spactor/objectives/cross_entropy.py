@@ -41,12 +41,6 @@ class CrossEntropy:
     correct: torch.Tensor | None = None  # Σ [argmax == target], only when asked
 
 
-def check_z_loss(where: str, value: float) -> None:
-    """z-loss coefficients are finite and ≥ 0 (0 turns it off)."""
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < float("inf")):
-        raise ValueError(f"{where}: z_loss must be >= 0 (and finite), got {value!r}")
-
-
 def _working_dtype(logits: torch.Tensor) -> torch.dtype:
     # fp32 for bf16/fp16/fp32 logits; fp64 stays fp64 (gradient checks).
     return torch.promote_types(logits.dtype, torch.float32)

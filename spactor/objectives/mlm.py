@@ -13,8 +13,16 @@ from typing import Any
 
 import torch
 
-from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
-from spactor.objectives.cross_entropy import check_z_loss, token_cross_entropy
+from spactor.checks import CheckContext
+from spactor.objectives.base import (
+    Batch,
+    LossTerm,
+    Objective,
+    ObjectiveContext,
+    ObjectiveOutput,
+    check_objective_fields,
+)
+from spactor.objectives.cross_entropy import token_cross_entropy
 from spactor.objectives.mlm_mask import index_from_mask, index_parts
 from spactor.registry import OBJECTIVES
 
@@ -24,6 +32,9 @@ class MLMConfig:
     weight: float = 1.0  # knob
     z_loss: float = 0.0  # T5's z-loss coefficient (see span_corruption); logged as loss/<name>_z
 
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_objective_fields(where, self)
+
 
 class MLM(Objective):
     """Cross-entropy of ``model.lm_logits`` at the masked encoder positions."""
@@ -32,7 +43,7 @@ class MLM(Objective):
 
     def __init__(self, cfg: MLMConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
-        check_z_loss(f"objectives.{ctx.name}", cfg.z_loss)
+        cfg.check(f"objectives.{ctx.name}", ctx.check_context())
 
     def _mask(self, batch: Batch) -> torch.Tensor:
         if "mlm_mask" not in batch:

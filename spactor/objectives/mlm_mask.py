@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from spactor.checks import CheckContext, one_of, unit_interval
 from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
 from spactor.registry import OBJECTIVES
 
@@ -41,6 +42,12 @@ class MlmMaskConfig:
     ratio: float = 0.15  # knob: fraction of real tokens chosen
     enabled: bool = True  # knob: off = identity (stage 2 of SpacTor)
     mode: str = "replace_all"  # replace_all | electra | bert
+
+    def check(self, where: str, ctx: CheckContext) -> None:
+        # Every real token (ratio 1) is a well-defined choice, unlike the [0, 1) of
+        # objectives' generic ``*ratio`` rule.
+        unit_interval(f"{where}.ratio", self.ratio, closed_high=True)
+        one_of(f"{where}.mode", self.mode, MODES)
 
 
 def max_chosen(length: int, ratio: float) -> int:
@@ -135,16 +142,11 @@ class MlmMask(Objective):
 
     def __init__(self, cfg: MlmMaskConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
-        if cfg.mode not in MODES:
-            raise ValueError(
-                f"objectives.{ctx.name}.mode: unknown mode '{cfg.mode}'; valid: {', '.join(MODES)}"
-            )
-        self._check_ratio()
+        cfg.check(f"objectives.{ctx.name}", ctx.check_context())
 
     def _check_ratio(self) -> None:
-        # Checked per batch too: a schedule may set the knob at any step.
-        if not 0.0 <= self.cfg.ratio <= 1.0:
-            raise ValueError(f"objectives.{self.name}.ratio must be in [0, 1], got {self.cfg.ratio}")
+        # Checked per batch too, by the config's own rule: a schedule may set the knob at any step.
+        unit_interval(f"objectives.{self.name}.ratio", self.cfg.ratio, closed_high=True)
 
     @torch.no_grad()
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from spactor.checks import CheckContext
 from spactor.config import ConfigError
-from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
-from spactor.objectives.cross_entropy import check_z_loss
+from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab, check_objective_fields
 from spactor.objectives.span_corruption import DecoderTargetLoss
 from spactor.registry import OBJECTIVES
 
@@ -35,6 +35,10 @@ class PrefixLMConfig:
     noise_density: float = 0.5
     weight: float = 1.0  # knob: λ for this loss; the runner applies it
     z_loss: float = 0.0  # T5's z-loss on the decoder's cross-entropy (see span_corruption)
+
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_prefix_density(where, self.noise_density)
+        check_objective_fields(where, self)
 
 
 def check_prefix_density(where: str, noise_density: float) -> None:
@@ -94,8 +98,7 @@ class PrefixLM(DecoderTargetLoss, Objective):
 
     def __init__(self, cfg: PrefixLMConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
-        check_prefix_density(f"objectives.{ctx.name}", cfg.noise_density)
-        check_z_loss(f"objectives.{ctx.name}", cfg.z_loss)
+        cfg.check(f"objectives.{ctx.name}", ctx.check_context())
         if ctx.input_length < 2:
             raise ConfigError(f"objectives.{ctx.name}: input_length {ctx.input_length} is too short to split")
         self.input_length = ctx.input_length

@@ -48,8 +48,16 @@ from spactor.architectures.generator import (
     GeneratorConfig,
     load_generator_weights,
 )
-from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput
-from spactor.objectives.cross_entropy import check_z_loss, token_cross_entropy
+from spactor.checks import CheckContext, one_of, positive
+from spactor.objectives.base import (
+    Batch,
+    LossTerm,
+    Objective,
+    ObjectiveContext,
+    ObjectiveOutput,
+    check_objective_fields,
+)
+from spactor.objectives.cross_entropy import token_cross_entropy
 from spactor.objectives.mlm_mask import index_from_mask, index_parts, scatter_index
 from spactor.registry import OBJECTIVES
 
@@ -87,6 +95,12 @@ class RTDConfig:
     frozen: bool = False  # Fast-ELECTRA: no gradient, no optimizer state for G
     generator_checkpoint: str | None = None  # run / checkpoint / DCP directory, or a .pt state dict
     generator_head: str = "linear"  # linear (SpacTor Eq. 3) | electra (ELECTRA: dense → GELU → LayerNorm)
+
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_objective_fields(where, self)
+        one_of(f"{where}.generator_logits", self.generator_logits, LOGIT_MODES)
+        one_of(f"{where}.embedding_sharing", self.embedding_sharing, SHARING_MODES)
+        one_of(f"{where}.generator_head", self.generator_head, HEADS)
 
 
 # -- sampling and metrics --------------------------------------------------------------------
@@ -260,22 +274,12 @@ class RTD(Objective):
         where = f"objectives.{ctx.name}"
         if ctx.model is None:
             raise ValueError(f"{where}: rtd needs the discriminator model to build its generator")
-        if cfg.generator_logits not in LOGIT_MODES:
-            raise ValueError(
-                f"{where}.generator_logits: '{cfg.generator_logits}' not in {', '.join(LOGIT_MODES)}"
-            )
-        if cfg.embedding_sharing not in SHARING_MODES:
-            raise ValueError(
-                f"{where}.embedding_sharing: '{cfg.embedding_sharing}' not in {', '.join(SHARING_MODES)}"
-            )
-        if cfg.generator_head not in HEADS:
-            raise ValueError(f"{where}.generator_head: '{cfg.generator_head}' not in {', '.join(HEADS)}")
+        cfg.check(where, ctx.check_context())
         if cfg.frozen and cfg.embedding_sharing == "shared":
             raise ValueError(
                 f"{where}: a frozen generator cannot share D's token embedding (D keeps training it); "
                 f"use embedding_sharing: none (or gdes)"
             )
-        check_z_loss(f"{where}.generator_z_loss", cfg.generator_z_loss)
         model = ctx.model
         gen_cfg = generator_config(cfg, model.hidden_size, ctx.input_length)
         self.generator: Generator | None = Generator(gen_cfg, model.token_embedding)
@@ -381,6 +385,9 @@ class RTD(Objective):
             if "noise_seed" in batch:  # the runner's per-row seeds: the same draws on any number of ranks
                 uniform = counter_uniform(batch["noise_seed"], (index.shape[1], logits.shape[-1]))
                 uniform = uniform.flatten(0, 1)
+            # The config's rule on the knob a schedule may have set since the last check
+            # (gumbel_max_sample itself reads T = 0 as the argmax, which RTD does not allow).
+            positive(f"objectives.{self.name}.temperature", self.cfg.temperature)
             sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed, uniform)
             replaced = scatter_index(ids, index, sampled.view_as(index))
             original = torch.where(mask, full_labels, ids)

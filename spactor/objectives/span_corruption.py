@@ -22,7 +22,7 @@ a handful of tensor ops on the batch's device, without host syncs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +31,17 @@ import torch.nn.functional as F
 
 from spactor.architectures.base import Architecture
 from spactor.data.chunking import noise_span_counts, span_corruption_lengths
-from spactor.objectives.base import Batch, LossTerm, Objective, ObjectiveContext, ObjectiveOutput, Vocab
-from spactor.objectives.cross_entropy import check_z_loss, token_cross_entropy
+from spactor.checks import CheckContext, fail
+from spactor.objectives.base import (
+    Batch,
+    LossTerm,
+    Objective,
+    ObjectiveContext,
+    ObjectiveOutput,
+    Vocab,
+    check_objective_fields,
+)
+from spactor.objectives.cross_entropy import token_cross_entropy
 from spactor.registry import OBJECTIVES
 
 CONFIG_PATH = "objectives.span_corruption"
@@ -46,6 +55,11 @@ class SpanCorruptionConfig:
     # T5's z-loss coefficient (Mesh TF / T5X: 1e-4): z_loss · logsumexp(logits)² per
     # target token, logged as loss/<name>_z and weighted by λ like the cross-entropy.
     z_loss: float = 0.0
+
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_objective_fields(where, self)
+        check_sentinel_budget(where, ctx.input_length, self.noise_density, self.mean_noise_span_length,
+                              ctx.num_sentinels)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,76 @@ def max_raw_length(input_length: int, noise_density: float, mean_noise_span_leng
     if input_length < 3:  # a 2-token chunk, the shortest there is, corrupts to 3
         raise ValueError(f"{CONFIG_PATH}: input_length {input_length} is too short for span corruption")
     return span_corruption_lengths(input_length, noise_density, mean_noise_span_length)[0]
+
+
+def check_sentinel_budget(where: str, input_length: int, density: float, mu: float, sentinels: int) -> None:
+    """Refuse inputs that need more noise spans than there are sentinels (and inputs too
+    short to corrupt), with the numbers and the longest input_length that would fit."""
+    settings = f"{where}: noise_density {density}, mean_noise_span_length {mu}"
+
+    def spans(length: int) -> int | None:
+        """Noise spans of the raw chunk an input of ``length`` tokens is cut from."""
+        try:
+            return span_counts(max_raw_length(length, density, mu), density, mu).num_spans
+        except ValueError:
+            return None  # too short to corrupt at all
+
+    def raw_spans(length: int) -> int:
+        return span_counts(length, density, mu).num_spans
+
+    # Spans only grow with the chunk, which is (about) as long as the input or longer:
+    # for an absurd length, answer without walking up to the raw chunk length.
+    if input_length > HUGE_INPUT and raw_spans(input_length) > sentinels:
+        needed = raw_spans(input_length)
+    else:
+        needed = spans(input_length)
+        if needed is None:
+            fail(
+                "data.input_length",
+                input_length,
+                f"too short for span corruption ({settings}): the shortest corrupted input is 3 tokens",
+            )
+        if needed <= sentinels:
+            return
+    longest = _longest_fitting(input_length, spans, raw_spans, sentinels)
+    fail(
+        "data.input_length",
+        input_length,
+        f"span corruption ({settings}) would need at least {needed} noise spans per chunk, but there are "
+        f"only {sentinels} sentinels; use data.input_length <= {longest}, a lower noise_density or a "
+        f"longer mean_noise_span_length",
+    )
+
+
+HUGE_INPUT = 1 << 16
+
+
+def _bisect_last(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
+    """Largest n in [lo, hi) with ``fits(n)``, for a monotone ``fits`` true at ``lo`` and
+    false at ``hi``."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _longest_fitting(
+    upper: int, spans: Callable[[int], int | None], raw_spans: Callable[[int], int], sentinels: int
+) -> int:
+    """Largest input length < ``upper`` whose chunk needs <= ``sentinels`` spans (the
+    count never decreases with the length). ``raw_spans`` (cheap: spans of a chunk of
+    exactly n tokens) first bounds the search, so it stays fast for huge ``upper``."""
+    if (spans(2) or 0) > sentinels:
+        return 0
+    bound = upper
+    if raw_spans(upper) > sentinels:
+        bound = _bisect_last(2, upper, lambda n: raw_spans(n) <= sentinels) + 1
+    if (spans(bound) or 0) <= sentinels:
+        return bound  # degenerate settings (raw chunk shorter than the input): a safe answer
+    return _bisect_last(2, bound, lambda n: (spans(n) or 0) <= sentinels)
 
 
 # -- the vectorised transform ------------------------------------------------------------
@@ -314,21 +398,12 @@ class SpanCorruption(DecoderTargetLoss, Objective):
 
     def __init__(self, cfg: SpanCorruptionConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
-        if not 0.0 < cfg.noise_density < 1.0:
-            raise ValueError(
-                f"objectives.{ctx.name}.noise_density must be in (0, 1), got {cfg.noise_density}"
-            )
-        if not cfg.mean_noise_span_length > 0.0:
-            raise ValueError(
-                f"objectives.{ctx.name}.mean_noise_span_length must be > 0, got {cfg.mean_noise_span_length}"
-            )
-        check_z_loss(f"objectives.{ctx.name}", cfg.z_loss)
+        # The config-time rules (ranges, and the sentinel budget at this input length), so
+        # a directly built objective fails at build time, not at the first batch.
+        cfg.check(f"objectives.{ctx.name}", ctx.check_context())
         self.input_length = ctx.input_length
-        # Fail at build time, not at the first batch, if the configured encoder length
-        # would need more sentinels than there are.
         self.chunk_length = self.raw_length(ctx.input_length)
         self.counts = span_counts(self.chunk_length, cfg.noise_density, cfg.mean_noise_span_length)
-        check_sentinels(self.counts, self.vocab, self.name)
 
     def raw_length(self, input_length: int) -> int:
         return max_raw_length(input_length, self.cfg.noise_density, self.cfg.mean_noise_span_length)

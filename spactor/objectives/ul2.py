@@ -40,14 +40,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from spactor.checks import CheckContext
 from spactor.config import ConfigError
-from spactor.objectives.base import MODE_TOKENS, Batch, Objective, ObjectiveContext, Vocab
+from spactor.objectives.base import MODE_TOKENS, Batch, Objective, ObjectiveContext, check_objective_fields
 from spactor.objectives.prefix_lm import (
     check_prefix_density,
     prefix_split,
     random_prefix_lengths,
 )
-from spactor.objectives.cross_entropy import check_z_loss
 from spactor.objectives.span_corruption import DecoderTargetLoss, max_raw_length, span_corrupt, span_counts
 from spactor.registry import OBJECTIVES
 
@@ -84,6 +84,10 @@ class UL2Config:
     weight: float = 1.0  # knob: λ for this loss; the runner applies it
     z_loss: float = 0.0  # T5's z-loss on the decoder's cross-entropy (see span_corruption)
 
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_objective_fields(where, self)
+        plan_denoisers(self, where, ctx.input_length, ctx.num_sentinels)
+
 
 def denoiser_label(d: DenoiserConfig) -> str:
     """``R(μ=3,r=0.15)`` / ``S(r=0.5)``: how preview and errors name a denoiser."""
@@ -104,7 +108,9 @@ class DenoiserPlan:
     noise_density: float
 
 
-def plan_denoiser(index: int, d: DenoiserConfig, input_length: int, vocab: Vocab, where: str) -> DenoiserPlan:
+def plan_denoiser(
+    index: int, d: DenoiserConfig, input_length: int, num_sentinels: int, where: str
+) -> DenoiserPlan:
     """Check one denoiser and fix its raw / target lengths for ``input_length``."""
     at = f"{where}.denoisers[{index}]"
     if d.mode not in MODES:
@@ -127,10 +133,31 @@ def plan_denoiser(index: int, d: DenoiserConfig, input_length: int, vocab: Vocab
         raise ConfigError(f"{at}: input_length is too short for span corruption") from None
     # Past the sentinel budget, use the longest chunk that stays within it (a shorter,
     # padded encoder input) rather than refuse one of UL2's own denoisers at 512 tokens.
-    while raw > 2 and span_counts(raw, d.noise_density, d.mean_noise_span_length).num_spans > vocab.num_sentinels:
+    while raw > 2 and span_counts(raw, d.noise_density, d.mean_noise_span_length).num_spans > num_sentinels:
         raw -= 1
     counts = span_counts(raw, d.noise_density, d.mean_noise_span_length)
     return DenoiserPlan(index, d.mode, raw, counts.target_length, d.mean_noise_span_length, d.noise_density)
+
+
+def plan_denoisers(
+    cfg: UL2Config, where: str, input_length: int, num_sentinels: int
+) -> tuple[list[DenoiserPlan], int]:
+    """Every denoiser's plan at ``input_length`` (the mode token included) and the decoder
+    target length; a one-line ``ConfigError`` for a mixture that cannot work."""
+    if not cfg.denoisers:
+        raise ConfigError(f"{where}.denoisers: empty; configure at least one denoiser")
+    body = input_length - (1 if cfg.mode_tokens else 0)  # room left after the mode token
+    plans = [plan_denoiser(i, d, body, num_sentinels, where) for i, d in enumerate(cfg.denoisers)]
+    if sum(d.rate for d in cfg.denoisers) <= 0:
+        raise ConfigError(f"{where}.denoisers: every rate is 0; give at least one a positive rate")
+    needed = max(p.target_length for p in plans)
+    if cfg.target_length is not None and cfg.target_length < needed:
+        worst = denoiser_label(cfg.denoisers[max(range(len(plans)), key=lambda i: plans[i].target_length)])
+        raise ConfigError(
+            f"{where}.target_length: {cfg.target_length} is shorter than the {needed} target tokens "
+            f"denoiser {worst} produces at input_length {input_length}; use at least {needed} or null"
+        )
+    return plans, needed if cfg.target_length is None else cfg.target_length
 
 
 class UL2(DecoderTargetLoss, Objective):
@@ -141,9 +168,7 @@ class UL2(DecoderTargetLoss, Objective):
     def __init__(self, cfg: UL2Config, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
         where = f"objectives.{ctx.name}"
-        check_z_loss(where, cfg.z_loss)
-        if not cfg.denoisers:
-            raise ConfigError(f"{where}.denoisers: empty; configure at least one denoiser")
+        cfg.check(where, ctx.check_context())
         if cfg.mode_tokens:
             last = ctx.vocab.mode_id(len(MODE_TOKENS) - 1)
             if last >= ctx.vocab.size:
@@ -152,21 +177,10 @@ class UL2(DecoderTargetLoss, Objective):
                     f"({ctx.vocab.mask_id}) for [R] [S] [X] (needs {last + 1}); set mode_tokens: false"
                 )
         self.input_length = ctx.input_length
-        body = ctx.input_length - (1 if cfg.mode_tokens else 0)  # room left after the mode token
-        self.plans = [plan_denoiser(i, d, body, ctx.vocab, where) for i, d in enumerate(cfg.denoisers)]
+        self.plans, self.target_length = plan_denoisers(cfg, where, ctx.input_length, ctx.vocab.num_sentinels)
         rates = [d.rate for d in cfg.denoisers]
-        if sum(rates) <= 0:
-            raise ConfigError(f"{where}.denoisers: every rate is 0; give at least one a positive rate")
         self.labels = [denoiser_label(d) for d in cfg.denoisers]
         self.chunk_length = max(p.raw_length for p in self.plans)
-        needed = max(p.target_length for p in self.plans)
-        if cfg.target_length is not None and cfg.target_length < needed:
-            worst = self.labels[max(range(len(self.plans)), key=lambda i: self.plans[i].target_length)]
-            raise ConfigError(
-                f"{where}.target_length: {cfg.target_length} is shorter than the {needed} target tokens "
-                f"denoiser {worst} produces at input_length {ctx.input_length}; use at least {needed} or null"
-            )
-        self.target_length = needed if cfg.target_length is None else cfg.target_length
         self._rates = rates
         self._mode_ids = [ctx.vocab.mode_id(MODES.index(p.mode)) for p in self.plans]
         # Per device, made once: not buffers, because objectives may be built on the meta
@@ -177,7 +191,8 @@ class UL2(DecoderTargetLoss, Objective):
     def raw_length(self, input_length: int) -> int:
         if input_length != self.input_length:
             body = input_length - (1 if self.cfg.mode_tokens else 0)
-            return max(plan_denoiser(i, d, body, self.vocab, f"objectives.{self.name}").raw_length
+            sentinels = self.vocab.num_sentinels
+            return max(plan_denoiser(i, d, body, sentinels, f"objectives.{self.name}").raw_length
                        for i, d in enumerate(self.cfg.denoisers))
         return self.chunk_length
 

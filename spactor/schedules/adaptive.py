@@ -46,9 +46,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from spactor.checks import CheckContext, check_fields
 from spactor.config import ConfigError
 from spactor.registry import SCHEDULES
-from spactor.schedules.base import Schedule, ScheduleContext
+from spactor.schedules.base import Schedule, ScheduleContext, schedule_field_rule
 
 MODES = ("min", "max")
 
@@ -63,6 +64,21 @@ class AdaptiveConfig:
     min_tau: int = 0  # earliest switch step
     max_tau: int = 250_000  # latest switch step
     warmup: int = 100  # steps [0, warmup) are not tracked
+
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_fields(where, self, schedule_field_rule)
+        if self.mode not in MODES:
+            raise ConfigError(f"{where}.mode: must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ConfigError(f"{where}.smoothing: must be in [0, 1), got {self.smoothing}")
+        if self.min_delta < 0:
+            raise ConfigError(f"{where}.min_delta: must be >= 0, got {self.min_delta}")
+        if self.patience < 1:
+            raise ConfigError(f"{where}.patience: must be >= 1, got {self.patience}")
+        if self.warmup < 0:
+            raise ConfigError(f"{where}.warmup: must be >= 0, got {self.warmup}")
+        if self.max_tau < self.min_tau:
+            raise ConfigError(f"{where}.max_tau: must be >= min_tau ({self.min_tau}), got {self.max_tau}")
 
 
 def improved(value: float, best: float, mode: str, min_delta: float) -> bool:
@@ -136,19 +152,5 @@ class Adaptive(Schedule):
 @SCHEDULES.register("adaptive", AdaptiveConfig)
 def build_adaptive(cfg: AdaptiveConfig, ctx: ScheduleContext) -> Adaptive:
     """Adaptive τ: switch to plain SC when a smoothed metric plateaus."""
-    where = f"schedules.{ctx.name}"
-    if cfg.mode not in MODES:
-        raise ConfigError(f"{where}.mode: must be one of {', '.join(MODES)}, got '{cfg.mode}'")
-    if not 0.0 <= cfg.smoothing < 1.0:
-        raise ConfigError(f"{where}.smoothing: must be in [0, 1), got {cfg.smoothing}")
-    if cfg.min_delta < 0:
-        raise ConfigError(f"{where}.min_delta: must be >= 0, got {cfg.min_delta}")
-    if cfg.patience < 1:
-        raise ConfigError(f"{where}.patience: must be >= 1, got {cfg.patience}")
-    if cfg.warmup < 0:
-        raise ConfigError(f"{where}.warmup: must be >= 0, got {cfg.warmup}")
-    if cfg.min_tau < 0:
-        raise ConfigError(f"{where}.min_tau: must be >= 0, got {cfg.min_tau}")
-    if cfg.max_tau < cfg.min_tau:
-        raise ConfigError(f"{where}.max_tau: must be >= min_tau ({cfg.min_tau}), got {cfg.max_tau}")
+    cfg.check(f"schedules.{ctx.name}", ctx.check_context())
     return Adaptive(cfg)

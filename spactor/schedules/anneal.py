@@ -33,6 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from spactor.checks import CheckContext
 from spactor.config import ConfigError
 from spactor.registry import SCHEDULES
 from spactor.schedules.base import Schedule, ScheduleContext, check_knob
@@ -74,6 +75,18 @@ class AnnealConfig:
     shape: str = "linear"  # linear | cosine | exponential | step
     rate: float = 5.0  # exponential only: decay rate over the whole anneal
 
+    def check(self, where: str, ctx: CheckContext) -> None:
+        if ctx.knobs is not None:
+            check_knob(f"{where}.knob", self.knob, ctx.knobs)
+        if self.shape not in SHAPES:
+            raise ConfigError(f"{where}.shape: unknown shape '{self.shape}'; valid: {', '.join(SHAPES)}")
+        if self.start_step < 0:
+            raise ConfigError(f"{where}.start_step: must be >= 0, got {self.start_step}")
+        if self.end_step <= self.start_step:
+            raise ConfigError(f"{where}.end_step: must be > start_step ({self.start_step}), got {self.end_step}")
+        if self.shape == "exponential" and not self.rate > 0:
+            raise ConfigError(f"{where}.rate: must be > 0, got {self.rate}")
+
 
 class Anneal(Schedule):
     def __init__(
@@ -113,16 +126,7 @@ class Anneal(Schedule):
 @SCHEDULES.register("anneal", AnnealConfig)
 def build_anneal(cfg: AnnealConfig, ctx: ScheduleContext) -> Anneal:
     """Anneal one knob from start_value to end_value (linear, cosine, exponential, step)."""
-    where = f"schedules.{ctx.name}"
-    check_knob(f"{where}.knob", cfg.knob, ctx.knobs)
-    if cfg.shape not in SHAPES:
-        raise ConfigError(f"{where}.shape: unknown shape '{cfg.shape}'; valid: {', '.join(SHAPES)}")
-    if cfg.start_step < 0:
-        raise ConfigError(f"{where}.start_step: must be >= 0, got {cfg.start_step}")
-    if cfg.end_step <= cfg.start_step:
-        raise ConfigError(f"{where}.end_step: must be > start_step ({cfg.start_step}), got {cfg.end_step}")
-    if cfg.shape == "exponential" and not cfg.rate > 0:
-        raise ConfigError(f"{where}.rate: must be > 0, got {cfg.rate}")
+    cfg.check(f"schedules.{ctx.name}", ctx.check_context())
     start = ctx.knobs[cfg.knob] if cfg.start_value is None else cfg.start_value
     return Anneal(
         cfg.knob, float(start), float(cfg.end_value), cfg.start_step, cfg.end_step, cfg.shape, float(cfg.rate)

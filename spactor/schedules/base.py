@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from spactor.checks import CheckContext, check_fields, fail, is_int
 from spactor.config import ConfigError
 from spactor.registry import SCHEDULES, closest
 
@@ -45,6 +46,12 @@ class ScheduleContext:
     knobs: dict[str, float]  # every valid knob path -> its configured (initial) value
     max_steps: int
     objectives: list[str] = field(default_factory=list)  # configured objective names, in order
+
+    def check_context(self) -> CheckContext:
+        """What a schedule config's check knows when the schedule is built (the encoder
+        length is not a schedule's business: 0)."""
+        return CheckContext(input_length=0, max_steps=self.max_steps, knobs=self.knobs,
+                            objectives=tuple(self.objectives))
 
 
 class Schedule:
@@ -304,3 +311,36 @@ def build(
         for name, plugin in plugins.items()
     }
     return ScheduleSet(schedules, knobs)
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+def schedule_field_rule(key: str, name: str, value: Any) -> None:
+    """A switch step (``tau``, ``*_tau``) is a step >= 0, or null for never."""
+    if value is None or isinstance(value, bool):
+        return
+    if (name == "tau" or name.endswith("_tau")) and not (is_int(value) and value >= 0):
+        fail(key, value, "must be >= 0 (a step), or null for never")
+
+
+@SCHEDULES.add_section_check
+def check_schedules_without_a_check(schedules: Mapping[str, Any], ctx: CheckContext) -> None:
+    """A schedule config with no ``check`` of its own still follows the switch-step rule."""
+    for name, plugin in schedules.items():
+        if not callable(getattr(plugin.config, "check", None)):
+            check_fields(f"schedules.{name}", plugin.config, schedule_field_rule)
+
+
+@SCHEDULES.add_section_check
+def check_schedules(schedules: Mapping[str, Any], ctx: CheckContext) -> None:
+    """Build the set against the objectives' knobs (cheap, no model): an unknown knob, one
+    knob driven twice, two curricula. Skipped while a knob is unknown (the runner checks)."""
+    if ctx.knobs is None or not schedules:
+        return
+    try:
+        build(schedules, ctx.knobs, ctx.max_steps if ctx.max_steps is not None else 0)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"schedules: {e}") from None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from spactor.checks import CheckContext
 from spactor.config import ConfigError
 from spactor.registry import SCHEDULES
 from spactor.schedules.base import Schedule, ScheduleContext, check_knob
@@ -37,6 +38,21 @@ class TemperatureConfig:
     t_end: float = 1.0  # asymptote; 1 = the generator's own distribution
     decay_steps: int | None = None  # time scale D; None: trainer.max_steps
     rate: float = 5.0  # the excess T - t_end is exp(-rate) of its start at step D
+
+    def check(self, where: str, ctx: CheckContext) -> None:
+        if ctx.knobs is not None:
+            check_knob(f"{where}.knob", self.knob, ctx.knobs)
+        # A temperature divides the logits: it must be positive everywhere on the curve,
+        # which lies between t0 and t_end.
+        for key in ("t0", "t_end"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{where}.{key}: a temperature must be > 0, got {getattr(self, key)}")
+        if not self.rate > 0:
+            raise ConfigError(f"{where}.rate: must be > 0, got {self.rate}")
+        decay_steps = ctx.max_steps if self.decay_steps is None else self.decay_steps
+        if decay_steps is not None and decay_steps <= 0:
+            origin = "" if self.decay_steps is not None else " (null: taken from trainer.max_steps)"
+            raise ConfigError(f"{where}.decay_steps{origin}: must be > 0, got {decay_steps}")
 
 
 def temperature_at(step: int, t0: float, t_end: float, decay_steps: int, rate: float) -> float:
@@ -62,17 +78,6 @@ class Temperature(Schedule):
 @SCHEDULES.register("temperature", TemperatureConfig)
 def build_temperature(cfg: TemperatureConfig, ctx: ScheduleContext) -> Temperature:
     """Fast-ELECTRA: sampling temperature decaying exponentially from t0 towards t_end."""
-    where = f"schedules.{ctx.name}"
-    check_knob(f"{where}.knob", cfg.knob, ctx.knobs)
-    # A temperature divides the logits: it must be positive everywhere on the curve,
-    # which lies between t0 and t_end.
-    for key in ("t0", "t_end"):
-        if not getattr(cfg, key) > 0:
-            raise ConfigError(f"{where}.{key}: a temperature must be > 0, got {getattr(cfg, key)}")
-    if not cfg.rate > 0:
-        raise ConfigError(f"{where}.rate: must be > 0, got {cfg.rate}")
+    cfg.check(f"schedules.{ctx.name}", ctx.check_context())
     decay_steps = ctx.max_steps if cfg.decay_steps is None else cfg.decay_steps
-    if decay_steps <= 0:
-        origin = "" if cfg.decay_steps is not None else " (null: taken from trainer.max_steps)"
-        raise ConfigError(f"{where}.decay_steps{origin}: must be > 0, got {decay_steps}")
     return Temperature(cfg.knob, float(cfg.t0), float(cfg.t_end), decay_steps, float(cfg.rate))

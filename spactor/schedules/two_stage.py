@@ -15,14 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spactor.config import ConfigError
+from spactor.checks import CheckContext, check_fields
 from spactor.registry import SCHEDULES
-from spactor.schedules.base import Schedule, ScheduleContext
+from spactor.schedules.base import Schedule, ScheduleContext, schedule_field_rule
 
 
 @dataclass
 class TwoStageConfig:
     tau: int | None = 120_000  # first step of stage 2; None = never switch, 0 = SC only
+
+    def check(self, where: str, ctx: CheckContext) -> None:
+        check_fields(where, self, schedule_field_rule)
 
 
 class TwoStage(Schedule):
@@ -36,6 +39,5 @@ class TwoStage(Schedule):
 @SCHEDULES.register("two_stage", TwoStageConfig)
 def build_two_stage(cfg: TwoStageConfig, ctx: ScheduleContext) -> TwoStage:
     """Switch from hybrid SC + RTD to plain SC at a fixed step τ (SpacTor(τ))."""
-    if cfg.tau is not None and cfg.tau < 0:
-        raise ConfigError(f"schedules.{ctx.name}.tau: must be >= 0 (or null for never), got {cfg.tau}")
+    cfg.check(f"schedules.{ctx.name}", ctx.check_context())
     return TwoStage(cfg.tau)

@@ -1,6 +1,7 @@
-"""Downstream tasks as plugins (``spactor.registry.TASKS``): ``jsonl`` (your files),
-``pydoc_module`` and ``pydoc_name`` (built in, from the built-in corpus's held-out
-docstrings). Importing this package registers them."""
+"""Downstream tasks as plugins (``spactor.registry.TASKS``): ``jsonl`` (your files;
+importing this package registers it), ``pydoc_module`` and ``pydoc_name`` (built in, from
+the built-in corpus's held-out docstrings: ``spactor.data.pydoc_tasks``, registered by
+``spactor.plugins.load_plugins``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from spactor.config import check_keys, typed
 from spactor.registry import TASKS
-from spactor.tasks import jsonl, pydoc  # noqa: F401  (register)
+from spactor.tasks import jsonl  # noqa: F401  (register)
 from spactor.tasks.base import Example, Task
 
 __all__ = ["Example", "Task", "build_task"]

@@ -174,7 +174,7 @@ def test_negative_z_loss_is_a_one_line_config_error(key):
 
 
 def test_objectives_refuse_negative_z_loss_when_built_directly():
-    with pytest.raises(ValueError, match="objectives.span_corruption: z_loss must be >= 0"):
+    with pytest.raises(ValueError, match=r"^objectives\.span_corruption\.z_loss: -1\.0 — must be >= 0"):
         _sc(_t5(), z_loss=-1.0)
 
 

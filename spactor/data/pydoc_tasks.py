@@ -1,5 +1,8 @@
 """Built-in tasks from the held-out docstrings of the built-in corpus; no download.
 
+They sit beside the corpus they are cut from, in the data package: the task protocol
+(``spactor.tasks``) is core and imports no plugin package.
+
 The built-in corpus (``spactor.data.sources``, source ``builtin``) holds out
 ``TASK_HOLDOUT_PERCENT`` = 20% of the standard library's function/class docstrings
 (by a CRC-32 of the text: ``is_task_docstring``) and pre-training never reads them (nor
