@@ -40,7 +40,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
             raise UsageError(f"--resume {run_dir}: no config.yaml there (is it a spactor run directory?)")
         if recipe is not None:
             raise UsageError("--resume takes the recipe from the run directory; pass only key=value overrides")
-        resolved = load_config(str(saved), overrides)
+        resolved = load_config(str(saved), overrides, saved_run=True)
         resolved.recipe = _saved_recipe_name(run_dir)
     else:
         resolved = load_config(recipe or QUICKSTART, overrides)

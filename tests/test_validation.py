@@ -51,8 +51,8 @@ CASES = [
     ("sc", ["data.document_separator=newline"], "data.document_separator: 'newline' —", "eos, none"),
     (
         "electra",
-        ["objectives.rtd.generator_head=mlp"],
-        "objectives.rtd.generator_head: 'mlp' —",
+        ["objectives.rtd.generator.head=mlp"],
+        "objectives.rtd.generator.head: 'mlp' —",
         "linear, electra",
     ),
     ("sc", ["data.source=jsonl"], "data.paths: [] —", "needs at least one file or glob"),
@@ -112,12 +112,12 @@ CASES = [
     ("spactor", ["objectives.rtd.generator_weight=-1"], "objectives.rtd.generator_weight: -1.0 —", ">= 0"),
     (
         "spactor",
-        ["objectives.rtd.generator_layers=0"],
-        "objectives.rtd.generator_layers: 0 —",
+        ["objectives.rtd.generator.layers=0"],
+        "objectives.rtd.generator.layers: 0 —",
         "positive integer",
     ),
     ("spactor", ["objectives.rtd.head_hidden=-1"], "objectives.rtd.head_hidden: -1 —", "positive integer"),
-    ("spactor", ["objectives.rtd.generator_dropout=1"], "objectives.rtd.generator_dropout: 1.0 —", "[0, 1)"),
+    ("spactor", ["objectives.rtd.generator.dropout=1"], "objectives.rtd.generator.dropout: 1.0 —", "[0, 1)"),
     (
         "spactor",
         ["objectives.rtd.embedding_sharing=both"],
@@ -133,21 +133,21 @@ CASES = [
     ("quickstart", ["data.input_length=2"], "data.input_length: 2 —", "too short for span corruption"),
     (
         "spactor",
-        ["objectives.rtd.generator_d_model=1024"],
-        "objectives.rtd.generator_d_model: 1024 —",
+        ["objectives.rtd.generator.d_model=1024"],
+        "objectives.rtd.generator.d_model: 1024 —",
         "wider than the discriminator (hidden size 768)",
     ),
     (
         "electra",
-        ["objectives.rtd.generator_d_model=1024", "objectives.rtd.generator_heads=16"],
-        "objectives.rtd.generator_d_model: 1024 —",
+        ["objectives.rtd.generator.d_model=1024", "objectives.rtd.generator.heads=16"],
+        "objectives.rtd.generator.d_model: 1024 —",
         "wider than the discriminator (hidden size 768)",
     ),
     (
         "spactor",
-        ["objectives.rtd.generator_d_model=200"],
-        "objectives.rtd.generator_d_model: 200 —",
-        "generator_d_kv 64",
+        ["objectives.rtd.generator.d_model=200"],
+        "objectives.rtd.generator.d_model: 200 —",
+        "d_kv 64",
     ),
     (
         "spactor",
@@ -228,7 +228,7 @@ def test_allowed_edge_values():
     load_config("sc", ["runtime.device=cpu", "runtime.precision=bf16"])  # CPU autocast is fine
     load_config("sc", ["data.validation_fraction=0", "trainer.eval_every=0", "trainer.clip_grad_norm=null"])
     load_config("spactor", ["schedules.two_stage.tau=0", "objectives.mlm_mask.ratio=0"])
-    load_config("spactor", ["schedules.two_stage.tau=null", "objectives.rtd.generator_d_model=768"])
+    load_config("spactor", ["schedules.two_stage.tau=null", "objectives.rtd.generator.d_model=768"])
     load_config("sc", ["trainer.batch_size=12", "trainer.grad_accum_steps=4"])
     for name in recipe_names():
         load_config(name)  # every shipped recipe passes
