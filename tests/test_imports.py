@@ -30,13 +30,10 @@ RANK_NAMES = {0: "core", 1: "data", 2: "plugins", 3: "plugin loader", 4: "runner
 KNOWN_LAYERING_BREAKS = frozenset(
     {
         ("spactor.validation", "spactor.architectures.encoder"),
-        ("spactor.validation", "spactor.architectures.generator"),
         ("spactor.validation", "spactor.architectures.layers"),
         ("spactor.validation", "spactor.architectures.t5"),
         ("spactor.validation", "spactor.data.sources"),
-        ("spactor.validation", "spactor.data.tokenizer"),
         ("spactor.validation", "spactor.objectives.base"),
-        ("spactor.validation", "spactor.objectives.rtd"),
         ("spactor.validation", "spactor.objectives.span_corruption"),
         ("spactor.validation", "spactor.schedules.base"),
     }
