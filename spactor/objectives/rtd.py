@@ -90,7 +90,9 @@ class RTDConfig:
     # config (EncoderGeneratorConfig for `encoder`: layers, d_model, heads, d_ff, ...).
     generator: Any = plugin_block(GENERATORS, "arch", "encoder")
 
-    MOVED_KEYS: ClassVar[dict[str, str]] = {f"generator_{k}": f"generator.{k}" for k in MOVED_GENERATOR_FIELDS}
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        f"generator_{k}": f"generator.{k}" for k in MOVED_GENERATOR_FIELDS
+    }
 
     def generator_block(self, where: str) -> Plugin:
         """The resolved ``generator`` block (resolving it first when this config was made in
@@ -101,12 +103,9 @@ class RTDConfig:
     def check(self, where: str, ctx: Any) -> None:
         """One-line ConfigError for the first bad value; ``ctx.hidden_size``: D's width
         (None, or no ctx: not known yet)."""
-        if self.generator_logits not in LOGIT_MODES:
-            _fail(f"{where}.generator_logits", self.generator_logits, f"must be one of {', '.join(LOGIT_MODES)}")
-        if self.embedding_sharing not in SHARING_MODES:
-            _fail(
-                f"{where}.embedding_sharing", self.embedding_sharing, f"must be one of {', '.join(SHARING_MODES)}"
-            )
+        for key, valid in (("generator_logits", LOGIT_MODES), ("embedding_sharing", SHARING_MODES)):
+            if getattr(self, key) not in valid:
+                _fail(f"{where}.{key}", getattr(self, key), f"must be one of {', '.join(valid)}")
         if self.frozen and self.embedding_sharing == "shared":
             _fail(
                 f"{where}.embedding_sharing",
@@ -132,8 +131,6 @@ class RTDConfig:
         model the run will use; None: ``data.tokenizer``) and ``hidden_size`` (D's width,
         None when unknown). Not part of :meth:`check`: ``flops`` and ``preview`` of a
         frozen recipe need no trained generator."""
-        import torch
-
         key, path = f"{where}.generator_checkpoint", self.generator_checkpoint
         if not path:
             if self.frozen:
@@ -149,7 +146,8 @@ class RTDConfig:
         name = where.rsplit(".", 1)[-1]
         with torch.device("meta"):
             embedding = torch.nn.Embedding(rows, ctx.hidden_size)
-            generator = build_generator(self, embedding, ctx.hidden_size, resolved.cfg.data.input_length, where)
+            input_length = resolved.cfg.data.input_length
+            generator = build_generator(self, embedding, ctx.hidden_size, input_length, where)
         try:
             source, step = check_generator_checkpoint(generator, os.path.expanduser(path), name)
         except (OSError, KeyError, ValueError, RuntimeError) as e:
@@ -175,7 +173,11 @@ def _vocab_rows(resolved: Any, tokenizer: str | None) -> int | None:
 
 
 def build_generator(
-    cfg: RTDConfig, embedding: nn.Embedding, hidden_size: int, input_length: int, where: str = "objectives.rtd"
+    cfg: RTDConfig,
+    embedding: nn.Embedding,
+    hidden_size: int,
+    input_length: int,
+    where: str = "objectives.rtd",
 ) -> nn.Module:
     """G from ``cfg.generator``'s registered entry, beside a D of ``hidden_size`` whose
     token embedding is ``embedding``."""

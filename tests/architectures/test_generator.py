@@ -275,7 +275,8 @@ def test_encoder_block_checks_itself_in_one_line(fields, message):
     from spactor.config import ConfigError
 
     with pytest.raises(ConfigError) as e:
-        EncoderGeneratorConfig(**fields).check("objectives.rtd.generator", SimpleNamespace(hidden_size=D_MODEL))
+        block, d = EncoderGeneratorConfig(**fields), SimpleNamespace(hidden_size=D_MODEL)
+        block.check("objectives.rtd.generator", d)
     assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
 
 

@@ -308,8 +308,8 @@ def frozen_generator(tiny, rows_extra: int = 0):
     resolved = load_config("fast_electra", tiny)
     hidden = check_model(resolved.model, resolved.cfg.data.input_length)
     rows = Tokenizer.load(resolved.cfg.data.tokenizer).vocab().size + rows_extra
-    embedding = torch.nn.Embedding(rows, hidden)
-    return build_generator(resolved.objectives["rtd"].config, embedding, hidden, resolved.cfg.data.input_length)
+    embedding, length = torch.nn.Embedding(rows, hidden), resolved.cfg.data.input_length
+    return build_generator(resolved.objectives["rtd"].config, embedding, hidden, length)
 
 
 def test_a_generator_of_another_vocabulary_is_refused_and_a_matching_one_is_named(tiny, tmp_path):
