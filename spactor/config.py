@@ -3,8 +3,11 @@
 The top level is an OmegaConf structured config (:class:`TrainConfig`). Plugin sections
 (``model``, ``objectives.*``, ``schedules.*``, ``optimizer``, ``lr_schedule``) are
 selected by name through the registries and validated against that plugin's own config
-dataclass. Every key is checked before any work starts; an unknown key is reported in
-one line with the valid keys at its level and the closest match.
+dataclass. A plugin's config may hold a plugin section of its own (:func:`plugin_block`,
+``objectives.rtd.generator: {arch: encoder, ...}``), resolved the same way. Every key is
+checked before any work starts; an unknown key is reported in one line with the valid
+keys at its level and the closest match, a key a plugin has moved (``MOVED_KEYS``) with
+its new place.
 """
 
 from __future__ import annotations
