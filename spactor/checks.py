@@ -44,6 +44,16 @@ class CheckContext:
     objectives: tuple[str, ...] = field(default_factory=tuple)
 
 
+@dataclass
+class FileCheckContext:
+    """What a config's ``check_files(where, ctx)`` may read: checks of files a run will
+    load (a frozen generator's checkpoint), made by ``spactor train`` only."""
+
+    resolved: Any  # spactor.config.Resolved
+    hidden_size: int | None  # the discriminator's width; None: unknown without building it
+    tokenizer: str | None = None  # the SentencePiece model the run will use
+
+
 def check_config(where: str, cfg: Any, ctx: CheckContext) -> None:
     """Run ``cfg.check(where, ctx)`` when the config has one (a plugin without it has no
     rules beyond its types)."""

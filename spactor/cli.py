@@ -32,7 +32,7 @@ def load_saved_config(saved: Path, overrides: list[str]) -> Any:
     """A run's own config.yaml with resume overrides. A key this version no longer knows
     means the run was written by another spactor version: say that, not just the key."""
     try:
-        return load_config(str(saved), overrides)
+        return load_config(str(saved), overrides, saved_run=True)
     except ConfigError as e:
         if str(e).startswith("unknown config key") and not any(
             o.split("=", 1)[0] in str(e).split("'")[1:2] for o in overrides

@@ -3,12 +3,16 @@
 The top level is an OmegaConf structured config (:class:`TrainConfig`). Plugin sections
 (``model``, ``objectives.*``, ``schedules.*``, ``optimizer``, ``lr_schedule``) are
 selected by name through the registries and validated against that plugin's own config
-dataclass. Every key is checked before any work starts; an unknown key is reported in
-one line with the valid keys at its level and the closest match.
+dataclass. A plugin's config may hold a plugin section of its own (:func:`plugin_block`,
+``objectives.rtd.generator: {arch: encoder, ...}``), resolved the same way. Every key is
+checked before any work starts; an unknown key is reported in one line with the valid
+keys at its level and the closest match, a key a plugin has moved (``MOVED_KEYS``) with
+its new place.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.resources
 import inspect
@@ -147,6 +151,37 @@ class Plugin:
     config: Any
 
 
+# Field metadata key of a config field that is a plugin section of its own.
+PLUGIN_BLOCK = "spactor.plugin_block"
+
+
+@dataclass(frozen=True)
+class Block:
+    """Where a nested plugin section finds its entry: ``registry[block[selector]]``."""
+
+    registry: Registry[Any]
+    selector: str
+    default: str
+
+
+def plugin_block(registry: Registry[Any], selector: str, default: str) -> Any:
+    """A plugin config's field that is itself a plugin section, e.g. ``objectives.rtd.generator:
+    {arch: encoder, layers: 4}``: ``selector`` names the entry of ``registry``, the other keys
+    are that entry's config fields. It is resolved as ``model:`` is (:func:`resolve_plugin`)
+    into a :class:`Plugin` when the config holding it is; until then it holds the mapping.
+    The annotation of such a field is ``Any``: its schema depends on the selector."""
+    return field(
+        default_factory=lambda: {selector: default},
+        metadata={PLUGIN_BLOCK: Block(registry, selector, default)},
+    )
+
+
+def plugin_blocks(config: Any) -> list[tuple[dataclasses.Field[Any], Block]]:
+    if not dataclasses.is_dataclass(config):
+        return []
+    return [(f, f.metadata[PLUGIN_BLOCK]) for f in dataclasses.fields(config) if PLUGIN_BLOCK in f.metadata]
+
+
 @dataclass
 class Resolved:
     """A validated config: the top-level dataclass plus typed plugin configs."""
@@ -213,9 +248,16 @@ def recipe_path(recipe: str) -> Path:
     return Path(str(candidate))
 
 
-def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Resolved:
-    """Load a recipe (or the built-in defaults), apply overrides, validate everything."""
+def load_config(
+    recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), *, saved_run: bool = False
+) -> Resolved:
+    """Load a recipe (or the built-in defaults), apply overrides, validate everything.
+    ``saved_run``: ``recipe`` is a run directory's ``config.yaml``, perhaps written by an
+    older spactor: keys moved since are read at their new place (:func:`upgrade_saved`);
+    the overrides are the user's and get no such translation."""
     raw: Any = load_recipe(recipe) if recipe is not None else OmegaConf.create({})
+    if saved_run:
+        raw = OmegaConf.create(upgrade_saved(OmegaConf.to_container(raw)))  # type: ignore[arg-type]
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value")
@@ -331,7 +373,35 @@ def resolve_plugin(
     except RegistryError as e:
         raise ConfigError(f"{path}.{selector}: {e}") from None
     check_keys(section, entry.config_cls, path, extra_valid=(selector,))
-    return Plugin(name=str(name), type=str(name), config=typed(entry.config_cls, section, path))
+    config = resolve_blocks(typed(entry.config_cls, section, path), path)
+    return Plugin(name=str(name), type=str(name), config=config)
+
+
+def resolve_blocks(config: Any, path: str) -> Any:
+    """Resolve ``config``'s nested plugin sections (:func:`plugin_block`) in place and return
+    it; idempotent, so a plugin built from a config made in Python (holding the raw mapping,
+    or the entry's config object itself) calls it too."""
+    for f, block in plugin_blocks(config):
+        value, where = getattr(config, f.name), join(path, f.name)
+        if isinstance(value, Plugin):
+            continue
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            entries = [e.name for e in block.registry if e.config_cls is type(value)]
+            if len(entries) != 1:
+                raise ConfigError(
+                    f"{where}: a {type(value).__name__} is the config of {len(entries)} registered "
+                    f"{block.registry.kind}s, not one; give a mapping with '{block.selector}'"
+                )
+            value = Plugin(name=entries[0], type=entries[0], config=resolve_blocks(value, where))
+        elif value is None or isinstance(value, dict):
+            value = resolve_plugin(where, value, block.registry, block.selector, block.default)
+        else:
+            raise ConfigError(
+                f"{where} must be a mapping ('{block.selector}' naming a {block.registry.kind} and its "
+                f"options), got {value!r}"
+            )
+        setattr(config, f.name, value)
+    return config
 
 
 def resolve_named(path: str, sections: dict[str, Any] | None, registry: Registry[Any]) -> dict[str, Plugin]:
@@ -363,10 +433,59 @@ def check_keys(data: Any, schema: type, path: str, extra_valid: tuple[str, ...] 
         if key in extra_valid:
             continue
         if key not in fields:
+            moved = moved_keys(schema).get(key)
+            if moved is not None:
+                raise ConfigError(f"{join(path, key)}: moved to {join(path, moved)}")
             raise ConfigError(unknown_key_message(join(path, key), valid))
         sub = field_dataclass(schema, fields[key])
         if sub is not None:
             check_keys(value, sub, join(path, key))
+
+
+def moved_keys(schema: type) -> dict[str, str]:
+    """A config dataclass's ``MOVED_KEYS`` (a ClassVar): old key → its new dotted place
+    below the same section, e.g. ``{"generator_layers": "generator.layers"}``."""
+    return dict(getattr(schema, "MOVED_KEYS", None) or {})
+
+
+def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A config a run saved (``config.yaml``, the identity) as this version names it: the
+    keys a plugin has moved since (:func:`moved_keys`) go to their new place, and a nested
+    plugin section they land in names its default entry (what the old flat keys meant). A
+    user's config gets no such help: an old key there is the one-line 'moved to' error."""
+    data = copy.deepcopy(data)
+    sections: list[tuple[dict[str, Any], Registry[Any], Any]] = []
+    for section, (registry, selector) in PLUGIN_SECTIONS.items():
+        body = data.get(section)
+        if isinstance(body, dict):
+            sections.append((body, registry, body.get(selector)))
+    for section, registry in NAMED_PLUGIN_SECTIONS.items():
+        named = data.get(section)
+        for key, body in (named.items() if isinstance(named, dict) else ()):
+            if isinstance(body, dict):
+                sections.append((body, registry, body.get("type", key)))
+    for body, registry, name in sections:
+        if isinstance(name, str) and name in registry:
+            _move_keys(body, registry.get(name).config_cls)
+    return data
+
+
+def _move_keys(body: dict[str, Any], schema: type) -> None:
+    blocks = {f.name: block for f, block in plugin_blocks(schema)}
+    for old, new in moved_keys(schema).items():
+        if old not in body:
+            continue
+        value = body.pop(old)
+        *parents, leaf = new.split(".")
+        target = body
+        for part in parents:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target.setdefault(leaf, value)
+        block = blocks.get(parents[0]) if parents else None
+        if block is not None:
+            body[parents[0]].setdefault(block.selector, block.default)
 
 
 def unknown_key_message(key: str, valid: list[str]) -> str:
@@ -426,6 +545,10 @@ def join(path: str, key: str) -> str:
 
 def plugin_dict(plugin: Plugin, selector: str) -> dict[str, Any]:
     body = dataclasses.asdict(plugin.config) if dataclasses.is_dataclass(plugin.config) else {}
+    for f, block in plugin_blocks(plugin.config):
+        value = getattr(plugin.config, f.name)
+        if isinstance(value, Plugin):  # as it is written: {selector: entry, **its fields}
+            body[f.name] = plugin_dict(value, block.selector)
     return {selector: plugin.type, **body}
 
 

@@ -18,6 +18,7 @@ from spactor.validation import validate
 BUILTIN_MODULES = (
     "spactor.architectures.t5_plugin",
     "spactor.architectures.encoder",
+    "spactor.architectures.generator",
     "spactor.objectives.span_corruption",
     "spactor.objectives.mlm_mask",
     "spactor.objectives.rtd",

@@ -110,13 +110,18 @@ def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
 OBJECTIVES: Registry[Any] = Registry("objective")
 SCHEDULES: Registry[Any] = Registry("schedule")
 ARCHITECTURES: Registry[Any] = Registry("architecture")
+# Modules an objective builds beside the model from a block of its own config
+# (``objectives.rtd.generator: {arch: encoder, ...}``): a registry apart from
+# ARCHITECTURES because a generator is built from the model's embedding, not a vocabulary.
+GENERATORS: Registry[Any] = Registry("generator")
 SOURCES: Registry[Any] = Registry("source")
 OPTIMIZERS: Registry[Any] = Registry("optimizer")
 LR_SCHEDULES: Registry[Any] = Registry("lr_schedule")
 TASKS: Registry[Any] = Registry("task")  # downstream tasks (spactor.tasks)
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
-    r.kind: r for r in (OBJECTIVES, SCHEDULES, ARCHITECTURES, SOURCES, OPTIMIZERS, LR_SCHEDULES, TASKS)
+    r.kind: r
+    for r in (OBJECTIVES, SCHEDULES, ARCHITECTURES, GENERATORS, SOURCES, OPTIMIZERS, LR_SCHEDULES, TASKS)
 }
 
 _entry_points_loaded = False

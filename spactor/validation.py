@@ -28,6 +28,7 @@ from typing import Any
 from spactor.checks import (  # noqa: F401 — NUM_SENTINELS, non_negative re-exported for older imports
     NUM_SENTINELS,
     CheckContext,
+    FileCheckContext,
     at_least,
     check_config,
     check_fields,
@@ -70,7 +71,6 @@ def validate(resolved: Resolved) -> None:
         check_config(path, plugin.config, ctx)
         check_fields(path, plugin.config, OPTIM_RULES)
     check_objective_order(resolved.objectives)
-    check_rtd(resolved, width)
     if not resolved.objectives:
         fail(
             "objectives",
@@ -260,49 +260,6 @@ def check_objective_order(objectives: dict[str, Plugin]) -> None:
             )
 
 
-def check_rtd(resolved: Resolved, hidden_size: int | None) -> None:
-    for name, plugin in resolved.objectives.items():
-        if plugin.type != "rtd":
-            continue
-        cfg = plugin.config
-        where = f"objectives.{name}"
-        if getattr(cfg, "frozen", False) and getattr(cfg, "embedding_sharing", None) == "shared":
-            fail(
-                f"{where}.embedding_sharing",
-                "shared",
-                "a frozen generator cannot share the discriminator's token embedding (D keeps training it); "
-                "use none or gdes",
-            )
-        for key, valid in (
-            ("generator_norm", ("rmsnorm", "layernorm")),
-            ("generator_positions", ("relative", "learned")),
-        ):
-            if hasattr(cfg, key):
-                one_of(f"{where}.{key}", getattr(cfg, key), list(valid))
-        if hidden_size is None:
-            continue
-        g_width = getattr(cfg, "generator_d_model", None)
-        if g_width is not None and g_width > hidden_size:
-            fail(
-                f"{where}.generator_d_model",
-                g_width,
-                f"wider than the discriminator (hidden size {hidden_size}): a generator as strong as D "
-                "collapses the detection task; use about 1/4-1/3 of D",
-            )
-        width = g_width or hidden_size
-        d_kv = getattr(cfg, "generator_d_kv", None)
-        if getattr(cfg, "generator_heads", 1) is None and d_kv and width % d_kv:
-            fail(
-                f"{where}.generator_d_model" if g_width else f"{where}.generator_d_kv",
-                g_width if g_width else d_kv,
-                f"the generator width {width} is not a multiple of generator_d_kv {d_kv}; "
-                "set generator_heads",
-            )
-
-
-# --------------------------------------------------------------------------- knobs
-
-
 def knob_values(objectives: dict[str, Plugin]) -> dict[str, float] | None:
     """Every knob path -> its configured value, as the runner will see it; None when an
     objective's class (and so its ``KNOBS``) cannot be told from its factory's return
@@ -323,58 +280,19 @@ def knob_values(objectives: dict[str, Plugin]) -> dict[str, float] | None:
 # --------------------------------------------------------------------------- before training
 
 
-def check_generator_checkpoints(resolved: Resolved, tokenizer: str | None = None) -> list[str]:
-    """What ``spactor train`` checks before it builds data or a model: a frozen RTD
-    generator (Fast-ELECTRA) has a ``generator_checkpoint``, and every configured one
-    exists and holds a generator of this recipe's dimensions and vocabulary (read from
-    its metadata; no weights are loaded). Returns one line per generator saying where
-    it comes from. ``tokenizer``: the SentencePiece model the run will use (default
-    ``data.tokenizer``). Not part of :func:`validate`: ``flops`` and ``preview`` of a
-    frozen recipe need no trained generator."""
-    import torch
-
+def check_files(resolved: Resolved, tokenizer: str | None = None) -> list[str]:
+    """What ``spactor train`` checks before it builds data or a model: each plugin config's
+    ``check_files(where, ctx)`` (e.g. a frozen RTD generator's checkpoint), which returns
+    lines saying where loaded weights come from. ``tokenizer``: the SentencePiece model the
+    run will use (default ``data.tokenizer``). Not part of :func:`validate`: ``flops`` and
+    ``preview`` of a frozen recipe need no trained generator."""
     lines: list[str] = []
+    hidden: int | None = None
     for name, plugin in resolved.objectives.items():
-        if plugin.type != "rtd":
+        check = getattr(plugin.config, "check_files", None)
+        if not callable(check):
             continue
-        cfg, key = plugin.config, f"objectives.{name}.generator_checkpoint"
-        path = getattr(cfg, "generator_checkpoint", None)
-        if not path:
-            if getattr(cfg, "frozen", False):
-                fail(key, path, "a frozen generator must be loaded from a trained run: set it to a run "
-                                "directory, a checkpoint directory or a .pt state dict")
-            continue
-        if not os.path.exists(os.path.expanduser(path)):
-            fail(key, path, "no such file or directory")
-        rows = _vocab_rows(resolved, tokenizer)
-        if rows is None:
-            continue  # no readable tokenizer: the data set-up reports it
-        from spactor.architectures.generator import Generator, check_generator_checkpoint
-        from spactor.objectives.rtd import generator_config
-
-        hidden = check_model(resolved.model, resolved.cfg.data.input_length)
         if hidden is None:
-            continue
-        with torch.device("meta"):
-            embedding = torch.nn.Embedding(rows, hidden)
-            generator = Generator(generator_config(cfg, hidden, resolved.cfg.data.input_length), embedding)
-        try:
-            source, step = check_generator_checkpoint(generator, os.path.expanduser(path), name)
-        except (OSError, KeyError, ValueError, RuntimeError) as e:
-            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            fail(key, path, f"not usable: {message}")
-        lines.append(f"objectives.{name}: generator loaded from {source}"
-                     + (f" (step {step})" if step is not None else ""))
+            hidden = check_model(resolved.model, resolved.cfg.data.input_length)
+        lines += check(f"objectives.{name}", FileCheckContext(resolved, hidden, tokenizer))
     return lines
-
-
-def _vocab_rows(resolved: Resolved, tokenizer: str | None) -> int | None:
-    from spactor.data.tokenizer import Tokenizer, t5_vocab
-
-    path = tokenizer or resolved.cfg.data.tokenizer
-    if not path:
-        return t5_vocab(resolved.cfg.data.tokenizer_vocab_size).size
-    try:
-        return Tokenizer.load(os.path.expanduser(path)).vocab().size
-    except Exception:  # noqa: BLE001 — a missing or broken model is the data set-up's error to report
-        return None

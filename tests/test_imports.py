@@ -29,17 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_PACKAGES = ("objectives", "schedules", "architectures")
 RANK_NAMES = {0: "core", 1: "data", 2: "plugins", 3: "plugin loader", 4: "runners", 5: "cli"}
 
-# Still there, and removed on the branch that moves them: ``check_generator_checkpoints``
-# (with ``_vocab_rows``) goes from ``spactor.validation`` to ``spactor.objectives.rtd``
-# with the RTD generator block (issue 14). Delete an entry when its import is gone (the
-# test below fails on a stale entry, so the list only shrinks); nothing may be added.
-KNOWN_LAYERING_BREAKS = frozenset(
-    {
-        ("spactor.validation", "spactor.architectures.generator"),
-        ("spactor.validation", "spactor.data.tokenizer"),
-        ("spactor.validation", "spactor.objectives.rtd"),
-    }
-)
 
 
 def module_names(root: Path, package: str) -> dict[str, Path]:
@@ -172,13 +161,10 @@ def test_spactor_has_no_import_cycles(spactor_graph):
 
 
 def test_spactor_imports_go_one_way(spactor_graph):
-    new = layering_breaks(spactor_graph) - KNOWN_LAYERING_BREAKS
-    assert not new, "imports against the layering:\n" + "\n".join(map(describe, sorted(new)))
-
-
-def test_known_layering_breaks_are_still_there(spactor_graph):
-    gone = KNOWN_LAYERING_BREAKS - layering_breaks(spactor_graph)
-    assert not gone, "fixed, remove from KNOWN_LAYERING_BREAKS: " + ", ".join(map(describe, sorted(gone)))
+    """No exceptions: the core (registry, config, validation) imports no plugin package,
+    and no plugin imports the runners or the CLI."""
+    breaks = layering_breaks(spactor_graph)
+    assert not breaks, "imports against the layering:\n" + "\n".join(map(describe, sorted(breaks)))
 
 
 def test_the_check_sees_function_level_and_literal_dynamic_imports(tmp_path):

@@ -52,8 +52,8 @@ CASES = [
     ("sc", ["data.document_separator=newline"], "data.document_separator: 'newline' —", "eos, none"),
     (
         "electra",
-        ["objectives.rtd.generator_head=mlp"],
-        "objectives.rtd.generator_head: 'mlp' —",
+        ["objectives.rtd.generator.head=mlp"],
+        "objectives.rtd.generator.head: 'mlp' —",
         "linear, electra",
     ),
     ("sc", ["data.source=jsonl"], "data.paths: [] —", "needs at least one file or glob"),
@@ -113,12 +113,12 @@ CASES = [
     ("spactor", ["objectives.rtd.generator_weight=-1"], "objectives.rtd.generator_weight: -1.0 —", ">= 0"),
     (
         "spactor",
-        ["objectives.rtd.generator_layers=0"],
-        "objectives.rtd.generator_layers: 0 —",
+        ["objectives.rtd.generator.layers=0"],
+        "objectives.rtd.generator.layers: 0 —",
         "positive integer",
     ),
     ("spactor", ["objectives.rtd.head_hidden=-1"], "objectives.rtd.head_hidden: -1 —", "positive integer"),
-    ("spactor", ["objectives.rtd.generator_dropout=1"], "objectives.rtd.generator_dropout: 1.0 —", "[0, 1)"),
+    ("spactor", ["objectives.rtd.generator.dropout=1"], "objectives.rtd.generator.dropout: 1.0 —", "[0, 1)"),
     (
         "spactor",
         ["objectives.rtd.embedding_sharing=both"],
@@ -134,21 +134,21 @@ CASES = [
     ("quickstart", ["data.input_length=2"], "data.input_length: 2 —", "too short for span corruption"),
     (
         "spactor",
-        ["objectives.rtd.generator_d_model=1024"],
-        "objectives.rtd.generator_d_model: 1024 —",
+        ["objectives.rtd.generator.d_model=1024"],
+        "objectives.rtd.generator.d_model: 1024 —",
         "wider than the discriminator (hidden size 768)",
     ),
     (
         "electra",
-        ["objectives.rtd.generator_d_model=1024", "objectives.rtd.generator_heads=16"],
-        "objectives.rtd.generator_d_model: 1024 —",
+        ["objectives.rtd.generator.d_model=1024", "objectives.rtd.generator.heads=16"],
+        "objectives.rtd.generator.d_model: 1024 —",
         "wider than the discriminator (hidden size 768)",
     ),
     (
         "spactor",
-        ["objectives.rtd.generator_d_model=200"],
-        "objectives.rtd.generator_d_model: 200 —",
-        "generator_d_kv 64",
+        ["objectives.rtd.generator.d_model=200"],
+        "objectives.rtd.generator.d_model: 200 —",
+        "d_kv 64",
     ),
     (
         "spactor",
@@ -230,7 +230,7 @@ def test_allowed_edge_values():
     load_config("sc", ["data.validation_fraction=0", "trainer.eval_every=0", "trainer.clip_grad_norm=null"])
     load_config("spactor", ["schedules.two_stage.tau=0", "objectives.mlm_mask.ratio=0"])
     load_config("spactor", ["objectives.mlm_mask.ratio=1"])  # every real token: what MlmMask accepts
-    load_config("spactor", ["schedules.two_stage.tau=null", "objectives.rtd.generator_d_model=768"])
+    load_config("spactor", ["schedules.two_stage.tau=null", "objectives.rtd.generator.d_model=768"])
     load_config("sc", ["trainer.batch_size=12", "trainer.grad_accum_steps=4"])
     for name in recipe_names():
         load_config(name)  # every shipped recipe passes
@@ -339,7 +339,7 @@ def test_a_schedule_driving_the_rtd_temperature_to_zero_is_refused_at_the_step()
     vocab = Vocab(size=256, first_sentinel_id=250, mask_id=251)
     model = EncoderModel(EncoderConfig(size="tiny", max_positions=16), vocab.size)
     ctx = ObjectiveContext("rtd", vocab, 16, model)
-    rtd = build_rtd(RTDConfig(generator_layers=1, generator_d_model=32, generator_d_kv=16), ctx)
+    rtd = build_rtd(RTDConfig(generator={"arch": "encoder", "layers": 1, "d_model": 32, "d_kv": 16}), ctx)
     ids = torch.randint(3, 140, (2, 16), generator=torch.Generator().manual_seed(0))
     mask = build_mlm_mask(MlmMaskConfig(), ObjectiveContext("mlm_mask", vocab, 16, None))
     batch = mask.transform({"encoder_input": ids}, torch.Generator().manual_seed(1))

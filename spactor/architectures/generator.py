@@ -1,8 +1,15 @@
 """The RTD generator: a small encoder-only MLM that fills [M] positions (ELECTRA, SpacTor).
 
-Built by the ``rtd`` objective next to the discriminator D, not registered in
-``ARCHITECTURES``: it is part of that objective and talks to D only through D's token
-embedding (an ``nn.Embedding`` of width ``embedding_dim`` = D's hidden size).
+Built by the ``rtd`` objective next to the discriminator D from its own block,
+``objectives.rtd.generator: {arch: encoder, layers: 4, d_ff: 1024, ...}``: ``arch`` names
+an entry of the ``GENERATORS`` registry, the other keys are that entry's config
+(:class:`EncoderGeneratorConfig` for ``encoder``), so a differently shaped generator is a
+new entry, not new ``rtd`` fields. A generator talks to D only through D's token embedding
+(an ``nn.Embedding`` of width ``embedding_dim`` = D's hidden size). What the objective
+asks of one (a factory ``(cfg, embedding, hidden_size=, input_length=,
+embedding_sharing=)`` returning it): ``token_embedding`` (the embedding it reads),
+``masked_logits(ids, attention, (rows, cols))`` → ``(B, K, V)``, ``logits_all(ids,
+attention)`` → ``(B, L, V)`` and ``blocks()``.
 
 Embedding sharing (``embedding_sharing``):
 
@@ -41,6 +48,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -48,7 +56,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from spactor.architectures.encoder import EncoderBody, EncoderSpec
+from spactor.checks import fail, is_int, is_number
+from spactor.architectures.encoder import NORMS, POSITIONS, EncoderBody, EncoderSpec
+from spactor.config import ConfigError
+from spactor.registry import GENERATORS
 
 SHARING_MODES = ("shared", "none", "gdes")
 HEADS = ("linear", "electra")  # what precedes the tied output projection
@@ -72,6 +83,94 @@ class GeneratorConfig:
     attention: str = "sdpa"
     embedding_sharing: str = "shared"  # shared | none | gdes
     head: str = "linear"  # linear (SpacTor Eq. 3) | electra (dense → GELU → LayerNorm first)
+
+
+@dataclass
+class EncoderGeneratorConfig:
+    """``objectives.rtd.generator: {arch: encoder, ...}``: the generator's shape. ``None``
+    widths follow the discriminator D."""
+
+    layers: int = 4  # paper: 4 for T5-Base, 6 for Large
+    d_model: int | None = None  # None: D's hidden size
+    heads: int | None = None  # None: d_model // d_kv
+    d_ff: int = 1024  # paper: 1024 for Base, 2048 for Large
+    d_kv: int = 64
+    # ELECTRA's `generator_hidden_size`: the width as a fraction of D's (1/3 for
+    # ELECTRA-Base). When set it replaces d_model/heads/d_ff with width = fraction·D,
+    # heads of ~64 dims, d_ff = 4·width, so a recipe keeps its proportions at any model.size.
+    hidden_fraction: float | None = None
+    norm: str = "rmsnorm"  # rmsnorm (T5 blocks) | layernorm (ELECTRA blocks); match D
+    positions: str = "relative"  # relative | learned
+    dropout: float = 0.0
+    head: str = "linear"  # linear (SpacTor Eq. 3) | electra (ELECTRA: dense → GELU → LayerNorm)
+
+    def check(self, where: str, ctx: Any) -> None:
+        """One-line ConfigError for the first bad value; ``where`` is the block's key
+        (``objectives.rtd.generator``). With ``ctx.hidden_size`` (D's width; None or no
+        ctx: not known yet) also what depends on D."""
+        if not (is_int(self.layers) and self.layers > 0):
+            fail(f"{where}.layers", self.layers, "must be a positive integer")
+        for key in ("d_model", "heads", "d_ff", "d_kv"):
+            value = getattr(self, key)
+            if value is not None and not (is_int(value) and value > 0):
+                fail(f"{where}.{key}", value, "must be a positive integer")
+        fraction = self.hidden_fraction
+        if fraction is not None and not (is_number(fraction) and 0 < fraction <= 1):
+            fail(f"{where}.hidden_fraction", fraction, "must be in (0, 1]")
+        if not (is_number(self.dropout) and 0 <= self.dropout < 1):
+            fail(f"{where}.dropout", self.dropout, "must be in [0, 1)")
+        for key, valid in (("norm", NORMS), ("positions", POSITIONS), ("head", HEADS)):
+            if getattr(self, key) not in valid:
+                fail(f"{where}.{key}", getattr(self, key), f"must be one of {', '.join(valid)}")
+        hidden_size = getattr(ctx, "hidden_size", None)
+        if hidden_size is None:
+            return
+        if self.d_model is not None and self.d_model > hidden_size:
+            fail(
+                f"{where}.d_model",
+                self.d_model,
+                f"wider than the discriminator (hidden size {hidden_size}): a generator as strong as D "
+                "collapses the detection task; use about 1/4-1/3 of D",
+            )
+        width = self.d_model or hidden_size
+        if fraction is None and self.heads is None and width % self.d_kv:  # a fraction rounds its heads
+            fail(
+                f"{where}.d_model" if self.d_model else f"{where}.d_kv",
+                self.d_model or self.d_kv,
+                f"the generator width {width} is not a multiple of d_kv {self.d_kv}; set {where}.heads",
+            )
+
+    def dimensions(self, hidden_size: int, input_length: int, embedding_sharing: str) -> GeneratorConfig:
+        """The built generator's :class:`GeneratorConfig` beside a D of ``hidden_size``."""
+        if self.hidden_fraction is not None:
+            if not 0 < self.hidden_fraction <= 1:
+                raise ConfigError(f"generator hidden_fraction must be in (0, 1], got {self.hidden_fraction}")
+            d_model = max(1, round(hidden_size * self.hidden_fraction))
+            heads = max(1, round(d_model / self.d_kv))
+            d_kv, d_ff = d_model // heads, 4 * d_model
+        else:
+            d_model = self.d_model or hidden_size
+            heads = self.heads
+            if heads is None:
+                if d_model % self.d_kv:
+                    raise ConfigError(
+                        f"generator d_model {d_model} is not a multiple of d_kv {self.d_kv}; set heads"
+                    )
+                heads = d_model // self.d_kv
+            d_kv, d_ff = self.d_kv, self.d_ff
+        return GeneratorConfig(
+            num_layers=self.layers,
+            d_model=d_model,
+            num_heads=heads,
+            d_ff=d_ff,
+            d_kv=d_kv,
+            norm=self.norm,
+            positions=self.positions,
+            max_positions=input_length,
+            dropout=self.dropout,
+            embedding_sharing=embedding_sharing,
+            head=self.head,
+        )
 
 
 class Generator(nn.Module):
@@ -190,6 +289,19 @@ class Generator(nn.Module):
         return list(self.body.blocks)
 
 
+@GENERATORS.register("encoder", EncoderGeneratorConfig)
+def build_encoder_generator(
+    cfg: EncoderGeneratorConfig,
+    embedding: nn.Embedding,
+    *,
+    hidden_size: int,
+    input_length: int,
+    embedding_sharing: str,
+) -> Generator:
+    """Encoder-only MLM generator (ELECTRA, SpacTor): T5 or BERT blocks, tied output projection."""
+    return Generator(cfg.dimensions(hidden_size, input_length, embedding_sharing), embedding)
+
+
 # -- loading a trained generator (Fast-ELECTRA) ----------------------------------------------
 
 
@@ -306,8 +418,8 @@ def _key_mapping(keys: Iterable[str], wanted: set[str], name: str, source: Path)
     here = "electra" if ELECTRA_HEAD_KEY in wanted else "linear"
     if trained != here:
         raise KeyError(
-            f"generator checkpoint {source}: its generator was trained with generator_head {trained}, "
-            f"this one has {here}; set objectives.{name}.generator_head: {trained}"
+            f"generator checkpoint {source}: its generator was trained with head {trained}, "
+            f"this one has {here}; set objectives.{name}.generator.head: {trained}"
         )
     mapping = {k: prefix + k for k in wanted if prefix + k in keys}
     if EMBEDDING_KEY in wanted and EMBEDDING_KEY not in mapping:

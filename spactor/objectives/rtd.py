@@ -25,6 +25,11 @@ usual initialisation instead of DeBERTa-v3's zeros (zeroing it would zero T5's t
 Samples never take special ids (pad, EOS, sentinels, [M]): labels never are special, and
 a sampled pad would turn a real position into padding for the runner's attention mask.
 
+G's shape is its own block, ``generator: {arch: encoder, layers: 4, ...}`` (an entry of the
+``GENERATORS`` registry and that entry's config, checked by it); this config keeps what is
+the objective's: its loss weights and z-loss, how logits are asked for, the sampling
+temperature, how G and D share embeddings, and whether G is trained or loaded and frozen.
+
 ``frozen`` (Fast-ELECTRA): G loaded from ``generator_checkpoint``, eval mode,
 ``requires_grad_(False)``, forward under ``no_grad``; ``loss/generator`` is still logged
 with weight 0. ``release()`` drops G and the head at SpacTor's switch to stage 2.
@@ -33,22 +38,23 @@ with weight 0. ``release()`` drops G and the head at SpacTor's switch to stage 2
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from spactor.architectures.generator import (
-    HEADS,
     SHARING_MODES,
     Generator,
-    GeneratorConfig,
+    check_generator_checkpoint,
     load_generator_weights,
 )
-from spactor.checks import CheckContext, one_of, positive
+from spactor.checks import CheckContext, fail, one_of, positive
+from spactor.config import Plugin, plugin_block, resolve_blocks
 from spactor.objectives.base import (
     Batch,
     LossTerm,
@@ -59,12 +65,18 @@ from spactor.objectives.base import (
 )
 from spactor.objectives.cross_entropy import token_cross_entropy
 from spactor.objectives.mlm_mask import index_from_mask, index_parts, scatter_index
-from spactor.registry import OBJECTIVES
+from spactor.registry import GENERATORS, OBJECTIVES
 
 GENERATOR_LOSS = "generator"  # aux-loss key → logged as loss/generator
 GENERATOR_Z_LOSS = "generator_z"  # the generator's z-loss, loss/generator_z
 IGNORE = -100  # cross-entropy target of the padding slots of mlm_index
 LOGIT_MODES = ("masked", "all")
+
+
+# The generator's shape fields that were ``generator_<field>`` keys of this config.
+MOVED_GENERATOR_FIELDS = (
+    "layers", "d_model", "heads", "d_ff", "d_kv", "hidden_fraction", "norm", "positions", "dropout", "head",
+)  # fmt: skip
 
 
 @dataclass
@@ -79,28 +91,104 @@ class RTDConfig:
     head_hidden: int | None = None  # RTD head MLP width; None: 4 × D's hidden size (paper: D's d_ff)
     generator_logits: str = "masked"  # masked (n_masked × V) | all (B × L × V, the paper's cost)
     embedding_sharing: str = "shared"  # shared | none | gdes
-    generator_layers: int = 4  # paper: 4 for T5-Base, 6 for Large
-    generator_d_model: int | None = None  # None: D's hidden size
-    generator_heads: int | None = None  # None: generator_d_model // generator_d_kv
-    generator_d_ff: int = 1024  # paper: 1024 for Base, 2048 for Large
-    generator_d_kv: int = 64
-    # ELECTRA's `generator_hidden_size`: the generator's width as a fraction of D's
-    # (1/3 for ELECTRA-Base). When set it replaces generator_d_model/heads/d_ff with
-    # width = fraction·D, heads of ~64 dims, d_ff = 4·width, so a recipe keeps its
-    # proportions at any model.size.
-    generator_hidden_fraction: float | None = None
-    generator_norm: str = "rmsnorm"  # rmsnorm (T5 blocks) | layernorm (ELECTRA blocks); match D
-    generator_positions: str = "relative"  # relative | learned
-    generator_dropout: float = 0.0
     frozen: bool = False  # Fast-ELECTRA: no gradient, no optimizer state for G
     generator_checkpoint: str | None = None  # run / checkpoint / DCP directory, or a .pt state dict
-    generator_head: str = "linear"  # linear (SpacTor Eq. 3) | electra (ELECTRA: dense → GELU → LayerNorm)
+    # G's architecture block: `arch` names a registered generator, the other keys are its
+    # config (EncoderGeneratorConfig for `encoder`: layers, d_model, heads, d_ff, ...).
+    generator: Any = plugin_block(GENERATORS, "arch", "encoder")
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        f"generator_{k}": f"generator.{k}" for k in MOVED_GENERATOR_FIELDS
+    }
+
+    def generator_block(self, where: str) -> Plugin:
+        """The resolved ``generator`` block (resolving it first when this config was made in
+        Python with a mapping or a generator config object)."""
+        resolve_blocks(self, where)
+        return self.generator  # type: ignore[no-any-return]
 
     def check(self, where: str, ctx: CheckContext) -> None:
+        """One-line ConfigError for the first bad value; ``ctx.hidden_size``: D's width
+        (None: not known yet). The generator block checks itself."""
         check_objective_fields(where, self)
         one_of(f"{where}.generator_logits", self.generator_logits, LOGIT_MODES)
         one_of(f"{where}.embedding_sharing", self.embedding_sharing, SHARING_MODES)
-        one_of(f"{where}.generator_head", self.generator_head, HEADS)
+        if self.frozen and self.embedding_sharing == "shared":
+            fail(
+                f"{where}.embedding_sharing",
+                "shared",
+                "a frozen generator cannot share the discriminator's token embedding (D keeps training it); "
+                "use none or gdes",
+            )
+        block = self.generator_block(where)
+        check = getattr(block.config, "check", None)
+        if callable(check):
+            check(f"{where}.generator", ctx)
+
+    def check_files(self, where: str, ctx: Any) -> list[str]:
+        """What ``spactor train`` checks before it builds data or a model: a frozen generator
+        (Fast-ELECTRA) has a ``generator_checkpoint``, and a configured one exists and holds
+        a generator of this config's shape and vocabulary (read from its metadata; no
+        weights are loaded). Returns the line saying where G comes from (none when it is
+        trained from scratch). ``ctx``: ``resolved``, ``tokenizer`` (the SentencePiece
+        model the run will use; None: ``data.tokenizer``) and ``hidden_size`` (D's width,
+        None when unknown). Not part of :meth:`check`: ``flops`` and ``preview`` of a
+        frozen recipe need no trained generator."""
+        key, path = f"{where}.generator_checkpoint", self.generator_checkpoint
+        if not path:
+            if self.frozen:
+                fail(key, path, "a frozen generator must be loaded from a trained run: set it to a run "
+                                 "directory, a checkpoint directory or a .pt state dict")
+            return []
+        if not os.path.exists(os.path.expanduser(path)):
+            fail(key, path, "no such file or directory")
+        resolved = ctx.resolved
+        rows = _vocab_rows(resolved, ctx.tokenizer)
+        if rows is None or ctx.hidden_size is None:
+            return []  # no readable tokenizer: the data set-up reports it
+        name = where.rsplit(".", 1)[-1]
+        with torch.device("meta"):
+            embedding = torch.nn.Embedding(rows, ctx.hidden_size)
+            input_length = resolved.cfg.data.input_length
+            generator = build_generator(self, embedding, ctx.hidden_size, input_length, where)
+        try:
+            source, step = check_generator_checkpoint(generator, os.path.expanduser(path), name)
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            fail(key, path, f"not usable: {message}")
+        return [f"{where}: generator loaded from {source}" + (f" (step {step})" if step is not None else "")]
+
+
+def _vocab_rows(resolved: Any, tokenizer: str | None) -> int | None:
+    from spactor.data.tokenizer import Tokenizer, t5_vocab
+
+    path = tokenizer or resolved.cfg.data.tokenizer
+    if not path:
+        return t5_vocab(resolved.cfg.data.tokenizer_vocab_size).size
+    try:
+        return Tokenizer.load(os.path.expanduser(path)).vocab().size
+    except Exception:  # noqa: BLE001 — a missing or broken model is the data set-up's error to report
+        return None
+
+
+def build_generator(
+    cfg: RTDConfig,
+    embedding: nn.Embedding,
+    hidden_size: int,
+    input_length: int,
+    where: str = "objectives.rtd",
+) -> nn.Module:
+    """G from ``cfg.generator``'s registered entry, beside a D of ``hidden_size`` whose
+    token embedding is ``embedding``."""
+    block = cfg.generator_block(where)
+    factory = GENERATORS.get(block.type).factory
+    return factory(
+        block.config,
+        embedding,
+        hidden_size=hidden_size,
+        input_length=input_length,
+        embedding_sharing=cfg.embedding_sharing,
+    )
 
 
 # -- sampling and metrics --------------------------------------------------------------------
@@ -224,45 +312,6 @@ class RTDHead(nn.Module):
 # -- the objective ---------------------------------------------------------------------------
 
 
-def generator_config(cfg: RTDConfig, hidden_size: int, input_length: int) -> GeneratorConfig:
-    if cfg.generator_hidden_fraction is not None:
-        if not 0 < cfg.generator_hidden_fraction <= 1:
-            raise ValueError(
-                f"objectives.rtd.generator_hidden_fraction must be in (0, 1], got {cfg.generator_hidden_fraction}"
-            )
-        d_model = max(1, round(hidden_size * cfg.generator_hidden_fraction))
-        heads = max(1, round(d_model / cfg.generator_d_kv))
-        return _generator_config(cfg, d_model, heads, d_model // heads, 4 * d_model, input_length)
-    d_model = cfg.generator_d_model or hidden_size
-    heads = cfg.generator_heads
-    if heads is None:
-        if d_model % cfg.generator_d_kv:
-            raise ValueError(
-                f"generator_d_model {d_model} is not a multiple of generator_d_kv {cfg.generator_d_kv}; "
-                f"set generator_heads"
-            )
-        heads = d_model // cfg.generator_d_kv
-    return _generator_config(cfg, d_model, heads, cfg.generator_d_kv, cfg.generator_d_ff, input_length)
-
-
-def _generator_config(
-    cfg: RTDConfig, d_model: int, heads: int, d_kv: int, d_ff: int, input_length: int
-) -> GeneratorConfig:
-    return GeneratorConfig(
-        num_layers=cfg.generator_layers,
-        d_model=d_model,
-        num_heads=heads,
-        d_ff=d_ff,
-        d_kv=d_kv,
-        norm=cfg.generator_norm,
-        positions=cfg.generator_positions,
-        max_positions=input_length,
-        dropout=cfg.generator_dropout,
-        embedding_sharing=cfg.embedding_sharing,
-        head=cfg.generator_head,
-    )
-
-
 class RTD(Objective):
     """Generator + replaced-token-detection head on the discriminator's encoder states."""
 
@@ -274,15 +323,11 @@ class RTD(Objective):
         where = f"objectives.{ctx.name}"
         if ctx.model is None:
             raise ValueError(f"{where}: rtd needs the discriminator model to build its generator")
-        cfg.check(where, ctx.check_context())
-        if cfg.frozen and cfg.embedding_sharing == "shared":
-            raise ValueError(
-                f"{where}: a frozen generator cannot share D's token embedding (D keeps training it); "
-                f"use embedding_sharing: none (or gdes)"
-            )
         model = ctx.model
-        gen_cfg = generator_config(cfg, model.hidden_size, ctx.input_length)
-        self.generator: Generator | None = Generator(gen_cfg, model.token_embedding)
+        cfg.check(where, ctx.check_context())
+        self.generator: Generator | None = build_generator(  # type: ignore[assignment]
+            cfg, model.token_embedding, model.hidden_size, ctx.input_length, where
+        )
         self.head: RTDHead | None = RTDHead(model.hidden_size, cfg.head_hidden or 4 * model.hidden_size)
         # Ids a sample may not take; persistent=False keeps it out of checkpoints.
         special = self.vocab.is_special(torch.arange(model.vocab_size, device="cpu"))  # real even on meta

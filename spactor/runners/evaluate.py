@@ -124,7 +124,7 @@ def open_run(run_dir: str | Path) -> LoadedRun:
     tokenizer_file = run / "spiece.model"
     if not tokenizer_file.is_file():
         raise EvaluationError(f"{run}: no spiece.model there (the run's tokenizer)")
-    resolved = load_config(str(config))
+    resolved = load_config(str(config), saved_run=True)
     return LoadedRun(run, resolved, Tokenizer.load(tokenizer_file), Checkpointer(run / "checkpoints"))
 
 

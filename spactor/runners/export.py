@@ -117,7 +117,7 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
         raise ExportError(f"{run_dir}: no config.yaml (is {checkpoint} inside a spactor run directory?)")
     # Exporting runs on one CPU process, wherever the run trained: its runtime settings
     # (a GPU, FSDP) must not fail validation here.
-    resolved = load_config(str(saved), ["runtime.device=cpu", "runtime.fsdp=null"])
+    resolved = load_config(str(saved), ["runtime.device=cpu", "runtime.fsdp=null"], saved_run=True)
     if resolved.model.type != "t5":
         raise ExportError(
             f"model.arch={resolved.model.type}: only T5 runs export to Hugging Face's "

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spactor.config import ConfigError, Resolved, as_dict
+from spactor.config import ConfigError, Resolved, as_dict, upgrade_saved
 
 LOCK_FILE = ".lock"
 IDENTITY_FILE = "identity.json"
@@ -162,6 +162,18 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """:func:`flatten`'s inverse."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def _matches(key: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
@@ -189,7 +201,7 @@ def read_identity(run_dir: Path) -> dict[str, Any] | None:
 def identity_differences(saved: dict[str, Any], resolved: Resolved) -> list[str]:
     """``key: saved → new`` for each identity key the new config changes."""
     new = {k: v for k, v in flatten(as_dict(resolved)).items() if _matches(k, IDENTITY)}
-    old = saved.get("config", {})
+    old = flatten(upgrade_saved(unflatten(saved.get("config", {}))))  # keys moved since it was written
     return [_describe(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(set(old) | set(new))
             if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
 
@@ -282,7 +294,7 @@ def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
     except (OmegaConfBaseException, ValueError, OSError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise RunDirError(f"{path}: unreadable ({first}); the run cannot be checked") from None
-    return data if isinstance(data, dict) else None
+    return upgrade_saved(data) if isinstance(data, dict) else None
 
 
 def check_resume(run_dir: Path, resolved: Resolved, explicit: bool) -> list[str]:

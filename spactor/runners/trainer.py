@@ -47,7 +47,7 @@ from spactor.runners.stages import (
 )
 from spactor.runners.step import StepContext, TrainModules, evaluate, train_step
 from spactor.schedules.base import build as build_schedules
-from spactor.validation import check_generator_checkpoints
+from spactor.validation import check_files
 
 
 class NonFiniteStop(FloatingPointError):
@@ -269,7 +269,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         if info.is_main:
             print(opened.finished, flush=True)
         return TrainResult(run_dir=run_dir, steps=opened.step, start_step=opened.step)
-    for line in check_generator_checkpoints(resolved, opened.tokenizer):
+    for line in check_files(resolved, opened.tokenizer):
         if info.is_main:
             print(line, flush=True)
 

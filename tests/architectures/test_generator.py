@@ -234,6 +234,71 @@ def test_generator_head_travels_with_the_checkpoint(tmp_path: Path):
             cfg = {"embedding_sharing": "none", "d_model": d_model, "num_heads": d_model // 16}
             state = Generator(gen_cfg(**cfg, head=trained), embedding()).state_dict()
             torch.save({f"objectives.rtd.generator.{k}": v for k, v in state.items()}, tmp_path / "g.pt")
-            expected = f"trained with generator_head {trained}.*generator_head: {trained}"
+            expected = f"trained with head {trained}.*generator.head: {trained}"
             with pytest.raises(KeyError, match=expected):
                 load_generator_weights(Generator(gen_cfg(**cfg, head=here), embedding()), tmp_path / "g.pt")
+
+
+# -- the generator's own config block (objectives.rtd.generator: {arch: encoder, ...}) ---------
+
+
+def test_encoder_block_dimensions_follow_the_discriminator():
+    from spactor.architectures.generator import EncoderGeneratorConfig
+
+    dims = EncoderGeneratorConfig(layers=2, d_ff=96).dimensions(D_MODEL, 40, "none")
+    assert (dims.num_layers, dims.d_model, dims.num_heads, dims.d_kv, dims.d_ff) == (2, D_MODEL, 1, 64, 96)
+    assert (dims.max_positions, dims.embedding_sharing) == (40, "none")
+    # ELECTRA's fraction of D's width: heads of ~64 dims, d_ff 4x the width; d_ff/d_model unused
+    third = EncoderGeneratorConfig(hidden_fraction=1 / 3, d_model=8, d_ff=8).dimensions(768, 512, "shared")
+    assert (third.d_model, third.num_heads, third.d_kv, third.d_ff) == (256, 4, 64, 1024)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"layers": 0}, "objectives.rtd.generator.layers: 0 — must be a positive integer"),
+        ({"d_kv": -1}, "objectives.rtd.generator.d_kv: -1 — must be a positive integer"),
+        ({"dropout": 1.0}, "objectives.rtd.generator.dropout: 1.0 — must be in [0, 1)"),
+        ({"hidden_fraction": 0.0}, "objectives.rtd.generator.hidden_fraction: 0.0 — must be in (0, 1]"),
+        ({"norm": "batchnorm"}, "objectives.rtd.generator.norm: 'batchnorm' — must be one of"),
+        ({"positions": "rotary"}, "objectives.rtd.generator.positions: 'rotary' — must be one of"),
+        ({"head": "mlp"}, "objectives.rtd.generator.head: 'mlp' — must be one of linear, electra"),
+        ({"d_model": 128}, "objectives.rtd.generator.d_model: 128 — wider than the discriminator"),
+        ({"d_model": 40}, "objectives.rtd.generator.d_model: 40 — the generator width 40 is not a multiple"),
+        ({"d_kv": 48}, "objectives.rtd.generator.d_kv: 48 — the generator width 64 is not a multiple"),
+    ],
+)
+def test_encoder_block_checks_itself_in_one_line(fields, message):
+    from types import SimpleNamespace
+
+    from spactor.architectures.generator import EncoderGeneratorConfig
+    from spactor.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        block, d = EncoderGeneratorConfig(**fields), SimpleNamespace(hidden_size=D_MODEL)
+        block.check("objectives.rtd.generator", d)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
+def test_encoder_block_defaults_pass_and_heads_lift_the_d_kv_rule():
+    from types import SimpleNamespace
+
+    from spactor.architectures.generator import EncoderGeneratorConfig
+
+    for block in (EncoderGeneratorConfig(), EncoderGeneratorConfig(d_kv=48, heads=4)):
+        block.check("objectives.rtd.generator", SimpleNamespace(hidden_size=D_MODEL))
+    EncoderGeneratorConfig(d_model=4096).check("objectives.rtd.generator", None)  # D's width unknown yet
+
+
+def test_encoder_is_a_registered_generator_built_from_its_block():
+    from spactor.architectures.generator import EncoderGeneratorConfig
+    from spactor.registry import GENERATORS
+
+    entry = GENERATORS.get("encoder")
+    assert entry.config_cls is EncoderGeneratorConfig
+    emb = embedding()
+    block = EncoderGeneratorConfig(layers=1, d_model=32, heads=2, d_kv=16, d_ff=64, head="electra")
+    built = entry.factory(block, emb, hidden_size=D_MODEL, input_length=12, embedding_sharing="shared")
+    torch.manual_seed(0)
+    direct = Generator(gen_cfg(head="electra", max_positions=12), emb)
+    assert built.config == direct.config and built.token_embedding is emb

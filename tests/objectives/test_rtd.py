@@ -40,14 +40,13 @@ def encoder_d() -> nn.Module:
     return build_encoder(EncoderConfig(size="tiny", dropout=0.0), VOCAB.size)
 
 
-def build(model: nn.Module, **cfg) -> RTD:
-    small = {
-        "generator_layers": 1, "generator_d_model": 32, "generator_heads": 2,
-        "generator_d_ff": 64, "generator_d_kv": 16,
-    }  # fmt: skip
+def build(model: nn.Module, generator: dict | None = None, **cfg) -> RTD:
+    """``generator``: fields of the generator's block over a small encoder generator."""
+    small = {"arch": "encoder", "layers": 1, "d_model": 32, "heads": 2, "d_ff": 64, "d_kv": 16}
+    block = {**small, **(generator or {})}
     ctx = ObjectiveContext(name="rtd", vocab=VOCAB, input_length=LENGTH, model=model)
     torch.manual_seed(1)
-    return build_rtd(RTDConfig(**{**small, **cfg}), ctx)
+    return build_rtd(RTDConfig(generator=block, **cfg), ctx)
 
 
 def masked_batch(seed: int = 0, ratio: float = 0.25) -> dict[str, torch.Tensor]:
@@ -228,10 +227,10 @@ def test_frozen_generator_loads_from_a_dcp_directory(tmp_path: Path):
 
 
 def test_electra_generator_head_through_a_dcp_checkpoint(tmp_path: Path):
-    """generator_head: electra builds ELECTRA's dense → GELU → LayerNorm head, its weights
+    """generator.head: electra builds ELECTRA's dense → GELU → LayerNorm head, its weights
     travel through generator_checkpoint, and a linear generator refuses them by name."""
     model = encoder_d()
-    source = build(model, embedding_sharing="none", generator_head="electra")
+    source = build(model, {"head": "electra"}, embedding_sharing="none")
     assert source.generator.head_dense is not None and source.generator.proj_out is None
     with torch.no_grad():
         source.generator.head_norm.bias.normal_()
@@ -242,14 +241,14 @@ def test_electra_generator_head_through_a_dcp_checkpoint(tmp_path: Path):
         dcp.save(state, checkpoint_id=step_dir / "dcp")
     (step_dir / "manifest.json").write_text(json.dumps({"step": 3}))
     loaded = build(
-        model, embedding_sharing="none", generator_head="electra", frozen=True,
+        model, {"head": "electra"}, embedding_sharing="none", frozen=True,
         generator_checkpoint=str(tmp_path),
     )  # fmt: skip
     assert_same_generator(source, loaded)
-    with pytest.raises(KeyError, match="generator_head: electra"):
+    with pytest.raises(KeyError, match="generator.head: electra"):
         build(model, embedding_sharing="none", frozen=True, generator_checkpoint=str(tmp_path))
-    with pytest.raises(ValueError, match="objectives.rtd.generator_head: 'mlp'"):
-        build(model, generator_head="mlp")
+    with pytest.raises(ValueError, match="objectives.rtd.generator.head: 'mlp'"):
+        build(model, {"head": "mlp"})
 
 
 def test_frozen_generator_loads_from_a_runner_checkpoint_of_a_shared_run(tmp_path: Path):
@@ -323,7 +322,7 @@ def test_registered_and_defaults_follow_the_discriminator():
     model = encoder_d()
     entry = OBJECTIVES.get("rtd")
     ctx = ObjectiveContext(name="rtd", vocab=VOCAB, input_length=LENGTH, model=model)
-    rtd = entry.factory(entry.config_cls(generator_layers=1, generator_d_ff=32), ctx)
+    rtd = entry.factory(entry.config_cls(generator={"layers": 1, "d_ff": 32}), ctx)  # arch: encoder
     spec = rtd.generator.spec
     assert (spec.d_model, spec.num_heads, spec.max_positions) == (64, 1, LENGTH)  # d / d_kv = 64 / 64
     assert rtd.head.dense.out_features == 4 * 64

@@ -65,7 +65,7 @@ def _on_meta(resolved):
     + [
         ("sc", ("model.version=1.1",)),  # untied lm_head, gated FFN
         ("spactor", ("objectives.rtd.embedding_sharing=gdes",)),
-        ("spactor", ("objectives.rtd.embedding_sharing=none", "objectives.rtd.generator_hidden_fraction=0.5")),
+        ("spactor", ("objectives.rtd.embedding_sharing=none", "objectives.rtd.generator.hidden_fraction=0.5")),
     ],
 )
 def test_meta_build_initialises_exactly_like_the_eager_build(recipe, extra):

@@ -300,31 +300,30 @@ def frozen_generator(tiny, rows_extra: int = 0):
     """fast_electra's generator at tiny size, on CPU, with ``rows_extra`` more vocabulary rows."""
     import torch
 
-    from spactor.architectures.generator import Generator
     from spactor.config import load_config
     from spactor.data.tokenizer import Tokenizer
-    from spactor.objectives.rtd import generator_config
+    from spactor.objectives.rtd import build_generator
     from spactor.validation import check_model
 
     resolved = load_config("fast_electra", tiny)
     hidden = check_model(resolved.model, resolved.cfg.data.input_length)
     rows = Tokenizer.load(resolved.cfg.data.tokenizer).vocab().size + rows_extra
-    gen_cfg = generator_config(resolved.objectives["rtd"].config, hidden, resolved.cfg.data.input_length)
-    return Generator(gen_cfg, torch.nn.Embedding(rows, hidden))
+    embedding, length = torch.nn.Embedding(rows, hidden), resolved.cfg.data.input_length
+    return build_generator(resolved.objectives["rtd"].config, embedding, hidden, length)
 
 
 def test_a_generator_of_another_vocabulary_is_refused_and_a_matching_one_is_named(tiny, tmp_path):
     import torch
 
     from spactor.config import ConfigError, load_config
-    from spactor.validation import check_generator_checkpoints
+    from spactor.validation import check_files
 
     wrong, right = tmp_path / "wrong.pt", tmp_path / "right.pt"
     torch.save(frozen_generator(tiny, rows_extra=128).state_dict(), wrong)
     torch.save(frozen_generator(tiny).state_dict(), right)
     resolved = load_config("fast_electra", [*tiny, f"objectives.rtd.generator_checkpoint={wrong}"])
     with pytest.raises(ConfigError, match=r"embedding.weight has shape \[\d+, \d+\].*another vocabulary"):
-        check_generator_checkpoints(resolved)
+        check_files(resolved)
     run = tmp_path / "run"
     out = spactor("train", "fast_electra", *tiny, "trainer.max_steps=1", "lr_schedule.warmup_steps=2",
                   f"objectives.rtd.generator_checkpoint={right}", f"run.dir={run}")
@@ -384,11 +383,11 @@ def test_a_resume_before_the_switch_with_a_lower_tau_logs_the_switch(spactor_run
 
 def test_a_spactor_checkpoint_of_stage_1_feeds_a_frozen_generator(spactor_run, tiny):
     from spactor.config import load_config
-    from spactor.validation import check_generator_checkpoints
+    from spactor.validation import check_files
 
     checkpoint = spactor_run / "checkpoints" / "step_00000002"
     resolved = load_config("spactor_frozen", [*tiny, f"objectives.rtd.generator_checkpoint={checkpoint}"])
-    assert check_generator_checkpoints(resolved) == [
+    assert check_files(resolved) == [
         f"objectives.rtd: generator loaded from {checkpoint / 'dcp'} (step 2)"
     ]
 

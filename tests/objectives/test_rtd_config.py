@@ -1,0 +1,220 @@
+"""The RTD generator as its own architecture block (``objectives.rtd.generator: {arch:
+encoder, ...}``): resolved like ``model:``, written back as a block, the old flat
+``generator_*`` keys refused with their new place in a user's config and read in the new
+layout from a run directory written before, and a differently shaped generator configured
+without any new ``rtd`` key."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from spactor.architectures.encoder import EncoderConfig, build_encoder
+from spactor.architectures.generator import EncoderGeneratorConfig, Generator
+from spactor.config import ConfigError, Plugin, as_dict, load_config
+from spactor.objectives.base import ObjectiveContext, Vocab
+from spactor.objectives.rtd import MOVED_GENERATOR_FIELDS, RTDConfig, build_rtd
+from spactor.plugins import load_plugins
+from spactor.registry import GENERATORS
+
+load_plugins()
+
+TINY = ["model.size=tiny"]
+VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
+LENGTH = 32
+
+
+def flat_layout(data: dict) -> dict:
+    """A resolved config as spactor wrote it before the generator block: its shape fields
+    as ``generator_<field>`` keys of ``rtd``, no ``arch``."""
+    data = copy.deepcopy(data)
+    for body in data["objectives"].values():
+        if body.get("type") == "rtd":
+            block = body.pop("generator")
+            assert block.pop("arch") == "encoder"
+            body.update({f"generator_{k}": v for k, v in block.items()})
+    return data
+
+
+def test_recipes_hold_the_generator_as_a_block_and_write_it_back_as_one(tmp_path: Path):
+    for recipe, layers, head in (("spactor", 4, "linear"), ("electra", 12, "electra")):
+        resolved = load_config(recipe, TINY)
+        plugin = resolved.objectives["rtd"].config.generator
+        assert isinstance(plugin, Plugin) and plugin.type == "encoder"
+        assert isinstance(plugin.config, EncoderGeneratorConfig)
+        assert (plugin.config.layers, plugin.config.head) == (layers, head)
+        written = as_dict(resolved)["objectives"]["rtd"]
+        assert written["generator"]["arch"] == "encoder" and written["generator"]["layers"] == layers
+        assert not [k for k in written if k.removeprefix("generator_") in MOVED_GENERATOR_FIELDS]
+        saved = tmp_path / f"{recipe}.yaml"
+        saved.write_text(resolved.to_yaml())
+        assert as_dict(load_config(str(saved))) == as_dict(resolved)
+
+
+@pytest.mark.parametrize("field", MOVED_GENERATOR_FIELDS)
+def test_an_old_flat_key_names_its_new_place(field: str):
+    value = {"norm": "layernorm", "positions": "learned", "head": "electra"}.get(field, 1)
+    with pytest.raises(ConfigError) as e:
+        load_config("spactor", [f"objectives.rtd.generator_{field}={value}"])
+    assert str(e.value) == f"objectives.rtd.generator_{field}: moved to objectives.rtd.generator.{field}"
+
+
+def test_an_old_flat_key_in_a_recipe_is_one_line_and_exit_2(tmp_path: Path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("base: spactor\nobjectives:\n  rtd:\n    generator_layers: 2\n")
+    out = subprocess.run([sys.executable, "-m", "spactor", "train", str(recipe), "model.size=tiny"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "spactor: error: objectives.rtd.generator_layers: moved to objectives.rtd.generator.layers"
+    ], out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["objectives.rtd.generator.layer=2"], "unknown config key 'objectives.rtd.generator.layer'"),
+        (["objectives.rtd.generator.arch=bert"], "objectives.rtd.generator.arch: unknown generator 'bert'"),
+        (["objectives.rtd.generator.layers=two"], "objectives.rtd.generator.layers: bad value 'two'"),
+        (["objectives.rtd.generator.heads=0"], "objectives.rtd.generator.heads: 0 — must be a positive"),
+        (["objectives.rtd.generator=4"], "objectives.rtd.generator must be a mapping"),
+        (["objectives.rtd.generator.d_model=100"], "objectives.rtd.generator.d_model: 100 — wider than"),
+    ],
+)
+def test_the_block_is_checked_by_its_own_config(overrides: list[str], message: str):
+    with pytest.raises(ConfigError) as e:
+        load_config("spactor", [*TINY, *overrides])
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_saved_config_of_the_flat_layout_loads_in_the_new_one(tmp_path: Path):
+    from spactor.runners.run_dir import flatten, identity_differences, identity_of, read_saved_config
+
+    for recipe in ("spactor", "fast_electra"):
+        resolved = load_config(recipe, TINY)
+        old = flat_layout(as_dict(resolved))
+        saved = tmp_path / recipe / "config.yaml"
+        saved.parent.mkdir()
+        saved.write_text(yaml.safe_dump(old, sort_keys=False))
+        with pytest.raises(ConfigError, match="moved to objectives.rtd.generator"):
+            load_config(str(saved))  # a user's config: refused
+        assert as_dict(load_config(str(saved), saved_run=True)) == as_dict(resolved)  # a run's: read
+        assert read_saved_config(saved.parent)["objectives"] == as_dict(resolved)["objectives"]
+        identity = identity_of(resolved, "sha", 160)
+        identity["config"] = {k: v for k, v in flatten(old).items() if k in identity["config"]
+                              or k.startswith("objectives.rtd.generator_")}  # fmt: skip
+        assert any(k.startswith("objectives.rtd.generator_") for k in identity["config"])
+        assert identity_differences(identity, resolved) == []
+        changed = load_config(recipe, [*TINY, "objectives.rtd.generator.layers=3"])
+        layers = resolved.objectives["rtd"].config.generator.config.layers
+        assert identity_differences(identity, changed) == [f"objectives.rtd.generator.layers {layers} -> 3"]
+
+
+# -- the block in Python ---------------------------------------------------------------------
+
+
+def encoder_d() -> nn.Module:
+    torch.manual_seed(0)
+    return build_encoder(EncoderConfig(size="tiny", dropout=0.0), VOCAB.size)
+
+
+def ctx(model: nn.Module) -> ObjectiveContext:
+    return ObjectiveContext(name="rtd", vocab=VOCAB, input_length=LENGTH, model=model)
+
+
+def test_a_mapping_and_a_config_object_build_the_same_generator():
+    model = encoder_d()
+    shape = {"layers": 1, "d_model": 32, "heads": 2, "d_ff": 64, "d_kv": 16, "head": "electra"}
+    built = []
+    for block in ({"arch": "encoder", **shape}, shape, EncoderGeneratorConfig(**shape)):
+        torch.manual_seed(1)
+        built.append(build_rtd(RTDConfig(generator=block), ctx(model)))
+    for rtd in built[1:]:
+        assert rtd.cfg.generator == built[0].cfg.generator
+        assert rtd.generator.state_dict().keys() == built[0].generator.state_dict().keys()
+        for key, value in built[0].generator.state_dict().items():
+            assert torch.equal(rtd.generator.state_dict()[key], value), key
+    assert isinstance(built[0].generator, Generator) and built[0].generator.head_dense is not None
+
+
+# -- a generator of another shape, configured with no new rtd key ---------------------------
+
+
+@dataclass
+class WindowGeneratorConfig:
+    width: int = 1  # tokens seen on each side
+
+
+class WindowGenerator(nn.Module):
+    """A convolution over D's token embeddings, tied output projection: no attention, no
+    blocks, nothing like the encoder generator."""
+
+    def __init__(self, cfg: WindowGeneratorConfig, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self._borrowed = (embedding,)
+        d = embedding.embedding_dim
+        self.mix = nn.Conv1d(d, d, 2 * cfg.width + 1, padding=cfg.width)
+        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self._borrowed[0]
+
+    def _hidden(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        x = self.token_embedding(ids) * attention[..., None]
+        return self.mix(x.transpose(1, 2)).transpose(1, 2)
+
+    def masked_logits(self, ids, attention, at) -> torch.Tensor:
+        return F.linear(self._hidden(ids, attention)[at], self.token_embedding.weight, self.bias)
+
+    def logits_all(self, ids, attention) -> torch.Tensor:
+        return F.linear(self._hidden(ids, attention), self.token_embedding.weight, self.bias)
+
+    def blocks(self) -> list[nn.Module]:
+        return []
+
+
+@pytest.fixture
+def window_generator():
+    @GENERATORS.register("window", WindowGeneratorConfig)
+    def build_window(cfg, embedding, *, hidden_size, input_length, embedding_sharing) -> WindowGenerator:
+        assert embedding_sharing == "shared" and hidden_size == embedding.embedding_dim
+        return WindowGenerator(cfg, embedding)
+
+    yield
+    GENERATORS._entries.pop("window")  # the registry is global: leave it as it was
+
+
+def test_a_differently_shaped_generator_is_a_registry_entry_not_new_rtd_keys(window_generator, tmp_path):
+    data = as_dict(load_config("spactor", TINY))
+    data["objectives"]["rtd"]["generator"] = {"arch": "window", "width": 2}
+    recipe = tmp_path / "window.yaml"
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    resolved = load_config(str(recipe))
+    assert resolved.objectives["rtd"].config.generator == Plugin("window", "window", WindowGeneratorConfig(2))
+    assert as_dict(resolved)["objectives"]["rtd"]["generator"] == {"arch": "window", "width": 2}
+    with pytest.raises(ConfigError, match="unknown config key 'objectives.rtd.generator.layers'"):
+        load_config(str(recipe), ["objectives.rtd.generator.layers=2"])  # the encoder's keys are not its
+
+    model = encoder_d()
+    rtd = build_rtd(resolved.objectives["rtd"].config, ctx(model))
+    assert isinstance(rtd.generator, WindowGenerator) and rtd.generator.mix.kernel_size == (5,)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, VOCAB.last_sentinel_id, (2, LENGTH), generator=g)
+    mask = torch.rand(2, LENGTH, generator=g) < 0.3
+    batch = {"encoder_input": ids.masked_fill(mask, VOCAB.mask_id), "mlm_mask": mask, "mlm_labels": ids}
+    new, gen_out = rtd.modify(batch, model, g)
+    hidden = model.encode(new["encoder_input"], new["encoder_input"] != VOCAB.pad_id)
+    out = rtd.loss(new, hidden, model)
+    (gen_out.aux_losses["generator"].total + out.loss.total).backward()
+    assert rtd.generator.mix.weight.grad is not None and rtd.head.out.weight.grad is not None
+    assert not VOCAB.is_special(new["encoder_input"][mask]).any()
