@@ -30,6 +30,7 @@ import typing
 from typing import Any
 
 from spactor.config import ConfigError, Plugin, Resolved
+from spactor.contract import check_contract, objective_class
 
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -400,22 +401,11 @@ def check_choices(objectives: dict[str, Plugin]) -> None:
 
 
 def check_objective_order(objectives: dict[str, Plugin]) -> None:
-    names = list(objectives)
-    types = [p.type for p in objectives.values()]
-    both = "mlm_mask" in types and "span_corruption" in types
-    if both and types.index("mlm_mask") < types.index("span_corruption"):
-        fail(
-            "objectives",
-            names,
-            "mlm_mask must come after span_corruption (it masks the corrupted encoder input); reorder them",
-        )
-    for name, kind in zip(names, types):
-        if kind in ("rtd", "mlm") and "mlm_mask" not in types:
-            fail(
-                f"objectives.{name}",
-                kind,
-                "needs an mlm_mask objective (it works on the [M] positions mlm_mask chooses)",
-            )
+    """The batch fields each objective requires are provided before it, from the classes'
+    declarations (``spactor.contract``); skipped when a class cannot be found unbuilt."""
+    classes = [(name, objective_class(p.type)) for name, p in objectives.items()]
+    if all(cls is not None for _, cls in classes):
+        check_contract(classes)  # type: ignore[arg-type]
 
 
 def check_span_corruption(resolved: Resolved) -> None:
@@ -542,20 +532,6 @@ def check_rtd(resolved: Resolved, hidden_size: int | None) -> None:
 
 
 # --------------------------------------------------------------------------- knobs
-
-
-def objective_class(kind: str) -> type | None:
-    """The Objective subclass an objective factory returns (from its return annotation),
-    or None when that cannot be told without calling it."""
-    from spactor.objectives.base import Objective
-    from spactor.registry import OBJECTIVES
-
-    try:
-        factory = OBJECTIVES.get(kind).factory
-        cls = typing.get_type_hints(factory).get("return")
-    except Exception:  # noqa: BLE001 — unresolvable annotations, unknown names
-        return None
-    return cls if isinstance(cls, type) and issubclass(cls, Objective) else None
 
 
 def knob_values(objectives: dict[str, Plugin]) -> dict[str, float] | None:

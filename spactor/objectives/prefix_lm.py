@@ -91,6 +91,8 @@ class PrefixLM(DecoderTargetLoss, Objective):
     """The encoder reads a random prefix of the chunk, the decoder predicts the rest."""
 
     KNOBS = ("weight",)
+    REQUIRES = ("original",)
+    PROVIDES = ("encoder_input", "decoder_input", "decoder_target", "noise_mask", "prefix_length")
 
     def __init__(self, cfg: PrefixLMConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)

@@ -137,6 +137,8 @@ class UL2(DecoderTargetLoss, Objective):
     """UL2's mixture of denoisers, with mode tokens and a decoder loss."""
 
     KNOBS = ("weight",)
+    REQUIRES = ("original",)
+    PROVIDES = ("encoder_input", "decoder_input", "decoder_target", "noise_mask", "denoiser")
 
     def __init__(self, cfg: UL2Config, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
