@@ -26,6 +26,9 @@ from spactor.registry import OBJECTIVES
 # What the runner puts in every batch: the raw chunk, and the encoder input that is that
 # chunk until a transform rewrites it.
 RAW_FIELDS = ("original", "encoder_input")
+# Per-row seeds the training step adds before the modifies for noise drawn in the forward;
+# absent in evaluation, so an objective may read them only where present.
+RUNNER_FIELDS = ("noise_seed",)
 ROLES = ("transform", "modify", "loss")  # the order the runner calls them in
 _DECLARATIONS = ("KNOBS", "REQUIRES", "PROVIDES")
 
