@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from spactor.config import ConfigError
-from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
+from spactor.objectives.base import Batch, ObjectiveContext, Vocab
 from spactor.objectives.cross_entropy import check_z_loss
 from spactor.objectives.span_corruption import DecoderTargetLoss
 from spactor.registry import OBJECTIVES
@@ -87,7 +87,7 @@ def prefix_split(original: torch.Tensor, prefix_length: torch.Tensor, vocab: Voc
     }
 
 
-class PrefixLM(DecoderTargetLoss, Objective):
+class PrefixLM(DecoderTargetLoss):
     """The encoder reads a random prefix of the chunk, the decoder predicts the rest."""
 
     KNOBS = ("weight",)

@@ -296,7 +296,7 @@ class DecoderTargetLoss(Objective):
         return ObjectiveOutput(loss=term, aux_losses=aux, metrics=metrics)
 
 
-class SpanCorruption(DecoderTargetLoss, Objective):
+class SpanCorruption(DecoderTargetLoss):
     """T5 span corruption: corrupts ``original`` into encoder input / decoder target and
     trains the decoder with teacher forcing (loss summed over target tokens)."""
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from spactor.config import ConfigError
-from spactor.objectives.base import MODE_TOKENS, Batch, Objective, ObjectiveContext, Vocab
+from spactor.objectives.base import MODE_TOKENS, Batch, ObjectiveContext, Vocab
 from spactor.objectives.prefix_lm import (
     check_prefix_density,
     prefix_split,
@@ -133,7 +133,7 @@ def plan_denoiser(index: int, d: DenoiserConfig, input_length: int, vocab: Vocab
     return DenoiserPlan(index, d.mode, raw, counts.target_length, d.mean_noise_span_length, d.noise_density)
 
 
-class UL2(DecoderTargetLoss, Objective):
+class UL2(DecoderTargetLoss):
     """UL2's mixture of denoisers, with mode tokens and a decoder loss."""
 
     KNOBS = ("weight",)
