@@ -253,3 +253,25 @@ def test_set_knob_leaves_the_config_alone():
     assert b.knobs() == {"ratio": 0.15, "enabled": 1.0}
     with pytest.raises(KeyError, match="no knob 'weight'"):
         a.set_knob("weight", 1.0)
+
+
+# -- evaluation: the clean pass is a list of objective names --------------------------------
+
+
+def test_evaluate_runs_the_clean_pass_on_the_objectives_it_is_given():
+    from spactor.runners.parallel import DistInfo
+    from spactor.runners.step import evaluate
+
+    model, objectives, original, _ = build_recipe("spactor", [])
+    modules = TrainModules(model, objectives)
+    batches = [{"original": original}, {"original": original.roll(1, dims=1)}]
+
+    def run(clean):
+        rng = torch.Generator().manual_seed(5)
+        return evaluate(modules, iter(batches), 2, rng, DistInfo(), None, torch.device("cpu"), clean=clean)
+
+    default = run(None)  # the objectives that are not STAGE1_ONLY: span corruption
+    assert "val/clean/loss/span_corruption" in default and "val/clean/loss/rtd" not in default
+    assert run(["span_corruption"]) == default
+    assert not any(k.startswith("val/clean/") for k in run([]))
+    assert run([]) == {k: v for k, v in default.items() if "/clean/" not in k}  # the noisy pass unchanged
