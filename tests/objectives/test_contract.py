@@ -32,18 +32,14 @@ LENGTH = 32
 # -- check_contract on declarations alone ---------------------------------------------------
 
 
-class _Base(Objective):  # stands in for the root: its roles are the no-ops below
-    pass
-
-
-class Reads(_Base):
+class Reads(Objective):
     REQUIRES = ("mlm_labels",)
 
     def loss(self, batch, forward):  # a loss-only objective
         return super().loss(batch, forward)
 
 
-class Rewrites(_Base):
+class Rewrites(Objective):
     REQUIRES = ("original",)
     PROVIDES = ("encoder_input",)
 
