@@ -42,6 +42,9 @@ class CheckContext:
     # until it is built), and the configured objective names in order.
     knobs: Mapping[str, float] | None = None
     objectives: tuple[str, ...] = field(default_factory=tuple)
+    # The configured objective names -> their registered types, in config order (what the
+    # per-stage batch-field check reads the declared classes from).
+    objective_types: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass

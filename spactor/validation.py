@@ -61,6 +61,7 @@ def validate(resolved: Resolved) -> None:
         max_steps=cfg.trainer.max_steps,
         knobs=knob_values(resolved.objectives),
         objectives=tuple(resolved.objectives),
+        objective_types={name: p.type for name, p in resolved.objectives.items()},
     )
     for name, plugin in resolved.objectives.items():
         check_config(f"objectives.{name}", plugin.config, ctx)
@@ -70,7 +71,6 @@ def validate(resolved: Resolved) -> None:
         plugin = getattr(resolved, path)
         check_config(path, plugin.config, ctx)
         check_fields(path, plugin.config, OPTIM_RULES)
-    check_objective_order(resolved.objectives)
     if not resolved.objectives:
         fail(
             "objectives",
@@ -239,25 +239,6 @@ OPTIM_RULES = _rule_optim
 
 
 # --------------------------------------------------------------------------- objectives
-
-
-def check_objective_order(objectives: dict[str, Plugin]) -> None:
-    names = list(objectives)
-    types = [p.type for p in objectives.values()]
-    both = "mlm_mask" in types and "span_corruption" in types
-    if both and types.index("mlm_mask") < types.index("span_corruption"):
-        fail(
-            "objectives",
-            names,
-            "mlm_mask must come after span_corruption (it masks the corrupted encoder input); reorder them",
-        )
-    for name, kind in zip(names, types):
-        if kind in ("rtd", "mlm") and "mlm_mask" not in types:
-            fail(
-                f"objectives.{name}",
-                kind,
-                "needs an mlm_mask objective (it works on the [M] positions mlm_mask chooses)",
-            )
 
 
 def knob_values(objectives: dict[str, Plugin]) -> dict[str, float] | None:

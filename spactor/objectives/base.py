@@ -7,17 +7,34 @@ An objective may do any of three things, in the order the runner calls them:
 2. ``modify(batch, model, rng)``: change the encoder input with a trained module (the RTD
    generator); may return a loss of its own (``L_G``). It may set
    ``batch["encoder_embeds"]`` to feed the encoder embeddings instead of ids (DeBERTa-v3
-   gradient-disentangled sharing).
-3. ``loss(batch, encoder_hidden, model)``: a loss on the discriminator's outputs. The
-   runner encodes once and hands the same encoder states to every objective.
+   gradient-disentangled sharing): that is the encoder view losses then read.
+3. ``loss(batch, forward)``: a loss on the discriminator's outputs. ``forward`` is a
+   :class:`SharedForward`: ``forward.encode()`` and ``forward.decode()`` run the encoder
+   and the decoder at most once per view for the whole micro-batch, so every loss on the
+   encoder shares one encoder pass and every loss on the decoder one decoder pass.
+
+**The batch contract.** The batch is a dict of tensors. Each objective class declares the
+fields it reads (``REQUIRES``) and the fields it writes (``PROVIDES``), both read and
+written at its first role (the first of ``transform``, ``modify``, ``loss`` it
+implements). The raw batch holds ``original`` (and ``encoder_input``, the same chunk until
+a transform rewrites it). ``spactor.contract`` checks the declarations in the runner's
+order at config time (every transform in config order, then every modify, then every
+loss), so an objective that needs ``mlm_labels`` where nothing provides it is a
+one-line config error naming both.
 
 Losses are returned as a *sum* over the items they cover plus the number of items
 (``LossTerm``). The runner divides by the global count across micro-batches and ranks,
-so the loss does not depend on gradient accumulation or world size.
+so the loss does not depend on gradient accumulation or world size. The number of items
+is defined once, by ``count`` (and ``aux_counts`` for the other losses of an
+objective): the runner calls it before the forward for the global count, and a loss
+builds its ``LossTerm`` with :meth:`Objective.loss_term` / :meth:`Objective.aux_term`,
+which call the same methods, so training and evaluation count alike.
 
 Knobs are the objective's schedulable scalars (``weight``, ``ratio``, ``temperature``,
-``enabled``...). They live on the config dataclass and are named in ``KNOBS``; schedules
-address them as ``objectives.<name>.<knob>``.
+``enabled``...), named in ``KNOBS``; schedules address them as
+``objectives.<name>.<knob>``. Their values are runtime state of the objective
+(:meth:`Objective.knob`, initialised from the config): setting one never writes into the
+config dataclass, which stays what the YAML said.
 """
 
 from __future__ import annotations
@@ -86,10 +103,65 @@ class ObjectiveOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+ENCODER_EMBEDS = "encoder_embeds"  # set by a modify: what the encoder reads for ``encoder_input``
+
+
+class SharedForward:
+    """The discriminator's forward on one micro-batch, run lazily and at most once per view.
+
+    A *view* names the batch field a pass reads: ``encode(view)`` runs the encoder on the
+    ids in ``batch[view]`` (``encoder_input`` by default; on ``batch["encoder_embeds"]``
+    instead where a modify set them for it), with padding masked out;
+    ``decode(view, encoder_view)`` teacher-forces the decoder on ``batch[view]``
+    (``decoder_input``) against ``encode(encoder_view)``. The first loss that asks
+    computes, every later one gets the same tensors: several losses on the encoder share
+    one encoder pass, several on the decoder one decoder pass, and a view nobody asks for
+    is never computed. ``model`` is the discriminator, for its heads (``lm_logits``)."""
+
+    def __init__(self, model: Any, batch: Batch, pad_id: int) -> None:
+        self.model = model
+        self.batch = batch
+        self.pad_id = pad_id
+        self._masks: dict[str, torch.Tensor] = {}
+        self._encoded: dict[str, torch.Tensor] = {}
+        self._decoded: dict[tuple[str, str], torch.Tensor] = {}
+
+    def encoder_mask(self, view: str = "encoder_input") -> torch.Tensor:
+        """``(B, L)`` bool: the real (non-pad) tokens of ``batch[view]``."""
+        if view not in self._masks:
+            self._masks[view] = self.batch[view] != self.pad_id
+        return self._masks[view]
+
+    def encode(self, view: str = "encoder_input") -> torch.Tensor:
+        """``(B, L, d)`` encoder states of ``batch[view]``, computed once."""
+        if view not in self._encoded:
+            embeds = self.batch.get(ENCODER_EMBEDS) if view == "encoder_input" else None
+            self._encoded[view] = self.model.encode(
+                self.batch[view] if embeds is None else None,
+                attention_mask=self.encoder_mask(view),
+                inputs_embeds=embeds,
+            )
+        return self._encoded[view]
+
+    def decode(self, view: str = "decoder_input", encoder_view: str = "encoder_input") -> torch.Tensor:
+        """``(B, T, d)`` decoder states for the inputs ``batch[view]`` attending to
+        ``encode(encoder_view)``, computed once."""
+        key = (view, encoder_view)
+        if key not in self._decoded:
+            self._decoded[key] = self.model.decode(
+                self.batch[view], self.encode(encoder_view), self.encoder_mask(encoder_view)
+            )
+        return self._decoded[key]
+
+
 class Objective(nn.Module):
     """Base class; subclasses override what they do and leave the rest as no-ops."""
 
     KNOBS: ClassVar[tuple[str, ...]] = ("weight",)
+    # The batch fields this objective reads and writes (see the module doc). The raw batch
+    # holds ``original`` and ``encoder_input``.
+    REQUIRES: ClassVar[tuple[str, ...]] = ()
+    PROVIDES: ClassVar[tuple[str, ...]] = ()
     # Dropped by the implicit two-stage curriculum at its switch (SpacTor's MLM masking and
     # RTD). A written-out ``curriculum`` schedule ignores it: its stages name their objectives.
     STAGE1_ONLY: ClassVar[bool] = False
@@ -102,16 +174,26 @@ class Objective(nn.Module):
         self.cfg = cfg
         self.name = ctx.name
         self.vocab = ctx.vocab
+        # The knobs' current values: runtime state, starting from the config (which a
+        # schedule never writes), recomputed by the schedules from the step on resume.
+        self._knobs: dict[str, float | bool] = {k: _knob_value(getattr(cfg, k), getattr(cfg, k))
+                                                for k in self.KNOBS}
 
     # -- knobs ---------------------------------------------------------------------
     def knobs(self) -> dict[str, float]:
-        return {k: float(getattr(self.cfg, k)) for k in self.KNOBS}
+        return {k: float(v) for k, v in self._knobs.items()}
+
+    def knob(self, knob: str) -> Any:
+        """The current value of ``knob`` (a bool for a knob configured as one)."""
+        try:
+            return self._knobs[knob]
+        except KeyError:
+            raise KeyError(f"objective '{self.name}' has no knob '{knob}'; knobs: {', '.join(self.KNOBS)}") from None
 
     def set_knob(self, knob: str, value: float) -> None:
-        if knob not in self.KNOBS:
+        if knob not in self._knobs:
             raise KeyError(f"objective '{self.name}' has no knob '{knob}'; knobs: {', '.join(self.KNOBS)}")
-        current = getattr(self.cfg, knob)
-        setattr(self.cfg, knob, bool(value) if isinstance(current, bool) else float(value))
+        self._knobs[knob] = _knob_value(getattr(self.cfg, knob), value)
 
     def is_off(self) -> bool:
         """True when the knobs have turned this objective off (a stage ending on a knob
@@ -124,10 +206,14 @@ class Objective(nn.Module):
 
     @property
     def weight(self) -> float:
+        if "weight" in self._knobs:
+            return float(self._knobs["weight"])
         return float(getattr(self.cfg, "weight", 1.0))
 
     @property
     def enabled(self) -> bool:
+        if "enabled" in self._knobs:
+            return bool(self._knobs["enabled"])
         return bool(getattr(self.cfg, "enabled", True))
 
     def raw_length(self, input_length: int) -> int:
@@ -142,9 +228,10 @@ class Objective(nn.Module):
     def modify(self, batch: Batch, model: Any, rng: torch.Generator) -> tuple[Batch, ObjectiveOutput]:
         return batch, ObjectiveOutput()
 
-    def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Any) -> ObjectiveOutput:
+    def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
         return ObjectiveOutput()
 
+    # -- counts: the one definition of how many items each loss sums over -------------
     def count(self, batch: Batch) -> torch.Tensor | None:
         """Items this objective's loss sums over for this (transformed) batch, or None
         if it has no loss. Known before the forward so the runner can normalise by the
@@ -154,6 +241,17 @@ class Objective(nn.Module):
     def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Counts for the losses in ``ObjectiveOutput.aux_losses``, keyed the same way."""
         return {}
+
+    def loss_term(self, batch: Batch, total: torch.Tensor) -> LossTerm:
+        """This objective's loss ``total`` with its items counted by :meth:`count`."""
+        count = self.count(batch)
+        if count is None:
+            raise RuntimeError(f"objectives.{self.name}: a loss without a count (count() returned None)")
+        return LossTerm(total, count)
+
+    def aux_term(self, batch: Batch, key: str, total: torch.Tensor, weight: float | None = None) -> LossTerm:
+        """The aux loss ``key`` with its items counted by :meth:`aux_counts`."""
+        return LossTerm(total, self.aux_counts(batch)[key], weight)
 
     def parallel_units(self) -> list[nn.Module]:
         """Submodules to shard as FSDP units of their own, innermost first (the generator's
@@ -235,3 +333,8 @@ def check_some_objective_has_a_loss(objectives: dict[str, Any], ctx: CheckContex
         fail(
             "objectives", list(objectives), "no objective has a loss; add one (e.g. objectives.span_corruption)"
         )
+
+
+def _knob_value(configured: Any, value: Any) -> float | bool:
+    """A knob keeps its configured kind: a boolean knob (``enabled``) stays a bool."""
+    return bool(value) if isinstance(configured, bool) else float(value)

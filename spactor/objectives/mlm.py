@@ -9,17 +9,16 @@ positions; the vocabulary projection (``model.lm_logits``) runs on the rows of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from spactor.checks import CheckContext
 from spactor.objectives.base import (
     Batch,
-    LossTerm,
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
+    SharedForward,
     check_objective_fields,
 )
 from spactor.objectives.cross_entropy import token_cross_entropy
@@ -40,6 +39,7 @@ class MLM(Objective):
     """Cross-entropy of ``model.lm_logits`` at the masked encoder positions."""
 
     KNOBS = ("weight",)
+    REQUIRES = ("mlm_mask", "mlm_index", "mlm_labels")
 
     def __init__(self, cfg: MLMConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
@@ -58,7 +58,7 @@ class MLM(Objective):
     def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {f"{self.name}_z": self.count(batch)} if self.cfg.z_loss > 0 else {}
 
-    def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Any) -> ObjectiveOutput:
+    def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
         mask = self._mask(batch)
         index = batch["mlm_index"] if "mlm_index" in batch else index_from_mask(mask)
         rows, cols, slot = index_parts(index, mask.shape[1])
@@ -67,16 +67,16 @@ class MLM(Objective):
         # projection runs on the K gathered rows only, a shape that never depends on the data;
         # its logits stay in the compute dtype and the cross-entropy works in fp32 by chunks.
         labels = torch.where(slot, full_labels.gather(1, cols), -100).flatten()
-        logits = model.lm_logits(encoder_hidden[rows, cols]).flatten(0, 1)
+        logits = forward.model.lm_logits(forward.encode()[rows, cols]).flatten(0, 1)
         ce = token_cross_entropy(logits, labels, with_accuracy=self.compute_metrics)
-        count = mask.sum()
         aux = {}
         if self.cfg.z_loss > 0:
-            aux[f"{self.name}_z"] = LossTerm(self.cfg.z_loss * ce.z_total, count, self.weight)
+            key = f"{self.name}_z"
+            aux[key] = self.aux_term(batch, key, self.cfg.z_loss * ce.z_total, self.weight)
         metrics = {}
         if ce.correct is not None:
             metrics["mlm/accuracy"] = ce.correct.float() / slot.sum().clamp(min=1).float()
-        return ObjectiveOutput(loss=LossTerm(ce.total, count), aux_losses=aux, metrics=metrics)
+        return ObjectiveOutput(loss=self.loss_term(batch, ce.total), aux_losses=aux, metrics=metrics)
 
 
 @OBJECTIVES.register("mlm", MLMConfig)

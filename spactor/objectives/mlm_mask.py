@@ -138,24 +138,31 @@ class MlmMask(Objective):
     """Choose ``ratio`` of the real encoder tokens and mask them (no loss of its own)."""
 
     KNOBS = ("ratio", "enabled")
+    REQUIRES = ("encoder_input",)
+    PROVIDES = ("encoder_input", "mlm_mask", "mlm_index", "mlm_labels")
     STAGE1_ONLY = True  # no masking after SpacTor's switch to plain span corruption
 
     def __init__(self, cfg: MlmMaskConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
         cfg.check(f"objectives.{ctx.name}", ctx.check_context())
 
+    @property
+    def ratio(self) -> float:
+        return float(self.knob("ratio"))
+
     def _check_ratio(self) -> None:
         # Checked per batch too, by the config's own rule: a schedule may set the knob at any step.
-        unit_interval(f"objectives.{self.name}.ratio", self.cfg.ratio, closed_high=True)
+        unit_interval(f"objectives.{self.name}.ratio", self.ratio, closed_high=True)
 
     @torch.no_grad()
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
         ids = batch["encoder_input"]
-        if not self.cfg.enabled or self.cfg.ratio == 0:
+        if self.is_off():  # every field still there (nothing chosen), as PROVIDES says
             empty = ids.new_zeros((ids.shape[0], 0), dtype=torch.long)
-            return {**batch, "mlm_mask": torch.zeros_like(ids, dtype=torch.bool), "mlm_index": empty}
+            return {**batch, "mlm_mask": torch.zeros_like(ids, dtype=torch.bool), "mlm_index": empty,
+                    "mlm_labels": torch.full_like(ids, self.vocab.pad_id)}
         self._check_ratio()
-        chosen, index = choose_index(ids, self.cfg.ratio, self.vocab, rng)
+        chosen, index = choose_index(ids, self.ratio, self.vocab, rng)
         return {
             **batch,
             "encoder_input": apply_mask(ids, chosen, self.cfg.mode, self.vocab, rng),
@@ -165,7 +172,7 @@ class MlmMask(Objective):
         }
 
     def is_off(self) -> bool:
-        return not self.enabled or self.cfg.ratio == 0
+        return not self.enabled or self.ratio == 0
 
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``mlm_positions``: ``(B, max_k)`` sorted indices into ``encoder_input``, -1 padded."""

@@ -23,7 +23,7 @@ import torch
 
 from spactor.checks import CheckContext
 from spactor.config import ConfigError
-from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab, check_objective_fields
+from spactor.objectives.base import Batch, ObjectiveContext, Vocab, check_objective_fields
 from spactor.objectives.span_corruption import DecoderTargetLoss
 from spactor.registry import OBJECTIVES
 
@@ -91,10 +91,12 @@ def prefix_split(original: torch.Tensor, prefix_length: torch.Tensor, vocab: Voc
     }
 
 
-class PrefixLM(DecoderTargetLoss, Objective):
+class PrefixLM(DecoderTargetLoss):
     """The encoder reads a random prefix of the chunk, the decoder predicts the rest."""
 
     KNOBS = ("weight",)
+    REQUIRES = ("original",)
+    PROVIDES = ("encoder_input", "decoder_input", "decoder_target", "noise_mask", "prefix_length")
 
     def __init__(self, cfg: PrefixLMConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)

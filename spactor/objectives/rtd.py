@@ -57,10 +57,10 @@ from spactor.checks import CheckContext, fail, one_of, positive
 from spactor.config import Plugin, plugin_block, resolve_blocks
 from spactor.objectives.base import (
     Batch,
-    LossTerm,
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
+    SharedForward,
     check_objective_fields,
 )
 from spactor.objectives.cross_entropy import token_cross_entropy
@@ -316,6 +316,9 @@ class RTD(Objective):
     """Generator + replaced-token-detection head on the discriminator's encoder states."""
 
     KNOBS = ("weight", "generator_weight", "temperature", "enabled")
+    REQUIRES = ("encoder_input", "mlm_mask", "mlm_index", "mlm_labels")
+    # encoder_embeds only with embedding_sharing: gdes (the encoder view the losses read)
+    PROVIDES = ("encoder_input", "rtd_labels", "encoder_embeds")
     STAGE1_ONLY = True
 
     def __init__(self, cfg: RTDConfig, ctx: ObjectiveContext) -> None:
@@ -346,8 +349,7 @@ class RTD(Objective):
     # -- state ---------------------------------------------------------------------------
     @property
     def active(self) -> bool:
-        cfg = self.cfg
-        return not self.released and bool(cfg.enabled) and (cfg.weight != 0 or cfg.generator_weight != 0)
+        return not self.released and self.enabled and (self.weight != 0 or self.knob("generator_weight") != 0)
 
     def train(self, mode: bool = True) -> RTD:
         super().train(mode)
@@ -432,8 +434,9 @@ class RTD(Objective):
                 uniform = uniform.flatten(0, 1)
             # The config's rule on the knob a schedule may have set since the last check
             # (gumbel_max_sample itself reads T = 0 as the argmax, which RTD does not allow).
-            positive(f"objectives.{self.name}.temperature", self.cfg.temperature)
-            sampled = gumbel_max_sample(logits, float(self.cfg.temperature), rng, self.disallowed, uniform)
+            temperature = float(self.knob("temperature"))
+            positive(f"objectives.{self.name}.temperature", temperature)
+            sampled = gumbel_max_sample(logits, temperature, rng, self.disallowed, uniform)
             replaced = scatter_index(ids, index, sampled.view_as(index))
             original = torch.where(mask, full_labels, ids)
             rtd_labels = (replaced != original) & attention
@@ -450,31 +453,31 @@ class RTD(Objective):
         if self.cfg.embedding_sharing == "gdes":
             # D's input: stop_grad(E_G[ids]) + E_D[ids]; E_G learns only from L_G.
             out["encoder_embeds"] = self.generator.embed_tokens(replaced).detach() + model.embed(replaced)
-        weight = 0.0 if frozen else float(self.cfg.generator_weight)
-        aux = {GENERATOR_LOSS: LossTerm(gen_ce.total, mask.sum(), weight)}
+        weight = 0.0 if frozen else float(self.knob("generator_weight"))
+        aux = {GENERATOR_LOSS: self.aux_term(batch, GENERATOR_LOSS, gen_ce.total, weight)}
         if self.cfg.generator_z_loss > 0:
             z_term = self.cfg.generator_z_loss * gen_ce.z_total
-            aux[GENERATOR_Z_LOSS] = LossTerm(z_term, mask.sum(), weight)
+            aux[GENERATOR_Z_LOSS] = self.aux_term(batch, GENERATOR_Z_LOSS, z_term, weight)
         return out, ObjectiveOutput(aux_losses=aux, metrics=metrics)
 
     # -- discriminator ---------------------------------------------------------------------
-    def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Any) -> ObjectiveOutput:
+    def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
         if not self.active:
             return ObjectiveOutput()
         assert self.head is not None
         if "rtd_labels" not in batch:
             raise KeyError(f"objectives.{self.name}: no 'rtd_labels' in the batch; modify() did not run")
-        valid = batch["encoder_input"] != self.vocab.pad_id
+        valid = forward.encoder_mask()
         labels = batch["rtd_labels"]
         # Head on every position and padding masked out of the sum: static shapes, no sync.
-        logits = self.head(encoder_hidden).float()
+        logits = self.head(forward.encode()).float()
         per_token = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
         total = (per_token * valid).sum()
         metrics = {}
         if self.compute_metrics:
             with torch.no_grad():
                 metrics = rtd_metrics(logits.detach(), labels, valid)
-        return ObjectiveOutput(loss=LossTerm(total, valid.sum()), metrics=metrics)
+        return ObjectiveOutput(loss=self.loss_term(batch, total), metrics=metrics)
 
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"rtd_labels": batch["rtd_labels"]} if "rtd_labels" in batch else {}

@@ -24,20 +24,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from spactor.architectures.base import Architecture
 from spactor.data.chunking import noise_span_counts, span_corruption_lengths
 from spactor.checks import CheckContext, fail
 from spactor.objectives.base import (
     Batch,
-    LossTerm,
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
+    SharedForward,
     Vocab,
     check_objective_fields,
 )
@@ -349,16 +347,10 @@ def reconstruct(
 # -- the objective -------------------------------------------------------------------------
 
 
-class DecoderTargetLoss:
+class DecoderTargetLoss(Objective):
     """The decoder side every encoder-decoder objective shares (span corruption, prefix-LM,
-    UL2): teacher-forced token cross-entropy on ``decoder_target`` with T5's z-loss. Mixed
-    into an :class:`Objective` whose config has ``z_loss``."""
-
-    cfg: Any
-    name: str
-    vocab: Vocab
-    weight: float
-    compute_metrics: bool
+    UL2): teacher-forced token cross-entropy on ``decoder_target`` with T5's z-loss, on the
+    shared decoder pass. The base of an objective whose config has ``z_loss``."""
 
     def count(self, batch: Batch) -> torch.Tensor:
         return (batch["decoder_target"] != self.vocab.pad_id).sum()
@@ -370,31 +362,31 @@ class DecoderTargetLoss:
     def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {self.z_loss_name: self.count(batch)} if self.cfg.z_loss > 0 else {}
 
-    def loss(self, batch: Batch, encoder_hidden: torch.Tensor, model: Architecture) -> ObjectiveOutput:
+    def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
         """Unweighted summed token cross-entropy; the runner multiplies by ``weight`` and
         divides by the global ``count``. With ``z_loss`` > 0 the z term is an aux loss of
         its own (``<name>_z``, also weighted by ``weight``)."""
         target = batch["decoder_target"]
-        encoder_mask = batch["encoder_input"] != self.vocab.pad_id
-        hidden = model.decode(batch["decoder_input"], encoder_hidden, encoder_mask)
         # Logits stay in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
-        logits = model.lm_logits(hidden)
+        logits = forward.model.lm_logits(forward.decode())
         ce = token_cross_entropy(logits, target, self.vocab.pad_id, with_accuracy=self.compute_metrics)
-        count = (target != self.vocab.pad_id).sum()
+        term = self.loss_term(batch, ce.total)
         aux = {}
         if self.cfg.z_loss > 0:
-            aux[self.z_loss_name] = LossTerm(self.cfg.z_loss * ce.z_total, count, self.weight)
+            aux[self.z_loss_name] = self.aux_term(batch, self.z_loss_name, self.cfg.z_loss * ce.z_total, self.weight)
         metrics = {}
         if ce.correct is not None:  # logging steps only
-            metrics[f"{self.name}/accuracy"] = ce.correct.float() / count.clamp_min(1).float()
-        return ObjectiveOutput(loss=LossTerm(ce.total, count), aux_losses=aux, metrics=metrics)
+            metrics[f"{self.name}/accuracy"] = ce.correct.float() / term.count.clamp_min(1).float()
+        return ObjectiveOutput(loss=term, aux_losses=aux, metrics=metrics)
 
 
-class SpanCorruption(DecoderTargetLoss, Objective):
+class SpanCorruption(DecoderTargetLoss):
     """T5 span corruption: corrupts ``original`` into encoder input / decoder target and
     trains the decoder with teacher forcing (loss summed over target tokens)."""
 
     KNOBS = ("weight",)
+    REQUIRES = ("original",)
+    PROVIDES = ("encoder_input", "decoder_input", "decoder_target", "noise_mask")
 
     def __init__(self, cfg: SpanCorruptionConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)

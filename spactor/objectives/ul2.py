@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from spactor.checks import CheckContext
 from spactor.config import ConfigError
-from spactor.objectives.base import MODE_TOKENS, Batch, Objective, ObjectiveContext, check_objective_fields
+from spactor.objectives.base import MODE_TOKENS, Batch, ObjectiveContext, check_objective_fields
 from spactor.objectives.prefix_lm import (
     check_prefix_density,
     prefix_split,
@@ -160,10 +160,12 @@ def plan_denoisers(
     return plans, needed if cfg.target_length is None else cfg.target_length
 
 
-class UL2(DecoderTargetLoss, Objective):
+class UL2(DecoderTargetLoss):
     """UL2's mixture of denoisers, with mode tokens and a decoder loss."""
 
     KNOBS = ("weight",)
+    REQUIRES = ("original",)
+    PROVIDES = ("encoder_input", "decoder_input", "decoder_target", "noise_mask", "denoiser")
 
     def __init__(self, cfg: UL2Config, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)

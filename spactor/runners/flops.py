@@ -304,9 +304,8 @@ def count_vocab(data: DataConfig) -> Vocab:
 
 
 def _without_checkpoint_loading(resolved: Resolved) -> Resolved:
-    """A private copy (building objectives writes knobs into their configs) in which no
-    objective loads weights: a frozen generator's checkpoint changes no FLOPs, and
-    counting must not need it to exist."""
+    """A private copy in which no objective loads weights: a frozen generator's checkpoint
+    changes no FLOPs, and counting must not need it to exist."""
     resolved = copy.deepcopy(resolved)
     for plugin in resolved.objectives.values():
         if hasattr(plugin.config, "generator_checkpoint"):
@@ -417,7 +416,7 @@ def baseline_objectives(resolved: Resolved, has_decoder: bool) -> dict[str, Plug
     by_type = {p.type: p for p in resolved.objectives.values()}
     if has_decoder:
         sc = by_type.get("span_corruption")
-        config = copy.deepcopy(sc.config) if sc else OBJECTIVES.get("span_corruption").config_cls()
+        config = sc.config if sc else OBJECTIVES.get("span_corruption").config_cls()  # knobs never write it
         return {"span_corruption": plugin("span_corruption", config)}
     mask_cfg = OBJECTIVES.get("mlm_mask").config_cls()
     if "mlm_mask" in by_type:

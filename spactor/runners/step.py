@@ -13,7 +13,8 @@ A step, in order:
 2. count the items every loss covers, summed over ranks (one all-reduce of a small
    stacked tensor; losses are normalised by these global counts);
 3. split the rows into micro-batches, and for each run :class:`TrainModules` — input
-   modifiers (the generator), one encode, every loss — and backprop
+   modifiers (the generator), then every loss on one shared forward (an encoder pass and
+   a decoder pass at most, whatever the number of losses) — and backprop
    ``Σ weight · total / global_count`` (times the world size, because FSDP averages
    gradients over ranks);
 4. the global gradient norm, the finiteness of the step and the preemption flag in one
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spactor.objectives.base import Batch, Objective
+from spactor.objectives.base import Batch, Objective, SharedForward
 from spactor.runners.parallel import DistInfo, all_reduce_tensor
 
 Losses = dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # name -> (total, count, weight)
@@ -63,11 +64,13 @@ class TrainModules(nn.Module):
         return {n: o for n, o in held.items() if n in self.active}
 
     def forward(
-        self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, stage1: bool = True
+        self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, only: list[str] | None = None
     ) -> tuple[Losses, dict[str, torch.Tensor]]:
+        """Every active objective's modify, then its loss on one :class:`SharedForward`.
+        ``only``: run just these of the active objectives (evaluate's clean pass)."""
         objectives = self.active_objectives()
-        if not stage1:  # the clean validation pass: no generator, no RTD (see evaluate)
-            objectives = {n: o for n, o in objectives.items() if not o.STAGE1_ONLY}
+        if only is not None:
+            objectives = {n: o for n, o in objectives.items() if n in only}
         for obj in objectives.values():
             obj.compute_metrics = with_metrics  # accuracies, RTD detection: logging steps only
         losses: Losses = {}
@@ -84,15 +87,10 @@ class TrainModules(nn.Module):
         for obj in objectives.values():
             batch, out = obj.modify(batch, self.model, rng)
             collect(obj, out)
-        pad = next(iter(objectives.values())).vocab.pad_id
-        embeds = batch.get("encoder_embeds")
-        hidden = self.model.encode(
-            batch["encoder_input"] if embeds is None else None,
-            attention_mask=batch["encoder_input"] != pad,
-            inputs_embeds=embeds,
-        )
+        # After the modifies: the encoder reads their input (or the embeddings they set).
+        forward = SharedForward(self.model, batch, next(iter(objectives.values())).vocab.pad_id)
         for obj in objectives.values():
-            collect(obj, obj.loss(batch, hidden, self.model))
+            collect(obj, obj.loss(batch, forward))
         return losses, metrics
 
 
@@ -136,6 +134,8 @@ def row_noise_seeds(rng: torch.Generator, rows: int, info: DistInfo) -> torch.Te
 
 
 def loss_counts(objectives: dict[str, Objective], batch: Batch) -> dict[str, torch.Tensor]:
+    """Every loss's item count from the objectives' ``count``/``aux_counts``, the one
+    definition the losses' own ``LossTerm`` counts come from too."""
     counts: dict[str, torch.Tensor] = {}
     for name, obj in objectives.items():
         count = obj.count(batch)
@@ -304,11 +304,16 @@ def evaluate(
     dist_info: DistInfo,
     amp_dtype: torch.dtype | None,
     device: torch.device,
+    clean: list[str] | None = None,
 ) -> dict[str, float]:
     """Mean of every loss over this rank's first ``num_batches`` validation batches, summed
     over ranks. Ranks may hold different numbers of validation batches; all run the
-    smallest number so that sharded forwards stay in step."""
+    smallest number so that sharded forwards stay in step. ``clean``: the objectives the
+    clean pass runs (``val/clean/loss/<name>``, see :func:`_clean_loss_sums`); None: the
+    active ones that are not ``STAGE1_ONLY``."""
     objectives = modules.active_objectives()
+    if clean is None:
+        clean = [n for n, o in objectives.items() if not o.STAGE1_ONLY]
     local = [b for _, b in zip(range(num_batches), batches)]
     usable = len(local) if dist_info.world_size == 1 else _min_over_ranks(len(local), device)
     was_training = modules.training
@@ -323,10 +328,10 @@ def evaluate(
         for name, (total, count, _) in losses.items():
             _accumulate(sums, f"{name}/total", total.detach().double())
             _accumulate(sums, f"{name}/count", count.double())
-    clean = _clean_loss_sums(modules, objectives, local[:usable], rng_states, rng.device, amp_dtype, device,
-                             dist_info)
+    clean_sums = _clean_loss_sums(modules, objectives, clean, local[:usable], rng_states, rng.device, amp_dtype,
+                                  device, dist_info)
     modules.train(was_training)
-    sums.update({f"clean/{k}": v for k, v in clean.items()})
+    sums.update({f"clean/{k}": v for k, v in clean_sums.items()})
     keys = sorted(sums)
     # One read (and, with several ranks, one all-reduce) for the whole evaluation.
     values = all_reduce_tensor(torch.stack([sums[k] for k in keys])).tolist() if keys else []
@@ -344,6 +349,7 @@ def _loss_key(name: str) -> str:
 def _clean_loss_sums(
     modules: TrainModules,
     objectives: dict[str, Objective],
+    clean: list[str],
     batches: list[Batch],
     rng_states: list[torch.Tensor],
     rng_device: torch.device,
@@ -351,17 +357,17 @@ def _clean_loss_sums(
     device: torch.device,
     dist_info: DistInfo,
 ) -> dict[str, torch.Tensor]:
-    """In stage 1, the loss sums for ``val/clean/loss/<name>`` of the objectives that
-    outlive it (span corruption) on the same raw batches with only their own transforms:
-    the encoder reads X_c, not the generator-replaced X̂_c (the paper's Figure 4). Each
-    batch's transforms start from the random state the noisy pass started from, so with
-    span corruption first in ``objectives`` the spans are the same ones. Nothing once the
-    stage-1 objectives are gone (stage 2, runs without them): the losses would equal
-    ``val/loss``. On the device; :func:`evaluate` reduces and reads them with the rest."""
-    kept = {n: o for n, o in objectives.items() if not o.STAGE1_ONLY}
-    # Only runs whose encoder input a stage-1 objective rewrites (SpacTor's generator)
-    # have a noisy input; the objectives kept must run alone, as they do in stage 2.
-    rewrites = any(o.STAGE1_ONLY and type(o).modify is not Objective.modify for o in objectives.values())
+    """The loss sums for ``val/clean/loss/<name>`` of the ``clean`` objectives (those that
+    outlive SpacTor's stage 1: span corruption) on the same raw batches with only their
+    own transforms: the encoder reads X_c, not the generator-replaced X̂_c (the paper's
+    Figure 4). Each batch's transforms start from the random state the noisy pass started
+    from, so with span corruption first in ``objectives`` the spans are the same ones.
+    Nothing when no objective left out rewrites the encoder input with a trained module
+    (a ``modify``: SpacTor's generator; e.g. stage 2, runs without one): the losses would
+    equal ``val/loss``. On the device; :func:`evaluate` reduces and reads them with the rest."""
+    kept = {n: o for n, o in objectives.items() if n in clean}
+    # The objectives kept must run alone, as they do in the stage that keeps them.
+    rewrites = any(type(o).modify is not Objective.modify for n, o in objectives.items() if n not in kept)
     if not kept or not rewrites:
         return {}
     clean_rng = torch.Generator(device=rng_device)
@@ -370,7 +376,7 @@ def _clean_loss_sums(
         clean_rng.set_state(state)
         batch = corrupt_local_rows(kept, batch, clean_rng, dist_info)
         with autocast(amp_dtype, device):
-            losses, _ = modules(batch, clean_rng, with_metrics=False, stage1=False)
+            losses, _ = modules(batch, clean_rng, with_metrics=False, only=list(kept))
         for name, (total, count, _) in losses.items():
             _accumulate(sums, f"{name}/total", total.detach().double())
             _accumulate(sums, f"{name}/count", count.double())

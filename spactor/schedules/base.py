@@ -35,6 +35,7 @@ from typing import Any
 
 from spactor.checks import CheckContext, check_fields, fail, is_int
 from spactor.config import ConfigError
+from spactor.contract import check_contract, objective_class
 from spactor.registry import SCHEDULES, closest
 
 
@@ -336,11 +337,38 @@ def check_schedules_without_a_check(schedules: Mapping[str, Any], ctx: CheckCont
 def check_schedules(schedules: Mapping[str, Any], ctx: CheckContext) -> None:
     """Build the set against the objectives' knobs (cheap, no model): an unknown knob, one
     knob driven twice, two curricula. Skipped while a knob is unknown (the runner checks)."""
-    if ctx.knobs is None or not schedules:
+    if ctx.knobs is None:
         return
     try:
-        build(schedules, ctx.knobs, ctx.max_steps if ctx.max_steps is not None else 0)
+        built = build(schedules, ctx.knobs, ctx.max_steps if ctx.max_steps is not None else 0,
+                      objectives=ctx.objectives)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"schedules: {e}") from None
+    check_stage_contracts(built, ctx)
+
+
+def check_stage_contracts(schedules: ScheduleSet, ctx: CheckContext) -> None:
+    """Each stage's objectives, in config order, against their declared batch fields
+    (``spactor.contract``): a stage that runs ``rtd`` without the ``mlm_mask`` that provides
+    its positions is refused before any work. Stages after the first are checked when the
+    run can reach them (a written-out curriculum, a switch step, an adaptive decision).
+    Skipped while an objective's class cannot be told without building it."""
+    classes = {name: objective_class(kind) for name, kind in ctx.objective_types.items()}
+    if not classes or any(cls is None for cls in classes.values()):
+        return
+    stages = schedules.stages
+    explicit = any(s is stages for s in schedules.schedules.values())
+    for stage in range(1, stages.num_stages + 1):
+        reachable = stage == 1 or explicit or stages.decided_end(stage - 1) is not None \
+            or stages.decides_later(stage - 1)
+        if not reachable:
+            break
+        names = stages.active_in(stage, classes)
+        try:
+            check_contract([(name, classes[name]) for name in names])  # type: ignore[misc]
+        except ConfigError as e:
+            if not explicit and stage == 1:  # every objective: the stage says nothing more
+                raise
+            raise ConfigError(f"{e} (stage {stage} runs {', '.join(names)})") from None

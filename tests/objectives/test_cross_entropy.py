@@ -12,7 +12,7 @@ import spactor.objectives.cross_entropy as cross_entropy
 from spactor.architectures.t5 import T5Config
 from spactor.architectures.t5_plugin import build_t5
 from spactor.config import ConfigError, load_config
-from spactor.objectives.base import ObjectiveContext, Vocab
+from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.cross_entropy import token_cross_entropy
 from spactor.objectives.mlm import MLM, MLMConfig
 from spactor.objectives.span_corruption import SpanCorruption, SpanCorruptionConfig
@@ -127,8 +127,7 @@ def test_span_corruption_logs_z_loss_on_its_own():
     model = _t5()
     obj = _sc(model, z_loss=1e-4, weight=10.0)
     batch = _sc_batch(obj)
-    mask = batch["encoder_input"] != VOCAB.pad_id
-    out = obj.loss(batch, model.encode(batch["encoder_input"], mask), model)
+    out = obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id))
     logits = _sc_logits(model, batch)
     target = batch["decoder_target"]
     plain = F.cross_entropy(
@@ -144,7 +143,7 @@ def test_span_corruption_logs_z_loss_on_its_own():
     # z_loss = 0: no aux loss at all, the losses of a run stay what they were.
     off = _sc(model, z_loss=0.0)
     assert off.aux_counts(batch) == {}
-    assert off.loss(batch, model.encode(batch["encoder_input"], mask), model).aux_losses == {}
+    assert off.loss(batch, SharedForward(model, batch, VOCAB.pad_id)).aux_losses == {}
 
 
 def test_mlm_z_loss():
@@ -154,8 +153,9 @@ def test_mlm_z_loss():
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[:, ::3] = True
     batch = {"encoder_input": ids, "mlm_mask": mask, "mlm_labels": ids}
-    hidden = model.encode(ids)
-    out = obj.loss(batch, hidden, model)
+    forward = SharedForward(model, batch, VOCAB.pad_id)
+    out = obj.loss(batch, forward)
+    hidden = forward.encode()
     logits = model.lm_logits(hidden[mask])
     torch.testing.assert_close(out.loss.total, F.cross_entropy(logits, ids[mask], reduction="sum"))
     expected_z = 1e-3 * torch.logsumexp(logits, -1).square().sum()
@@ -206,13 +206,12 @@ def test_span_corruption_loss_saves_no_fp32_logits_under_bf16():
     model = _t5()
     obj = _sc(model, z_loss=1e-4)
     batch = _sc_batch(obj)
-    mask = batch["encoder_input"] != VOCAB.pad_id
     batch_size, targets = batch["decoder_target"].shape
     logits_numel = batch_size * targets * VOCAB.size
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return obj.loss(batch, model.encode(batch["encoder_input"], mask), model)
+            return obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id))
 
     out, saved = saved_tensors(step)
     vocab_sized = [t for t in saved if t.numel() == logits_numel and t.shape[-1] == VOCAB.size]

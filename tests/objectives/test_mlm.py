@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from spactor.architectures.encoder import EncoderConfig, build_encoder
 from spactor.architectures.t5 import T5Config
 from spactor.architectures.t5_plugin import build_t5
-from spactor.objectives.base import ObjectiveContext, Vocab
+from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
@@ -44,8 +44,9 @@ def test_loss_over_count_is_torch_mean_cross_entropy(arch: str):
     batch = masked_batch()
     mlm = build_mlm(model)
     ids = batch["encoder_input"]
-    hidden = model.encode(ids, ids != VOCAB.pad_id)
-    out = mlm.loss(batch, hidden, model)
+    forward = SharedForward(model, batch, VOCAB.pad_id)
+    out = mlm.loss(batch, forward)
+    hidden = forward.encode()
     mask = batch["mlm_mask"]
     assert out.loss.count == mlm.count(batch) == mask.sum() > 0
     logits = model.lm_logits(hidden)
@@ -69,5 +70,5 @@ def test_nothing_masked_gives_zero_loss():
     model = build_encoder(EncoderConfig(size="tiny", dropout=0.0), VOCAB.size)
     ids = torch.randint(3, 300, (2, LENGTH))
     batch = {"encoder_input": ids, "mlm_mask": torch.zeros_like(ids, dtype=torch.bool)}  # mlm_mask disabled
-    out = build_mlm(model).loss(batch, model.encode(ids), model)
+    out = build_mlm(model).loss(batch, SharedForward(model, batch, VOCAB.pad_id))
     assert out.loss.count == 0 and out.loss.total.item() == 0.0

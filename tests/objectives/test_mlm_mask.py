@@ -102,21 +102,25 @@ def test_off_is_identity(cfg: dict) -> None:
     out = build(**cfg).transform(batch, gen(0))
     assert torch.equal(out["encoder_input"], batch["encoder_input"])
     assert out["mlm_mask"].shape == batch["encoder_input"].shape and not out["mlm_mask"].any()
-    assert set(out) == {"encoder_input", "mlm_mask", "mlm_index"}
+    # Every field PROVIDES names is there, holding nothing chosen.
+    assert set(out) == {"encoder_input", *type(build(**cfg)).PROVIDES}
     assert out["mlm_index"].shape == (batch["encoder_input"].shape[0], 0)  # nothing to gather
+    assert (out["mlm_labels"] == VOCAB.pad_id).all()
 
 
 def test_knobs() -> None:
     obj = build()
     assert obj.knobs() == {"ratio": 0.15, "enabled": 1.0}
     obj.set_knob("enabled", 0)
-    assert obj.cfg.enabled is False
+    assert obj.knob("enabled") is False and not obj.enabled
+    assert obj.cfg.enabled is True  # runtime state: the config keeps what the YAML said
     assert not obj.transform(sc_batch(), gen(0))["mlm_mask"].any()
     obj.set_knob("enabled", 1)
     obj.set_knob("ratio", 0.3)
     batch = sc_batch()
     n = (~VOCAB.is_special(batch["encoder_input"])).sum(1)
     assert obj.transform(batch, gen(0))["mlm_mask"].sum(1).tolist() == [round(0.3 * int(k)) for k in n]
+    assert obj.knob("ratio") == 0.3 and obj.cfg.ratio == 0.15
     obj.set_knob("ratio", 1.5)
     with pytest.raises(ValueError, match="ratio"):
         obj.transform(batch, gen(0))

@@ -10,7 +10,7 @@ import torch
 
 from spactor.architectures.t5 import T5Config
 from spactor.architectures.t5_plugin import build_t5
-from spactor.objectives.base import ObjectiveContext, Vocab
+from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.prefix_lm import PrefixLM, PrefixLMConfig, min_prefix_length
 from spactor.objectives.span_corruption import SpanCorruption, SpanCorruptionConfig
 from spactor.plugins import load_plugins
@@ -77,10 +77,10 @@ def test_loss_is_span_corruptions_decoder_loss():
     model = build_t5(T5Config(size="tiny", dropout=0.0), VOCAB.size)
     obj = build()
     batch = split(obj, 4, seed=3)
-    hidden = model.encode(batch["encoder_input"], attention_mask=batch["encoder_input"] != VOCAB.pad_id)
-    out = obj.loss(batch, hidden, model)
+    forward = SharedForward(model, batch, VOCAB.pad_id)
+    out = obj.loss(batch, forward)
     sc = SpanCorruption(SpanCorruptionConfig(), ObjectiveContext("sc", VOCAB, LENGTH, None))
-    ref = sc.loss(batch, hidden, model)
+    ref = sc.loss(batch, forward)  # the same decoder pass
     assert torch.equal(out.loss.total, ref.loss.total) and torch.equal(out.loss.count, ref.loss.count)
     assert out.loss.count == obj.count(batch) == (batch["decoder_target"] != VOCAB.pad_id).sum()
     out.loss.total.backward()  # gradients reach the encoder through the decoder

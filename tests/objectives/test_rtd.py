@@ -15,7 +15,7 @@ from torch import nn
 from spactor.architectures.encoder import EncoderConfig, build_encoder
 from spactor.architectures.t5 import T5Config
 from spactor.architectures.t5_plugin import build_t5
-from spactor.objectives.base import ObjectiveContext, Vocab
+from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
 from spactor.objectives.rtd import RTD, RTDConfig, build_rtd, counter_uniform, gumbel_max_sample, roc_auc
 from spactor.objectives.span_corruption import SpanCorruptionConfig, build_span_corruption
@@ -59,12 +59,10 @@ def masked_batch(seed: int = 0, ratio: float = 0.25) -> dict[str, torch.Tensor]:
 
 
 def discriminate(rtd: RTD, model: nn.Module, batch: dict[str, torch.Tensor], seed: int = 3):
-    """modify → one encode → loss, as the runner does."""
+    """modify → loss on the shared forward (one encode, of the embeddings gdes sets), as the
+    runner does."""
     new, gen_out = rtd.modify(batch, model, rng(seed))
-    embeds = new.get("encoder_embeds")
-    ids = None if embeds is not None else new["encoder_input"]
-    hidden = model.encode(ids, new["encoder_input"] != VOCAB.pad_id, inputs_embeds=embeds)
-    return new, gen_out, rtd.loss(new, hidden, model)
+    return new, gen_out, rtd.loss(new, SharedForward(model, new, VOCAB.pad_id))
 
 
 # -- labels and sampling ---------------------------------------------------------------------
@@ -166,8 +164,8 @@ def test_rtd_loss_sends_no_gradient_into_the_generator(sharing: str):
     if sharing != "gdes":
         # The shared embedder's gradient is exactly D's own: nothing arrives through G.
         model.zero_grad(set_to_none=True)
-        hidden = model.encode(new["encoder_input"].clone(), new["encoder_input"] != VOCAB.pad_id)
-        rtd.loss(new, hidden, model).loss.total.backward()
+        fresh = {**new, "encoder_input": new["encoder_input"].clone()}
+        rtd.loss(fresh, SharedForward(model, fresh, VOCAB.pad_id)).loss.total.backward()
         assert torch.allclose(model.token_embedding.weight.grad, d_grad)
     else:
         expected = rtd.generator.token_embedding(new["encoder_input"]) + model.embed(new["encoder_input"])
@@ -286,7 +284,7 @@ def test_disabled_is_identity(knobs: dict[str, float]):
     new, gen_out = rtd.modify(batch, model, rng())
     assert new is batch and not gen_out.aux_losses and not gen_out.metrics
     assert rtd.count(batch) is None and rtd.aux_counts(batch) == {}
-    assert rtd.loss(batch, torch.zeros(4, LENGTH, 64), model).loss is None
+    assert rtd.loss(batch, SharedForward(model, batch, VOCAB.pad_id)).loss is None
     assert rtd.knobs() == {"weight": 0.0 if "weight" in knobs else 10.0,
                            "generator_weight": 0.0 if "generator_weight" in knobs else 1.0,
                            "temperature": 1.0, "enabled": float("enabled" not in knobs)}  # fmt: skip
@@ -343,8 +341,7 @@ def test_spactor_step_on_t5():
     original = torch.randint(3, VOCAB.last_sentinel_id, (4, sc.raw_length(LENGTH)), generator=g)
     batch = mlm_mask.transform(sc.transform({"original": original}, g), g)
     new, gen_out, out = discriminate(rtd, model, batch)
-    hidden = model.encode(new["encoder_input"], new["encoder_input"] != VOCAB.pad_id)
-    sc_out = sc.loss(new, hidden, model)
+    sc_out = sc.loss(new, SharedForward(model, new, VOCAB.pad_id))
     terms = [gen_out.aux_losses["generator"], out.loss, sc_out.loss]
     total = sum(t.total / t.count for t in terms)
     assert torch.isfinite(total)

@@ -16,7 +16,7 @@ from torch import nn
 
 from spactor.architectures.base import Architecture
 from spactor.objectives import reference_t5
-from spactor.objectives.base import ObjectiveContext, Vocab
+from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.span_corruption import (
     SpanCorruption,
     SpanCorruptionConfig,
@@ -406,8 +406,9 @@ def test_loss_is_summed_cross_entropy() -> None:
     batch = obj.transform({"original": make_originals(3, 560)}, gen(0))  # padded encoder input
     # Pretend one target was shorter, to check padding is ignored everywhere.
     batch["decoder_target"][1, -5:] = VOCAB.pad_id
-    enc = model.encode(batch["encoder_input"])
-    out = obj.loss(batch, enc, model)
+    forward = SharedForward(model, batch, VOCAB.pad_id)
+    out = obj.loss(batch, forward)
+    enc = forward.encode()
 
     valid = batch["decoder_target"] != VOCAB.pad_id
     assert torch.equal(model.seen_mask, batch["encoder_input"] != VOCAB.pad_id)

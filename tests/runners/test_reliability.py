@@ -29,8 +29,8 @@ def nan_at_calls(monkeypatch):
         original = SpanCorruption.loss
         seen = {"n": 0}
 
-        def loss(self, batch, hidden, model):
-            out = original(self, batch, hidden, model)
+        def loss(self, batch, forward):
+            out = original(self, batch, forward)
             if self.training:
                 seen["n"] += 1
                 if seen["n"] in calls:

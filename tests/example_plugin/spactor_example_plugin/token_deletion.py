@@ -30,12 +30,14 @@ class TokenDeletionConfig:
 
 class TokenDeletion(Objective):
     KNOBS = ("ratio",)
+    REQUIRES = ("encoder_input",)
+    PROVIDES = ("encoder_input",)
 
     def __init__(self, cfg: TokenDeletionConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
 
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
-        ratio = float(self.cfg.ratio)
+        ratio = float(self.knob("ratio"))  # the schedule's current value, not the config's
         ids = batch["encoder_input"]
         if ratio <= 0:
             return batch
