@@ -111,3 +111,50 @@ def test_a_resume_inside_a_logging_window_logs_the_whole_window(tiny_overrides, 
     assert [r["step"] for r in b] == [4, 8]
     assert [{k: v for k, v in r.items() if k not in timing} for r in a] == \
         [{k: v for k, v in r.items() if k not in timing} for r in b]  # bitwise on CPU
+
+
+class HostSyncs(Callback):
+    """Counts host reads of device values (``aten._local_scalar_dense``: ``.item()``,
+    ``float(t)``, ``bool(t)``) from ``pre_step`` of step ``first`` to the ``end_step`` of
+    step ``last``: the whole loop body, every built-in callback included."""
+
+    name = "host_syncs"
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        self.syncs: list[str] = []
+        self._mode = None
+
+    def pre_step(self, state: LoopState) -> None:
+        if state.step + 1 == self.first:
+            from torch.utils._python_dispatch import TorchDispatchMode
+
+            syncs = self.syncs
+
+            class Counting(TorchDispatchMode):
+                def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                    if func.overloadpacket.__name__ in ("_local_scalar_dense", "item"):
+                        syncs.append(func.overloadpacket.__name__)
+                    return func(*args, **(kwargs or {}))
+
+            self._mode = Counting()
+            self._mode.__enter__()
+
+    def end_step(self, state: LoopState) -> None:
+        if state.step == self.last and self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+
+    def close(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+
+
+def test_a_steady_state_step_of_the_loop_syncs_once(tiny_overrides, tmp_path):
+    """Steps 3-5 of a SpacTor run in stage 1 (no logging, checkpoint or evaluation
+    step among them): the callbacks add no host read to the step's one."""
+    counter = HostSyncs(first=3, last=5)
+    train(load_config("spactor", [*tiny_overrides, f"run.dir={tmp_path / 'run'}", "runtime.count_flops=false",
+                                  "optimizer.type=adafactor", "trainer.max_steps=6", "trainer.log_every=100"]),
+          callbacks=[counter])
+    assert counter._mode is None and len(counter.syncs) == 3, counter.syncs
