@@ -293,17 +293,19 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
 
     state = LoopState(max_steps=tcfg.max_steps, stage=stage, world_size=info.world_size, is_main=info.is_main)
     resumed = checkpointer.load(modules, optimizer, resume_from) if resume_from is not None else None
-    # Built after the optimizer (the stage switch releases its state) and before the
-    # checkpoint's callback state is given to them.
+
+    # The callbacks, in the order they run at every point: the record's fields come in
+    # this order, and the stop a signal asks for comes after its step's checkpoint.
     preemption = Preemption(info.world_size)
-    metrics_log = MetricsLog(MetricsWriter(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard=cfg.run.tensorboard),
-                             Progress(tcfg.max_steps, enabled=cfg.runtime.progress and info.is_main),
-                             resumed=resumed is not None)
+    writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard=cfg.run.tensorboard)
+    progress = Progress(tcfg.max_steps, enabled=cfg.runtime.progress and info.is_main)
+    metrics_log = MetricsLog(writer, progress, resumed=resumed is not None)
 
     def save() -> None:
         callbacks.pre_checkpoint(state)
         local = {**local_state(data, ctx, device), "callbacks": callbacks.local_state()}
-        path = checkpointer.save(state.step, modules, optimizer, shared=callbacks.shared_state(state), local=local)
+        path = checkpointer.save(state.step, modules, optimizer, shared=callbacks.shared_state(state),
+                                 local=local)
         state.last_checkpoint_step = state.step
         callbacks.post_checkpoint(state, path)
 
@@ -312,7 +314,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         NonFiniteGuard(tcfg.nonfinite, tcfg.max_consecutive_skips),
         *([FlopsCounter(flops)] if flops is not None else []),
         KnobSchedules(schedules, objectives),
-        StageSwitch(schedules, modules, objectives, optimizer),  # after the knobs: a stage may end on a knob value
+        StageSwitch(schedules, modules, objectives, optimizer),  # after the knobs: a stage can end on one
         Throughput(device, flops),
         DataSkipped(data),
         Validation(modules, data, every=tcfg.eval_every, batches=tcfg.eval_batches, seed=tcfg.seed + 2,
@@ -320,13 +322,14 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         metrics_log,
         Checkpointing(tcfg.checkpoint_every, save),
         DownstreamEval(tcfg.downstream_every, tcfg.downstream_tasks, run_dir, save, metrics_log.write),
-        preemption,  # last at the end of a step: a stop comes after that step's checkpoint and evaluation
+        preemption,
         *extra_callbacks,
     ])
     if resumed is not None:
         state.step = resumed.step
         state.tokens_seen = int(resumed.shared.get("tokens_seen", 0))
-        callbacks.load_state_dict(resumed.shared, None if resumed.local is None else resumed.local.get("callbacks", {}))
+        local_callbacks = None if resumed.local is None else resumed.local.get("callbacks", {})
+        callbacks.load_state_dict(resumed.shared, local_callbacks)
         if resumed.local is not None:
             restore_local(resumed.local, data, ctx, device)
         else:  # the data position and the corruption RNG are global: rank 0's are every rank's
@@ -360,7 +363,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
             state.log_step = (state.step + 1) % tcfg.log_every == 0 or state.step + 1 == tcfg.max_steps
             out = train_step(modules, optimizer, batch, ctx, with_metrics=state.log_step,
                              stop_requested=preemption.requested)
-            callbacks.check_step(state, out)  # the guard raises under `stop`, or after too many skips in a row
+            callbacks.check_step(state, out)  # the guard raises under `stop` or after too many skips in a row
             state.step += 1
             state.tokens_seen += batch["original"].numel() * info.world_size
             callbacks.post_step(state, out)

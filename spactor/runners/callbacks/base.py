@@ -125,7 +125,8 @@ class CallbackList:
                 raise TypeError(f"{type(cb).__name__} is not a spactor.runners.callbacks.Callback")
             key = cb.state_key()
             if key in LOOP_STATE_KEYS:
-                raise ValueError(f"callback {type(cb).__name__}: name {key!r} is the loop's own state; choose another")
+                raise ValueError(f"callback {type(cb).__name__}: name {key!r} is the loop's own state; "
+                                 "choose another")
             if key in seen:
                 raise ValueError(f"callbacks {type(seen[key]).__name__} and {type(cb).__name__} share the name "
                                  f"{key!r}; each needs its own (the key of its checkpointed state)")

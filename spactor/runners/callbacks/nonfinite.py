@@ -41,8 +41,8 @@ class NonFiniteGuard(Callback):
         if self.policy == "stop":
             raise NonFiniteStop(f"{what}; trainer.nonfinite=stop: checkpointed the last good step")
         if self.consecutive >= self.max_consecutive:
-            raise NonFiniteStop(f"{what}: {self.consecutive} bad steps in a row "
-                                f"(trainer.max_consecutive_skips={self.max_consecutive}); checkpointed the last good step")
+            raise NonFiniteStop(f"{what}: {self.consecutive} bad steps in a row (trainer.max_consecutive_skips="
+                                f"{self.max_consecutive}); checkpointed the last good step")
         print(f"skipping the update of step {step}: {what}", flush=True)
 
     def log(self, state: LoopState, record: dict[str, Any]) -> None:

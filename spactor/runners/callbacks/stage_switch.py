@@ -39,7 +39,8 @@ class StageSwitch(Callback):
         self.pending["stage_switch_step"] = state.step
         inactive = self.schedules.stages.inactive_in(entered, self.objectives)
         released = release_objectives(self.modules, self.objectives, inactive, self.optimizer)
-        self.pending["released"] = self.pending.get("released", []) + released  # two switches in one window: both
+        # two switches in one window: both
+        self.pending["released"] = self.pending.get("released", []) + released
         state.stage = entered
         self.modules.active = self.schedules.stages.active_in(entered, self.objectives)
         apply_knobs(self.objectives, self.schedules.values(state.step))  # the new stage's knob values
