@@ -28,6 +28,20 @@ except KeyboardInterrupt:  # Ctrl-C while the CLI itself is still importing: no 
 # --------------------------------------------------------------------------- commands
 
 
+def load_saved_config(saved: Path, overrides: list[str]) -> Any:
+    """A run's own config.yaml with resume overrides. A key this version no longer knows
+    means the run was written by another spactor version: say that, not just the key."""
+    try:
+        return load_config(str(saved), overrides)
+    except ConfigError as e:
+        if str(e).startswith("unknown config key") and not any(
+            o.split("=", 1)[0] in str(e).split("'")[1:2] for o in overrides
+        ):
+            raise ConfigError(f"--resume {saved.parent}: its config.yaml was written by a spactor version "
+                              f"with different options and cannot be resumed by this one ({e})") from None
+        raise
+
+
 def cmd_train(ns: argparse.Namespace) -> int:
     from spactor.runners.parallel import shutdown_distributed
     from spactor.runners.trainer import train
@@ -40,7 +54,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
             raise UsageError(f"--resume {run_dir}: no config.yaml there (is it a spactor run directory?)")
         if recipe is not None:
             raise UsageError("--resume takes the recipe from the run directory; pass only key=value overrides")
-        resolved = load_config(str(saved), overrides)
+        resolved = load_saved_config(saved, overrides)
         resolved.recipe = _saved_recipe_name(run_dir)
     else:
         resolved = load_config(recipe or QUICKSTART, overrides)

@@ -54,6 +54,23 @@ def test_garbage_config_yaml_on_resume(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
 
 
+def test_resume_of_a_run_from_another_version_says_so(tmp_path):
+    """A run directory whose config.yaml has an option this version dropped (an old
+    ``optimizer.foreach``) is refused as written by another version, untouched."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    text = "model:\n  size: tiny\noptimizer:\n  type: adafactor\n  foreach: true\n"
+    (run_dir / "config.yaml").write_text(text)
+    line = one_line(spactor("train", "--resume", str(run_dir), "trainer.max_steps=3"))
+    assert f"--resume {run_dir}: its config.yaml was written by a spactor version" in line
+    assert "optimizer.foreach" in line
+    assert (run_dir / "config.yaml").read_text() == text
+    # A mistyped override on a run this version wrote is reported as the override it is.
+    (run_dir / "config.yaml").write_text("model:\n  size: tiny\n")
+    line = one_line(spactor("train", "--resume", str(run_dir), "trainer.bogus=3"))
+    assert "unknown config key 'trainer.bogus'" in line and "another" not in line and "version" not in line
+
+
 def test_random_bytes_as_tokenizer_name_data_tokenizer(tmp_path, tiny_data):
     bad = tmp_path / "spiece.model"
     bad.write_bytes(os.urandom(4096))

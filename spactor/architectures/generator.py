@@ -131,6 +131,11 @@ class Generator(nn.Module):
         """The embedding G reads: D's when shared, else G's own (E_G)."""
         return self._borrowed[0] if self._borrowed else self.embedding  # type: ignore[return-value]
 
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """E[ids] with the embedding G reads (gdes: D's input adds stop_grad(E_G[ids])).
+        A method, so that FSDP gathers G's parameters around it as around ``forward``."""
+        return self.token_embedding(ids)
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """Init what G owns (never D's borrowed embedding)."""

@@ -106,7 +106,8 @@ class PrefixLM(DecoderTargetLoss, Objective):
 
     @torch.no_grad()
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
-        original = batch["original"]
+        # A curriculum's data may deliver a longer chunk (UL2 in another stage): use our own part.
+        original = batch["original"][..., : self.input_length]
         if original.dim() != 2:
             raise ValueError(f"objectives.{self.name}: expected raw chunks (B, N), got {tuple(original.shape)}")
         prefix = random_prefix_lengths(original.shape[0], original.shape[1], self.cfg.noise_density, rng,

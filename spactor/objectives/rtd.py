@@ -315,7 +315,8 @@ class RTD(Objective):
         return [] if self.generator is None else list(self.generator.blocks())
 
     def fsdp_forward_methods(self) -> dict[nn.Module, tuple[str, ...]]:
-        return {} if self.generator is None else {self.generator: ("masked_logits", "logits_all")}
+        # embed_tokens: gdes reads E_G outside G's forward, for D's input
+        return {} if self.generator is None else {self.generator: ("masked_logits", "logits_all", "embed_tokens")}
 
     def release(self) -> None:
         """Free G and the head (SpacTor's switch to stage 2); the objective becomes identity.
@@ -396,7 +397,7 @@ class RTD(Objective):
         out = {**batch, "encoder_input": replaced, "rtd_labels": rtd_labels}
         if self.cfg.embedding_sharing == "gdes":
             # D's input: stop_grad(E_G[ids]) + E_D[ids]; E_G learns only from L_G.
-            out["encoder_embeds"] = self.generator.token_embedding(replaced).detach() + model.embed(replaced)
+            out["encoder_embeds"] = self.generator.embed_tokens(replaced).detach() + model.embed(replaced)
         weight = 0.0 if frozen else float(self.cfg.generator_weight)
         aux = {GENERATOR_LOSS: LossTerm(gen_ce.total, mask.sum(), weight)}
         if self.cfg.generator_z_loss > 0:

@@ -335,8 +335,9 @@ class SpanCorruption(DecoderTargetLoss, Objective):
 
     @torch.no_grad()
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
+        # A curriculum's data may deliver a longer chunk (UL2 in another stage): use our own part.
         corrupted = span_corrupt(
-            batch["original"],
+            batch["original"][..., : self.chunk_length],
             self.cfg.noise_density,
             self.cfg.mean_noise_span_length,
             self.vocab,

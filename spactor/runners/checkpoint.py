@@ -290,6 +290,7 @@ class Checkpointer:
                 raise RuntimeError(f"checkpoint {path} is unusable: {problem}")
         manifest = json.loads((path / MANIFEST).read_text())
         model_sd, optim_sd = get_state_dict(module, optimizer)
+        never_saved = _drop_state_never_saved(path, optim_sd)
         state = {"model": model_sd, "optim": optim_sd}
         _check_optimizer_fits(path, optim_sd)
         with warnings.catch_warnings():
@@ -300,7 +301,8 @@ class Checkpointer:
             optimizer,
             model_state_dict=state["model"],
             optim_state_dict=state["optim"],
-            options=StateDictOptions(strict=True),
+            # dcp.load has checked every model key; strict would refuse the parameters never saved
+            options=StateDictOptions(strict=not never_saved),
         )
         local = None
         local_file = path / f"local_rank{_rank():05d}.pt"
@@ -423,6 +425,25 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     raise TypeError(f"cannot store {type(value).__name__} in a checkpoint manifest")
+
+
+def _drop_state_never_saved(path: Path, optim_sd: dict[str, Any]) -> list[str]:
+    """A parameter with no optimizer state in the checkpoint had none when it was saved
+    (it never got a gradient: a curriculum holds an objective for a later stage). DCP's
+    ``get_state_dict`` gives every parameter a state (a zero-gradient step); leave those
+    out so that loading restores no state for them, as in the run that saved it. Returns
+    their names."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved = dcp.FileSystemReader(str(path / "dcp")).read_metadata().state_dict_metadata
+    # ``optim.state.<fqn>.<key>``: a parameter saved with other keys (another optimizer)
+    # stays, for _check_optimizer_fits to refuse.
+    with_state = {k[len("optim.state."):].rsplit(".", 1)[0] for k in saved if k.startswith("optim.state.")}
+    states = optim_sd.get("state", {})
+    never = [fqn for fqn in states if fqn not in with_state]
+    for fqn in never:
+        del states[fqn]
+    return never
 
 
 def _check_optimizer_fits(path: Path, optim_sd: dict[str, Any]) -> None:

@@ -32,9 +32,11 @@ How a step is counted:
 
 Stages follow the trainer's curriculum (``ScheduleSet.stages``): stage k runs the
 objectives it names (the implicit two-stage one: stage 1 every objective, stage 2 without
-the stage-1-only ones) with its knob values; each stage's first step is known when the
-previous one ends at a step or on a knob condition (found by bisection), else it is
-decided during training. The baseline is plain span
+the stage-1-only ones) with its knob values, on the run's raw chunk (the longest any stage
+needs); an objective held for a later stage costs nothing in the stages it sits out, and
+is released, as in training, once no later stage names it. Each stage's first step is
+known when the previous one ends at a step or on a knob condition (found by bisection),
+else it is decided during training. The baseline is plain span
 corruption on the same architecture (the recipe's ``span_corruption`` settings), or, for
 an encoder-only model, BERT-style MLM on the same encoder (15% masked, or the recipe's
 ``mlm_mask`` ratio): the cheapest standard objective each architecture pre-trains with.
@@ -60,7 +62,7 @@ from spactor.objectives.base import Batch, Objective, Vocab
 from spactor.registry import OBJECTIVES
 from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 from spactor.runners.flop_handles import op_handles
-from spactor.runners.stages import enter_stage, knob_values, stage_end_step, stage_exists
+from spactor.runners.stages import enter_stage, knob_values, run_raw_length, stage_end_step, stage_exists
 from spactor.runners.step import TrainModules, apply_transforms
 from spactor.schedules.base import Schedule, ScheduleSet
 from spactor.schedules.base import build as build_schedules
@@ -177,7 +179,7 @@ def _components(modules: TrainModules, prefix: str) -> dict[str, _Component]:
             head.paths.append(f"{prefix}.model.{child}")
             head.modules.append(module)
     comps["lm_head"] = head
-    for obj_name, obj in modules.objectives.items():
+    for obj_name, obj in modules.active_objectives().items():  # held for a later stage: not this one's
         for child, module in obj.named_children():
             comps[f"{obj_name}.{child}"] = _Component([f"{prefix}.objectives.{obj_name}.{child}"], [module])
     comps[LOSSES] = _Component([], [])
@@ -256,7 +258,7 @@ def count_modules_flops(
     step = _Step(modules, keys, rng)
     prefix = "train_modules"
     owners = {f"{prefix}.model": modules.model}
-    for obj_name, obj in modules.objectives.items():
+    for obj_name, obj in modules.active_objectives().items():
         owners[f"{prefix}.objectives.{obj_name}"] = obj
         for child, module in obj.named_children():
             owners[f"{prefix}.objectives.{obj_name}.{child}"] = module
@@ -282,7 +284,7 @@ def count_modules_flops(
         batch_size=batch_size,
         forward_per_sequence={k: 2.0 * v / sequences for k, v in claimed.items()},  # multiply-adds → FLOPs
         trained={k: _is_trained(c.modules, reached) for k, c in comps.items()},
-        objectives=list(modules.objectives.keys()),
+        objectives=list(modules.active_objectives()),
         unsupported_ops=unsupported,
     )
 
@@ -335,9 +337,11 @@ def _dry_batch(
     input_length: int,
     rng: torch.Generator,
     device: torch.device,
+    raw_length: int | None = None,
 ) -> Batch:
-    """One raw chunk of random real token ids, through the objectives' transforms."""
-    raw_length = raw_length_for(objectives, input_length)
+    """One raw chunk of random real token ids (``raw_length``: the run's, as the data
+    delivers it; default: what ``objectives`` need), through the objectives' transforms."""
+    raw_length = raw_length or raw_length_for(objectives, input_length)
     original = torch.randint(3, vocab.last_sentinel_id, (1, raw_length), generator=rng, device=device)
     return apply_transforms(objectives, {"original": original}, rng)
 
@@ -351,17 +355,18 @@ def _count(
     elementwise: bool,
     device: torch.device,
     seed: int = 0,
+    raw_length: int | None = None,
 ) -> StepFlops:
-    objectives: dict[str, Objective] = dict(modules.objectives.items())  # type: ignore[arg-type]
+    objectives = modules.active_objectives()  # the stage's, as the step transforms them
     if device.type == "meta":  # the corruption needs values: prepare on CPU, trace on meta
         cpu = torch.device("cpu")
         with cpu:
             rng = seeded_generator(seed, cpu)
-            batch = _dry_batch(objectives, vocab, input_length, rng, cpu)
+            batch = _dry_batch(objectives, vocab, input_length, rng, cpu, raw_length)
         batch = {k: v.to(device) for k, v in batch.items()}
     else:
         rng = seeded_generator(seed, device)
-        batch = _dry_batch(objectives, vocab, input_length, rng, device)
+        batch = _dry_batch(objectives, vocab, input_length, rng, device, raw_length)
     return count_modules_flops(modules, batch, rng, batch_size, stage, elementwise)
 
 
@@ -385,6 +390,7 @@ def count_step_flops(
         schedules = build_schedules(
             resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps, list(objectives)
         )
+        raw_length = run_raw_length(objectives, schedules.stages, resolved.cfg.data.input_length)
         enter_stage(modules, objectives, schedules, stage)
         return _count(
             modules,
@@ -394,6 +400,7 @@ def count_step_flops(
             stage,
             elementwise,
             device,
+            raw_length=raw_length,
         )
 
 
@@ -578,8 +585,8 @@ def flops_report(
         model = build_model(resolved, vocab)
         objectives = build_objectives(resolved, vocab, model)
         modules = TrainModules(model, objectives).to(device).train()
-        raw_length = raw_length_for(objectives, input_length)
         schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps, list(objectives))
+        raw_length = run_raw_length(objectives, schedules.stages, input_length)
         num_stages = schedules.stages.num_stages
         if schedules.driven_knobs():
             explicit = any(s is schedules.stages for s in schedules.schedules.values())
@@ -588,7 +595,8 @@ def flops_report(
                          "scheduled knobs: stage 1 is counted with their values at step 0")
 
         def count(stage: int) -> StepFlops:
-            return _count(modules, vocab, input_length, batch_size, stage, elementwise, device)
+            return _count(modules, vocab, input_length, batch_size, stage, elementwise, device,
+                          raw_length=raw_length)
 
         # Stage k runs from first (None: decided during training) to its end; stage k+1
         # runs if it exists and its start is known, may be decided later, or every_stage.
@@ -650,10 +658,10 @@ def flops_report(
         switch = switches[0] if switches else None
 
         base_plugins = baseline_objectives(resolved, bool(getattr(model, "has_decoder", True)))
-        current = {
+        current = {  # what the last stage counted runs
             name: (p.type, dataclasses.asdict(p.config))
             for name, p in resolved.objectives.items()
-            if name in objectives
+            if name in stages[-1].flops.objectives
         }
         wanted = {name: (p.type, dataclasses.asdict(p.config)) for name, p in base_plugins.items()}
         if current == wanted:

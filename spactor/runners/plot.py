@@ -5,8 +5,9 @@ axis: the training loss (``loss/span_corruption`` by default; its ``val/`` twin 
 markers where evaluated) and the throughput (``tokens_per_s``). The x axis is the step,
 the raw tokens consumed (``tokens_seen``) or the cumulative training FLOPs
 (``flops_cum``) — the last is how the SpacTor paper compares a hybrid run with the SC
-baseline: same compute, not same steps. A run's switch to stage 2 (``stage_switch_step``)
-is drawn as a dashed vertical line in its colour.
+baseline: same compute, not same steps. A run's stage switches (``stage_switch_step``) are
+vertical lines in its colour, one line style per stage entered (stage 2 dashed, stage 3
+dotted, ...), each named once in the legend.
 
 matplotlib is an optional dependency (``pip install 'spactor[plot]'``); it is used
 through its object-oriented API with the Agg canvas, so plotting never touches a
@@ -117,6 +118,27 @@ def _matplotlib() -> tuple[Any, Any, Any, Any]:
     return Figure, FigureCanvasAgg, Line2D, EngFormatter
 
 
+SWITCH_STYLES: tuple[Any, ...] = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
+
+
+def switch_style(stage: int) -> Any:
+    """The line style of a switch into ``stage`` (2: dashed, 3: dotted, ...; cycling)."""
+    return SWITCH_STYLES[(stage - 2) % len(SWITCH_STYLES)]
+
+
+def stage_switches(records: Sequence[dict[str, Any]], x_key: str) -> list[tuple[float, int]]:
+    """``(x, stage entered)`` of every logged switch: the record carrying
+    ``stage_switch_step`` is logged in the stage it entered (older two-stage logs without
+    ``stage``: stage 2)."""
+    found = []
+    for record in records:
+        at = _number(record.get(x_key)) if "stage_switch_step" in record else None
+        if at is not None:
+            stage = record.get("stage")
+            found.append((at, int(stage) if isinstance(stage, int) and not isinstance(stage, bool) else 2))
+    return found
+
+
 def plot_runs(
     paths: Sequence[Path],
     out: Path,
@@ -159,7 +181,8 @@ def plot_runs(
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
     colors = [f"C{i % 10}" for i in range(len(runs))]
     val_key = f"val/{metric}"
-    switched = evaluated = False
+    entered: set[int] = set()  # stages some run switched to
+    evaluated = False
     for run, color in zip(runs, colors, strict=True):
         xs, ys = series(run.records, x_key, metric)
         if smooth > 0:
@@ -182,12 +205,10 @@ def plot_runs(
             evaluated = True
         tx, ty = series(run.records, x_key, THROUGHPUT)
         bottom.plot(tx, ty, color=color, linewidth=1.1, label=run.label)
-        for record in run.records:
-            at = _number(record.get(x_key)) if "stage_switch_step" in record else None
-            if at is not None:
-                for ax in (top, bottom):
-                    ax.axvline(at, color=color, linestyle="--", linewidth=1.0, alpha=0.7)
-                switched = True
+        for at, stage in stage_switches(run.records, x_key):
+            for ax in (top, bottom):
+                ax.axvline(at, color=color, linestyle=switch_style(stage), linewidth=1.0, alpha=0.7)
+            entered.add(stage)
 
     top.set_ylabel(metric)
     heading = title or f"{metric} vs {x}" + (f" (EMA {smooth:g})" if smooth > 0 else "")
@@ -198,9 +219,9 @@ def plot_runs(
     if evaluated:
         handles.append(Line2D([], [], linestyle="none", marker="o", color="0.6", markeredgecolor="black"))
         labels.append(f"{val_key} (evaluation)")
-    if switched:
-        handles.append(Line2D([], [], linestyle="--", color="0.4"))
-        labels.append("switch to stage 2")
+    for stage in sorted(entered):
+        handles.append(Line2D([], [], linestyle=switch_style(stage), color="0.4"))
+        labels.append(f"switch to stage {stage}")
     top.legend(handles, labels, loc="upper right", fontsize="small")
     bottom.set_ylabel("tokens/s")
     bottom.set_xlabel(x_label)

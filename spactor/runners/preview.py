@@ -20,19 +20,28 @@ import torch
 from spactor.config import Resolved
 from spactor.runners.data import build_data
 from spactor.runners.step import apply_transforms
-from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.runners.builders import build_model, build_objectives, seeded_generator
+from spactor.runners.stages import knob_values, run_raw_length
+from spactor.schedules.base import build as build_schedules
 
 
-def preview_batch(resolved: Resolved, n: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
+def preview_batch(
+    resolved: Resolved, n: int, stage: int = 1
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
     cpu = torch.device("cpu")
     data = build_data(resolved, device=cpu, run_dir=None)
     with torch.device("meta"):
         model = build_model(resolved, data.vocab)
         objectives = build_objectives(resolved, data.vocab, model)
+    # The transforms ``stage`` runs (a curriculum's stages may differ), on the run's raw chunk.
+    stages = build_schedules(resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps,
+                             list(objectives)).stages
+    raw_length = run_raw_length(objectives, stages, resolved.cfg.data.input_length)
+    objectives = {name: objectives[name] for name in stages.active_in(stage, objectives)}
     for obj in objectives.values():
         if hasattr(obj, "for_preview"):
             n = max(n, obj.for_preview())
-    data.start(raw_length_for(objectives, resolved.cfg.data.input_length), batch_size=n)
+    data.start(raw_length, batch_size=n)
     batch = next(iter(data.train_batches()))
     batch = apply_transforms(objectives, batch, seeded_generator(resolved.cfg.trainer.seed + 1, cpu))
     extra: dict[str, Any] = {}

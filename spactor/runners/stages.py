@@ -1,6 +1,7 @@
-"""Knobs and stages: applying schedule values, releasing the objectives a stage no
-longer runs (SpacTor's switch to stage 2 is one such release), and walking a run's
-stages before training (what each runs, where each ends) for the FLOPs report."""
+"""Knobs and stages: applying schedule values, the raw chunk length a run's stages need,
+releasing the objectives no later stage runs (SpacTor's switch to stage 2 is one such
+release), and walking a run's stages before training (what each runs, where each ends)
+for the FLOPs report."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from spactor.objectives.base import Objective
-from spactor.schedules.base import ScheduleSet
+from spactor.runners.builders import raw_length_for
+from spactor.schedules.base import ScheduleSet, Stages
 
 
 def knob_values(objectives: dict[str, Objective]) -> dict[str, float]:
@@ -22,6 +24,22 @@ def apply_knobs(objectives: dict[str, Objective], values: dict[str, float]) -> N
         _, name, knob = path.split(".", 2)
         if name in objectives:  # released objectives no longer take values
             objectives[name].set_knob(knob, value)
+
+
+def run_raw_length(objectives: dict[str, Objective], stages: Stages, input_length: int) -> int:
+    """The raw chunk length the data delivers for the whole run: the longest any stage
+    needs, each stage folding the lengths of the objectives it runs (``raw_length_for``).
+    Two objectives that read the raw chunk never run in the same stage, so their needs
+    are not chained (SC's 568 for SC + RTD, UL2's 1004 for UL2: 1004, not SC's need for a
+    1004-token output). Call it with every objective built, before any is released: the
+    length is one for the whole run, so a resumed run reads the same stream. Each
+    transform crops the chunk to its own length; a run whose stages all need the same
+    length gets exactly ``raw_length_for`` of every objective, as before curricula."""
+    needs = [
+        raw_length_for({n: objectives[n] for n in stages.active_in(k, objectives)}, input_length)
+        for k in range(1, stages.num_stages + 1)
+    ]
+    return max(needs)
 
 
 def release_objectives(
@@ -68,12 +86,14 @@ def release_stage1(
 def enter_stage(
     modules: nn.Module, objectives: dict[str, Objective], schedules: ScheduleSet, stage: int
 ) -> None:
-    """Put the counting build into ``stage``: release what it does not run, and apply the
-    knob values of its step 0 (the curriculum's constants for the stage)."""
+    """Put the counting build into ``stage`` as the trainer does: release what no stage
+    from it on runs, run only what it names (``TrainModules.active``), and apply the knob
+    values of its step 0 (the curriculum's constants for the stage)."""
     schedules.stages.current = stage
     if stage > 1:
         inactive = schedules.stages.inactive_in(stage, objectives)
         release_objectives(modules, objectives, inactive, optimizer=None)
+    modules.active = schedules.stages.active_in(stage, objectives)  # type: ignore[assignment]
     apply_knobs(objectives, schedules.values(0))
 
 
@@ -84,8 +104,7 @@ def stage_exists(objectives: dict[str, Objective], schedules: ScheduleSet, stage
     stages all exist."""
     if stage == 1:
         return True
-    inactive = set(schedules.stages.inactive_in(stage, objectives))
-    rest = [o for name, o in objectives.items() if name not in inactive]
+    rest = [objectives[name] for name in schedules.stages.active_in(stage, objectives)]
     has_loss = any(type(o).loss is not Objective.loss or type(o).modify is not Objective.modify for o in rest)
     explicit = any(s is schedules.stages for s in schedules.schedules.values())
     return has_loss and (explicit or len(rest) < len(objectives))

@@ -32,7 +32,7 @@ from spactor.config import ConfigError, Resolved
 from spactor.objectives.base import Batch, Objective
 from spactor.registry import LR_SCHEDULES, OPTIMIZERS
 from spactor.runners import parallel
-from spactor.runners.builders import build_on_meta, raw_length_for, seeded_generator
+from spactor.runners.builders import build_on_meta, seeded_generator
 from spactor.runners.checkpoint import Checkpointer
 from spactor.runners.data import build_data, local_state_of_rank0
 from spactor.runners.memory import check_memory
@@ -60,6 +60,7 @@ from spactor.runners.run_dir import RunDirLock, open_run_dir, start_run_dir, wit
 from spactor.runners.stages import (
     knob_values,
     release_objectives,
+    run_raw_length,
     trainable_parameters,
 )
 from spactor.runners.step import StepContext, TrainModules, train_step
@@ -240,13 +241,14 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         if not lock.held:
             lock.acquire(run_dir)
     model, objectives, init_program = build_on_meta(resolved, data.vocab)
-    data.start(raw_length_for(objectives, cfg.data.input_length), batch_size=tcfg.batch_size)
     schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps,
                                 list(objectives))
+    raw_length = run_raw_length(objectives, schedules.stages, cfg.data.input_length)  # every stage's
+    data.start(raw_length, batch_size=tcfg.batch_size)
     modules = TrainModules(model, objectives)
     if init_program is not None:
         init_program.bind(modules)
-    check_memory(resolved, modules, objectives, raw_length_for(objectives, cfg.data.input_length),
+    check_memory(resolved, modules, objectives, raw_length,
                  data.vocab.size, device, info.world_size,
                  fsdp=cfg.runtime.fsdp if cfg.runtime.fsdp is not None else info.world_size > 1)
     if info.is_main and resume_from is None:  # the run fits: only now is anything written

@@ -9,8 +9,9 @@ Stages: the runner drives one :class:`Stages` (stage 1..N, which objectives each
 runs, when each ends). A ``curriculum`` schedule (``spactor.schedules.curriculum``) is
 one, written out in YAML; without it the set builds the implicit two-stage one
 (:class:`HybridThenRest`) that ``two_stage``, ``adaptive`` and anneal-to-zero recipes
-have always meant. An objective is released (modules and optimizer state) when the run
-enters the first stage that does not name it.
+have always meant. A stage runs the objectives it names; an objective is released
+(modules and optimizer state) when the run enters a stage that neither it nor any later
+stage runs, and held (untrained) through a stage it sits out before coming back.
 
 Step convention: ``values(step)`` and ``stage(step)`` describe the step about to run,
 0-based, i.e. ``step`` optimizer updates have been done so far. ``observe(step, ...)``
@@ -97,8 +98,9 @@ class Stages:
 
     The runner keeps ``current`` (checkpointed as the manifest's ``stage``) and asks,
     before every step, whether the current stage has ended (:meth:`ScheduleSet.advance`);
-    entering stage k releases every live objective :meth:`inactive_in` k. Stages only
-    move forward, and an objective never comes back once released.
+    stage k runs the objectives :meth:`active_in` k, and entering it releases every live
+    objective :meth:`inactive_in` k (none from k on runs it). Stages only move forward,
+    so a released objective is never needed again; one that sits a stage out is held.
     """
 
     num_stages: int = 1
@@ -110,7 +112,8 @@ class Stages:
         return False
 
     def inactive_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
-        """Names among ``objectives`` that ``stage`` does not run (released on entering it)."""
+        """Names among ``objectives`` that no stage from ``stage`` on runs: released on
+        entering ``stage``."""
         return []
 
     def active_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
@@ -118,6 +121,12 @@ class Stages:
         only these; an objective held for a later stage waits)."""
         inactive = set(self.inactive_in(stage, objectives))
         return [name for name in objectives if name not in inactive]
+
+    def final_objectives(self, objectives: Mapping[str, Any]) -> list[str]:
+        """Names among ``objectives`` that the last stage runs: what the run ends up
+        training, and so what the clean validation pass (``val/clean/loss/...``) evaluates
+        (the implicit curriculum: the objectives that are not stage-1-only)."""
+        return self.active_in(self.num_stages, objectives)
 
     def decided_end(self, stage: int) -> int | None:
         """The step at which ``stage`` ends, when that is a known step (for FLOPs)."""

@@ -17,22 +17,30 @@ from the command line; a plain list works too); stage k is the k-th, 1-based::
           sc:
             objectives: [span_corruption]
 
+A stage may also bring in an objective the previous one did not run (``spactor_ul2_sc``:
+``hybrid: {objectives: [span_corruption, mlm_mask, rtd], ...}``, ``ul2: {objectives: [ul2],
+...}``, ``sc: {objectives: [span_corruption]}``).
+
 A stage ends at the first of its end conditions that holds, checked before every step:
 
 * ``until_step: N``: stage k+1 starts at step N (N updates done), like ``two_stage``'s τ;
-* ``until_off: true``: once the knobs have turned off every objective the next stage
-  drops (``enabled`` false or ``weight`` 0, e.g. an anneal of λ1 reaching 0);
+* ``until_off: true``: once the knobs have turned off every objective this stage runs and
+  the next one does not (``enabled`` false or ``weight`` 0, e.g. an anneal of λ1 reaching 0);
 * ``adaptive: {...}``: a plateau of a logged metric, with ``adaptive``'s options and
   meaning (its ``min_tau``/``max_tau``/``warmup`` are absolute steps); it watches the
   logged records from the start of its stage.
 
-Objectives only leave: a stage names a subset of the previous stage's objectives, and an
-objective is released (its modules and their optimizer state) on entering the first
-stage that does not name it. A knob named by some stage holds its configured value in the
-stages that do not name it; knobs the curriculum sets may not be driven by another
-schedule. ``two_stage``, ``adaptive`` and anneal-to-zero recipes are the implicit
-two-stage curriculum (``spactor.schedules.base.HybridThenRest``); a run with a
-``curriculum`` decides its stages with it alone.
+Objectives may enter and leave: a stage runs exactly the objectives it names, so one can
+sit out a stage and come back (``SC + RTD → UL2 → SC``, recipe ``spactor_ul2_sc``). Every
+objective is built at the start (the data delivers the longest raw chunk any stage needs;
+each transform uses its own leading part) and is held, untrained, while a stage does not
+run it; it is released (its modules and their optimizer state) on entering a stage that
+neither names it nor is followed by one that does. Every objective must be named by some
+stage. A knob named by some stage holds its configured value in the stages that do not
+name it; knobs the curriculum sets may not be driven by another schedule. ``two_stage``,
+``adaptive`` and anneal-to-zero recipes are the implicit two-stage curriculum
+(``spactor.schedules.base.HybridThenRest``); a run with a ``curriculum`` decides its
+stages with it alone.
 """
 
 from __future__ import annotations
@@ -108,13 +116,20 @@ class Curriculum(Schedule, Stages):
             if switch is not None and step >= switch:
                 return True
         if spec.until_off:
-            leaving = [objectives[n] for n in self.inactive_in(stage + 1, objectives)]
+            following = set(self.active_in(stage + 1, objectives))
+            leaving = [objectives[n] for n in self.active_in(stage, objectives) if n not in following]
             return bool(leaving) and all(o.is_off() for o in leaving)
         return False
 
+    def active_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
+        named = set(self.stages[stage - 1].objectives)
+        return [name for name in objectives if name in named]
+
     def inactive_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
-        active = set(self.stages[stage - 1].objectives)
-        return [name for name in objectives if name not in active]
+        # Released on entering ``stage``: no stage from it on runs them. An objective that
+        # only sits ``stage`` out is held for the stage that brings it back.
+        needed = {name for spec in self.stages[stage - 1:] for name in spec.objectives}
+        return [name for name in objectives if name not in needed]
 
     def decided_end(self, stage: int) -> int | None:
         spec = self.stages[stage - 1]
@@ -129,7 +144,7 @@ class Curriculum(Schedule, Stages):
         return spec.adaptive is not None and spec.adaptive.switch_step() is None
 
 
-def _stage(raw: Any, where: str, index: int, previous: list[str], ctx: ScheduleContext, last: bool) -> Stage:
+def _stage(raw: Any, where: str, previous: list[str], ctx: ScheduleContext, last: bool) -> Stage:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a mapping with keys {', '.join(STAGE_KEYS)}, got {raw!r}")
     unknown = sorted(set(raw) - set(STAGE_KEYS))
@@ -142,15 +157,12 @@ def _stage(raw: Any, where: str, index: int, previous: list[str], ctx: ScheduleC
     if isinstance(names, str) or not isinstance(names, list) or not names:
         raise ConfigError(f"{where}.objectives: must be a non-empty list of objective names, got {names!r}")
     for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{where}.objectives: '{name}' is named twice")
         if name not in ctx.objectives:
             raise ConfigError(
                 f"{where}.objectives: unknown objective '{name}'; configured objectives: "
                 f"{', '.join(ctx.objectives) or '(none)'}"
-            )
-        if name not in previous:
-            raise ConfigError(
-                f"{where}.objectives: '{name}' is not in stage {index - 1}; objectives only leave a "
-                "curriculum (each stage names a subset of the previous one's)"
             )
 
     knobs_raw = raw.get("knobs") or {}
@@ -195,8 +207,8 @@ def _adaptive(raw: Any, where: str, ctx: ScheduleContext) -> Adaptive:
 
 @SCHEDULES.register("curriculum", CurriculumConfig)
 def build_curriculum(cfg: CurriculumConfig, ctx: ScheduleContext) -> Curriculum:
-    """N stages, each naming its objectives and knob values, ending at a step, when its
-    leaving objectives are off, or on a metric plateau."""
+    """N stages, each naming the objectives it runs and its knob values, ending at a step,
+    when the objectives it hands over are off, or on a metric plateau."""
     where = f"schedules.{ctx.name}.stages"
     if isinstance(cfg.stages, Mapping):
         entries = [(f"{where}.{key}", raw) for key, raw in cfg.stages.items()]
@@ -209,9 +221,16 @@ def build_curriculum(cfg: CurriculumConfig, ctx: ScheduleContext) -> Curriculum:
     stages: list[Stage] = []
     previous = list(ctx.objectives)
     for i, (at, raw) in enumerate(entries):
-        stage = _stage(raw, at, i + 1, previous, ctx, last=i == len(entries) - 1)
+        stage = _stage(raw, at, previous, ctx, last=i == len(entries) - 1)
         stages.append(stage)
         previous = stage.objectives
+    named = {name for stage in stages for name in stage.objectives}
+    unused = [name for name in ctx.objectives if name not in named]
+    if unused:
+        raise ConfigError(
+            f"{where}: no stage names objective '{unused[0]}'; name it in a stage's objectives "
+            "or remove it from objectives"
+        )
     # Fixed ends must come in order: stage k+1 cannot end before stage k does.
     last_end, last_at = -1, ""
     for (at, _), stage in zip(entries[:-1], stages[:-1]):

@@ -148,7 +148,12 @@ def test_short_chunk_is_padded_to_input_length() -> None:
     assert (out["encoder_input"][:, c.encoder_length :] == VOCAB.pad_id).all()
     assert (out["encoder_input"][:, c.encoder_length - 1] == VOCAB.eos_id).all()
     with pytest.raises(ValueError, match="more than input_length 512"):
-        obj.transform({"original": make_originals(3, 569)}, gen(0))
+        span_corrupt(make_originals(3, 569), DENSITY, MEAN_SPAN, VOCAB, gen(0), pad_to=512)
+    # a longer chunk (a curriculum's other stage needs it) is cut to the objective's own 568
+    longer = make_originals(3, 700)
+    cut = obj.transform({"original": longer[:, :568]}, gen(0))
+    whole = obj.transform({"original": longer}, gen(0))
+    assert all(torch.equal(cut[k], whole[k]) for k in cut if k != "original")
 
 
 def test_sentinels_in_order() -> None:

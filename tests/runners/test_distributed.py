@@ -30,12 +30,18 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("recipe", ["sc", "spactor"])  # spactor: stage 1, the generator's sampling included
-def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path, recipe):
+@pytest.mark.parametrize(("recipe", "overrides"), [
+    ("sc", []),
+    ("spactor", []),  # stage 1, the generator's sampling included
+    # DeBERTa-v3 sharing: D's input is stop_grad(E_G[ids]) + E_D[ids], both embedders sharded
+    ("spactor", ["objectives.rtd.embedding_sharing=gdes"]),
+], ids=["sc", "spactor", "spactor-gdes"])
+def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path, recipe, overrides):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     script = str(HERE / "dist_equivalence.py")
     for nproc, out in ((1, one), (2, two)):
-        done = torchrun(nproc, script, str(out), "--recipe", recipe)  # one rank: a plain module; two: FSDP2
+        # one rank: a plain module; two: FSDP2
+        done = torchrun(nproc, script, str(out), "--recipe", recipe, *overrides)
         assert done.returncode == 0, done.stderr[-3000:]
     steps_one, steps_two = json.loads(one.read_text()), json.loads(two.read_text())
     assert [sorted(s) for s in steps_one] == [sorted(s) for s in steps_two]

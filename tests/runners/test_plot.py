@@ -133,3 +133,35 @@ def test_plots_a_real_quickstart_run(tmp_path, tiny_overrides):
     if any("flops_cum" in r for r in read_run(run).records):  # FLOPs counting on (the default)
         assert main(["plot", str(run), "--x", "flops", "-o", str(out)]) == 0
         assert_png(out)
+
+
+def test_each_stage_switch_is_named_in_the_legend(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from spactor.runners.plot import stage_switches, switch_style
+
+    two = write_run(tmp_path, "two", switch_at=10)
+    three = write_run(tmp_path, "three", switch_at=10)
+    records = [json.loads(line) for line in (three / "metrics.jsonl").read_text().splitlines()[:-1]]
+    for r in records:  # a third stage from step 25 on, as a curriculum logs it
+        if r["step"] > 25:
+            r["stage"] = 3
+        if r["step"] == 26:
+            r["stage_switch_step"], r["released"] = 25, ["mlm_mask", "rtd"]
+    (three / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert stage_switches(records, "step") == [(11.0, 2), (26.0, 3)]
+    assert stage_switches([{"step": 5, "stage_switch_step": 4}], "step") == [(5.0, 2)]  # no stage field
+    assert switch_style(2) != switch_style(3)
+
+    legends = []
+    original = Axes.legend
+
+    def spy(self, handles, labels, **kwargs):
+        legends.append(list(labels))
+        return original(self, handles, labels, **kwargs)
+
+    monkeypatch.setattr(Axes, "legend", spy)
+    assert_png(plot_runs([two, three], tmp_path / "three.png"))
+    assert legends[-1][-2:] == ["switch to stage 2", "switch to stage 3"]
+    plot_runs([two], tmp_path / "two.png")
+    assert [label for label in legends[-1] if label.startswith("switch")] == ["switch to stage 2"]

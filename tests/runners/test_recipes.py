@@ -69,3 +69,27 @@ def test_ul2_rtd_logs_ul2_and_rtd_losses_then_switches_to_ul2(tiny_overrides, tm
         assert key in records[0], key
     assert [r["stage"] for r in records] == [1, 1, 2, 2]
     assert "loss/ul2" in records[-1] and "loss/rtd" not in records[-1]
+
+
+def test_spactor_ul2_sc_runs_its_three_stages(tiny_overrides, tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    stages = ["schedules.curriculum.stages.hybrid.until_step=2",
+              "schedules.curriculum.stages.ul2.until_step=4"]
+    records = tiny_run("spactor_ul2_sc", tiny_overrides, tmp_path / "r", "trainer.max_steps=6", *stages,
+                       "runtime.count_flops=false", "trainer.checkpoint_every=2",
+                       "trainer.keep_checkpoints=3")
+    assert [r["stage"] for r in records] == [1, 1, 2, 2, 3, 3]
+    switches = [(r["stage_switch_step"], r["released"]) for r in records if "stage_switch_step" in r]
+    assert switches == [(2, ["mlm_mask", "rtd"]), (4, ["ul2"])]  # RTD's modules go on entering stage 2
+    assert [("loss/ul2" in r) for r in records] == [False, False, True, True, False, False]
+    assert [("loss/rtd" in r) for r in records] == [True, True, False, False, False, False]
+    assert [("loss/span_corruption" in r) for r in records] == [True, True, False, False, True, True]
+
+    def saved_keys(step):
+        path = tmp_path / "r" / "checkpoints" / f"step_{step:08d}" / "dcp"
+        return dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+
+    assert any(k.startswith("model.objectives.rtd.") for k in saved_keys(2))
+    rtd = ("model.objectives.rtd.", "optim.state.objectives.rtd.")
+    assert not any(k.startswith(rtd) for k in saved_keys(4))

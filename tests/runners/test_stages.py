@@ -217,3 +217,122 @@ def test_two_stage_anneal_and_adaptive_are_curricula(case, tiny_overrides, tmp_p
     keys = ("stage", "loss", "loss/rtd", "stage_switch_step", "released")
     assert [[r.get(k) for k in keys] for r in a] == [[r.get(k) for k in keys] for r in b]
     assert [r["stage"] for r in a] == [1, 1, 1, 2, 2]
+
+
+# --------------------------------------------------------------------------- objectives entering later
+
+LATE = {  # stage 1 -> 2 -> 3 objectives, ending at steps 2 and 4
+    # RTD trains in stage 1, sits stage 2 out (held: weights and optimizer state), comes back in 3
+    "comes_back": ("[span_corruption,mlm_mask,rtd]", "[span_corruption]", "[span_corruption,mlm_mask,rtd]"),
+    # RTD enters in stage 3: held, never trained (no optimizer state) until then
+    "enters_late": ("[span_corruption]", "[span_corruption]", "[span_corruption,mlm_mask,rtd]"),
+}
+
+
+def late_run(overrides, case, run_dir, *extra, resume=False):
+    first, second, third = LATE[case]
+    at = "schedules.curriculum.stages"
+    stages = [f"{at}.a.objectives={first}", f"{at}.a.until_step=2",
+              f"{at}.b.objectives={second}", f"{at}.b.until_step=4",
+              f"{at}.b.knobs={{objectives.span_corruption.weight: 5.0}}",
+              f"{at}.c.objectives={third}"]
+    return run([*overrides, "schedules.two_stage.tau=null", "model.dropout=0.1", "runtime.count_flops=false",
+                *stages], run_dir, *extra, resume=resume)
+
+
+@pytest.mark.parametrize("case", list(LATE))
+def test_resume_in_a_middle_stage_holds_an_objective_for_a_later_one(case, tiny_overrides, tmp_path):
+    full = late_run(tiny_overrides, case, tmp_path / "full", "trainer.max_steps=6")
+    late_run(tiny_overrides, case, tmp_path / "part", "trainer.max_steps=3")  # stops in stage 2
+    resumed = late_run(tiny_overrides, case, tmp_path / "part", "trainer.max_steps=6", resume=True)
+    assert [r["stage"] for r in full] == [1, 1, 2, 2, 3, 3]
+    assert [r.get("released") for r in full if "stage_switch_step" in r] == [[], []]  # RTD is needed again
+    assert all("loss/rtd" in r for r in full[4:]) and not any("loss/rtd" in r for r in full[2:4])
+    assert ("loss/rtd" in full[0]) == (case == "comes_back")
+    # the held generator's weights (and, trained in stage 1, its optimizer state) resume
+    for key in ("stage", "loss", "loss/rtd", "loss/generator", "loss/span_corruption"):
+        assert [r.get(key) for r in resumed] == [r.get(key) for r in full], key
+    import torch.distributed.checkpoint as dcp
+
+    path = tmp_path / "part" / "checkpoints" / "step_00000003" / "dcp"
+    keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    assert any(k.startswith("model.objectives.rtd.generator.") for k in keys)
+    has_state = any(k.startswith("optim.state.objectives.rtd.generator.") for k in keys)
+    assert has_state == (case == "comes_back")
+
+
+def test_span_corruption_and_prefix_lm_crop_a_longer_chunk_to_their_own(tiny_overrides, tmp_path):
+    from spactor.runners.step import apply_transforms
+
+    resolved = load_config("spactor_ul2_sc", [
+        *tiny_overrides, f"run.dir={tmp_path}", "objectives.prefix_lm.noise_density=0.5",
+        "schedules.curriculum.stages.sc.objectives=[span_corruption,prefix_lm]"])
+    data = build_data(resolved, torch.device("cpu"), None)
+    model = build_model(resolved, data.vocab)
+    objectives = build_objectives(resolved, data.vocab, model)
+    longest = raw_length_for({"ul2": objectives["ul2"]}, 64)  # what the data delivers for this curriculum
+    long = torch.randint(3, 400, (4, longest), generator=torch.Generator().manual_seed(0))
+    for name in ("span_corruption", "prefix_lm"):
+        own = raw_length_for({name: objectives[name]}, 64)
+        assert own < long.shape[1]
+        mine = {name: objectives[name]}
+        a = apply_transforms(mine, {"original": long[:, :own]}, seeded_generator(3, torch.device("cpu")))
+        b = apply_transforms(mine, {"original": long}, seeded_generator(3, torch.device("cpu")))
+        assert a.keys() == b.keys() and a["encoder_input"].shape[1] <= 64
+        for key in set(a) - {"original"}:  # the same corruption, bit for bit
+            assert torch.equal(a[key], b[key]), (name, key)
+
+
+UL2_SC = ["schedules.curriculum.stages.hybrid.until_step=2", "schedules.curriculum.stages.ul2.until_step=4"]
+
+
+def test_flops_of_an_objective_that_enters_in_stage_2(tiny_overrides):
+    from spactor.runners.flops import count_step_flops, flops_report
+
+    common = [*tiny_overrides, "trainer.max_steps=10"]
+    report = flops_report(load_config("spactor_ul2_sc", [*common, *UL2_SC]))
+    assert [(s.stage, s.first_step, s.steps, s.flops.objectives) for s in report.stages] == [
+        (1, 0, 2, ["span_corruption", "mlm_mask", "rtd"]), (2, 2, 2, ["ul2"]), (3, 4, 6, ["span_corruption"])]
+    assert report.switch_steps == [2, 4]
+    hybrid = flops_report(load_config("spactor", [*common, "schedules.two_stage.tau=2"]))
+    ul2 = flops_report(load_config("ul2", common))
+    assert report.raw_length == ul2.raw_length > hybrid.raw_length  # UL2's chunk: the longest a stage needs
+    f1, f2, f3 = (s.flops for s in report.stages)
+    assert f1.modules == hybrid.stages[0].flops.modules  # stage 1 is SpacTor's, UL2 held costs nothing
+    assert f2.modules == ul2.stages[0].flops.modules and "rtd.generator" not in f2.modules
+    assert f3.flops_per_step == pytest.approx(report.baseline_flops_per_step)
+    expected = 2 * f1.flops_per_step + 2 * f2.flops_per_step + 6 * f3.flops_per_step
+    assert report.cumulative(10) == pytest.approx(expected)
+    assert count_step_flops(load_config("spactor_ul2_sc", [*common, *UL2_SC]), stage=2).modules == f2.modules
+
+
+
+def test_an_objective_held_through_a_stage_on_two_ranks_matches_one_rank(tiny_overrides, tmp_path):
+    """RTD's FSDP units sit stage 2 out (no forward, no gradient, no collective) and train
+    again in stage 3: 2 gloo ranks log the 1-rank losses."""
+    import json
+    import math
+    import os
+    import subprocess
+    import sys
+
+    first, second, third = LATE["comes_back"]
+    at = "schedules.curriculum.stages"
+    args = [*tiny_overrides, "schedules.two_stage.tau=null", "runtime.count_flops=false",
+            "trainer.max_steps=6", "lr_schedule.warmup_steps=100", f"{at}.a.objectives={first}", f"{at}.a.until_step=2",
+            f"{at}.b.objectives={second}", f"{at}.b.until_step=4", f"{at}.c.objectives={third}"]
+    logged = []
+    for nproc in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(29500 + os.getpid() % 1000), "-m", "spactor", "train", "spactor", *args,
+               f"run.dir={tmp_path / str(nproc)}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = (tmp_path / str(nproc) / "metrics.jsonl").read_text().splitlines()
+        logged.append([json.loads(line) for line in lines])
+    one, two = logged
+    assert [r["stage"] for r in two] == [1, 1, 2, 2, 3, 3] and "loss/rtd" in two[-1]
+    for key in ("loss", "loss/rtd"):  # no loss/rtd in stage 2: nan on both sides
+        a, b = ([r.get(key, math.nan) for r in run] for run in (one, two))
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6, nan_ok=True)

@@ -23,6 +23,7 @@ KNOBS = {
     "objectives.mlm_mask.enabled": 1.0,
     "objectives.rtd.weight": 10.0,
 }
+WITH_UL2 = {**KNOBS, "objectives.ul2.weight": 10.0}
 
 
 class Fake:
@@ -40,9 +41,9 @@ def plugin(type_: str, config) -> SimpleNamespace:
     return SimpleNamespace(type=type_, config=config)
 
 
-def curriculum(stages, **others):
+def curriculum(stages, knobs=KNOBS, **others):
     plugins = {"curriculum": plugin("curriculum", CurriculumConfig(stages=stages)), **others}
-    return build(plugins, KNOBS, max_steps=100)
+    return build(plugins, knobs, max_steps=100)
 
 
 THREE = {
@@ -67,6 +68,54 @@ def test_three_stages_switch_at_their_steps_with_their_knobs() -> None:
     assert stages.inactive_in(2, objectives) == []
     assert stages.inactive_in(3, objectives) == ["mlm_mask", "rtd"]
     assert schedules.driven_knobs() == {"objectives.rtd.weight": "curriculum"}
+
+
+SC_UL2_SC = {
+    "hybrid": {"objectives": ["span_corruption", "mlm_mask", "rtd"], "until_step": 3},
+    "ul2": {"objectives": ["ul2"], "until_step": 6},
+    "sc": {"objectives": ["span_corruption"]},
+}
+
+
+def test_an_objective_enters_late_and_one_sits_a_stage_out() -> None:
+    stages = curriculum(SC_UL2_SC, WITH_UL2).stages
+    objectives = {"span_corruption": Fake(), "mlm_mask": Fake(), "rtd": Fake(), "ul2": Fake()}
+    assert [stages.active_in(k, objectives) for k in (1, 2, 3)] == [
+        ["span_corruption", "mlm_mask", "rtd"], ["ul2"], ["span_corruption"]]
+    # held while a later stage still needs it: UL2 through stage 1, SC through stage 2
+    assert stages.inactive_in(1, objectives) == []
+    assert stages.inactive_in(2, objectives) == ["mlm_mask", "rtd"]
+    assert stages.inactive_in(3, objectives) == ["mlm_mask", "rtd", "ul2"]
+    assert stages.final_objectives(objectives) == ["span_corruption"]  # the clean validation pass
+    held = {n: o for n, o in objectives.items() if n not in stages.inactive_in(2, objectives)}
+    assert stages.active_in(2, held) == ["ul2"] and stages.active_in(3, held) == ["span_corruption"]
+
+
+def test_a_stage_comes_back_with_its_objectives_held() -> None:
+    stages = curriculum({
+        "hybrid": {"objectives": ["span_corruption", "mlm_mask", "rtd"], "until_step": 2},
+        "sc": {"objectives": ["span_corruption"], "until_step": 4},
+        "again": {"objectives": ["span_corruption", "mlm_mask", "rtd", "ul2"]},
+    }, WITH_UL2).stages
+    objectives = {"span_corruption": Fake(), "mlm_mask": Fake(), "rtd": Fake(), "ul2": Fake()}
+    assert stages.active_in(2, objectives) == ["span_corruption"]
+    assert [stages.inactive_in(k, objectives) for k in (2, 3)] == [[], []]  # nothing released
+
+
+def test_until_off_watches_what_the_stage_hands_over() -> None:
+    # stage 1 ends once what it runs and stage 2 does not (RTD, the masking) is off: SC
+    # goes on in stage 2, and UL2 (off, but not in stage 1) is not watched
+    stages = {
+        "hybrid": {"objectives": ["span_corruption", "mlm_mask", "rtd"], "until_off": True},
+        "ul2": {"objectives": ["ul2", "span_corruption"]},
+    }
+    schedules = curriculum(stages, WITH_UL2)
+    objectives = {"span_corruption": Fake(), "mlm_mask": Fake(), "rtd": Fake(), "ul2": Fake(weight=0.0)}
+    assert schedules.advance(0, objectives) == 1
+    objectives["rtd"].weight = 0.0
+    assert schedules.advance(1, objectives) == 1
+    objectives["mlm_mask"].weight = 0.0
+    assert schedules.advance(2, objectives) == 2
 
 
 def test_a_stage_ends_when_its_leaving_objectives_are_off() -> None:
@@ -120,8 +169,11 @@ def test_the_implicit_curriculum_is_two_stage() -> None:
          "schedules.curriculum.stages.b.objectives: unknown objective 'nope'"),
         ({"a": {"until_step": 5}, "b": {"until_step": 3}, "c": {"objectives": ["span_corruption"]}},
          "stages.b.until_step: 3 is before schedules.curriculum.stages.a.until_step 5"),
-        ({"a": {"objectives": ["span_corruption"], "until_step": 2}, "b": {"objectives": ["span_corruption", "rtd"]}},
-         "stages.b.objectives: 'rtd' is not in stage 1"),
+        ({"a": {"until_step": 2}, "b": {"objectives": ["span_corruption", "span_corruption"]}},
+         "stages.b.objectives: 'span_corruption' is named twice"),
+        ({"a": {"objectives": ["span_corruption", "rtd"], "until_step": 2},
+          "b": {"objectives": ["span_corruption"]}},
+         "schedules.curriculum.stages: no stage names objective 'mlm_mask'"),
         ({"a": {"objectives": ["span_corruption"]}, "b": {"objectives": ["span_corruption"]}},
          "stages.a: a stage before the last needs an end"),
         ({"a": {"until_step": 2}, "b": {"until_step": 4}},
