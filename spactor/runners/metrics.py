@@ -76,6 +76,17 @@ class MetricWindow:
     def __len__(self) -> int:
         return len(self._sums)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The window so far (its sums copied to the host: a checkpoint's read), so a
+        resume inside a window logs the same means as an uninterrupted run."""
+        if not self._sums:
+            return {}
+        return {"sums": {k: v.detach().cpu() for k, v in self._sums.items()}, "steps": dict(self._steps)}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self._sums = {k: v.to(device) for k, v in state.get("sums", {}).items()}
+        self._steps = {k: int(n) for k, n in state.get("steps", {}).items()}
+
     def read(self) -> dict[str, float]:
         if not self._sums:
             return {}

@@ -3,9 +3,13 @@
 Set-up, in order: process group → run directory → data and tokenizer → model and
 objectives → schedules → the stage recorded in the newest checkpoint (a run resumed
 in a later stage first drops the objectives that stage no longer runs) → activation
-checkpointing, compile, FSDP → optimizer → checkpoint load. Then the loop: knobs from the
-schedules, the stage switches, one step (``spactor.runners.step``), metrics, evaluation,
-checkpoints.
+checkpointing, compile, FSDP → optimizer → callbacks → checkpoint load. Then the loop,
+plain steps with the callbacks (``spactor.runners.callbacks``) at its named points:
+``pre_step`` (knob values, the stage switch) → the batch and one step
+(``spactor.runners.step``) → ``check_step`` (the non-finite guard) → ``post_step``
+(metric window, FLOPs) → on logging steps ``log``/``post_log`` (the record, built by the
+callbacks, written, observed by the schedules) → ``end_step`` (checkpoints, downstream
+evaluation, preemption).
 """
 
 from __future__ import annotations
@@ -13,12 +17,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,82 +36,36 @@ from spactor.runners.builders import build_on_meta, seeded_generator
 from spactor.runners.checkpoint import Checkpointer
 from spactor.runners.data import build_data, local_state_of_rank0
 from spactor.runners.memory import check_memory
-from spactor.runners.metrics import MetricWindow, MetricsWriter, Progress
+from spactor.runners.callbacks import (
+    Callback,
+    CallbackList,
+    Checkpointing,
+    DataSkipped,
+    DownstreamEval,
+    FlopsCounter,
+    KnobSchedules,
+    LoopState,
+    MetricsLog,
+    NonFiniteGuard,
+    NonFiniteStop,
+    Preemption,
+    StageSwitch,
+    StepMetrics,
+    Throughput,
+    Validation,
+)
+from spactor.runners.metrics import MetricsWriter, Progress
 from spactor.runners.optim import set_lr
 from spactor.runners.run_dir import RunDirLock, open_run_dir, start_run_dir, with_tokenizer, write_config
 from spactor.runners.stages import (
-    apply_knobs,
     knob_values,
     release_objectives,
     run_raw_length,
     trainable_parameters,
 )
-from spactor.runners.step import StepContext, TrainModules, evaluate, train_step
+from spactor.runners.step import StepContext, TrainModules, train_step
 from spactor.schedules.base import build as build_schedules
 from spactor.validation import check_files
-
-
-class NonFiniteStop(FloatingPointError):
-    """A non-finite loss or gradient under ``trainer.nonfinite=stop`` (or too many skips)."""
-
-
-class NonFiniteGuard:
-    """``skip``: drop the update and count it; ``stop``: stop the run. Either way a
-    run of ``max_consecutive`` bad steps stops it."""
-
-    def __init__(self, policy: str, max_consecutive: int) -> None:
-        if policy not in ("skip", "stop"):
-            raise ValueError(f"trainer.nonfinite must be skip or stop, got {policy!r}")
-        self.policy = policy
-        self.max_consecutive = max_consecutive
-        self.consecutive = 0
-        self.total = 0
-
-    def bad_step(self, step: int, out: Any) -> None:
-        self.consecutive += 1
-        self.total += 1
-        what = out.nonfinite_message(step)
-        if self.policy == "stop":
-            raise NonFiniteStop(f"{what}; trainer.nonfinite=stop: checkpointed the last good step")
-        if self.consecutive >= self.max_consecutive:
-            raise NonFiniteStop(f"{what}: {self.consecutive} bad steps in a row "
-                                f"(trainer.max_consecutive_skips={self.max_consecutive}); checkpointed the last good step")
-        print(f"skipping the update of step {step}: {what}", flush=True)
-
-    def good_step(self) -> None:
-        self.consecutive = 0
-
-
-class Preemption:
-    """SIGTERM/SIGINT: finish the current step, checkpoint, exit cleanly. The handler only
-    sets a Python flag. One rank reads it after each step; several ranks send it along
-    with the step's one all-reduce (``train_step(stop_requested=...)``), so they agree
-    on the step they stop at without a collective of its own."""
-
-    def __init__(self, info: parallel.DistInfo, device: torch.device) -> None:
-        self.info = info
-        self.device = device
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal_name is not None:  # a second signal: stop now, without a checkpoint
-            self.restore()
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name}: finishing this step, then checkpointing", file=sys.stderr, flush=True)
-
-    def agree(self) -> None:
-        """Another rank got the signal: stop here as well."""
-        if self.signal_name is None:
-            self.signal_name = "SIGTERM"
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 @dataclass
@@ -241,15 +196,20 @@ def checkpoint_shared(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the loop
 
 
-def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None) -> TrainResult:
+def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None,
+          callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train (or resume, from ``resume_dir``) the run ``resolved`` describes. ``callbacks``:
+    the run's own, called after the built-in ones at every point of the loop (their
+    state is checkpointed under their names)."""
     lock = RunDirLock()  # one writer per run directory (rank 0 holds it)
     try:
-        return _train(resolved, resume_dir, lock)
+        return _train(resolved, resume_dir, lock, list(callbacks))
     finally:
         lock.release()
 
 
-def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: RunDirLock) -> TrainResult:
+def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: RunDirLock,
+           extra_callbacks: list[Callback]) -> TrainResult:
     cfg = resolved.cfg
     tcfg = cfg.trainer
     info = parallel.init_distributed(resolve_device(cfg.runtime.device))
@@ -306,7 +266,6 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         if not 1 <= stage <= schedules.stages.num_stages:
             raise ConfigError(f"{resume_from}: the checkpoint is in stage {stage}, but the configured "
                               f"curriculum has {schedules.stages.num_stages} stages")
-        schedules.load_state_dict(shared.get("schedules", {}))
     else:
         stage = schedules.stage(0)  # e.g. tau = 0: the SC baseline from the first step
     schedules.stages.current = stage
@@ -334,13 +293,45 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     )
     torch.manual_seed(tcfg.seed + info.rank)  # dropout differs between ranks
 
-    step, tokens_seen = 0, 0
+    state = LoopState(max_steps=tcfg.max_steps, stage=stage, world_size=info.world_size, is_main=info.is_main)
     resumed = checkpointer.load(modules, optimizer, resume_from) if resume_from is not None else None
+
+    # The callbacks, in the order they run at every point: the record's fields come in
+    # this order, and the stop a signal asks for comes after its step's checkpoint.
+    preemption = Preemption(info.world_size)
+    writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard=cfg.run.tensorboard)
+    progress = Progress(tcfg.max_steps, enabled=cfg.runtime.progress and info.is_main)
+    metrics_log = MetricsLog(writer, progress, resumed=resumed is not None)
+
+    def save() -> None:
+        callbacks.pre_checkpoint(state)
+        local = {**local_state(data, ctx, device), "callbacks": callbacks.local_state()}
+        path = checkpointer.save(state.step, modules, optimizer, shared=callbacks.shared_state(state),
+                                 local=local)
+        state.last_checkpoint_step = state.step
+        callbacks.post_checkpoint(state, path)
+
+    callbacks = CallbackList([
+        StepMetrics(optimizer, device),
+        NonFiniteGuard(tcfg.nonfinite, tcfg.max_consecutive_skips),
+        *([FlopsCounter(flops)] if flops is not None else []),
+        KnobSchedules(schedules, objectives),
+        StageSwitch(schedules, modules, objectives, optimizer),  # after the knobs: a stage can end on one
+        Throughput(device, flops),
+        DataSkipped(data),
+        Validation(modules, data, every=tcfg.eval_every, batches=tcfg.eval_batches, seed=tcfg.seed + 2,
+                   info=info, amp_dtype=amp_dtype, device=device),
+        metrics_log,
+        Checkpointing(tcfg.checkpoint_every, save),
+        DownstreamEval(tcfg.downstream_every, tcfg.downstream_tasks, run_dir, save, metrics_log.write),
+        preemption,
+        *extra_callbacks,
+    ])
     if resumed is not None:
-        step = resumed.step
-        tokens_seen = int(resumed.shared.get("tokens_seen", 0))
-        if flops is not None:
-            flops.load_state_dict(resumed.shared.get("flops", {}))
+        state.step = resumed.step
+        state.tokens_seen = int(resumed.shared.get("tokens_seen", 0))
+        local_callbacks = None if resumed.local is None else resumed.local.get("callbacks", {})
+        callbacks.load_state_dict(resumed.shared, local_callbacks)
         if resumed.local is not None:
             restore_local(resumed.local, data, ctx, device)
         else:  # the data position and the corruption RNG are global: rank 0's are every rank's
@@ -351,142 +342,54 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
                 ctx.transform_rng.set_state(rank0["transform_rng"])
             if info.is_main:
                 print("the checkpoint was written by a different number of ranks: weights, optimizer, schedules "
-                      "and the data stream resume; per-rank random streams start afresh", flush=True)
+                      "and the data stream resume; per-rank random streams and the metric window start afresh",
+                      flush=True)
         if info.is_main:
-            print(f"resumed from {resumed.path} at step {step} (stage {stage})", flush=True)
+            print(f"resumed from {resumed.path} at step {state.step} (stage {stage})", flush=True)
             for change in opened.applied:
                 print(f"resume applies {change}", flush=True)
             write_config(run_dir, resolved)  # loaded and compatible: now the run's config
-    start_step = step
+    state.start_step = state.step
+    result = TrainResult(run_dir=run_dir, steps=state.step, start_step=state.start_step)
 
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard=cfg.run.tensorboard)
-    metrics.open(resume_step=step if resumed is not None else None)
-    if resumed is None and info.is_main:
-        metrics.path.write_text("")
-    progress = Progress(tcfg.max_steps, enabled=cfg.runtime.progress and info.is_main)
-    result = TrainResult(run_dir=run_dir, steps=step, start_step=start_step)
-
-    def save() -> None:
-        state = {"step": step, "stage": stage, "tokens_seen": tokens_seen, "schedules": schedules.state_dict()}
-        if flops is not None:
-            state["flops"] = flops.state_dict()
-        checkpointer.save(step, modules, optimizer, shared=state, local=local_state(data, ctx, device))
-
-    def validate() -> dict[str, float]:
-        if not data.has_validation:
-            return {}
-        rng = seeded_generator(tcfg.seed + 2, device)
-        return evaluate(modules, data.validation_batches(), tcfg.eval_batches, rng, info, amp_dtype, device)
-
-    guard = NonFiniteGuard(tcfg.nonfinite, tcfg.max_consecutive_skips)
-    preemption = Preemption(info, device)
     train_iter: Iterator[Batch] = iter(data.train_batches())
-    window = MetricWindow()  # losses, metrics and grad norm stay on the device until a logging step
-    once: dict[str, Any] = {}  # fields of a step inside the window (the stage switch)
-    flops_fields: dict[str, float] = {}
     t_start = time.monotonic()
-    t_window, tokens_window, steps_window, data_s = time.perf_counter(), 0, 0, 0.0
     try:
-        while step < tcfg.max_steps:
-            apply_knobs(objectives, schedules.values(step))
-            entered = schedules.advance(step, objectives)
-            if entered != stage:
-                once["stage_switch_step"] = step  # updates done before the new stage began
-                inactive = schedules.stages.inactive_in(entered, objectives)
-                released = release_objectives(modules, objectives, inactive, optimizer)
-                once["released"] = once.get("released", []) + released  # two switches in one window: both
-                stage = entered
-                modules.active = schedules.stages.active_in(stage, objectives)
-                apply_knobs(objectives, schedules.values(step))  # the new stage's knob values
-            set_lr(optimizer, lr_at(step))
+        callbacks.pre_train(state)
+        while state.step < tcfg.max_steps:
+            callbacks.pre_step(state)  # knob values, the stage switch
+            set_lr(optimizer, lr_at(state.step))
             t_data = time.perf_counter()
             batch = next(train_iter)
-            data_s += time.perf_counter() - t_data
-            log_step = (step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.max_steps
-            out = train_step(modules, optimizer, batch, ctx, with_metrics=log_step,
-                             stop_requested=preemption.signal_name is not None)
-            if out.applied:
-                guard.good_step()
-            else:
-                guard.bad_step(step + 1, out)  # raises under `stop`, or after too many skips in a row
-            step += 1
-            batch_tokens = batch["original"].numel() * info.world_size
-            tokens_seen += batch_tokens
-            tokens_window += batch_tokens
-            steps_window += 1
-            grad_norm = out.grad_norm if info.world_size == 1 else out.grad_norm / info.world_size
-            window.add({"loss": out.loss, **out.losses, **out.metrics, "grad_norm": grad_norm})
-            if flops is not None:
-                flops_fields = flops.update(stage, step)
-
-            if log_step:
-                values = window.read()  # one all-reduce and one host sync per logging window
-                record: dict[str, Any] = {"step": step, "stage": stage, "loss": values.pop("loss")}
-                if guard.total:
-                    record["skipped_nonfinite"] = guard.total
-                record.update(once)
-                once = {}
-                record.update(flops_fields)
-                grad_norm_mean = values.pop("grad_norm")
-                record.update(values)
-                record["lr"] = optimizer.param_groups[0]["lr"]
-                record["grad_norm"] = grad_norm_mean
-                record.update({f"knob/{k}": v for k, v in knob_values(objectives).items()})
-                schedules.observe(step, record)  # adaptive schedules see logged windows only
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                now = time.perf_counter()
-                record["tokens_seen"] = tokens_seen
-                record["tokens_per_s"] = tokens_window / max(now - t_window, 1e-9)
-                record["time/step_s"] = (now - t_window) / steps_window
-                record["time/data_s"] = data_s / steps_window
-                if flops is not None:
-                    record["mfu"] = flops.mfu(now - t_window)
-                result.skipped = data.skipped_counts()
-                record.update({f"data/skipped/{k}": v for k, v in result.skipped.items() if v})
+            state.data_s = time.perf_counter() - t_data
+            state.log_step = (state.step + 1) % tcfg.log_every == 0 or state.step + 1 == tcfg.max_steps
+            out = train_step(modules, optimizer, batch, ctx, with_metrics=state.log_step,
+                             stop_requested=preemption.requested)
+            callbacks.check_step(state, out)  # the guard raises under `stop` or after too many skips in a row
+            state.step += 1
+            state.tokens_seen += batch["original"].numel() * info.world_size
+            callbacks.post_step(state, out)
+            if state.log_step:
+                record = callbacks.log(state)  # built, written, shown and observed by the callbacks
                 result.losses.append(record["loss"])
-                if step == tcfg.max_steps or (tcfg.eval_every and step % tcfg.eval_every == 0):
-                    record.update(validate())
-                    result.skipped = data.skipped_counts()  # with what the validation pass skipped
-                    record.update({f"data/skipped/{k}": v for k, v in result.skipped.items() if v})
-                    if step == tcfg.max_steps:
-                        result.val = {k: v for k, v in record.items() if k.startswith("val/")}
-                metrics.write(record)
-                shown = {"loss": record["loss"], "stage": stage, "tok/s": record["tokens_per_s"]}
-                if record.get("mfu") is not None:
-                    shown["mfu"] = record["mfu"]
-                if "flops_normalized" in record:
-                    shown["flops/base"] = record["flops_normalized"]
-                progress.update(step, shown)
-                t_window, tokens_window, steps_window, data_s = time.perf_counter(), 0, 0, 0.0
-            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step != tcfg.max_steps:
-                save()
-                t_window = time.perf_counter()
-            if tcfg.downstream_every and step % tcfg.downstream_every == 0:  # eval/<task>/score
-                if not (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step != tcfg.max_steps):
-                    save()  # the evaluation reads the weights back from this checkpoint
-                if info.is_main:
-                    from spactor.runners.evaluate import downstream_scores
-
-                    metrics.write({"step": step, **downstream_scores(run_dir, step, tcfg.downstream_tasks)})
-                t_window = time.perf_counter()
-            # One rank reads its own signal flag; several agree through the step's all-reduce.
-            if out.stop or (info.world_size == 1 and preemption.signal_name is not None):
-                preemption.agree()
+                result.skipped = data.skipped_counts()
+                if state.step == tcfg.max_steps:
+                    result.val = {k: v for k, v in record.items() if k.startswith("val/")}
+            callbacks.end_step(state)  # checkpoints, downstream evaluation, a signal's stop
+            if state.stop:
                 break
         result.preempted = preemption.signal_name
-        if step > start_step or resumed is None or result.preempted:
+        if state.step > state.start_step or resumed is None or result.preempted:
             save()
+        callbacks.post_train(state)
     except NonFiniteStop:
         save()  # the weights and optimizer are those of the last good step
         raise
     finally:
-        preemption.restore()
-        metrics.close()
-        progress.close()
-    result.steps = step
+        callbacks.close()
+    result.steps = state.step
     result.elapsed_s = time.monotonic() - t_start
-    result.tokens_seen = tokens_seen
+    result.tokens_seen = state.tokens_seen
     return result
 
 
