@@ -26,11 +26,12 @@ from benchmarks.test_train_step import CASES, SIZES, build_hf_step, build_spacto
 # op-name fragments -> category, first match wins; everything under Optimizer.step is "optimizer"
 CATEGORIES = (
     ("matmul", ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")),
-    ("attention softmax/sdpa", ("softmax", "scaled_dot_product", "isneginf")),
     ("cross-entropy", ("log_softmax", "nll_loss", "logsumexp", "_TokenCrossEntropy")),
+    ("attention softmax/sdpa", ("softmax", "scaled_dot_product", "isneginf")),
     ("embedding", ("embedding",)),
     ("norms", ("linalg_vector_norm", "_foreach_norm")),
-    ("alloc/zero/copy", ("aten::empty", "aten::fill_", "aten::zero_", "aten::copy_", "aten::zeros", "aten::clone")),
+    ("alloc/zero/copy",
+     ("aten::empty", "aten::fill_", "aten::zero_", "aten::copy_", "aten::zeros", "aten::clone")),
 )
 
 
@@ -74,7 +75,10 @@ def op_times(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) -> 
         for name, step in steps.items():
             _profile_once(step, *out[name])
     return {
-        name: ({k: (v[0] / rounds, v[1] // rounds) for k, v in ops.items()}, {k: v / rounds for k, v in cats.items()})
+        name: (
+            {k: (v[0] / rounds, v[1] // rounds) for k, v in ops.items()},
+            {k: v / rounds for k, v in cats.items()},
+        )
         for name, (ops, cats) in out.items()
     }
 
@@ -91,12 +95,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(int(os.environ.get("SPACTOR_BENCH_THREADS", "1")))
     device = torch.device("cpu")
     measured = op_times(
-        {"spactor": build_spactor_step(args.case, args.size, device).step, "hf": build_hf_step(args.size, device).step},
+        {
+            "spactor": build_spactor_step(args.case, args.size, device).step,
+            "hf": build_hf_step(args.size, device).step,
+        },
         args.steps,
         args.warmup,
     )
     (ours, our_categories), (theirs, their_categories) = measured["spactor"], measured["hf"]
-    names = sorted(set(ours) | set(theirs), key=lambda n: -abs(ours.get(n, (0, 0))[0] - theirs.get(n, (0, 0))[0]))
+    def gap(name: str) -> float:
+        return -abs(ours.get(name, (0.0, 0))[0] - theirs.get(name, (0.0, 0))[0])
+
+    names = sorted(set(ours) | set(theirs), key=gap)
     print(f"{args.case} vs hf at {args.size}: self CPU ms per step (calls per step)")
     print(f"{'op':<48} {'spactor':>16} {'hf':>16} {'diff':>9}")
     rows = []
@@ -113,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         a, b = our_categories.get(key, 0.0), their_categories.get(key, 0.0)
         print(f"{key:<48} {a:16.1f} {b:16.1f} {a - b:+9.1f}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"ops": rows, "categories": {"spactor": our_categories, "hf": their_categories}}, indent=1))
+        categories = {"spactor": our_categories, "hf": their_categories}
+        args.json.write_text(json.dumps({"ops": rows, "categories": categories}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Train-step throughput: SC, SpacTor stage 1 and 2, ELECTRA, Fast-ELECTRA.
 
 One full optimizer step of the runner (``spactor.runners.step.train_step``: corruption,
-generator, encode, losses, backward, optimizer; without the logging step's metrics) on a fixed batch of random real token
-ids; beside it, in the same group, Hugging Face's ``T5ForConditionalGeneration`` on the
-SC step's batch (``benchmarks.hf_peer``), the reference ``compare`` divides the SC step
-by. ``small`` is T5.1.0-Small at 512/114, batch 2, on CPU (``-k small``). ``tiny`` runs on CPU in fp32; ``base``/``large`` on CUDA with bf16 autocast and the
-recipes' optimizers (spactor's Adafactor, batched over parameters; AdamW ``fused``).
-``extra_info``: seq/s and raw tokens/s from the median step time, the step's FLOPs
-(``spactor.runners.flops``) and MFU.
+generator, encode, losses, backward, optimizer; without the logging step's metrics) on a
+fixed batch of random real token ids; beside it, in the same group, Hugging Face's
+``T5ForConditionalGeneration`` on the SC step's batch (``benchmarks.hf_peer``), the
+reference ``compare`` divides the SC step by. ``small`` is T5.1.0-Small at 512/114,
+batch 2, on CPU (``-k small``). ``tiny`` runs on CPU in fp32; ``base``/``large`` on CUDA
+with bf16 autocast and the recipes' optimizers (spactor's Adafactor, batched over
+parameters; AdamW ``fused``). ``extra_info``: seq/s and raw tokens/s from the median step
+time, the step's FLOPs (``spactor.runners.flops``) and MFU. The step builders are shared
+with ``benchmarks.profile_step`` (op tables of both steps side by side).
 """
 
 from __future__ import annotations

@@ -58,7 +58,9 @@ class SyncCounter(TorchDispatchMode):
         self.data_dependent: list[str] = []
         self.counts: Counter[str] = Counter()
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
         kwargs = kwargs or {}
         hit = classify(func, args, kwargs)
         if hit is not None:
