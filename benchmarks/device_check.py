@@ -14,9 +14,9 @@ leaves numbers) and ``OUT_DIR/device_check.md`` (the tables). Sections, in prior
   ``flex``, ``eager``; an option the build refuses is recorded ``unsupported``).
   Synthetic random-token batches; warm-up steps (compile included) then timed steps
   between two ``cuda.synchronize``.
-* ``host_syncs``: per steady-state step, ops that make the host wait (a dispatch-mode
-  count of ``_local_scalar_dense``, i.e. ``.item()``/``float(t)``, and of data-dependent
-  shape ops) and, on CUDA, the warnings of ``torch.cuda.set_sync_debug_mode("warn")``.
+* ``host_syncs``: per steady-state step, ops that make the host wait and ops with
+  data-dependent output shapes (``spactor.runners.syncs.SyncCounter``, the counter of
+  ``tests/runners/test_host_syncs.py``) and, on CUDA, the warnings of ``torch.cuda.set_sync_debug_mode("warn")``.
 * ``bf16_vs_fp32``: 30 steps of SC Base from the same weights on the same batches.
 * ``fsdp_1rank``: the same steps under FSDP2 on a world of one, against the plain bf16 run.
 
@@ -206,46 +206,17 @@ def _timed(s: Settings, build: Callable[[], Built]) -> dict[str, Any]:
     }
 
 
-_DATA_DEPENDENT = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim",
-                   "unique_consecutive", "nonzero_static", "repeat_interleave"}
-
-
-class _SyncCounter:
-    """Counts, under a TorchDispatchMode, the ops that wait for the device
-    (``_local_scalar_dense``, ``is_nonzero``, ``equal``) and those whose output shape
-    depends on values (``nonzero``, boolean-mask ``index``/``index_put``, ``unique``...)."""
-
-    def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        counts: dict[str, int] = {}
-        self.counts = counts
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-                name = func.overloadpacket.__name__
-                if name in ("index", "index_put", "index_put_") and len(args) > 1 and any(
-                    isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] or [])
-                ):
-                    name = f"{name}(bool mask)"
-                    counts[name] = counts.get(name, 0) + 1
-                elif name in ("_local_scalar_dense", "is_nonzero", "equal") or name in _DATA_DEPENDENT:
-                    counts[name] = counts.get(name, 0) + 1
-                return func(*args, **(kwargs or {}))
-
-        self.mode = Mode()
-
-
 def measure_host_syncs(s: Settings, recipe: str, steps: int = 3) -> dict[str, Any]:
     built = build_spactor(s, recipe, "base", s.small_batch, compile_=False, count_flops=False)
     built.step()  # warm-up: lazy initialisation is not steady state
     _sync(s.device)
-    counter = _SyncCounter()
-    with counter.mode:
+    from spactor.runners.syncs import SyncCounter  # the counter tests/runners/test_host_syncs.py uses
+
+    counter = SyncCounter()
+    with counter:
         for _ in range(steps):
             built.step()
-    syncs = sum(v for k, v in counter.counts.items() if k in ("_local_scalar_dense", "is_nonzero", "equal"))
-    shapes = sum(v for k, v in counter.counts.items() if k not in ("_local_scalar_dense", "is_nonzero", "equal"))
+    syncs, shapes = len(counter.syncs), len(counter.data_dependent)
     out: dict[str, Any] = {
         "recipe": recipe,
         "steps": steps,

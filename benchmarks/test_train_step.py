@@ -1,18 +1,21 @@
 """Train-step throughput: SC, SpacTor stage 1 and 2, ELECTRA, Fast-ELECTRA.
 
 One full optimizer step of the runner (``spactor.runners.step.train_step``: corruption,
-generator, encode, losses, backward, optimizer) on a fixed batch of random real token
-ids; beside it, in the same group, Hugging Face's ``T5ForConditionalGeneration`` on the
-SC step's batch (``benchmarks.hf_peer``), the reference ``compare`` divides the SC step
-by. ``small`` is T5.1.0-Small at 512/114, batch 2, on CPU (``-k small``). ``tiny`` runs on CPU in fp32; ``base``/``large`` on CUDA with bf16 autocast and the
-recipes' optimizers (spactor's Adafactor, batched over parameters; AdamW ``fused``).
-``extra_info``: seq/s and raw tokens/s from the median step time, the step's FLOPs
-(``spactor.runners.flops``) and MFU.
+generator, encode, losses, backward, optimizer; without the logging step's metrics) on a
+fixed batch of random real token ids; beside it, in the same group, Hugging Face's
+``T5ForConditionalGeneration`` on the SC step's batch (``benchmarks.hf_peer``), the
+reference ``compare`` divides the SC step by. ``small`` is T5.1.0-Small at 512/114,
+batch 2, on CPU (``-k small``). ``tiny`` runs on CPU in fp32; ``base``/``large`` on CUDA
+with bf16 autocast and the recipes' optimizers (spactor's Adafactor, batched over
+parameters; AdamW ``fused``). ``extra_info``: seq/s and raw tokens/s from the median step
+time, the step's FLOPs (``spactor.runners.flops``) and MFU. The step builders are shared
+with ``benchmarks.profile_step`` (op tables of both steps side by side).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -20,6 +23,7 @@ import torch
 
 from benchmarks.conftest import device_for, record, synchronize
 from spactor.config import Resolved, load_config
+from spactor.vocab import Vocab
 from spactor.plugins import load_plugins
 from spactor.registry import OPTIMIZERS
 from spactor.runners.flops import count_step_flops, count_vocab
@@ -72,10 +76,17 @@ def _resolved(recipe: str, size: str, device: torch.device) -> Resolved:
     ])
 
 
-@pytest.mark.parametrize("size", list(SIZES))
-@pytest.mark.parametrize("case", list(CASES))
-def test_train_step(benchmark, case: str, size: str) -> None:
-    device = device_for(size)
+@dataclass
+class BuiltStep:
+    resolved: Resolved
+    vocab: Vocab
+    raw_length: int  # tokens per sequence before corruption
+    step: Callable[[], None]
+
+
+def build_spactor_step(case: str, size: str, device: torch.device) -> BuiltStep:
+    """The runner's step of ``case`` at ``size``, on a fixed batch.
+    A step without metrics (``with_metrics=False``): the steps between logging steps."""
     recipe, stage = CASES[case]
     shape = SIZES[size]
     resolved = _resolved(recipe, size, device)
@@ -105,8 +116,45 @@ def test_train_step(benchmark, case: str, size: str) -> None:
     batch = {"original": original.to(device)}
 
     def step() -> None:
-        train_step(modules, optimizer, batch, ctx)
+        train_step(modules, optimizer, batch, ctx, with_metrics=False)
         synchronize(device)
+
+    return BuiltStep(resolved, vocab, raw_length, step)
+
+
+def build_hf_step(size: str, device: torch.device) -> BuiltStep:
+    """Hugging Face's ``T5ForConditionalGeneration`` step on the SC step's batch."""
+    from benchmarks.hf_peer import hf_inputs, hf_t5_for, hf_train_step
+    from spactor.runners.step import apply_transforms
+
+    shape = SIZES[size]
+    resolved = _resolved("sc", size, device)
+    vocab = count_vocab(resolved.cfg.data)
+    torch.manual_seed(0)
+    model = hf_t5_for(resolved, vocab).to(device).train()
+    objectives = build_objectives(resolved, vocab, build_model(resolved, vocab))  # for the corruption only
+    raw_length = raw_length_for(objectives, shape.input_length)
+    data_rng = torch.Generator().manual_seed(3)
+    original = torch.randint(3, vocab.last_sentinel_id, (shape.batch_size, raw_length), generator=data_rng)
+    batch = apply_transforms(objectives, {"original": original}, seeded_generator(1, torch.device("cpu")))
+    inputs = {k: v.to(device) for k, v in hf_inputs(batch, vocab).items()}
+    train = hf_train_step(model, resolved, inputs, torch.bfloat16 if device.type == "cuda" else None)
+
+    def step() -> None:
+        train()
+        synchronize(device)
+
+    return BuiltStep(resolved, vocab, raw_length, step)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("case", list(CASES))
+def test_train_step(benchmark, case: str, size: str) -> None:
+    device = device_for(size)
+    recipe, stage = CASES[case]
+    shape = SIZES[size]
+    built = build_spactor_step(case, size, device)
+    resolved, vocab, raw_length, step = built.resolved, built.vocab, built.raw_length, built.step
 
     benchmark.group = f"train_step-{size}"
     benchmark.pedantic(step, rounds=shape.rounds, warmup_rounds=shape.warmup_rounds, iterations=1)
@@ -130,26 +178,10 @@ def test_hf_t5_step(benchmark, size: str) -> None:
     """Hugging Face's T5ForConditionalGeneration on the SC step's batch: the reference of
     the SC benchmark in the same group (``compare`` prints sc ÷ HF as "vs reference")."""
     pytest.importorskip("transformers")
-    from benchmarks.hf_peer import hf_inputs, hf_t5_for, hf_train_step
-    from spactor.runners.step import apply_transforms
-
     device = device_for(size)
     shape = SIZES[size]
-    resolved = _resolved("sc", size, device)
-    vocab = count_vocab(resolved.cfg.data)
-    torch.manual_seed(0)
-    model = hf_t5_for(resolved, vocab).to(device).train()
-    objectives = build_objectives(resolved, vocab, build_model(resolved, vocab))  # for the corruption only
-    raw_length = raw_length_for(objectives, shape.input_length)
-    data_rng = torch.Generator().manual_seed(3)
-    original = torch.randint(3, vocab.last_sentinel_id, (shape.batch_size, raw_length), generator=data_rng)
-    batch = apply_transforms(objectives, {"original": original}, seeded_generator(1, torch.device("cpu")))
-    inputs = {k: v.to(device) for k, v in hf_inputs(batch, vocab).items()}
-    train = hf_train_step(model, resolved, inputs, torch.bfloat16 if device.type == "cuda" else None)
-
-    def step() -> None:
-        train()
-        synchronize(device)
+    built = build_hf_step(size, device)
+    resolved, vocab, raw_length, step = built.resolved, built.vocab, built.raw_length, built.step
 
     benchmark.group = f"train_step-{size}"
     benchmark.pedantic(step, rounds=shape.rounds, warmup_rounds=shape.warmup_rounds, iterations=1)

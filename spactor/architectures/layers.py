@@ -414,9 +414,34 @@ def _flex_attention_eager(
 def sdpa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, dropout_p: float
 ) -> torch.Tensor:
-    """Fused attention, ``scale=1.0`` because T5 does not scale scores by 1/sqrt(d_kv)."""
+    """Fused attention, ``scale=1.0`` because T5 does not scale scores by 1/sqrt(d_kv).
+
+    CPU, fp32, a bias that needs a gradient (the learned position bias): no fused CPU
+    kernel takes a mask gradient, so torch would run its math fallback, which is these
+    two matmuls and a softmax plus a "safe" softmax's extra passes (an all-``-inf`` row
+    check and a ``where``) that a ``finfo.min`` mask never needs; the explicit form is
+    20% faster there (measured: 512², 8 heads, forward and backward). Same math;
+    every other case (CUDA, bf16, no bias gradient) is ``scaled_dot_product_attention``.
+    """
     attn_mask = None if bias is None else _bias_as(bias, q.dtype)
+    if (
+        attn_mask is not None
+        and q.device.type == "cpu"
+        and q.dtype == torch.float32
+        and attn_mask.requires_grad
+        and torch.is_grad_enabled()
+    ):
+        return _math_attention(q, k, v, attn_mask, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=1.0)
+
+
+def _math_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float
+) -> torch.Tensor:
+    # In place into the matmul's output (its backward needs q and k, not it): one (B, H,
+    # Lq, Lk) tensor fewer to allocate, as torch's math path does too.
+    probs = (q @ k.transpose(-2, -1)).add_(bias).softmax(dim=-1)
+    return F.dropout(probs, p=dropout_p, training=dropout_p > 0.0) @ v
 
 
 def eager_attention(

@@ -59,10 +59,17 @@ class _TokenCrossEntropy(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         work = _working_dtype(logits)
         rows = _chunk_rows(logits.shape[1])
-        log_z = torch.cat([torch.logsumexp(chunk.to(work), dim=-1) for chunk in logits.split(rows)])
+        # One fused log-softmax per chunk (a single pass, where logsumexp is max, sub, exp,
+        # sum, log, each over the chunk). −log p_t is the cross-entropy, and
+        # log_z = x_t − log p_t the log-partition the z-loss and the backward need.
+        neg_log_p = torch.cat([
+            -torch.log_softmax(chunk.to(work), dim=-1).gather(1, chunk_targets[:, None]).squeeze(1)
+            for chunk, chunk_targets in zip(logits.split(rows), targets.split(rows))
+        ])
         picked = logits.gather(1, targets[:, None]).squeeze(1).to(work)
+        log_z = picked + neg_log_p
         weights = valid.to(work)
-        ce = ((log_z - picked) * weights).sum()
+        ce = (neg_log_p * weights).sum()
         z = (log_z.square() * weights).sum()
         ctx.save_for_backward(logits, targets, weights, log_z)
         return ce, z
@@ -83,10 +90,17 @@ class _TokenCrossEntropy(torch.autograd.Function):
         rows = _chunk_rows(logits.shape[1])
         for start in range(0, logits.shape[0], rows):
             end = min(start + rows, logits.shape[0])
-            chunk = logits[start:end].to(work)
-            part = torch.exp(chunk - log_z[start:end, None]) * softmax_scale[start:end, None]
+            # softmax = exp(x − log_z), computed in place: straight into the gradient when
+            # it has the working dtype, else in one fp32 chunk cast on the way out. (On CPU
+            # every fresh chunk-sized tensor costs its page faults: the out-of-place form,
+            # three temporaries per chunk, made this backward 4x slower.)
+            direct = grad.dtype == work
+            part = grad[start:end] if direct else logits.new_empty((end - start, logits.shape[1]), dtype=work)
+            torch.sub(logits[start:end], log_z[start:end, None], out=part)
+            part.exp_().mul_(softmax_scale[start:end, None])
             part.scatter_add_(1, targets[start:end, None], at_target[start:end, None])
-            grad[start:end] = part.to(grad.dtype)
+            if not direct:
+                grad[start:end] = part
         return grad, None, None
 
 

@@ -20,6 +20,7 @@ from spactor.architectures.layers import (
     mask_bias,
     padding_bias,
     relative_position_bucket,
+    sdpa_attention,
 )
 
 DISTANCES = [-200, -128, -100, -50, -20, -16, -8, -1, 0, 1, 7, 8, 11, 12, 20, 127, 500]
@@ -145,6 +146,28 @@ def test_eager_attention_has_no_score_scaling():
     q, k, v = torch.randn(3, 1, 2, 4, 8).unbind(0)
     expected = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v  # no 1/sqrt(8)
     torch.testing.assert_close(eager_attention(q, k, v, None, 0.0), expected)
+
+
+@pytest.mark.parametrize("bias_shape", [(2, 3, 5, 5), (1, 3, 5, 5)])  # position + padding; causal position
+def test_sdpa_with_a_learned_bias_on_cpu_matches_torchs_sdpa_with_gradients(bias_shape):
+    # On CPU with a bias that needs a gradient, sdpa_attention runs its explicit math
+    # path instead of torch's math fallback: same values and gradients.
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g).requires_grad_() for _ in range(3))
+    position = torch.randn(bias_shape, generator=g).requires_grad_()
+    keep = torch.ones(bias_shape[0], 1, 1, 5, dtype=torch.bool)
+    keep[0, ..., -2:] = False
+    grad_out = torch.randn(2, 3, 5, 4, generator=g)
+    results = []
+    for attend in (
+        lambda b: sdpa_attention(q, k, v, b, 0.0),
+        lambda b: F.scaled_dot_product_attention(q, k, v, attn_mask=b, scale=1.0),
+    ):
+        out = attend(mask_bias(position, keep))
+        grads = torch.autograd.grad(out, (q, k, v, position), grad_out)
+        results.append((out, *grads))
+    for ours, torchs in zip(*results):
+        torch.testing.assert_close(ours, torchs, atol=1e-5, rtol=1e-5)
 
 
 def test_sdpa_with_fp32_bias_under_bf16_autocast_stays_finite():

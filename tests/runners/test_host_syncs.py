@@ -1,10 +1,11 @@
 """A steady-state training step makes the host wait for the device at most once (the
 update decision) and runs no op whose output shape depends on tensor values.
 
-Counted with a ``TorchDispatchMode`` over whole ``train_step`` calls after two warm-up
-steps: ``aten._local_scalar_dense`` is what ``.item()``, ``float(t)``, ``bool(t)`` and
-``int(t)`` dispatch to; ``nonzero``, ``masked_select``, ``unique`` and indexing with a
-boolean mask have data-dependent output shapes (each a sync on a GPU). On CPU every op
+Counted with ``spactor.runners.syncs.SyncCounter`` (the device check's counter too) over
+whole ``train_step`` calls after two warm-up steps: syncs are ``_local_scalar_dense``
+(what ``.item()``, ``float(t)``, ``bool(t)`` and ``int(t)`` dispatch to), ``equal`` and
+``is_nonzero``; ``nonzero``, ``masked_select``, ``unique``, indexing with a boolean mask
+and ``repeat_interleave`` by a tensor have data-dependent output shapes (each a sync on a GPU). On CPU every op
 dispatches the same way it does on CUDA, so the counts carry over.
 
 Adafactor (spactor's own) reads nothing on the host. AdamW runs ``fused`` as it does by default on CUDA: the foreach path reads each
@@ -18,7 +19,6 @@ import warnings
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from spactor.config import load_config
 from spactor.plugins import load_plugins
@@ -27,32 +27,11 @@ from spactor.runners.data import build_data
 from spactor.runners.parallel import DistInfo
 from spactor.runners.stages import knob_values, release_stage1, trainable_parameters
 from spactor.runners.step import StepContext, TrainModules, train_step
+from spactor.runners.syncs import SyncCounter
 from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
 from spactor.schedules.base import build as build_schedules
 
 load_plugins()
-
-DATA_DEPENDENT = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim",
-                  "unique_consecutive", "nonzero_static", "is_nonzero", "equal"}
-
-
-class SyncCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.syncs: list[str] = []
-        self.data_dependent: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name in ("_local_scalar_dense", "item"):
-            self.syncs.append(name)
-        elif name in DATA_DEPENDENT:
-            self.data_dependent.append(name)
-        elif name in ("index", "index_put", "index_put_") and len(args) > 1:
-            if any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] or [])):
-                self.data_dependent.append(f"{name}(bool mask)")
-        return func(*args, **(kwargs or {}))
-
 
 ADAMW = ["optimizer.type=adamw", "optimizer.fused=true"]
 CASES = [
