@@ -5,4 +5,4 @@ Importing any module of this package registers every built-in source: the ones i
 parquet), which import ``sources`` and so cannot be imported by it.
 """
 
-from spactor.data import mixture, parquet, prepared, sources  # noqa: F401
+from spactor.data import mixture, parquet, prepared, site_docs, sources  # noqa: F401
