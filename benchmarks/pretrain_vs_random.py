@@ -11,6 +11,8 @@ over K seeds, for each budget given, and prints mean ± sample std of both. The 
 A budget is ``task=NAME`` plus ``FinetuneConfig`` fields, and optionally ``n_train=N``:
 every (len(train) // N)-th training example, N of them (a few-shot variant; the test
 split stays whole). ``--pretrain`` adds overrides to the pre-training run.
+``--linear-probe`` (encoder-only runs) trains only the classification head, the
+encoder frozen: pre-trained features against random ones.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 
 from spactor.config import load_config
 from spactor.plugins import load_plugins
-from spactor.runners.evaluate import FinetuneConfig, build_model, evaluate_weights, load_model_weights, open_run
+from spactor.runners import evaluate
+from spactor.runners.evaluate import FinetuneConfig, evaluate_weights, load_model_weights, open_run
 from spactor.runners.trainer import train
 from spactor.tasks import build_task
 
@@ -36,6 +39,19 @@ def parse_budget(text: str) -> tuple[str, int | None, FinetuneConfig]:
     return task, n_train, FinetuneConfig(**typed)
 
 
+def freeze_encoders() -> None:
+    """Every model ``evaluate`` builds has frozen weights and only the head is optimised."""
+    build = evaluate.build_model
+
+    def frozen(run):  # type: ignore[no-untyped-def]
+        model = build(run)
+        model.requires_grad_(False)
+        return model
+
+    evaluate.build_model = frozen
+    evaluate.Finetuner.parameters = lambda self: list(self.head.parameters())  # type: ignore[method-assign]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="sc")
@@ -45,19 +61,23 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget", action="append", required=True)
     p.add_argument("--pretrain", nargs="*", default=[], help="more key=value overrides for pre-training")
+    p.add_argument("--linear-probe", action="store_true", help="train only the head (encoder-only runs)")
     ns = p.parse_args()
+    if ns.linear_probe:
+        freeze_encoders()
     load_plugins()
     out = Path(ns.out)
     if not (out / "checkpoints").exists():
         start = time.time()
         train(load_config(ns.recipe, [
-            "model.size=tiny", "data.input_length=64", "trainer.batch_size=16", f"trainer.max_steps={ns.steps}",
+            "model.size=tiny", "data.input_length=64", "trainer.batch_size=16",
+            f"trainer.max_steps={ns.steps}",
             f"trainer.checkpoint_every={ns.steps}", "trainer.eval_every=0", "runtime.device=cpu",
             "runtime.progress=false", "runtime.count_flops=false", f"data.tokenizer_vocab_size={ns.vocab}",
             f"run.dir={out}", *ns.pretrain]))
         print(f"pre-trained {ns.recipe} for {ns.steps} steps in {time.time() - start:.0f}s", flush=True)
     run = open_run(out)
-    base = build_model(run)
+    base = evaluate.build_model(run)
     load_model_weights(base, sorted((out / "checkpoints").iterdir())[-1])
     for text in ns.budget:
         name, n_train, cfg = parse_budget(text)

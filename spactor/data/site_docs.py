@@ -103,7 +103,8 @@ class SiteDocsSourceConfig:
             if root not in (STDLIB, SITE_PACKAGES) and not os.path.isdir(os.path.expanduser(root)):
                 _fail(f"{where}.roots", root, f"no such directory (or use {STDLIB} / {SITE_PACKAGES})")
         if not (self.docstrings or self.doc_files) and any(r != STDLIB for r in roots):
-            _fail(f"{where}.docstrings", self.docstrings, "docstrings and doc_files are both off: nothing to read")
+            _fail(f"{where}.docstrings", self.docstrings,
+                  "docstrings and doc_files are both off: nothing to read")
         for name in ("docstrings", "doc_files", "holdout_tasks"):
             if not isinstance(getattr(self, name), bool):
                 _fail(f"{where}.{name}", getattr(self, name), "must be true or false")
@@ -196,7 +197,9 @@ def directory_documents(root: Path, docstrings: bool = True, doc_files: bool = T
                 yield text
 
 
-def _root_documents(root: str, docstrings: bool, doc_files: bool, min_chars: int, holdout: bool) -> Iterator[str]:
+def _root_documents(
+    root: str, docstrings: bool, doc_files: bool, min_chars: int, holdout: bool
+) -> Iterator[str]:
     if root == STDLIB:
         yield from (pretraining_documents(min_chars) if holdout else builtin_documents(min_chars))
         return

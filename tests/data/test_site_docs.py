@@ -36,16 +36,22 @@ def fake_site_packages(root: Path, reverse: bool = False) -> Path:
     suite, a licence, a word list, a broken and a non-UTF-8 file. ``reverse`` writes the
     files in the opposite order (the scan must not depend on it)."""
     files: list[tuple[str, bytes]] = [
-        ("fakepkg/__init__.py", f'"""{MODULE_DOC}"""\n\ndef get(key, default=None):\n    """{FUNC_DOC}"""\n'.encode()),
-        ("fakepkg/config.py", f'class Config:\n    """{CLASS_DOC}"""\n\n    def f(self):\n        """Short."""\n'.encode()),
+        ("fakepkg/__init__.py",
+         f'"""{MODULE_DOC}"""\n\ndef get(key, default=None):\n    """{FUNC_DOC}"""\n'.encode()),
+        ("fakepkg/config.py",
+         f'class Config:\n    """{CLASS_DOC}"""\n\n    def f(self):\n        """Short."""\n'.encode()),
         # The same docstring again (a vendored copy): kept once.
         ("fakepkg/_vendor/copy.py", f'def get(key, default=None):\n    """{FUNC_DOC}"""\n'.encode()),
-        ("fakepkg/broken.py", b'def f(:\n    """A syntax error: the file is skipped, nothing is imported."""\n'),
-        ("fakepkg/tests/test_config.py", b'def test_x():\n    """A test suite\'s docstring is not documentation."""\n'),
+        ("fakepkg/broken.py",
+         b'def f(:\n    """A syntax error: the file is skipped, nothing is imported."""\n'),
+        ("fakepkg/tests/test_config.py",
+         b'def test_x():\n    """A test suite\'s docstring is not documentation."""\n'),
         ("fakepkg/README.rst", README.encode()),
-        ("fakepkg/LICENSE.txt", b"Permission is hereby granted, free of charge, to any person obtaining a copy."),
+        ("fakepkg/LICENSE.txt",
+         b"Permission is hereby granted, free of charge, to any person obtaining a copy."),
         ("fakepkg/words.txt", b"alpha\nbeta\ngamma\ndelta\n"),  # a word list, not prose
-        ("fakepkg/latin1.txt", "Caf\xe9 au lait is not valid UTF-8 in this file at all.".encode("latin-1")),
+        ("fakepkg/latin1.txt",
+         "Caf\xe9 au lait is not valid UTF-8 in this file at all.".encode("latin-1")),
         ("fakepkg/notes.md", NOTES.encode()),
         ("fakepkg-1.0.dist-info/METADATA",
          f"Metadata-Version: 2.1\nName: fakepkg\nVersion: 1.0\n\n{LONG_DESCRIPTION}\n".encode()),
@@ -88,7 +94,8 @@ def test_two_builds_are_equal_whatever_the_file_creation_order(tmp_path):
     other_order = scan(str(fake_site_packages(tmp_path / "b", reverse=True)))
     assert first == again == other_order
     assert fingerprint(first) == fingerprint(other_order)
-    assert fingerprint(first) != fingerprint(first[:-1]) and fingerprint(["ab", "c"]) != fingerprint(["a", "bc"])
+    assert fingerprint(first) != fingerprint(first[:-1])
+    assert fingerprint(["ab", "c"]) != fingerprint(["a", "bc"])
 
 
 def test_pydoc_task_documents_are_never_pretrained_on(tmp_path):
