@@ -50,7 +50,8 @@ def load_tokenizer(cfg: DataConfig) -> Tokenizer:
             return Tokenizer.load(path)
         except (OSError, ValueError) as e:
             raise DataError(f"data.tokenizer: {e}") from None
-    if cfg.source != "builtin":
+    builtin_ok = getattr(SOURCES.get(cfg.source).config_cls, "uses_builtin_tokenizer", False)
+    if cfg.source != "builtin" and not builtin_ok:  # site_docs: Python documentation too
         raise DataError(
             f"data.tokenizer is required for data.source={cfg.source}: pass a SentencePiece .model "
             "(T5's spiece.model, or one made with `spactor tokenizer train`)"
