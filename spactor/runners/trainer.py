@@ -244,6 +244,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps,
                                 list(objectives))
     raw_length = run_raw_length(objectives, schedules.stages, cfg.data.input_length)  # every stage's
+    final_objectives = schedules.stages.final_objectives(objectives)  # the clean validation pass's
     data.start(raw_length, batch_size=tcfg.batch_size)
     modules = TrainModules(model, objectives)
     if init_program is not None:
@@ -320,7 +321,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         Throughput(device, flops),
         DataSkipped(data),
         Validation(modules, data, every=tcfg.eval_every, batches=tcfg.eval_batches, seed=tcfg.seed + 2,
-                   info=info, amp_dtype=amp_dtype, device=device),
+                   info=info, amp_dtype=amp_dtype, device=device, clean=final_objectives),
         metrics_log,
         Checkpointing(tcfg.checkpoint_every, save),
         DownstreamEval(tcfg.downstream_every, tcfg.downstream_tasks, run_dir, save, metrics_log.write),

@@ -17,11 +17,15 @@ class Validation(Callback):
     """On logging steps that are evaluation steps (every ``eval_every`` and the last),
     adds ``val/...`` from ``eval_batches`` validation batches, corrupted with a fresh
     generator of the same seed each time (every evaluation sees the same inputs), and
-    the skip counts again (with what the validation pass skipped)."""
+    the skip counts again (with what the validation pass skipped). ``clean``: the
+    objectives of the run's last stage, which ``val/clean/loss/...`` evaluates on the
+    input without the generator (None: those that are not stage-1-only)."""
 
     def __init__(self, modules: TrainModules, data: Any, *, every: int, batches: int, seed: int,
-                 info: DistInfo, amp_dtype: torch.dtype | None, device: torch.device) -> None:
+                 info: DistInfo, amp_dtype: torch.dtype | None, device: torch.device,
+                 clean: list[str] | None = None) -> None:
         self.modules = modules
+        self.clean = clean
         self.data = data
         self.every = every
         self.batches = batches
@@ -38,5 +42,5 @@ class Validation(Callback):
             return
         rng = seeded_generator(self.seed, self.device)
         record.update(evaluate(self.modules, self.data.validation_batches(), self.batches, rng, self.info,
-                               self.amp_dtype, self.device))
+                               self.amp_dtype, self.device, clean=self.clean))
         record.update(skipped_fields(self.data))
