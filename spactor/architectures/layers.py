@@ -438,9 +438,9 @@ def sdpa_attention(
 def _math_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float
 ) -> torch.Tensor:
-    # In place into the matmul's output (its backward needs q and k, not it): one (B, H,
-    # Lq, Lk) tensor fewer to allocate, as torch's math path does too.
-    probs = (q @ k.transpose(-2, -1)).add_(bias).softmax(dim=-1)
+    # Not in place into the matmul's output: selective activation checkpointing saves
+    # matmul outputs, and an in-place add would change the saved tensor (wrong gradients).
+    probs = (q @ k.transpose(-2, -1) + bias).softmax(dim=-1)
     return F.dropout(probs, p=dropout_p, training=dropout_p > 0.0) @ v
 
 
