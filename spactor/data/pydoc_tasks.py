@@ -65,13 +65,6 @@ def split_records(records: list[DocstringRecord]) -> tuple[list[DocstringRecord]
     return train, test
 
 
-def split(examples: list[Example]) -> tuple[list[Example], list[Example]]:
-    """``split_records`` for tasks whose input is the docstring itself."""
-    train = [e for e in examples if not is_test(e.input)]
-    test = [e for e in examples if is_test(e.input)]
-    return train, test
-
-
 @dataclass
 class PydocModuleConfig:
     num_modules: int = 8  # the classes: the modules with the most held-out docstrings
@@ -87,8 +80,8 @@ def pydoc_module(cfg: PydocModuleConfig) -> Task:
     counts = Counter(r.module for r in records)
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.num_modules]
     labels = sorted(m for m, _ in top)
-    examples = [Example(r.text, r.module) for r in records if r.module in labels]
-    train, test = split(examples)
+    train, test = ([Example(r.text, r.module) for r in half if r.module in labels]
+                   for half in split_records(records))
     return Task("pydoc_module", "classification", cfg.metric, train, test, labels=labels,
                 description="module of a held-out standard-library docstring")
 
@@ -102,7 +95,7 @@ class PydocNameConfig:
 def pydoc_name(cfg: PydocNameConfig) -> Task:
     """Generate a function's/class's name from its held-out stdlib docstring; offline."""
     records = [r for r in unique_records(task_docstring_records()) if not r.name.startswith("_")]
-    train, test = split([Example(r.text, r.name) for r in records])
+    train, test = ([Example(r.text, r.name) for r in half] for half in split_records(records))
     return Task("pydoc_name", "generation", cfg.metric, train, test,
                 description="name of the function/class a held-out standard-library docstring documents")
 
