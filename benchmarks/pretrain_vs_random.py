@@ -7,12 +7,17 @@ over K seeds, for each budget given, and prints mean ± sample std of both. The 
 
     OMP_NUM_THREADS=1 python benchmarks/pretrain_vs_random.py --recipe sc --steps 300 \\
         --out /tmp/pvr_sc300 --budget task=pydoc_module,steps=300,max_input_length=64,max_target_length=4
+    OMP_NUM_THREADS=1 python benchmarks/pretrain_vs_random.py --recipe sc --steps 1000 \\
+        --out /tmp/pvr_sc1000 --budget task=pydoc_cloze,steps=300,max_input_length=64,max_target_length=8
 
 A budget is ``task=NAME`` plus ``FinetuneConfig`` fields, and optionally ``n_train=N``:
 every (len(train) // N)-th training example, N of them (a few-shot variant; the test
 split stays whole). ``--pretrain`` adds overrides to the pre-training run.
 ``--linear-probe`` (encoder-only runs) trains only the classification head, the
-encoder frozen: pre-trained features against random ones.
+encoder frozen: pre-trained features against random ones. ``--sentinel-marker``
+(a diagnostic for ``pydoc_cloze``) encodes the task's blank as the sentinel id
+``<extra_id_0>`` instead of the text ``____``: the input span corruption trains on.
+``spactor evaluate`` encodes inputs as plain text, so the shipped task cannot do this.
 """
 
 from __future__ import annotations
@@ -52,6 +57,21 @@ def freeze_encoders() -> None:
     evaluate.Finetuner.parameters = lambda self: list(self.head.parameters())  # type: ignore[method-assign]
 
 
+def encode_marker_as_sentinel(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """``tokenizer.encode`` maps each ``CLOZE_MARKER`` to the first sentinel's id."""
+    from spactor.data.pydoc_tasks import CLOZE_MARKER
+
+    encode, sentinel = tokenizer.encode, tokenizer.sentinel_id(0)
+
+    def with_sentinel(text: str) -> list[int]:
+        ids: list[int] = []
+        for i, part in enumerate(text.split(CLOZE_MARKER)):
+            ids += ([sentinel] if i else []) + (encode(part) if part else [])
+        return ids
+
+    tokenizer.encode = with_sentinel
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="sc")
@@ -62,6 +82,8 @@ def main() -> None:
     p.add_argument("--budget", action="append", required=True)
     p.add_argument("--pretrain", nargs="*", default=[], help="more key=value overrides for pre-training")
     p.add_argument("--linear-probe", action="store_true", help="train only the head (encoder-only runs)")
+    p.add_argument("--sentinel-marker", action="store_true",
+                   help="pydoc_cloze: encode the blank as <extra_id_0> (a diagnostic)")
     ns = p.parse_args()
     if ns.linear_probe:
         freeze_encoders()
@@ -77,6 +99,8 @@ def main() -> None:
             f"run.dir={out}", *ns.pretrain]))
         print(f"pre-trained {ns.recipe} for {ns.steps} steps in {time.time() - start:.0f}s", flush=True)
     run = open_run(out)
+    if ns.sentinel_marker:
+        encode_marker_as_sentinel(run.tokenizer)
     base = evaluate.build_model(run)
     load_model_weights(base, sorted((out / "checkpoints").iterdir())[-1])
     for text in ns.budget:

@@ -1,7 +1,7 @@
 """Downstream tasks as plugins (``spactor.registry.TASKS``): ``jsonl`` (your files;
-importing this package registers it), ``pydoc_module`` and ``pydoc_name`` (built in, from
-the built-in corpus's held-out docstrings: ``spactor.data.pydoc_tasks``, registered by
-``spactor.plugins.load_plugins``)."""
+importing this package registers it), ``pydoc_module``, ``pydoc_name`` and
+``pydoc_cloze`` (built in, from the built-in corpus's held-out docstrings:
+``spactor.data.pydoc_tasks``, registered by ``spactor.plugins.load_plugins``)."""
 
 from __future__ import annotations
 

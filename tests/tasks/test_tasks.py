@@ -29,8 +29,9 @@ def test_metrics_known_values():
 
 
 def test_task_registry_lists_tasks():
-    assert {"jsonl", "pydoc_module", "pydoc_name"} <= set(TASKS.names())
-    with pytest.raises(RegistryError, match="unknown task 'nope'; valid: jsonl, pydoc_module, pydoc_name"):
+    assert {"jsonl", "pydoc_cloze", "pydoc_module", "pydoc_name"} <= set(TASKS.names())
+    with pytest.raises(RegistryError,
+                       match="unknown task 'nope'; valid: jsonl, pydoc_cloze, pydoc_module, pydoc_name"):
         build_task("nope")
     with pytest.raises(ConfigError, match="num_modulez"):
         build_task("pydoc_module", {"num_modulez": 3})
@@ -68,6 +69,47 @@ def test_pydoc_name_targets_are_public_names():
     task = build_task("pydoc_name")
     assert task.kind == "generation" and task.metric == "f1"
     assert all(e.target.isidentifier() and not e.target.startswith("_") for e in task.train + task.test)
+
+
+def test_pydoc_cloze_blanks_one_word_of_a_held_out_docstring_on_its_split_side():
+    from spactor.data.pydoc_tasks import CLOZE_MARKER, cloze_example, is_test, unique_records
+    from spactor.data.sources import pretraining_documents, task_docstring_records
+
+    task, again = build_task("pydoc_cloze"), build_task("pydoc_cloze")
+    assert task.kind == "generation" and task.metric == "exact_match"
+    assert task.train == again.train and task.test == again.test  # deterministic
+    train_inputs, test_inputs = {e.input for e in task.train}, {e.input for e in task.test}
+    assert not train_inputs & test_inputs
+    assert len(train_inputs) == len(task.train) and len(test_inputs) == len(task.test)
+    assert len(task.train) > 300 and len(task.test) > 100
+    # Each example is the cloze of one held-out docstring, on the side the other pydoc
+    # tasks put that docstring; pre-training never read the docstring.
+    source = {}
+    for r in unique_records(task_docstring_records()):
+        example = cloze_example(r.text)
+        if example is not None:
+            source.setdefault(example.input, r.text)
+    pretraining = set(pretraining_documents())
+    for e, side in [(e, False) for e in task.train] + [(e, True) for e in task.test]:
+        text = source[e.input]
+        assert is_test(text) == side and text not in pretraining
+        assert e.input.count(CLOZE_MARKER) == 1 and len(e.target) >= 4 and e.target.isalpha()
+        assert text.startswith(e.input.replace(CLOZE_MARKER, e.target))  # the word put back: the text
+    assert task.majority_baseline() < 0.05
+
+
+def test_cloze_example_picks_a_middle_word():
+    from spactor.data.pydoc_tasks import CLOZE_MARKER, cloze_example
+
+    text = "one two three four alpha beta gamma delta five six seven eight"
+    example = cloze_example(text)
+    assert example is not None and example == cloze_example(text)
+    assert example.target in {"four", "alpha", "beta", "gamma", "delta", "five"}  # words 3..8 of 12
+    assert example.input == text.replace(example.target, CLOZE_MARKER, 1)
+    assert cloze_example("too short to blank") is None
+    assert cloze_example("a b c d e f g h i j k l") is None  # no word of 4 letters
+    long = " ".join(f"word{i} longword" for i in range(40))
+    assert len(cloze_example(long).input.split()) == 32  # cut at max_words
 
 
 def test_builtin_source_without_the_holdout_is_the_whole_corpus():
