@@ -16,8 +16,8 @@ import torch
 from spactor.config import load_config
 from spactor.objectives.base import Vocab
 from spactor.plugins import load_plugins
-from spactor.runners.adafactor import Adafactor
-from spactor.runners.builders import build_model
+from spactor.train.optim.adafactor import Adafactor
+from spactor.train.builders import build_model
 
 
 def main() -> None:

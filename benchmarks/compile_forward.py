@@ -1,7 +1,7 @@
 """Eager vs ``torch.compile`` of the whole ``TrainModules`` forward (corrupted batch ->
 every loss), forward + backward, side by side in one process.
 
-The forward has no graph break (``tests/runners/test_graph_breaks.py``), so one graph
+The forward has no graph break (``tests/train/test_graph_breaks.py``), so one graph
 covers the generator, the encoder, the decoder and every loss. Iterations alternate
 between the two so that load on a shared machine hits both alike; the median of each is
 printed with the ratio.
@@ -21,9 +21,9 @@ import torch
 from spactor.config import load_config
 from spactor.objectives.base import Vocab
 from spactor.plugins import load_plugins
-from spactor.runners.step import TrainModules, corrupt_local_rows, row_noise_seeds
-from spactor.runners.parallel import DistInfo
-from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.train.step import TrainModules, corrupt_local_rows, row_noise_seeds
+from spactor.train.parallel import DistInfo
+from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
 
 def main() -> None:

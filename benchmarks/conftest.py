@@ -45,7 +45,7 @@ def device_name(device: torch.device) -> str:
 
 
 def peak(device: torch.device) -> float | None:
-    from spactor.runners.mfu import peak_tflops
+    from spactor.train.flops.mfu import peak_tflops
 
     override = os.environ.get("SPACTOR_PEAK_TFLOPS")
     if override:

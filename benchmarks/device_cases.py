@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from spactor.runners.step import autocast
+from spactor.train.step import autocast
 
 
 @dataclass(frozen=True)
@@ -96,12 +96,12 @@ def build_spactor(s: Settings, recipe: str, size: str, batch: int, *, precision:
                   compile_: bool = True, extra: list[str] | None = None, fsdp: bool = False,
                   seed: int = 0, count_flops: bool = True) -> Built:
     from spactor.registry import OPTIMIZERS
-    from spactor.runners.flops import count_vocab
-    from spactor.runners.parallel import DistInfo
-    from spactor.runners.stages import trainable_parameters
-    from spactor.runners.step import StepContext, TrainModules, apply_transforms, train_step
-    from spactor.runners.builders import build_on_meta, raw_length_for, seeded_generator
-    from spactor.runners.trainer import autocast_dtype, parallelize
+    from spactor.train.flops.counting import count_vocab
+    from spactor.train.parallel import DistInfo
+    from spactor.train.stages import trainable_parameters
+    from spactor.train.step import StepContext, TrainModules, apply_transforms, train_step
+    from spactor.train.builders import build_on_meta, raw_length_for, seeded_generator
+    from spactor.train.loop import autocast_dtype, parallelize
 
     resolved = _load(recipe, _overrides(s, size, batch, precision, compile_, []), [*s.overrides, *(extra or [])])
     if fsdp:  # set past validation, which refuses FSDP in one process: this one sets up its world of one
@@ -165,9 +165,9 @@ def build_hf(s: Settings, size: str, batch: int, *, compile_: bool = True, seed:
     except ImportError as e:
         raise Unsupported("transformers is not installed") from e
     from benchmarks.hf_peer import hf_inputs, hf_t5_for, hf_train_step
-    from spactor.runners.flops import count_vocab
-    from spactor.runners.step import apply_transforms
-    from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
+    from spactor.train.flops.counting import count_vocab
+    from spactor.train.step import apply_transforms
+    from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
     resolved = _load("sc", _overrides(s, size, batch, "bf16", compile_, []))
     vocab = count_vocab(resolved.cfg.data)

@@ -15,15 +15,15 @@ leaves numbers) and ``OUT_DIR/device_check.md`` (the tables). Sections, in prior
   Synthetic random-token batches; warm-up steps (compile included) then timed steps
   between two ``cuda.synchronize``.
 * ``host_syncs``: per steady-state step, ops that make the host wait and ops with
-  data-dependent output shapes (``spactor.runners.syncs.SyncCounter``, the counter of
-  ``tests/runners/test_host_syncs.py``) and, on CUDA, the warnings of ``torch.cuda.set_sync_debug_mode("warn")``.
+  data-dependent output shapes (``spactor.train.syncs.SyncCounter``, the counter of
+  ``tests/train/test_host_syncs.py``) and, on CUDA, the warnings of ``torch.cuda.set_sync_debug_mode("warn")``.
 * ``bf16_vs_fp32``: 30 steps of SC Base from the same weights on the same batches.
 * ``fsdp_1rank``: the same steps under FSDP2 on a world of one, against the plain bf16 run.
 
 FLOPs per step are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one
 forward at the timed batch (matmul-class ops only) × 3, the project's convention (see
-``spactor.runners.flops``); where fvcore is installed the dry run also records spactor's
-fvcore count as a cross-check. MFU uses the dense bf16 peak of ``spactor.runners.mfu``
+``spactor.train.flops.counting``); where fvcore is installed the dry run also records spactor's
+fvcore count as a cross-check. MFU uses the dense bf16 peak of ``spactor.train.flops.mfu``
 (H100/H200: 989 TFLOP/s) or ``--peak-tflops``.
 
 Needs torch, transformers (for the HF peer; without it that case is ``unsupported``) and
@@ -71,7 +71,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
         )
     if not torch.cuda.is_available():
         raise SystemExit("device_check: no CUDA device (use --cpu-dry-run to exercise the script on CPU)")
-    from spactor.runners.mfu import peak_tflops
+    from spactor.train.flops.mfu import peak_tflops
 
     return Settings(
         device=torch.device("cuda", torch.cuda.current_device()), dry_run=False, input_length=512, vocab_pieces=32000,
@@ -210,7 +210,7 @@ def measure_host_syncs(s: Settings, recipe: str, steps: int = 3) -> dict[str, An
     built = build_spactor(s, recipe, "base", s.small_batch, compile_=False, count_flops=False)
     built.step()  # warm-up: lazy initialisation is not steady state
     _sync(s.device)
-    from spactor.runners.syncs import SyncCounter  # the counter tests/runners/test_host_syncs.py uses
+    from spactor.train.syncs import SyncCounter  # the counter tests/train/test_host_syncs.py uses
 
     counter = SyncCounter()
     with counter:
@@ -308,13 +308,13 @@ def measure_fsdp(s: Settings, store: dict[str, Any]) -> dict[str, Any]:
 
 
 def fvcore_cross_check(s: Settings, flops_by_case: dict[str, float | None]) -> dict[str, Any]:
-    """spactor's fvcore count (``spactor.runners.flops``) of the SC Base step beside the
+    """spactor's fvcore count (``spactor.train.flops.counting``) of the SC Base step beside the
     FlopCounterMode count used for MFU."""
     try:
         import fvcore  # noqa: F401
     except ImportError as e:
         raise Unsupported("fvcore is not installed") from e
-    from spactor.runners.flops import count_step_flops, count_vocab
+    from spactor.train.flops.counting import count_step_flops, count_vocab
 
     resolved = _load("sc", _overrides(s, "base", s.batch["base"], "bf16", False, []))
     fv = count_step_flops(resolved, stage=1, vocab=count_vocab(resolved.cfg.data), device="cpu").flops_per_step

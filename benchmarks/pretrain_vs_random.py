@@ -29,9 +29,9 @@ from pathlib import Path
 
 from spactor.config import load_config
 from spactor.plugins import load_plugins
-from spactor.runners import evaluate
-from spactor.runners.evaluate import FinetuneConfig, evaluate_weights, load_model_weights, open_run
-from spactor.runners.trainer import train
+from spactor.evaluation import finetune as evaluate
+from spactor.evaluation.finetune import FinetuneConfig, evaluate_weights, load_model_weights, open_run
+from spactor.train.loop import train
 from spactor.tasks import build_task
 
 

@@ -22,9 +22,9 @@ import torch
 
 from spactor.config import load_config
 from spactor.plugins import load_plugins
-from spactor.runners.flops import count_vocab
-from spactor.runners.step import TrainModules, apply_transforms
-from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.train.flops.counting import count_vocab
+from spactor.train.step import TrainModules, apply_transforms
+from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
 
 def saved_storages(modules: TrainModules, batch: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict:

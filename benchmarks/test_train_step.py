@@ -1,6 +1,6 @@
 """Train-step throughput: SC, SpacTor stage 1 and 2, ELECTRA, Fast-ELECTRA.
 
-One full optimizer step of the runner (``spactor.runners.step.train_step``: corruption,
+One full optimizer step of the runner (``spactor.train.step.train_step``: corruption,
 generator, encode, losses, backward, optimizer; without the logging step's metrics) on a
 fixed batch of random real token ids; beside it, in the same group, Hugging Face's
 ``T5ForConditionalGeneration`` on the SC step's batch (``benchmarks.hf_peer``), the
@@ -8,7 +8,7 @@ reference ``compare`` divides the SC step by. ``small`` is T5.1.0-Small at 512/1
 batch 2, on CPU (``-k small``). ``tiny`` runs on CPU in fp32; ``base``/``large`` on CUDA
 with bf16 autocast and the recipes' optimizers (spactor's Adafactor, batched over
 parameters; AdamW ``fused``). ``extra_info``: seq/s and raw tokens/s from the median step
-time, the step's FLOPs (``spactor.runners.flops``) and MFU. The step builders are shared
+time, the step's FLOPs (``spactor.train.flops.counting``) and MFU. The step builders are shared
 with ``benchmarks.profile_step`` (op tables of both steps side by side).
 """
 
@@ -26,11 +26,11 @@ from spactor.config import Resolved, load_config
 from spactor.vocab import Vocab
 from spactor.plugins import load_plugins
 from spactor.registry import OPTIMIZERS
-from spactor.runners.flops import count_step_flops, count_vocab
-from spactor.runners.parallel import DistInfo
-from spactor.runners.stages import release_stage1, trainable_parameters
-from spactor.runners.step import StepContext, TrainModules, train_step
-from spactor.runners.builders import build_model, build_objectives, raw_length_for, seeded_generator
+from spactor.train.flops.counting import count_step_flops, count_vocab
+from spactor.train.parallel import DistInfo
+from spactor.train.stages import release_stage1, trainable_parameters
+from spactor.train.step import StepContext, TrainModules, train_step
+from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
 load_plugins()
 
@@ -125,7 +125,7 @@ def build_spactor_step(case: str, size: str, device: torch.device) -> BuiltStep:
 def build_hf_step(size: str, device: torch.device) -> BuiltStep:
     """Hugging Face's ``T5ForConditionalGeneration`` step on the SC step's batch."""
     from benchmarks.hf_peer import hf_inputs, hf_t5_for, hf_train_step
-    from spactor.runners.step import apply_transforms
+    from spactor.train.step import apply_transforms
 
     shape = SIZES[size]
     resolved = _resolved("sc", size, device)

@@ -32,7 +32,7 @@ BUILTIN_MODULES = (
     "spactor.schedules.curriculum",
     "spactor.data.sources",
     "spactor.data.pydoc_tasks",
-    "spactor.runners.optim",
+    "spactor.train.optim.optimizers",
     "spactor.tasks",
 )
 

@@ -215,7 +215,7 @@ def check_model(model: Plugin, input_length: int) -> int | None:
 
 
 def _rule_optim(key: str, name: str, value: Any) -> None:
-    """The optimizers and LR schedules (``spactor.runners.optim``), by field name."""
+    """The optimizers and LR schedules (``spactor.train.optim.optimizers``), by field name."""
     if value is None or isinstance(value, bool):
         return
     if name in ("lr", "scale"):

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The plugin packages (rank 2) are peers; ``data`` sits below them because batches flow
 # from data into the objectives, never back.
 PLUGIN_PACKAGES = ("objectives", "schedules", "architectures")
+# What runs the plugins: training, downstream evaluation, the tools around runs (peers).
+RUNNER_PACKAGES = ("train", "evaluation", "tools")
 RANK_NAMES = {0: "core", 1: "data", 2: "plugins", 3: "plugin loader", 4: "runners", 5: "cli"}
 
 
@@ -88,7 +90,7 @@ def rank(module: str) -> int:
     top = parts[1]
     if top in ("cli", "__main__"):
         return 5
-    if top == "runners":
+    if top in RUNNER_PACKAGES:
         return 4
     if top == "plugins":
         return 3
@@ -171,23 +173,23 @@ def test_the_check_sees_function_level_and_literal_dynamic_imports(tmp_path):
     """The check itself, on a small package: a cycle closed by an import inside a function,
     one closed by ``importlib.import_module``, a relative import, and a break of the layering."""
     pkg = tmp_path / "spactor"
-    (pkg / "runners").mkdir(parents=True)
+    (pkg / "train").mkdir(parents=True)
     (pkg / "data").mkdir()
     files = {
         "__init__.py": "",
         "config.py": "from spactor.registry import THINGS\n",
         "registry.py": "def f():\n    from spactor import config\n",
-        "runners/__init__.py": "from . import loop  # registration, not a cycle\n",
-        "runners/loop.py": "from .flops import count\n",
-        "runners/flops.py": "import importlib\n\ndef count():\n    importlib.import_module('spactor.runners.loop')\n",
+        "train/__init__.py": "from . import loop  # registration, not a cycle\n",
+        "train/loop.py": "from .flops import count\n",
+        "train/flops.py": "import importlib\n\ndef count():\n    importlib.import_module('spactor.train.loop')\n",
         "data/__init__.py": "",
-        "data/tokenizer.py": "from spactor.runners import flops\n",
+        "data/tokenizer.py": "from spactor.train import flops\n",
     }
     for name, text in files.items():
         (pkg / name).write_text(text)
     graph = import_graph(tmp_path, "spactor")
     assert sorted(cycles(graph)) == [
         ["spactor.config", "spactor.registry"],
-        ["spactor.runners.flops", "spactor.runners.loop"],
+        ["spactor.train.flops", "spactor.train.loop"],
     ]
-    assert layering_breaks(graph) == {("spactor.data.tokenizer", "spactor.runners.flops")}
+    assert layering_breaks(graph) == {("spactor.data.tokenizer", "spactor.train.flops")}

@@ -345,7 +345,7 @@ def _locate(path: Path) -> tuple[str, Path]:
         return "dcp", path / "dcp"
     # A run directory. The runner renames a checkpoint into place only when complete and
     # writes its manifest last, so "has a manifest" is enough here (a lighter check than
-    # spactor.runners.checkpoint.verify, which objectives must not import).
+    # spactor.train.checkpoint.verify, which objectives must not import).
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     steps = sorted(
         p

@@ -275,7 +275,7 @@ def test_init_from_checks_but_does_not_read_on_meta(tmp_path):
 def _train(recipe: str, run_dir: Path, overrides: list[str], steps: int) -> None:
     from spactor.config import load_config
     from spactor.plugins import load_plugins
-    from spactor.runners.trainer import train
+    from spactor.train.loop import train
 
     load_plugins()
     resolved = load_config(recipe, [*overrides, f"trainer.max_steps={steps}", f"run.dir={run_dir}"])
@@ -284,8 +284,8 @@ def _train(recipe: str, run_dir: Path, overrides: list[str], steps: int) -> None
 
 def test_trained_run_exports_through_the_cli(transformers, tmp_path, tiny_overrides):
     from spactor.data.tokenizer import Tokenizer
-    from spactor.runners.checkpoint import Checkpointer
-    from spactor.runners.export import read_discriminator
+    from spactor.train.checkpoint import Checkpointer
+    from spactor.tools.export import read_discriminator
 
     run = tmp_path / "run"
     _train("quickstart", run, tiny_overrides, steps=3)
@@ -323,7 +323,7 @@ def test_trained_run_exports_through_the_cli(transformers, tmp_path, tiny_overri
 def test_export_of_a_checkpoint_drops_the_generator_and_rtd_head(tmp_path, tiny_overrides):
     from safetensors import safe_open
 
-    from spactor.runners.export import export_hf, read_discriminator
+    from spactor.tools.export import export_hf, read_discriminator
 
     run = tmp_path / "run"
     _train("spactor", run, tiny_overrides, steps=1)

@@ -131,7 +131,7 @@ def test_exact_resume(docs, small_tokenizer, num_workers):
 @needs_fairseq2
 def test_run_pipeline_uses_the_backend(docs, small_tokenizer):
     from spactor.config import DataConfig
-    from spactor.runners.data import DataPipeline
+    from spactor.train.batches import DataPipeline
 
     batches = {}
     for backend in ("default", "fairseq2"):

@@ -160,7 +160,7 @@ def test_skipped_records_are_counted_once_across_workers(tmp_path, small_tokeniz
 def test_config_route(tmp_path, english_paragraphs, text_files):
     from spactor.config import load_config
     from spactor.plugins import load_plugins
-    from spactor.runners.data import build_source
+    from spactor.train.batches import build_source
 
     load_plugins()
     sources = f"[{{type: text, weight: 0.7, paths: [{text_files[0]}, {text_files[1]}]}}, {{type: builtin, weight: 0.3}}]"

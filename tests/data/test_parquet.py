@@ -89,7 +89,7 @@ def test_skips_are_counted_once_over_shards(tmp_path, english_paragraphs):
 def test_config_route(corpus):
     from spactor.config import load_config
     from spactor.plugins import load_plugins
-    from spactor.runners.data import build_source
+    from spactor.train.batches import build_source
 
     load_plugins()
     files, texts = corpus

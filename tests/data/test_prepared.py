@@ -237,7 +237,7 @@ def test_cli_prepare_writes_meta_with_counts_and_shows_progress(
 def test_config_route_and_validation(tmp_path, paragraphs, small_tokenizer):
     from spactor.config import ConfigError, load_config
     from spactor.plugins import load_plugins
-    from spactor.runners.data import build_source
+    from spactor.train.batches import build_source
 
     load_plugins()
 

@@ -18,7 +18,7 @@ from spactor.data.site_docs import (
 )
 from spactor.data.sources import task_docstring_records
 from spactor.plugins import load_plugins
-from spactor.runners.data import build_source, load_tokenizer
+from spactor.train.batches import build_source, load_tokenizer
 from spactor.tasks import build_task
 
 load_plugins()

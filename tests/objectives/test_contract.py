@@ -20,8 +20,8 @@ from spactor.objectives.rtd import RTD
 from spactor.objectives.span_corruption import SpanCorruption, SpanCorruptionConfig
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
-from spactor.runners.builders import build_model, build_objectives, raw_length_for
-from spactor.runners.step import TrainModules, apply_transforms, loss_counts
+from spactor.train.builders import build_model, build_objectives, raw_length_for
+from spactor.train.step import TrainModules, apply_transforms, loss_counts
 
 load_plugins()
 
@@ -255,8 +255,8 @@ def test_set_knob_leaves_the_config_alone():
 
 
 def test_evaluate_runs_the_clean_pass_on_the_objectives_it_is_given():
-    from spactor.runners.parallel import DistInfo
-    from spactor.runners.step import evaluate
+    from spactor.train.parallel import DistInfo
+    from spactor.train.step import evaluate
 
     model, objectives, original, _ = build_recipe("spactor", [])
     modules = TrainModules(model, objectives)

@@ -250,7 +250,7 @@ def test_electra_generator_head_through_a_dcp_checkpoint(tmp_path: Path):
 
 
 def test_frozen_generator_loads_from_a_runner_checkpoint_of_a_shared_run(tmp_path: Path):
-    from spactor.runners.checkpoint import Checkpointer
+    from spactor.train.checkpoint import Checkpointer
 
     model = encoder_d()
     source = build(model, embedding_sharing="shared")

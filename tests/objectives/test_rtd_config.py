@@ -97,7 +97,7 @@ def test_the_block_is_checked_by_its_own_config(overrides: list[str], message: s
 
 
 def test_a_saved_config_of_the_flat_layout_loads_in_the_new_one(tmp_path: Path):
-    from spactor.runners.run_dir import flatten, identity_differences, identity_of, read_saved_config
+    from spactor.train.run_dir import flatten, identity_differences, identity_of, read_saved_config
 
     for recipe in ("spactor", "fast_electra"):
         resolved = load_config(recipe, TINY)

@@ -1,0 +1,1 @@
+"""Downstream evaluation of checkpoints, and studies that compare arms."""

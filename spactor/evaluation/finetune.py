@@ -1,0 +1,481 @@
+"""Downstream evaluation of a run's checkpoints: ``spactor evaluate``.
+
+For one checkpoint (``--step N``, the newest by default, or ``--all`` kept ones) and one
+task (``spactor.tasks``): build the run's discriminator from its ``config.yaml``, load
+*only the model's weights* from the checkpoint (``torch.distributed.checkpoint``; the
+generator, heads and optimizer state are not read), fine-tune a copy on the task's
+train split with a fixed budget (:class:`FinetuneConfig`), score the test split, and
+repeat for ``seeds`` seeds (seed k changes the batch order, any new head's init and
+dropout). The result goes to ``RUN_DIR/eval/<task>/step_<N>.json``::
+
+    {"score": mean over seeds, "std": sample std over seeds (0 for one seed),
+     "metric": ..., "seeds": K, "step": N, "flops_cum": pre-training FLOPs up to N
+     (null when the run did not count FLOPs), "finetune": {the budget}, "scores": [...],
+     "task": ..., "init": "checkpoint" | "random"}
+
+``--init random`` fine-tunes the same architecture from random initialisation (seed k
+also seeds the init) with the same budget, written to ``eval/<task>/random.json``
+(``step`` null, ``flops_cum`` 0): the control every comparison needs.
+
+How a model is fine-tuned. Models with a decoder (T5) are text-to-text for every task:
+the target (a classification task's label, as text) is decoded with teacher forcing and
+the test split is predicted by greedy decoding for a static ``max_target_length``
+tokens (cut at the first EOS). Encoder-only models get a linear classification head on
+the mean-pooled encoder output; they cannot do generation tasks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import re
+import statistics
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+import torch.nn.functional as F
+from torch import nn
+
+from spactor.config import load_config
+from spactor.data.tokenizer import Tokenizer
+from spactor.registry import ARCHITECTURES
+from spactor.train.checkpoint import STEP_DIR, Checkpointer
+from spactor.train.metrics import Progress, read_metrics
+from spactor.tasks import Task, build_task
+
+EVAL_DIR = "eval"
+RANDOM_RESULT = "random.json"
+
+
+class EvaluationError(ValueError):
+    """Bad input to ``spactor evaluate`` (no run, no such checkpoint, a task the model
+    cannot do): one line, exit 2."""
+
+
+@dataclass
+class FinetuneConfig:
+    """The fixed fine-tuning budget: the same for every checkpoint and arm of a study."""
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3  # AdamW, constant after a linear warm-up
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    clip_grad_norm: float = 1.0
+    max_input_length: int = 128  # tokens, EOS included; longer inputs are truncated
+    max_target_length: int = 16  # tokens of a target, EOS included; also the decoding length
+    eval_batch_size: int = 64
+    dropout: float | None = None  # None: the run's own; else every dropout layer's rate while fine-tuning
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 on CUDA)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "max_input_length", "max_target_length", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise EvaluationError(f"finetune.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise EvaluationError(f"finetune.lr must be > 0, got {self.lr}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise EvaluationError(f"finetune.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class EvalResult:
+    score: float
+    std: float
+    metric: str
+    seeds: int
+    step: int | None
+    flops_cum: float | None
+    finetune: dict[str, Any]
+    scores: list[float]
+    task: str
+    init: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    resolved: Any
+    tokenizer: Tokenizer
+    checkpointer: Checkpointer
+
+
+def open_run(run_dir: str | Path) -> LoadedRun:
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise EvaluationError(f"{run}: no such run directory")
+    config = run / "config.yaml"
+    if not config.is_file():
+        raise EvaluationError(f"{run}: no config.yaml there (is it a spactor run directory?)")
+    tokenizer_file = run / "spiece.model"
+    if not tokenizer_file.is_file():
+        raise EvaluationError(f"{run}: no spiece.model there (the run's tokenizer)")
+    resolved = load_config(str(config), saved_run=True)
+    return LoadedRun(run, resolved, Tokenizer.load(tokenizer_file), Checkpointer(run / "checkpoints"))
+
+
+def checkpoint_steps(run: LoadedRun) -> dict[int, Path]:
+    return {int(STEP_DIR.match(p.name).group(1)): p for p in run.checkpointer.list()}  # type: ignore[union-attr]
+
+
+def select_checkpoints(run: LoadedRun, step: int | None, every: bool) -> list[tuple[int, Path]]:
+    available = checkpoint_steps(run)
+    if not available:
+        raise EvaluationError(f"{run.run_dir}: no checkpoints in {run.checkpointer.root}")
+    if every:
+        return sorted(available.items())
+    if step is None:
+        newest = max(available)
+        return [(newest, available[newest])]
+    if step not in available:
+        raise EvaluationError(f"{run.run_dir}: no checkpoint at step {step}; available steps: "
+                              f"{', '.join(map(str, sorted(available)))}")
+    return [(step, available[step])]
+
+
+def build_model(run: LoadedRun) -> nn.Module:
+    """The run's discriminator from its config, randomly initialised (never from
+    ``init_from``: the weights come from a checkpoint or stay random)."""
+    plugin = run.resolved.model
+    cfg = plugin.config
+    if any(f.name == "init_from" for f in dataclasses.fields(cfg)):
+        cfg = dataclasses.replace(cfg, init_from=None)
+    return ARCHITECTURES.get(plugin.type).factory(cfg, run.tokenizer.vocab_size)
+
+
+def load_model_weights(model: nn.Module, checkpoint: Path) -> None:
+    """Read only the discriminator's tensors (``model.*`` in the training state) from a
+    checkpoint into ``model``; the checkpoint is verified first."""
+    problem = Checkpointer(checkpoint.parent).verify(checkpoint)
+    if problem is not None:
+        raise EvaluationError(f"checkpoint {checkpoint} is unusable: {problem}")
+    own = model.state_dict()
+    state = {"model": {f"model.{k}": v.clone() for k, v in own.items()}}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed")
+        dcp.load(state, checkpoint_id=checkpoint / "dcp")
+    model.load_state_dict({k: state["model"][f"model.{k}"] for k in own}, strict=True)
+
+
+def checkpoint_flops(run: LoadedRun, step: int, checkpoint: Path | None) -> float | None:
+    """Cumulative pre-training FLOPs at ``step``: the checkpoint's manifest, else the
+    metrics line of that step; None when the run did not count FLOPs."""
+    if checkpoint is not None:
+        try:
+            shared = json.loads((checkpoint / "manifest.json").read_text()).get("shared", {})
+            value = shared.get("flops", {}).get("flops_cum")
+            if value is not None:
+                return float(value)
+        except (OSError, ValueError, AttributeError):
+            pass
+    metrics = run.run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for record in read_metrics(metrics):
+            if record.get("step") == step and record.get("flops_cum") is not None:
+                return float(record["flops_cum"])
+    return None
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError("finetune.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision in ("bf16", "fp32"):
+        return torch.bfloat16 if precision == "bf16" else None
+    raise EvaluationError(f"finetune.precision must be fp32, bf16 or auto, got {precision!r}")
+
+
+class Encoded:
+    """A split's token ids, truncated (EOS kept), as Python lists until batched."""
+
+    def __init__(self, task: Task, split: str, tokenizer: Tokenizer, cfg: FinetuneConfig) -> None:
+        examples = getattr(task, split)
+        eos = tokenizer.eos_id
+        self.inputs = [tokenizer.encode(e.input)[: cfg.max_input_length - 1] + [eos] for e in examples]
+        self.targets = [tokenizer.encode(e.target)[: cfg.max_target_length - 1] + [eos] for e in examples]
+        self.labels = [e.target for e in examples]
+
+
+def pad_rows(rows: list[list[int]], pad: int, device: torch.device, length: int | None = None) -> torch.Tensor:
+    width = length or max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r[:width], dtype=torch.long)
+    return out.to(device)
+
+
+class ClassificationHead(nn.Module):
+    """Linear head on the mean-pooled encoder output (encoder-only models)."""
+
+    def __init__(self, hidden_size: int, num_labels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.proj(pooled)
+
+
+class Finetuner:
+    """Fine-tunes one copy of a model on a task and predicts its test split."""
+
+    def __init__(self, model: nn.Module, task: Task, tokenizer: Tokenizer, cfg: FinetuneConfig,
+                 device: torch.device, seed: int) -> None:
+        self.task, self.cfg, self.device, self.seed = task, cfg, device, seed
+        self.pad, self.eos = tokenizer.pad_id, tokenizer.eos_id
+        self.tokenizer = tokenizer
+        self.text_to_text = bool(getattr(model, "has_decoder", False))
+        if not self.text_to_text and task.kind != "classification":
+            raise EvaluationError(f"task '{task.name}' is text-to-text ({task.kind}); an encoder-only model "
+                                  "can only be fine-tuned on classification tasks")
+        self.model = model.to(device)
+        if cfg.dropout is not None:
+            for module in model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = cfg.dropout
+        self.head = None
+        if not self.text_to_text:
+            torch.manual_seed(seed)
+            self.head = ClassificationHead(model.hidden_size, len(task.labels)).to(device)
+            self.label_index = {label: i for i, label in enumerate(task.labels)}
+        self.train_data = Encoded(task, "train", tokenizer, cfg)
+        self.test_data = Encoded(task, "test", tokenizer, cfg)
+        self.amp = amp_dtype(cfg.precision, device)
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+    def parameters(self) -> list[nn.Parameter]:
+        params = list(self.model.parameters())
+        return params + (list(self.head.parameters()) if self.head is not None else [])
+
+    def loss(self, rows: list[int]) -> torch.Tensor:
+        data = self.train_data
+        ids = pad_rows([data.inputs[i] for i in rows], self.pad, self.device)
+        mask = ids != self.pad
+        hidden = self.model.encode(ids, attention_mask=mask)
+        if self.head is not None:
+            labels = torch.tensor([self.label_index[data.labels[i]] for i in rows], device=self.device)
+            return F.cross_entropy(self.head(hidden, mask).float(), labels)
+        target = pad_rows([data.targets[i] for i in rows], self.pad, self.device)
+        decoder_input = torch.cat([torch.full_like(target[:, :1], self.pad), target[:, :-1]], dim=1)
+        logits = self.model.lm_logits(self.model.decode(decoder_input, hidden, mask))
+        return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=self.pad)
+
+    def train(self, progress: Progress | None = None, done: int = 0) -> list[float]:
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)  # dropout
+        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        n = len(self.train_data.inputs)
+        order: list[int] = []
+        losses = []
+        self.model.train()
+        for step in range(cfg.steps):
+            while len(order) < cfg.batch_size:  # epochs of a fresh permutation each
+                order += torch.randperm(n, generator=gen).tolist()
+            rows, order = order[: cfg.batch_size], order[cfg.batch_size:]
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+            with self._autocast():
+                loss = self.loss(rows)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.clip_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress.update(done + step + 1, {"seed": self.seed, "loss": losses[-1]})
+        return losses
+
+    @torch.no_grad()
+    def predict(self) -> list[str]:
+        self.model.eval()
+        data, out = self.test_data, []
+        for start in range(0, len(data.inputs), self.cfg.eval_batch_size):
+            rows = data.inputs[start: start + self.cfg.eval_batch_size]
+            ids = pad_rows(rows, self.pad, self.device)
+            mask = ids != self.pad
+            with self._autocast():
+                hidden = self.model.encode(ids, attention_mask=mask)
+                if self.head is not None:
+                    choice = self.head(hidden, mask).argmax(-1).tolist()
+                    out.extend(self.task.labels[c] for c in choice)
+                else:
+                    out.extend(self.greedy(hidden, mask))
+        return out
+
+    def greedy(self, hidden: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """Greedy decoding for a static ``max_target_length`` steps (no early stop: the
+        same shapes every call), then each row cut at its first EOS."""
+        tokens = torch.full((hidden.shape[0], 1), self.pad, dtype=torch.long, device=hidden.device)
+        for _ in range(self.cfg.max_target_length):
+            logits = self.model.lm_logits(self.model.decode(tokens, hidden, mask)[:, -1])
+            tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+        texts = []
+        for row in tokens[:, 1:].tolist():
+            if self.eos in row:
+                row = row[: row.index(self.eos)]
+            texts.append(self.tokenizer.decode(row).strip())
+        return texts
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def result_path(run_dir: Path, task: str, step: int | None) -> Path:
+    name = RANDOM_RESULT if step is None else f"step_{step}.json"
+    return run_dir / EVAL_DIR / task / name
+
+
+def evaluate_weights(base: nn.Module | None, run: LoadedRun, task: Task, cfg: FinetuneConfig, seeds: int,
+                     label: str, show_progress: bool = True) -> list[float]:
+    """Scores of ``seeds`` fine-tunings. ``base``: the pre-trained model (copied per
+    seed); None: a fresh random init per seed."""
+    device = resolve_device(cfg.device)
+    progress = Progress(seeds * cfg.steps, enabled=show_progress)
+    scores = []
+    for seed in range(seeds):
+        if base is None:
+            torch.manual_seed(seed)
+            model = build_model(run)
+        else:
+            model = copy.deepcopy(base)
+        tuner = Finetuner(model, task, run.tokenizer, cfg, device, seed)
+        if show_progress:
+            print(f"{label}: fine-tuning seed {seed + 1}/{seeds}", file=sys.stderr, flush=True)
+        tuner.train(progress, done=seed * cfg.steps)
+        scores.append(task.score(tuner.predict()))
+        del tuner, model
+    return scores
+
+
+def summarise(scores: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(scores)
+    std = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    return mean, std
+
+
+def evaluate_run(run_dir: str | Path, task_name: str, step: int | None = None, every: bool = False,
+                 seeds: int = 1, init: str = "checkpoint", finetune: FinetuneConfig | None = None,
+                 task_options: dict[str, Any] | None = None, show_progress: bool = True) -> list[tuple[Path, EvalResult]]:
+    """Evaluate checkpoints of a run on a task; writes and returns each result."""
+    if seeds < 1:
+        raise EvaluationError(f"--seeds must be >= 1, got {seeds}")
+    if init not in ("checkpoint", "random"):
+        raise EvaluationError(f"--init must be checkpoint or random, got {init!r}")
+    run = open_run(run_dir)
+    task = build_task(task_name, task_options)
+    cfg = finetune or FinetuneConfig()
+    written = []
+    if init == "random":
+        targets: list[tuple[int | None, Path | None]] = [(None, None)]
+    else:
+        targets = list(select_checkpoints(run, step, every))  # type: ignore[arg-type]
+    for ckpt_step, checkpoint in targets:
+        base = None
+        if checkpoint is not None:
+            base = build_model(run)
+            load_model_weights(base, checkpoint)
+        label = f"{task.name} @ {'random init' if ckpt_step is None else f'step {ckpt_step}'}"
+        scores = evaluate_weights(base, run, task, cfg, seeds, label, show_progress)
+        mean, std = summarise(scores)
+        flops = 0.0 if ckpt_step is None else checkpoint_flops(run, ckpt_step, checkpoint)
+        result = EvalResult(score=mean, std=std, metric=task.metric, seeds=seeds, step=ckpt_step,
+                            flops_cum=flops, finetune=asdict(cfg), scores=scores, task=task.name, init=init)
+        path = result_path(run.run_dir, task.name, ckpt_step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result.to_json(), indent=1) + "\n")
+        tmp.replace(path)
+        written.append((path, result))
+    return written
+
+
+def read_results(run_dir: Path, task: str) -> list[dict[str, Any]]:
+    """Every ``eval/<task>/step_<N>.json`` of a run, by step (the random-init control not included)."""
+    folder = Path(run_dir) / EVAL_DIR / task
+    results = []
+    for path in sorted(folder.glob("step_*.json")) if folder.is_dir() else []:
+        if re.fullmatch(r"step_\d+\.json", path.name):
+            results.append(json.loads(path.read_text()))
+    return sorted(results, key=lambda r: r["step"])
+
+
+def parse_finetune_overrides(items: list[str]) -> tuple[FinetuneConfig, dict[str, Any]]:
+    """``finetune.steps=100`` sets the budget; any other ``key=value`` is a task option
+    (``train=data/train.jsonl``)."""
+    from omegaconf import OmegaConf
+
+    from spactor.config import ConfigError, check_keys, typed
+
+    budget: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise EvaluationError(f"expected key=value, got '{item}'")
+    parsed = OmegaConf.to_container(OmegaConf.from_dotlist(items)) or {}
+    for key, value in parsed.items():  # type: ignore[union-attr]
+        if key == "finetune":
+            budget = value if isinstance(value, dict) else {}
+        else:
+            options[key] = value
+    try:
+        check_keys(budget, FinetuneConfig, "finetune")
+        cfg = typed(FinetuneConfig, budget, "finetune")
+    except ConfigError as e:
+        raise EvaluationError(str(e)) from None
+    if not math.isfinite(cfg.lr):
+        raise EvaluationError("finetune.lr must be finite")
+    return cfg, options
+
+
+def downstream_scores(run_dir: Path, step: int, tasks: list[str], seeds: int = 1) -> dict[str, float]:
+    """``trainer.downstream_every``: evaluate the checkpoint just saved at ``step`` on
+    each task (default budget), on rank 0, and return ``eval/<task>/score``. The global
+    RNG streams are restored afterwards, so the training run continues as it would
+    have (dropout draws included)."""
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        out = {}
+        for name in tasks:
+            [(_, result)] = evaluate_run(run_dir, name, step=step, seeds=seeds, show_progress=False)
+            out[f"eval/{name}/score"] = result.score
+            out[f"eval/{name}/std"] = result.std
+        return out
+    finally:
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)

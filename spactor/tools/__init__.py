@@ -1,0 +1,1 @@
+"""Tools around runs: preview, plots, Hugging Face export."""

@@ -1,0 +1,79 @@
+"""Building the model and the objectives from a resolved config.
+
+The training loop, the FLOPs counter and ``spactor preview`` all build the same modules
+the same way, so the builders live here rather than in the loop (``trainer`` imports the
+FLOPs counter, which must not import ``trainer`` back).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from spactor.config import Resolved
+from spactor.objectives.base import Objective, ObjectiveContext, Vocab
+from spactor.registry import ARCHITECTURES, OBJECTIVES
+from spactor.train.meta_init import InitProgram, NotReplayable, record_init
+
+
+def build_model(resolved: Resolved, vocab: Vocab) -> nn.Module:
+    entry = ARCHITECTURES.get(resolved.model.type)
+    return entry.factory(resolved.model.config, vocab.size)
+
+
+def build_on_meta(resolved: Resolved, vocab: Vocab) -> tuple[nn.Module, dict[str, Objective], InitProgram | None]:
+    """The model and the objectives' modules on the meta device, with the program that
+    initialises them once sharded (``spactor.train.meta_init``), or built eagerly on
+    CPU (program None) when the build loads weights (``model.init_from``, a generator
+    checkpoint) or initialises in a way the program cannot replay."""
+    if _loads_weights(resolved):
+        model = build_model(resolved, vocab)
+        return model, build_objectives(resolved, vocab, model), None
+    rng = torch.get_rng_state()
+    try:
+        with record_init() as program:
+            model = build_model(resolved, vocab)
+            objectives = build_objectives(resolved, vocab, model)
+        return model, objectives, program
+    except NotReplayable as e:
+        warnings.warn(f"building on the meta device is not possible ({e}); building on CPU")
+        torch.set_rng_state(rng)
+        model = build_model(resolved, vocab)
+        return model, build_objectives(resolved, vocab, model), None
+
+
+def _loads_weights(resolved: Resolved) -> bool:
+    if getattr(resolved.model.config, "init_from", None):
+        return True
+    return any(getattr(p.config, "generator_checkpoint", None) for p in resolved.objectives.values())
+
+
+def build_objectives(resolved: Resolved, vocab: Vocab, model: nn.Module) -> dict[str, Objective]:
+    objectives: dict[str, Objective] = {}
+    for name, plugin in resolved.objectives.items():
+        ctx = ObjectiveContext(name=name, vocab=vocab, input_length=resolved.cfg.data.input_length, model=model)
+        objectives[name] = OBJECTIVES.get(plugin.type).factory(plugin.config, ctx)
+    if not any(_has_loss(o) for o in objectives.values()):
+        raise ValueError("no objective with a loss is configured (e.g. objectives.span_corruption)")
+    return objectives
+
+
+def raw_length_for(objectives: dict[str, Objective], input_length: int) -> int:
+    """Fold the objectives' length needs, last transform first: each maps the length it
+    must output to the length it needs as input (span corruption: 512 → 568)."""
+    length = input_length
+    for obj in reversed(list(objectives.values())):
+        length = obj.raw_length(length)
+    return length
+
+
+def _has_loss(obj: Objective) -> bool:
+    return type(obj).loss is not Objective.loss or type(obj).modify is not Objective.modify
+
+
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen

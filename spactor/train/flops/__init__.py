@@ -1,0 +1,1 @@
+"""FLOPs per step and per stage, and model FLOPs utilisation."""

@@ -1,0 +1,391 @@
+"""One training step and one evaluation, independent of the loop around them.
+
+A step, in order:
+
+1. corrupt this rank's rows (every objective's ``transform``) with the random numbers of
+   their rows in the global batch: the transforms run on a batch of the global size in
+   which only this rank's rows hold data, with a generator that is the same on every
+   rank, and this rank keeps its slice. The noise of the whole global batch is cheap to
+   draw; the batch itself is never gathered. Noise drawn inside the forward (the RTD
+   generator's sampling) is counter-based on per-row seeds drawn the same way
+   (``noise_seed``). The inputs so depend on neither the number of ranks nor gradient
+   accumulation;
+2. count the items every loss covers, summed over ranks (one all-reduce of a small
+   stacked tensor; losses are normalised by these global counts);
+3. split the rows into micro-batches, and for each run :class:`TrainModules` — input
+   modifiers (the generator), then every loss on one shared forward (an encoder pass and
+   a decoder pass at most, whatever the number of losses) — and backprop
+   ``Σ weight · total / global_count`` (times the world size, because FSDP averages
+   gradients over ranks);
+4. the global gradient norm, the finiteness of the step and the preemption flag in one
+   all-reduce; clip; one host sync to read the flag; update unless it was not finite.
+
+Everything logged stays on the device as this rank's share (the sum over ranks is the
+value): the runner accumulates shares over a logging window and reduces them once
+(``spactor.train.metrics.MetricWindow``). Metrics other than the losses (accuracies,
+RTD detection) are computed only when ``with_metrics`` is set, on logging steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from spactor.objectives.base import Batch, Objective, SharedForward
+from spactor.train.parallel import DistInfo, all_reduce_tensor
+
+Losses = dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # name -> (total, count, weight)
+
+
+class TrainModules(nn.Module):
+    """Everything trained, in one tree: the discriminator and the objectives' modules
+    (generator, RTD head). One optimizer and one checkpoint cover it all, and
+    ``forward`` runs a whole micro-batch so that FSDP's root gathers the shared
+    parameters once for every use."""
+
+    def __init__(self, model: nn.Module, objectives: dict[str, Objective]) -> None:
+        super().__init__()
+        self.model = model
+        self.objectives = nn.ModuleDict(objectives)
+        # The objectives the current stage runs, in config order (None: every one held).
+        # A curriculum may hold an objective that only a later stage runs.
+        self.active: list[str] | None = None
+
+    def active_objectives(self) -> dict[str, Objective]:
+        held: dict[str, Objective] = dict(self.objectives.items())  # type: ignore[arg-type]
+        if self.active is None:
+            return held
+        return {n: o for n, o in held.items() if n in self.active}
+
+    def forward(
+        self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, only: list[str] | None = None
+    ) -> tuple[Losses, dict[str, torch.Tensor]]:
+        """Every active objective's modify, then its loss on one :class:`SharedForward`.
+        ``only``: run just these of the active objectives (evaluate's clean pass)."""
+        objectives = self.active_objectives()
+        if only is not None:
+            objectives = {n: o for n, o in objectives.items() if n in only}
+        for obj in objectives.values():
+            obj.compute_metrics = with_metrics  # accuracies, RTD detection: logging steps only
+        losses: Losses = {}
+        metrics: dict[str, torch.Tensor] = {}
+
+        def collect(obj: Objective, out: Any) -> None:
+            if out.loss is not None:
+                weight = obj.weight if out.loss.weight is None else out.loss.weight
+                losses[obj.name] = (out.loss.total, out.loss.count, weight)
+            for key, term in out.aux_losses.items():
+                losses[key] = (term.total, term.count, 1.0 if term.weight is None else term.weight)
+            metrics.update(out.metrics)
+
+        for obj in objectives.values():
+            batch, out = obj.modify(batch, self.model, rng)
+            collect(obj, out)
+        # After the modifies: the encoder reads their input (or the embeddings they set).
+        forward = SharedForward(self.model, batch, next(iter(objectives.values())).vocab.pad_id)
+        for obj in objectives.values():
+            collect(obj, obj.loss(batch, forward))
+        return losses, metrics
+
+
+def apply_transforms(objectives: dict[str, Objective], batch: Batch, rng: torch.Generator) -> Batch:
+    # Until an objective rewrites it (span corruption), the encoder reads the raw chunk.
+    batch = {"encoder_input": batch["original"], **batch}
+    for obj in objectives.values():
+        batch = obj.transform(batch, rng)
+    return batch
+
+
+def corrupt_local_rows(
+    objectives: dict[str, Objective], batch: Batch, rng: torch.Generator, info: DistInfo
+) -> Batch:
+    """Transform this rank's rows exactly as they would be transformed in the global
+    batch. The transforms draw their noise for every row of the batch they get (the
+    generator is the same on every rank) and treat each row on its own, so running them
+    on a global-size batch that holds this rank's rows at their global offset, and
+    padding elsewhere, then keeping the slice, gives every row the corruption it gets on
+    one rank. No data crosses ranks."""
+    if info.world_size == 1:
+        return apply_transforms(objectives, batch, rng)
+    rows = next(iter(batch.values())).shape[0]
+    start = info.rank * rows
+    padded = {}
+    for key, value in batch.items():
+        full = value.new_zeros((rows * info.world_size, *value.shape[1:]))
+        full[start : start + rows] = value
+        padded[key] = full
+    out = apply_transforms(objectives, padded, rng)
+    return {key: value[start : start + rows] for key, value in out.items()}
+
+
+def row_noise_seeds(rng: torch.Generator, rows: int, info: DistInfo) -> torch.Tensor:
+    """``(rows,)`` int64 seeds for the noise objectives draw inside the forward (the RTD
+    generator's Gumbel noise, counter-based on them): one per global row from a
+    generator that is the same on every rank, this rank's slice kept, so a row's noise
+    depends on neither the number of ranks nor the micro-batch it lands in."""
+    seeds = torch.randint(0, 2**31 - 1, (rows * info.world_size,), generator=rng, device=rng.device)
+    return seeds[info.rank * rows : (info.rank + 1) * rows]
+
+
+def loss_counts(objectives: dict[str, Objective], batch: Batch) -> dict[str, torch.Tensor]:
+    """Every loss's item count from the objectives' ``count``/``aux_counts``, the one
+    definition the losses' own ``LossTerm`` counts come from too."""
+    counts: dict[str, torch.Tensor] = {}
+    for name, obj in objectives.items():
+        count = obj.count(batch)
+        if count is not None:
+            counts[name] = count.float()
+        counts.update({k: v.float() for k, v in obj.aux_counts(batch).items()})
+    return counts
+
+
+def split_batch(batch: Batch, parts: int) -> list[Batch]:
+    size = next(iter(batch.values())).shape[0]
+    if size % parts:
+        raise ValueError(f"a batch of {size} does not split into {parts} gradient-accumulation steps")
+    chunks = {k: v.chunk(parts) for k, v in batch.items()}
+    return [{k: chunks[k][i] for k in batch} for i in range(parts)]
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class StepOutput:
+    """What a step logs, as device tensors: ``loss``, ``losses`` and ``metrics`` are this
+    rank's shares (their sum over ranks is the step's value), ``grad_norm`` is the global
+    norm (the same on every rank). Reading a tensor is a host sync: the runner reads
+    them once per logging window."""
+
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    metrics: dict[str, torch.Tensor]
+    grad_norm: torch.Tensor
+    applied: bool = True  # False: the loss or the gradients were not finite, no update
+    stop: bool = False  # some rank asked to stop (a signal): every rank stops after this step
+    global_loss: torch.Tensor | None = None  # the loss summed over ranks, where it came for free
+
+    def nonfinite_message(self, step: int) -> str:
+        """Why step ``step`` was not applied (reads the values: for bad steps only)."""
+        loss = float(self.loss if self.global_loss is None else self.global_loss)
+        grad_norm = float(self.grad_norm)
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        return f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm})"
+
+
+@dataclass
+class StepContext:
+    """What a step needs besides the modules and the batch."""
+
+    dist: DistInfo
+    transform_rng: torch.Generator  # the same on every rank
+    modify_rng: torch.Generator  # the same on every rank: per-row seeds of the noise drawn in the forward
+    grad_accum_steps: int = 1
+    clip_grad_norm: float | None = None
+    amp_dtype: torch.dtype | None = None
+
+
+def train_step(
+    modules: TrainModules,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    ctx: StepContext,
+    with_metrics: bool = True,
+    stop_requested: bool = False,
+) -> StepOutput:
+    """One optimizer step on this rank's rows. ``with_metrics``: also compute the
+    objectives' metrics (a logging step). ``stop_requested``: this rank got a signal;
+    with several ranks the flag rides on the step's one all-reduce and
+    ``StepOutput.stop`` says whether any rank set it."""
+    objectives = modules.active_objectives()
+    local = corrupt_local_rows(objectives, batch, ctx.transform_rng, ctx.dist)
+    local["noise_seed"] = row_noise_seeds(ctx.modify_rng, local["encoder_input"].shape[0], ctx.dist)
+    counts = loss_counts(objectives, local)
+    if ctx.dist.world_size > 1 and counts:
+        keys = sorted(counts)
+        summed = all_reduce_tensor(torch.stack([counts[k] for k in keys]))
+        counts = dict(zip(keys, summed.unbind()))
+    counts = {k: v.clamp(min=1) for k, v in counts.items()}
+    micro = split_batch(local, ctx.grad_accum_steps)
+
+    logged_losses: dict[str, torch.Tensor] = {}
+    logged_metrics: dict[str, torch.Tensor] = {}
+    device = local["encoder_input"].device
+    total_loss = torch.zeros((), device=device)
+    for mb in micro:
+        with autocast(ctx.amp_dtype, device):
+            losses, metrics = modules(mb, ctx.modify_rng, with_metrics)
+        loss = torch.zeros((), device=device)
+        for name, (total, _, weight) in losses.items():
+            normalised = total.float() / counts[name]
+            _accumulate(logged_losses, f"loss/{name}", normalised.detach())
+            if weight != 0:
+                loss = loss + weight * normalised
+        total_loss = total_loss + loss.detach()
+        if loss.requires_grad:
+            (loss * ctx.dist.world_size).backward()
+        for key, value in metrics.items():
+            _accumulate(logged_metrics, key, value.detach().float() / (len(micro) * ctx.dist.world_size))
+
+    grad_norm, finite, stop, global_loss = finish_gradients(
+        modules, ctx.clip_grad_norm, total_loss, stop_requested, ctx.dist
+    )
+    # The step's one host sync: whether to update (and, with several ranks, whether to stop).
+    code = int((finite.int() + 2 * stop.int()).item()) if stop is not None else int(finite.item())
+    applied = bool(code & 1)
+    if applied:  # a non-finite step never reaches the weights or the optimizer state
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepOutput(
+        loss=total_loss,
+        losses=logged_losses,
+        metrics=logged_metrics,
+        grad_norm=grad_norm,
+        applied=applied,
+        stop=stop_requested if stop is None else bool(code & 2),
+        global_loss=global_loss,
+    )
+
+
+def _accumulate(into: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+    into[key] = into[key] + value if key in into else value
+
+
+def finish_gradients(
+    modules: nn.Module, max_norm: float | None, loss: torch.Tensor, stop_requested: bool, info: DistInfo
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The global gradient norm, clipping, and the step's flags, without a host sync.
+
+    Returns ``(grad_norm, finite, stop, global_loss)`` as device tensors. One rank: the
+    norm as ``clip_grad_norm_`` computes it; ``stop`` and ``global_loss`` are None (the
+    caller knows its own flag and loss). Several ranks: every rank's squared shard
+    norms, its loss share and its stop flag go into one all-reduce, so ``finite`` and
+    ``stop`` are the same on every rank."""
+    params = [p for p in modules.parameters() if p.grad is not None]
+    grads = [p.grad for p in params]
+    device = loss.device
+    if info.world_size == 1:
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+        if grads and max_norm is not None and max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm, torch.isfinite(norm) & torch.isfinite(loss), None, None
+    shards = [g.to_local() for g in grads if hasattr(g, "to_local")]  # FSDP: this rank's shard
+    replicated = [g for g in grads if not hasattr(g, "to_local")]
+    squares = torch.zeros((), device=device)
+    if shards:
+        squares = squares + torch.nn.utils.get_total_norm(shards).float() ** 2
+    if replicated:  # the same on every rank: count it once in the sum over ranks
+        squares = squares + torch.nn.utils.get_total_norm(replicated).float() ** 2 / info.world_size
+    flag = torch.full((), 1.0 if stop_requested else 0.0, device=device)
+    packed = all_reduce_tensor(torch.stack([squares, loss.float(), flag]))
+    norm, global_loss = packed[0].sqrt(), packed[1]
+    finite = torch.isfinite(norm) & torch.isfinite(global_loss)
+    if grads and max_norm is not None and max_norm > 0:
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(shards + replicated, coef)
+    return norm, finite, packed[2] > 0, global_loss
+
+
+@torch.no_grad()
+def evaluate(
+    modules: TrainModules,
+    batches: Iterator[Batch],
+    num_batches: int,
+    rng: torch.Generator,
+    dist_info: DistInfo,
+    amp_dtype: torch.dtype | None,
+    device: torch.device,
+    clean: list[str] | None = None,
+) -> dict[str, float]:
+    """Mean of every loss over this rank's first ``num_batches`` validation batches, summed
+    over ranks. Ranks may hold different numbers of validation batches; all run the
+    smallest number so that sharded forwards stay in step. ``clean``: the objectives the
+    clean pass runs (``val/clean/loss/<name>``, see :func:`_clean_loss_sums`); None: the
+    active ones that are not ``STAGE1_ONLY``."""
+    objectives = modules.active_objectives()
+    if clean is None:
+        clean = [n for n, o in objectives.items() if not o.STAGE1_ONLY]
+    local = [b for _, b in zip(range(num_batches), batches)]
+    usable = len(local) if dist_info.world_size == 1 else _min_over_ranks(len(local), device)
+    was_training = modules.training
+    modules.eval()
+    sums: dict[str, torch.Tensor] = {}
+    rng_states = []  # the clean pass replays each batch's corruption draws
+    for batch in local[:usable]:
+        rng_states.append(rng.get_state())
+        batch = corrupt_local_rows(objectives, batch, rng, dist_info)  # as in training: by global row
+        with autocast(amp_dtype, device):
+            losses, _ = modules(batch, rng, with_metrics=False)
+        for name, (total, count, _) in losses.items():
+            _accumulate(sums, f"{name}/total", total.detach().double())
+            _accumulate(sums, f"{name}/count", count.double())
+    clean_sums = _clean_loss_sums(modules, objectives, clean, local[:usable], rng_states, rng.device, amp_dtype,
+                                  device, dist_info)
+    modules.train(was_training)
+    sums.update({f"clean/{k}": v for k, v in clean_sums.items()})
+    keys = sorted(sums)
+    # One read (and, with several ranks, one all-reduce) for the whole evaluation.
+    values = all_reduce_tensor(torch.stack([sums[k] for k in keys])).tolist() if keys else []
+    totals = dict(zip(keys, values))
+    names = sorted({k.rsplit("/", 1)[0] for k in totals})
+    return {f"val/{_loss_key(n)}": totals[f"{n}/total"] / max(totals[f"{n}/count"], 1.0) for n in names}
+
+
+def _loss_key(name: str) -> str:
+    """``span_corruption`` → ``loss/span_corruption``; ``clean/span_corruption`` →
+    ``clean/loss/span_corruption`` (``val/clean/loss/...``)."""
+    return f"clean/loss/{name[len('clean/'):]}" if name.startswith("clean/") else f"loss/{name}"
+
+
+def _clean_loss_sums(
+    modules: TrainModules,
+    objectives: dict[str, Objective],
+    clean: list[str],
+    batches: list[Batch],
+    rng_states: list[torch.Tensor],
+    rng_device: torch.device,
+    amp_dtype: torch.dtype | None,
+    device: torch.device,
+    dist_info: DistInfo,
+) -> dict[str, torch.Tensor]:
+    """The loss sums for ``val/clean/loss/<name>`` of the ``clean`` objectives (those that
+    outlive SpacTor's stage 1: span corruption) on the same raw batches with only their
+    own transforms: the encoder reads X_c, not the generator-replaced X̂_c (the paper's
+    Figure 4). Each batch's transforms start from the random state the noisy pass started
+    from, so with span corruption first in ``objectives`` the spans are the same ones.
+    Nothing when no objective left out rewrites the encoder input with a trained module
+    (a ``modify``: SpacTor's generator; e.g. stage 2, runs without one): the losses would
+    equal ``val/loss``. On the device; :func:`evaluate` reduces and reads them with the rest."""
+    kept = {n: o for n, o in objectives.items() if n in clean}
+    # The objectives kept must run alone, as they do in the stage that keeps them.
+    rewrites = any(type(o).modify is not Objective.modify for n, o in objectives.items() if n not in kept)
+    if not kept or not rewrites:
+        return {}
+    clean_rng = torch.Generator(device=rng_device)
+    sums: dict[str, torch.Tensor] = {}
+    for batch, state in zip(batches, rng_states):
+        clean_rng.set_state(state)
+        batch = corrupt_local_rows(kept, batch, clean_rng, dist_info)
+        with autocast(amp_dtype, device):
+            losses, _ = modules(batch, clean_rng, with_metrics=False, only=list(kept))
+        for name, (total, count, _) in losses.items():
+            _accumulate(sums, f"{name}/total", total.detach().double())
+            _accumulate(sums, f"{name}/count", count.double())
+    return sums
+
+
+def _min_over_ranks(value: int, device: torch.device) -> int:
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())

@@ -1,0 +1,102 @@
+"""``spactor study``: a micro study (2 arms, a few steps) runs, reports, and resumes
+after a kill without redoing finished arms or evaluations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import spactor.evaluation.study as study_mod
+from spactor.cli import main
+from spactor.evaluation.study import load_study, run_study
+
+
+def micro_study(tmp_path, tiny_overrides) -> str:
+    overrides = [o for o in tiny_overrides if not o.startswith("runtime.progress")]
+    text = {
+        "recipe": "spactor",
+        "overrides": [*overrides, "model.size=tiny", "trainer.eval_every=2", "runtime.count_flops=false",
+                      "runtime.progress=false"],
+        "steps": 4,
+        "checkpoints": [2, 4],
+        "tasks": ["pydoc_module"],
+        "seeds": 2,
+        "finetune": {"steps": 2, "batch_size": 4, "max_input_length": 32, "max_target_length": 4,
+                     "eval_batch_size": 256},
+        "arms": {"baseline": {"schedules.two_stage.tau": 0}, "spactor": {"schedules.two_stage.tau": 2}},
+    }
+    path = tmp_path / "micro.yaml"
+    path.write_text(json.dumps(text))  # JSON is YAML
+    return str(path)
+
+
+def test_study_resumes_after_a_kill_without_redoing_finished_arms(tmp_path, tiny_overrides, monkeypatch):
+    path = micro_study(tmp_path, tiny_overrides)
+    out = tmp_path / "out"
+    real_train, real_eval = study_mod.train_arm, None
+    trained: list[str] = []
+
+    def killed_on_second_arm(study, arm, run_dir):
+        if arm == "spactor":
+            raise KeyboardInterrupt  # the study process dies while pre-training its second arm
+        trained.append(arm)
+        return real_train(study, arm, run_dir)
+
+    monkeypatch.setattr(study_mod, "train_arm", killed_on_second_arm)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(tmp_path / "micro.yaml", out_dir=str(out))
+    assert trained == ["baseline"] and (out / "baseline" / "checkpoints" / "step_00000004").is_dir()
+    baseline_mtime = (out / "baseline" / "checkpoints" / "step_00000004" / "manifest.json").stat().st_mtime_ns
+
+    def recording(study, arm, run_dir):
+        trained.append(arm)
+        return real_train(study, arm, run_dir)
+
+    import spactor.evaluation.finetune as evaluate
+
+    real_eval = evaluate.evaluate_run
+    evaluated: list[tuple[str, int | None]] = []
+
+    def counting_eval(run_dir, task, step=None, **kw):
+        evaluated.append((run_dir.name, step))
+        return real_eval(run_dir, task, step=step, **kw)
+
+    monkeypatch.setattr(study_mod, "train_arm", recording)
+    monkeypatch.setattr(evaluate, "evaluate_run", counting_eval)
+    assert main(["study", path, "--out", str(out)]) == 0
+    assert trained == ["baseline", "spactor"]  # the finished arm was not trained again
+    assert (out / "baseline" / "checkpoints" / "step_00000004" / "manifest.json").stat().st_mtime_ns == baseline_mtime
+    assert sorted(evaluated, key=str) == sorted(
+        [("baseline", 2), ("baseline", 4), ("baseline", None), ("spactor", 2), ("spactor", 4)], key=str)
+    report = (out / "study.md").read_text()
+    assert "| baseline |" in report and "| spactor |" in report and "random init" in report
+    assert (out / "study.png").stat().st_size > 0
+
+    evaluated.clear()
+    trained.clear()
+    assert main(["study", path, "--out", str(out)]) == 0  # all done: nothing is redone
+    assert trained == [] and evaluated == []
+
+
+def test_study_file_errors_and_shipped_studies(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: sc\nsteps: 10\ncheckpoints: [20]\narms: {a: {}}\n")
+    assert main(["study", str(bad)]) == 2
+    assert "checkpoints must be a list of steps in 1..10" in capsys.readouterr().err
+    bad.write_text("recipe: sc\nsteps: 10\ncheckpoints: [5]\narms: {a: {}}\nseedz: 3\n")
+    assert main(["study", str(bad)]) == 2
+    assert "unknown key 'seedz'" in capsys.readouterr().err
+    for name in ("spactor_tiny", "spactor_base"):
+        study = load_study(Path(name))  # not a file: the shipped study of that name
+        assert {"baseline", "spactor_inf"} <= set(study.arms)
+        assert study.baseline == "baseline"
+
+
+def test_print_commands(tmp_path, capsys):
+    assert main(["study", "spactor_base", "--print-commands", "--out", str(tmp_path / "base")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("torchrun --nproc_per_node 8 -m spactor train spactor") for line in lines) == 4
+    assert any("schedules.two_stage.tau=null" in line for line in lines)
+    assert any(line.startswith("spactor evaluate") and "--init random" in line for line in lines)
