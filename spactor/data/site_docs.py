@@ -43,7 +43,6 @@ import email.parser
 import hashlib
 import inspect
 import os
-import sys
 import sysconfig
 import tokenize
 from collections.abc import Iterable, Iterator
@@ -58,6 +57,7 @@ from spactor.data.sources import (
     DataError,
     ListSource,
     builtin_documents,
+    describe_python_corpus,
     pretraining_documents,
     task_docstring_records,
 )
@@ -279,12 +279,9 @@ class SiteDocsSource(ListSource):
         return _cached_fingerprint(self.key)
 
     def describe(self) -> str:
-        docs = self.docs
-        chars = sum(len(d) for d in docs)
-        version = ".".join(map(str, sys.version_info[:2]))
         return (
-            f"site_docs: Python {version}, roots {', '.join(self.key[0])}: {len(docs):,} documents, "
-            f"{chars / 1e6:.2f}M characters, fingerprint {self.fingerprint[:16]}" + self._skipped_suffix()
+            f"site_docs: roots {', '.join(self.key[0])}: {describe_python_corpus(self.docs)}, "
+            f"fingerprint {self.fingerprint[:16]}" + self._skipped_suffix()
         )
 
 

@@ -157,6 +157,14 @@ def _owns(index: int, start: int, shard: int, num_shards: int) -> bool:
     return index >= start and index % num_shards == shard
 
 
+def describe_python_corpus(docs: tuple[str, ...]) -> str:
+    """``Python 3.11 documentation, 6,105 documents, 1.80M characters``: a corpus read from
+    this interpreter's files, whose size depends on the interpreter."""
+    chars = sum(len(d) for d in docs)
+    version = ".".join(map(str, sys.version_info[:2]))
+    return f"Python {version} documentation, {len(docs):,} documents, {chars / 1e6:.2f}M characters"
+
+
 def describe_skipped(counts: dict[str, int]) -> str:
     """One line for a run summary: ``skipped 12 records: invalid_json=10, too_long=2``."""
     nonzero = {k: v for k, v in counts.items() if v}
@@ -603,12 +611,7 @@ class BuiltinSource(ListSource):
         return builtin_documents(self.min_chars)
 
     def describe(self) -> str:
-        docs = self.docs
-        chars = sum(len(d) for d in docs)
-        version = ".".join(map(str, sys.version_info[:2]))
-        return (
-            f"builtin: Python {version} documentation, {len(docs):,} documents, {chars / 1e6:.2f}M characters"
-        )
+        return f"builtin: {describe_python_corpus(self.docs)}"
 
 
 @SOURCES.register("builtin", BuiltinSourceConfig)
