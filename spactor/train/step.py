@@ -309,11 +309,10 @@ def evaluate(
     """Mean of every loss over this rank's first ``num_batches`` validation batches, summed
     over ranks. Ranks may hold different numbers of validation batches; all run the
     smallest number so that sharded forwards stay in step. ``clean``: the objectives the
-    clean pass runs (``val/clean/loss/<name>``, see :func:`_clean_loss_sums`); None: the
-    active ones that are not ``STAGE1_ONLY``."""
+    clean pass runs (``val/clean/loss/<name>``, see :func:`_clean_loss_sums`): the run's
+    last stage's (``Stages.final_objectives``); None: no clean pass."""
     objectives = modules.active_objectives()
-    if clean is None:
-        clean = [n for n, o in objectives.items() if not o.STAGE1_ONLY]
+    clean = clean or []
     local = [b for _, b in zip(range(num_batches), batches)]
     usable = len(local) if dist_info.world_size == 1 else _min_over_ranks(len(local), device)
     was_training = modules.training

@@ -19,7 +19,7 @@ class Validation(Callback):
     generator of the same seed each time (every evaluation sees the same inputs), and
     the skip counts again (with what the validation pass skipped). ``clean``: the
     objectives of the run's last stage, which ``val/clean/loss/...`` evaluates on the
-    input without the generator (None: those that are not stage-1-only)."""
+    input without the generator (None: no clean pass)."""
 
     def __init__(self, modules: TrainModules, data: Any, *, every: int, batches: int, seed: int,
                  info: DistInfo, amp_dtype: torch.dtype | None, device: torch.device,
