@@ -83,6 +83,7 @@ def test_spactor_ul2_sc_runs_its_three_stages(tiny_overrides, tmp_path):
     # X_c against X̂_c while the generator runs; the clean pass evaluates the last stage's SC.
     assert [("val/clean/loss/span_corruption" in r) for r in records] == [True, True, False, False, False, False]
     assert [("val/loss/ul2" in r) for r in records] == [False, False, True, True, False, False]
+    assert [("knob/objectives.ul2.weight" in r) for r in records] == [False, False, True, True, False, False]
     switches = [(r["stage_switch_step"], r["released"]) for r in records if "stage_switch_step" in r]
     assert switches == [(2, ["mlm_mask", "rtd"]), (4, ["ul2"])]  # RTD's modules go on entering stage 2
     assert [("loss/ul2" in r) for r in records] == [False, False, True, True, False, False]

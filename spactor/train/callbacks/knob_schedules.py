@@ -12,7 +12,7 @@ from spactor.schedules.base import ScheduleSet
 
 class KnobSchedules(Callback):
     """Before each step, applies the schedules' values for it (``apply_knobs``); logs the
-    objectives' knob values as ``knob/<path>``; after each logging step, lets the
+    knob values of the objectives the stage runs as ``knob/<path>``; after each logging step, lets the
     schedules observe the record (adaptive ones decide from logged windows only).
     Checkpointed as the manifest's ``schedules`` (each schedule's own state)."""
 
@@ -26,7 +26,10 @@ class KnobSchedules(Callback):
         apply_knobs(self.objectives, self.schedules.values(state.step))
 
     def log(self, state: LoopState, record: dict[str, Any]) -> None:
-        record.update({f"knob/{k}": v for k, v in knob_values(self.objectives).items()})
+        # The stage's objectives only: one held for a later stage has no value in effect yet.
+        active = self.schedules.stages.active_in(state.stage, self.objectives)
+        running = {name: self.objectives[name] for name in active}
+        record.update({f"knob/{k}": v for k, v in knob_values(running).items()})
 
     def post_log(self, state: LoopState, record: dict[str, Any]) -> None:
         self.schedules.observe(state.step, record)
