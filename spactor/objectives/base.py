@@ -165,6 +165,10 @@ class Objective(nn.Module):
     # Dropped by the implicit two-stage curriculum at its switch (SpacTor's MLM masking and
     # RTD). A written-out ``curriculum`` schedule ignores it: its stages name their objectives.
     STAGE1_ONLY: ClassVar[bool] = False
+    # The transform draws its noise through ``spactor.objectives.noise`` (row_rand, ...), so
+    # with several ranks it can corrupt only this rank's rows and still give each row its
+    # one-rank corruption. False: the step corrupts a global-size batch on every rank.
+    ROW_LOCAL_NOISE: ClassVar[bool] = False
     # Whether to compute ``ObjectiveOutput.metrics`` (accuracies, detection metrics): the
     # runner sets it before each forward, on for logging steps only (reading them is a sync).
     compute_metrics: bool = True

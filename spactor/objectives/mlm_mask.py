@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from spactor.checks import CheckContext, one_of, unit_interval
+from spactor.objectives.noise import row_rand, row_randint
 from spactor.objectives.base import Batch, Objective, ObjectiveContext, Vocab
 from spactor.registry import OBJECTIVES
 
@@ -68,7 +69,7 @@ def choose_index(
     # float64 half-to-even rounding, like Python's round() on the same numbers.
     k = torch.round(real.sum(dim=1).double() * ratio).long()
     # float64 keys in [0, 1); specials get 2.0 so they rank after all real tokens.
-    keys = torch.rand(ids.shape, generator=generator, device=ids.device, dtype=torch.float64)
+    keys = row_rand(ids.shape, generator=generator, device=ids.device, dtype=torch.float64)
     keys = keys.masked_fill(~real, 2.0)
     order = keys.argsort(dim=1)
     positions = torch.arange(length, device=ids.device).expand_as(order)
@@ -120,12 +121,12 @@ def apply_mask(
     """Replace the chosen positions of ``ids`` according to ``mode``."""
     if mode == "replace_all":
         return ids.masked_fill(chosen, vocab.mask_id)
-    u = torch.rand(ids.shape, generator=generator, device=ids.device)
+    u = row_rand(ids.shape, generator=generator, device=ids.device)
     if mode == "electra":
         return ids.masked_fill(chosen & (u < ELECTRA_MASK_PROB), vocab.mask_id)
     if mode == "bert":
         # Real SentencePiece ids: after pad/EOS/UNK and below the lowest sentinel.
-        random_ids = torch.randint(
+        random_ids = row_randint(
             3, vocab.last_sentinel_id, ids.shape, generator=generator, device=ids.device, dtype=ids.dtype
         )
         out = ids.masked_fill(chosen & (u < BERT_MASK_PROB), vocab.mask_id)
@@ -136,6 +137,8 @@ def apply_mask(
 
 class MlmMask(Objective):
     """Choose ``ratio`` of the real encoder tokens and mask them (no loss of its own)."""
+
+    ROW_LOCAL_NOISE = True
 
     KNOBS = ("ratio", "enabled")
     REQUIRES = ("encoder_input",)

@@ -23,6 +23,7 @@ import torch
 
 from spactor.checks import CheckContext
 from spactor.config import ConfigError
+from spactor.objectives.noise import row_rand
 from spactor.objectives.base import Batch, ObjectiveContext, Vocab, check_objective_fields
 from spactor.objectives.span_corruption import DecoderTargetLoss
 from spactor.registry import OBJECTIVES
@@ -62,7 +63,7 @@ def random_prefix_lengths(
         raise ValueError(f"a prefix-LM split needs at least 2 tokens per chunk, got {length}")
     low = min_prefix_length(length, noise_density)
     choices = length - low  # the number of allowed prefix lengths
-    u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+    u = row_rand((batch_size,), generator=generator, device=device, dtype=torch.float64)
     return low + (u * choices).long().clamp_(max=choices - 1)
 
 
@@ -93,6 +94,8 @@ def prefix_split(original: torch.Tensor, prefix_length: torch.Tensor, vocab: Voc
 
 class PrefixLM(DecoderTargetLoss):
     """The encoder reads a random prefix of the chunk, the decoder predicts the rest."""
+
+    ROW_LOCAL_NOISE = True
 
     KNOBS = ("weight",)
     REQUIRES = ("original",)

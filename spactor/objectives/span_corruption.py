@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from spactor.data.chunking import noise_span_counts, span_corruption_lengths
 from spactor.checks import CheckContext, fail
+from spactor.objectives.noise import row_rand
 from spactor.objectives.base import (
     Batch,
     Objective,
@@ -198,7 +199,7 @@ def _random_composition(
     if parts == 1:
         return torch.full((batch_size, 1), total, dtype=torch.long, device=device)
     # float64 keys: ties (which topk would break by position) are then ~never an issue.
-    keys = torch.rand(batch_size, total - 1, generator=generator, device=device, dtype=torch.float64)
+    keys = row_rand((batch_size, total - 1), generator=generator, device=device, dtype=torch.float64)
     cuts = keys.topk(parts - 1, dim=1, sorted=False).indices.sort(dim=1).values + 1
     first = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
     last = torch.full((batch_size, 1), total, dtype=torch.long, device=device)
@@ -383,6 +384,8 @@ class DecoderTargetLoss(Objective):
 class SpanCorruption(DecoderTargetLoss):
     """T5 span corruption: corrupts ``original`` into encoder input / decoder target and
     trains the decoder with teacher forcing (loss summed over target tokens)."""
+
+    ROW_LOCAL_NOISE = True
 
     KNOBS = ("weight",)
     REQUIRES = ("original",)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from spactor.checks import CheckContext
 from spactor.config import ConfigError
+from spactor.objectives.noise import row_index, row_multinomial
 from spactor.objectives.base import MODE_TOKENS, Batch, ObjectiveContext, check_objective_fields
 from spactor.objectives.prefix_lm import (
     check_prefix_density,
@@ -163,6 +164,8 @@ def plan_denoisers(
 class UL2(DecoderTargetLoss):
     """UL2's mixture of denoisers, with mode tokens and a decoder loss."""
 
+    ROW_LOCAL_NOISE = True
+
     KNOBS = ("weight",)
     REQUIRES = ("original",)
     PROVIDES = ("encoder_input", "decoder_input", "decoder_target", "noise_mask", "denoiser")
@@ -210,8 +213,8 @@ class UL2(DecoderTargetLoss):
     def choose_denoisers(self, batch_size: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
         """``(batch_size,)`` denoiser index per example, drawn with the configured rates."""
         if self.round_robin:
-            return torch.arange(batch_size, device=device) % len(self.plans)
-        return torch.multinomial(self._table(device)[0], batch_size, replacement=True, generator=rng)
+            return row_index(batch_size, device) % len(self.plans)
+        return row_multinomial(self._table(device)[0], batch_size, generator=rng)
 
     def _corrupt(self, plan: DenoiserPlan, original: torch.Tensor, rng: torch.Generator) -> Batch:
         """One denoiser on the whole batch: encoder ``(B, body)``, target ``(B, T)``,

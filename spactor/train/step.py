@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spactor.objectives.noise import rows_of_global_batch
 from spactor.objectives.base import Batch, Objective, SharedForward
 from spactor.train.parallel import DistInfo, all_reduce_tensor
 
@@ -106,15 +107,19 @@ def corrupt_local_rows(
     objectives: dict[str, Objective], batch: Batch, rng: torch.Generator, info: DistInfo
 ) -> Batch:
     """Transform this rank's rows exactly as they would be transformed in the global
-    batch. The transforms draw their noise for every row of the batch they get (the
-    generator is the same on every rank) and treat each row on its own, so running them
-    on a global-size batch that holds this rank's rows at their global offset, and
-    padding elsewhere, then keeping the slice, gives every row the corruption it gets on
-    one rank. No data crosses ranks."""
+    batch, with a generator that is the same on every rank. Objectives whose noise is
+    drawn row by row (``ROW_LOCAL_NOISE``: every built-in transform) corrupt only this
+    rank's rows: each draw is made for the global batch and this rank keeps its slice
+    (``spactor.objectives.noise``). Otherwise the transforms run on a global-size batch
+    that holds this rank's rows at their global offset, and the slice is kept. Either
+    way a row gets the corruption it gets on one rank, and no data crosses ranks."""
     if info.world_size == 1:
         return apply_transforms(objectives, batch, rng)
     rows = next(iter(batch.values())).shape[0]
     start = info.rank * rows
+    if all(o.ROW_LOCAL_NOISE or type(o).transform is Objective.transform for o in objectives.values()):
+        with rows_of_global_batch(start, rows, rows * info.world_size):
+            return apply_transforms(objectives, batch, rng)
     padded = {}
     for key, value in batch.items():
         full = value.new_zeros((rows * info.world_size, *value.shape[1:]))
