@@ -38,13 +38,10 @@ which a run's logs and ``spactor data prepare``'s ``meta.json`` record.
 
 from __future__ import annotations
 
-import ast
 import email.parser
 import hashlib
-import inspect
 import os
 import sysconfig
-import tokenize
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -58,6 +55,7 @@ from spactor.data.sources import (
     ListSource,
     builtin_documents,
     describe_python_corpus,
+    file_docstrings,
     pretraining_documents,
     task_docstring_records,
 )
@@ -75,7 +73,6 @@ SKIP_FILE_PREFIXES = ("license", "licence", "copying", "notice", "authors", "con
 # for its long description separately).
 METADATA_DIR_SUFFIXES = (".dist-info", ".egg-info")
 MIN_WORDS_PER_LINE = 4.0
-_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
 @dataclass
@@ -136,19 +133,6 @@ def _walk(root: Path) -> Iterator[Path]:
             yield Path(dirpath, name)
 
 
-def _docstrings(path: Path) -> Iterator[str]:
-    try:
-        with tokenize.open(path) as f:  # honours PEP 263 coding cookies
-            tree = ast.parse(f.read(), filename=str(path))
-    except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError, MemoryError):
-        return
-    for node in ast.walk(tree):
-        if isinstance(node, _DOCUMENTED):
-            doc = ast.get_docstring(node, clean=False)
-            if doc:
-                yield inspect.cleandoc(doc)
-
-
 def reads_as_prose(text: str) -> bool:
     lines = [line for line in text.splitlines() if line.strip()]
     return bool(lines) and sum(len(line.split()) for line in lines) / len(lines) >= MIN_WORDS_PER_LINE
@@ -190,7 +174,7 @@ def directory_documents(root: Path, docstrings: bool = True, doc_files: bool = T
     for path in _walk(root):
         if path.suffix == ".py":
             if docstrings:
-                yield from _docstrings(path)
+                yield from file_docstrings(path)
         elif doc_files:
             text = _doc_file(path)
             if text:

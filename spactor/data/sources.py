@@ -503,12 +503,14 @@ def _stdlib_files(root: Path) -> Iterator[Path]:
                 yield Path(dirpath, name)
 
 
-def _docstrings(path: Path) -> Iterator[str]:
+def file_docstrings(path: Path) -> Iterator[str]:
+    """The module, class and function docstrings of a ``.py`` file, cleaned; nothing for a
+    file that does not parse (any Python's, or none: ``site_docs`` reads third-party code)."""
     # Parse, never import: importing `antigravity` opens a browser, `this` prints.
     try:
         with tokenize.open(path) as f:  # honours PEP 263 coding cookies
             tree = ast.parse(f.read(), filename=str(path))
-    except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+    except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError, MemoryError):
         return
     for node in ast.walk(tree):
         if isinstance(node, _DOCUMENTED):
@@ -527,7 +529,7 @@ def builtin_documents(min_chars: int = 20) -> tuple[str, ...]:
     docs = [topics[key].strip() for key in sorted(topics)]
     root = Path(sysconfig.get_paths()["stdlib"])
     for path in _stdlib_files(root):
-        docs.extend(_docstrings(path))
+        docs.extend(file_docstrings(path))
     return tuple(d for d in docs if len(d) >= min_chars)
 
 
