@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spactor.architectures.t5 import resolve_t5_dims
+from spactor.architectures.hf_convert import hf_config
 from spactor.config import Resolved
 from spactor.objectives.base import Batch, Vocab
 from spactor.registry import OPTIMIZERS
@@ -30,26 +30,9 @@ def hf_t5_for(resolved: Resolved, vocab: Vocab) -> nn.Module:
     from transformers import T5Config, T5ForConditionalGeneration
 
     cfg = resolved.model.config
-    dims = resolve_t5_dims(cfg)
-    config = T5Config(
-        vocab_size=cfg.vocab_size if cfg.vocab_size is not None else vocab.size,
-        d_model=dims["d_model"],
-        d_kv=dims["d_kv"],
-        d_ff=dims["d_ff"],
-        num_layers=dims["num_layers"],
-        num_decoder_layers=dims["num_decoder_layers"],
-        num_heads=dims["num_heads"],
-        relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-        relative_attention_max_distance=cfg.relative_attention_max_distance,
-        dropout_rate=cfg.dropout,
-        feed_forward_proj=dims["ffn"],
-        tie_word_embeddings=dims["tie_embeddings"],
-        initializer_factor=cfg.init_std,
-        pad_token_id=vocab.pad_id,
-        eos_token_id=vocab.eos_id,
-        decoder_start_token_id=vocab.pad_id,
-        use_cache=False,
-    )
+    rows = cfg.vocab_size if cfg.vocab_size is not None else vocab.size
+    # The config.json `spactor export` writes for the same model; no KV cache in training.
+    config = T5Config.from_dict({**hf_config(cfg, rows, vocab.pad_id, vocab.eos_id), "use_cache": False})
     return T5ForConditionalGeneration(config)
 
 
