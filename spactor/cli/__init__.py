@@ -29,17 +29,17 @@ except KeyboardInterrupt:  # Ctrl-C while the CLI itself is still importing: no 
 
 
 def load_saved_config(saved: Path, overrides: list[str]) -> Any:
-    """A run's own config.yaml with resume overrides. A key this version no longer knows
-    means the run was written by another spactor version: say that, not just the key."""
+    """A run's own config.yaml with resume overrides. A key this version does not know in
+    the file itself means the run was written by another spactor version: say that, not
+    just the key (an unknown key in the overrides is reported as the override it is)."""
     try:
-        return load_config(str(saved), overrides, saved_run=True)
+        load_config(str(saved), [], saved_run=True)
     except ConfigError as e:
-        if str(e).startswith("unknown config key") and not any(
-            o.split("=", 1)[0] in str(e).split("'")[1:2] for o in overrides
-        ):
+        if str(e).startswith("unknown config key"):
             raise ConfigError(f"--resume {saved.parent}: its config.yaml was written by a spactor version "
                               f"with different options and cannot be resumed by this one ({e})") from None
-        raise
+        # Any other problem is reported by the load with the overrides (one may be its fix).
+    return load_config(str(saved), overrides, saved_run=True)
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
