@@ -11,7 +11,8 @@ plugin section is checked by its config dataclass (``check(where, ctx)``, see
 RTD generator's width against the discriminator's, a learned position table shorter than
 the input, a schedule's τ. Rules about a plugin kind's whole section come from that kind's
 package through ``Registry.add_section_check``: schedules driving knobs that do not exist
-(or one knob twice), no objective with a loss. This module imports no plugin package: it
+(or one knob twice), each stage's objectives against their declared batch fields
+(:mod:`spactor.contract`), no objective with a loss. This module imports no plugin package: it
 reaches the plugins only through the registries.
 
 Every problem is one :class:`~spactor.config.ConfigError` line,
