@@ -107,13 +107,30 @@ class TrainerConfig:
     downstream_tasks: list[str] = field(default_factory=lambda: ["pydoc_module"])  # registered tasks
 
 
+COMPILE_MODES = ("none", "blocks", "model")
+
+
+def compile_mode(value: Any) -> str:
+    """``runtime.compile`` as one of :data:`COMPILE_MODES` (a bool: false = none, true =
+    blocks, as before the value could name what it compiles); anything else is returned
+    as given for the config check to refuse."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "blocks"
+    text = str(value).lower()
+    return {"false": "none", "true": "blocks"}.get(text, text)
+
+
 @dataclass
 class RuntimeConfig:
     device: str = "auto"  # cpu | cuda | auto
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 on CUDA, fp32 on CPU)
     progress: bool = True  # progress bar on stderr
     fsdp: bool | None = None  # FSDP2 (fully_shard); None: on when torchrun starts more than one rank
-    compile: bool = False  # torch.compile each transformer block
+    # false | blocks (or true): torch.compile each transformer block | model: the whole
+    # training forward (every objective's modify and loss with the model) as one graph
+    compile: Any = False
     activation_checkpointing: str = "none"  # none | full | selective (per block)
     count_flops: bool = True  # fvcore dry run at start-up: flops_per_step, flops_cum, flops_normalized, mfu
     peak_tflops: float | None = None  # per-device peak for MFU; None: looked up from the GPU's name

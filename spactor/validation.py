@@ -41,7 +41,7 @@ from spactor.checks import (  # noqa: F401 — NUM_SENTINELS, non_negative re-ex
     positive_int,
     unit_interval,
 )
-from spactor.config import Plugin, Resolved
+from spactor.config import COMPILE_MODES, Plugin, Resolved, compile_mode
 from spactor.registry import OBJECTIVES, SCHEDULES, factory_class
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -165,6 +165,11 @@ def check_runtime(r: Any) -> None:
     one_of("runtime.device", r.device, DEVICES)
     one_of("runtime.precision", r.precision, PRECISIONS)  # bf16 on CPU is fine: CPU autocast
     one_of("runtime.activation_checkpointing", r.activation_checkpointing, ("none", "full", "selective"))
+    one_of("runtime.compile", compile_mode(r.compile), COMPILE_MODES)
+    fsdp = r.fsdp if r.fsdp is not None else _world_size() > 1
+    if compile_mode(r.compile) == "model" and fsdp:
+        fail("runtime.compile", r.compile, "compiles the whole forward on one device, outside FSDP's hooks; "
+                                          "under FSDP use runtime.compile=blocks")
     # FSDP shards parameters over processes; one CPU process has nothing to shard with.
     for key in ("fsdp", "distributed", "parallelism"):
         value = getattr(r, key, None)

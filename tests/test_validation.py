@@ -331,10 +331,10 @@ def test_a_plugin_config_without_a_check_still_gets_the_field_rules(tmp_path):
         assert out.stdout.strip() == expected
 
 
-def test_a_schedule_driving_the_rtd_temperature_to_zero_is_refused_at_the_step():
+def test_a_schedule_driving_the_rtd_temperature_to_zero_is_refused_when_set():
     """Config time refuses ``temperature: 0``; a schedule may still set the knob to 0 later,
-    and RTD then refuses it with the same rule before sampling (``gumbel_max_sample``
-    alone would take T = 0 as the argmax)."""
+    and RTD then refuses it with the same rule as it is set, before any step samples with
+    it (``gumbel_max_sample`` alone would take T = 0 as the argmax)."""
     import torch
 
     from spactor.architectures.encoder import EncoderConfig, EncoderModel
@@ -351,9 +351,9 @@ def test_a_schedule_driving_the_rtd_temperature_to_zero_is_refused_at_the_step()
     mask = build_mlm_mask(MlmMaskConfig(), ObjectiveContext("mlm_mask", vocab, 16, None))
     batch = mask.transform({"encoder_input": ids}, torch.Generator().manual_seed(1))
     rtd.modify(batch, model, torch.Generator().manual_seed(2))  # T = 1: fine
-    rtd.set_knob("temperature", 0.0)
     with pytest.raises(ConfigError, match=r"^objectives\.rtd\.temperature: 0\.0 — must be > 0$"):
-        rtd.modify(batch, model, torch.Generator().manual_seed(2))
+        rtd.set_knob("temperature", 0.0)  # a schedule's value: refused when set, before any step uses it
+    assert rtd.knob("temperature") == 1.0
 
 
 # --------------------------------------------------------------------------- the CLI

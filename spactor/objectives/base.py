@@ -85,12 +85,15 @@ class ObjectiveContext:
 class LossTerm:
     """A loss as a sum over ``count`` items (tokens or positions).
 
-    ``weight`` None means the objective's own ``weight`` knob.
+    ``weight``: None, the objective's own ``weight`` knob; a str, the name of another of
+    its knobs (RTD's ``generator_weight``); a number, that fixed weight. The runner reads
+    a knob's value when it weights the loss, outside the forward: a knob's value returned
+    from a compiled forward would be frozen into the graph, one recompile per value.
     """
 
     total: torch.Tensor
     count: torch.Tensor
-    weight: float | None = None
+    weight: float | str | None = None
 
 
 @dataclass
@@ -194,10 +197,25 @@ class Objective(nn.Module):
         except KeyError:
             raise KeyError(f"objective '{self.name}' has no knob '{knob}'; knobs: {', '.join(self.KNOBS)}") from None
 
+    def loss_weight(self, weight: float | str | None) -> float:
+        """The current weight of a :class:`LossTerm` whose ``weight`` is ``weight``."""
+        if weight is None:
+            return self.weight
+        if isinstance(weight, str):
+            return float(self.knob(weight))
+        return float(weight)
+
     def set_knob(self, knob: str, value: float) -> None:
         if knob not in self._knobs:
             raise KeyError(f"objective '{self.name}' has no knob '{knob}'; knobs: {', '.join(self.KNOBS)}")
-        self._knobs[knob] = _knob_value(getattr(self.cfg, knob), value)
+        value = _knob_value(getattr(self.cfg, knob), value)
+        self.check_knob(knob, value)
+        self._knobs[knob] = value
+
+    def check_knob(self, knob: str, value: float | bool) -> None:
+        """The config's rule for ``knob``, applied to a value a schedule sets (raise
+        ``ConfigError``). Checked here, between steps, not in the forward: a check there
+        would read a value Dynamo may have made symbolic, and break the compiled graph."""
 
     def is_off(self) -> bool:
         """True when the knobs have turned this objective off (a stage ending on a knob
@@ -253,7 +271,7 @@ class Objective(nn.Module):
             raise RuntimeError(f"objectives.{self.name}: a loss without a count (count() returned None)")
         return LossTerm(total, count)
 
-    def aux_term(self, batch: Batch, key: str, total: torch.Tensor, weight: float | None = None) -> LossTerm:
+    def aux_term(self, batch: Batch, key: str, total: torch.Tensor, weight: float | str | None = None) -> LossTerm:
         """The aux loss ``key`` with its items counted by :meth:`aux_counts`."""
         return LossTerm(total, self.aux_counts(batch)[key], weight)
 

@@ -72,7 +72,7 @@ class MLM(Objective):
         aux = {}
         if self.cfg.z_loss > 0:
             key = f"{self.name}_z"
-            aux[key] = self.aux_term(batch, key, self.cfg.z_loss * ce.z_total, self.weight)
+            aux[key] = self.aux_term(batch, key, self.cfg.z_loss * ce.z_total, "weight")
         metrics = {}
         if ce.correct is not None:
             metrics["mlm/accuracy"] = ce.correct.float() / slot.sum().clamp(min=1).float()

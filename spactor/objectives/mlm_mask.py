@@ -153,9 +153,9 @@ class MlmMask(Objective):
     def ratio(self) -> float:
         return float(self.knob("ratio"))
 
-    def _check_ratio(self) -> None:
-        # Checked per batch too, by the config's own rule: a schedule may set the knob at any step.
-        unit_interval(f"objectives.{self.name}.ratio", self.ratio, closed_high=True)
+    def check_knob(self, knob: str, value: float | bool) -> None:
+        if knob == "ratio":  # the config's own rule, for a value a schedule sets
+            unit_interval(f"objectives.{self.name}.ratio", value, closed_high=True)
 
     @torch.no_grad()
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
@@ -164,7 +164,6 @@ class MlmMask(Objective):
             empty = ids.new_zeros((ids.shape[0], 0), dtype=torch.long)
             return {**batch, "mlm_mask": torch.zeros_like(ids, dtype=torch.bool), "mlm_index": empty,
                     "mlm_labels": torch.full_like(ids, self.vocab.pad_id)}
-        self._check_ratio()
         chosen, index = choose_index(ids, self.ratio, self.vocab, rng)
         return {
             **batch,

@@ -377,6 +377,12 @@ class RTD(Objective):
         self.released = True
 
     # -- counts ----------------------------------------------------------------------------
+    def check_knob(self, knob: str, value: float | bool) -> None:
+        # the config's rule, for a value a schedule sets (gumbel_max_sample itself reads
+        # T = 0 as the argmax, which RTD does not allow)
+        if knob == "temperature":
+            positive(f"objectives.{self.name}.temperature", value)
+
     def count(self, batch: Batch) -> torch.Tensor | None:
         if not self.active:
             return None
@@ -432,10 +438,7 @@ class RTD(Objective):
             if "noise_seed" in batch:  # the runner's per-row seeds: the same draws on any number of ranks
                 uniform = counter_uniform(batch["noise_seed"], (index.shape[1], logits.shape[-1]))
                 uniform = uniform.flatten(0, 1)
-            # The config's rule on the knob a schedule may have set since the last check
-            # (gumbel_max_sample itself reads T = 0 as the argmax, which RTD does not allow).
-            temperature = float(self.knob("temperature"))
-            positive(f"objectives.{self.name}.temperature", temperature)
+            temperature = float(self.knob("temperature"))  # > 0: check_knob
             sampled = gumbel_max_sample(logits, temperature, rng, self.disallowed, uniform)
             replaced = scatter_index(ids, index, sampled.view_as(index))
             original = torch.where(mask, full_labels, ids)
@@ -453,7 +456,7 @@ class RTD(Objective):
         if self.cfg.embedding_sharing == "gdes":
             # D's input: stop_grad(E_G[ids]) + E_D[ids]; E_G learns only from L_G.
             out["encoder_embeds"] = self.generator.embed_tokens(replaced).detach() + model.embed(replaced)
-        weight = 0.0 if frozen else float(self.knob("generator_weight"))
+        weight = 0.0 if frozen else "generator_weight"
         aux = {GENERATOR_LOSS: self.aux_term(batch, GENERATOR_LOSS, gen_ce.total, weight)}
         if self.cfg.generator_z_loss > 0:
             z_term = self.cfg.generator_z_loss * gen_ce.z_total

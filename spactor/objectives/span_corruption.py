@@ -374,7 +374,7 @@ class DecoderTargetLoss(Objective):
         term = self.loss_term(batch, ce.total)
         aux = {}
         if self.cfg.z_loss > 0:
-            aux[self.z_loss_name] = self.aux_term(batch, self.z_loss_name, self.cfg.z_loss * ce.z_total, self.weight)
+            aux[self.z_loss_name] = self.aux_term(batch, self.z_loss_name, self.cfg.z_loss * ce.z_total, "weight")
         metrics = {}
         if ce.correct is not None:  # logging steps only
             metrics[f"{self.name}/accuracy"] = ce.correct.float() / term.count.clamp_min(1).float()

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spactor.config import ConfigError, Resolved
+from spactor.config import ConfigError, Resolved, compile_mode
 from spactor.objectives.base import Batch, Objective
 from spactor.registry import LR_SCHEDULES, OPTIMIZERS
 from spactor.train import parallel
@@ -128,7 +128,8 @@ def parallelize(modules: TrainModules, objectives: dict[str, Objective], resolve
     model = modules.model
     blocks = list(model.blocks()) + [b for o in objectives.values() for b in o.repeated_blocks()]
     parallel.apply_activation_checkpointing(blocks, rt.activation_checkpointing)
-    if rt.compile:
+    mode = compile_mode(rt.compile)
+    if mode == "blocks":
         parallel.apply_compile(blocks)
     use_fsdp = rt.fsdp if rt.fsdp is not None else info.world_size > 1
     if info.world_size > 1 and not use_fsdp:
@@ -291,6 +292,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         grad_accum_steps=tcfg.grad_accum_steps,
         clip_grad_norm=tcfg.clip_grad_norm,
         amp_dtype=amp_dtype,
+        forward=modules.compiled_forward() if compile_mode(cfg.runtime.compile) == "model" else None,
     )
     torch.manual_seed(tcfg.seed + info.rank)  # dropout differs between ranks
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,8 @@ from spactor.objectives.base import Batch, Objective, SharedForward
 from spactor.train.parallel import DistInfo, all_reduce_tensor
 
 Losses = dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # name -> (total, count, weight)
+# name -> (total, count, the objective it belongs to, its LossTerm.weight: None | knob name | number)
+Terms = dict[str, tuple[torch.Tensor, torch.Tensor, str, "float | str | None"]]
 
 
 class TrainModules(nn.Module):
@@ -67,22 +69,30 @@ class TrainModules(nn.Module):
     def forward(
         self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, only: list[str] | None = None
     ) -> tuple[Losses, dict[str, torch.Tensor]]:
-        """Every active objective's modify, then its loss on one :class:`SharedForward`.
-        ``only``: run just these of the active objectives (evaluate's clean pass)."""
+        """Every active objective's modify, then its loss on one :class:`SharedForward`,
+        each loss with its current weight. ``only``: run just these of the active
+        objectives (evaluate's clean pass)."""
+        terms, metrics = self.loss_terms(batch, rng, with_metrics, only)
+        return self.weighted(terms), metrics
+
+    def loss_terms(
+        self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, only: list[str] | None = None
+    ) -> tuple[Terms, dict[str, torch.Tensor]]:
+        """:meth:`forward` without reading the weights: what ``runtime.compile=model``
+        compiles (a knob's value as an output of the graph would be frozen into it)."""
         objectives = self.active_objectives()
         if only is not None:
             objectives = {n: o for n, o in objectives.items() if n in only}
         for obj in objectives.values():
             obj.compute_metrics = with_metrics  # accuracies, RTD detection: logging steps only
-        losses: Losses = {}
+        terms: Terms = {}
         metrics: dict[str, torch.Tensor] = {}
 
         def collect(obj: Objective, out: Any) -> None:
             if out.loss is not None:
-                weight = obj.weight if out.loss.weight is None else out.loss.weight
-                losses[obj.name] = (out.loss.total, out.loss.count, weight)
+                terms[obj.name] = (out.loss.total, out.loss.count, obj.name, out.loss.weight)
             for key, term in out.aux_losses.items():
-                losses[key] = (term.total, term.count, 1.0 if term.weight is None else term.weight)
+                terms[key] = (term.total, term.count, obj.name, 1.0 if term.weight is None else term.weight)
             metrics.update(out.metrics)
 
         for obj in objectives.values():
@@ -92,7 +102,31 @@ class TrainModules(nn.Module):
         forward = SharedForward(self.model, batch, next(iter(objectives.values())).vocab.pad_id)
         for obj in objectives.values():
             collect(obj, obj.loss(batch, forward))
-        return losses, metrics
+        return terms, metrics
+
+    def weighted(self, terms: Terms) -> Losses:
+        """Each term with its weight's current value (read from the knobs, on the host)."""
+        held = self.objectives
+        return {key: (total, count, held[owner].loss_weight(weight))  # type: ignore[operator]
+                for key, (total, count, owner, weight) in terms.items()}
+
+    def compiled_forward(self) -> Callable[..., tuple[Losses, dict[str, torch.Tensor]]]:
+        """``runtime.compile=model``: :meth:`loss_terms` — the generator, the encoder, the
+        decoder and every loss — as one compiled graph, so the small ops around the blocks
+        (sampling, masking, the heads' losses) fuse too; weighted eagerly. One device only:
+        it bypasses the module's hooks, FSDP's among them (per-block compile is the FSDP
+        path). A knob a schedule changes inside the graph (a temperature) costs one
+        recompile, after which Dynamo treats it as a symbolic float; a new stage (other
+        objectives) and the logging steps' metrics are graphs of their own. Evaluation
+        keeps calling the modules eagerly, so its modes and shapes add none."""
+        terms = torch.compile(self.loss_terms)
+
+        def forward(batch: Batch, rng: torch.Generator, with_metrics: bool = True
+                    ) -> tuple[Losses, dict[str, torch.Tensor]]:
+            raw, metrics = terms(batch, rng, with_metrics)
+            return self.weighted(raw), metrics
+
+        return forward
 
 
 def apply_transforms(objectives: dict[str, Objective], batch: Batch, rng: torch.Generator) -> Batch:
@@ -197,6 +231,9 @@ class StepContext:
     grad_accum_steps: int = 1
     clip_grad_norm: float | None = None
     amp_dtype: torch.dtype | None = None
+    # What runs ``TrainModules.forward`` for training: the modules themselves, or their
+    # whole-forward compile (``runtime.compile=model``); evaluation always runs eagerly.
+    forward: Callable[..., tuple[Losses, dict[str, torch.Tensor]]] | None = None
 
 
 def train_step(
@@ -226,9 +263,10 @@ def train_step(
     logged_metrics: dict[str, torch.Tensor] = {}
     device = local["encoder_input"].device
     total_loss = torch.zeros((), device=device)
+    forward = modules if ctx.forward is None else ctx.forward
     for mb in micro:
         with autocast(ctx.amp_dtype, device):
-            losses, metrics = modules(mb, ctx.modify_rng, with_metrics)
+            losses, metrics = forward(mb, ctx.modify_rng, with_metrics)
         loss = torch.zeros((), device=device)
         for name, (total, _, weight) in losses.items():
             normalised = total.float() / counts[name]

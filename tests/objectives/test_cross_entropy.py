@@ -138,7 +138,7 @@ def test_span_corruption_logs_z_loss_on_its_own():
     valid = target != VOCAB.pad_id
     expected_z = (1e-4 * torch.logsumexp(logits, -1).square() * valid).sum()
     torch.testing.assert_close(z_term.total, expected_z)
-    assert z_term.weight == 10.0 and torch.equal(z_term.count, out.loss.count)  # weighted by λ like L_SC
+    assert obj.loss_weight(z_term.weight) == 10.0 and torch.equal(z_term.count, out.loss.count)  # weighted by λ like L_SC
     assert obj.aux_counts(batch) == {"span_corruption_z": obj.count(batch)}
     # z_loss = 0: no aux loss at all, the losses of a run stay what they were.
     off = _sc(model, z_loss=0.0)
