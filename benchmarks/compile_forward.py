@@ -1,5 +1,6 @@
-"""Eager vs ``torch.compile`` of the whole ``TrainModules`` forward (corrupted batch ->
-every loss), forward + backward, side by side in one process.
+"""Eager vs ``runtime.compile=model`` (``TrainModules.compiled_forward``: the whole
+forward, corrupted batch -> every loss, as one graph), forward + backward, side by side
+in one process.
 
 The forward has no graph break (``tests/train/test_graph_breaks.py``), so one graph
 covers the generator, the encoder, the decoder and every loss. Iterations alternate
@@ -47,7 +48,7 @@ def main() -> None:
         warnings.simplefilter("ignore")
         objectives = build_objectives(resolved, vocab, model)
     modules = TrainModules(model, objectives).train()
-    compiled = torch.compile(modules)
+    compiled = modules.compiled_forward()
     raw = raw_length_for(objectives, args.length)
     data = torch.Generator().manual_seed(1)
     cpu = torch.device("cpu")

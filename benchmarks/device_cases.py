@@ -48,7 +48,7 @@ class Built:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _overrides(s: Settings, size: str, batch: int, precision: str, compile_: bool, extra: list[str]) -> list[str]:
+def _overrides(s: Settings, size: str, batch: int, precision: str, compile_: bool | str, extra: list[str]) -> list[str]:
     return [
         f"model.size={s.sizes[size]}",
         f"data.input_length={s.input_length}",
@@ -56,7 +56,7 @@ def _overrides(s: Settings, size: str, batch: int, precision: str, compile_: boo
         f"trainer.batch_size={batch}",
         f"runtime.device={s.device.type}",
         f"runtime.precision={precision}",
-        f"runtime.compile={'true' if compile_ else 'false'}",
+        f"runtime.compile={compile_ if isinstance(compile_, str) else ('true' if compile_ else 'false')}",
         "runtime.count_flops=false",
         "model.dropout=0.0",
         *extra,
@@ -93,7 +93,7 @@ def _forward_flops(run_forward: Callable[[], Any]) -> float:
 
 
 def build_spactor(s: Settings, recipe: str, size: str, batch: int, *, precision: str = "bf16",
-                  compile_: bool = True, extra: list[str] | None = None, fsdp: bool = False,
+                  compile_: bool | str = True, extra: list[str] | None = None, fsdp: bool = False,
                   seed: int = 0, count_flops: bool = True) -> Built:
     from spactor.registry import OPTIMIZERS
     from spactor.train.flops.counting import count_vocab
@@ -148,11 +148,12 @@ def build_spactor(s: Settings, recipe: str, size: str, batch: int, *, precision:
         modify_rng=seeded_generator(seed + 1000, device),
         clip_grad_norm=resolved.cfg.trainer.clip_grad_norm,
         amp_dtype=amp_dtype,
+        forward=modules.compiled_forward() if compile_ == "model" else None,
     )
     batch_data = {"original": original}
 
-    def step() -> Any:
-        return train_step(modules, optimizer, batch_data, ctx).loss
+    def step() -> Any:  # a steady-state step: the logging step's metrics are not computed
+        return train_step(modules, optimizer, batch_data, ctx, with_metrics=False).loss
 
     extra_info = {"recipe": recipe, "size": s.sizes[size], "compile": compile_, "precision": precision,
                   "attention": getattr(resolved.model.config, "attention", None)}

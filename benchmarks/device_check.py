@@ -19,6 +19,9 @@ leaves numbers) and ``OUT_DIR/device_check.md`` (the tables). Sections, in prior
   ``tests/train/test_host_syncs.py``) and, on CUDA, the warnings of ``torch.cuda.set_sync_debug_mode("warn")``.
 * ``bf16_vs_fp32``: 30 steps of SC Base from the same weights on the same batches.
 * ``fsdp_1rank``: the same steps under FSDP2 on a world of one, against the plain bf16 run.
+* (then ``sc_large`` and the attention paths) ``compile_model``: SC Base and SpacTor stage
+  1 Base with ``runtime.compile=model``, the whole forward as one graph, and their ratios
+  to per-block compile.
 
 FLOPs per step are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one
 forward at the timed batch (matmul-class ops only) × 3, the project's convention (see
@@ -359,17 +362,23 @@ def _cpu_compile_backend(dry_run: bool) -> Iterator[None]:
     if not dry_run:
         yield
         return
-    original = torch.nn.Module.compile
+    original, original_fn = torch.nn.Module.compile, torch.compile
 
     def compile_(self: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("backend", "aot_eager")
         original(self, *args, **kwargs)
 
+    def compile_fn(*args: Any, **kwargs: Any) -> Any:  # runtime.compile=model's torch.compile
+        kwargs.setdefault("backend", "aot_eager")
+        return original_fn(*args, **kwargs)
+
     torch.nn.Module.compile = compile_  # type: ignore[method-assign]
+    torch.compile = compile_fn  # type: ignore[assignment]
     try:
         yield
     finally:
         torch.nn.Module.compile = original  # type: ignore[method-assign]
+        torch.compile = original_fn  # type: ignore[assignment]
 
 
 THROUGHPUT_CASES = ("sc_base", "hf_t5_base", "spactor_stage1_base", "sc_large")
@@ -395,6 +404,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "env": environment(s),
         "throughput": {},
         "attention": {},
+        "compile_model": {},
         "host_syncs": {},
         "ratios": {},
         "targets": {},
@@ -436,6 +446,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report.section(att, path, need, lambda p=path: measure_throughput(
                 s, lambda b, c: build_spactor(s, "sc", "base", b, extra=[f"model.attention={p}"], compile_=c),
                 base, again))
+        # runtime.compile=model (the whole forward as one graph) for SC and SpacTor
+        whole = report.data["compile_model"]
+        for name, recipe in (("sc_base", "sc"), ("spactor_stage1_base", "spactor")):
+            report.section(whole, name, need, lambda r=recipe: measure_throughput(
+                s, lambda b, c: build_spactor(s, r, "base", b, compile_="model" if c else False), base, True))
         if s.dry_run or args.fvcore:
             flops = {k: v.get("flops_per_step") for k, v in tp.items()}
             report.section(report.data, "flops_cross_check", 5.0, lambda: fvcore_cross_check(s, flops))
@@ -452,10 +467,19 @@ def _ratios(data: dict[str, Any]) -> None:
         r = tp.get(name, {})
         return r.get("seq_per_s") if r.get("status") == "ok" else None
 
-    pairs = {"sc_base_over_hf_t5_base": ("sc_base", "hf_t5_base"),
-             "spactor_stage1_over_sc_base": ("spactor_stage1_base", "sc_base")}
-    for key, (a, b) in pairs.items():
-        x, y = seq(a), seq(b)
+    whole = data.get("compile_model", {})
+
+    def seq_model(name: str) -> float | None:
+        r = whole.get(name, {})
+        return r.get("seq_per_s") if r.get("status") == "ok" and r.get("compile") == "model" else None
+
+    pairs = {"sc_base_over_hf_t5_base": (seq("sc_base"), seq("hf_t5_base")),
+             "spactor_stage1_over_sc_base": (seq("spactor_stage1_base"), seq("sc_base")),
+             # runtime.compile=model against per-block compile, and SpacTor against SC both compiled whole
+             "sc_base_model_over_blocks": (seq_model("sc_base"), seq("sc_base")),
+             "spactor_stage1_base_model_over_blocks": (seq_model("spactor_stage1_base"), seq("spactor_stage1_base")),
+             "spactor_stage1_over_sc_base_model": (seq_model("spactor_stage1_base"), seq_model("sc_base"))}
+    for key, (x, y) in pairs.items():
         data["ratios"][key] = None if x is None or y is None else x / y
 
     def mfu(name: str) -> float | None:

@@ -47,6 +47,12 @@ def render_markdown(data: dict[str, Any]) -> str:
     for name, r in data.get("attention", {}).items():
         lines.append(f"| {name} | {r.get('status')} | {_fmt(r.get('seq_per_s'), ',.1f')} | {_fmt(r.get('mfu'), '%')} | "
                      f"{_fmt(r.get('peak_memory_gb'), '.1f')} | {r.get('error') or r.get('note') or ''} |")
+    lines += ["", "## runtime.compile=model (the whole forward as one graph), Base", "",
+              "| case | status | batch | seq/s | MFU | peak GiB | warm-up s | note |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in data.get("compile_model", {}).items():
+        lines.append(f"| {name} | {r.get('status')} | {_fmt(r.get('batch_size'), 'd')} | {_fmt(r.get('seq_per_s'), ',.1f')} | "
+                     f"{_fmt(r.get('mfu'), '%')} | {_fmt(r.get('peak_memory_gb'), '.1f')} | {_fmt(r.get('warmup_s'), '.1f')} | "
+                     f"{r.get('compile_error') or r.get('error') or ''} |")
     lines += ["", "## Host syncs per steady-state step", "",
               "| recipe | status | syncs (dispatch count) | data-dependent ops | CUDA sync warnings | ops |",
               "|---|---|---|---|---|---|"]
@@ -65,7 +71,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     cross = data.get("flops_cross_check")
     if cross:
         lines.append(f"- FLOPs, FlopCounterMode / fvcore (SC Base step): {cross.get('status')} {_fmt(cross.get('ratio'), '.4f')}")
-    failed = [(k, r) for sec in ("throughput", "attention", "host_syncs") for k, r in data.get(sec, {}).items()
+    failed = [(k, r) for sec in ("throughput", "attention", "compile_model", "host_syncs") for k, r in data.get(sec, {}).items()
               if r.get("status") not in ("ok", None)]
     failed += [(k, data[k]) for k in ("bf16_vs_fp32", "fsdp_1rank") if data.get(k, {}).get("status") not in ("ok", None)]
     if failed:

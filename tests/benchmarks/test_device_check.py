@@ -49,6 +49,18 @@ def test_every_section_ran_and_has_its_fields(report):
 
 
 @pytest.mark.slow  # shares one ~1 minute dry run
+def test_whole_forward_compile_is_measured_beside_per_block(report):
+    data, markdown = report
+    assert set(data["compile_model"]) == {"sc_base", "spactor_stage1_base"}
+    for name, result in data["compile_model"].items():
+        assert result["status"] == "ok" and result["compile"] == "model", (name, result.get("compile_error"))
+        assert result["seq_per_s"] > 0 and result["loss_finite"]
+    for key in ("sc_base_model_over_blocks", "spactor_stage1_base_model_over_blocks", "spactor_stage1_over_sc_base_model"):
+        assert data["ratios"][key] > 0, key
+    assert "## runtime.compile=model" in markdown
+
+
+@pytest.mark.slow  # shares one ~1 minute dry run
 def test_attention_paths_are_measured_or_named_unsupported(report):
     data, _ = report
     assert set(data["attention"]) == {"sdpa", "flex", "eager"}
