@@ -12,6 +12,7 @@ The generator and the RTD head are FSDP units of their own so that the switch to
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -87,6 +88,17 @@ def all_reduce_tensor(tensor: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- wrapping
 
 
+def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_SAVED_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+              torch.ops.aten._scaled_dot_product_efficient_attention.default,
+              torch.ops.aten._scaled_dot_product_flash_attention.default}
+
+
 def apply_activation_checkpointing(blocks: Iterable[nn.Module], mode: str) -> None:
     """``full`` recomputes each block's forward in the backward; ``selective`` keeps the
     matmul outputs and recomputes the cheap element-wise ops (norms, activations)."""
@@ -94,22 +106,17 @@ def apply_activation_checkpointing(blocks: Iterable[nn.Module], mode: str) -> No
         return
     if mode not in ("full", "selective"):
         raise ValueError(f"runtime.activation_checkpointing must be none, full or selective, got {mode!r}")
-    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
-    save_ops = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
-                torch.ops.aten._scaled_dot_product_efficient_attention.default,
-                torch.ops.aten._scaled_dot_product_flash_attention.default}
-
-    def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
-        return CheckpointPolicy.MUST_SAVE if op in save_ops else CheckpointPolicy.PREFER_RECOMPUTE
+    # A partial of module-level functions, not a closure: Dynamo traces a checkpoint only
+    # with a context_fn it can resolve (per-block and whole-forward compile).
+    extra = {"context_fn": functools.partial(create_selective_checkpoint_contexts, _selective_policy)} \
+        if mode == "selective" else {}
 
     for block in blocks:
         forward = block.forward
 
         def checkpointed(*args: Any, _forward: Any = forward, **kwargs: Any) -> Any:
-            extra = {}
-            if mode == "selective":
-                extra["context_fn"] = lambda: create_selective_checkpoint_contexts(policy)
             return checkpoint(_forward, *args, use_reentrant=False, **extra, **kwargs)
 
         block.forward = checkpointed  # type: ignore[method-assign]

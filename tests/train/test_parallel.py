@@ -31,3 +31,22 @@ def test_compiled_blocks_match_eager(tiny_overrides, tmp_path):
     reference = losses(tiny_overrides, tmp_path / "eager", "model.dropout=0.0")
     compiled = losses(tiny_overrides, tmp_path / "compiled", "model.dropout=0.0", "runtime.compile=true")
     assert compiled == pytest.approx(reference, rel=1e-4)
+
+
+@pytest.mark.parametrize("compile_mode", ["blocks", "model"])
+def test_selective_checkpointing_traces_under_compile(tiny_overrides, tmp_path, monkeypatch, compile_mode):
+    """Dynamo traces the checkpoint's selective policy (a closure as ``context_fn`` made
+    both compile modes fail). ``aot_eager``: the capture is the runtime's, the numerics eager's."""
+    import functools
+
+    import torch
+
+    reference = losses(tiny_overrides, tmp_path / "eager", "model.dropout=0.0", "runtime.activation_checkpointing=selective")
+    module_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: module_compile(self, backend="aot_eager", **kw))
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    compiled = losses(tiny_overrides, tmp_path / compile_mode, "model.dropout=0.0",
+                      "runtime.activation_checkpointing=selective", f"runtime.compile={compile_mode}")
+    torch._dynamo.reset()
+    assert compiled == pytest.approx(reference, rel=1e-6)
