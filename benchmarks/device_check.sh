@@ -16,7 +16,11 @@ if ! "$python" -c "import omegaconf, torchdata" 2>/dev/null; then
     exit 2
   fi
   site=${TMPDIR:-/tmp}/spactor-device-site
-  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl
+  if "$python" -m pip --version >/dev/null 2>&1; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl
+  else  # no pip (an environment made by uv, say): these pure-Python wheels are zips of importable files
+    for wheel in "$wheels"/*.whl; do "$python" -m zipfile -e "$wheel" "$site"; done
+  fi
   export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
