@@ -9,7 +9,8 @@ out=${1:?usage: benchmarks/device_check.sh OUT_DIR [--cpu-dry-run] [options]}
 shift
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
-if ! "$python" -c "import omegaconf, torchdata" 2>/dev/null; then
+# (torchdata < 0.8 has no stateful_dataloader; finding its spec does not import torch)
+if ! "$python" -c "import omegaconf, importlib.util as u; assert u.find_spec('torchdata.stateful_dataloader')" 2>/dev/null; then
   wheels=${SPACTOR_WHEELS:-$root/.whl}
   if ! ls "$wheels"/*.whl >/dev/null 2>&1; then
     echo "device_check.sh: omegaconf/torchdata are missing and $wheels holds no wheels (run benchmarks/fetch_wheels.sh)" >&2
