@@ -9,14 +9,19 @@ out=${1:?usage: benchmarks/device_check.sh OUT_DIR [--cpu-dry-run] [options]}
 shift
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
-if ! "$python" -c "import omegaconf, torchdata" 2>/dev/null; then
+# (torchdata < 0.8 has no stateful_dataloader; finding its spec does not import torch)
+if ! "$python" -c "import omegaconf, importlib.util as u; assert u.find_spec('torchdata.stateful_dataloader')" 2>/dev/null; then
   wheels=${SPACTOR_WHEELS:-$root/.whl}
   if ! ls "$wheels"/*.whl >/dev/null 2>&1; then
     echo "device_check.sh: omegaconf/torchdata are missing and $wheels holds no wheels (run benchmarks/fetch_wheels.sh)" >&2
     exit 2
   fi
   site=${TMPDIR:-/tmp}/spactor-device-site
-  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl
+  if "$python" -m pip --version >/dev/null 2>&1; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl
+  else  # no pip (an environment made by uv, say): these pure-Python wheels are zips of importable files
+    for wheel in "$wheels"/*.whl; do "$python" -m zipfile -e "$wheel" "$site"; done
+  fi
   export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}

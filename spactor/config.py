@@ -240,8 +240,18 @@ def split_recipe(args: Sequence[str]) -> tuple[str | None, list[str]]:
     return recipe, overrides
 
 
+def _recipes_root() -> Any:
+    """The recipes: the installed ``spactor.configs``, or, when spactor runs from a checkout
+    on ``PYTHONPATH`` without being installed (``benchmarks/device_check.sh`` on a device
+    machine), the checkout's ``configs/``, which only installing maps to ``spactor.configs``."""
+    try:
+        return importlib.resources.files("spactor.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
 def recipe_names() -> list[str]:
-    root = importlib.resources.files("spactor.configs")
+    root = _recipes_root()
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -252,7 +262,7 @@ def recipe_path(recipe: str) -> Path:
         if not path.is_file():
             raise ConfigError(f"config file '{recipe}' does not exist")
         return path
-    root = importlib.resources.files("spactor.configs")
+    root = _recipes_root()
     candidate = root / f"{recipe}.yaml"
     if not candidate.is_file():
         names = recipe_names()

@@ -53,6 +53,9 @@ def init_distributed(device: torch.device) -> DistInfo:
 def rank_device(device: torch.device, info: DistInfo) -> torch.device:
     if device.type == "cuda" and info.world_size > 1:
         return torch.device("cuda", info.local_rank)
+    if device.type == "cuda" and device.index is None:
+        # one process: the current device, by index (torch.cuda.set_device refuses a bare "cuda")
+        return torch.device("cuda", torch.cuda.current_device())
     return device
 
 
@@ -150,6 +153,11 @@ def apply_fsdp(
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+    if not dist.is_initialized():
+        # runtime.fsdp=true in one process, not under torchrun: a world of one (without a
+        # group, init_device_mesh would rendezvous through torchrun's environment variables)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                rank=0, world_size=1)
     mesh = init_device_mesh(device.type, (world_info().world_size,))
     # cast_forward_inputs=False: a block must not cast the residual stream it receives
     low = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)

@@ -316,7 +316,9 @@ def finish_gradients(
     params = [p for p in modules.parameters() if p.grad is not None]
     grads = [p.grad for p in params]
     device = loss.device
-    if info.world_size == 1:
+    # FSDP on a world of one (runtime.fsdp=true, one process) has sharded DTensor gradients:
+    # the sharded path below, whose all-reduce is then a no-op, keeps the norm a plain tensor
+    if info.world_size == 1 and not any(hasattr(g, "to_local") for g in grads):
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
         if grads and max_norm is not None and max_norm > 0:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)

@@ -112,3 +112,26 @@ def test_throughput_retries_at_half_the_batch_and_without_compile():
     assert calls == [(4, True), (2, True), (2, False)]
     assert result["out_of_memory_at_batch"] == 4 and "compiler failed" in result["compile_error"]
     assert result["batch_size"] == 2 and result["seq_per_s"] > 0
+
+
+def test_recipes_load_from_a_checkout_that_is_not_installed(tmp_path):
+    """device_check.sh runs spactor from the checkout on PYTHONPATH, not installed: there is
+    no ``spactor.configs`` package (only installing maps configs/ to it), and the recipes
+    must still load. ``-S`` leaves out the editable install's finder; site-packages on
+    PYTHONPATH still give torch and omegaconf."""
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    code = (
+        "import importlib.util, spactor\n"
+        f"assert spactor.__file__.startswith({str(ROOT)!r}), spactor.__file__\n"
+        "assert importlib.util.find_spec('spactor.configs') is None\n"
+        "from spactor.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from spactor.config import load_config, recipe_names\n"
+        "assert {'sc', 'spactor'} <= set(recipe_names())\n"
+        "print(load_config('sc', ['model.size=tiny']).model.config.size)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *site])}
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "tiny"
