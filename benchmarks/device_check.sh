@@ -26,6 +26,8 @@ if ! "$python" -c "import omegaconf, importlib.util as u; assert u.find_spec('to
 fi
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
+SPACTOR_DEVICE_CHECK_STARTED=$(date +%s.%N)  # the Python side's budget counts from here, as the timeout does
+export SPACTOR_DEVICE_CHECK_STARTED
 cd "$root"
 # The Python side stops starting sections at its budget (450 s); this is the hard stop.
 exec timeout --signal=TERM --kill-after=10 "${SPACTOR_DEVICE_CHECK_TIMEOUT:-470}" "$python" -m benchmarks.device_check "$out" "$@"

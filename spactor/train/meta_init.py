@@ -28,6 +28,19 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+
+def _has_src_data_rank() -> bool:
+    import inspect
+
+    try:
+        from torch.distributed.tensor import distribute_tensor
+    except ImportError:  # a build without distributed
+        return False
+    return "src_data_rank" in inspect.signature(distribute_tensor).parameters
+
+
+_HAS_SRC_DATA_RANK = _has_src_data_rank()
+
 # Calls that overwrite every element of their first argument (so replaying them on a
 # fresh tensor gives the same value) and consume the RNG exactly as on the real tensor.
 _OVERWRITING: frozenset[Callable[..., Any]] = frozenset(
@@ -170,7 +183,10 @@ def _replay(call: _Call, target: torch.Tensor | None, device: torch.device) -> N
     full = torch.empty(call.shape, dtype=call.dtype, device=device)
     call.func(full, *call.args, **call.kwargs)
     if target is not None:
-        shard = distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=None)
+        # every rank computed the same full tensor: keep the local shard, no scatter
+        # (src_data_rank arrived in torch 2.7; before it, rank 0's copy is scattered)
+        extra = {"src_data_rank": None} if _HAS_SRC_DATA_RANK else {}
+        shard = distribute_tensor(full, target.device_mesh, target.placements, **extra)
         target.to_local().copy_(shard.to_local())
 
 

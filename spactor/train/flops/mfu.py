@@ -16,12 +16,14 @@ from spactor.train.flops.counting import FlopsReport, flops_report
 PEAK_TFLOPS: dict[str, float] = {
     "B200": 2250.0,
     "H200": 989.0,
+    "H200-NVL": 835.0,
     "GH200": 989.0,
     "H100-SXM": 989.0,
     "H100-NVL": 835.0,
     "H100-PCIe": 756.0,
     "A100": 312.0,
     "L40S": 362.0,
+    "L40": 181.0,
     "A10": 125.0,
     "L4": 121.0,
     "MI300X": 1307.0,
@@ -30,6 +32,7 @@ PEAK_TFLOPS: dict[str, float] = {
 # torch.cuda.get_device_name() substrings → table key; the most specific first.
 _DEVICE_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("GH200",), "GH200"),
+    (("H200", "NVL"), "H200-NVL"),
     (("H200",), "H200"),
     (("H100", "NVL"), "H100-NVL"),
     (("H100", "PCIE"), "H100-PCIe"),
@@ -37,6 +40,7 @@ _DEVICE_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("B200",), "B200"),
     (("A100",), "A100"),
     (("L40S",), "L40S"),
+    (("L40",), "L40"),  # after L40S, before L4
     (("A10",), "A10"),  # after A100
     (("L4",), "L4"),  # after L40S
     (("MI300X",), "MI300X"),

@@ -181,7 +181,8 @@ def test_peak_table_and_mfu():
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989
     assert peak_tflops("NVIDIA H100 PCIe") == 756
     assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312
-    assert peak_tflops("NVIDIA H200") == 989
+    assert peak_tflops("NVIDIA H200") == 989 and peak_tflops("NVIDIA H200 NVL") == 835
+    assert peak_tflops("NVIDIA L40") == 181 and peak_tflops("NVIDIA L40S") == 362 and peak_tflops("NVIDIA L4") == 121
     assert peak_tflops("Some CPU") is None
     assert peak_tflops("NVIDIA H100 PCIe", override=500.0) == 500.0
     assert mfu(989e12, 1.0, 989.0) == pytest.approx(1.0)
