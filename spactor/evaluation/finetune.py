@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 from torch import nn
 
+from spactor.architectures.generator import load_dcp_locally
 from spactor.config import load_config
 from spactor.data.tokenizer import Tokenizer
 from spactor.registry import ARCHITECTURES
@@ -168,7 +168,7 @@ def load_model_weights(model: nn.Module, checkpoint: Path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed")
-        dcp.load(state, checkpoint_id=checkpoint / "dcp")
+        load_dcp_locally(state, checkpoint / "dcp")  # rank 0 alone, in downstream evaluation
     model.load_state_dict({k: state["model"][f"model.{k}"] for k in own}, strict=True)
 
 

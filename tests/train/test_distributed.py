@@ -124,3 +124,13 @@ def test_sigkill_at_a_random_step_then_resume_matches(tiny_overrides, tmp_path):
     resumed = spactor("train", "--resume", str(killed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["loss"] for r in metrics(killed)] == [r["loss"] for r in metrics(full)]
+
+
+def test_rank0_alone_reads_weights_from_a_checkpoint_without_collectives(tmp_path):
+    """Downstream evaluation (``load_model_weights``) and the FLOPs count (the generator's
+    ``load_generator_weights``) read a checkpoint on rank 0 only, while the other ranks
+    wait elsewhere: a ``dcp.load`` on the default group would wait for them forever."""
+    out = tmp_path / "read.json"
+    done = torchrun(2, str(HERE / "dist_rank0_reads.py"), str(out), str(tmp_path / "checkpoints"), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(out.read_text()) == {"model": True, "generator": True}
