@@ -134,3 +134,26 @@ def test_rank0_alone_reads_weights_from_a_checkpoint_without_collectives(tmp_pat
     done = torchrun(2, str(HERE / "dist_rank0_reads.py"), str(out), str(tmp_path / "checkpoints"), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(out.read_text()) == {"model": True, "generator": True}
+
+
+def test_every_rank_runs_the_same_collectives_with_dtypes_nccl_reduces(tiny_overrides, tmp_path):
+    """A run with validation, periodic checkpoints and a resume: the ranks call the same
+    collectives in the same order with the same tensor shapes (a mismatch hangs NCCL), and
+    every tensor handed to one is on the rank's device and of a dtype NCCL takes (no bool)."""
+    common = [*tiny_overrides, "runtime.count_flops=true", "trainer.max_steps=4", "trainer.eval_every=2",
+              "trainer.checkpoint_every=2", "trainer.log_every=2", "lr_schedule.warmup_steps=100"]
+    script = str(HERE / "dist_collective_log.py")
+    run_dir = tmp_path / "run"
+    for i, args in enumerate([["train", "spactor", *common, f"run.dir={run_dir}"],
+                              ["train", "--resume", str(run_dir), "trainer.max_steps=6"]]):
+        logs = tmp_path / f"logs{i}"
+        logs.mkdir()
+        done = torchrun(2, script, str(logs), *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        rank0, rank1 = (json.loads((logs / f"rank{r}.json").read_text()) for r in (0, 1))
+        assert rank0 == rank1
+        ops = {c["op"] for c in rank0}
+        assert {"all_reduce", "barrier", "broadcast_object_list"} <= ops
+        for call in rank0:
+            for dtype, _, device in call["tensors"]:
+                assert dtype != "torch.bool" and device == "cpu", call
