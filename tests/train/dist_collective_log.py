@@ -1,7 +1,8 @@
 """Run under torchrun by test_distributed.py: ``spactor train`` with every
 ``torch.distributed`` collective recorded (name, and each tensor's dtype, shape and
 device; the outermost call only: an object collective's own broadcasts are its). Rank r
-writes its sequence to ``argv[1]/rank<r>.json``; the CLI arguments follow."""
+writes its sequence to ``argv[1]/rank<r>.json``; the CLI arguments follow, after an
+optional ``--tiny-finetune`` (the downstream evaluation's budget made a few steps)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ def main(out_dir: str, argv: list[str]) -> None:
 
     for name in (n for n in COLLECTIVES if hasattr(dist, n)):
         setattr(dist, name, recorded(name, getattr(dist, name)))
+    if argv[:1] == ["--tiny-finetune"]:
+        import spactor.evaluation.finetune as finetune
+
+        budget = finetune.FinetuneConfig(steps=3, batch_size=4, max_input_length=32, max_target_length=4,
+                                         eval_batch_size=256)
+        finetune.FinetuneConfig = lambda: budget  # the default budget downstream_every uses
+        argv = argv[1:]
     rank = int(os.environ["RANK"])
     sys.argv = ["spactor", *argv]
     try:

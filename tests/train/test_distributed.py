@@ -157,3 +157,20 @@ def test_every_rank_runs_the_same_collectives_with_dtypes_nccl_reduces(tiny_over
         for call in rank0:
             for dtype, _, device in call["tensors"]:
                 assert dtype != "torch.bool" and device == "cpu", call
+
+
+def test_downstream_evaluation_on_two_ranks(tiny_overrides, tmp_path):
+    """``trainer.downstream_every`` under torchrun: rank 0 fine-tunes from the checkpoint
+    while rank 1 waits in the gloo group; both run the same collectives and the scores
+    are logged."""
+    run_dir = tmp_path / "run"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    done = torchrun(2, str(HERE / "dist_collective_log.py"), str(logs), "--tiny-finetune", "train", "sc",
+                    *tiny_overrides, "runtime.count_flops=false", "trainer.max_steps=2",
+                    "trainer.downstream_every=2", f"run.dir={run_dir}", timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (json.loads((logs / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1 and "new_group" in {c["op"] for c in rank0}
+    scored = [r for r in metrics(run_dir) if "eval/pydoc_module/score" in r]
+    assert [r["step"] for r in scored] == [2]
