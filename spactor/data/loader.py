@@ -113,6 +113,18 @@ def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield batch
 
 
+def tokenizer_threads(num_workers: int) -> int:
+    """SentencePiece threads for one tokenising process: the node's cores shared by every
+    one on it, this rank's ``num_workers`` times the ranks torchrun started on the node
+    (``LOCAL_WORLD_SIZE``); -1 (all cores) when it is the only one."""
+    try:
+        local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_ranks = 1
+    processes = max(1, num_workers) * local_ranks
+    return -1 if processes == 1 else max(1, (os.cpu_count() or 1) // processes)
+
+
 def _worker_of_this_process() -> tuple[int, int]:
     """(worker id, workers per rank) for the calling process."""
     info = get_worker_info()
@@ -268,9 +280,7 @@ class PackedChunks(IterableDataset):
             self._first_kept = 0
         rows = Rows(self.global_batch, self.rank * self.batch_size, (self.rank + 1) * self.batch_size,
                     worker, num_workers)
-        # One SentencePiece thread per worker when several workers share the cores.
-        threads = -1 if num_workers == 1 else max(1, (os.cpu_count() or 1) // num_workers)
-        return self._stream(self._state, rows, threads)
+        return self._stream(self._state, rows, tokenizer_threads(num_workers))
 
     def _stream(self, st: StreamState, rows: Rows, threads: int) -> Iterator[torch.Tensor]:
         # Every rank and worker reads, tokenises and packs the whole split, so that the

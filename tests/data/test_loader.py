@@ -290,3 +290,17 @@ def test_a_state_of_the_old_one_process_stream_still_resumes(small_tokenizer, do
     assert all(torch.equal(a, b) for a, b in zip(take(resumed, 4), expected))
     with pytest.raises(DataError, match="sharded documents over 2"):
         PackedChunks(ListSource(docs), small_tokenizer, 8).load_state_dict({**old, "num_shards": 2})
+
+
+def test_tokenizer_threads_share_the_node_between_ranks_and_workers(monkeypatch):
+    from spactor.data.loader import tokenizer_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert tokenizer_threads(1) == -1  # the only tokenising process: every core
+    assert tokenizer_threads(2) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun --nproc_per_node=8
+    assert tokenizer_threads(1) == 2
+    assert tokenizer_threads(2) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert tokenizer_threads(2) == 1  # never below one
