@@ -165,9 +165,9 @@ def check_runtime(r: Any) -> None:
     one_of("runtime.device", r.device, DEVICES)
     one_of("runtime.precision", r.precision, PRECISIONS)  # bf16 on CPU is fine: CPU autocast
     one_of("runtime.activation_checkpointing", r.activation_checkpointing, ("none", "full", "selective"))
-    one_of("runtime.compile", compile_mode(r.compile), COMPILE_MODES)
-    fsdp = r.fsdp if r.fsdp is not None else _world_size() > 1
-    if compile_mode(r.compile) == "model" and fsdp:
+    compiled = compile_mode(r.compile)
+    one_of("runtime.compile", compiled, COMPILE_MODES)
+    if compiled == "model" and (r.fsdp if r.fsdp is not None else _world_size() > 1):
         fail("runtime.compile", r.compile, "compiles the whole forward on one device, outside FSDP's hooks; "
                                           "under FSDP use runtime.compile=blocks")
     # FSDP shards parameters over processes; one CPU process has nothing to shard with.

@@ -44,8 +44,6 @@ comparisons).
 
 from __future__ import annotations
 
-import inspect
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +56,7 @@ from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from spactor.checks import fail, is_int, is_number
+from spactor.architectures.dcp_read import read_dcp_locally
 from spactor.architectures.encoder import NORMS, POSITIONS, EncoderBody, EncoderSpec
 from spactor.config import ConfigError
 from spactor.registry import GENERATORS
@@ -306,19 +305,6 @@ def build_encoder_generator(
 # -- loading a trained generator (Fast-ELECTRA) ----------------------------------------------
 
 
-def load_dcp_locally(state: dict[str, Any], path: str | Path) -> None:
-    """``dcp.load`` of whole tensors by this process alone, without a collective even when a
-    process group exists: rank 0 reads checkpoints while the other ranks wait elsewhere
-    (the downstream evaluation, the FLOPs count), where a read on the default group would
-    wait for them forever."""
-    if "no_dist" in inspect.signature(dcp.load).parameters:
-        dcp.load(state, checkpoint_id=path, no_dist=True)
-    else:  # torch < 2.7: only the private loader takes no_dist
-        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
-        _load_state_dict(state, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
-
-
 def load_generator_weights(generator: Generator, path: str | Path, objective_name: str = "rtd") -> str:
     """Load ``generator``'s weights from a trained run and return where they came from.
 
@@ -335,10 +321,7 @@ def load_generator_weights(generator: Generator, path: str | Path, objective_nam
         keys, shapes = _dcp_tensor_keys(source)
         mapping = _key_mapping(keys, wanted, objective_name, source)
         state = {full: torch.empty(shapes[full][0], dtype=shapes[full][1]) for full in mapping.values()}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-            warnings.filterwarnings("ignore", message=".*process group.*")
-            load_dcp_locally(state, source)  # the FLOPs count builds the objectives on rank 0 alone
+        read_dcp_locally(state, source)  # the FLOPs count builds the objectives on rank 0 alone
     else:
         state = torch.load(source, map_location="cpu", weights_only=True)
         if isinstance(state.get("model"), dict):  # {"model": ..., "optim": ...} layouts

@@ -33,7 +33,6 @@ import math
 import re
 import statistics
 import sys
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spactor.architectures.generator import load_dcp_locally
+from spactor.architectures.dcp_read import read_dcp_locally
 from spactor.config import load_config
 from spactor.data.tokenizer import Tokenizer
 from spactor.registry import ARCHITECTURES
@@ -165,10 +164,7 @@ def load_model_weights(model: nn.Module, checkpoint: Path) -> None:
         raise EvaluationError(f"checkpoint {checkpoint} is unusable: {problem}")
     own = model.state_dict()
     state = {"model": {f"model.{k}": v.clone() for k, v in own.items()}}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed")
-        load_dcp_locally(state, checkpoint / "dcp")  # rank 0 alone, in downstream evaluation
+    read_dcp_locally(state, checkpoint / "dcp")  # rank 0 alone, in downstream evaluation
     model.load_state_dict({k: state["model"][f"model.{k}"] for k in own}, strict=True)
 
 

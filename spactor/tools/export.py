@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +78,8 @@ def read_discriminator(checkpoint: Path) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    from spactor.architectures.dcp_read import read_dcp_locally
+
     dcp_dir = checkpoint / "dcp"
     metadata = dcp.FileSystemReader(str(dcp_dir)).read_metadata()
     state = {
@@ -90,10 +91,7 @@ def read_discriminator(checkpoint: Path) -> dict[str, Any]:
         raise ExportError(
             f"checkpoint {checkpoint} holds no discriminator weights ('{DISCRIMINATOR_PREFIX}*')"
         )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        warnings.filterwarnings("ignore", message=".*process group.*")
-        dcp.load(state, checkpoint_id=dcp_dir)  # only the keys asked for are read
+    read_dcp_locally(state, dcp_dir)  # only the keys asked for are read
     return {key[len(DISCRIMINATOR_PREFIX) :]: value for key, value in state.items()}
 
 
