@@ -587,7 +587,17 @@ def as_dict(resolved: Resolved) -> dict[str, Any]:
     out["lr_schedule"] = plugin_dict(resolved.lr_schedule, "type")
     out["objectives"] = {k: plugin_dict(p, "type") for k, p in resolved.objectives.items()}
     out["schedules"] = {k: plugin_dict(p, "type") for k, p in resolved.schedules.items()}
-    return out
+    return _lists_for_tuples(out)
+
+
+def _lists_for_tuples(value: Any) -> Any:
+    """Tuples (``optimizer.betas``) as lists, as YAML and JSON give them back: the saved
+    config of a run must compare equal to the config that wrote it."""
+    if isinstance(value, dict):
+        return {k: _lists_for_tuples(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists_for_tuples(v) for v in value]
+    return value
 
 
 def to_plain(value: Any) -> Any:

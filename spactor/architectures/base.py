@@ -5,10 +5,41 @@ Objectives never import a concrete architecture; they see only this surface.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+# --------------------------------------------------------------------------- capabilities
+# What a model can do, as the passes it offers. An architecture class declares the set it
+# has in ``CAPABILITIES``; an objective declares what it needs in ``NEEDS`` (alternatives,
+# any one of which suffices), and the config check refuses a pairing that cannot work.
+ENCODE = "encode"  # a bidirectional encoder pass: ``encode(ids, attention_mask)``
+DECODE = "decode"  # a decoder with cross-attention to encoder states: ``decode(...)``
+CAUSAL_LM = "causal_lm"  # a decoder-only causal pass: ``causal(ids, attention_mask)``
+PREFIX_LM = "prefix_lm"  # a decoder-only pass bidirectional over a prefix: ``causal(..., prefix_length=)``
+CAPABILITY_NAMES: tuple[str, ...] = (ENCODE, DECODE, CAUSAL_LM, PREFIX_LM)
+
+
+def capabilities_of(model_or_class: Any) -> frozenset[str]:
+    """The capabilities a model (or its class) declares; a class without the declaration
+    is taken by the passes it has (an out-of-tree model written before it existed)."""
+    declared = getattr(model_or_class, "CAPABILITIES", None)
+    if declared is not None:
+        return frozenset(declared)
+    found = {ENCODE} if hasattr(model_or_class, "encode") else set()
+    if getattr(model_or_class, "has_decoder", False):
+        found.add(DECODE)
+    return frozenset(found)
+
+
+def satisfies(capabilities: Iterable[str], needs: Iterable[Iterable[str]]) -> bool:
+    """Whether ``capabilities`` meets one of the alternative capability sets ``needs``
+    (an empty ``needs``: the objective needs no model pass)."""
+    have = set(capabilities)
+    alternatives = [set(alt) for alt in needs]
+    return not alternatives or any(alt <= have for alt in alternatives)
 
 
 @runtime_checkable
@@ -24,11 +55,18 @@ class Architecture(Protocol):
     * ``lm_logits(hidden)``: vocabulary logits for hidden states of any leading shape
       (handles v1.0's tied head and d_model^-0.5 scaling).
     * ``token_embedding``: the ``nn.Embedding`` that ``embed`` reads (for sharing).
+    * ``causal(input_ids, attention_mask=None, prefix_length=None)``: decoder-only models
+      (``CAUSAL_LM``): hidden states ``(B, L, d_model)`` after the final norm, each
+      position attending to itself and earlier ones; with ``prefix_length`` (``(B,)``
+      long, ``PREFIX_LM``) positions ``< prefix_length[b]`` attend to the whole prefix.
+    * ``CAPABILITIES``: the passes above the model offers (``ENCODE``, ``DECODE``,
+      ``CAUSAL_LM``, ``PREFIX_LM``).
     * ``hidden_size``, ``vocab_size``, ``has_decoder``.
     * ``blocks()``: the repeated transformer blocks, for FSDP wrapping, activation
       checkpointing and per-block compile.
     """
 
+    CAPABILITIES: ClassVar[frozenset[str]]
     hidden_size: int
     vocab_size: int
     has_decoder: bool

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spactor.architectures.base import EncoderInputs
+from spactor.architectures.base import ENCODE, EncoderInputs
 from spactor.architectures.layers import (
     Attention,
     BlockSpec,
@@ -370,6 +370,7 @@ class MLMHead(nn.Module):
 class EncoderModel(EncoderInputs, nn.Module):
     """Encoder-only model implementing :class:`spactor.architectures.base.Architecture`."""
 
+    CAPABILITIES = frozenset({ENCODE})
     has_decoder = False
 
     def __init__(self, cfg: EncoderConfig, vocab_size: int) -> None:

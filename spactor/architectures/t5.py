@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spactor.architectures.base import EncoderInputs
+from spactor.architectures.base import DECODE, ENCODE, EncoderInputs
 from spactor.architectures.layers import (
     Attention,
     BlockSpec,
@@ -198,6 +198,7 @@ class T5DecoderStack(nn.Module):
 class T5Model(EncoderInputs, nn.Module):
     """T5 encoder-decoder implementing :class:`spactor.architectures.base.Architecture`."""
 
+    CAPABILITIES = frozenset({ENCODE, DECODE})
     has_decoder = True
 
     def __init__(self, cfg: T5Config, vocab_size: int) -> None:

@@ -165,6 +165,10 @@ class Objective(nn.Module):
     # holds ``original`` and ``encoder_input``.
     REQUIRES: ClassVar[tuple[str, ...]] = ()
     PROVIDES: ClassVar[tuple[str, ...]] = ()
+    # The model passes this objective needs (``spactor.architectures.base`` capabilities):
+    # alternatives, any one of which the model must offer in full; () for none (a
+    # transform). Span corruption: ``(frozenset({ENCODE, DECODE}),)``.
+    NEEDS: ClassVar[tuple[frozenset[str], ...]] = ()
     # Dropped by the implicit two-stage curriculum at its switch (SpacTor's MLM masking and
     # RTD). A written-out ``curriculum`` schedule ignores it: its stages name their objectives.
     STAGE1_ONLY: ClassVar[bool] = False
