@@ -90,3 +90,16 @@ def test_a_recipe_that_inherits_from_itself_is_refused(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="inherits from itself"):
         load_config(str(tmp_path / "a.yaml"))
+
+
+def test_a_saved_config_reads_back_equal_to_the_one_that_wrote_it():
+    """AdamW's ``betas`` is a tuple in the dataclass and a list in YAML: the resolved
+    config as data must hold lists, or a resume compares [0.9, 0.999] with (0.9, 0.999)."""
+    from omegaconf import OmegaConf
+
+    from spactor.config import as_dict, load_config
+
+    resolved = load_config("electra", ["model.size=tiny"])
+    data = as_dict(resolved)
+    assert data["optimizer"]["betas"] == [0.9, 0.999]
+    assert OmegaConf.to_container(OmegaConf.create(resolved.to_yaml())) == data
