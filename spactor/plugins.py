@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     "spactor.schedules.curriculum",
     "spactor.data.sources",
     "spactor.data.pydoc_tasks",
+    "spactor.data.pydoc_pairs",
     "spactor.train.optim.optimizers",
     "spactor.tasks",
 )

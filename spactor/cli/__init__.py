@@ -243,10 +243,16 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
 
     if ns.step is not None and ns.all:
         raise UsageError("--step and --all exclude each other")
+    from spactor.evaluation.zero_shot import evaluate_zero_shot_run, is_zero_shot
+
     try:
         budget, options = parse_finetune_overrides(list(ns.args))
-        written = evaluate_run(ns.run_dir, ns.task, step=ns.step, every=ns.all, seeds=ns.seeds,
-                               init=ns.init, finetune=budget, task_options=options)
+        if is_zero_shot(ns.task):  # scored as it is: no fine-tuning budget
+            written = evaluate_zero_shot_run(ns.run_dir, ns.task, step=ns.step, every=ns.all, seeds=ns.seeds,
+                                             init=ns.init, task_options=options, device=budget.device)
+        else:
+            written = evaluate_run(ns.run_dir, ns.task, step=ns.step, every=ns.all, seeds=ns.seeds,
+                                   init=ns.init, finetune=budget, task_options=options)
     except (EvaluationError, ValueError) as e:  # a task's bad content (missing file, field) included
         if isinstance(e, ConfigError):
             raise
@@ -255,6 +261,30 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
         where = "random init" if result.step is None else f"step {result.step}"
         print(f"{result.task} @ {where}: {result.metric} {result.score:.4f} ± {result.std:.4f} "
               f"({result.seeds} seed{'s' if result.seeds != 1 else ''}) -> {path}")
+    return 0
+
+
+def cmd_score(ns: argparse.Namespace) -> int:
+    from spactor.evaluation.finetune import EvaluationError, build_model, load_model_weights, open_run
+    from spactor.evaluation.finetune import select_checkpoints
+    from spactor.evaluation.zero_shot import score_lines
+
+    try:
+        run = open_run(ns.run_dir)
+        model = build_model(run)
+        if ns.init == "checkpoint":
+            load_model_weights(model, select_checkpoints(run, ns.step, False)[0][1])
+        if ns.input == "-":
+            lines: Any = sys.stdin
+        else:
+            path = Path(ns.input)
+            if not path.is_file():
+                raise EvaluationError(f"--input {ns.input}: no such file")
+            lines = path.read_text(encoding="utf-8").splitlines()
+        for record in score_lines(model, run, lines):
+            print(json.dumps(record), flush=True)
+    except (EvaluationError, UnicodeDecodeError) as e:
+        raise UsageError(str(e)) from None
     return 0
 
 
@@ -320,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="key=value",
                    help="finetune.steps=N etc. (the budget), other keys: task options (train=PATH ...)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="the log-likelihood of each input line under a run's model (JSON lines)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--input", "-i", default="-", help="a text file, one text per line (default: standard input)")
+    p.add_argument("--step", type=int, help="the checkpoint at this step (default: the newest)")
+    p.add_argument("--init", choices=("checkpoint", "random"), default="checkpoint",
+                   help="random: the same architecture from random init (the control)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("study", help="pre-train a study's arms, evaluate them, write study.md/study.png")
     p.add_argument("study", metavar="STUDY.yaml", help="a study file, or a shipped one by name (spactor_tiny)")

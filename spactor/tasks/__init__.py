@@ -9,7 +9,7 @@ from typing import Any
 
 from spactor.config import check_keys, typed
 from spactor.registry import TASKS
-from spactor.tasks import jsonl  # noqa: F401  (register)
+from spactor.tasks import jsonl, minimal_pairs  # noqa: F401  (register)
 from spactor.tasks.base import Example, Task
 
 __all__ = ["Example", "Task", "build_task"]
