@@ -47,6 +47,7 @@ from spactor.data.tokenizer import Tokenizer
 from spactor.registry import ARCHITECTURES
 from spactor.train.checkpoint import STEP_DIR, Checkpointer
 from spactor.train.metrics import Progress, read_metrics
+from spactor.train.run_dir import RunDirError, load_run_tokenizer
 from spactor.tasks import Task, build_task
 
 EVAL_DIR = "eval"
@@ -124,7 +125,11 @@ def open_run(run_dir: str | Path) -> LoadedRun:
     if not tokenizer_file.is_file():
         raise EvaluationError(f"{run}: no spiece.model there (the run's tokenizer)")
     resolved = load_config(str(config), saved_run=True)
-    return LoadedRun(run, resolved, Tokenizer.load(tokenizer_file), Checkpointer(run / "checkpoints"))
+    try:
+        tokenizer = load_run_tokenizer(run)
+    except RunDirError as e:
+        raise EvaluationError(str(e)) from None
+    return LoadedRun(run, resolved, tokenizer, Checkpointer(run / "checkpoints"))
 
 
 def checkpoint_steps(run: LoadedRun) -> dict[int, Path]:
