@@ -6,12 +6,14 @@ task (``spactor.tasks``): build the run's discriminator from its ``config.yaml``
 generator, heads and optimizer state are not read), fine-tune a copy on the task's
 train split with a fixed budget (:class:`FinetuneConfig`), score the test split, and
 repeat for ``seeds`` seeds (seed k changes the batch order, any new head's init and
-dropout). The result goes to ``RUN_DIR/eval/<task>/step_<N>.json``::
+dropout). The result goes to ``RUN_DIR/eval/<task>/step_<N>.json`` (a task read from
+the user's files: ``eval/<name>-<digest>/``, :mod:`spactor.tasks.jsonl`)::
 
     {"score": mean over seeds, "std": sample std over seeds (0 for one seed),
      "metric": ..., "seeds": K, "step": N, "flops_cum": pre-training FLOPs up to N
      (null when the run did not count FLOPs), "finetune": {the budget}, "scores": [...],
-     "task": ..., "init": "checkpoint" | "random"}
+     "task": ..., "init": "checkpoint" | "random",
+     "files": [{"split", "path", "sha256"} of each data file; [] for a built-in task]}
 
 ``--init random`` fine-tunes the same architecture from random initialisation (seed k
 also seeds the init) with the same budget, written to ``eval/<task>/random.json``
@@ -98,6 +100,7 @@ class EvalResult:
     scores: list[float]
     task: str
     init: str
+    files: list[dict[str, str]]  # the task's data files: split, path, sha256 ([] for built-in tasks)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -413,8 +416,9 @@ def evaluate_run(run_dir: str | Path, task_name: str, step: int | None = None, e
         mean, std = summarise(scores)
         flops = 0.0 if ckpt_step is None else checkpoint_flops(run, ckpt_step, checkpoint)
         result = EvalResult(score=mean, std=std, metric=task.metric, seeds=seeds, step=ckpt_step,
-                            flops_cum=flops, finetune=asdict(cfg), scores=scores, task=task.name, init=init)
-        path = result_path(run.run_dir, task.name, ckpt_step)
+                            flops_cum=flops, finetune=asdict(cfg), scores=scores, task=task.name, init=init,
+                            files=task.files)
+        path = result_path(run.run_dir, task.results, ckpt_step)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(result.to_json(), indent=1) + "\n")
