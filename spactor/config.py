@@ -309,7 +309,8 @@ def _single_path_as_list(data: dict[str, Any]) -> None:
 def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> Any:
     """A recipe's YAML; a top-level ``base: <recipe>`` is loaded first and this recipe is
     merged over it, so a variant states only what it changes. A relative ``base`` path is
-    found beside the recipe that names it, not in the working directory."""
+    found beside the recipe that names it, not in the working directory. A child listing
+    all of its base's objectives runs them in its own order (:func:`_child_objective_order`)."""
     path = recipe_path(recipe)
     key = str(path.resolve())
     if key in _seen:
@@ -324,7 +325,37 @@ def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> Any:
     if base is None:
         return raw
     parent = load_recipe(base_path(str(base), recipe, path), _seen + (key,))
-    return OmegaConf.merge(parent, raw)
+    merged = OmegaConf.merge(parent, raw)
+    _child_objective_order(merged, parent, raw, recipe, str(base))
+    return merged
+
+
+def _child_objective_order(merged: DictConfig, parent: DictConfig, child: DictConfig, recipe: str,
+                           base: str) -> None:
+    """Objectives run in the order a recipe lists them, but ``OmegaConf.merge`` keeps the
+    base's key order (and appends new keys), so a child's reordering would be dropped
+    silently. A child that lists every objective of its base gets its own order (checked
+    later like any recipe's); one that lists a few, in an order the merge cannot keep, is
+    refused with how to reorder."""
+    mine = child.get("objectives")
+    if not isinstance(mine, DictConfig):
+        return
+    theirs = parent.get("objectives")
+    base_keys = [str(k) for k in theirs.keys()] if isinstance(theirs, DictConfig) else []
+    child_keys = [str(k) for k in mine.keys()]
+    merged_keys = [str(k) for k in merged.objectives.keys()]
+    if set(base_keys) <= set(child_keys):
+        if merged_keys != child_keys:
+            # resolve=False keeps ${...} interpolations for the final resolve of the whole tree
+            body = OmegaConf.to_container(merged.objectives, resolve=False)
+            merged.objectives = {k: body[k] for k in child_keys}  # type: ignore[index]
+        return
+    if [k for k in merged_keys if k in child_keys] != child_keys:
+        raise ConfigError(
+            f"recipe '{recipe}' lists objectives {', '.join(child_keys)} in an order its base '{base}' "
+            f"({', '.join(base_keys)}) does not have; to reorder, list every objective it runs "
+            f"({', '.join(merged_keys)}) in the order they should run"
+        )
 
 
 def base_path(base: str, recipe: str, recipe_file: Path) -> str:

@@ -103,3 +103,69 @@ def test_a_saved_config_reads_back_equal_to_the_one_that_wrote_it():
     data = as_dict(resolved)
     assert data["optimizer"]["betas"] == [0.9, 0.999]
     assert OmegaConf.to_container(OmegaConf.create(resolved.to_yaml())) == data
+
+
+# Each shipped recipe's objectives, in the order they run (issue 23: a child recipe's own
+# order now wins over its base's; no shipped recipe may change order with it).
+SHIPPED_OBJECTIVE_ORDER = {
+    "electra": ["mlm_mask", "rtd"],
+    "fast_electra": ["mlm_mask", "rtd"],
+    "mlm": ["mlm_mask", "mlm"],
+    "quickstart": ["span_corruption"],
+    "sc": ["span_corruption"],
+    "spactor": ["span_corruption", "mlm_mask", "rtd"],
+    "spactor_adaptive": ["span_corruption", "mlm_mask", "rtd"],
+    "spactor_anneal": ["span_corruption", "mlm_mask", "rtd"],
+    "spactor_frozen": ["span_corruption", "mlm_mask", "rtd"],
+    "spactor_large": ["span_corruption", "mlm_mask", "rtd"],
+    "spactor_mask_curriculum": ["span_corruption", "mlm_mask", "rtd"],
+    "spactor_three_stage": ["span_corruption", "mlm_mask", "rtd"],
+    "spactor_ul2_sc": ["span_corruption", "mlm_mask", "rtd", "ul2"],
+    "ul2": ["ul2"],
+    "ul2_rtd": ["ul2", "mlm_mask", "rtd"],
+}
+
+
+def test_every_shipped_recipe_keeps_its_objective_order():
+    assert sorted(SHIPPED_OBJECTIVE_ORDER) == recipe_names()
+    for name, order in SHIPPED_OBJECTIVE_ORDER.items():
+        assert list(load_config(name).objectives) == order, name
+
+
+def test_a_child_recipe_listing_every_objective_runs_them_in_its_own_order(tmp_path):
+    from spactor.config import load_recipe
+
+    reordered = (
+        "objectives:\n"
+        "  mlm_mask: {ratio: 0.15}\n"
+        "  span_corruption: {noise_density: 0.15, weight: '${trainer.eval_batches}'}\n"
+        "  rtd: {weight: 10.0}\n"
+    )
+    (tmp_path / "child.yaml").write_text("base: spactor\n" + reordered)
+    raw = load_recipe(str(tmp_path / "child.yaml"))
+    assert list(raw.objectives) == ["mlm_mask", "span_corruption", "rtd"]
+    assert raw.objectives.span_corruption.weight == 20  # an interpolation survives the reordering
+    assert raw.objectives.rtd.generator.layers == 4  # the base's options of each objective are kept
+    # ... and the order is checked as in a recipe without base: (before, it ran in the base's order)
+    flat = reordered.replace("{ratio: 0.15}", "{ratio: 0.15, mode: replace_all}").replace("'${trainer.eval_batches}'", "1")
+    (tmp_path / "flat.yaml").write_text("model: {arch: t5}\n" + flat)
+    messages = []
+    for recipe in ("child.yaml", "flat.yaml"):
+        with pytest.raises(ConfigError) as err:
+            load_config(str(tmp_path / recipe))
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "put span_corruption before mlm_mask" in messages[0]
+
+
+def test_a_child_recipe_listing_some_objectives_out_of_order_is_told_how_to_reorder(tmp_path):
+    (tmp_path / "child.yaml").write_text(
+        "base: spactor\nobjectives:\n  mlm_mask: {ratio: 0.2}\n  span_corruption: {noise_density: 0.2}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(str(tmp_path / "child.yaml"))
+    message = str(err.value)
+    assert "lists objectives mlm_mask, span_corruption in an order its base 'spactor'" in message
+    assert "list every objective it runs (span_corruption, mlm_mask, rtd)" in message and "\n" not in message
+    # options of a few objectives in the base's order, or a new one after them, merge as before
+    (tmp_path / "child.yaml").write_text("base: spactor\nobjectives:\n  mlm_mask: {ratio: 0.2}\n  rtd: {weight: 1.0}\n")
+    assert list(load_config(str(tmp_path / "child.yaml")).objectives) == ["span_corruption", "mlm_mask", "rtd"]

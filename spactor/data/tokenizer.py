@@ -69,25 +69,39 @@ class VocabularyTooLarge(ValueError):
         self.maximum = maximum
 
 
+class TokenizerFileError(ValueError):
+    """A model that is not a usable SentencePiece tokenizer. ``reason`` says what is wrong
+    without the name, so a caller that knows where the file comes from (a run directory's
+    own ``spiece.model``) can say so instead; ``hint`` is how to make a new one."""
+
+    def __init__(self, name: str, reason: str, hint: str = "") -> None:
+        super().__init__(f"{name}: {reason}" + (f"; {hint}" if hint else ""))
+        self.reason = reason
+
+
 class Tokenizer:
     """A SentencePiece model plus T5's sentinels and an ``[M]`` mask token."""
 
     def __init__(self, model_proto: bytes, name: str = "") -> None:
         self._proto = bytes(model_proto)
         self.name = name
+        # sentencepiece accepts an empty proto and reports pad_id=-1 afterwards, so an
+        # empty file would read as "a model trained without a pad piece"
+        if not self._proto:
+            raise TokenizerFileError(name or "tokenizer", "empty (0 bytes), not a SentencePiece model")
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
         except RuntimeError:  # sentencepiece's C++ error says only which check failed
-            raise ValueError(
-                f"{name or 'tokenizer'}: not a SentencePiece model (the file does not parse as one)"
+            raise TokenizerFileError(
+                name or "tokenizer", "not a SentencePiece model (the file does not parse as one)"
             ) from None
         # The rest of spactor pads with pad_id and separates documents with eos_id; a
         # model trained with SentencePiece's defaults (pad_id=-1) cannot do either.
         if self._sp.pad_id() < 0 or self._sp.eos_id() < 0:
-            raise ValueError(
-                f"tokenizer {name or '(in memory)'} has no pad or EOS piece "
-                f"(pad_id={self._sp.pad_id()}, eos_id={self._sp.eos_id()}); "
-                "train it with pad_id=0, eos_id=1, unk_id=2, bos_id=-1 (Tokenizer.train does)"
+            raise TokenizerFileError(
+                f"tokenizer {name or '(in memory)'}",
+                f"has no pad or EOS piece (pad_id={self._sp.pad_id()}, eos_id={self._sp.eos_id()})",
+                "train it with pad_id=0, eos_id=1, unk_id=2, bos_id=-1 (Tokenizer.train does)",
             )
         self._vocab = t5_vocab(self.num_pieces, self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id())
 

@@ -6,12 +6,14 @@ task (``spactor.tasks``): build the run's discriminator from its ``config.yaml``
 generator, heads and optimizer state are not read), fine-tune a copy on the task's
 train split with a fixed budget (:class:`FinetuneConfig`), score the test split, and
 repeat for ``seeds`` seeds (seed k changes the batch order, any new head's init and
-dropout). The result goes to ``RUN_DIR/eval/<task>/step_<N>.json``::
+dropout). The result goes to ``RUN_DIR/eval/<task>/step_<N>.json`` (a task read from
+the user's files: ``eval/<name>-<digest>/``, :mod:`spactor.tasks.jsonl`)::
 
     {"score": mean over seeds, "std": sample std over seeds (0 for one seed),
      "metric": ..., "seeds": K, "step": N, "flops_cum": pre-training FLOPs up to N
      (null when the run did not count FLOPs), "finetune": {the budget}, "scores": [...],
-     "task": ..., "init": "checkpoint" | "random"}
+     "task": ..., "init": "checkpoint" | "random",
+     "files": [{"split", "path", "sha256"} of each data file; [] for a built-in task]}
 
 ``--init random`` fine-tunes the same architecture from random initialisation (seed k
 also seeds the init) with the same budget, written to ``eval/<task>/random.json``
@@ -47,6 +49,7 @@ from spactor.data.tokenizer import Tokenizer
 from spactor.registry import ARCHITECTURES
 from spactor.train.checkpoint import STEP_DIR, Checkpointer
 from spactor.train.metrics import Progress, read_metrics
+from spactor.train.run_dir import RunDirError, load_run_tokenizer
 from spactor.tasks import Task, build_task
 
 EVAL_DIR = "eval"
@@ -97,6 +100,7 @@ class EvalResult:
     scores: list[float]
     task: str
     init: str
+    files: list[dict[str, str]]  # the task's data files: split, path, sha256 ([] for built-in tasks)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,7 +128,11 @@ def open_run(run_dir: str | Path) -> LoadedRun:
     if not tokenizer_file.is_file():
         raise EvaluationError(f"{run}: no spiece.model there (the run's tokenizer)")
     resolved = load_config(str(config), saved_run=True)
-    return LoadedRun(run, resolved, Tokenizer.load(tokenizer_file), Checkpointer(run / "checkpoints"))
+    try:
+        tokenizer = load_run_tokenizer(run)
+    except RunDirError as e:
+        raise EvaluationError(str(e)) from None
+    return LoadedRun(run, resolved, tokenizer, Checkpointer(run / "checkpoints"))
 
 
 def checkpoint_steps(run: LoadedRun) -> dict[int, Path]:
@@ -408,8 +416,9 @@ def evaluate_run(run_dir: str | Path, task_name: str, step: int | None = None, e
         mean, std = summarise(scores)
         flops = 0.0 if ckpt_step is None else checkpoint_flops(run, ckpt_step, checkpoint)
         result = EvalResult(score=mean, std=std, metric=task.metric, seeds=seeds, step=ckpt_step,
-                            flops_cum=flops, finetune=asdict(cfg), scores=scores, task=task.name, init=init)
-        path = result_path(run.run_dir, task.name, ckpt_step)
+                            flops_cum=flops, finetune=asdict(cfg), scores=scores, task=task.name, init=init,
+                            files=task.files)
+        path = result_path(run.run_dir, task.results, ckpt_step)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(result.to_json(), indent=1) + "\n")

@@ -35,6 +35,14 @@ class Task:
     test: list[Example]
     labels: list[str] = field(default_factory=list)  # classification: every label, sorted
     description: str = ""
+    # The user's files it was read from: {"split", "path" (absolute), "sha256"}; none for
+    # a built-in task (its data is the running Python's docstrings).
+    files: list[dict[str, str]] = field(default_factory=list)
+    result_name: str = ""  # its folder under RUN_DIR/eval/; "" = name
+
+    @property
+    def results(self) -> str:
+        return self.result_name or self.name
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -102,9 +102,10 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
     from spactor.architectures.hf_convert import save_hf_pretrained
     from spactor.architectures.t5 import T5Model
     from spactor.config import load_config
-    from spactor.data.tokenizer import NUM_SENTINELS, Tokenizer
+    from spactor.data.tokenizer import NUM_SENTINELS
     from spactor.plugins import load_plugins
     from spactor.train.checkpoint import MANIFEST
+    from spactor.train.run_dir import TOKENIZER_FILE, RunDirError, load_run_tokenizer
 
     if dtype not in DTYPES:
         raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -122,6 +123,15 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
             "T5ForConditionalGeneration"
         )
     cfg = resolved.model.config
+    # The run's tokenizer is checked before anything is written: a bad one is a one-line
+    # error, not a traceback after OUT already holds the weights.
+    spiece = run_dir / TOKENIZER_FILE
+    tok = None
+    if spiece.is_file():
+        try:
+            tok = load_run_tokenizer(run_dir)
+        except RunDirError as e:
+            raise ExportError(str(e)) from None
     weights = read_discriminator(checkpoint)
     if "token_embedding.weight" not in weights:
         raise ExportError(f"checkpoint {checkpoint} has no token embedding (model.token_embedding.weight)")
@@ -140,10 +150,8 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
     provenance = {"spactor_checkpoint": str(checkpoint.resolve()), "spactor_step": str(step)}
     files = save_hf_pretrained(model, out, dtype=getattr(torch, dtype), metadata=provenance)
 
-    spiece = run_dir / "spiece.model"
-    if spiece.is_file():
+    if tok is not None:
         shutil.copyfile(spiece, out / "spiece.model")
-        tok = Tokenizer.load(spiece)
         tokenizer_config = {
             "tokenizer_class": "T5Tokenizer",
             "extra_ids": NUM_SENTINELS,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from spactor.config import ConfigError, Resolved, as_dict, upgrade_saved
+from spactor.data.tokenizer import Tokenizer, TokenizerFileError
 
 LOCK_FILE = ".lock"
 IDENTITY_FILE = "identity.json"
@@ -214,6 +215,7 @@ def check_tokenizer(run_dir: Path, resolved: Resolved) -> Path:
         raise RunDirError(
             f"run.dir {run_dir}: its tokenizer {saved} is missing; the run cannot resume without it"
         )
+    load_run_tokenizer(run_dir)
     given = resolved.cfg.data.tokenizer
     if given:
         path = Path(given).expanduser()
@@ -226,6 +228,26 @@ def check_tokenizer(run_dir: Path, resolved: Resolved) -> Path:
                     "(run.fresh=true or another run.dir starts a new run with this one)"
                 )
     return saved
+
+
+def load_run_tokenizer(run_dir: Path) -> Tokenizer:
+    """A run directory's own ``spiece.model``, loaded. One that is empty, truncated or
+    unreadable is a :class:`RunDirError` naming that file: the data-loading path would
+    report it under ``data.tokenizer`` (which a resume points at it) and a SentencePiece
+    training hint, though the user set neither."""
+    path = Path(run_dir) / TOKENIZER_FILE
+    try:
+        return Tokenizer.load(path)
+    except (TokenizerFileError, OSError) as e:
+        reason = e.reason if isinstance(e, TokenizerFileError) else (e.strerror or str(e))
+        try:
+            sha = (read_identity(Path(run_dir)) or {}).get("tokenizer_sha256")
+        except RunDirError:  # the tokenizer is the problem to report; the hint is optional
+            sha = None
+        fix = (f"; restore the file the run was trained with (sha256 {str(sha)[:12]}..., in "
+               f"{Path(run_dir) / IDENTITY_FILE})" if sha else "")
+        raise RunDirError(f"{path}: the run directory's tokenizer file is empty or unreadable: "
+                          f"{reason}{fix}") from None
 
 
 # --------------------------------------------------------------------------- resume

@@ -183,3 +183,41 @@ def test_run_directory_first_and_a_skipped_checkpoint_reported_once(tiny_overrid
     said = resumed.stdout + resumed.stderr
     assert said.count("step_00000004") == 1 and "skipping checkpoint step_00000004" in said, said
     assert "resumed from" in resumed.stdout and "step_00000002" in resumed.stdout
+
+
+@pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory, tiny_overrides):
+    from spactor.config import load_config
+    from spactor.plugins import load_plugins
+    from spactor.train.loop import train
+
+    load_plugins()
+    run_dir = tmp_path_factory.mktemp("bad_spiece") / "run"
+    train(load_config("sc", [*tiny_overrides, "runtime.count_flops=false", "trainer.max_steps=1",
+                             f"run.dir={run_dir}"]))
+    return run_dir
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_run_whose_spiece_model_is_damaged_says_so_in_one_line(one_step_run, tmp_path, damage, capsys):
+    """export printed a 17-line ValueError traceback (exit 1); --resume blamed data.tokenizer
+    (never set) and told to retrain it with pad_id=0. Each names the run's own file now."""
+    import shutil
+
+    from spactor.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(one_step_run, run_dir)
+    spiece = run_dir / "spiece.model"
+    spiece.write_bytes(b"" if damage == "empty" else spiece.read_bytes()[:100])
+    capsys.readouterr()
+    for args in (["export", str(run_dir), str(tmp_path / "hf")],
+                 ["train", "--resume", str(run_dir), "trainer.max_steps=2"],
+                 ["evaluate", str(run_dir), "--task", "pydoc_module", "finetune.steps=1"]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert f"{spiece}: the run directory's tokenizer file is empty or unreadable" in err, err
+        assert "data.tokenizer" not in err and "pad_id=0" not in err, err
+    assert not (tmp_path / "hf").exists()  # nothing exported before the refusal
+    assert (run_dir / "metrics.jsonl").read_text() == (one_step_run / "metrics.jsonl").read_text()

@@ -4,6 +4,7 @@ errors; the trainer's downstream hook; the clean/noisy validation SC loss."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,25 @@ def test_weights_come_from_the_checkpoint(tiny_run):
     same, other = models[1], models[2]
     assert all(torch.equal(models[0][k], same[k]) for k in same)
     assert any(not torch.equal(same[k], other[k]) for k in same)
+
+
+def test_jsonl_results_of_two_datasets_do_not_collide_and_name_their_files(tiny_run, tmp_path, capsys):
+    """Both went to eval/jsonl/step_N.json, the second over the first, without the files."""
+    import hashlib
+
+    paths = {}
+    for name, words in (("a", ["good", "bad"]), ("b", ["red", "blue"])):
+        data = tmp_path / f"{name}.jsonl"
+        data.write_text("".join(json.dumps({"text": f"{w} {i}", "label": w}) + "\n" for i in range(4) for w in words))
+        assert main(["evaluate", str(tiny_run), "--task", "jsonl", "--step", "4", f"train={data}", f"test={data}",
+                     "text_field=text", "label_field=label", "finetune.steps=2", "finetune.batch_size=4",
+                     "finetune.max_input_length=16", "finetune.max_target_length=4"]) == 0
+        written = capsys.readouterr().out.strip().rsplit(" -> ", 1)[1]
+        paths[name] = (written, data)
+    (a, data_a), (b, data_b) = paths["a"], paths["b"]
+    assert a != b and a.startswith(str(tiny_run / "eval" / "jsonl-")) and a.endswith("/step_4.json")
+    for path, data in ((a, data_a), (b, data_b)):
+        saved = json.loads(Path(path).read_text())  # both still there
+        sha = hashlib.sha256(data.read_bytes()).hexdigest()
+        assert saved["task"] == "jsonl" and saved["step"] == 4 and len(saved["scores"]) == 1
+        assert saved["files"] == [{"split": s, "path": str(data.resolve()), "sha256": sha} for s in ("train", "test")]

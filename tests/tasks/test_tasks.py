@@ -9,7 +9,7 @@ import pytest
 from spactor.config import ConfigError
 from spactor.plugins import load_plugins
 from spactor.registry import TASKS, RegistryError
-from spactor.tasks import build_task
+from spactor.tasks import Example, Task, build_task
 from spactor.tasks.metrics import accuracy, exact_match, f1, lcs_length, rouge_l
 
 load_plugins()
@@ -147,3 +147,63 @@ def test_jsonl_bad_input_names_the_problem(tmp_path):
     with pytest.raises(ValueError, match="unknown metric"):
         build_task("jsonl", {"train": train, "test": train, "input_field": "t", "target_field": "t",
                              "metric": "bleu"})
+
+
+def test_jsonl_task_names_its_files_and_results_of_other_data_go_elsewhere(tmp_path):
+    import hashlib
+
+    train = _write(tmp_path / "train.jsonl", [{"t": "good film", "y": 1}, {"t": "bad film", "y": 0}])
+    test = _write(tmp_path / "test.jsonl", [{"t": "fine film", "y": 1}])
+    options = {"train": train, "test": test, "text_field": "t", "label_field": "y"}
+    task = build_task("jsonl", options)
+    assert task.files == [
+        {"split": split, "path": str((tmp_path / f"{split}.jsonl").resolve()),
+         "sha256": hashlib.sha256((tmp_path / f"{split}.jsonl").read_bytes()).hexdigest()}
+        for split in ("train", "test")
+    ]
+    assert task.name == "jsonl" and task.results.startswith("jsonl-") and len(task.results) == len("jsonl-") + 12
+    other = _write(tmp_path / "other.jsonl", [{"t": "dull film", "y": 0}])
+    assert build_task("jsonl", {**options, "test": other}).results != task.results  # other data
+    assert build_task("jsonl", {**options, "metric": "f1"}).results != task.results
+    (tmp_path / "copy").mkdir()
+    same = _write(tmp_path / "copy" / "test.jsonl", [{"t": "fine film", "y": 1}])
+    assert build_task("jsonl", {**options, "test": same}).results == task.results  # the same bytes
+    assert build_task("jsonl", {**options, "name": "mine"}).results == "mine" + task.results[len("jsonl"):]
+    builtin = Task("pydoc_module", "classification", "accuracy", [Example("a", "b")], [Example("a", "b")])
+    assert builtin.results == "pydoc_module" and builtin.files == []  # a built-in task: its name
+
+
+def _refused(tmp_path, lines: bytes, **fields) -> str:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(lines)
+    good = _write(tmp_path / "good.jsonl", [{"t": "a", "y": "b", "q": "c"}])
+    with pytest.raises(ValueError) as err:
+        build_task("jsonl", {"train": good, "test": str(path), **(fields or {"text_field": "t", "label_field": "y"})})
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_jsonl_invalid_utf8_is_reported_with_file_and_line(tmp_path):
+    message = _refused(tmp_path, b'{"t": "fine", "y": 1}\n{"t": "caf\xe9", "y": 1}\n')
+    assert f"{tmp_path / 'bad.jsonl'}:2 is not valid UTF-8 (byte 11 of the line is 0xe9)" in message
+    # a BOM is not an error (editors write it)
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"t": "fine", "y": 1}\n')
+    assert len(build_task("jsonl", {"train": str(path), "test": str(path), "text_field": "t",
+                                    "label_field": "y"}).test) == 1
+
+
+def test_jsonl_a_number_as_text_or_a_list_as_label_is_refused(tmp_path):
+    where = tmp_path / "bad.jsonl"
+    message = _refused(tmp_path, b'{"t": "fine", "y": 1}\n{"t": 42, "y": 1}\n')
+    assert f"{where}:2: field 't' must be a string, got a number (42)" in message
+    message = _refused(tmp_path, b'{"t": "fine", "y": ["pos", "neg"]}\n')
+    assert f"{where}:1: field 'y' must be a string or a number, got a list ([\"pos\", \"neg\"])" in message
+    message = _refused(tmp_path, b'{"q": {"a": 1}, "y": "x"}\n', input_field="q", target_field="y")
+    assert f"{where}:1: field 'q' must be a string, got an object" in message
+
+
+def test_jsonl_a_directory_is_reported_as_one(tmp_path):
+    good = _write(tmp_path / "good.jsonl", [{"t": "a", "y": "b"}])
+    with pytest.raises(ValueError, match=f"task jsonl: {tmp_path} is a directory, not a .jsonl file"):
+        build_task("jsonl", {"train": str(tmp_path), "test": good, "text_field": "t", "label_field": "y"})
