@@ -58,6 +58,10 @@ def span_corruption_lengths(
     Differs from T5's helper only where that helper's own float64 counts are not the
     ones its mask uses (a float32 .5, or zero noise tokens at tiny lengths or densities):
     here the counts are always the mask's, so the returned lengths are the real shapes.
+    One case of that, deliberate: at density 0.5 and μ 1 the raw chunk is one token
+    longer than T5's (511 vs 510 for 512; every input length divisible by 4). There T5's
+    counts give more noise spans than non-noise tokens (256 and 255 at 511), a mask it
+    cannot build; spactor's span cap makes it 255 spans, 511 inputs and 512 targets.
     """
     if input_length < 3:  # the shortest corruptible chunk (2 tokens) becomes 3 inputs
         raise ValueError(f"input_length must be >= 3, got {input_length}")

@@ -3,13 +3,23 @@
 A raw chunk of ``N`` tokens is split once per example: the encoder reads the prefix, the
 decoder predicts the rest. The prefix length ``P`` is uniform over
 ``[min_prefix, N - 1]`` with ``min_prefix = min(N - 1, max(1, round((1 - 2d)(N - 1))))``
-for a noise density ``d`` in ``(0, 0.5]``: at ``d = 0.5`` that is T5's
-``random_prefix_noise_mask`` (``P`` uniform in ``[1, N)``), and for smaller ``d`` the
-suffix averages about ``d·N`` tokens (the generalisation later T5 versions use).
+for a noise density ``d`` in ``(0, 0.5]``: T5's ``random_prefix_noise_mask``, whose
+rounding is in float32 and half to even (``tf.math.round``), as here. At ``d = 0.5``
+``P`` is uniform in ``[1, N)``; for smaller ``d`` the suffix averages about ``d·N``
+tokens (UL2's S-denoiser, r = 0.25, predicts about a quarter).
 
-Both sides get EOS, as T5's ``denoise`` appends it. Shapes do not depend on ``P``: the
-encoder input is padded to ``N`` (``P + 1 <= N``) and the target to ``N`` (``N - P + 1``
-at most ``N``), so a whole batch is split with a few tensor ops and no host sync.
+The chunk is ``N = input_length - 1`` tokens, as T5's ``split_tokens_to_inputs_length``
+cuts it (room for the EOS the inputs get): prefix 1..``N - 1``, so the encoder input
+(prefix + EOS) is at most ``input_length - 1`` tokens and UL2's mode token fits in front.
+Both sides get EOS, as T5's ``denoise`` appends it. Shapes do not depend on ``P``: encoder
+input and target are both padded to ``input_length``, so a whole batch is split with a
+few tensor ops and no host sync.
+
+One deliberate difference: T5's ``prefix_lm`` cuts each document on its own
+(``select_random_chunk`` + ``split_tokens``: a document's last piece is shorter and
+padded); spactor packs documents into full chunks, as for every objective, so a chunk can
+span a document boundary. UL2's own S-denoiser (its appendix code) runs T5's
+``prefix_lm`` after ``reduce_concat_tokens``, on packed text, as here.
 
 The decoder loss is span corruption's (:class:`DecoderTargetLoss`): the same teacher-forced,
 summed token cross-entropy, one code path for every encoder-decoder objective.
@@ -19,7 +29,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from spactor.checks import CheckContext
 from spactor.config import ConfigError
@@ -49,10 +61,22 @@ def check_prefix_density(where: str, noise_density: float) -> None:
         )
 
 
+def prefix_chunk_length(input_length: int) -> int:
+    """Raw tokens a prefix-LM example is cut from: one less than the encoder input, T5's
+    ``split_tokens_to_inputs_length`` (it leaves room for EOS)."""
+    return input_length - 1
+
+
 def min_prefix_length(length: int, noise_density: float) -> int:
-    """Shortest prefix a chunk of ``length`` tokens is split at (see the module doc)."""
+    """Shortest prefix a chunk of ``length`` tokens is split at (see the module doc).
+
+    T5's arithmetic: the Python float ``1 - 2d`` becomes a float32 constant, the product
+    with ``float32(length - 1)`` is float32 and ``tf.math.round`` rounds half to even.
+    float64 would differ by one for 205 of the lengths 2..4096 at d = 0.45 (16: 1.5 in
+    float32, 1.4999999999999996 in float64)."""
     longest = length - 1
-    return min(longest, max(1, round((1.0 - 2.0 * noise_density) * longest)))
+    scaled = np.float32(1.0 - 2.0 * noise_density) * np.float32(longest)
+    return min(longest, max(1, int(np.round(scaled))))
 
 
 def random_prefix_lengths(
@@ -104,23 +128,32 @@ class PrefixLM(DecoderTargetLoss):
     def __init__(self, cfg: PrefixLMConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
         cfg.check(f"objectives.{ctx.name}", ctx.check_context())
-        if ctx.input_length < 2:
+        if ctx.input_length < 3:
             raise ConfigError(f"objectives.{ctx.name}: input_length {ctx.input_length} is too short to split")
         self.input_length = ctx.input_length
+        self.chunk_length = prefix_chunk_length(ctx.input_length)
 
-    # prefix + EOS fits in N tokens, so the chunk is as long as the encoder input.
     def raw_length(self, input_length: int) -> int:
-        return input_length
+        return prefix_chunk_length(input_length)
 
     @torch.no_grad()
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
         # A curriculum's data may deliver a longer chunk (UL2 in another stage): use our own part.
-        original = batch["original"][..., : self.input_length]
-        if original.dim() != 2:
-            raise ValueError(f"objectives.{self.name}: expected raw chunks (B, N), got {tuple(original.shape)}")
+        original = batch["original"][..., : self.chunk_length]
+        if original.dim() != 2 or original.shape[1] != self.chunk_length:
+            raise ValueError(
+                f"objectives.{self.name}: expected raw chunks (B, >= {self.chunk_length}), got {tuple(original.shape)}"
+            )
         prefix = random_prefix_lengths(original.shape[0], original.shape[1], self.cfg.noise_density, rng,
                                        original.device)
-        return {**batch, **prefix_split(original, prefix, self.vocab), "prefix_length": prefix}
+        out = prefix_split(original, prefix, self.vocab)
+        # Encoder and target to the input length (one pad column: the chunk is one shorter).
+        width, pad = self.input_length - self.chunk_length, self.vocab.pad_id
+        encoder = F.pad(out["encoder_input"], (0, width), value=pad)
+        target = F.pad(out["decoder_target"], (0, width), value=pad)
+        decoder_input = F.pad(target[:, :-1], (1, 0), value=pad)
+        return {**batch, **out, "encoder_input": encoder, "decoder_target": target,
+                "decoder_input": decoder_input, "prefix_length": prefix}
 
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"prefix_length": batch["prefix_length"]}

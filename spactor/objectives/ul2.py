@@ -4,10 +4,11 @@ Each example is corrupted by one denoiser, drawn per example with the configured
 
 * **R** (regular) and **X** (extreme): T5 span corruption
   (:func:`spactor.objectives.span_corruption.span_corrupt`) with the denoiser's mean span
-  length and noise density — UL2's R: μ 3 and 8 at 15%; X: μ 3 at 50%, μ 8 at 15%,
-  μ 64 at 15% and at 50%;
+  length and noise density — UL2's R: μ 3 and 8 at 15%; X: μ 3 and 8 at 50%, μ 64 at
+  15% and at 50% (UL2 §3.1.2);
 * **S** (sequential): a prefix LM (:mod:`spactor.objectives.prefix_lm`), one split
-  point, the encoder reads the prefix and the decoder predicts the rest.
+  point, the encoder reads the prefix and the decoder predicts the rest — UL2's
+  (μ = L/4, r = 0.25, one span) is T5's prefix split at noise density 0.25.
 
 The denoiser's mode token (``[R]``, ``[S]``, ``[X]``: the embedding padding rows right
 after ``[M]``, ``Vocab.mode_id``) is prepended to the encoder input.
@@ -46,6 +47,7 @@ from spactor.objectives.noise import row_index, row_multinomial
 from spactor.objectives.base import MODE_TOKENS, Batch, ObjectiveContext, check_objective_fields
 from spactor.objectives.prefix_lm import (
     check_prefix_density,
+    prefix_chunk_length,
     prefix_split,
     random_prefix_lengths,
 )
@@ -65,13 +67,16 @@ class DenoiserConfig:
 
 
 def ul2_denoisers() -> list[DenoiserConfig]:
-    """UL2's seven denoisers (paper, section 3.1.2), in equal proportions."""
+    """UL2's seven denoisers as the paper's §3.1.2 states its final objective (arXiv
+    2205.05131 v3), in equal proportions (its appendix code samples the tasks uniformly
+    when no rates are given). That appendix code runs S as T5's prefix_lm at its default
+    density 0.5; the text's S is (μ = L/4, r = 0.25): 0.25 here."""
     return [
         DenoiserConfig("R", 3.0, 0.15),
         DenoiserConfig("R", 8.0, 0.15),
-        DenoiserConfig("S", 0.0, 0.5),
+        DenoiserConfig("S", 0.0, 0.25),
         DenoiserConfig("X", 3.0, 0.5),
-        DenoiserConfig("X", 8.0, 0.15),
+        DenoiserConfig("X", 8.0, 0.5),
         DenoiserConfig("X", 64.0, 0.15),
         DenoiserConfig("X", 64.0, 0.5),
     ]
@@ -110,17 +115,22 @@ class DenoiserPlan:
 
 
 def plan_denoiser(
-    index: int, d: DenoiserConfig, input_length: int, num_sentinels: int, where: str
+    index: int, d: DenoiserConfig, input_length: int, mode_tokens: bool, num_sentinels: int, where: str
 ) -> DenoiserPlan:
-    """Check one denoiser and fix its raw / target lengths for ``input_length``."""
+    """Check one denoiser and fix its raw / target lengths for an encoder input of
+    ``input_length`` tokens (the mode token, if any, included)."""
     at = f"{where}.denoisers[{index}]"
+    body = input_length - (1 if mode_tokens else 0)  # room left after the mode token
     if d.mode not in MODES:
         raise ConfigError(f"{at}.mode: '{d.mode}' not in {', '.join(MODES)}")
     if not d.rate >= 0.0:
         raise ConfigError(f"{at}.rate must be >= 0, got {d.rate}")
     if d.mode == "S":
         check_prefix_density(at, d.noise_density)
-        raw = input_length  # prefix + EOS fit in raw tokens
+        # T5's prefix_lm at the full input length, the mode token prepended after (UL2's
+        # appendix code): the chunk is input_length - 1 either way, and the mode token
+        # takes the place T5 leaves for EOS. prefix + EOS fit in raw tokens.
+        raw = prefix_chunk_length(input_length)
         if raw < 2:
             raise ConfigError(f"{at}: input_length is too short for a prefix-LM split")
         return DenoiserPlan(index, d.mode, raw, raw, 0.0, d.noise_density)
@@ -129,7 +139,7 @@ def plan_denoiser(
     if not d.mean_noise_span_length > 0.0:
         raise ConfigError(f"{at}.mean_noise_span_length must be > 0, got {d.mean_noise_span_length}")
     try:
-        raw = max_raw_length(input_length, d.noise_density, d.mean_noise_span_length)
+        raw = max_raw_length(body, d.noise_density, d.mean_noise_span_length)
     except ValueError:
         raise ConfigError(f"{at}: input_length is too short for span corruption") from None
     # Past the sentinel budget, use the longest chunk that stays within it (a shorter,
@@ -147,8 +157,8 @@ def plan_denoisers(
     target length; a one-line ``ConfigError`` for a mixture that cannot work."""
     if not cfg.denoisers:
         raise ConfigError(f"{where}.denoisers: empty; configure at least one denoiser")
-    body = input_length - (1 if cfg.mode_tokens else 0)  # room left after the mode token
-    plans = [plan_denoiser(i, d, body, num_sentinels, where) for i, d in enumerate(cfg.denoisers)]
+    plans = [plan_denoiser(i, d, input_length, cfg.mode_tokens, num_sentinels, where)
+             for i, d in enumerate(cfg.denoisers)]
     if sum(d.rate for d in cfg.denoisers) <= 0:
         raise ConfigError(f"{where}.denoisers: every rate is 0; give at least one a positive rate")
     needed = max(p.target_length for p in plans)
@@ -195,9 +205,8 @@ class UL2(DecoderTargetLoss):
 
     def raw_length(self, input_length: int) -> int:
         if input_length != self.input_length:
-            body = input_length - (1 if self.cfg.mode_tokens else 0)
-            sentinels = self.vocab.num_sentinels
-            return max(plan_denoiser(i, d, body, sentinels, f"objectives.{self.name}").raw_length
+            sentinels, where = self.vocab.num_sentinels, f"objectives.{self.name}"
+            return max(plan_denoiser(i, d, input_length, self.cfg.mode_tokens, sentinels, where).raw_length
                        for i, d in enumerate(self.cfg.denoisers))
         return self.chunk_length
 

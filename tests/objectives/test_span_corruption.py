@@ -140,6 +140,42 @@ def test_density_half_raw_length_is_t5s(input_length: int, mean_span: float, raw
     assert (out["encoder_input"] != VOCAB.pad_id).all()
 
 
+def test_density_half_mu_one_keeps_one_raw_token_more_than_t5s_helper() -> None:
+    """A documented difference (README "Lengths are the mask's"; ``span_corruption_lengths``):
+    at density 0.5 and μ 1 T5's helper cuts 510 raw tokens for 512, spactor 511. At 511
+    T5's float32 counts are 256 noise tokens in 256 spans but only 255 non-noise tokens to
+    separate them: its mask would need an empty segment, and its helper, counting a
+    513-token target, steps back one. spactor's span cap (255 spans) makes 511 a valid
+    chunk: 511 inputs, 512 targets, both within 512."""
+    assert reference_t5.random_spans_helper(512, 0.5, 1.0) == (510, 512)
+    assert max_raw_length(512, 0.5, 1.0) == 511
+    f32 = np.float32
+    noise = int(np.round(f32(511) * f32(0.5)))  # 255.5 -> 256, half to even (tf.round)
+    t5_spans = int(np.round(f32(noise) / f32(1.0)))
+    assert (noise, t5_spans, 511 - noise) == (256, 256, 255)  # more spans than separators
+    c = span_counts(511, 0.5, 1.0)
+    assert (c.num_noise, c.num_spans, c.encoder_length, c.target_length) == (256, 255, 511, 512)
+    # Over input lengths 16-4096: one token more exactly where T5's mask at that chunk
+    # cannot be built (every multiple of 4, 1021 lengths), T5's helper everywhere else.
+    more = []
+    for n in range(16, 4097):
+        t5_raw, ours = reference_t5.random_spans_helper(n, 0.5, 1.0)[0], max_raw_length(n, 0.5, 1.0)
+        assert ours in (t5_raw, t5_raw + 1), n
+        if ours != t5_raw:
+            k = int(np.round(f32(ours) * f32(0.5)))
+            assert k > ours - k, n  # T5's spans (= noise tokens at μ 1) outnumber the rest
+            more.append(n)
+    assert len(more) == 1021 and all(n % 4 == 0 for n in more)
+    # Where the sentinels suffice the chunk corrupts to the shapes counted: 64 -> 63 raw.
+    obj = build(64, noise_density=0.5, mean_noise_span_length=1.0)
+    assert obj.chunk_length == 63 == reference_t5.random_spans_helper(64, 0.5, 1.0)[0] + 1
+    out = obj.transform({"original": make_originals(4, 63)}, gen(0))
+    assert out["encoder_input"].shape == out["decoder_target"].shape == (4, 64)
+    assert (out["encoder_input"][:, 63] == VOCAB.pad_id).all() and (out["decoder_target"] != VOCAB.pad_id).all()
+    for i in range(4):
+        assert torch.equal(reconstruct(out["encoder_input"][i], out["decoder_target"][i], VOCAB), out["original"][i])
+
+
 def test_short_chunk_is_padded_to_input_length() -> None:
     obj = build(512)
     out = obj.transform({"original": make_originals(3, 500)}, gen(0))

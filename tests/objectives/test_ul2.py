@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from spactor.objectives.base import MODE_TOKENS, ObjectiveContext, Vocab
+from spactor.config import load_recipe
 from spactor.objectives.mlm_mask import choose_positions
+from spactor.objectives.prefix_lm import min_prefix_length
 from spactor.objectives.span_corruption import reconstruct, span_counts
 from spactor.objectives.ul2 import MODES, UL2, DenoiserConfig, UL2Config, ul2_denoisers
 from spactor.plugins import load_plugins
@@ -97,24 +99,68 @@ def test_span_denoiser_statistics_match_ul2_definition(index):
         assert abs(mean - d.mean_noise_span_length) / d.mean_noise_span_length < 0.5 / s + 0.05
 
 
-def test_s_denoiser_is_one_uniform_split():
+@pytest.mark.parametrize("density", [0.25, 0.5])  # UL2 §3.1.2's S; its appendix code's
+def test_s_denoiser_is_one_uniform_split(density):
     index = next(i for i, d in enumerate(ul2_denoisers()) if d.mode == "S")
-    ul2 = build(only(index))
+    cfg = only(index)
+    cfg.denoisers[index].noise_density = density
+    ul2 = build(cfg)
     n = ul2.plans[index].raw_length
+    assert n == LENGTH - 1  # T5's prefix_lm chunk at the input length; [S] takes EOS's room
     out = corrupt(ul2, 4000, seed=5)
     suffix = out["noise_mask"][:, :n]
     # One split: the suffix is a single run that ends at the chunk's end.
     assert (suffix[:, -1]).all() and (suffix.long().diff(dim=1) >= 0).all()
     prefix = n - suffix.sum(1)
-    assert prefix.min() >= 1 and prefix.max() <= n - 1
-    # Uniform over [1, n - 1]: mean and a chi-square over 8 equal bins.
-    assert abs(prefix.double().mean().item() - n / 2) < 5 * math.sqrt((n - 1) ** 2 / 12 / len(prefix))
-    values = torch.arange(1, n)  # the n - 1 allowed prefix lengths, equally likely
-    bin_of = lambda x: (x - 1) * 8 // (n - 1)  # noqa: E731 — 8 near-equal bins
+    low = min_prefix_length(n, density)  # 1 at 0.5; about n / 2 at 0.25 (suffix ~ L/4)
+    assert prefix.min() == low and prefix.max() == n - 1
+    # Uniform over [low, n - 1]: mean and a chi-square over 8 near-equal bins.
+    k = n - low  # the allowed prefix lengths, equally likely
+    assert abs(prefix.double().mean().item() - (low + n - 1) / 2) < 5 * math.sqrt((k * k - 1) / 12 / len(prefix))
+    if density == 0.25:  # UL2's (μ = L/4, r = 0.25): the decoder predicts about a quarter
+        assert (n - prefix).double().mean().item() / n == pytest.approx(0.25, abs=0.02)
+    values = torch.arange(low, n)
+    bin_of = lambda x: (x - low) * 8 // k  # noqa: E731 — 8 near-equal bins
     observed = torch.bincount(bin_of(prefix), minlength=8).double()
-    expected = torch.bincount(bin_of(values), minlength=8).double() / (n - 1) * len(prefix)
+    expected = torch.bincount(bin_of(values), minlength=8).double() / k * len(prefix)
     chi2 = (((observed - expected) ** 2) / expected).sum().item()
     assert chi2 < 24.3  # 7 degrees of freedom, p = 0.001
+
+
+# UL2's final mixture, arXiv 2205.05131 v3 §3.1.2: R (μ 3, r 0.15), (μ 8, r 0.15);
+# S (μ = L/4, r = 0.25, one span); X (μ 3, r 0.5), (μ 8, r 0.5), (μ 64, r 0.15),
+# (μ 64, r 0.5). Equal rates: the appendix's ul2_objective (§9.2) samples its tasks
+# uniformly when no rates are given. (FAT5's variant has X μ 8 at 0.15 — with the [X]
+# token the same corruption as R's second — and is a commented block in configs/ul2.yaml.)
+UL2_PAPER_MIXTURE = [
+    ("R", 3.0, 0.15), ("R", 8.0, 0.15), ("S", None, 0.25),
+    ("X", 3.0, 0.5), ("X", 8.0, 0.5), ("X", 64.0, 0.15), ("X", 64.0, 0.5),
+]
+
+
+def mixture(denoisers) -> list[tuple]:
+    def get(d, key, default=None):
+        return d.get(key, default) if isinstance(d, dict) else getattr(d, key)
+
+    return [
+        (get(d, "mode"), None if get(d, "mode") == "S" else float(get(d, "mean_noise_span_length")),
+         float(get(d, "noise_density")), float(get(d, "rate", 1.0)))
+        for d in denoisers
+    ]
+
+
+@pytest.mark.parametrize("source", ["default", "ul2", "spactor_ul2_sc"])
+def test_mixture_is_the_papers(source):
+    """The default denoisers, the `ul2` recipe and `spactor_ul2_sc`'s UL2 stage are UL2's
+    seven denoisers as the paper states them, in equal proportions."""
+    if source == "default":
+        got = mixture(ul2_denoisers())
+    else:
+        got = mixture(load_recipe(source).objectives.ul2.denoisers)
+    assert [g[:3] for g in got] == UL2_PAPER_MIXTURE
+    assert len({g[3] for g in got}) == 1  # equal rates
+    spans = [(mu, r) for mode, mu, r, _ in got if mode != "S"]
+    assert len(set(spans)) == len(spans)  # no denoiser repeats another's corruption
 
 
 def test_denoisers_drawn_with_configured_rates():
@@ -188,7 +234,7 @@ def test_raw_length_is_the_longest_any_denoiser_needs():
     assert ul2.raw_length(512) == max(p.raw_length for p in ul2.plans)
     by_label = dict(zip(ul2.labels, ul2.plans))
     assert by_label["R(μ=3,r=0.15)"].raw_length == 567  # T5's 568 for 512, one row for [R]
-    assert by_label["S(r=0.5)"].raw_length == 511
+    assert by_label["S(r=0.25)"].raw_length == 511  # T5's prefix_lm chunk for 512
     # μ 3 at 50% would need 128 sentinels at 511 tokens: its chunk stops at the 100 there are.
     x3 = by_label["X(μ=3,r=0.5)"]
     assert span_counts(x3.raw_length, 0.5, 3.0).num_spans <= VOCAB.num_sentinels
