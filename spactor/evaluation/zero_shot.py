@@ -87,7 +87,7 @@ def evaluate_zero_shot_run(run_dir: str | Path, task_name: str, step: int | None
     written = []
     for ckpt_step, checkpoint in targets:
         result, extra = zero_shot_result(run, task, ckpt_step, checkpoint, seeds, device)  # type: ignore[arg-type]
-        path = result_path(run.run_dir, task.name, ckpt_step)
+        path = result_path(run.run_dir, task.results, ckpt_step)
         write_json(path, {**result.to_json(), **extra})
         written.append((path, result))
     return written

@@ -27,14 +27,21 @@ class MinimalPair:
 
 @dataclass
 class MinimalPairsTask:
-    """Pairs to score zero-shot; ``files``: where they came from (name → sha256)."""
+    """Pairs to score zero-shot. ``files``: the user's files they came from (``{"split",
+    "path", "sha256"}``, as a fine-tuning task records them); ``result_name``: its folder
+    under ``RUN_DIR/eval/`` ("" = ``name``)."""
 
     name: str
     pairs: list[MinimalPair]
     description: str = ""
-    files: dict[str, str] = field(default_factory=dict)
+    files: list[dict[str, str]] = field(default_factory=list)
+    result_name: str = ""
     metric: str = ZERO_SHOT_METRIC
     kind: str = "zero_shot"
+
+    @property
+    def results(self) -> str:
+        return self.result_name or self.name
 
     def summary(self) -> str:
         uids = sorted({p.uid for p in self.pairs if p.uid})
@@ -93,7 +100,7 @@ def read_pairs(path: str) -> list[MinimalPair]:
 @dataclass
 class MinimalPairsConfig:
     path: str = ""  # BLiMP-style .jsonl
-    name: str = "minimal_pairs"  # results go to RUN_DIR/eval/<name>/
+    name: str = "minimal_pairs"  # results go to RUN_DIR/eval/<name>-<digest of the file>/
 
 
 @TASKS.register("minimal_pairs", MinimalPairsConfig)
@@ -103,4 +110,7 @@ def minimal_pairs_task(cfg: MinimalPairsConfig) -> MinimalPairsTask:
 
     pairs = read_pairs(cfg.path)
     sha = hashlib.sha256(Path(cfg.path).read_bytes()).hexdigest()
-    return MinimalPairsTask(cfg.name, pairs, description=cfg.path, files={str(Path(cfg.path).resolve()): sha})
+    # Results of another file must not overwrite these (as for the jsonl task).
+    return MinimalPairsTask(cfg.name, pairs, description=cfg.path,
+                            files=[{"split": "test", "path": str(Path(cfg.path).resolve()), "sha256": sha}],
+                            result_name=f"{cfg.name}-{sha[:12]}")

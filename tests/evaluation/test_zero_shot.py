@@ -109,12 +109,12 @@ def test_evaluate_minimal_pairs_and_the_random_control_through_the_cli(sc_run, t
     pairs.write_text('{"sentence_good": "The value is returned.", "sentence_bad": "The is value returned.", '
                      '"UID": "order"}\n{"sentence_good": "Close the file.", "sentence_bad": "File the close."}\n')
     assert main(["evaluate", str(sc_run), "--task", "minimal_pairs", f"path={pairs}"]) == 0
-    result = json.loads((sc_run / "eval" / "minimal_pairs" / "step_4.json").read_text())
+    sha = __import__("hashlib").sha256(pairs.read_bytes()).hexdigest()
+    result = json.loads((sc_run / "eval" / f"minimal_pairs-{sha[:12]}" / "step_4.json").read_text())
     for key in ("score", "std", "metric", "seeds", "step", "flops_cum", "scores", "task", "init"):
         assert key in result, key
     assert result["step"] == 4 and result["pairs"] == 2 and set(result["per_uid"]) == {"order"}
-    assert result["likelihood"] == SPAN_PLL and list(result["files"].values())[0] == __import__(
-        "hashlib").sha256(pairs.read_bytes()).hexdigest()
+    assert result["likelihood"] == SPAN_PLL and result["files"][0]["sha256"] == sha
     assert main(["evaluate", str(sc_run), "--task", "pydoc_pairs", "limit=8", "--init", "random",
                  "--seeds", "2"]) == 0
     control = json.loads((sc_run / "eval" / "pydoc_pairs" / "random.json").read_text())
