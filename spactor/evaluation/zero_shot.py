@@ -61,8 +61,8 @@ def zero_shot_result(run: LoadedRun, task: MinimalPairsTask, step: int | None, c
     flops = 0.0 if checkpoint is None else checkpoint_flops(run, step, checkpoint)  # type: ignore[arg-type]
     result = EvalResult(score=mean, std=std, metric=task.metric, seeds=len(accuracies), step=step,
                         flops_cum=flops, finetune={}, scores=accuracies, task=task.name,
-                        init="random" if checkpoint is None else "checkpoint")
-    extra = {"per_uid": per_uid, "pairs": len(task.pairs), "likelihood": family, "files": task.files}
+                        init="random" if checkpoint is None else "checkpoint", files=task.files)
+    extra = {"per_uid": per_uid, "pairs": len(task.pairs), "likelihood": family}
     return result, extra
 
 
