@@ -8,8 +8,8 @@ plain steps with the callbacks (``spactor.train.callbacks``) at its named points
 ``pre_step`` (knob values, the stage switch) → the batch and one step
 (``spactor.train.step``) → ``check_step`` (the non-finite guard) → ``post_step``
 (metric window, FLOPs) → on logging steps ``log``/``post_log`` (the record, built by the
-callbacks, written, observed by the schedules) → ``end_step`` (checkpoints, downstream
-evaluation, preemption).
+callbacks, written, observed by the schedules) → ``end_step`` (validation on its own cadence off the
+logging steps, checkpoints, downstream evaluation, preemption).
 """
 
 from __future__ import annotations
@@ -323,7 +323,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         Throughput(device, flops),
         DataSkipped(data),
         Validation(modules, data, every=tcfg.eval_every, batches=tcfg.eval_batches, seed=tcfg.seed + 2,
-                   info=info, amp_dtype=amp_dtype, device=device, clean=final_objectives),
+                   info=info, amp_dtype=amp_dtype, device=device, clean=final_objectives,
+                   write=metrics_log.write),
         metrics_log,
         Checkpointing(tcfg.checkpoint_every, save),
         DownstreamEval(tcfg.downstream_every, tcfg.downstream_tasks, run_dir, save, metrics_log.write),
