@@ -104,7 +104,8 @@ def sc_ratios(run: Run) -> dict[str, AgainstSC]:
     """Every benchmark (SpacTor stage 1 and 2, ELECTRA, Fast-ELECTRA, ...) against the SC
     step in its group (``extra_info.recipe == "sc"``, not a marked reference): its step
     time and its FLOPs per sequence over SC's. Groups without an SC step are left out."""
-    scs = {r.group: r for r in run.results if r.info.get("recipe") == SC_RECIPE and not r.info.get("reference")}
+    scs = {r.group: r for r in run.results
+           if r.info.get("recipe") == SC_RECIPE and not r.info.get("reference")}
     out = {}
     for r in run.results:
         sc = scs.get(r.group)

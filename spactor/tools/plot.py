@@ -29,8 +29,10 @@ from typing import Any
 # Dark2: 28 distinct colours. Past them the colours repeat with another line style, so
 # every run keeps its own (colour, line style) pair however many are compared.
 RUN_COLORS: tuple[str, ...] = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+    "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
     "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
 )
 RUN_LINE_STYLES: tuple[Any, ...] = ("-", (0, (6, 2)), (0, (6, 2, 1, 2)), (0, (1, 1.5)))
@@ -300,7 +302,8 @@ def draw_eval(ax: Any, paths: Sequence[Path], labels: Sequence[str], task: str, 
         raise ValueError(f"eval/{task}/score is plotted against steps or flops, not {x}")
     key = "step" if x == "steps" else "flops_cum"
     metric = None
-    for (path, label), (color, style) in zip(zip(paths, labels, strict=True), run_styles(len(paths)), strict=True):
+    styles = run_styles(len(paths))
+    for path, label, (color, style) in zip(paths, labels, styles, strict=True):
         results, random = read_eval(Path(path), task)
         points = [r for r in results if _number(r.get(key)) is not None]
         if not points:

@@ -29,7 +29,8 @@ def bench(name: str, median: float, flops: float | None, batch: int = 8, **info)
 def results(tmp_path) -> Path:
     path = tmp_path / "out.json"
     path.write_text(json.dumps({"benchmarks": [
-        bench("test_train_step[sc-tiny]", 0.100, 1.0e12, recipe="sc", stage=1, kind="t5_span_corruption_step"),
+        bench("test_train_step[sc-tiny]", 0.100, 1.0e12, recipe="sc", stage=1,
+              kind="t5_span_corruption_step"),
         bench("test_train_step[spactor_stage1-tiny]", 0.150, 1.2e12, recipe="spactor", stage=1),
         bench("test_train_step[spactor_stage2-tiny]", 0.100, 1.0e12, recipe="spactor", stage=2),
         bench("test_train_step[electra-tiny]", 0.090, 0.9e12, batch=4, recipe="electra", stage=1),
@@ -43,7 +44,7 @@ def results(tmp_path) -> Path:
 def test_every_step_against_sc_time_and_flops(results):
     ratios = sc_ratios(load_run(results))
     assert set(ratios) == {"test_train_step[spactor_stage1-tiny]", "test_train_step[spactor_stage2-tiny]",
-                           "test_train_step[electra-tiny]", "test_train_step[fast_electra-tiny]"}  # not SC, not HF
+                           "test_train_step[electra-tiny]", "test_train_step[fast_electra-tiny]"}  # no SC, HF
     stage1 = ratios["test_train_step[spactor_stage1-tiny]"]
     assert stage1.time == pytest.approx(1.5) and stage1.flops == pytest.approx(1.2)
     assert stage1.time_per_flop == pytest.approx(1.25)

@@ -35,7 +35,8 @@ def test_sigterm_after_the_run_finished_exits_zero(tiny_overrides, tmp_path):
         sys.exit(cli.main(["train", "quickstart", *{[*tiny_overrides, *FAST]!r}, "trainer.max_steps=2",
                            "run.dir={run}"]))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                         check=False)
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
     assert (run / "checkpoints" / "step_00000002").is_dir()
 
@@ -103,8 +104,8 @@ def test_a_resume_says_a_past_schedule_change_has_no_effect(tiny_overrides, tmp_
         train(load_config("spactor", [*common, "trainer.max_steps=4", f"schedules.two_stage.tau={tau}",
                                       f"run.dir={path}"]))
         capsys.readouterr()
-        train(load_config("spactor", [*common, f"trainer.max_steps={more}", f"schedules.two_stage.tau={new_tau}",
-                                      f"run.dir={path}"]), resume_dir=path)
+        train(load_config("spactor", [*common, f"trainer.max_steps={more}",
+                                      f"schedules.two_stage.tau={new_tau}", f"run.dir={path}"]), resume_dir=path)
         return capsys.readouterr().out
 
     past = run("past", tau=2, more=5, new_tau=3)
