@@ -361,7 +361,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         if info.is_main:
             print(f"resumed from {resumed.path} at step {state.step} (stage {stage})", flush=True)
             quiet = past_schedule_changes(run_dir, resolved, opened.applied, all_knobs, all_objectives,
-                                          state.step, stage)
+                                          list(objectives), state.step, stage)
             for change in opened.applied:
                 if change in quiet:
                     print(f"resume: {change} has no effect: what it changes lies before step {state.step}, "
@@ -415,16 +415,17 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
 
 
 def past_schedule_changes(run_dir: Path, resolved: Resolved, applied: list[str], knobs: dict[str, float],
-                          objectives: list[str], step: int, stage: int) -> set[str]:
+                          objectives: list[str], live: list[str], step: int, stage: int) -> set[str]:
     """The applied ``schedules.*`` changes that can no longer take effect at ``step``
-    (``spactor.train.resume_changes``), judged against the run's saved config.yaml."""
+    (``spactor.train.resume_changes``), judged against the run's saved config.yaml.
+    ``live``: the objectives not released on entering ``stage``."""
     changed = changed_instances(applied)
     if not changed:
         return set()
     try:
         saved = load_config(str(run_dir / "config.yaml"), [], saved_run=True)
         quiet = schedules_without_effect(saved.schedules, resolved.schedules, changed, knobs, objectives,
-                                         step, stage, resolved.cfg.trainer.max_steps)
+                                         step, stage, resolved.cfg.trainer.max_steps, live)
     except Exception:  # noqa: BLE001 — a saved config this version cannot rebuild: say "applies"
         return set()
     return {change for name in quiet for change in changed[name]}

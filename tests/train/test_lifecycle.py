@@ -114,3 +114,35 @@ def test_a_resume_says_a_past_schedule_change_has_no_effect(tiny_overrides, tmp_
     assert "resume applies trainer.max_steps 4 -> 5" in past
     future = run("future", tau=10, more=5, new_tau=5)
     assert "resume applies schedules.two_stage.tau 10 -> 5" in future
+
+
+def test_which_schedule_changes_lie_in_the_past():
+    """The verdict behind that message, without training: an anneal's end moved while it
+    is still running takes effect; once both ends are past, or once the objective it
+    drives is released, it has none; a curriculum stage that has ended takes no new end."""
+    from spactor.train.resume_changes import schedules_without_effect
+
+    load_plugins()
+    knobs = {"objectives.rtd.weight": 10.0, "objectives.span_corruption.weight": 10.0,
+             "objectives.mlm_mask.ratio": 0.15, "objectives.rtd.generator_weight": 1.0}
+    names = ["span_corruption", "mlm_mask", "rtd"]
+    steps = ["trainer.max_steps=1000"]
+    old = load_config("spactor_anneal", [*steps, "schedules.rtd_weight.end_step=300"]).schedules
+    new = load_config("spactor_anneal", [*steps, "schedules.rtd_weight.end_step=200"]).schedules
+
+    def quiet(step: int, stage: int, live: list[str] | None = None) -> bool:
+        return schedules_without_effect(old, new, ["rtd_weight"], knobs, names, step, stage, 1000, live) == {
+            "rtd_weight"}
+
+    assert not quiet(100, 1) and not quiet(250, 1)
+    assert quiet(300, 1) and quiet(600, 2)
+    assert quiet(250, 2, live=["span_corruption"])  # rtd released: its weight sets nothing
+    stages = "schedules.curriculum.stages"
+    steps.append(f"{stages}.handover.until_step=500")
+    old = load_config("spactor_three_stage", [*steps, f"{stages}.hybrid.until_step=100"]).schedules
+    new = load_config("spactor_three_stage", [*steps, f"{stages}.hybrid.until_step=150"]).schedules
+
+    def quiet_curriculum(step: int, stage: int) -> bool:
+        return schedules_without_effect(old, new, ["curriculum"], knobs, names, step, stage, 1000) == {"curriculum"}
+
+    assert not quiet_curriculum(50, 1) and quiet_curriculum(120, 2)
