@@ -4,8 +4,10 @@
     python -m benchmarks.compare out.json [more.json ...] -o table.md --png chart.png
 
 One detail table per results file (median and fastest step time, seq/s (from the median), tokens/s, FLOPs, TFLOP/s,
-MFU, speed against the group's reference benchmark where one is marked) and, given
-several files, a side-by-side table of seq/s with each file's ratio to the first. The
+MFU, speed against the group's reference benchmark where one is marked, the timer and
+rounds), a table of every train step against the SC step of its group (time and FLOPs
+per sequence, side by side: what SpacTor stage 1, ELECTRA and Fast-ELECTRA cost over SC)
+and, given several files, a side-by-side table of seq/s with each file's ratio to the first. The
 chart shows seq/s per benchmark, one bar per file, on a log axis (the suites span orders
 of magnitude). Without matplotlib the table is still written and the chart skipped with
 a message.
@@ -40,6 +42,7 @@ class Result:
 class Run:
     label: str
     results: list[Result]
+    timers: list[str] = field(default_factory=list)  # the timers its benchmarks were measured with
 
     def by_name(self) -> dict[str, Result]:
         return {r.name: r for r in self.results}
@@ -47,6 +50,7 @@ class Run:
 
 def load_run(path: Path) -> Run:
     data = json.loads(path.read_text())
+    benchmarks = data.get("benchmarks", [])
     results = [
         Result(
             name=b["name"],
@@ -56,9 +60,10 @@ def load_run(path: Path) -> Run:
             rounds=b["stats"]["rounds"],
             info=b.get("extra_info") or {},
         )
-        for b in data.get("benchmarks", [])
+        for b in benchmarks
     ]
-    return Run(label=path.stem, results=results)
+    timers = sorted({str((b.get("options") or {}).get("timer", "")) for b in benchmarks} - {""})
+    return Run(label=path.stem, results=results, timers=timers)
 
 
 def reference_ratios(run: Run) -> dict[str, float]:
@@ -70,6 +75,47 @@ def reference_ratios(run: Run) -> dict[str, float]:
         ref = refs.get((r.group, r.info.get("kind")))
         if ref is not None and r.seq_per_s:
             out[r.name] = r.seq_per_s / ref.seq_per_s
+    return out
+
+
+# The baseline every other train step is set against: the SC recipe's step (not HF's).
+SC_RECIPE = "sc"
+
+
+@dataclass
+class AgainstSC:
+    """One benchmark over the SC step of its group, per sequence (the batch sizes may differ)."""
+
+    time: float  # median step time per sequence ÷ SC's
+    flops: float | None  # FLOPs per sequence ÷ SC's (None: either not counted)
+
+    @property
+    def time_per_flop(self) -> float | None:
+        """time ÷ FLOPs: above 1, each FLOP costs more than in the SC step."""
+        return None if self.flops is None else self.time / self.flops
+
+
+def _per_sequence(r: Result, value: float | None) -> float | None:
+    batch = r.info.get("batch_size")
+    return None if value is None or not batch else value / batch
+
+
+def sc_ratios(run: Run) -> dict[str, AgainstSC]:
+    """Every benchmark (SpacTor stage 1 and 2, ELECTRA, Fast-ELECTRA, ...) against the SC
+    step in its group (``extra_info.recipe == "sc"``, not a marked reference): its step
+    time and its FLOPs per sequence over SC's. Groups without an SC step are left out."""
+    scs = {r.group: r for r in run.results
+           if r.info.get("recipe") == SC_RECIPE and not r.info.get("reference")}
+    out = {}
+    for r in run.results:
+        sc = scs.get(r.group)
+        if sc is None or r is sc or r.info.get("reference"):
+            continue
+        time, sc_time = _per_sequence(r, r.median_s), _per_sequence(sc, sc.median_s)
+        if time is None or not sc_time:
+            continue
+        flops, sc_flops = (_per_sequence(x, x.info.get("flops_per_step")) for x in (r, sc))
+        out[r.name] = AgainstSC(time / sc_time, flops / sc_flops if flops and sc_flops else None)
     return out
 
 
@@ -119,7 +165,32 @@ def detail_table(run: Run) -> list[str]:
                 str(r.info.get("device", "")),
             ]
         )
-    return [f"### {run.label}", "", *_table(header, rows), ""]
+    rounds = sorted({r.rounds for r in run.results})
+    span = "none" if not rounds else str(rounds[0]) if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
+    measured = f"timer {', '.join(run.timers) or 'unknown'}; rounds {span}"
+    if any("perf_counter" in t for t in run.timers):  # pytest-benchmark's default: wall clock
+        measured += " (wall clock: on a shared machine, --benchmark-timer=time.process_time)"
+    return [f"### {run.label}", "", measured, "", *_table(header, rows), ""]
+
+
+def sc_table(run: Run) -> list[str]:
+    """Each train step against its group's SC step: time and FLOPs side by side."""
+    ratios = sc_ratios(run)
+    if not ratios:
+        return []
+    by_name = run.by_name()
+    rows = []
+    for name in sorted(ratios, key=lambda n: (by_name[n].group, n)):
+        a = ratios[name]
+        rows.append([
+            name,
+            by_name[name].group,
+            f"{a.time:.2f}x",
+            "" if a.flops is None else f"{a.flops:.2f}x",
+            "" if a.time_per_flop is None else f"{a.time_per_flop:.2f}",
+        ])
+    header = ["benchmark", "group", "time / SC", "FLOPs / SC", "time / FLOPs"]
+    return [f"### {run.label}: against SC (per sequence, same group)", "", *_table(header, rows), ""]
 
 
 def comparison_table(runs: list[Run]) -> list[str]:
@@ -155,6 +226,7 @@ def render(runs: list[Run]) -> str:
         lines += comparison_table(runs)
     for run in runs:
         lines += detail_table(run)
+        lines += sc_table(run)
     return "\n".join(lines)
 
 

@@ -29,6 +29,14 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(int(os.environ.get("SPACTOR_BENCH_THREADS", "1")))
 
 
+@pytest.fixture
+def min_rounds(request: pytest.FixtureRequest) -> int:
+    """``--benchmark-min-rounds`` (pytest-benchmark's default: 5). The benchmarks here fix
+    their rounds (``pedantic``), which pytest-benchmark then does not raise: they take
+    ``max(own rounds, min_rounds)`` so the option still buys a steadier median."""
+    return int(request.config.getoption("benchmark_min_rounds", default=0) or 0)
+
+
 def device_for(size: str) -> torch.device:
     """``tiny`` on CPU; ``base``/``large`` on CUDA, skipped where there is none."""
     if size in GPU_SIZES:

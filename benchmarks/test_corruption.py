@@ -35,7 +35,7 @@ def originals(device: str = "cpu") -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_span_corruption(benchmark, device: str) -> None:
+def test_span_corruption(benchmark, min_rounds: int, device: str) -> None:
     dev = torch.device(device)
     batch = originals(device)
     rng = torch.Generator(device=dev).manual_seed(0)
@@ -45,18 +45,18 @@ def test_span_corruption(benchmark, device: str) -> None:
         synchronize(dev)
 
     benchmark.group = "corruption"
-    benchmark.pedantic(corrupt, rounds=30, warmup_rounds=3, iterations=1)
+    benchmark.pedantic(corrupt, rounds=max(30, min_rounds), warmup_rounds=3, iterations=1)
     record(benchmark, sequences=BATCH, tokens=BATCH * RAW_LENGTH, device=dev, kind="span_corruption")
 
 
 @pytest.mark.tiny
-def test_span_corruption_numpy_reference(benchmark) -> None:
+def test_span_corruption_numpy_reference(benchmark, min_rounds: int) -> None:
     batch = originals().numpy()
     rng = np.random.default_rng(0)
     benchmark.group = "corruption"
     benchmark.pedantic(
         lambda: span_corrupt_batch(batch, DENSITY, MEAN_SPAN, VOCAB, rng, pad_to=INPUT_LENGTH),
-        rounds=5,
+        rounds=max(5, min_rounds),
         warmup_rounds=1,
         iterations=1,
     )
@@ -67,7 +67,7 @@ def test_span_corruption_numpy_reference(benchmark) -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_mlm_mask(benchmark, device: str) -> None:
+def test_mlm_mask(benchmark, min_rounds: int, device: str) -> None:
     """15% [M] masking of the span-corrupted encoder input (SpacTor's stage 1)."""
     dev = torch.device(device)
     rng = torch.Generator(device=dev).manual_seed(0)
@@ -80,5 +80,5 @@ def test_mlm_mask(benchmark, device: str) -> None:
         synchronize(dev)
 
     benchmark.group = "corruption"
-    benchmark.pedantic(mask, rounds=30, warmup_rounds=3, iterations=1)
+    benchmark.pedantic(mask, rounds=max(30, min_rounds), warmup_rounds=3, iterations=1)
     record(benchmark, sequences=BATCH, tokens=BATCH * INPUT_LENGTH, device=dev, kind="mlm_mask")

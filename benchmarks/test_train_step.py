@@ -149,7 +149,7 @@ def build_hf_step(size: str, device: torch.device) -> BuiltStep:
 
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("case", list(CASES))
-def test_train_step(benchmark, case: str, size: str) -> None:
+def test_train_step(benchmark, min_rounds: int, case: str, size: str) -> None:
     device = device_for(size)
     recipe, stage = CASES[case]
     shape = SIZES[size]
@@ -157,7 +157,8 @@ def test_train_step(benchmark, case: str, size: str) -> None:
     resolved, vocab, raw_length, step = built.resolved, built.vocab, built.raw_length, built.step
 
     benchmark.group = f"train_step-{size}"
-    benchmark.pedantic(step, rounds=shape.rounds, warmup_rounds=shape.warmup_rounds, iterations=1)
+    benchmark.pedantic(step, rounds=max(shape.rounds, min_rounds), warmup_rounds=shape.warmup_rounds,
+                       iterations=1)
     flops = count_step_flops(resolved, stage=stage, vocab=vocab, device=device)
     record(
         benchmark,
@@ -174,7 +175,7 @@ def test_train_step(benchmark, case: str, size: str) -> None:
 
 
 @pytest.mark.parametrize("size", list(SIZES))
-def test_hf_t5_step(benchmark, size: str) -> None:
+def test_hf_t5_step(benchmark, min_rounds: int, size: str) -> None:
     """Hugging Face's T5ForConditionalGeneration on the SC step's batch: the reference of
     the SC benchmark in the same group (``compare`` prints sc ÷ HF as "vs reference")."""
     pytest.importorskip("transformers")
@@ -184,7 +185,8 @@ def test_hf_t5_step(benchmark, size: str) -> None:
     resolved, vocab, raw_length, step = built.resolved, built.vocab, built.raw_length, built.step
 
     benchmark.group = f"train_step-{size}"
-    benchmark.pedantic(step, rounds=shape.rounds, warmup_rounds=shape.warmup_rounds, iterations=1)
+    benchmark.pedantic(step, rounds=max(shape.rounds, min_rounds), warmup_rounds=shape.warmup_rounds,
+                       iterations=1)
     flops = count_step_flops(resolved, stage=1, vocab=vocab, device=device)  # the same model's FLOPs
     record(
         benchmark,

@@ -288,6 +288,10 @@ def load_config(
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value")
+        key, value = item.split("=", 1)
+        if "\n" in value or "\r" in value:  # OmegaConf would fold it into a space, unseen
+            raise ConfigError(f"{key.strip()}: {value!r} — the value contains a line break; "
+                              "a value must be one line")
     try:
         raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:

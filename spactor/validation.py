@@ -54,6 +54,7 @@ def validate(resolved: Resolved) -> None:
     check_trainer(cfg.trainer)
     check_data(cfg.data)
     check_runtime(cfg.runtime)
+    check_run(cfg.run)
     width = check_model(resolved.model, cfg.data.input_length)
     ctx = CheckContext(
         input_length=cfg.data.input_length,
@@ -159,6 +160,13 @@ def check_data(d: Any) -> None:
         positive_int("data.source_options.max_document_chars", d.source_options["max_document_chars"])
     if "paths" in fields and not d.paths and not d.source_options.get("paths"):
         fail("data.paths", list(d.paths), f"source '{d.source}' needs at least one file or glob")
+
+
+def check_run(r: Any) -> None:
+    # A line break (or other control character) in a path is almost always a quoting
+    # slip, and YAML folds a newline into a space: the run would land elsewhere unseen.
+    if r.dir is not None and any(ord(c) < 32 or ord(c) == 127 for c in str(r.dir)):
+        fail("run.dir", r.dir, "a directory name must be one line, without control characters")
 
 
 def check_runtime(r: Any) -> None:

@@ -62,6 +62,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
                   "--resume" if ns.resume else "run.dir")
     try:
         result = train(resolved, resume_dir=ns.resume)
+        if not result.preempted:
+            _complete_on_sigterm()
     finally:
         shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -72,6 +74,19 @@ def cmd_train(ns: argparse.Namespace) -> int:
         elif resolved.cfg.run.plot:
             print(plot_finished_run(result.run_dir), flush=True)
     return 130 if result.preempted == "SIGINT" else 0  # Ctrl-C exits as interrupted, checkpointed
+
+
+def _complete_on_sigterm() -> None:
+    """The run is complete (its last checkpoint written): a SIGTERM from here on, while
+    the summary and plot are written or the process winds down, must not turn its exit
+    into 143 (a kill, to a scheduler). Finish as usual and exit 0."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def complete(signum: int, frame: Any) -> None:
+        print("SIGTERM after the run completed: finishing (the run is complete)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, complete)
 
 
 def plot_finished_run(run_dir: Path) -> str:
@@ -379,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    as_program = argv is None  # the process's own command line: its handlers may outlive main()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:
@@ -386,9 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Until the trainer installs its own handler (finish the step, checkpoint), Ctrl-C
     # ends the process at once: a KeyboardInterrupt raised while torch imports is
     # swallowed there and the run would carry on.
-    previous = None
+    previous = previous_term = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, _exit_interrupted)
+        previous_term = signal.getsignal(signal.SIGTERM)
     try:
         return _dispatch(argv, debug)
     except KeyboardInterrupt:  # the trainer's second Ctrl-C: stop now, no traceback
@@ -399,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        if previous_term is not None and not as_program:  # called in-process: leave SIGTERM as it was
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 def _exit_interrupted(signum: int, frame: Any) -> None:

@@ -7,7 +7,8 @@ the raw tokens consumed (``tokens_seen``) or the cumulative training FLOPs
 (``flops_cum``) — the last is how the SpacTor paper compares a hybrid run with the SC
 baseline: same compute, not same steps. A run's stage switches (``stage_switch_step``) are
 vertical lines in its colour, one line style per stage entered (stage 2 dashed, stage 3
-dotted, ...), each named once in the legend.
+dotted, ...), each named once in the legend. Every run has its own colour (28 before
+they repeat, then with another line style: :func:`run_styles`).
 
 matplotlib is an optional dependency (``pip install 'spactor[plot]'``); it is used
 through its object-oriented API with the Agg canvas, so plotting never touches a
@@ -23,6 +24,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# Run colours: matplotlib's tab10, then tab20's lighter halves of the same hues, then
+# Dark2: 28 distinct colours. Past them the colours repeat with another line style, so
+# every run keeps its own (colour, line style) pair however many are compared.
+RUN_COLORS: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+    "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+)
+RUN_LINE_STYLES: tuple[Any, ...] = ("-", (0, (6, 2)), (0, (6, 2, 1, 2)), (0, (1, 1.5)))
+
+
+def run_styles(n: int) -> list[tuple[str, Any]]:
+    """A distinct (colour, line style) for each of ``n`` runs: solid lines in the 28
+    colours first, then the colours again with each further line style (past four: ever
+    longer dashes)."""
+    styles = []
+    for i in range(n):
+        cycle, k = divmod(i, len(RUN_COLORS))
+        style = RUN_LINE_STYLES[cycle] if cycle < len(RUN_LINE_STYLES) else (0, (cycle + 4, 2))
+        styles.append((RUN_COLORS[k], style))
+    return styles
+
 
 X_AXES: dict[str, tuple[str, str]] = {
     "steps": ("step", "step"),
@@ -179,17 +205,16 @@ def plot_runs(
     fig = Figure(figsize=(10, 7.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
-    colors = [f"C{i % 10}" for i in range(len(runs))]
     val_key = f"val/{metric}"
     entered: set[int] = set()  # stages some run switched to
     evaluated = False
-    for run, color in zip(runs, colors, strict=True):
+    for run, (color, style) in zip(runs, run_styles(len(runs)), strict=True):
         xs, ys = series(run.records, x_key, metric)
         if smooth > 0:
-            top.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
-            top.plot(xs, ema(ys, smooth), color=color, linewidth=1.6, label=run.label)
+            top.plot(xs, ys, color=color, linestyle=style, alpha=0.25, linewidth=0.8)
+            top.plot(xs, ema(ys, smooth), color=color, linestyle=style, linewidth=1.6, label=run.label)
         else:
-            top.plot(xs, ys, color=color, linewidth=1.3, label=run.label)
+            top.plot(xs, ys, color=color, linestyle=style, linewidth=1.3, label=run.label)
         vx, vy = series(run.records, x_key, val_key)
         if vx:
             top.plot(
@@ -204,7 +229,7 @@ def plot_runs(
             )
             evaluated = True
         tx, ty = series(run.records, x_key, THROUGHPUT)
-        bottom.plot(tx, ty, color=color, linewidth=1.1, label=run.label)
+        bottom.plot(tx, ty, color=color, linestyle=style, linewidth=1.1, label=run.label)
         for at, stage in stage_switches(run.records, x_key):
             for ax in (top, bottom):
                 ax.axvline(at, color=color, linestyle=switch_style(stage), linewidth=1.0, alpha=0.7)
@@ -277,16 +302,16 @@ def draw_eval(ax: Any, paths: Sequence[Path], labels: Sequence[str], task: str, 
         raise ValueError(f"eval/{task}/score is plotted against steps or flops, not {x}")
     key = "step" if x == "steps" else "flops_cum"
     metric = None
-    for i, (path, label) in enumerate(zip(paths, labels, strict=True)):
+    styles = run_styles(len(paths))
+    for path, label, (color, style) in zip(paths, labels, styles, strict=True):
         results, random = read_eval(Path(path), task)
         points = [r for r in results if _number(r.get(key)) is not None]
         if not points:
             raise ValueError(f"run {path}: no eval/{task}/step_*.json with '{key}' "
                              f"(run `spactor evaluate {path} --task {task} --all` first)")
         metric = points[0].get("metric", metric)
-        color = f"C{i % 10}"
         ax.errorbar([r[key] for r in points], [r["score"] for r in points], yerr=[r.get("std", 0.0) for r in points],
-                    color=color, marker="o", capsize=3, linewidth=1.3,
+                    color=color, linestyle=style, marker="o", capsize=3, linewidth=1.3,
                     label=f"{label} ({points[0].get('seeds', 1)} seeds)")
         if random is not None:
             ax.axhline(random["score"], color=color, linestyle=":", linewidth=1.0, alpha=0.8)

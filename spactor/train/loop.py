@@ -8,8 +8,8 @@ plain steps with the callbacks (``spactor.train.callbacks``) at its named points
 ``pre_step`` (knob values, the stage switch) → the batch and one step
 (``spactor.train.step``) → ``check_step`` (the non-finite guard) → ``post_step``
 (metric window, FLOPs) → on logging steps ``log``/``post_log`` (the record, built by the
-callbacks, written, observed by the schedules) → ``end_step`` (checkpoints, downstream
-evaluation, preemption).
+callbacks, written, observed by the schedules) → ``end_step`` (validation on its own cadence off the
+logging steps, checkpoints, downstream evaluation, preemption).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spactor.config import ConfigError, Resolved, compile_mode
+from spactor.config import ConfigError, Resolved, compile_mode, load_config
 from spactor.objectives.base import Batch, Objective
 from spactor.registry import LR_SCHEDULES, OPTIMIZERS
 from spactor.train import parallel
@@ -56,7 +56,10 @@ from spactor.train.callbacks import (
 )
 from spactor.train.metrics import MetricsWriter, Progress
 from spactor.train.optim.optimizers import set_lr
-from spactor.train.run_dir import RunDirLock, open_run_dir, start_run_dir, with_tokenizer, write_config
+from spactor.train.resume_changes import changed_instances, schedules_without_effect
+from spactor.train.run_dir import (
+    CreatedPaths, RunDirLock, open_run_dir, start_run_dir, with_tokenizer, write_config,
+)
 from spactor.train.stages import (
     knob_values,
     release_objectives,
@@ -203,14 +206,18 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None,
     the run's own, called after the built-in ones at every point of the loop (their
     state is checkpointed under their names)."""
     lock = RunDirLock()  # one writer per run directory (rank 0 holds it)
+    created = CreatedPaths()
     try:
-        return _train(resolved, resume_dir, lock, list(callbacks))
+        return _train(resolved, resume_dir, lock, created, list(callbacks))
+    except BaseException:
+        created.undo(lock)  # refused before the run started: leave nothing it created
+        raise
     finally:
         lock.release()
 
 
 def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: RunDirLock,
-           extra_callbacks: list[Callback]) -> TrainResult:
+           created: CreatedPaths, extra_callbacks: list[Callback]) -> TrainResult:
     cfg = resolved.cfg
     tcfg = cfg.trainer
     info = parallel.init_distributed(resolve_device(cfg.runtime.device))
@@ -222,6 +229,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     if info.is_main:
         print(f"run directory: {run_dir}", flush=True)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
+    if info.is_main:
+        created.note(run_dir)
     # Lock, find the checkpoint, check the config against the run's: nothing is written yet.
     opened = open_run_dir(run_dir, resolved, checkpointer, explicit=resume_dir is not None,
                           lock=lock, is_main=info.is_main)
@@ -242,8 +251,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         if not lock.held:
             lock.acquire(run_dir)
     model, objectives, init_program = build_on_meta(resolved, data.vocab)
-    schedules = build_schedules(resolved.schedules, knob_values(objectives), tcfg.max_steps,
-                                list(objectives))
+    all_knobs, all_objectives = knob_values(objectives), list(objectives)  # before any is released
+    schedules = build_schedules(resolved.schedules, all_knobs, tcfg.max_steps, all_objectives)
     raw_length = run_raw_length(objectives, schedules.stages, cfg.data.input_length)  # every stage's
     final_objectives = schedules.stages.final_objectives(objectives)  # the clean validation pass's
     data.start(raw_length, batch_size=tcfg.batch_size)
@@ -258,6 +267,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
             for old in checkpointer.list():
                 shutil.rmtree(old)
         start_run_dir(run_dir, resolved, data.tokenizer)  # config, spiece.model, identity
+    created.keep()  # the run has started: its directory stays, whatever happens next
     flops = count_flops(resolved, device, info)
 
     # The stage is an int 1..N (two-stage checkpoints wrote 1 or 2: the implicit curriculum's).
@@ -323,7 +333,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         Throughput(device, flops),
         DataSkipped(data),
         Validation(modules, data, every=tcfg.eval_every, batches=tcfg.eval_batches, seed=tcfg.seed + 2,
-                   info=info, amp_dtype=amp_dtype, device=device, clean=final_objectives),
+                   info=info, amp_dtype=amp_dtype, device=device, clean=final_objectives,
+                   write=metrics_log.write),
         metrics_log,
         Checkpointing(tcfg.checkpoint_every, save),
         DownstreamEval(tcfg.downstream_every, tcfg.downstream_tasks, run_dir, save, metrics_log.write),
@@ -349,8 +360,14 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
                       flush=True)
         if info.is_main:
             print(f"resumed from {resumed.path} at step {state.step} (stage {stage})", flush=True)
+            quiet = past_schedule_changes(run_dir, resolved, opened.applied, all_knobs, all_objectives,
+                                          list(objectives), state.step, stage)
             for change in opened.applied:
-                print(f"resume applies {change}", flush=True)
+                if change in quiet:
+                    print(f"resume: {change} has no effect: what it changes lies before step {state.step}, "
+                          f"where the run resumes (stage {stage})", flush=True)
+                else:
+                    print(f"resume applies {change}", flush=True)
             write_config(run_dir, resolved)  # loaded and compatible: now the run's config
     state.start_step = state.step
     result = TrainResult(run_dir=run_dir, steps=state.step, start_step=state.start_step)
@@ -381,7 +398,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
             callbacks.end_step(state)  # checkpoints, downstream evaluation, a signal's stop
             if state.stop:
                 break
-        result.preempted = preemption.signal_name
+        # A signal during the last step stops nothing: the run is complete, not preempted.
+        result.preempted = preemption.signal_name if state.step < tcfg.max_steps else None
         if state.step > state.start_step or resumed is None or result.preempted:
             save()
         callbacks.post_train(state)
@@ -394,6 +412,23 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     result.elapsed_s = time.monotonic() - t_start
     result.tokens_seen = state.tokens_seen
     return result
+
+
+def past_schedule_changes(run_dir: Path, resolved: Resolved, applied: list[str], knobs: dict[str, float],
+                          objectives: list[str], live: list[str], step: int, stage: int) -> set[str]:
+    """The applied ``schedules.*`` changes that can no longer take effect at ``step``
+    (``spactor.train.resume_changes``), judged against the run's saved config.yaml.
+    ``live``: the objectives not released on entering ``stage``."""
+    changed = changed_instances(applied)
+    if not changed:
+        return set()
+    try:
+        saved = load_config(str(run_dir / "config.yaml"), [], saved_run=True)
+        quiet = schedules_without_effect(saved.schedules, resolved.schedules, changed, knobs, objectives,
+                                         step, stage, resolved.cfg.trainer.max_steps, live)
+    except Exception:  # noqa: BLE001 — a saved config this version cannot rebuild: say "applies"
+        return set()
+    return {change for name in quiet for change in changed[name]}
 
 
 def local_state(data: Any, ctx: StepContext, device: torch.device) -> dict[str, Any]:

@@ -127,6 +127,46 @@ class RunDirLock:
             self._fd = None
 
 
+class CreatedPaths:
+    """What a command created for its run directory (the directory, missing parents, its
+    ``.lock``) until the run writes into it: a command refused before then removes them
+    (:meth:`undo`), so it leaves nothing behind. :meth:`keep` once the run is started."""
+
+    def __init__(self) -> None:
+        self.dirs: list[Path] = []  # outermost first
+        self.lock_file: Path | None = None
+        self.kept = False
+
+    def note(self, run_dir: Path) -> None:
+        """Before anything is created: what does not exist yet."""
+        missing = [p for p in (Path(run_dir), *Path(run_dir).parents) if not p.exists()]
+        self.dirs = list(reversed(missing))
+        lock = Path(run_dir) / LOCK_FILE
+        self.lock_file = None if lock.exists() else lock
+
+    def keep(self) -> None:
+        self.kept = True
+
+    def undo(self, lock: RunDirLock) -> None:
+        """Remove what was created, innermost first; a directory that holds anything
+        else (another process's files) stays. The lock file goes only while this process
+        holds it (never another run's), removed before the lock is released."""
+        if self.kept:
+            return
+        if self.lock_file is not None and lock.held and lock.path == self.lock_file:
+            try:
+                self.lock_file.unlink()
+            except OSError:
+                pass
+        lock.release()
+        for path in reversed(self.dirs):
+            try:
+                path.rmdir()
+            except OSError:  # not empty, or already gone: leave it
+                break
+        self.kept = True
+
+
 def _read_holder(fd: int) -> str:
     try:
         text = os.pread(fd, 256, 0).decode(errors="replace").strip()

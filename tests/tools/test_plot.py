@@ -165,3 +165,29 @@ def test_each_stage_switch_is_named_in_the_legend(tmp_path, monkeypatch):
     assert legends[-1][-2:] == ["switch to stage 2", "switch to stage 3"]
     plot_runs([two], tmp_path / "two.png")
     assert [label for label in legends[-1] if label.startswith("switch")] == ["switch to stage 2"]
+
+
+def test_twelve_runs_get_twelve_distinct_colour_and_style_pairs(tmp_path, monkeypatch):
+    """matplotlib's C0-C9 repeated from the 11th run on; every run now has its own
+    (colour, line style) pair, in the plot and the legend."""
+    from matplotlib.axes import Axes
+    from matplotlib.colors import to_hex
+
+    runs = [write_run(tmp_path, f"run{i:02d}", steps=12, flops=False) for i in range(12)]
+    legends = []
+    original = Axes.legend
+
+    def spy(self, handles, labels, **kwargs):
+        legends.append((list(handles), list(labels)))
+        return original(self, handles, labels, **kwargs)
+
+    monkeypatch.setattr(Axes, "legend", spy)
+    assert_png(plot_runs(runs, tmp_path / "twelve.png", x="steps"))
+    handles, labels = legends[0]
+    pairs = {(to_hex(h.get_color()), str(h.get_linestyle())) for h, label in zip(handles, labels)
+             if label.startswith("run")}
+    assert len(pairs) == 12
+    from spactor.tools.plot import run_styles
+
+    many = run_styles(200)  # far past the colours: still one pair per run
+    assert len({(c, str(s)) for c, s in many}) == 200

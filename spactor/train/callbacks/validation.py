@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,16 +15,22 @@ from spactor.train.step import TrainModules, evaluate
 
 
 class Validation(Callback):
-    """On logging steps that are evaluation steps (every ``eval_every`` and the last),
-    adds ``val/...`` from ``eval_batches`` validation batches, corrupted with a fresh
-    generator of the same seed each time (every evaluation sees the same inputs), and
-    the skip counts again (with what the validation pass skipped). ``clean``: the
-    objectives of the run's last stage, which ``val/clean/loss/...`` evaluates on the
-    input without the generator (None: no clean pass)."""
+    """On evaluation steps (every ``eval_every`` and the last), ``val/...`` from
+    ``eval_batches`` validation batches, corrupted with a fresh generator of the same
+    seed each time (every evaluation sees the same inputs), and the skip counts again
+    (with what the validation pass skipped). ``clean``: the objectives of the run's last
+    stage, which ``val/clean/loss/...`` evaluates on the input without the generator
+    (None: no clean pass).
+
+    Validation keeps its own cadence, independent of ``log_every``: on an evaluation step
+    that is also a logging step its fields join that step's record; on any other
+    evaluation step they are a record of their own (``step``, ``stage``, ``val/...``),
+    written through ``write`` at ``end_step`` (before that step's checkpoint)."""
 
     def __init__(self, modules: TrainModules, data: Any, *, every: int, batches: int, seed: int,
                  info: DistInfo, amp_dtype: torch.dtype | None, device: torch.device,
-                 clean: list[str] | None = None) -> None:
+                 clean: list[str] | None = None,
+                 write: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.modules = modules
         self.clean = clean
         self.data = data
@@ -33,14 +40,28 @@ class Validation(Callback):
         self.info = info
         self.amp_dtype = amp_dtype
         self.device = device
+        self.write = write
 
     def due(self, state: LoopState) -> bool:
         return state.step == state.max_steps or bool(self.every and state.step % self.every == 0)
 
-    def log(self, state: LoopState, record: dict[str, Any]) -> None:
-        if not self.due(state) or not self.data.has_validation:
-            return
+    def fields(self) -> dict[str, Any]:
+        """One validation pass: the ``val/...`` losses and the skip counts."""
         rng = seeded_generator(self.seed, self.device)
-        record.update(evaluate(self.modules, self.data.validation_batches(), self.batches, rng, self.info,
-                               self.amp_dtype, self.device, clean=self.clean))
-        record.update(skipped_fields(self.data))
+        fields: dict[str, Any] = evaluate(self.modules, self.data.validation_batches(), self.batches, rng,
+                                          self.info, self.amp_dtype, self.device, clean=self.clean)
+        fields.update(skipped_fields(self.data))
+        return fields
+
+    def log(self, state: LoopState, record: dict[str, Any]) -> None:
+        if self.due(state) and self.data.has_validation:
+            record.update(self.fields())
+
+    def end_step(self, state: LoopState) -> None:
+        # Every rank runs the pass (its forwards are collective under FSDP); rank 0's
+        # writer is the only one enabled.
+        if state.log_step or not self.due(state) or not self.data.has_validation:
+            return
+        record = {"step": state.step, "stage": state.stage, **self.fields()}
+        if self.write is not None:
+            self.write(record)

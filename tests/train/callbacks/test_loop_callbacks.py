@@ -158,3 +158,42 @@ def test_a_steady_state_step_of_the_loop_syncs_once(tiny_overrides, tmp_path):
                                   "optimizer.type=adafactor", "trainer.max_steps=6", "trainer.log_every=100"]),
           callbacks=[counter])
     assert counter._mode is None and len(counter.syncs) == 3, counter.syncs
+
+
+def test_validation_keeps_its_own_cadence_off_the_logging_steps(tiny_overrides, tmp_path):
+    """eval_every=3, log_every=5, max_steps=12 through ``spactor train``: validation runs
+    at 3, 6, 9 and 12 and each reaches metrics.jsonl (3, 6, 9 as records of their own,
+    12 in the last logging record); before, only step 12's was logged."""
+    from spactor.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "quickstart", *tiny_overrides, "runtime.count_flops=false", "trainer.eval_every=3",
+                 "trainer.log_every=5", "trainer.max_steps=12", f"run.dir={run}"]) == 0
+    records = read_metrics(run / "metrics.jsonl")
+    val_steps = [r["step"] for r in records if any(k.startswith("val/loss/") for k in r)]
+    assert val_steps == [3, 6, 9, 12]
+    assert [r["step"] for r in records if "loss" in r] == [5, 10, 12]  # logging keeps its own cadence
+    own = [r for r in records if r["step"] in (3, 6, 9)]
+    assert all(set(r) >= {"step", "stage"} and "loss" not in r for r in own)
+
+
+def test_a_resume_between_logging_steps_relogs_the_validation_records(tiny_overrides, tmp_path):
+    """Checkpoints every 3 steps, logging every 5, validation every 3: resumed from step 6
+    (a validation record of its own, no logging record), the run's metrics.jsonl is the
+    uninterrupted run's, validation records included (bitwise on CPU)."""
+    common = [*tiny_overrides, "runtime.count_flops=false", "trainer.max_steps=12", "trainer.log_every=5",
+              "trainer.eval_every=3", "trainer.checkpoint_every=3", "trainer.keep_checkpoints=4",
+              "model.dropout=0.1"]
+    full = tmp_path / "full"
+    train(load_config("quickstart", [*common, f"run.dir={full}"]))
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    for step in (9, 12):
+        shutil.rmtree(part / "checkpoints" / f"step_{step:08d}")  # as if stopped after the save at step 6
+    result = train(load_config("quickstart", [*common, f"run.dir={part}"]), resume_dir=part)
+    assert result.start_step == 6
+    timing = {"tokens_per_s", "time/step_s", "time/data_s"}
+    a, b = (read_metrics(d / "metrics.jsonl") for d in (full, part))
+    assert [r["step"] for r in b] == [3, 5, 6, 9, 10, 12]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in a] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in b]
