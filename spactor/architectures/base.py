@@ -24,7 +24,8 @@ class Architecture(Protocol):
     * ``lm_logits(hidden)``: vocabulary logits for hidden states of any leading shape
       (handles v1.0's tied head and d_model^-0.5 scaling).
     * ``token_embedding``: the ``nn.Embedding`` that ``embed`` reads (for sharing).
-    * ``hidden_size``, ``vocab_size``, ``has_decoder``.
+    * ``hidden_size``, ``vocab_size``, ``has_decoder``; optionally ``model_shape`` (a
+      :class:`spactor.checks.ModelShape`: what the RTD generator and head are sized from).
     * ``blocks()``: the repeated transformer blocks, for FSDP wrapping, activation
       checkpointing and per-block compile.
     """

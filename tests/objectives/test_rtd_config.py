@@ -33,27 +33,48 @@ VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 32
 
 
+# Fields added after the flat layout, at the defaults a config written without them reads.
+NEWER_FIELDS = {"sizing": "spactor"}
+NEWER_RTD_FIELDS = {"head_hidden_multiple": 4.0}
+# What the recipes' generators were before they were sized from D (explicit values).
+OLD_GENERATORS = {
+    "spactor": ["layers=4", "d_ff=1024", "d_kv=64", "sizing=spactor"],
+    "fast_electra": ["layers=12", "hidden_fraction=0.3333", "d_ff=1024", "d_kv=64", "sizing=spactor"],
+}
+OLD_HEADS = {"spactor": ["head_hidden=3072", "head_hidden_multiple=4.0"],
+             "fast_electra": ["head_hidden=768", "head_hidden_multiple=4.0"]}  # fmt: skip
+
+
+def old_recipe(recipe: str) -> list[str]:
+    """Overrides giving ``recipe``'s config as a run saved before generators were sized from D."""
+    return [*(f"objectives.rtd.generator.{v}" for v in OLD_GENERATORS[recipe]),
+            *(f"objectives.rtd.{v}" for v in OLD_HEADS[recipe])]  # fmt: skip
+
+
 def flat_layout(data: dict) -> dict:
     """A resolved config as spactor wrote it before the generator block: its shape fields
-    as ``generator_<field>`` keys of ``rtd``, no ``arch``."""
+    as ``generator_<field>`` keys of ``rtd``, no ``arch``, none of the fields added since."""
     data = copy.deepcopy(data)
     for body in data["objectives"].values():
         if body.get("type") == "rtd":
             block = body.pop("generator")
             assert block.pop("arch") == "encoder"
+            for fields, holder in ((NEWER_FIELDS, block), (NEWER_RTD_FIELDS, body)):
+                for key, default in fields.items():
+                    assert holder.pop(key) == default
             body.update({f"generator_{k}": v for k, v in block.items()})
     return data
 
 
 def test_recipes_hold_the_generator_as_a_block_and_write_it_back_as_one(tmp_path: Path):
-    for recipe, layers, head in (("spactor", 4, "linear"), ("electra", 12, "electra")):
+    for recipe, sizing, head in (("spactor", "spactor", "linear"), ("electra", "electra", "electra")):
         resolved = load_config(recipe, TINY)
         plugin = resolved.objectives["rtd"].config.generator
         assert isinstance(plugin, Plugin) and plugin.type == "encoder"
         assert isinstance(plugin.config, EncoderGeneratorConfig)
-        assert (plugin.config.layers, plugin.config.head) == (layers, head)
+        assert (plugin.config.sizing, plugin.config.layers, plugin.config.head) == (sizing, None, head)
         written = as_dict(resolved)["objectives"]["rtd"]
-        assert written["generator"]["arch"] == "encoder" and written["generator"]["layers"] == layers
+        assert written["generator"]["arch"] == "encoder" and written["generator"]["sizing"] == sizing
         assert not [k for k in written if k.removeprefix("generator_") in MOVED_GENERATOR_FIELDS]
         saved = tmp_path / f"{recipe}.yaml"
         saved.write_text(resolved.to_yaml())
@@ -97,10 +118,16 @@ def test_the_block_is_checked_by_its_own_config(overrides: list[str], message: s
 
 
 def test_a_saved_config_of_the_flat_layout_loads_in_the_new_one(tmp_path: Path):
-    from spactor.train.run_dir import flatten, identity_differences, identity_of, read_saved_config
+    from spactor.train.run_dir import (
+        compare_configs,
+        flatten,
+        identity_differences,
+        identity_of,
+        read_saved_config,
+    )
 
     for recipe in ("spactor", "fast_electra"):
-        resolved = load_config(recipe, TINY)
+        resolved = load_config(recipe, [*TINY, *old_recipe(recipe)])
         old = flat_layout(as_dict(resolved))
         saved = tmp_path / recipe / "config.yaml"
         saved.parent.mkdir()
@@ -108,13 +135,15 @@ def test_a_saved_config_of_the_flat_layout_loads_in_the_new_one(tmp_path: Path):
         with pytest.raises(ConfigError, match="moved to objectives.rtd.generator"):
             load_config(str(saved))  # a user's config: refused
         assert as_dict(load_config(str(saved), saved_run=True)) == as_dict(resolved)  # a run's: read
-        assert read_saved_config(saved.parent)["objectives"] == as_dict(resolved)["objectives"]
+        # the resume check: fields added since (sizing, head_hidden_multiple) read their defaults
+        applied, refused = compare_configs(read_saved_config(saved.parent), resolved)
+        assert not [c for c in applied + refused if c.startswith("objectives")], (applied, refused)
         identity = identity_of(resolved, "sha", 160)
         identity["config"] = {k: v for k, v in flatten(old).items() if k in identity["config"]
                               or k.startswith("objectives.rtd.generator_")}  # fmt: skip
         assert any(k.startswith("objectives.rtd.generator_") for k in identity["config"])
         assert identity_differences(identity, resolved) == []
-        changed = load_config(recipe, [*TINY, "objectives.rtd.generator.layers=3"])
+        changed = load_config(recipe, [*TINY, *old_recipe(recipe), "objectives.rtd.generator.layers=3"])
         layers = resolved.objectives["rtd"].config.generator.config.layers
         assert identity_differences(identity, changed) == [f"objectives.rtd.generator.layers {layers} -> 3"]
 
