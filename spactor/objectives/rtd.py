@@ -130,6 +130,18 @@ class RTDConfig:
         if callable(check):
             check(f"{where}.generator", ctx)
 
+    def sizes(self, hidden_size: int, model_shape: ModelShape | None, where: str = "objectives.rtd") -> dict[str, Any]:
+        """What this config builds beside a D of ``hidden_size`` / ``model_shape``: the RTD
+        head's width and, for a generator whose block says (``dimensions``), its layers,
+        width, heads and d_ff (``spactor flops --sizes`` prints them per model.size)."""
+        out: dict[str, Any] = {"head_hidden": head_width(self, hidden_size)}
+        block = self.generator_block(where)
+        dimensions = getattr(block.config, "dimensions", None)
+        if callable(dimensions):
+            g = dimensions(hidden_size, 1, self.embedding_sharing, model_shape)
+            out["generator"] = {"layers": g.num_layers, "d_model": g.d_model, "heads": g.num_heads, "d_ff": g.d_ff}
+        return out
+
     def check_files(self, where: str, ctx: Any) -> list[str]:
         """What ``spactor train`` checks before it builds data or a model: a frozen generator
         (Fast-ELECTRA) has a ``generator_checkpoint``, and a configured one exists and holds
