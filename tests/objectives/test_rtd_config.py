@@ -246,3 +246,59 @@ def test_a_differently_shaped_generator_is_a_registry_entry_not_new_rtd_keys(win
     (gen_out.aux_losses["generator"].total + out.loss.total).backward()
     assert rtd.generator.mix.weight.grad is not None and rtd.head.out.weight.grad is not None
     assert not VOCAB.is_special(new["encoder_input"][mask]).any()
+
+
+# -- generator and head sized from the discriminator -------------------------------------------
+
+
+def built_sizes(recipe: str, *overrides: str) -> dict:
+    """The generator and RTD head ``recipe`` configures (``RTDConfig.sizes``) beside its D."""
+    from spactor.validation import check_model, model_shape
+
+    resolved = load_config(recipe, list(overrides))
+    hidden = check_model(resolved.model, resolved.cfg.data.input_length)
+    return resolved.objectives["rtd"].config.sizes(hidden, model_shape(resolved.model))
+
+
+TABLE_5 = {  # SpacTor's Table 5: generator layers / width / heads / MLP, RTD head MLP
+    "base": ({"layers": 4, "d_model": 768, "heads": 12, "d_ff": 1024}, 3072),
+    "large": ({"layers": 6, "d_model": 1024, "heads": 16, "d_ff": 2048}, 4096),
+}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "size"),
+    [("spactor", "base"), ("spactor", "large"), ("spactor_large", "large"), ("ul2_rtd", "base"),
+     ("spactor_frozen", "base"), ("spactor_three_stage", "large")],
+)  # fmt: skip
+def test_spactor_recipes_build_table_5_generators_and_heads_at_base_and_large(recipe, size):
+    generator, head = TABLE_5[size]
+    assert built_sizes(recipe, f"model.size={size}") == {"generator": generator, "head_hidden": head}
+
+
+@pytest.mark.parametrize("recipe", ["electra", "fast_electra"])
+def test_electra_recipes_build_electra_s_generator_and_head(recipe):
+    base = built_sizes(recipe)  # ELECTRA-Base: 1/3 of D's width, heads and d_ff; D's 12 layers; head 768
+    assert base == {"generator": {"layers": 12, "d_model": 256, "heads": 4, "d_ff": 1024}, "head_hidden": 768}
+    small = built_sizes(recipe, "model.size=small")  # ELECTRA-Small: 1/4
+    assert small == {"generator": {"layers": 12, "d_model": 64, "heads": 1, "d_ff": 256}, "head_hidden": 256}
+
+
+def test_the_built_objective_has_the_sized_generator_and_an_explicit_value_wins():
+    from spactor.train.builders import build_model, build_objectives
+    from spactor.train.flops.counting import count_vocab
+
+    for overrides, layers, d_ff, head in (
+        ((), 1, 88, 256),  # tiny: Base's proportions of a 2-layer, 64-wide T5; head 4 x 64
+        (("objectives.rtd.generator.layers=3", "objectives.rtd.generator.d_ff=32", "objectives.rtd.head_hidden=48"),
+         3, 32, 48),
+    ):  # fmt: skip
+        resolved = load_config("spactor", [*TINY, "data.tokenizer_vocab_size=512", *overrides])
+        vocab = count_vocab(resolved.cfg.data)
+        model = build_model(resolved, vocab)
+        rtd = build_objectives(resolved, vocab, model)["rtd"]
+        g = rtd.generator.config
+        assert (g.num_layers, g.d_model, g.num_heads, g.d_kv, g.d_ff) == (layers, 64, 4, 16, d_ff)
+        assert rtd.head.dense.out_features == head
+        sizes = built_sizes("spactor", *TINY, *overrides)
+        assert sizes["generator"]["layers"] == layers and sizes["head_hidden"] == head
