@@ -73,10 +73,13 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         metavar="SIZE,...",
         help="count the recipe at each model.size (default: " + ",".join(DEFAULT_SIZES) + ") and print "
-        "the generator, RTD head and stage-1 ratio per size; --device meta counts large sizes quickly",
+        "the generator, RTD head and stage-1 ratio per size (counted on the meta device unless --device says)",
     )
     p.add_argument(
-        "--device", default="cpu", help="where the dry run executes (cpu | cuda); FLOPs do not depend on it"
+        "--device",
+        default=None,
+        help="where the dry run executes (cpu | cuda | meta; default cpu, meta with --sizes); FLOPs do not "
+        "depend on it",
     )
     p.set_defaults(func=cmd_flops)
     return p
@@ -87,6 +90,8 @@ def cmd_flops(ns: argparse.Namespace) -> int:
     from spactor.train.flops.counting import flops_report
 
     recipe, overrides = split_recipe(ns.args)
+    # --sizes counts Large at its real batch: on meta that is seconds, on CPU hours
+    ns.device = ns.device or ("meta" if ns.sizes is not None else "cpu")
     if ns.sizes is not None:
         sizes = [s.strip() for s in ns.sizes.split(",") if s.strip()]
         rows = [size_row(recipe or QUICKSTART, overrides, size, ns) for size in sizes]
