@@ -73,7 +73,8 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         metavar="SIZE,...",
         help="count the recipe at each model.size (default: " + ",".join(DEFAULT_SIZES) + ") and print "
-        "the generator, RTD head and stage-1 ratio per size (counted on the meta device unless --device says)",
+        "the generator, RTD head and stage-1 ratio per size (counted on the meta device unless --device "
+        "says)",
     )
     p.add_argument(
         "--device",
@@ -95,7 +96,8 @@ def cmd_flops(ns: argparse.Namespace) -> int:
     if ns.sizes is not None:
         sizes = [s.strip() for s in ns.sizes.split(",") if s.strip()]
         rows = [size_row(recipe or QUICKSTART, overrides, size, ns) for size in sizes]
-        print(json.dumps({"recipe": recipe or QUICKSTART, "sizes": rows}, indent=2) if ns.json else format_sizes(rows))
+        data = {"recipe": recipe or QUICKSTART, "sizes": rows}
+        print(json.dumps(data, indent=2) if ns.json else format_sizes(rows))
         return 0
     resolved = load_config(recipe or QUICKSTART, overrides)
     report = flops_report(resolved, elementwise=ns.elementwise, tau=ns.tau, device=ns.device)

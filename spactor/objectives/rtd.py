@@ -130,7 +130,9 @@ class RTDConfig:
         if callable(check):
             check(f"{where}.generator", ctx)
 
-    def sizes(self, hidden_size: int, model_shape: ModelShape | None, where: str = "objectives.rtd") -> dict[str, Any]:
+    def sizes(
+        self, hidden_size: int, model_shape: ModelShape | None, where: str = "objectives.rtd"
+    ) -> dict[str, Any]:
         """What this config builds beside a D of ``hidden_size`` / ``model_shape``: the RTD
         head's width and, for a generator whose block says (``dimensions``), its layers,
         width, heads and d_ff (``spactor flops --sizes`` prints them per model.size)."""

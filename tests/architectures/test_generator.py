@@ -392,5 +392,6 @@ def test_the_sizing_rule_is_checked_in_one_line():
     from spactor.architectures.generator import EncoderGeneratorConfig
     from spactor.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"^objectives.rtd.generator.sizing: 'bert' — must be one of spactor, electra$"):
+    message = r"^objectives.rtd.generator.sizing: 'bert' — must be one of spactor, electra$"
+    with pytest.raises(ConfigError, match=message):
         EncoderGeneratorConfig(sizing="bert").check("objectives.rtd.generator", None)

@@ -290,8 +290,8 @@ def test_the_built_objective_has_the_sized_generator_and_an_explicit_value_wins(
 
     for overrides, layers, d_ff, head in (
         ((), 1, 88, 256),  # tiny: Base's proportions of a 2-layer, 64-wide T5; head 4 x 64
-        (("objectives.rtd.generator.layers=3", "objectives.rtd.generator.d_ff=32", "objectives.rtd.head_hidden=48"),
-         3, 32, 48),
+        (("objectives.rtd.generator.layers=3", "objectives.rtd.generator.d_ff=32",
+          "objectives.rtd.head_hidden=48"), 3, 32, 48),
     ):  # fmt: skip
         resolved = load_config("spactor", [*TINY, "data.tokenizer_vocab_size=512", *overrides])
         vocab = count_vocab(resolved.cfg.data)

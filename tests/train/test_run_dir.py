@@ -310,7 +310,8 @@ def frozen_generator(tiny, rows_extra: int = 0):
     rows = Tokenizer.load(resolved.cfg.data.tokenizer).vocab().size + rows_extra
     embedding, length = torch.nn.Embedding(rows, hidden), resolved.cfg.data.input_length
     shape = model_shape(resolved.model)  # the recipe's generator is sized from D's dimensions
-    return build_generator(resolved.objectives["rtd"].config, embedding, hidden, length, "objectives.rtd", shape)
+    config = resolved.objectives["rtd"].config
+    return build_generator(config, embedding, hidden, length, "objectives.rtd", shape)
 
 
 def test_a_generator_of_another_vocabulary_is_refused_and_a_matching_one_is_named(tiny, tmp_path):
