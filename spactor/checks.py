@@ -30,11 +30,26 @@ NUM_SENTINELS = 100  # T5's <extra_id_0..99>; every spactor tokenizer has exactl
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """The discriminator's dimensions, for plugins sized relative to it (the RTD generator
+    and head keep the papers' proportions at every ``model.size``). An architecture config
+    describes itself with ``shape() -> ModelShape``; one without it leaves this unknown."""
+
+    size: str | None  # the size preset's name (``model.size``); None: no preset
+    d_model: int
+    d_ff: int
+    num_layers: int  # the encoder's layers (what a generator's depth is a fraction of)
+    num_heads: int
+    d_kv: int
+
+
+@dataclass(frozen=True)
 class CheckContext:
     """What a config check may know besides its own section."""
 
     input_length: int  # data.input_length: the encoder length
     hidden_size: int | None = None  # the discriminator's, when its architecture says (None: unknown)
+    model_shape: ModelShape | None = None  # the discriminator's dimensions (None: unknown)
     num_sentinels: int = NUM_SENTINELS
     world_size: int = 1
     max_steps: int | None = None  # trainer.max_steps
@@ -55,6 +70,7 @@ class FileCheckContext:
     resolved: Any  # spactor.config.Resolved
     hidden_size: int | None  # the discriminator's width; None: unknown without building it
     tokenizer: str | None = None  # the SentencePiece model the run will use
+    model_shape: ModelShape | None = None  # the discriminator's dimensions (None: unknown)
 
 
 def check_config(where: str, cfg: Any, ctx: CheckContext) -> None:

@@ -30,6 +30,7 @@ from spactor.checks import (  # noqa: F401 — NUM_SENTINELS, non_negative re-ex
     NUM_SENTINELS,
     CheckContext,
     FileCheckContext,
+    ModelShape,
     at_least,
     check_config,
     check_fields,
@@ -59,6 +60,7 @@ def validate(resolved: Resolved) -> None:
     ctx = CheckContext(
         input_length=cfg.data.input_length,
         hidden_size=width,
+        model_shape=model_shape(resolved.model),
         world_size=_world_size(),
         max_steps=cfg.trainer.max_steps,
         knobs=knob_values(resolved.objectives),
@@ -225,6 +227,13 @@ def check_model(model: Plugin, input_length: int) -> int | None:
     return int(hidden_size()) if callable(hidden_size) else None
 
 
+def model_shape(model: Plugin) -> ModelShape | None:
+    """The discriminator's dimensions from its (checked) config; None for an architecture
+    whose config has no ``shape()``."""
+    shape = getattr(model.config, "shape", None)
+    return shape() if callable(shape) else None
+
+
 # --------------------------------------------------------------------------- optimizer
 
 
@@ -289,5 +298,7 @@ def check_files(resolved: Resolved, tokenizer: str | None = None) -> list[str]:
             continue
         if hidden is None:
             hidden = check_model(resolved.model, resolved.cfg.data.input_length)
-        lines += check(f"objectives.{name}", FileCheckContext(resolved, hidden, tokenizer))
+        lines += check(
+            f"objectives.{name}", FileCheckContext(resolved, hidden, tokenizer, model_shape(resolved.model))
+        )
     return lines

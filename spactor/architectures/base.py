@@ -61,7 +61,8 @@ class Architecture(Protocol):
       long, ``PREFIX_LM``) positions ``< prefix_length[b]`` attend to the whole prefix.
     * ``CAPABILITIES``: the passes above the model offers (``ENCODE``, ``DECODE``,
       ``CAUSAL_LM``, ``PREFIX_LM``).
-    * ``hidden_size``, ``vocab_size``, ``has_decoder``.
+    * ``hidden_size``, ``vocab_size``, ``has_decoder``; optionally ``model_shape`` (a
+      :class:`spactor.checks.ModelShape`: what the RTD generator and head are sized from).
     * ``blocks()``: the repeated transformer blocks, for FSDP wrapping, activation
       checkpointing and per-block compile.
     """

@@ -46,7 +46,7 @@ from spactor.architectures.layers import (
     flex_attention,
     model_field_rule,
 )
-from spactor.checks import CheckContext, check_fields, fail, one_of, positive_int
+from spactor.checks import CheckContext, ModelShape, check_fields, fail, one_of, positive_int
 from spactor.config import ConfigError
 from spactor.registry import ARCHITECTURES
 
@@ -103,6 +103,10 @@ class EncoderConfig:
     def hidden_size(self) -> int:
         return int(resolve_encoder_spec(self).d_model)
 
+    def shape(self) -> ModelShape:
+        """The dimensions the RTD generator and head are sized from."""
+        return resolve_encoder_spec(self).shape(self.size)
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
@@ -144,6 +148,9 @@ class EncoderSpec:
     def dense_std(self, fan_in: int) -> float:
         """Init std of an extra dense layer (projections, heads) in this layout."""
         return fan_in**-0.5 if self.t5_style else BERT_INIT_STD
+
+    def shape(self, size: str | None) -> ModelShape:
+        return ModelShape(size, self.d_model, self.d_ff, self.num_layers, self.num_heads, self.d_kv)
 
     def block_spec(self) -> BlockSpec:
         """The ``layers.BlockSpec`` of the rmsnorm (T5) layout: v1.0 ReLU FFN."""
@@ -379,6 +386,7 @@ class EncoderModel(EncoderInputs, nn.Module):
         self.config = cfg
         self.spec = spec
         self.hidden_size: int = spec.d_model
+        self.model_shape: ModelShape = spec.shape(cfg.size)  # what the RTD generator is sized from
         self.vocab_size: int = vocab_size
         self.token_embedding = nn.Embedding(vocab_size, spec.d_model)
         self.encoder = EncoderBody(spec)

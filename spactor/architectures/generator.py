@@ -1,13 +1,14 @@
 """The RTD generator: a small encoder-only MLM that fills [M] positions (ELECTRA, SpacTor).
 
 Built by the ``rtd`` objective next to the discriminator D from its own block,
-``objectives.rtd.generator: {arch: encoder, layers: 4, d_ff: 1024, ...}``: ``arch`` names
+``objectives.rtd.generator: {arch: encoder, sizing: spactor, ...}``: ``arch`` names
 an entry of the ``GENERATORS`` registry, the other keys are that entry's config
 (:class:`EncoderGeneratorConfig` for ``encoder``), so a differently shaped generator is a
 new entry, not new ``rtd`` fields. A generator talks to D only through D's token embedding
 (an ``nn.Embedding`` of width ``embedding_dim`` = D's hidden size). What the objective
 asks of one (a factory ``(cfg, embedding, hidden_size=, input_length=,
-embedding_sharing=)`` returning it): ``token_embedding`` (the embedding it reads),
+embedding_sharing=)`` returning it; a factory that also takes ``model_shape=`` gets D's
+dimensions, a :class:`~spactor.checks.ModelShape` or None): ``token_embedding`` (the embedding it reads),
 ``masked_logits(ids, attention, (rows, cols))`` → ``(B, K, V)``, ``logits_all(ids,
 attention)`` → ``(B, L, V)`` and ``blocks()``.
 
@@ -19,6 +20,10 @@ Embedding sharing (``embedding_sharing``):
 * ``none`` — G owns its embedding.
 * ``gdes`` — DeBERTa-v3 gradient-disentangled sharing: G owns E_G; the rtd objective
   feeds D ``stop_grad(E_G[ids]) + E_D[ids]``, D's own embedding playing E_Δ.
+
+Sizes: the ``encoder`` generator's unset dimensions follow D by its ``sizing`` rule
+(SpacTor's Table 5 proportions, or ELECTRA's width fractions; :func:`sized_by_rule`), so
+a recipe keeps the paper's generator-to-discriminator proportions at every ``model.size``.
 
 In every mode G's embedding has D's width, so a generator trained with one mode loads into
 another. Where G's width ``d_model`` differs, a Linear projects in (embedding → G) and out
@@ -55,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from spactor.checks import fail, is_int, is_number
+from spactor.checks import ModelShape, fail, is_int, is_number, one_of
 from spactor.architectures.dcp_read import read_dcp_locally
 from spactor.architectures.encoder import NORMS, POSITIONS, EncoderBody, EncoderSpec
 from spactor.config import ConfigError
@@ -85,19 +90,82 @@ class GeneratorConfig:
     head: str = "linear"  # linear (SpacTor Eq. 3) | electra (dense → GELU → LayerNorm first)
 
 
+# How a generator is sized from its discriminator D when the block leaves a dimension
+# unset (``sizing``); an explicit value always wins.
+SIZINGS = ("spactor", "electra")
+# SpacTor (Table 5): G is as wide as D (it reads D's embedder with no projection) and has
+# D's heads; its depth is a fraction of D's encoder and its d_ff a multiple of D's width:
+# D's size -> (layers / D's encoder layers, d_ff / D's d_model). Base: 12 -> 4 layers,
+# d_ff 1024; Large: 24 -> 6 layers, d_ff 2048. The paper ran only these two; smaller sizes
+# keep Base's proportions (and so does a size not listed here). The d_ff is D's width
+# times the multiple (not D's d_ff), so a v1.1 D (gated, smaller d_ff) gets the same G.
+SPACTOR_PROPORTIONS: dict[str, tuple[float, float]] = {
+    "tiny": (1 / 3, 4 / 3),
+    "small": (1 / 3, 4 / 3),
+    "base": (1 / 3, 4 / 3),
+    "large": (1 / 4, 2.0),
+}
+# ELECTRA (Clark et al., 2020, Table 6): G has D's depth; its width, heads and d_ff are
+# D's times this multiplier: 1/4 at Small and Large, 1/3 at Base. Tiny follows Small; a
+# size not listed, Base.
+ELECTRA_FRACTIONS: dict[str, float] = {"tiny": 1 / 4, "small": 1 / 4, "base": 1 / 3, "large": 1 / 4}
+FF_MULTIPLE = 8  # a derived d_ff is rounded to a multiple of this (Base's 1024 and Large's 2048 are)
+
+
+def assumed_shape(hidden_size: int) -> ModelShape:
+    """The D a generator is sized against when D's architecture does not describe its
+    shape: Base's proportions at D's width (12 layers, d_ff 4·width, heads of 64)."""
+    d_kv = min(64, hidden_size)
+    return ModelShape(None, hidden_size, 4 * hidden_size, 12, max(1, hidden_size // d_kv), d_kv)
+
+
+@dataclass(frozen=True)
+class Sized:
+    """A generator's dimensions before the block's explicit values are applied."""
+
+    layers: int
+    d_model: int
+    heads: int
+    d_kv: int
+    d_ff: int
+
+
+def sized_by_rule(sizing: str, shape: ModelShape) -> Sized:
+    """What ``sizing`` gives beside a D of ``shape`` (see :data:`SPACTOR_PROPORTIONS`,
+    :data:`ELECTRA_FRACTIONS`)."""
+    if sizing == "electra":
+        fraction = ELECTRA_FRACTIONS.get(shape.size or "", ELECTRA_FRACTIONS["base"])
+        width = max(1, round(shape.d_model * fraction))
+        heads = max(1, round(shape.num_heads * fraction))
+        d_ff = max(1, round(shape.d_ff * fraction))
+        return Sized(shape.num_layers, width, heads, max(1, width // heads), d_ff)
+    if sizing != "spactor":
+        raise ConfigError(f"unknown generator sizing '{sizing}'; valid: {', '.join(SIZINGS)}")
+    layer_fraction, ff_multiple = SPACTOR_PROPORTIONS.get(shape.size or "", SPACTOR_PROPORTIONS["base"])
+    layers = max(1, round(shape.num_layers * layer_fraction))
+    d_ff = max(FF_MULTIPLE, round(shape.d_model * ff_multiple / FF_MULTIPLE) * FF_MULTIPLE)
+    return Sized(layers, shape.d_model, shape.num_heads, shape.d_kv, d_ff)
+
+
 @dataclass
 class EncoderGeneratorConfig:
-    """``objectives.rtd.generator: {arch: encoder, ...}``: the generator's shape. ``None``
-    widths follow the discriminator D."""
+    """``objectives.rtd.generator: {arch: encoder, ...}``: the generator's shape. Unset
+    (null) dimensions come from the discriminator D by the ``sizing`` rule, so a recipe
+    keeps the paper's proportions at every ``model.size``; a value set here wins."""
 
-    layers: int = 4  # paper: 4 for T5-Base, 6 for Large
-    d_model: int | None = None  # None: D's hidden size
-    heads: int | None = None  # None: d_model // d_kv
-    d_ff: int = 1024  # paper: 1024 for Base, 2048 for Large
-    d_kv: int = 64
-    # ELECTRA's `generator_hidden_size`: the width as a fraction of D's (1/3 for
-    # ELECTRA-Base). When set it replaces d_model/heads/d_ff with width = fraction·D,
-    # heads of ~64 dims, d_ff = 4·width, so a recipe keeps its proportions at any model.size.
+    # spactor: SpacTor's Table 5 (Base: 4 layers, D's width, d_ff 1024; Large: 6, 2048;
+    # smaller sizes Base's proportions) | electra: ELECTRA's (D's depth; width, heads and
+    # d_ff x 1/4 at Small/Large, 1/3 at Base). See SPACTOR_PROPORTIONS / ELECTRA_FRACTIONS.
+    sizing: str = "spactor"
+    layers: int | None = None  # None: by sizing (SpacTor: 4 at Base, 6 at Large)
+    d_model: int | None = None  # None: by sizing (SpacTor: D's width)
+    heads: int | None = None  # None: by sizing, or d_model // d_kv where d_model/d_kv are set
+    d_ff: int | None = None  # None: by sizing (SpacTor: 1024 at Base, 2048 at Large)
+    d_kv: int | None = None  # None: by sizing (SpacTor: D's)
+    # ELECTRA's `generator_hidden_size`: the width as a fraction of D's. When set it
+    # replaces d_model/heads/d_ff with width = fraction·D, heads of ~d_kv dims, d_ff =
+    # 4·width (the layout runs saved before `sizing` existed use; `sizing: electra` is the
+    # per-size rule).
     hidden_fraction: float | None = None
     norm: str = "rmsnorm"  # rmsnorm (T5 blocks) | layernorm (ELECTRA blocks); match D
     positions: str = "relative"  # relative | learned
@@ -107,10 +175,9 @@ class EncoderGeneratorConfig:
     def check(self, where: str, ctx: Any) -> None:
         """One-line ConfigError for the first bad value; ``where`` is the block's key
         (``objectives.rtd.generator``). With ``ctx.hidden_size`` (D's width; None or no
-        ctx: not known yet) also what depends on D."""
-        if not (is_int(self.layers) and self.layers > 0):
-            fail(f"{where}.layers", self.layers, "must be a positive integer")
-        for key in ("d_model", "heads", "d_ff", "d_kv"):
+        ctx: not known yet) also what depends on D (``ctx.model_shape``: its dimensions)."""
+        one_of(f"{where}.sizing", self.sizing, list(SIZINGS))
+        for key in ("layers", "d_model", "heads", "d_ff", "d_kv"):
             value = getattr(self, key)
             if value is not None and not (is_int(value) and value > 0):
                 fail(f"{where}.{key}", value, "must be a positive integer")
@@ -132,34 +199,44 @@ class EncoderGeneratorConfig:
                 f"wider than the discriminator (hidden size {hidden_size}): a generator as strong as D "
                 "collapses the detection task; use about 1/4-1/3 of D",
             )
-        width = self.d_model or hidden_size
-        if fraction is None and self.heads is None and width % self.d_kv:  # a fraction rounds its heads
-            fail(
-                f"{where}.d_model" if self.d_model else f"{where}.d_kv",
-                self.d_model or self.d_kv,
-                f"the generator width {width} is not a multiple of d_kv {self.d_kv}; set {where}.heads",
-            )
+        shape = getattr(ctx, "model_shape", None)
+        self.dimensions(hidden_size, getattr(ctx, "input_length", 1), "shared", shape, where)
 
-    def dimensions(self, hidden_size: int, input_length: int, embedding_sharing: str) -> GeneratorConfig:
-        """The built generator's :class:`GeneratorConfig` beside a D of ``hidden_size``."""
+    def dimensions(
+        self,
+        hidden_size: int,
+        input_length: int,
+        embedding_sharing: str,
+        model_shape: ModelShape | None = None,
+        where: str = "objectives.rtd.generator",
+    ) -> GeneratorConfig:
+        """The built generator's :class:`GeneratorConfig` beside a D of ``hidden_size``
+        (``model_shape``: D's dimensions; None: :func:`assumed_shape`). A ConfigError
+        names ``where``'s key when the set values do not fit together."""
+        shape = model_shape if model_shape is not None else assumed_shape(hidden_size)
+        rule = sized_by_rule(self.sizing, shape)
+        layers = self.layers or rule.layers
         if self.hidden_fraction is not None:
             if not 0 < self.hidden_fraction <= 1:
                 raise ConfigError(f"generator hidden_fraction must be in (0, 1], got {self.hidden_fraction}")
             d_model = max(1, round(hidden_size * self.hidden_fraction))
-            heads = max(1, round(d_model / self.d_kv))
+            heads = max(1, round(d_model / (self.d_kv or shape.d_kv)))
             d_kv, d_ff = d_model // heads, 4 * d_model
+        elif self.d_model is None and self.heads is None and self.d_kv is None:
+            d_model, heads, d_kv, d_ff = rule.d_model, rule.heads, rule.d_kv, self.d_ff or rule.d_ff
         else:
-            d_model = self.d_model or hidden_size
-            heads = self.heads
+            d_model, d_kv, heads = self.d_model or rule.d_model, self.d_kv or rule.d_kv, self.heads
             if heads is None:
-                if d_model % self.d_kv:
-                    raise ConfigError(
-                        f"generator d_model {d_model} is not a multiple of d_kv {self.d_kv}; set heads"
+                if d_model % d_kv:
+                    fail(
+                        f"{where}.d_model" if self.d_model else f"{where}.d_kv",
+                        self.d_model or self.d_kv or d_kv,
+                        f"the generator width {d_model} is not a multiple of d_kv {d_kv}; set {where}.heads",
                     )
-                heads = d_model // self.d_kv
-            d_kv, d_ff = self.d_kv, self.d_ff
+                heads = d_model // d_kv
+            d_ff = self.d_ff or rule.d_ff
         return GeneratorConfig(
-            num_layers=self.layers,
+            num_layers=layers,
             d_model=d_model,
             num_heads=heads,
             d_ff=d_ff,
@@ -297,9 +374,10 @@ def build_encoder_generator(
     hidden_size: int,
     input_length: int,
     embedding_sharing: str,
+    model_shape: ModelShape | None = None,
 ) -> Generator:
     """Encoder-only MLM generator (ELECTRA, SpacTor): T5 or BERT blocks, tied output projection."""
-    return Generator(cfg.dimensions(hidden_size, input_length, embedding_sharing), embedding)
+    return Generator(cfg.dimensions(hidden_size, input_length, embedding_sharing, model_shape), embedding)
 
 
 # -- loading a trained generator (Fast-ELECTRA) ----------------------------------------------

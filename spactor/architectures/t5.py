@@ -37,7 +37,7 @@ from spactor.architectures.layers import (
     compute_dtype,
     model_field_rule,
 )
-from spactor.checks import CheckContext, check_fields, fail, one_of, positive_int
+from spactor.checks import CheckContext, ModelShape, check_fields, fail, one_of, positive_int
 from spactor.config import ConfigError
 
 # (d_model, d_ff, num_heads, num_layers, d_kv); num_decoder_layers defaults to num_layers.
@@ -98,8 +98,23 @@ class T5Config:
     def hidden_size(self) -> int:
         return int(resolve_t5_dims(self)["d_model"])
 
+    def shape(self) -> ModelShape:
+        """The dimensions the RTD generator and head are sized from."""
+        return t5_shape(self.size, resolve_t5_dims(self))
+
 
 T5_DIMS = ("d_model", "d_ff", "num_heads", "num_layers", "num_decoder_layers", "d_kv")
+
+
+def t5_shape(size: str | None, dims: dict[str, Any]) -> ModelShape:
+    return ModelShape(
+        size=size,
+        d_model=int(dims["d_model"]),
+        d_ff=int(dims["d_ff"]),
+        num_layers=int(dims["num_layers"]),
+        num_heads=int(dims["num_heads"]),
+        d_kv=int(dims["d_kv"]),
+    )
 
 
 def check_init_from(key: str, value: str | None) -> None:
@@ -207,6 +222,7 @@ class T5Model(EncoderInputs, nn.Module):
         self.config = cfg
         self.dims = dims
         self.hidden_size: int = dims["d_model"]
+        self.model_shape: ModelShape = t5_shape(cfg.size, dims)  # what the RTD generator is sized from
         self.vocab_size: int = vocab_size
         self.tie_embeddings: bool = dims["tie_embeddings"]
         self.init_std = cfg.init_std

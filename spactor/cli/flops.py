@@ -1,11 +1,13 @@
-"""``spactor flops RECIPE [key=value ...] [--json] [--steps 250K,500K,1M]``.
+"""``spactor flops RECIPE [key=value ...] [--json] [--steps 250K,500K,1M] [--sizes [tiny,...]]``.
 
 Prints the training FLOPs per step of each stage the recipe runs, the per-module
 breakdown, the ratio to the baseline (span corruption on the same architecture; MLM for
 encoder-only models) and the cumulative FLOPs normalised to that baseline at chosen
 steps (the SpacTor paper's Table 2 column). The paper's vocabulary is T5's 32k
 SentencePiece model: add ``data.tokenizer_vocab_size=32000`` (or ``data.tokenizer=...``)
-to count with it; recipes default to the 8k built-in tokenizer.
+to count with it; recipes default to the 8k built-in tokenizer. ``--sizes`` counts the
+recipe at each ``model.size`` instead and prints one row per size: the discriminator, the
+generator and RTD head the recipe builds beside it, and stage 1's FLOPs over the baseline's.
 
 This module stays import-light (argparse only): ``spactor --help`` builds every parser.
 """
@@ -17,6 +19,7 @@ import json
 from typing import Any
 
 _SUFFIXES = {"K": 1_000, "M": 1_000_000}
+DEFAULT_SIZES = ("tiny", "small", "base", "large")  # the t5 and encoder presets
 
 
 def parse_steps(text: str) -> list[int]:
@@ -64,7 +67,20 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="also count elementwise ops, norms, softmax and losses (rough per-element costs)",
     )
     p.add_argument(
-        "--device", default="cpu", help="where the dry run executes (cpu | cuda); FLOPs do not depend on it"
+        "--sizes",
+        nargs="?",
+        const=",".join(DEFAULT_SIZES),
+        default=None,
+        metavar="SIZE,...",
+        help="count the recipe at each model.size (default: " + ",".join(DEFAULT_SIZES) + ") and print "
+        "the generator, RTD head and stage-1 ratio per size (counted on the meta device unless --device "
+        "says)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="where the dry run executes (cpu | cuda | meta; default cpu, meta with --sizes); FLOPs do not "
+        "depend on it",
     )
     p.set_defaults(func=cmd_flops)
     return p
@@ -75,6 +91,14 @@ def cmd_flops(ns: argparse.Namespace) -> int:
     from spactor.train.flops.counting import flops_report
 
     recipe, overrides = split_recipe(ns.args)
+    # --sizes counts Large at its real batch: on meta that is seconds, on CPU hours
+    ns.device = ns.device or ("meta" if ns.sizes is not None else "cpu")
+    if ns.sizes is not None:
+        sizes = [s.strip() for s in ns.sizes.split(",") if s.strip()]
+        rows = [size_row(recipe or QUICKSTART, overrides, size, ns) for size in sizes]
+        data = {"recipe": recipe or QUICKSTART, "sizes": rows}
+        print(json.dumps(data, indent=2) if ns.json else format_sizes(rows))
+        return 0
     resolved = load_config(recipe or QUICKSTART, overrides)
     report = flops_report(resolved, elementwise=ns.elementwise, tau=ns.tau, device=ns.device)
     data = report.to_json(ns.steps)
@@ -83,6 +107,69 @@ def cmd_flops(ns: argparse.Namespace) -> int:
     else:
         print(format_report(data))
     return 0
+
+
+def size_row(recipe: str, overrides: list[str], size: str, ns: argparse.Namespace) -> dict[str, Any]:
+    """The recipe at ``model.size=size``: its discriminator, what its objectives build
+    beside it (``sizes()``: the RTD generator and head), and stage 1 against the baseline."""
+    from spactor.config import load_config
+    from spactor.train.flops.counting import flops_report
+    from spactor.validation import check_model, model_shape
+
+    resolved = load_config(recipe, [*overrides, f"model.size={size}"])
+    hidden = check_model(resolved.model, resolved.cfg.data.input_length)
+    shape = model_shape(resolved.model)
+    built: dict[str, Any] = {}
+    for name, plugin in resolved.objectives.items():
+        sizes = getattr(plugin.config, "sizes", None)
+        if callable(sizes) and hidden is not None:
+            built.update(sizes(hidden, shape, f"objectives.{name}"))
+    data = flops_report(resolved, elementwise=ns.elementwise, tau=ns.tau, device=ns.device).to_json()
+    stage = data["stages"][0]
+    return {
+        "size": size,
+        "model": None if shape is None else {
+            "layers": shape.num_layers, "d_model": shape.d_model, "heads": shape.num_heads, "d_ff": shape.d_ff
+        },
+        "generator": built.get("generator"),
+        "head_hidden": built.get("head_hidden"),
+        "batch_size": data["batch_size"],
+        "input_length": data["input_length"],
+        "vocab_size": data["vocab_size"],
+        "stage1_flops_per_step": stage["flops_per_step"],
+        "baseline_flops_per_step": data["baseline_flops_per_step"],
+        "ratio_to_baseline": stage["ratio_to_baseline"],
+    }
+
+
+def _dims(d: dict[str, int] | None, keys: tuple[str, ...]) -> str:
+    return "-" if d is None else "/".join(str(d[k]) for k in keys)
+
+
+def format_sizes(rows: list[dict[str, Any]]) -> str:
+    """One line per size (``--sizes``)."""
+    header = ("size", "D layers/d/heads/d_ff", "G layers/d/heads/d_ff", "RTD head", "batch x length",
+              "stage 1", "baseline", "ratio")  # fmt: skip
+    table = [header]
+    for r in rows:
+        scale, unit = _unit(r["baseline_flops_per_step"])
+        table.append((
+            r["size"],
+            _dims(r["model"], ("layers", "d_model", "heads", "d_ff")),
+            _dims(r["generator"], ("layers", "d_model", "heads", "d_ff")),
+            "-" if r["head_hidden"] is None else str(r["head_hidden"]),
+            f"{r['batch_size']:,} x {r['input_length']}",
+            f"{r['stage1_flops_per_step'] / scale:,.2f} {unit}",
+            f"{r['baseline_flops_per_step'] / scale:,.2f} {unit}",
+            f"{r['ratio_to_baseline']:.3f}",
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < 2 + 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in table]  # fmt: skip
+    return "\n".join(
+        ["stage-1 FLOPs per step and their ratio to the baseline's at each model.size "
+         f"(vocabulary {rows[0]['vocab_size']:,})" if rows else "no sizes", *lines]
+    )
 
 
 # --------------------------------------------------------------------------- the table

@@ -77,6 +77,7 @@ class ObjectiveContext:
         return CheckContext(
             input_length=self.input_length,
             hidden_size=getattr(self.model, "hidden_size", None),
+            model_shape=getattr(self.model, "model_shape", None),
             num_sentinels=self.vocab.num_sentinels,
         )
 

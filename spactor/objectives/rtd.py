@@ -38,6 +38,7 @@ with weight 0. ``release()`` drops G and the head at SpacTor's switch to stage 2
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import warnings
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from spactor.architectures.generator import (
     check_generator_checkpoint,
     load_generator_weights,
 )
-from spactor.checks import CheckContext, fail, one_of, positive
+from spactor.checks import CheckContext, ModelShape, fail, one_of, positive
 from spactor.config import Plugin, plugin_block, resolve_blocks
 from spactor.objectives.base import (
     Batch,
@@ -88,7 +89,10 @@ class RTDConfig:
     generator_z_loss: float = 0.0
     temperature: float = 1.0  # knob: sampling temperature (Fast-ELECTRA anneals it to 1)
     enabled: bool = True  # knob: off = identity, no losses
-    head_hidden: int | None = None  # RTD head MLP width; None: 4 × D's hidden size (paper: D's d_ff)
+    head_hidden: int | None = None  # RTD head MLP width; None: head_hidden_multiple × D's hidden size
+    # The head's width as a multiple of D's when head_hidden is None: 4 is T5.1.0's d_ff,
+    # SpacTor's head (3072 at Base, 4096 at Large); 1 is ELECTRA's hidden -> hidden head.
+    head_hidden_multiple: float = 4.0
     generator_logits: str = "masked"  # masked (n_masked × V) | all (B × L × V, the paper's cost)
     embedding_sharing: str = "shared"  # shared | none | gdes
     frozen: bool = False  # Fast-ELECTRA: no gradient, no optimizer state for G
@@ -112,6 +116,7 @@ class RTDConfig:
         (None: not known yet). The generator block checks itself."""
         check_objective_fields(where, self)
         one_of(f"{where}.generator_logits", self.generator_logits, LOGIT_MODES)
+        positive(f"{where}.head_hidden_multiple", self.head_hidden_multiple)
         one_of(f"{where}.embedding_sharing", self.embedding_sharing, SHARING_MODES)
         if self.frozen and self.embedding_sharing == "shared":
             fail(
@@ -124,6 +129,20 @@ class RTDConfig:
         check = getattr(block.config, "check", None)
         if callable(check):
             check(f"{where}.generator", ctx)
+
+    def sizes(
+        self, hidden_size: int, model_shape: ModelShape | None, where: str = "objectives.rtd"
+    ) -> dict[str, Any]:
+        """What this config builds beside a D of ``hidden_size`` / ``model_shape``: the RTD
+        head's width and, for a generator whose block says (``dimensions``), its layers,
+        width, heads and d_ff (``spactor flops --sizes`` prints them per model.size)."""
+        out: dict[str, Any] = {"head_hidden": head_width(self, hidden_size)}
+        block = self.generator_block(where)
+        dimensions = getattr(block.config, "dimensions", None)
+        if callable(dimensions):
+            g = dimensions(hidden_size, 1, self.embedding_sharing, model_shape)
+            out["generator"] = {"layers": g.num_layers, "d_model": g.d_model, "heads": g.num_heads, "d_ff": g.d_ff}
+        return out
 
     def check_files(self, where: str, ctx: Any) -> list[str]:
         """What ``spactor train`` checks before it builds data or a model: a frozen generator
@@ -150,7 +169,8 @@ class RTDConfig:
         with torch.device("meta"):
             embedding = torch.nn.Embedding(rows, ctx.hidden_size)
             input_length = resolved.cfg.data.input_length
-            generator = build_generator(self, embedding, ctx.hidden_size, input_length, where)
+            shape = getattr(ctx, "model_shape", None)
+            generator = build_generator(self, embedding, ctx.hidden_size, input_length, where, shape)
         try:
             source, step = check_generator_checkpoint(generator, os.path.expanduser(path), name)
         except (OSError, KeyError, ValueError, RuntimeError) as e:
@@ -177,18 +197,38 @@ def build_generator(
     hidden_size: int,
     input_length: int,
     where: str = "objectives.rtd",
+    model_shape: ModelShape | None = None,
 ) -> nn.Module:
     """G from ``cfg.generator``'s registered entry, beside a D of ``hidden_size`` whose
-    token embedding is ``embedding``."""
+    token embedding is ``embedding``; ``model_shape`` (D's dimensions) goes to a factory
+    that takes it (the ``encoder`` generator sizes itself from it)."""
     block = cfg.generator_block(where)
     factory = GENERATORS.get(block.type).factory
+    extra: dict[str, Any] = {}
+    if _takes(factory, "model_shape"):  # factories written before it existed do not
+        extra["model_shape"] = model_shape
     return factory(
         block.config,
         embedding,
         hidden_size=hidden_size,
         input_length=input_length,
         embedding_sharing=cfg.embedding_sharing,
+        **extra,
     )
+
+
+def _takes(factory: Any, name: str) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def head_width(cfg: RTDConfig, hidden_size: int) -> int:
+    """The RTD head's MLP width beside a D of ``hidden_size``: ``head_hidden`` when set,
+    else ``head_hidden_multiple`` × D's width."""
+    return cfg.head_hidden or max(1, round(cfg.head_hidden_multiple * hidden_size))
 
 
 # -- sampling and metrics --------------------------------------------------------------------
@@ -329,9 +369,10 @@ class RTD(Objective):
         model = ctx.model
         cfg.check(where, ctx.check_context())
         self.generator: Generator | None = build_generator(  # type: ignore[assignment]
-            cfg, model.token_embedding, model.hidden_size, ctx.input_length, where
+            cfg, model.token_embedding, model.hidden_size, ctx.input_length, where,
+            getattr(model, "model_shape", None),
         )
-        self.head: RTDHead | None = RTDHead(model.hidden_size, cfg.head_hidden or 4 * model.hidden_size)
+        self.head: RTDHead | None = RTDHead(model.hidden_size, head_width(cfg, model.hidden_size))
         # Ids a sample may not take; persistent=False keeps it out of checkpoints.
         special = self.vocab.is_special(torch.arange(model.vocab_size, device="cpu"))  # real even on meta
         self.register_buffer("disallowed", special, persistent=False)

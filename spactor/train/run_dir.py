@@ -243,8 +243,13 @@ def identity_differences(saved: dict[str, Any], resolved: Resolved) -> list[str]
     """``key: saved → new`` for each identity key the new config changes."""
     new = {k: v for k, v in flatten(as_dict(resolved)).items() if _matches(k, IDENTITY)}
     old = flatten(upgrade_saved(unflatten(saved.get("config", {}))))  # keys moved since it was written
-    return [_describe(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(set(old) | set(new))
-            if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    differences = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, _ABSENT), new.get(k, _ABSENT)
+        if a == b or _field_of_another_version(k, a, b, old, new):
+            continue
+        differences.append(_describe(k, a, b))
+    return differences
 
 
 def check_tokenizer(run_dir: Path, resolved: Resolved) -> Path:
@@ -321,19 +326,27 @@ def compare_configs(saved: dict[str, Any], resolved: Resolved) -> tuple[list[str
         if a == b:
             continue
         if a is _ABSENT or b is _ABSENT:
-            # An objective or schedule added or removed changes what the run is; a single
-            # key on one side only is a field one spactor version has and the other not
-            # (its default applies).
-            instance = _instance(key)
-            lacking = old if a is _ABSENT else new
-            if instance is None or any(k.startswith(instance) for k in lacking):
+            if _field_of_another_version(key, a, b, old, new):
                 continue
+            instance = _instance(key)
             change = f"{instance[:-1]} {'added' if a is _ABSENT else 'removed'}"
             if change not in refused:
                 refused.append(change)
             continue
         (applied if _mutable(key) else refused).append(_describe(key, a, b))
     return applied, refused
+
+
+def _field_of_another_version(key: str, a: Any, b: Any, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``key``, set on one side only, is a field one spactor version has and the
+    other not (its default applies: e.g. a generator's ``sizing``, added after runs were
+    saved with explicit sizes). An objective or schedule added or removed is not: it
+    changes what the run is."""
+    if a is not _ABSENT and b is not _ABSENT:
+        return False
+    instance = _instance(key)
+    lacking = old if a is _ABSENT else new
+    return instance is None or any(k.startswith(instance) for k in lacking)
 
 
 def _instance(key: str) -> str | None:

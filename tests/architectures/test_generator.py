@@ -302,3 +302,96 @@ def test_encoder_is_a_registered_generator_built_from_its_block():
     torch.manual_seed(0)
     direct = Generator(gen_cfg(head="electra", max_positions=12), emb)
     assert built.config == direct.config and built.token_embedding is emb
+
+
+# -- sized from the discriminator (generator.sizing) -------------------------------------------
+
+
+def t5_shape(size: str):
+    from spactor.architectures.t5 import T5Config
+
+    return T5Config(version="1.0", size=size).shape()
+
+
+def encoder_shape(size: str):
+    from spactor.architectures.encoder import EncoderConfig
+
+    return EncoderConfig(size=size).shape()
+
+
+def sized(block, shape):
+    """(layers, d_model, heads, d_kv, d_ff) of ``block`` beside a D of ``shape``."""
+    g = block.dimensions(shape.d_model, 512, "shared", shape)
+    return g.num_layers, g.d_model, g.num_heads, g.d_kv, g.d_ff
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ("tiny", (1, 64, 4, 16, 88)),  # Base's proportions: 1/3 of 2 layers, 4/3 of 64 (to a multiple of 8)
+        ("small", (2, 512, 8, 64, 680)),
+        ("base", (4, 768, 12, 64, 1024)),  # SpacTor's Table 5
+        ("large", (6, 1024, 16, 64, 2048)),  # SpacTor's Table 5
+    ],
+)
+def test_spactor_sizing_keeps_table_5_proportions_at_every_t5_size(size, expected):
+    from spactor.architectures.generator import EncoderGeneratorConfig
+
+    assert sized(EncoderGeneratorConfig(sizing="spactor"), t5_shape(size)) == expected
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ("tiny", (2, 16, 1, 16, 64)),  # ELECTRA-Small's 1/4 of D's width, heads and d_ff
+        ("small", (12, 64, 1, 64, 256)),  # ELECTRA-Small: 1/4
+        ("base", (12, 256, 4, 64, 1024)),  # ELECTRA-Base: 1/3
+        ("large", (24, 256, 4, 64, 1024)),  # ELECTRA-Large: 1/4
+    ],
+)
+def test_electra_sizing_keeps_d_s_depth_and_a_quarter_to_a_third_of_its_width(size, expected):
+    from spactor.architectures.generator import EncoderGeneratorConfig
+
+    assert sized(EncoderGeneratorConfig(sizing="electra"), encoder_shape(size)) == expected
+
+
+def test_an_explicit_generator_value_wins_over_the_sizing_rule():
+    from spactor.architectures.generator import EncoderGeneratorConfig
+
+    base = t5_shape("base")
+    assert sized(EncoderGeneratorConfig(layers=2), base) == (2, 768, 12, 64, 1024)
+    assert sized(EncoderGeneratorConfig(d_ff=512), base) == (4, 768, 12, 64, 512)
+    assert sized(EncoderGeneratorConfig(d_model=384), base) == (4, 384, 6, 64, 1024)  # heads of D's d_kv
+    assert sized(EncoderGeneratorConfig(d_model=384, heads=4), base) == (4, 384, 4, 64, 1024)
+    assert sized(EncoderGeneratorConfig(sizing="electra", layers=3, d_ff=256), encoder_shape("base")) == (
+        3, 256, 4, 64, 256,
+    )  # fmt: skip
+
+
+def test_a_generator_saved_with_explicit_sizes_keeps_its_shape():
+    """Runs saved before ``sizing`` hold every size explicitly (the old defaults: layers 4,
+    d_ff 1024, d_kv 64; electra's hidden_fraction 0.3333 with layers 12): they resume and
+    their frozen generators load with the shapes they were trained with."""
+    from spactor.architectures.generator import EncoderGeneratorConfig
+
+    old_spactor = EncoderGeneratorConfig(layers=4, d_ff=1024, d_kv=64)
+    assert sized(old_spactor, t5_shape("tiny")) == (4, 64, 1, 64, 1024)
+    old_electra = EncoderGeneratorConfig(layers=12, hidden_fraction=0.3333, d_ff=1024, d_kv=64)
+    assert sized(old_electra, encoder_shape("tiny")) == (12, 21, 1, 21, 84)
+    assert sized(old_electra, encoder_shape("base")) == (12, 256, 4, 64, 1024)
+
+
+def test_without_d_s_shape_the_generator_assumes_base_proportions_at_d_s_width():
+    from spactor.architectures.generator import EncoderGeneratorConfig
+
+    g = EncoderGeneratorConfig().dimensions(768, 512, "shared")  # an architecture without shape()
+    assert (g.num_layers, g.d_model, g.num_heads, g.d_kv, g.d_ff) == (4, 768, 12, 64, 1024)
+
+
+def test_the_sizing_rule_is_checked_in_one_line():
+    from spactor.architectures.generator import EncoderGeneratorConfig
+    from spactor.config import ConfigError
+
+    message = r"^objectives.rtd.generator.sizing: 'bert' — must be one of spactor, electra$"
+    with pytest.raises(ConfigError, match=message):
+        EncoderGeneratorConfig(sizing="bert").check("objectives.rtd.generator", None)

@@ -322,7 +322,7 @@ def test_registered_and_defaults_follow_the_discriminator():
     ctx = ObjectiveContext(name="rtd", vocab=VOCAB, input_length=LENGTH, model=model)
     rtd = entry.factory(entry.config_cls(generator={"layers": 1, "d_ff": 32}), ctx)  # arch: encoder
     spec = rtd.generator.spec
-    assert (spec.d_model, spec.num_heads, spec.max_positions) == (64, 1, LENGTH)  # d / d_kv = 64 / 64
+    assert (spec.d_model, spec.num_heads, spec.d_kv, spec.max_positions) == (64, 4, 16, LENGTH)  # D's heads
     assert rtd.head.dense.out_features == 4 * 64
     assert RTD.KNOBS == ("weight", "generator_weight", "temperature", "enabled")
     with pytest.raises(ValueError, match="generator_logits"):

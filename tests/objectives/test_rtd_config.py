@@ -33,27 +33,48 @@ VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 32
 
 
+# Fields added after the flat layout, at the defaults a config written without them reads.
+NEWER_FIELDS = {"sizing": "spactor"}
+NEWER_RTD_FIELDS = {"head_hidden_multiple": 4.0}
+# What the recipes' generators were before they were sized from D (explicit values).
+OLD_GENERATORS = {
+    "spactor": ["layers=4", "d_ff=1024", "d_kv=64", "sizing=spactor"],
+    "fast_electra": ["layers=12", "hidden_fraction=0.3333", "d_ff=1024", "d_kv=64", "sizing=spactor"],
+}
+OLD_HEADS = {"spactor": ["head_hidden=3072", "head_hidden_multiple=4.0"],
+             "fast_electra": ["head_hidden=768", "head_hidden_multiple=4.0"]}  # fmt: skip
+
+
+def old_recipe(recipe: str) -> list[str]:
+    """Overrides giving ``recipe``'s config as a run saved before generators were sized from D."""
+    return [*(f"objectives.rtd.generator.{v}" for v in OLD_GENERATORS[recipe]),
+            *(f"objectives.rtd.{v}" for v in OLD_HEADS[recipe])]  # fmt: skip
+
+
 def flat_layout(data: dict) -> dict:
     """A resolved config as spactor wrote it before the generator block: its shape fields
-    as ``generator_<field>`` keys of ``rtd``, no ``arch``."""
+    as ``generator_<field>`` keys of ``rtd``, no ``arch``, none of the fields added since."""
     data = copy.deepcopy(data)
     for body in data["objectives"].values():
         if body.get("type") == "rtd":
             block = body.pop("generator")
             assert block.pop("arch") == "encoder"
+            for fields, holder in ((NEWER_FIELDS, block), (NEWER_RTD_FIELDS, body)):
+                for key, default in fields.items():
+                    assert holder.pop(key) == default
             body.update({f"generator_{k}": v for k, v in block.items()})
     return data
 
 
 def test_recipes_hold_the_generator_as_a_block_and_write_it_back_as_one(tmp_path: Path):
-    for recipe, layers, head in (("spactor", 4, "linear"), ("electra", 12, "electra")):
+    for recipe, sizing, head in (("spactor", "spactor", "linear"), ("electra", "electra", "electra")):
         resolved = load_config(recipe, TINY)
         plugin = resolved.objectives["rtd"].config.generator
         assert isinstance(plugin, Plugin) and plugin.type == "encoder"
         assert isinstance(plugin.config, EncoderGeneratorConfig)
-        assert (plugin.config.layers, plugin.config.head) == (layers, head)
+        assert (plugin.config.sizing, plugin.config.layers, plugin.config.head) == (sizing, None, head)
         written = as_dict(resolved)["objectives"]["rtd"]
-        assert written["generator"]["arch"] == "encoder" and written["generator"]["layers"] == layers
+        assert written["generator"]["arch"] == "encoder" and written["generator"]["sizing"] == sizing
         assert not [k for k in written if k.removeprefix("generator_") in MOVED_GENERATOR_FIELDS]
         saved = tmp_path / f"{recipe}.yaml"
         saved.write_text(resolved.to_yaml())
@@ -97,10 +118,16 @@ def test_the_block_is_checked_by_its_own_config(overrides: list[str], message: s
 
 
 def test_a_saved_config_of_the_flat_layout_loads_in_the_new_one(tmp_path: Path):
-    from spactor.train.run_dir import flatten, identity_differences, identity_of, read_saved_config
+    from spactor.train.run_dir import (
+        compare_configs,
+        flatten,
+        identity_differences,
+        identity_of,
+        read_saved_config,
+    )
 
     for recipe in ("spactor", "fast_electra"):
-        resolved = load_config(recipe, TINY)
+        resolved = load_config(recipe, [*TINY, *old_recipe(recipe)])
         old = flat_layout(as_dict(resolved))
         saved = tmp_path / recipe / "config.yaml"
         saved.parent.mkdir()
@@ -108,13 +135,15 @@ def test_a_saved_config_of_the_flat_layout_loads_in_the_new_one(tmp_path: Path):
         with pytest.raises(ConfigError, match="moved to objectives.rtd.generator"):
             load_config(str(saved))  # a user's config: refused
         assert as_dict(load_config(str(saved), saved_run=True)) == as_dict(resolved)  # a run's: read
-        assert read_saved_config(saved.parent)["objectives"] == as_dict(resolved)["objectives"]
+        # the resume check: fields added since (sizing, head_hidden_multiple) read their defaults
+        applied, refused = compare_configs(read_saved_config(saved.parent), resolved)
+        assert not [c for c in applied + refused if c.startswith("objectives")], (applied, refused)
         identity = identity_of(resolved, "sha", 160)
         identity["config"] = {k: v for k, v in flatten(old).items() if k in identity["config"]
                               or k.startswith("objectives.rtd.generator_")}  # fmt: skip
         assert any(k.startswith("objectives.rtd.generator_") for k in identity["config"])
         assert identity_differences(identity, resolved) == []
-        changed = load_config(recipe, [*TINY, "objectives.rtd.generator.layers=3"])
+        changed = load_config(recipe, [*TINY, *old_recipe(recipe), "objectives.rtd.generator.layers=3"])
         layers = resolved.objectives["rtd"].config.generator.config.layers
         assert identity_differences(identity, changed) == [f"objectives.rtd.generator.layers {layers} -> 3"]
 
@@ -217,3 +246,59 @@ def test_a_differently_shaped_generator_is_a_registry_entry_not_new_rtd_keys(win
     (gen_out.aux_losses["generator"].total + out.loss.total).backward()
     assert rtd.generator.mix.weight.grad is not None and rtd.head.out.weight.grad is not None
     assert not VOCAB.is_special(new["encoder_input"][mask]).any()
+
+
+# -- generator and head sized from the discriminator -------------------------------------------
+
+
+def built_sizes(recipe: str, *overrides: str) -> dict:
+    """The generator and RTD head ``recipe`` configures (``RTDConfig.sizes``) beside its D."""
+    from spactor.validation import check_model, model_shape
+
+    resolved = load_config(recipe, list(overrides))
+    hidden = check_model(resolved.model, resolved.cfg.data.input_length)
+    return resolved.objectives["rtd"].config.sizes(hidden, model_shape(resolved.model))
+
+
+TABLE_5 = {  # SpacTor's Table 5: generator layers / width / heads / MLP, RTD head MLP
+    "base": ({"layers": 4, "d_model": 768, "heads": 12, "d_ff": 1024}, 3072),
+    "large": ({"layers": 6, "d_model": 1024, "heads": 16, "d_ff": 2048}, 4096),
+}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "size"),
+    [("spactor", "base"), ("spactor", "large"), ("spactor_large", "large"), ("ul2_rtd", "base"),
+     ("spactor_frozen", "base"), ("spactor_three_stage", "large")],
+)  # fmt: skip
+def test_spactor_recipes_build_table_5_generators_and_heads_at_base_and_large(recipe, size):
+    generator, head = TABLE_5[size]
+    assert built_sizes(recipe, f"model.size={size}") == {"generator": generator, "head_hidden": head}
+
+
+@pytest.mark.parametrize("recipe", ["electra", "fast_electra"])
+def test_electra_recipes_build_electra_s_generator_and_head(recipe):
+    base = built_sizes(recipe)  # ELECTRA-Base: 1/3 of D's width, heads and d_ff; D's 12 layers; head 768
+    assert base == {"generator": {"layers": 12, "d_model": 256, "heads": 4, "d_ff": 1024}, "head_hidden": 768}
+    small = built_sizes(recipe, "model.size=small")  # ELECTRA-Small: 1/4
+    assert small == {"generator": {"layers": 12, "d_model": 64, "heads": 1, "d_ff": 256}, "head_hidden": 256}
+
+
+def test_the_built_objective_has_the_sized_generator_and_an_explicit_value_wins():
+    from spactor.train.builders import build_model, build_objectives
+    from spactor.train.flops.counting import count_vocab
+
+    for overrides, layers, d_ff, head in (
+        ((), 1, 88, 256),  # tiny: Base's proportions of a 2-layer, 64-wide T5; head 4 x 64
+        (("objectives.rtd.generator.layers=3", "objectives.rtd.generator.d_ff=32",
+          "objectives.rtd.head_hidden=48"), 3, 32, 48),
+    ):  # fmt: skip
+        resolved = load_config("spactor", [*TINY, "data.tokenizer_vocab_size=512", *overrides])
+        vocab = count_vocab(resolved.cfg.data)
+        model = build_model(resolved, vocab)
+        rtd = build_objectives(resolved, vocab, model)["rtd"]
+        g = rtd.generator.config
+        assert (g.num_layers, g.d_model, g.num_heads, g.d_kv, g.d_ff) == (layers, 64, 4, 16, d_ff)
+        assert rtd.head.dense.out_features == head
+        sizes = built_sizes("spactor", *TINY, *overrides)
+        assert sizes["generator"]["layers"] == layers and sizes["head_hidden"] == head

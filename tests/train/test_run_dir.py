@@ -303,13 +303,15 @@ def frozen_generator(tiny, rows_extra: int = 0):
     from spactor.config import load_config
     from spactor.data.tokenizer import Tokenizer
     from spactor.objectives.rtd import build_generator
-    from spactor.validation import check_model
+    from spactor.validation import check_model, model_shape
 
     resolved = load_config("fast_electra", tiny)
     hidden = check_model(resolved.model, resolved.cfg.data.input_length)
     rows = Tokenizer.load(resolved.cfg.data.tokenizer).vocab().size + rows_extra
     embedding, length = torch.nn.Embedding(rows, hidden), resolved.cfg.data.input_length
-    return build_generator(resolved.objectives["rtd"].config, embedding, hidden, length)
+    shape = model_shape(resolved.model)  # the recipe's generator is sized from D's dimensions
+    config = resolved.objectives["rtd"].config
+    return build_generator(config, embedding, hidden, length, "objectives.rtd", shape)
 
 
 def test_a_generator_of_another_vocabulary_is_refused_and_a_matching_one_is_named(tiny, tmp_path):

@@ -177,6 +177,31 @@ def test_flops_json_contract(capsys):
     assert "ratio to baseline" in text and "encoder" in text
 
 
+def test_tiny_spactor_stage_1_costs_near_the_papers_ratio():
+    """The issue's done-when: the generator and head sized from a tiny T5 keep stage 1 at
+    <= 1.6x an SC step (paper 1.375; 4.10x with Base's generator and head)."""
+    resolved = load_config("spactor", ["model.size=tiny", "data.input_length=128", "trainer.batch_size=16"])
+    report = flops_report(resolved, device="meta")
+    ratio = report.stages[0].flops.flops_per_step / report.baseline_flops_per_step
+    assert 1.2 < ratio <= 1.6, ratio
+
+
+def test_flops_per_size_table(capsys):
+    overrides = ["data.input_length=64", "data.tokenizer_vocab_size=512", "trainer.batch_size=4"]
+    assert cli_main(["flops", "spactor", *overrides, "--sizes", "tiny,base", "--json"]) == 0  # on meta
+    rows = json.loads(capsys.readouterr().out)["sizes"]
+    assert [r["size"] for r in rows] == ["tiny", "base"]
+    assert rows[1]["generator"] == {"layers": 4, "d_model": 768, "heads": 12, "d_ff": 1024}  # Table 5
+    assert rows[1]["head_hidden"] == 3072 and rows[1]["model"]["layers"] == 12
+    for row in rows:
+        ratio = row["stage1_flops_per_step"] / row["baseline_flops_per_step"]
+        assert row["ratio_to_baseline"] == pytest.approx(ratio)
+        assert 1.0 < row["ratio_to_baseline"] < 1.6
+    assert cli_main(["flops", "spactor", *overrides, "--sizes", "tiny", "--device", "meta"]) == 0
+    text = capsys.readouterr().out
+    assert "G layers/d/heads/d_ff" in text and "1/64/4/88" in text
+
+
 def test_peak_table_and_mfu():
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989
     assert peak_tflops("NVIDIA H100 PCIe") == 756
