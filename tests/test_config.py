@@ -145,7 +145,7 @@ def test_a_child_recipe_listing_every_objective_runs_them_in_its_own_order(tmp_p
     raw = load_recipe(str(tmp_path / "child.yaml"))
     assert list(raw.objectives) == ["mlm_mask", "span_corruption", "rtd"]
     assert raw.objectives.span_corruption.weight == 20  # an interpolation survives the reordering
-    assert raw.objectives.rtd.generator.layers == 4  # the base's options of each objective are kept
+    assert raw.objectives.rtd.generator.sizing == "spactor"  # the base's options of each objective are kept
     # ... and the order is checked as in a recipe without base: (before, it ran in the base's order)
     flat = reordered.replace("{ratio: 0.15}", "{ratio: 0.15, mode: replace_all}").replace("'${trainer.eval_batches}'", "1")
     (tmp_path / "flat.yaml").write_text("model: {arch: t5}\n" + flat)
