@@ -41,8 +41,9 @@ from spactor.checks import (  # noqa: F401 — NUM_SENTINELS, non_negative re-ex
     positive_int,
     unit_interval,
 )
-from spactor.config import COMPILE_MODES, Plugin, Resolved, compile_mode
-from spactor.registry import OBJECTIVES, SCHEDULES, factory_class
+from spactor.architectures.base import capabilities_of, capability_problem
+from spactor.config import COMPILE_MODES, ConfigError, Plugin, Resolved, compile_mode
+from spactor.registry import ARCHITECTURES, OBJECTIVES, SCHEDULES, factory_class
 
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -64,6 +65,7 @@ def validate(resolved: Resolved) -> None:
         objectives=tuple(resolved.objectives),
         objective_types={name: p.type for name, p in resolved.objectives.items()},
     )
+    check_capabilities(resolved.model, resolved.objectives)
     for name, plugin in resolved.objectives.items():
         check_config(f"objectives.{name}", plugin.config, ctx)
     for name, plugin in resolved.schedules.items():
@@ -215,6 +217,21 @@ def check_model(model: Plugin, input_length: int) -> int | None:
     check_config("model", cfg, CheckContext(input_length=input_length, world_size=_world_size()))
     hidden_size = getattr(cfg, "hidden_size", None)
     return int(hidden_size()) if callable(hidden_size) else None
+
+
+def check_capabilities(model: Plugin, objectives: dict[str, Plugin]) -> None:
+    """Refuse an objective whose ``NEEDS`` the architecture's ``CAPABILITIES`` cannot meet,
+    naming both, from the classes the factories are annotated to return (a factory
+    without the annotation is checked when it is built, ``spactor.train.builders``)."""
+    arch_cls = factory_class(ARCHITECTURES.get(model.type))
+    if arch_cls is None:
+        return
+    capabilities = capabilities_of(arch_cls)
+    for name, plugin in objectives.items():
+        cls = factory_class(OBJECTIVES.get(plugin.type))
+        problem = capability_problem(f"objectives.{name}", getattr(cls, "NEEDS", ()), model.type, capabilities)
+        if problem is not None:
+            raise ConfigError(problem)
 
 
 # --------------------------------------------------------------------------- optimizer
