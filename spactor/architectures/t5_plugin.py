@@ -29,7 +29,7 @@ def _t5_tokenizer_config(tokenizer: Any, resolved: Any) -> dict[str, Any]:
     are spactor's ids (spactor's ``[M]`` is not part of it)."""
     return {
         "tokenizer_class": "T5Tokenizer",
-        "extra_ids": tokenizer.vocab.num_sentinels,
+        "extra_ids": tokenizer.vocab().num_sentinels,
         "eos_token": tokenizer.id_to_token(tokenizer.eos_id),
         "pad_token": tokenizer.id_to_token(tokenizer.pad_id),
         "unk_token": tokenizer.id_to_token(tokenizer.unk_id),

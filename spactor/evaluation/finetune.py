@@ -17,11 +17,12 @@ dropout). The result goes to ``RUN_DIR/eval/<task>/step_<N>.json``::
 also seeds the init) with the same budget, written to ``eval/<task>/random.json``
 (``step`` null, ``flops_cum`` 0): the control every comparison needs.
 
-How a model is fine-tuned. Models with a decoder (T5) are text-to-text for every task:
-the target (a classification task's label, as text) is decoded with teacher forcing and
-the test split is predicted by greedy decoding for a static ``max_target_length``
-tokens (cut at the first EOS). Encoder-only models get a linear classification head on
-the mean-pooled encoder output; they cannot do generation tasks.
+How a model is fine-tuned: by the first of its architecture's fine-tuning adapters
+(``ArchitectureSpec.finetune``) that can do the task's kind. ``text_to_text`` (T5) does
+every task: the target (a classification task's label, as text) is decoded with teacher
+forcing and the test split is predicted by greedy decoding for a static
+``max_target_length`` tokens (cut at the first EOS). ``classification`` (the encoder)
+puts a linear head on the mean-pooled encoder output; it cannot do generation tasks.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spactor.architectures.base import CLASSIFICATION, TEXT_TO_TEXT, ArchitectureSpec, spec_of
 from spactor.architectures.dcp_read import read_dcp_locally
 from spactor.config import load_config
 from spactor.data.tokenizer import Tokenizer
@@ -225,8 +227,25 @@ def pad_rows(rows: list[list[int]], pad: int, device: torch.device, length: int 
     return out.to(device)
 
 
+# The task kinds each fine-tuning adapter can do (None: every kind).
+ADAPTER_KINDS: dict[str, tuple[str, ...] | None] = {TEXT_TO_TEXT: None, CLASSIFICATION: ("classification",)}
+
+
+def choose_adapter(adapters: tuple[str, ...], task: Task) -> str:
+    """The first of ``adapters`` (an architecture's, in its order of preference) that can
+    do ``task``'s kind; one line naming what the adapters can do when none can."""
+    for adapter in adapters:
+        if adapter in ADAPTER_KINDS and (ADAPTER_KINDS[adapter] is None or task.kind in ADAPTER_KINDS[adapter]):
+            return adapter
+    kinds = sorted({k for a in adapters for k in (ADAPTER_KINDS.get(a) or ())})
+    can = f"can only be fine-tuned on {' or '.join(kinds)} tasks" if kinds else "cannot be fine-tuned here"
+    what = "text-to-text" if task.kind != "classification" else "classification"
+    raise EvaluationError(f"task '{task.name}' is {what} ({task.kind}); a model whose fine-tuning adapters are "
+                          f"{', '.join(adapters) or 'none'} {can}")
+
+
 class ClassificationHead(nn.Module):
-    """Linear head on the mean-pooled encoder output (encoder-only models)."""
+    """Linear head on the mean-pooled encoder output (the ``classification`` adapter)."""
 
     def __init__(self, hidden_size: int, num_labels: int) -> None:
         super().__init__()
@@ -242,14 +261,13 @@ class Finetuner:
     """Fine-tunes one copy of a model on a task and predicts its test split."""
 
     def __init__(self, model: nn.Module, task: Task, tokenizer: Tokenizer, cfg: FinetuneConfig,
-                 device: torch.device, seed: int) -> None:
+                 device: torch.device, seed: int, spec: ArchitectureSpec | None = None) -> None:
         self.task, self.cfg, self.device, self.seed = task, cfg, device, seed
         self.pad, self.eos = tokenizer.pad_id, tokenizer.eos_id
         self.tokenizer = tokenizer
-        self.text_to_text = bool(getattr(model, "has_decoder", False))
-        if not self.text_to_text and task.kind != "classification":
-            raise EvaluationError(f"task '{task.name}' is text-to-text ({task.kind}); an encoder-only model "
-                                  "can only be fine-tuned on classification tasks")
+        spec = spec if spec is not None else spec_of(model)  # its fine-tuning adapters
+        self.adapter = choose_adapter(spec.finetune, task)
+        self.text_to_text = self.adapter == TEXT_TO_TEXT
         self.model = model.to(device)
         if cfg.dropout is not None:
             for module in model.modules():
