@@ -41,7 +41,7 @@ from spactor.checks import (  # noqa: F401 — NUM_SENTINELS, non_negative re-ex
     positive_int,
     unit_interval,
 )
-from spactor.architectures.base import capabilities_of, capability_problem
+from spactor.capabilities import capabilities_of, capability_problem
 from spactor.config import COMPILE_MODES, ConfigError, Plugin, Resolved, compile_mode
 from spactor.registry import ARCHITECTURES, OBJECTIVES, SCHEDULES, factory_class
 

@@ -1,6 +1,14 @@
-"""The small protocol objectives and the runner use to talk to a model.
+"""The small protocol objectives and the runner use to talk to a model, and the spec the
+runner's tools read about an architecture.
 
-Objectives never import a concrete architecture; they see only this surface.
+Objectives never import a concrete architecture; they see only this surface. An
+architecture is one module: a model class with ``CAPABILITIES`` (the passes it offers,
+``spactor.capabilities``) and the members of :class:`Architecture`, a config dataclass,
+and a factory registered with ``ARCHITECTURES.register(name, Config, spec=...)``, whose
+return annotation names the model class (the config check reads the capabilities from
+it). The :class:`ArchitectureSpec` says what the tools need: FLOPs baseline and
+breakdown, memory roles, fine-tuning adapters, exporters, FSDP units, meta init. The
+built model is checked against the protocol (:func:`protocol_problem`).
 """
 
 from __future__ import annotations
@@ -13,37 +21,18 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from spactor.capabilities import (  # noqa: F401 — the capability names, re-exported for plugins
+    CAPABILITY_NAMES,
+    CAUSAL_LM,
+    DECODE,
+    ENCODE,
+    PREFIX_LM,
+    capabilities_of,
+    capability_problem,
+    describe_needs,
+    satisfies,
+)
 from spactor.registry import ARCHITECTURES, factory_class
-
-# --------------------------------------------------------------------------- capabilities
-# What a model can do, as the passes it offers. An architecture class declares the set it
-# has in ``CAPABILITIES``; an objective declares what it needs in ``NEEDS`` (alternatives,
-# any one of which suffices), and the config check refuses a pairing that cannot work.
-ENCODE = "encode"  # a bidirectional encoder pass: ``encode(ids, attention_mask)``
-DECODE = "decode"  # a decoder with cross-attention to encoder states: ``decode(...)``
-CAUSAL_LM = "causal_lm"  # a decoder-only causal pass: ``causal(ids, attention_mask)``
-PREFIX_LM = "prefix_lm"  # a decoder-only pass bidirectional over a prefix: ``causal(..., prefix_length=)``
-CAPABILITY_NAMES: tuple[str, ...] = (ENCODE, DECODE, CAUSAL_LM, PREFIX_LM)
-
-
-def capabilities_of(model_or_class: Any) -> frozenset[str]:
-    """The capabilities a model (or its class) declares; a class without the declaration
-    is taken by the passes it has (an out-of-tree model written before it existed)."""
-    declared = getattr(model_or_class, "CAPABILITIES", None)
-    if declared is not None:
-        return frozenset(declared)
-    found = {ENCODE} if hasattr(model_or_class, "encode") else set()
-    if getattr(model_or_class, "has_decoder", False):
-        found.add(DECODE)
-    return frozenset(found)
-
-
-def satisfies(capabilities: Iterable[str], needs: Iterable[Iterable[str]]) -> bool:
-    """Whether ``capabilities`` meets one of the alternative capability sets ``needs``
-    (an empty ``needs``: the objective needs no model pass)."""
-    have = set(capabilities)
-    alternatives = [set(alt) for alt in needs]
-    return not alternatives or any(alt <= have for alt in alternatives)
 
 
 @runtime_checkable
@@ -120,37 +109,9 @@ class EncoderInputs:
 
 
 # --------------------------------------------------------------------------- the checks
-_DESCRIBED = {
-    ENCODE: "a bidirectional encoder",
-    DECODE: "a decoder with cross-attention",
-    CAUSAL_LM: "a causal decoder",
-    PREFIX_LM: "a prefix-bidirectional decoder",
-}
 # The methods a capability promises (beyond what every model has, :data:`PROTOCOL_MEMBERS`).
 _METHODS = {ENCODE: ("embed", "encode"), DECODE: ("decode",), CAUSAL_LM: ("causal",), PREFIX_LM: ("causal",)}
 PROTOCOL_MEMBERS = ("hidden_size", "vocab_size", "token_embedding", "lm_logits", "blocks")
-
-
-def describe_needs(needs: Iterable[Iterable[str]]) -> str:
-    """``a bidirectional encoder (encode)``; alternatives joined with ``or``."""
-    parts = []
-    for alt in needs:
-        names = [c for c in CAPABILITY_NAMES if c in set(alt)] + sorted(set(alt) - set(CAPABILITY_NAMES))
-        words = " and ".join(_DESCRIBED.get(c, c) for c in names)
-        parts.append(f"{words} ({', '.join(names)})")
-    return " or ".join(parts)
-
-
-def capability_problem(where: str, needs: Iterable[Iterable[str]], arch: str, capabilities: Iterable[str]) -> str | None:
-    """The one-line refusal of an objective (at ``where``) whose ``needs`` the architecture
-    ``arch`` with ``capabilities`` cannot meet, or None when it can."""
-    needs = [frozenset(alt) for alt in needs]
-    if satisfies(capabilities, needs):
-        return None
-    offered = [c for c in CAPABILITY_NAMES if c in set(capabilities)]
-    offered += sorted(set(capabilities) - set(CAPABILITY_NAMES))
-    return (f"{where}: needs {describe_needs(needs)}; model.arch '{arch}' offers "
-            f"{', '.join(offered) or 'no model pass'}")
 
 
 def protocol_problem(model: Any, arch: str) -> str | None:
