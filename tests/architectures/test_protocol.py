@@ -194,3 +194,39 @@ def test_an_architecture_from_a_local_file_trains_from_yaml(tmp_path, tiny_overr
     model = ARCHITECTURES.get("mini_encoder").factory(resolved.model.config, 640)
     assert spec_of(model).stack_names(model) == ("layers",)
     assert model.encode(torch.tensor([[5, 6, 7]])).shape == (1, 3, 64)
+
+
+def test_an_architecture_without_an_exporter_is_refused_in_one_line(tmp_path, tiny_overrides):
+    from spactor.tools.export import ExportError, export_hf
+
+    run = tmp_path / "run"
+    train(load_config("mlm", [*tiny_overrides, "trainer.max_steps=1", f"run.dir={run}", "runtime.count_flops=false"]))
+    with pytest.raises(ExportError) as err:
+        export_hf(run, tmp_path / "out")
+    assert str(err.value) == "model.arch=encoder: no --format hf export (it has no exporter)"
+
+
+def test_the_spec_decides_meta_init_and_the_fine_tuning_adapter(tiny_overrides):
+    from spactor.architectures.t5 import T5Config, T5Model
+    from spactor.architectures.t5_plugin import T5_SPEC
+    from spactor.evaluation.finetune import EvaluationError, choose_adapter
+    from spactor.tasks import build_task
+    from spactor.train.builders import build_on_meta
+    from spactor.train.flops.counting import count_vocab
+
+    @ARCHITECTURES.register("t5_eager_test", T5Config, spec=dataclasses.replace(T5_SPEC, meta_init=False))
+    def build(cfg: T5Config, vocab_size: int) -> T5Model:
+        return T5Model(cfg, vocab_size)
+
+    try:
+        for arch, on_meta in (("t5", True), ("t5_eager_test", False)):
+            resolved = load_config("sc", [*tiny_overrides, f"model.arch={arch}"])
+            model, _, program = build_on_meta(resolved, count_vocab(resolved.cfg.data))
+            assert (program is not None) == on_meta and next(model.parameters()).is_meta == on_meta
+    finally:
+        ARCHITECTURES._entries.pop("t5_eager_test", None)
+    generation, classification = build_task("pydoc_name"), build_task("pydoc_module")
+    assert choose_adapter((CLASSIFICATION, TEXT_TO_TEXT), classification) == CLASSIFICATION
+    assert choose_adapter((CLASSIFICATION, TEXT_TO_TEXT), generation) == TEXT_TO_TEXT
+    with pytest.raises(EvaluationError, match="adapters are classification can only be fine-tuned on classification"):
+        choose_adapter((CLASSIFICATION,), generation)
