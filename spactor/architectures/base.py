@@ -271,9 +271,13 @@ def spec_for(arch: str) -> ArchitectureSpec:
 def spec_of(model: Any) -> ArchitectureSpec:
     """The spec of a built model: that of the registered architecture whose factory
     returns its class (or the default its capabilities give)."""
-    for entry in ARCHITECTURES:
-        if getattr(entry, "spec", None) is not None and factory_class(entry) is type(model):
-            return _completed(entry.spec, capabilities_of(model))
+    with_spec = [(e, factory_class(e)) for e in ARCHITECTURES if getattr(e, "spec", None) is not None]
+    # The exact class first; then a class it derives from (FSDP and compile wrap a model in
+    # a subclass of its own class).
+    for match in (lambda cls: cls is type(model), lambda cls: cls is not None and isinstance(model, cls)):
+        for entry, cls in with_spec:
+            if match(cls):
+                return _completed(entry.spec, capabilities_of(model))
     return default_spec(capabilities_of(model))
 
 

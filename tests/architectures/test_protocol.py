@@ -123,6 +123,10 @@ def test_t5_block_roles_give_the_decoders_cross_attention():
 
     model = T5Model(T5Config(size="tiny"), 128)
     assert spec_of(model) is spec_for("t5")
+    wrapped = type("FSDPT5Model", (T5Model,), {})  # fully_shard's dynamic subclass
+    model.__class__ = wrapped
+    assert spec_of(model) is spec_for("t5")
+    model.__class__ = T5Model
     roles = spec_of(model).roles(model)
     assert len(roles) == len(model.blocks())
     assert [r.target for r in roles] == [False] * len(model.encoder.blocks) + [True] * len(model.decoder.blocks)
