@@ -191,6 +191,7 @@ class ExportRefused(ValueError):
 # Fine-tuning adapters ``spactor.evaluation.finetune`` implements, by the name a spec uses.
 TEXT_TO_TEXT = "text_to_text"  # encode the input, decode the target (every task kind)
 CLASSIFICATION = "classification"  # a linear head on the mean-pooled encoder output
+CAUSAL_TEXT = "causal_text"  # decoder-only: the input, then the target, one sequence (every task kind)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ class ArchitectureSpec:
       ``decoder``); the rest of the model is ``lm_head``. None: the children holding
       ``blocks()``.
     * ``finetune``: the fine-tuning adapters, in order of preference; a task takes the
-      first that can do its kind (:data:`TEXT_TO_TEXT`, :data:`CLASSIFICATION`).
+      first that can do its kind (:data:`TEXT_TO_TEXT`, :data:`CLASSIFICATION`,
+      :data:`CAUSAL_TEXT`).
     * ``exporters``: export formats (``hf``) to their :class:`Exporter`.
     * ``block_roles(model)``: each block's :class:`BlockRole` for the memory estimate
       (default: every block over the encoder input).
@@ -250,8 +252,7 @@ def default_spec(capabilities: Iterable[str]) -> ArchitectureSpec:
     if {ENCODE, DECODE} <= caps:
         return ArchitectureSpec(baseline=(BaselineObjective("span_corruption"),), finetune=(TEXT_TO_TEXT,))
     if CAUSAL_LM in caps:
-        return ArchitectureSpec(baseline=(BaselineObjective("causal_lm"),),
-                                finetune=(CLASSIFICATION,) if ENCODE in caps else ())
+        return ArchitectureSpec(baseline=(BaselineObjective("causal_lm"),), finetune=(CAUSAL_TEXT,))
     if ENCODE in caps:
         return ArchitectureSpec(baseline=MLM_BASELINE, finetune=(CLASSIFICATION,))
     return ArchitectureSpec()
