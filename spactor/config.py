@@ -17,6 +17,7 @@ import dataclasses
 import importlib.resources
 import inspect
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from spactor.errors import UsageError
+from spactor.local_plugins import KEY as PLUGINS_KEY
+from spactor.local_plugins import PluginImportError, load_local_plugins
 from spactor.registry import (
     ARCHITECTURES,
     LR_SCHEDULES,
@@ -148,6 +151,8 @@ class TrainConfig:
     lr_schedule: dict[str, Any] = field(default_factory=lambda: {"type": "rsqrt"})
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # Local plugin files / modules imported before the rest is resolved (spactor.local_plugins).
+    plugins: list[str] = field(default_factory=list)
 
 
 # Where each plugin section finds its registry and the key that selects the entry.
@@ -292,6 +297,7 @@ def load_config(
         if "\n" in value or "\r" in value:  # OmegaConf would fold it into a space, unseen
             raise ConfigError(f"{key.strip()}: {value!r} — the value contains a line break; "
                               "a value must be one line")
+    recipe_model = OmegaConf.to_container(raw, resolve=False).get("model") if isinstance(raw, DictConfig) else None
     try:
         raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
@@ -300,7 +306,35 @@ def load_config(
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping of sections (run, model, data, ...)")
     _single_path_as_list(data)
+    if data.get(PLUGINS_KEY) is not None:  # before anything is looked up in a registry
+        try:
+            data[PLUGINS_KEY] = load_local_plugins(data[PLUGINS_KEY], recipe)
+        except PluginImportError as e:
+            raise ConfigError(str(e)) from None
+    _drop_keys_of_another_arch(data, recipe_model, overrides)
     return resolve(data, recipe=recipe)
+
+
+def _drop_keys_of_another_arch(data: dict[str, Any], recipe_model: Any, overrides: Sequence[str]) -> None:
+    """``model.arch=X`` on the command line over a recipe written for another
+    architecture: the recipe's model keys that X's config does not have are dropped, with
+    a one-line notice (keys given on the command line are still checked)."""
+    model = data.get("model")
+    recipe_model = recipe_model if isinstance(recipe_model, dict) else {}
+    if not isinstance(model, dict) or not any(o.split("=", 1)[0].strip() == "model.arch" for o in overrides):
+        return
+    default_arch = TrainConfig().model["arch"]
+    old, new = str(recipe_model.get("arch", default_arch)), str(model.get("arch", default_arch))
+    if old == new or new not in ARCHITECTURES:
+        return  # the same architecture, or an unknown one: resolve() reports it
+    fields = {f.name for f in dataclasses.fields(ARCHITECTURES.get(new).config_cls)}
+    given = {o.split("=", 1)[0].strip()[len("model."):] for o in overrides if o.startswith("model.")}
+    dropped = [k for k in recipe_model if k != "arch" and k not in fields and k not in given and k in model]
+    for key in dropped:
+        del model[key]
+    if dropped:
+        print(f"note: model.arch={new} over a recipe for '{old}': dropped model."
+              + ", model.".join(dropped) + f" ({new} has no such keys)", file=sys.stderr, flush=True)
 
 
 def _single_path_as_list(data: dict[str, Any]) -> None:

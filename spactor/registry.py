@@ -27,6 +27,9 @@ class Entry(Generic[T]):
     config_cls: type
     factory: Callable[..., T]
     help: str = ""
+    # What the runner's tools read about the entry, where its kind has one (an
+    # architecture's ``spactor.architectures.base.ArchitectureSpec``); None: the default.
+    spec: Any = None
 
 
 class RegistryError(KeyError):
@@ -43,7 +46,7 @@ class Registry(Generic[T]):
         self._section_checks: list[Callable[..., None]] = []
 
     def register(
-        self, name: str, config_cls: type, help: str = ""
+        self, name: str, config_cls: type, help: str = "", spec: Any = None
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         if not dataclasses.is_dataclass(config_cls):
             raise TypeError(f"{self.kind} '{name}': config must be a dataclass, got {config_cls!r}")
@@ -52,7 +55,7 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name].factory is not factory:
                 raise RegistryError(f"{self.kind} '{name}' is already registered")
             doc = help or (factory.__doc__ or "").strip().splitlines()[0:1]
-            self._entries[name] = Entry(name, config_cls, factory, doc if isinstance(doc, str) else "".join(doc))
+            self._entries[name] = Entry(name, config_cls, factory, doc if isinstance(doc, str) else "".join(doc), spec)
             return factory
 
         return decorator

@@ -42,8 +42,9 @@ from spactor.checks import (  # noqa: F401 — NUM_SENTINELS, non_negative re-ex
     positive_int,
     unit_interval,
 )
-from spactor.config import COMPILE_MODES, Plugin, Resolved, compile_mode
-from spactor.registry import OBJECTIVES, SCHEDULES, factory_class
+from spactor.capabilities import capabilities_of, capability_problem
+from spactor.config import COMPILE_MODES, ConfigError, Plugin, Resolved, compile_mode
+from spactor.registry import ARCHITECTURES, OBJECTIVES, SCHEDULES, factory_class
 
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -67,6 +68,7 @@ def validate(resolved: Resolved) -> None:
         objectives=tuple(resolved.objectives),
         objective_types={name: p.type for name, p in resolved.objectives.items()},
     )
+    check_capabilities(resolved.model, resolved.objectives)
     for name, plugin in resolved.objectives.items():
         check_config(f"objectives.{name}", plugin.config, ctx)
     for name, plugin in resolved.schedules.items():
@@ -232,6 +234,21 @@ def model_shape(model: Plugin) -> ModelShape | None:
     whose config has no ``shape()``."""
     shape = getattr(model.config, "shape", None)
     return shape() if callable(shape) else None
+
+
+def check_capabilities(model: Plugin, objectives: dict[str, Plugin]) -> None:
+    """Refuse an objective whose ``NEEDS`` the architecture's ``CAPABILITIES`` cannot meet,
+    naming both, from the classes the factories are annotated to return (a factory
+    without the annotation is checked when it is built, ``spactor.train.builders``)."""
+    arch_cls = factory_class(ARCHITECTURES.get(model.type))
+    if arch_cls is None:
+        return
+    capabilities = capabilities_of(arch_cls)
+    for name, plugin in objectives.items():
+        cls = factory_class(OBJECTIVES.get(plugin.type))
+        problem = capability_problem(f"objectives.{name}", getattr(cls, "NEEDS", ()), model.type, capabilities)
+        if problem is not None:
+            raise ConfigError(problem)
 
 
 # --------------------------------------------------------------------------- optimizer

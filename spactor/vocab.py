@@ -25,6 +25,9 @@ class Vocab:
     num_sentinels: int = 100
     first_sentinel_id: int = 32099  # <extra_id_0>; sentinel k is first_sentinel_id - k
     mask_id: int = 32100  # [M] for token-level masking; one of the padding rows in T5's vocabulary
+    # The tokenizer's beginning-of-sequence piece, where it has one (T5's has none: None).
+    # What a decoder-only objective starts a sequence with; no T5 objective reads it.
+    bos_id: int | None = None
 
     def sentinel_id(self, k: int) -> int:
         return self.first_sentinel_id - k

@@ -1,45 +1,38 @@
-"""The small protocol objectives and the runner use to talk to a model.
+"""The small protocol objectives and the runner use to talk to a model, and the spec the
+runner's tools read about an architecture.
 
-Objectives never import a concrete architecture; they see only this surface.
+Objectives never import a concrete architecture; they see only this surface. An
+architecture is one module: a model class with ``CAPABILITIES`` (the passes it offers,
+``spactor.capabilities``) and the members of :class:`Architecture`, a config dataclass,
+and a factory registered with ``ARCHITECTURES.register(name, Config, spec=...)``, whose
+return annotation names the model class (the config check reads the capabilities from
+it). The :class:`ArchitectureSpec` says what the tools need: FLOPs baseline and
+breakdown, memory roles, fine-tuning adapters, exporters, FSDP units, meta init. The
+built model is checked against the protocol (:func:`protocol_problem`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-# --------------------------------------------------------------------------- capabilities
-# What a model can do, as the passes it offers. An architecture class declares the set it
-# has in ``CAPABILITIES``; an objective declares what it needs in ``NEEDS`` (alternatives,
-# any one of which suffices), and the config check refuses a pairing that cannot work.
-ENCODE = "encode"  # a bidirectional encoder pass: ``encode(ids, attention_mask)``
-DECODE = "decode"  # a decoder with cross-attention to encoder states: ``decode(...)``
-CAUSAL_LM = "causal_lm"  # a decoder-only causal pass: ``causal(ids, attention_mask)``
-PREFIX_LM = "prefix_lm"  # a decoder-only pass bidirectional over a prefix: ``causal(..., prefix_length=)``
-CAPABILITY_NAMES: tuple[str, ...] = (ENCODE, DECODE, CAUSAL_LM, PREFIX_LM)
-
-
-def capabilities_of(model_or_class: Any) -> frozenset[str]:
-    """The capabilities a model (or its class) declares; a class without the declaration
-    is taken by the passes it has (an out-of-tree model written before it existed)."""
-    declared = getattr(model_or_class, "CAPABILITIES", None)
-    if declared is not None:
-        return frozenset(declared)
-    found = {ENCODE} if hasattr(model_or_class, "encode") else set()
-    if getattr(model_or_class, "has_decoder", False):
-        found.add(DECODE)
-    return frozenset(found)
-
-
-def satisfies(capabilities: Iterable[str], needs: Iterable[Iterable[str]]) -> bool:
-    """Whether ``capabilities`` meets one of the alternative capability sets ``needs``
-    (an empty ``needs``: the objective needs no model pass)."""
-    have = set(capabilities)
-    alternatives = [set(alt) for alt in needs]
-    return not alternatives or any(alt <= have for alt in alternatives)
+from spactor.capabilities import (  # noqa: F401 — the capability names, re-exported for plugins
+    CAPABILITY_NAMES,
+    CAUSAL_LM,
+    DECODE,
+    ENCODE,
+    PREFIX_LM,
+    capabilities_of,
+    capability_problem,
+    describe_needs,
+    satisfies,
+)
+from spactor.registry import ARCHITECTURES, factory_class
 
 
 @runtime_checkable
@@ -114,3 +107,189 @@ class EncoderInputs:
             raise ValueError("encode() needs exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         return self.encoder(x, attention_mask)
+
+
+# --------------------------------------------------------------------------- the checks
+# The methods a capability promises (beyond what every model has, :data:`PROTOCOL_MEMBERS`).
+_METHODS = {ENCODE: ("embed", "encode"), DECODE: ("decode",), CAUSAL_LM: ("causal",), PREFIX_LM: ("causal",)}
+PROTOCOL_MEMBERS = ("hidden_size", "vocab_size", "token_embedding", "lm_logits", "blocks")
+
+
+def protocol_problem(model: Any, arch: str) -> str | None:
+    """What the built ``model`` lacks of the protocol its ``CAPABILITIES`` promise (the
+    members every model has, the methods of each capability), in one line; None if
+    nothing."""
+    capabilities = capabilities_of(model)
+    missing = [m for m in PROTOCOL_MEMBERS if not hasattr(model, m)]
+    for capability in CAPABILITY_NAMES:
+        if capability in capabilities:
+            missing += [m for m in _METHODS[capability] if not callable(getattr(model, m, None)) and m not in missing]
+    if not missing:
+        return None
+    offered = ", ".join(c for c in CAPABILITY_NAMES if c in capabilities) or "nothing"
+    return (f"model.arch '{arch}': the built {type(model).__name__} lacks {', '.join(missing)} "
+            f"(every model has {', '.join(PROTOCOL_MEMBERS)}; it declares CAPABILITIES {offered})")
+
+
+# --------------------------------------------------------------------------- the spec
+# What the runner's tools need from an architecture, given where it is registered
+# (``ARCHITECTURES.register(name, Config, spec=ArchitectureSpec(...))``, as torchtitan's
+# TrainSpec): the tools read it (:func:`spec_of`) instead of testing a model's name or
+# shape. Every field has a default derived from the capabilities, so an architecture
+# registered without a spec still gets a FLOPs baseline, a fine-tuning adapter and FSDP.
+
+ALL_FIELDS = ("*",)  # BaselineObjective.from_recipe: the recipe's whole config of that type
+
+
+@dataclass(frozen=True)
+class BaselineObjective:
+    """One objective of the FLOPs baseline (``flops/base``): a registered objective
+    ``type`` whose config takes the fields ``from_recipe`` of the recipe's own objective
+    of that type (when it has one; :data:`ALL_FIELDS`: all of them), then ``settings``."""
+
+    type: str
+    from_recipe: tuple[str, ...] = ALL_FIELDS
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BlockRole:
+    """How one block enters the activation-memory estimate (``spactor.train.memory``).
+
+    ``target``: the block runs over the decoder's tokens (``L_dec``), not the encoder
+    input's. ``reads_source``: paths of submodules (in the block) that read the encoder's
+    tokens: an ``nn.Linear`` there projects ``L_enc`` tokens, an attention there attends
+    over ``L_enc`` keys (cross-attention and its key/value projections). Attentions are
+    the submodules with ``num_heads`` and ``d_kv``; norms, the ``*Norm`` ones."""
+
+    block: nn.Module
+    target: bool = False
+    reads_source: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One export format of an architecture (``spactor export --format <key>``).
+
+    ``write(model, out, dtype, metadata)``: writes the model (built on ``meta`` from the
+    run's config, holding the checkpoint's weights) to the folder ``out`` and returns the
+    file names written. ``tokenizer_config(tokenizer, resolved)``: the
+    ``tokenizer_config.json`` written beside the run's ``spiece.model`` (None: none).
+    ``describe(model)``: a few words for the CLI (``T5 v1.1``); ``load_hint``: how to
+    load the result, ``{out}`` filled in. A refusal raises :class:`ExportRefused`."""
+
+    target: str  # what is written, e.g. "Hugging Face T5ForConditionalGeneration"
+    write: Callable[[nn.Module, Path, torch.dtype, dict[str, str]], list[str]]
+    tokenizer_config: Callable[[Any, Any], dict[str, Any]] | None = None
+    describe: Callable[[nn.Module], str] | None = None
+    load_hint: str = ""
+
+
+class ExportRefused(ValueError):
+    """A model its exporter cannot write (one line; ``spactor export`` exits 2)."""
+
+
+# Fine-tuning adapters ``spactor.evaluation.finetune`` implements, by the name a spec uses.
+TEXT_TO_TEXT = "text_to_text"  # encode the input, decode the target (every task kind)
+CLASSIFICATION = "classification"  # a linear head on the mean-pooled encoder output
+CAUSAL_TEXT = "causal_text"  # decoder-only: the input, then the target, one sequence (every task kind)
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """What the runner's tools read about an architecture (see the section comment).
+
+    * ``baseline``: the FLOPs baseline's objectives (span corruption on an
+      encoder-decoder, ``causal_lm`` on a decoder, BERT MLM on an encoder); fvcore counts
+      them on the same model. Empty: derived from the capabilities.
+    * ``stacks``: the model's children the FLOPs breakdown reports apart (``encoder``,
+      ``decoder``); the rest of the model is ``lm_head``. None: the children holding
+      ``blocks()``.
+    * ``finetune``: the fine-tuning adapters, in order of preference; a task takes the
+      first that can do its kind (:data:`TEXT_TO_TEXT`, :data:`CLASSIFICATION`,
+      :data:`CAUSAL_TEXT`).
+    * ``exporters``: export formats (``hf``) to their :class:`Exporter`.
+    * ``block_roles(model)``: each block's :class:`BlockRole` for the memory estimate
+      (default: every block over the encoder input).
+    * ``fsdp_units(model)``, ``checkpoint_blocks(model)``: FSDP's units (sharded and
+      all-gathered one at a time) and the blocks activation checkpointing and per-block
+      compile wrap (default: ``model.blocks()``).
+    * ``meta_init``: the model builds on the ``meta`` device and initialises by
+      ``nn.init`` calls only, buffers with an explicit ``device=``
+      (``spactor.train.meta_init``); False: always built eagerly on the CPU.
+    """
+
+    baseline: tuple[BaselineObjective, ...] = ()
+    stacks: tuple[str, ...] | None = None
+    finetune: tuple[str, ...] = ()
+    exporters: Mapping[str, Exporter] = field(default_factory=dict)
+    block_roles: Callable[[nn.Module], list[BlockRole]] | None = None
+    fsdp_units: Callable[[nn.Module], list[nn.Module]] | None = None
+    checkpoint_blocks: Callable[[nn.Module], list[nn.Module]] | None = None
+    meta_init: bool = True
+
+    def roles(self, model: nn.Module) -> list[BlockRole]:
+        if self.block_roles is not None:
+            return list(self.block_roles(model))
+        return [BlockRole(block) for block in model.blocks()]
+
+    def units(self, model: nn.Module) -> list[nn.Module]:
+        return list(self.fsdp_units(model) if self.fsdp_units is not None else model.blocks())
+
+    def wrapped_blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(self.checkpoint_blocks(model) if self.checkpoint_blocks is not None else model.blocks())
+
+    def stack_names(self, model: nn.Module) -> tuple[str, ...]:
+        if self.stacks is not None:
+            return self.stacks
+        held = {id(b) for b in model.blocks()}
+        return tuple(name for name, child in model.named_children()
+                     if any(id(m) in held for m in child.modules()))
+
+
+def default_spec(capabilities: Iterable[str]) -> ArchitectureSpec:
+    """The spec an architecture registered without one gets, from what it can do."""
+    caps = set(capabilities)
+    if {ENCODE, DECODE} <= caps:
+        return ArchitectureSpec(baseline=(BaselineObjective("span_corruption"),), finetune=(TEXT_TO_TEXT,))
+    if CAUSAL_LM in caps:
+        return ArchitectureSpec(baseline=(BaselineObjective("causal_lm"),), finetune=(CAUSAL_TEXT,))
+    if ENCODE in caps:
+        return ArchitectureSpec(baseline=MLM_BASELINE, finetune=(CLASSIFICATION,))
+    return ArchitectureSpec()
+
+
+# BERT-style MLM (15% masked, or the recipe's mlm_mask ratio): an encoder's baseline.
+MLM_BASELINE = (BaselineObjective("mlm_mask", ("ratio",), {"mode": "bert"}), BaselineObjective("mlm", ()))
+
+
+def spec_for(arch: str) -> ArchitectureSpec:
+    """The spec the architecture registered as ``arch`` was given (or its default)."""
+    entry = ARCHITECTURES.get(arch)
+    cls = factory_class(entry)
+    return _completed(getattr(entry, "spec", None), capabilities_of(cls) if cls is not None else frozenset())
+
+
+def spec_of(model: Any) -> ArchitectureSpec:
+    """The spec of a built model: that of the registered architecture whose factory
+    returns its class (or the default its capabilities give)."""
+    with_spec = [(e, factory_class(e)) for e in ARCHITECTURES if getattr(e, "spec", None) is not None]
+    # The exact class first; then a class it derives from (FSDP and compile wrap a model in
+    # a subclass of its own class).
+    for match in (lambda cls: cls is type(model), lambda cls: cls is not None and isinstance(model, cls)):
+        for entry, cls in with_spec:
+            if match(cls):
+                return _completed(entry.spec, capabilities_of(model))
+    return default_spec(capabilities_of(model))
+
+
+def _completed(spec: ArchitectureSpec | None, capabilities: frozenset[str]) -> ArchitectureSpec:
+    """``spec`` with an empty baseline or adapter list taken from the default."""
+    default = default_spec(capabilities)
+    if spec is None:
+        return default
+    if not spec.baseline:
+        spec = replace(spec, baseline=default.baseline)
+    if not spec.finetune:
+        spec = replace(spec, finetune=default.finetune)
+    return spec

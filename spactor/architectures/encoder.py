@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spactor.architectures.base import ENCODE, EncoderInputs
+from spactor.architectures.base import CLASSIFICATION, ENCODE, MLM_BASELINE, ArchitectureSpec, EncoderInputs
 from spactor.architectures.layers import (
     Attention,
     BlockSpec,
@@ -421,7 +421,12 @@ class EncoderModel(EncoderInputs, nn.Module):
         return self.encode(input_ids, attention_mask)
 
 
-@ARCHITECTURES.register("encoder", EncoderConfig)
+# BERT-style MLM is the FLOPs baseline; fine-tuning puts a classification head on the
+# mean-pooled output; every block runs over the input (the default memory roles).
+ENCODER_SPEC = ArchitectureSpec(baseline=MLM_BASELINE, stacks=("encoder",), finetune=(CLASSIFICATION,))
+
+
+@ARCHITECTURES.register("encoder", EncoderConfig, spec=ENCODER_SPEC)
 def build_encoder(cfg: EncoderConfig, vocab_size: int) -> EncoderModel:
     """Encoder-only discriminator (ELECTRA/BERT layout, or T5-style), with an MLM head."""
     return EncoderModel(cfg, cfg.vocab_size if cfg.vocab_size is not None else vocab_size)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spactor.architectures.base import DECODE, ENCODE, EncoderInputs
+from spactor.architectures.base import DECODE, ENCODE, BlockRole, EncoderInputs
 from spactor.architectures.layers import (
     Attention,
     BlockSpec,
@@ -298,6 +298,14 @@ class T5Model(EncoderInputs, nn.Module):
     ) -> torch.Tensor:
         encoder_hidden = self.encode(input_ids, attention_mask)
         return self.lm_logits(self.decode(decoder_input_ids, encoder_hidden, attention_mask))
+
+
+def t5_block_roles(model: T5Model) -> list[BlockRole]:
+    """The memory estimate's view of T5's blocks: the encoder's run over the encoder
+    input; the decoder's over the targets, their cross-attention (and its key and value
+    projections) reading the encoder's tokens."""
+    cross = ("cross_attn", "cross_attn.k", "cross_attn.v")
+    return [BlockRole(b) for b in model.encoder.blocks] + [BlockRole(b, True, cross) for b in model.decoder.blocks]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -45,8 +45,11 @@ def round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def t5_vocab(num_pieces: int, pad_id: int = 0, eos_id: int = 1, unk_id: int = 2) -> Vocab:
-    """The id layout T5 uses on top of a ``num_pieces``-piece SentencePiece model."""
+def t5_vocab(
+    num_pieces: int, pad_id: int = 0, eos_id: int = 1, unk_id: int = 2, bos_id: int | None = None
+) -> Vocab:
+    """The id layout T5 uses on top of a ``num_pieces``-piece SentencePiece model;
+    ``bos_id``: the model's BOS piece, if it has one (SentencePiece: ``bos_id >= 0``)."""
     return Vocab(
         size=round_up(num_pieces + NUM_SENTINELS + 1, EMBEDDING_MULTIPLE),
         pad_id=pad_id,
@@ -55,6 +58,7 @@ def t5_vocab(num_pieces: int, pad_id: int = 0, eos_id: int = 1, unk_id: int = 2)
         num_sentinels=NUM_SENTINELS,
         first_sentinel_id=num_pieces + NUM_SENTINELS - 1,
         mask_id=num_pieces + NUM_SENTINELS,
+        bos_id=bos_id,
     )
 
 
@@ -103,7 +107,9 @@ class Tokenizer:
                 f"has no pad or EOS piece (pad_id={self._sp.pad_id()}, eos_id={self._sp.eos_id()})",
                 "train it with pad_id=0, eos_id=1, unk_id=2, bos_id=-1 (Tokenizer.train does)",
             )
-        self._vocab = t5_vocab(self.num_pieces, self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id())
+        bos = self._sp.bos_id()
+        self._vocab = t5_vocab(self.num_pieces, self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id(),
+                               bos if bos >= 0 else None)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -223,6 +229,11 @@ class Tokenizer:
     @property
     def unk_id(self) -> int:
         return self._vocab.unk_id
+
+    @property
+    def bos_id(self) -> int | None:
+        """The BOS piece's id, or None (spactor's tokenizers, like T5's, have none)."""
+        return self._vocab.bos_id
 
     @property
     def mask_id(self) -> int:

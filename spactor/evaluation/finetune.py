@@ -19,11 +19,15 @@ the user's files: ``eval/<name>-<digest>/``, :mod:`spactor.tasks.jsonl`)::
 also seeds the init) with the same budget, written to ``eval/<task>/random.json``
 (``step`` null, ``flops_cum`` 0): the control every comparison needs.
 
-How a model is fine-tuned. Models with a decoder (T5) are text-to-text for every task:
-the target (a classification task's label, as text) is decoded with teacher forcing and
-the test split is predicted by greedy decoding for a static ``max_target_length``
-tokens (cut at the first EOS). Encoder-only models get a linear classification head on
-the mean-pooled encoder output; they cannot do generation tasks.
+How a model is fine-tuned: by the first of its architecture's fine-tuning adapters
+(``ArchitectureSpec.finetune``) that can do the task's kind. ``text_to_text`` (T5) does
+every task: the target (a classification task's label, as text) is decoded with teacher
+forcing and the test split is predicted by greedy decoding for a static
+``max_target_length`` tokens (cut at the first EOS). ``classification`` (the encoder)
+puts a linear head on the mean-pooled encoder output; it cannot do generation tasks.
+``causal_text`` (decoder-only models) trains on the input followed by the target as one
+sequence through ``causal`` (bidirectional over the input when the model offers
+``prefix_lm``), the loss on the target tokens only, and predicts by greedy continuation.
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spactor.architectures.base import (
+    CAUSAL_TEXT,
+    CLASSIFICATION,
+    PREFIX_LM,
+    TEXT_TO_TEXT,
+    ArchitectureSpec,
+    capabilities_of,
+    spec_of,
+)
 from spactor.architectures.dcp_read import read_dcp_locally
 from spactor.config import load_config
 from spactor.data.tokenizer import Tokenizer
@@ -233,8 +246,26 @@ def pad_rows(rows: list[list[int]], pad: int, device: torch.device, length: int 
     return out.to(device)
 
 
+# The task kinds each fine-tuning adapter can do (None: every kind).
+ADAPTER_KINDS: dict[str, tuple[str, ...] | None] = {
+    TEXT_TO_TEXT: None, CLASSIFICATION: ("classification",), CAUSAL_TEXT: None}
+
+
+def choose_adapter(adapters: tuple[str, ...], task: Task) -> str:
+    """The first of ``adapters`` (an architecture's, in its order of preference) that can
+    do ``task``'s kind; one line naming what the adapters can do when none can."""
+    for adapter in adapters:
+        if adapter in ADAPTER_KINDS and (ADAPTER_KINDS[adapter] is None or task.kind in ADAPTER_KINDS[adapter]):
+            return adapter
+    kinds = sorted({k for a in adapters for k in (ADAPTER_KINDS.get(a) or ())})
+    can = f"can only be fine-tuned on {' or '.join(kinds)} tasks" if kinds else "cannot be fine-tuned here"
+    what = "text-to-text" if task.kind != "classification" else "classification"
+    raise EvaluationError(f"task '{task.name}' is {what} ({task.kind}); a model whose fine-tuning adapters are "
+                          f"{', '.join(adapters) or 'none'} {can}")
+
+
 class ClassificationHead(nn.Module):
-    """Linear head on the mean-pooled encoder output (encoder-only models)."""
+    """Linear head on the mean-pooled encoder output (the ``classification`` adapter)."""
 
     def __init__(self, hidden_size: int, num_labels: int) -> None:
         super().__init__()
@@ -250,21 +281,22 @@ class Finetuner:
     """Fine-tunes one copy of a model on a task and predicts its test split."""
 
     def __init__(self, model: nn.Module, task: Task, tokenizer: Tokenizer, cfg: FinetuneConfig,
-                 device: torch.device, seed: int) -> None:
+                 device: torch.device, seed: int, spec: ArchitectureSpec | None = None) -> None:
         self.task, self.cfg, self.device, self.seed = task, cfg, device, seed
         self.pad, self.eos = tokenizer.pad_id, tokenizer.eos_id
         self.tokenizer = tokenizer
-        self.text_to_text = bool(getattr(model, "has_decoder", False))
-        if not self.text_to_text and task.kind != "classification":
-            raise EvaluationError(f"task '{task.name}' is text-to-text ({task.kind}); an encoder-only model "
-                                  "can only be fine-tuned on classification tasks")
+        spec = spec if spec is not None else spec_of(model)  # its fine-tuning adapters
+        self.adapter = choose_adapter(spec.finetune, task)
+        self.text_to_text = self.adapter == TEXT_TO_TEXT
         self.model = model.to(device)
         if cfg.dropout is not None:
             for module in model.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = cfg.dropout
         self.head = None
-        if not self.text_to_text:
+        self.causal = self.adapter == CAUSAL_TEXT
+        self.prefix = PREFIX_LM in capabilities_of(model)  # the input attended bidirectionally
+        if self.adapter == CLASSIFICATION:
             torch.manual_seed(seed)
             self.head = ClassificationHead(model.hidden_size, len(task.labels)).to(device)
             self.label_index = {label: i for i, label in enumerate(task.labels)}
@@ -285,6 +317,8 @@ class Finetuner:
 
     def loss(self, rows: list[int]) -> torch.Tensor:
         data = self.train_data
+        if self.causal:
+            return self.causal_loss([data.inputs[i] for i in rows], [data.targets[i] for i in rows])
         ids = pad_rows([data.inputs[i] for i in rows], self.pad, self.device)
         mask = ids != self.pad
         hidden = self.model.encode(ids, attention_mask=mask)
@@ -328,6 +362,10 @@ class Finetuner:
         data, out = self.test_data, []
         for start in range(0, len(data.inputs), self.cfg.eval_batch_size):
             rows = data.inputs[start: start + self.cfg.eval_batch_size]
+            if self.causal:
+                with self._autocast():
+                    out.extend(self.continue_greedily(rows))
+                continue
             ids = pad_rows(rows, self.pad, self.device)
             mask = ids != self.pad
             with self._autocast():
@@ -348,6 +386,42 @@ class Finetuner:
             tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
         texts = []
         for row in tokens[:, 1:].tolist():
+            if self.eos in row:
+                row = row[: row.index(self.eos)]
+            texts.append(self.tokenizer.decode(row).strip())
+        return texts
+
+
+    def _causal(self, ids: torch.Tensor, input_lengths: torch.Tensor) -> torch.Tensor:
+        # Right padding only follows a row's real tokens, which causal attention never
+        # lets them see: no key-padding mask, so SDPA keeps its fused kernels.
+        return self.model.causal(ids, None, input_lengths if self.prefix else None)
+
+    def causal_loss(self, inputs: list[list[int]], targets: list[list[int]]) -> torch.Tensor:
+        """``causal_text``: next-token cross-entropy over input + target, counted on the
+        target tokens (each predicted from the input and the target before it)."""
+        seq = pad_rows([a + b for a, b in zip(inputs, targets)], self.pad, self.device)
+        start = torch.tensor([len(a) for a in inputs], device=self.device)
+        end = start + torch.tensor([len(b) for b in targets], device=self.device)
+        positions = torch.arange(1, seq.shape[1], device=self.device)  # of the predicted tokens
+        labels = seq[:, 1:].masked_fill((positions < start[:, None]) | (positions >= end[:, None]), -100)
+        logits = self.model.lm_logits(self._causal(seq[:, :-1], start))
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+    def continue_greedily(self, inputs: list[list[int]]) -> list[str]:
+        """``causal_text``: ``max_target_length`` greedy tokens after each input, on one
+        static buffer (each step writes row i's next token at its own position), then
+        each row cut at its first EOS."""
+        steps = self.cfg.max_target_length
+        start = torch.tensor([len(r) for r in inputs], device=self.device)
+        buf = pad_rows(inputs, self.pad, self.device, length=max(len(r) for r in inputs) + steps)
+        rows = torch.arange(len(inputs), device=self.device)
+        for t in range(steps):
+            hidden = self._causal(buf, start)[rows, start + t - 1]  # the last written token's state
+            buf[rows, start + t] = self.model.lm_logits(hidden).argmax(-1)
+        texts = []
+        for i, row in enumerate(buf.tolist()):
+            row = row[len(inputs[i]): len(inputs[i]) + steps]
             if self.eos in row:
                 row = row[: row.index(self.eos)]
             texts.append(self.tokenizer.decode(row).strip())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from spactor.architectures.base import ENCODE
 from spactor.checks import CheckContext
 from spactor.objectives.base import (
     Batch,
@@ -40,6 +41,7 @@ class MLM(Objective):
 
     KNOBS = ("weight",)
     REQUIRES = ("mlm_mask", "mlm_index", "mlm_labels")
+    NEEDS = (frozenset({ENCODE}),)  # predictions from both sides of each masked position
 
     def __init__(self, cfg: MLMConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)

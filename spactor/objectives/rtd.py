@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spactor.architectures.base import ENCODE
 from spactor.architectures.generator import (
     SHARING_MODES,
     Generator,
@@ -359,6 +360,7 @@ class RTD(Objective):
     REQUIRES = ("encoder_input", "mlm_mask", "mlm_index", "mlm_labels")
     # encoder_embeds only with embedding_sharing: gdes (the encoder view the losses read)
     PROVIDES = ("encoder_input", "rtd_labels", "encoder_embeds")
+    NEEDS = (frozenset({ENCODE}),)  # the discriminator judges each token from both sides
     STAGE1_ONLY = True
 
     def __init__(self, cfg: RTDConfig, ctx: ObjectiveContext) -> None:

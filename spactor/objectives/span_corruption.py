@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from spactor.architectures.base import DECODE, ENCODE
 from spactor.data.chunking import noise_span_counts, span_corruption_lengths
 from spactor.checks import CheckContext, fail
 from spactor.objectives.noise import row_rand
@@ -353,6 +354,10 @@ class DecoderTargetLoss(Objective):
     UL2): teacher-forced token cross-entropy on ``decoder_target`` with T5's z-loss, on the
     shared decoder pass. The base of an objective whose config has ``z_loss``."""
 
+    # An encoder pass, then a decoder with cross-attention (decoder-only subclasses
+    # declare their own alternatives).
+    NEEDS = (frozenset({ENCODE, DECODE}),)
+
     def count(self, batch: Batch) -> torch.Tensor:
         return (batch["decoder_target"] != self.vocab.pad_id).sum()
 
@@ -390,6 +395,7 @@ class SpanCorruption(DecoderTargetLoss):
     KNOBS = ("weight",)
     REQUIRES = ("original",)
     PROVIDES = ("encoder_input", "decoder_input", "decoder_target", "noise_mask")
+    NEEDS = (frozenset({ENCODE, DECODE}),)
 
     def __init__(self, cfg: SpanCorruptionConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)

@@ -1,5 +1,7 @@
-"""``spactor export RUN_OR_CHECKPOINT --format hf OUT``: a trained discriminator as a
-Hugging Face ``T5ForConditionalGeneration`` directory.
+"""``spactor export RUN_OR_CHECKPOINT --format hf OUT``: a trained discriminator in the
+format of another library, written by its architecture's exporter
+(``ArchitectureSpec.exporters``; ``t5``: a Hugging Face ``T5ForConditionalGeneration``
+directory).
 
 The source is a run directory (its newest checkpoint that passes verification) or one
 checkpoint directory (``RUN/checkpoints/step_NNNNNNNN``). Only the discriminator's
@@ -7,8 +9,10 @@ weights are read — a partial ``torch.distributed.checkpoint`` load of the ``mo
 keys — so the generator, the RTD head and the optimizer state never leave the disk,
 and a checkpoint written by any number of ranks loads on one CPU process.
 
-``OUT`` receives ``config.json``, ``model.safetensors``, the run's ``spiece.model`` and a
-``tokenizer_config.json`` for HF's ``T5Tokenizer`` (100 ``<extra_id_k>`` sentinels, the
+The model is built on ``meta`` from the run's config and holds the checkpoint's weights;
+the exporter writes it. For ``t5``, ``OUT`` receives ``config.json``,
+``model.safetensors``, the run's ``spiece.model`` and a ``tokenizer_config.json`` for
+HF's ``T5Tokenizer`` (100 ``<extra_id_k>`` sentinels, the
 same ids as spactor's; spactor's ``[M]`` is not part of it). Then::
 
     T5ForConditionalGeneration.from_pretrained(OUT); AutoTokenizer.from_pretrained(OUT)
@@ -46,6 +50,7 @@ class Exported:
     version: str
     parameters: int
     files: list[str]
+    load_hint: str = ""  # how to load it, from the exporter
 
 
 def locate_checkpoint(source: Path) -> tuple[Path, Path]:
@@ -95,15 +100,17 @@ def read_discriminator(checkpoint: Path) -> dict[str, Any]:
     return {key[len(DISCRIMINATOR_PREFIX) :]: value for key, value in state.items()}
 
 
-def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
-    """Write ``out/{config.json, model.safetensors, spiece.model, tokenizer_config.json}``."""
+def export_hf(source: Path, out: Path, dtype: str = "float32", fmt: str = "hf") -> Exported:
+    """Write the run's model with its architecture's ``fmt`` exporter (``t5``:
+    ``out/{config.json, model.safetensors, spiece.model, tokenizer_config.json}``)."""
+    import dataclasses
+
     import torch
 
-    from spactor.architectures.hf_convert import save_hf_pretrained
-    from spactor.architectures.t5 import T5Model
+    from spactor.architectures.base import ExportRefused, spec_for
     from spactor.config import load_config
-    from spactor.data.tokenizer import NUM_SENTINELS
     from spactor.plugins import load_plugins
+    from spactor.registry import ARCHITECTURES
     from spactor.train.checkpoint import MANIFEST
     from spactor.train.run_dir import TOKENIZER_FILE, RunDirError, load_run_tokenizer
 
@@ -117,11 +124,11 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
     # Exporting runs on one CPU process, wherever the run trained: its runtime settings
     # (a GPU, FSDP) must not fail validation here.
     resolved = load_config(str(saved), ["runtime.device=cpu", "runtime.fsdp=null"], saved_run=True)
-    if resolved.model.type != "t5":
-        raise ExportError(
-            f"model.arch={resolved.model.type}: only T5 runs export to Hugging Face's "
-            "T5ForConditionalGeneration"
-        )
+    exporters = spec_for(resolved.model.type).exporters
+    if fmt not in exporters:
+        offered = f"its formats: {', '.join(sorted(exporters))}" if exporters else "it has no exporter"
+        raise ExportError(f"model.arch={resolved.model.type}: no --format {fmt} export ({offered})")
+    exporter = exporters[fmt]
     cfg = resolved.model.config
     # The run's tokenizer is checked before anything is written: a bad one is a one-line
     # error, not a traceback after OUT already holds the weights.
@@ -136,10 +143,12 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
     if "token_embedding.weight" not in weights:
         raise ExportError(f"checkpoint {checkpoint} has no token embedding (model.token_embedding.weight)")
     rows = int(weights["token_embedding.weight"].shape[0])
-    # Built on meta and filled by assignment: no random init, no second copy of the weights.
-    # T5Model (not build_t5) so that a run started from model.init_from does not read it again.
+    # Built on meta and filled by assignment: no random init, no second copy of the weights;
+    # without init_from, so that a run started from other weights does not read them again.
+    if dataclasses.is_dataclass(cfg) and getattr(cfg, "init_from", None) is not None:
+        cfg = dataclasses.replace(cfg, init_from=None)
     with torch.device("meta"):
-        model = T5Model(cfg, rows)
+        model = ARCHITECTURES.get(resolved.model.type).factory(cfg, rows)
     try:
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as e:
@@ -148,25 +157,24 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
     step = int(json.loads((checkpoint / MANIFEST).read_text())["step"])
     out = Path(out)
     provenance = {"spactor_checkpoint": str(checkpoint.resolve()), "spactor_step": str(step)}
-    files = save_hf_pretrained(model, out, dtype=getattr(torch, dtype), metadata=provenance)
+    try:
+        files = exporter.write(model, out, getattr(torch, dtype), provenance)
+    except ExportRefused as e:
+        raise ExportError(f"model.arch={resolved.model.type}: {e}") from None
 
     if tok is not None:
         shutil.copyfile(spiece, out / "spiece.model")
-        tokenizer_config = {
-            "tokenizer_class": "T5Tokenizer",
-            "extra_ids": NUM_SENTINELS,
-            "eos_token": tok.id_to_token(tok.eos_id),
-            "pad_token": tok.id_to_token(tok.pad_id),
-            "unk_token": tok.id_to_token(tok.unk_id),
-            "model_max_length": resolved.cfg.data.input_length,
-        }
-        (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-        files += ["spiece.model", "tokenizer_config.json"]
+        files += ["spiece.model"]
+        if exporter.tokenizer_config is not None:  # the library's tokenizer over spiece.model
+            tokenizer_config = exporter.tokenizer_config(tok, resolved)
+            (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+            files += ["tokenizer_config.json"]
     else:
         print(f"warning: {spiece} is missing; exported the weights without a tokenizer", flush=True)
-    version = str(cfg.version)
+    version = exporter.describe(model) if exporter.describe is not None else resolved.model.type
     parameters = sum(p.numel() for p in model.parameters())
-    return Exported(out, run_dir, checkpoint, step, version, parameters, files)
+    hint = exporter.load_hint.format(out=str(out))
+    return Exported(out, run_dir, checkpoint, step, version, parameters, files, hint)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -175,10 +183,11 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export",
-        help="export a run's T5 discriminator (Hugging Face T5ForConditionalGeneration)",
+        help="export a run's discriminator (t5: Hugging Face T5ForConditionalGeneration)",
         description="Export the discriminator of a run's newest valid checkpoint (or of one checkpoint "
-        "directory) as a Hugging Face T5ForConditionalGeneration directory: config.json, "
-        "model.safetensors, spiece.model, tokenizer_config.json. The generator and RTD head are dropped.",
+        "directory) with its architecture's exporter; t5: a Hugging Face T5ForConditionalGeneration "
+        "directory (config.json, model.safetensors, spiece.model, tokenizer_config.json). The generator "
+        "and RTD head are dropped.",
     )
     p.add_argument(
         "source", metavar="RUN_OR_CHECKPOINT", help="a run directory or RUN/checkpoints/step_NNNNNNNN"
@@ -194,14 +203,14 @@ def cmd_export(ns: argparse.Namespace) -> int:
     from spactor.errors import UsageError
 
     try:
-        result = export_hf(Path(ns.source), Path(ns.out), dtype=ns.dtype)
+        result = export_hf(Path(ns.source), Path(ns.out), dtype=ns.dtype, fmt=ns.format)
     except ExportError as e:
         raise UsageError(str(e)) from None
     print(
-        f"exported step {result.step} of {result.run_dir} ({result.checkpoint.name}): T5 v{result.version}, "
+        f"exported step {result.step} of {result.run_dir} ({result.checkpoint.name}): {result.version}, "
         f"{result.parameters / 1e6:.1f}M parameters\n"
-        f"wrote {', '.join(str(result.out / f) for f in result.files)}\n"
-        f"load with: transformers.T5ForConditionalGeneration.from_pretrained({str(result.out)!r})",
+        f"wrote {', '.join(str(result.out / f) for f in result.files)}"
+        + (f"\nload with: {result.load_hint}" if result.load_hint else ""),
         flush=True,
     )
     return 0

@@ -12,23 +12,31 @@ import warnings
 import torch
 from torch import nn
 
-from spactor.config import Resolved
+from spactor.architectures.base import capabilities_of, capability_problem, protocol_problem, spec_for
+from spactor.config import ConfigError, Resolved
 from spactor.objectives.base import Objective, ObjectiveContext, Vocab
 from spactor.registry import ARCHITECTURES, OBJECTIVES
 from spactor.train.meta_init import InitProgram, NotReplayable, record_init
 
 
 def build_model(resolved: Resolved, vocab: Vocab) -> nn.Module:
+    """The architecture's factory, then the protocol check of what it built: the members
+    every model has and the methods its ``CAPABILITIES`` promise (one line, exit 2)."""
     entry = ARCHITECTURES.get(resolved.model.type)
-    return entry.factory(resolved.model.config, vocab.size)
+    model = entry.factory(resolved.model.config, vocab.size)
+    problem = protocol_problem(model, resolved.model.type)
+    if problem is not None:
+        raise ConfigError(problem)
+    return model
 
 
 def build_on_meta(resolved: Resolved, vocab: Vocab) -> tuple[nn.Module, dict[str, Objective], InitProgram | None]:
     """The model and the objectives' modules on the meta device, with the program that
     initialises them once sharded (``spactor.train.meta_init``), or built eagerly on
     CPU (program None) when the build loads weights (``model.init_from``, a generator
-    checkpoint) or initialises in a way the program cannot replay."""
-    if _loads_weights(resolved):
+    checkpoint), the architecture's spec says it cannot (``meta_init=False``) or it
+    initialises in a way the program cannot replay."""
+    if _loads_weights(resolved) or not spec_for(resolved.model.type).meta_init:
         model = build_model(resolved, vocab)
         return model, build_objectives(resolved, vocab, model), None
     rng = torch.get_rng_state()
@@ -55,6 +63,12 @@ def build_objectives(resolved: Resolved, vocab: Vocab, model: nn.Module) -> dict
     for name, plugin in resolved.objectives.items():
         ctx = ObjectiveContext(name=name, vocab=vocab, input_length=resolved.cfg.data.input_length, model=model)
         objectives[name] = OBJECTIVES.get(plugin.type).factory(plugin.config, ctx)
+        # The config check saw the classes the factories are annotated to return; this
+        # sees the built ones (a factory without the annotation).
+        needs = getattr(type(objectives[name]), "NEEDS", ())
+        problem = capability_problem(f"objectives.{name}", needs, resolved.model.type, capabilities_of(model))
+        if problem is not None:
+            raise ConfigError(problem)
     if not any(_has_loss(o) for o in objectives.values()):
         raise ValueError("no objective with a loss is configured (e.g. objectives.span_corruption)")
     return objectives

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from spactor.architectures.base import spec_for
 from spactor.config import ConfigError, Resolved, compile_mode, load_config
 from spactor.objectives.base import Batch, Objective
 from spactor.registry import LR_SCHEDULES, OPTIMIZERS
@@ -129,7 +130,8 @@ def parallelize(modules: TrainModules, objectives: dict[str, Objective], resolve
     whether FSDP is on."""
     rt = resolved.cfg.runtime
     model = modules.model
-    blocks = list(model.blocks()) + [b for o in objectives.values() for b in o.repeated_blocks()]
+    spec = spec_for(resolved.model.type)  # the architecture's blocks and FSDP units
+    blocks = spec.wrapped_blocks(model) + [b for o in objectives.values() for b in o.repeated_blocks()]
     parallel.apply_activation_checkpointing(blocks, rt.activation_checkpointing)
     mode = compile_mode(rt.compile)
     if mode == "blocks":
@@ -138,7 +140,7 @@ def parallelize(modules: TrainModules, objectives: dict[str, Objective], resolve
     if info.world_size > 1 and not use_fsdp:
         raise ValueError("runtime.fsdp=false with more than one rank: multi-rank training runs on FSDP")
     if use_fsdp:
-        units = list(model.blocks()) + [u for o in objectives.values() for u in o.parallel_units()]
+        units = spec.units(model) + [u for o in objectives.values() for u in o.parallel_units()]
         methods: dict[nn.Module, tuple[str, ...]] = {}
         for o in objectives.values():
             methods.update(o.fsdp_forward_methods())

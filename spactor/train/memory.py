@@ -19,7 +19,9 @@ The estimate (:func:`estimate`) adds, for one rank:
     per query token; SDPA (the default) runs a fused kernel on CUDA and on CPU, which
     keeps O(L) only (measured: counting the probabilities on CPU overshoots by ~50 %);
   - a decoder block's cross-attention projects keys and values from the encoder's
-    tokens (``L_enc``), the rest of the block runs over the decoder's (``L_dec``);
+    tokens (``L_enc``), the rest of the block runs over the decoder's (``L_dec``): which
+    blocks run over which tokens, and which of their submodules read the encoder's, the
+    architecture's spec says (``ArchitectureSpec.block_roles``);
   - blocks with activation checkpointing keep only their input (``d_model``);
 
   plus the additive attention masks, ``b · heads · L_q · L_k`` fp32 elements per stack
@@ -53,6 +55,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spactor.architectures.base import BlockRole, spec_for
 from spactor.config import ConfigError, Resolved
 
 GB = 1 << 30
@@ -101,17 +104,17 @@ def _lengths(objectives: dict[str, Any], raw_length: int, vocab_size: int) -> tu
     return encoder, decoder
 
 
-def _block_elements(block: nn.Module, enc: int, dec: int, fused_attention: bool) -> int:
+def _block_elements(role: BlockRole, enc: int, dec: int, fused_attention: bool) -> int:
     """Activation elements one block keeps per sequence (see the module docstring)."""
-    is_decoder = any(name == "cross_attn" for name, _ in block.named_children())
-    length = dec if is_decoder else enc
+    length = dec if role.target else enc
     total = 0
-    for name, module in block.named_modules():
+    for name, module in role.block.named_modules():
+        reads_source = name in role.reads_source
         if isinstance(module, nn.Linear):
-            tokens = enc if ("cross_attn" in name and name.rsplit(".", 1)[-1] in ("k", "v")) else length
+            tokens = enc if reads_source else length
             total += tokens * (module.in_features + module.out_features)
         elif hasattr(module, "num_heads") and hasattr(module, "d_kv"):  # an attention
-            keys = enc if "cross_attn" in name else length
+            keys = enc if reads_source else length
             eager = getattr(module, "backend", "sdpa") == "eager"
             if eager or not fused_attention:
                 total += 2 * module.num_heads * length * keys
@@ -136,16 +139,18 @@ def estimate(resolved: Resolved, modules: nn.Module, objectives: dict[str, Any],
     elem = 2 if bf16 else 4
     fused = True  # SDPA's flash/memory-efficient kernels, CPU included (torch >= 2.3); eager is counted
     checkpointed = cfg.runtime.activation_checkpointing == "full"
-    blocks = list(modules.model.blocks()) + [b for o in objectives.values() for b in o.repeated_blocks()]
+    # The objectives' blocks (an RTD generator's) run over the encoder input.
+    roles = spec_for(resolved.model.type).roles(modules.model) + [
+        BlockRole(b) for o in objectives.values() for b in o.repeated_blocks()]
+    blocks = [role.block for role in roles]
     per_sequence = 0
-    for block in blocks:
+    for role in roles:
         if checkpointed:
-            norms = [m for m in block.modules() if type(m).__name__.endswith("Norm")]
+            norms = [m for m in role.block.modules() if type(m).__name__.endswith("Norm")]
             d_model = norms[0].weight.numel() if norms else 0
-            is_decoder = any(n == "cross_attn" for n, _ in block.named_children())
-            per_sequence += (dec if is_decoder else enc) * d_model
+            per_sequence += (dec if role.target else enc) * d_model
         else:
-            per_sequence += _block_elements(block, enc, dec, fused)
+            per_sequence += _block_elements(role, enc, dec, fused)
     activations = micro * per_sequence * elem
     heads = max((m.num_heads for b in blocks for m in b.modules() if hasattr(m, "num_heads")), default=0)
     # The additive masks (position bias with padding folded in), one per stack and kind

@@ -153,3 +153,17 @@ def test_atomic_write_under_concurrency(tmp_path):
         assert p.exitcode == 0
     assert path.read_bytes() in payloads
     assert [p.name for p in path.parent.iterdir()] == ["model"]
+
+
+def test_bos_id_comes_from_the_tokenizer(small_tokenizer, english_corpus):
+    # spactor's (T5's) layout has no BOS; a SentencePiece model with one reports its id.
+    assert small_tokenizer.bos_id is None and small_tokenizer.vocab().bos_id is None
+    assert t5_vocab(32000).bos_id is None
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(english_corpus), model_writer=writer, vocab_size=200, pad_id=0, eos_id=1,
+        unk_id=2, bos_id=3, minloglevel=2, num_threads=1,
+    )
+    tok = Tokenizer(writer.getvalue())
+    assert tok.bos_id == 3 == tok.vocab().bos_id and tok.id_to_token(3) == "<s>"
+    assert (tok.pad_id, tok.eos_id, tok.unk_id) == (0, 1, 2)

@@ -82,7 +82,7 @@ def test_encoder_only_model_gets_a_classification_head(tmp_path, tiny_overrides)
                               "runtime.count_flops=false"]))
     [(_, result)] = evaluate_run(run_dir, "pydoc_module", finetune=TINY_BUDGET, show_progress=False)
     assert result.flops_cum is None and 0.0 <= result.score <= 1.0
-    with pytest.raises(ValueError, match="encoder-only model can only be fine-tuned on classification"):
+    with pytest.raises(ValueError, match="can only be fine-tuned on classification tasks"):
         evaluate_run(run_dir, "pydoc_name", finetune=TINY_BUDGET, show_progress=False)
 
 

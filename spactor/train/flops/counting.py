@@ -25,8 +25,9 @@ How a step is counted:
   ``FlopCounterMode`` also counts flash attention's recomputation of the scores (2.5 ×).
 * Per-module breakdown: an op belongs to the component whose module runs it, including
   through the module's public methods (``lm_logits``, the generator's ``project``), not
-  just ``forward``. Components: ``encoder``, ``decoder``, ``lm_head`` (the
-  discriminator's embedding and output head), ``<objective>.<child>`` for the objectives'
+  just ``forward``. Components: the model's stacks (``encoder``, ``decoder``: the
+  architecture spec's ``stacks``), ``lm_head`` (the rest of the discriminator: its
+  embedding and output head), ``<objective>.<child>`` for the objectives'
   modules (``rtd.generator``, ``rtd.head``) and ``losses`` (what objectives compute
   themselves: cross-entropy, sampling; 0 under the default convention).
 
@@ -36,10 +37,11 @@ the stage-1-only ones) with its knob values, on the run's raw chunk (the longest
 needs); an objective held for a later stage costs nothing in the stages it sits out, and
 is released, as in training, once no later stage names it. Each stage's first step is
 known when the previous one ends at a step or on a knob condition (found by bisection),
-else it is decided during training. The baseline is plain span
-corruption on the same architecture (the recipe's ``span_corruption`` settings), or, for
-an encoder-only model, BERT-style MLM on the same encoder (15% masked, or the recipe's
-``mlm_mask`` ratio): the cheapest standard objective each architecture pre-trains with.
+else it is decided during training. The baseline is the cheapest standard objective the
+architecture pre-trains with, as its spec names it (``ArchitectureSpec.baseline``): plain
+span corruption on an encoder-decoder (the recipe's ``span_corruption`` settings), causal
+LM on a decoder, BERT-style MLM on an encoder (15% masked, or the recipe's ``mlm_mask``
+ratio), counted on the same model.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spactor.architectures.base import ALL_FIELDS, ArchitectureSpec, spec_for, spec_of
 from spactor.config import DataConfig, Plugin, Resolved
 from spactor.objectives.base import Batch, Objective, Vocab
 from spactor.registry import OBJECTIVES
@@ -155,7 +158,6 @@ def _method_scopes(owners: dict[str, nn.Module]) -> Iterator[None]:
 
 
 LOSSES = "losses"  # what objectives compute outside their modules (CE, sampling)
-_D_STACKS = ("encoder", "decoder")
 
 
 @dataclass
@@ -170,12 +172,13 @@ def _components(modules: TrainModules, prefix: str) -> dict[str, _Component]:
     ``losses`` (the rest: what objectives compute outside any module)."""
     comps: dict[str, _Component] = {}
     children = dict(modules.model.named_children())
-    for stack in _D_STACKS:
+    stacks = spec_of(modules.model).stack_names(modules.model)  # the architecture's stacks
+    for stack in stacks:
         if stack in children:
             comps[stack] = _Component([f"{prefix}.model.{stack}"], [children[stack]])
     head = _Component([f"{prefix}.model"], [])
     for child, module in children.items():
-        if child not in _D_STACKS:
+        if child not in stacks:
             head.paths.append(f"{prefix}.model.{child}")
             head.modules.append(module)
     comps["lm_head"] = head
@@ -406,26 +409,25 @@ def count_step_flops(
 # --------------------------------------------------------------------------- stages and report
 
 
-def baseline_objectives(resolved: Resolved, has_decoder: bool) -> dict[str, Plugin]:
-    """The baseline's objectives: span corruption with the recipe's settings on an
-    encoder-decoder; BERT-style MLM (the recipe's mask ratio, else 15%) on an encoder."""
-
-    def plugin(name: str, config: Any) -> Plugin:
-        return Plugin(name=name, type=name, config=config)
-
+def baseline_objectives(resolved: Resolved, spec: ArchitectureSpec | None = None) -> dict[str, Plugin]:
+    """The baseline's objectives, as the architecture's spec names them: each a default
+    config, with the fields the spec takes from the recipe's objective of that type (span
+    corruption: all of them; BERT's mlm_mask: the ratio), then the spec's settings."""
+    spec = spec if spec is not None else spec_for(resolved.model.type)
     by_type = {p.type: p for p in resolved.objectives.values()}
-    if has_decoder:
-        sc = by_type.get("span_corruption")
-        config = sc.config if sc else OBJECTIVES.get("span_corruption").config_cls()  # knobs never write it
-        return {"span_corruption": plugin("span_corruption", config)}
-    mask_cfg = OBJECTIVES.get("mlm_mask").config_cls()
-    if "mlm_mask" in by_type:
-        mask_cfg.ratio = by_type["mlm_mask"].config.ratio
-    mask_cfg.mode = "bert"
-    return {
-        "mlm_mask": plugin("mlm_mask", mask_cfg),
-        "mlm": plugin("mlm", OBJECTIVES.get("mlm").config_cls()),
-    }
+    out: dict[str, Plugin] = {}
+    for base in spec.baseline:
+        mine = by_type.get(base.type)
+        if mine is not None and base.from_recipe == ALL_FIELDS:
+            config = mine.config  # knobs never write it
+        else:
+            config = OBJECTIVES.get(base.type).config_cls()
+            for key in base.from_recipe if mine is not None else ():
+                setattr(config, key, getattr(mine.config, key))
+        if base.settings:
+            config = dataclasses.replace(config, **base.settings)
+        out[base.type] = Plugin(name=base.type, type=base.type, config=config)
+    return out
 
 
 def _can_switch_later(schedules: ScheduleSet) -> bool:
@@ -656,7 +658,7 @@ def flops_report(
             speculative = next_speculative
         switch = switches[0] if switches else None
 
-        base_plugins = baseline_objectives(resolved, bool(getattr(model, "has_decoder", True)))
+        base_plugins = baseline_objectives(resolved, spec_for(resolved.model.type))
         current = {  # what the last stage counted runs
             name: (p.type, dataclasses.asdict(p.config))
             for name, p in resolved.objectives.items()
