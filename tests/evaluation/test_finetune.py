@@ -60,7 +60,7 @@ def test_cli_errors_are_one_line_exit_2(tiny_run, tmp_path, capsys):
     assert "no such run directory" in capsys.readouterr().err
     assert main(["evaluate", str(tiny_run), "--task", "pydoc_modul"]) == 2
     err = capsys.readouterr().err
-    assert "unknown task 'pydoc_modul'; valid: jsonl, pydoc_cloze, pydoc_module, pydoc_name" in err
+    assert "unknown task 'pydoc_modul'; valid: jsonl, minimal_pairs, pydoc_cloze, pydoc_module, pydoc_name, pydoc_pairs" in err
     assert err.count("\n") == 1
     assert main(["evaluate", str(tiny_run), "--task", "pydoc_module", "--step", "3"]) == 2
     assert "no checkpoint at step 3; available steps: 2, 4" in capsys.readouterr().err
