@@ -29,9 +29,9 @@ def test_metrics_known_values():
 
 
 def test_task_registry_lists_tasks():
-    assert {"jsonl", "pydoc_cloze", "pydoc_module", "pydoc_name"} <= set(TASKS.names())
+    assert {"jsonl", "minimal_pairs", "pydoc_cloze", "pydoc_module", "pydoc_name", "pydoc_pairs"} <= set(TASKS.names())
     with pytest.raises(RegistryError,
-                       match="unknown task 'nope'; valid: jsonl, pydoc_cloze, pydoc_module, pydoc_name"):
+                       match="unknown task 'nope'; valid: jsonl, minimal_pairs, pydoc_cloze, pydoc_module, pydoc_name, pydoc_pairs"):
         build_task("nope")
     with pytest.raises(ConfigError, match="num_modulez"):
         build_task("pydoc_module", {"num_modulez": 3})
