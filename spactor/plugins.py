@@ -17,6 +17,7 @@ from spactor.validation import validate
 
 BUILTIN_MODULES = (
     "spactor.architectures.t5_plugin",
+    "spactor.architectures.llama_plugin",
     "spactor.architectures.encoder",
     "spactor.architectures.generator",
     "spactor.objectives.span_corruption",
