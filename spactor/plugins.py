@@ -24,6 +24,7 @@ BUILTIN_MODULES = (
     "spactor.objectives.mlm_mask",
     "spactor.objectives.rtd",
     "spactor.objectives.mlm",
+    "spactor.objectives.causal_lm",
     "spactor.objectives.prefix_lm",
     "spactor.objectives.ul2",
     "spactor.schedules.two_stage",

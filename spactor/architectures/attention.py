@@ -238,7 +238,10 @@ class SelfAttention(nn.Module):
             cos, sin = rotary
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         dropout_p = self.spec.dropout if self.training else 0.0
-        out = attend(q, k, v, mask, is_causal, self.spec.backend, self.spec.softmax_scale, dropout_p)
+        out = attend(
+            q, k, v, mask, is_causal, self.spec.backend, self.spec.softmax_scale, dropout_p,
+            groups=self.num_heads // self.num_kv_heads,
+        )
         batch, _, length, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.spec.head_dim))
 
@@ -257,10 +260,14 @@ def attend(
     backend: str,
     scale: float,
     dropout_p: float = 0.0,
+    groups: int | None = None,
 ) -> torch.Tensor:
     """``softmax(q kᵀ · scale + mask) v`` on ``backend``; ``k``/``v`` may have fewer heads
-    (grouped-query attention). ``mask``, ``is_causal``: from :func:`build_mask`."""
-    groups = q.shape[1] // k.shape[1]
+    (grouped-query attention; ``groups`` query heads per k/v head, a Python int: under
+    ``torch.jit`` tracing a count read from the shapes would be a tensor). ``mask``,
+    ``is_causal``: from :func:`build_mask`."""
+    if groups is None:
+        groups = q.shape[1] // k.shape[1]
     if backend == "eager":
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)
         scores = (q @ k.transpose(-2, -1)).float() * scale
