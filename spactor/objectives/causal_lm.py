@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from spactor.architectures.base import CAUSAL_LM, capabilities_of
+from spactor.architectures.base import CAUSAL_LM, DECODE, ENCODE, PREFIX_LM, capabilities_of
 from spactor.checks import CheckContext
 from spactor.config import ConfigError
 from spactor.objectives.base import (
@@ -56,6 +56,23 @@ def require_capability(name: str, model: Any, capability: str) -> None:
             f"objectives.{name}: needs a model with the '{capability}' pass, but {type(model).__name__} "
             f"offers {', '.join(sorted(offered)) or 'none'}"
         )
+
+
+def decoder_layout(name: str, model: Any) -> bool:
+    """Whether an objective with an encoder-decoder form and a decoder-only form (prefix
+    LM, UL2) builds the decoder-only one for ``model``: an encoder-decoder keeps its own
+    form, a model with a prefix-bidirectional pass (``PREFIX_LM``) gets the decoder-only
+    layout, anything else is refused in one line (no model: the encoder-decoder form,
+    for corruption-only uses such as previews and tests)."""
+    offered = capabilities_of(model)
+    if model is None or {ENCODE, DECODE} <= offered:
+        return False
+    if PREFIX_LM in offered:
+        return True
+    raise ConfigError(
+        f"objectives.{name}: needs an encoder-decoder ('{ENCODE}' + '{DECODE}') or a decoder with the "
+        f"'{PREFIX_LM}' pass, but {type(model).__name__} offers {', '.join(sorted(offered)) or 'none'}"
+    )
 
 
 class CausalTargetLoss(Objective):
