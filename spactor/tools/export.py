@@ -46,6 +46,8 @@ class Exported:
     version: str
     parameters: int
     files: list[str]
+    hf_class: str = "T5ForConditionalGeneration"
+    model: str = ""  # how the message names the model ("" : T5 v<version>)
 
 
 def locate_checkpoint(source: Path) -> tuple[Path, Path]:
@@ -116,6 +118,8 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
     # Exporting runs on one CPU process, wherever the run trained: its runtime settings
     # (a GPU, FSDP) must not fail validation here.
     resolved = load_config(str(saved), ["runtime.device=cpu", "runtime.fsdp=null"], saved_run=True)
+    if resolved.model.type == "llama":  # until exporters are an architecture hook (the protocol half of issue 20)
+        return _export_llama(resolved, run_dir, checkpoint, Path(out), getattr(torch, dtype))
     if resolved.model.type != "t5":
         raise ExportError(
             f"model.arch={resolved.model.type}: only T5 runs export to Hugging Face's "
@@ -161,6 +165,36 @@ def export_hf(source: Path, out: Path, dtype: str = "float32") -> Exported:
     return Exported(out, run_dir, checkpoint, step, version, parameters, files)
 
 
+def _export_llama(resolved: Any, run_dir: Path, checkpoint: Path, out: Path, dtype: Any) -> Exported:
+    """A llama run as a ``LlamaForCausalLM`` directory (``spactor.architectures.llama_hf``)."""
+    import torch
+
+    from spactor.architectures.llama import LlamaModel
+    from spactor.architectures.llama_hf import HF_ARCHITECTURE
+    from spactor.architectures.llama_hf import export_hf as export_llama_hf
+    from spactor.train.checkpoint import MANIFEST
+
+    weights = read_discriminator(checkpoint)
+    if "token_embedding.weight" not in weights:
+        raise ExportError(f"checkpoint {checkpoint} has no token embedding (model.token_embedding.weight)")
+    with torch.device("meta"):
+        model = LlamaModel(resolved.model.config, int(weights["token_embedding.weight"].shape[0]))
+    try:
+        model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ExportError(f"checkpoint {checkpoint} does not match the run's model config: {e}") from None
+    step = int(json.loads((checkpoint / MANIFEST).read_text())["step"])
+    provenance = {"spactor_checkpoint": str(checkpoint.resolve()), "spactor_step": str(step)}
+    spiece = run_dir / "spiece.model"
+    if not spiece.is_file():
+        print(f"warning: {spiece} is missing; exported the weights without a tokenizer", flush=True)
+    files = export_llama_hf(model, spiece if spiece.is_file() else None, out, dtype=dtype, metadata=provenance,
+                            max_length=resolved.cfg.data.input_length)
+    parameters = sum(p.numel() for p in model.parameters())
+    return Exported(out, run_dir, checkpoint, step, "", parameters, files, HF_ARCHITECTURE,
+                    f"llama {resolved.model.config.size}")
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -190,10 +224,10 @@ def cmd_export(ns: argparse.Namespace) -> int:
     except ExportError as e:
         raise UsageError(str(e)) from None
     print(
-        f"exported step {result.step} of {result.run_dir} ({result.checkpoint.name}): T5 v{result.version}, "
-        f"{result.parameters / 1e6:.1f}M parameters\n"
+        f"exported step {result.step} of {result.run_dir} ({result.checkpoint.name}): "
+        f"{result.model or f'T5 v{result.version}'}, {result.parameters / 1e6:.1f}M parameters\n"
         f"wrote {', '.join(str(result.out / f) for f in result.files)}\n"
-        f"load with: transformers.T5ForConditionalGeneration.from_pretrained({str(result.out)!r})",
+        f"load with: transformers.{result.hf_class}.from_pretrained({str(result.out)!r})",
         flush=True,
     )
     return 0
