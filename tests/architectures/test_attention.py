@@ -114,3 +114,20 @@ def test_swiglu_formula():
     torch.testing.assert_close(ffn(x), expected)
     with pytest.raises(ValueError, match="gated activation"):
         GatedFeedForward(8, 12, "relu")
+
+
+@pytest.mark.parametrize("backend", ["eager", "flex"])
+def test_gradients_through_a_prefix_mask_match_sdpa(backend):
+    torch.manual_seed(0)
+    spec = MaskSpec(causal=True, prefix_length=torch.tensor([3, 6]))
+    attn = SelfAttention(AttentionSpec(d_model=32, num_heads=4, num_kv_heads=2, head_dim=8))
+    other = SelfAttention(AttentionSpec(d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, backend=backend))
+    other.load_state_dict(attn.state_dict())
+    x = torch.randn(2, 8, 32)
+    rotary = RotaryEmbedding(8)(8, CPU, torch.float32)
+    grads = []
+    for module, name in ((attn, "sdpa"), (other, backend)):
+        built = build_mask(name, spec, 8, 8, CPU)
+        module(x, rotary, built.mask, built.is_causal).square().sum().backward()
+        grads.append(module.q_proj.weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
