@@ -194,6 +194,44 @@ def build_hf(s: Settings, size: str, batch: int, *, compile_: bool = True, seed:
                   "attention": f"hf-{getattr(model.config, '_attn_implementation', None) or 'eager'}"})
 
 
+def build_hf_llama(s: Settings, size: str, batch: int, *, compile_: bool = True, seed: int = 0) -> Built:
+    """Hugging Face's ``LlamaForCausalLM`` with the ``causal_lm`` recipe's llama
+    dimensions, on that recipe's batch (the same next-token targets, ``shift_labels``)."""
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError as e:
+        raise Unsupported("transformers is not installed") from e
+    from benchmarks.hf_peer import hf_train_step
+    from spactor.architectures.llama_hf import hf_llama_config
+    from spactor.train.flops.counting import count_vocab
+    from spactor.train.step import apply_transforms
+    from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
+
+    resolved = _load("causal_lm", _overrides(s, size, batch, "bf16", compile_, []))
+    vocab = count_vocab(resolved.cfg.data)
+    device = s.device
+    torch.manual_seed(seed)
+    with torch.device("meta"):  # the batch layout only: no weights
+        objectives = build_objectives(resolved, vocab, build_model(resolved, vocab))
+    raw_length = raw_length_for(objectives, s.input_length)
+    original = _synthetic(vocab, batch, raw_length, seed + 3, torch.device("cpu"))
+    prepared = apply_transforms(objectives, {"original": original}, seeded_generator(seed + 1, torch.device("cpu")))
+    labels = prepared["lm_target"].masked_fill(prepared["lm_target"] == vocab.pad_id, -100).to(device)
+    inputs = {"input_ids": prepared["lm_input"].to(device), "labels": labels, "shift_labels": labels}
+    config = hf_llama_config(resolved.model.config, vocab.size, vocab.pad_id, vocab.eos_id)
+    model = LlamaForCausalLM(LlamaConfig.from_dict({**config, "use_cache": False})).to(device).train()
+    amp_dtype = torch.bfloat16
+    with autocast(amp_dtype, device):
+        flops = _forward_flops(lambda: model(**inputs))
+    if compile_:
+        for layer in model.model.layers:
+            layer.compile()
+    train = hf_train_step(model, resolved, inputs, amp_dtype)
+    return Built(train, flops, batch, batch * raw_length,
+                 {"recipe": "hf_llama", "size": s.sizes[size], "compile": compile_, "precision": "bf16",
+                  "attention": f"hf-{getattr(model.config, '_attn_implementation', None) or 'eager'}"})
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

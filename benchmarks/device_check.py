@@ -21,7 +21,9 @@ leaves numbers) and ``OUT_DIR/device_check.md`` (the tables). Sections, in prior
 * ``fsdp_1rank``: the same steps under FSDP2 on a world of one, against the plain bf16 run.
 * (after ``sc_large`` and the ``eager`` attention path) ``compile_model``: SC Base and
   SpacTor stage 1 Base with ``runtime.compile=model``, the whole forward as one graph, and
-  their ratios to per-block compile; ``flex`` runs last of all.
+  their ratios to per-block compile; then ``llama``: the ``causal_lm`` step on llama Base
+  (349M) beside Hugging Face's ``LlamaForCausalLM`` of the same dimensions, both per-block
+  compiled, and their ratio; ``flex`` runs last of all.
 
 FLOPs per step are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one
 forward at the timed batch (matmul-class ops only) × 3, the project's convention (see
@@ -54,7 +56,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.device_cases import Built, Settings, Unsupported, build_hf, build_spactor, _load, _overrides, _sync
+from benchmarks.device_cases import Built, Settings, Unsupported, build_hf, build_hf_llama, build_spactor, _load, _overrides, _sync
 from benchmarks.device_report import render_markdown
 
 SCHEMA = 1
@@ -420,6 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "attention": {},
         "compile_model": {},
         "host_syncs": {},
+        "llama": {},
         "ratios": {},
         "targets": {},
     })
@@ -470,6 +473,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, recipe in (("sc_base", "sc"), ("spactor_stage1_base", "spactor")):
             report.section(whole, name, need * 2.5, lambda r=recipe: measure_throughput(
                 s, lambda b, c: build_spactor(s, r, "base", b, compile_="model" if c else False), base, True))
+        # The decoder-only family: spactor's causal_lm step on llama beside LlamaForCausalLM.
+        llama = report.data["llama"]
+        for name, make in (("causal_lm_base", lambda b, c: build_spactor(s, "causal_lm", "base", b, compile_=c)),
+                           ("hf_llama_base", lambda b, c: build_hf_llama(s, "base", b, compile_=c))):
+            report.section(llama, name, need, lambda m=make: measure_throughput(s, m, base, True))
+        _ratios(report.data)
         # Last: flex's compiled backward with a learned bias is the newest code path; a
         # device fault there would poison the CUDA context for every section after it.
         attention("flex")
@@ -501,6 +510,13 @@ def _ratios(data: dict[str, Any]) -> None:
              "sc_base_model_over_blocks": (seq_model("sc_base"), seq("sc_base")),
              "spactor_stage1_base_model_over_blocks": (seq_model("spactor_stage1_base"), seq("spactor_stage1_base")),
              "spactor_stage1_over_sc_base_model": (seq_model("spactor_stage1_base"), seq_model("sc_base"))}
+    llama = data.get("llama", {})
+
+    def seq_llama(name: str) -> float | None:
+        r = llama.get(name, {})
+        return r.get("seq_per_s") if r.get("status") == "ok" else None
+
+    pairs["causal_lm_base_over_hf_llama_base"] = (seq_llama("causal_lm_base"), seq_llama("hf_llama_base"))
     for key, (x, y) in pairs.items():
         data["ratios"][key] = None if x is None or y is None else x / y
 

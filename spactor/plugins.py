@@ -17,12 +17,14 @@ from spactor.validation import validate
 
 BUILTIN_MODULES = (
     "spactor.architectures.t5_plugin",
+    "spactor.architectures.llama_plugin",
     "spactor.architectures.encoder",
     "spactor.architectures.generator",
     "spactor.objectives.span_corruption",
     "spactor.objectives.mlm_mask",
     "spactor.objectives.rtd",
     "spactor.objectives.mlm",
+    "spactor.objectives.causal_lm",
     "spactor.objectives.prefix_lm",
     "spactor.objectives.ul2",
     "spactor.schedules.two_stage",

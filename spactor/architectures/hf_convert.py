@@ -219,6 +219,23 @@ def hf_config(cfg: T5Config, vocab_size: int, pad_id: int = 0, eos_id: int = 1) 
     }
 
 
+def t5_tokenizer_config(tokenizer: Any, max_length: int | None = None) -> dict[str, Any]:
+    """HF's ``T5Tokenizer`` over a run's ``spiece.model``: its ``<extra_id_k>`` sentinels
+    are spactor's ids (spactor's ``[M]`` is not part of it); text encodes with EOS appended
+    and no BOS, as spactor's data pipeline separates documents. Every exporter whose
+    vocabulary is spactor's SentencePiece layout writes this beside the weights."""
+    config: dict[str, Any] = {
+        "tokenizer_class": "T5Tokenizer",
+        "extra_ids": tokenizer.vocab().num_sentinels,
+        "eos_token": tokenizer.id_to_token(tokenizer.eos_id),
+        "pad_token": tokenizer.id_to_token(tokenizer.pad_id),
+        "unk_token": tokenizer.id_to_token(tokenizer.unk_id),
+    }
+    if max_length is not None:
+        config["model_max_length"] = int(max_length)
+    return config
+
+
 def check_hf_config(config: dict[str, Any], cfg: T5Config, vocab_size: int) -> list[str]:
     """Differences between an HF T5 ``config.json`` and spactor's ``cfg``, as
     ``"name: checkpoint X, model Y"`` (empty when they describe the same model).

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from spactor.architectures.base import TEXT_TO_TEXT, ArchitectureSpec, BaselineObjective, Exporter
-from spactor.architectures.hf_convert import load_hf_weights, save_hf_pretrained
+from spactor.architectures.hf_convert import load_hf_weights, save_hf_pretrained, t5_tokenizer_config
 from spactor.architectures.t5 import T5Config, T5Model, t5_block_roles
 from spactor.registry import ARCHITECTURES
 
@@ -25,16 +25,7 @@ def _write_hf(model: nn.Module, out: Path, dtype: torch.dtype, metadata: dict[st
 
 
 def _t5_tokenizer_config(tokenizer: Any, resolved: Any) -> dict[str, Any]:
-    """HF's ``T5Tokenizer`` over the run's ``spiece.model``: its ``<extra_id_k>`` sentinels
-    are spactor's ids (spactor's ``[M]`` is not part of it)."""
-    return {
-        "tokenizer_class": "T5Tokenizer",
-        "extra_ids": tokenizer.vocab().num_sentinels,
-        "eos_token": tokenizer.id_to_token(tokenizer.eos_id),
-        "pad_token": tokenizer.id_to_token(tokenizer.pad_id),
-        "unk_token": tokenizer.id_to_token(tokenizer.unk_id),
-        "model_max_length": resolved.cfg.data.input_length,
-    }
+    return t5_tokenizer_config(tokenizer, resolved.cfg.data.input_length)
 
 
 HF_EXPORTER = Exporter(

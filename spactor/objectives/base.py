@@ -129,6 +129,7 @@ class SharedForward:
         self._masks: dict[str, torch.Tensor] = {}
         self._encoded: dict[str, torch.Tensor] = {}
         self._decoded: dict[tuple[str, str], torch.Tensor] = {}
+        self._causal: dict[tuple[str, str | None], torch.Tensor] = {}
 
     def encoder_mask(self, view: str = "encoder_input") -> torch.Tensor:
         """``(B, L)`` bool: the real (non-pad) tokens of ``batch[view]``."""
@@ -156,6 +157,20 @@ class SharedForward:
                 self.batch[view], self.encode(encoder_view), self.encoder_mask(encoder_view)
             )
         return self._decoded[key]
+
+    def causal(self, view: str = "lm_input", prefix_view: str | None = None) -> torch.Tensor:
+        """``(B, L, d)`` hidden states of a decoder-only model (``CAUSAL_LM``) on the ids
+        ``batch[view]``, computed once per ``(view, prefix_view)``; with ``prefix_view``
+        (``PREFIX_LM``) each row attends bidirectionally over its first
+        ``batch[prefix_view]`` tokens. No padding mask: decoder-only layouts pad on the
+        right, and a causal (or prefix) pass never attends from a real token to a later
+        one, so the pads change no real position's states (and the SDPA backend keeps its
+        fused, mask-free causal kernel)."""
+        key = (view, prefix_view)
+        if key not in self._causal:
+            prefix = None if prefix_view is None else self.batch[prefix_view]
+            self._causal[key] = self.model.causal(self.batch[view], prefix_length=prefix)
+        return self._causal[key]
 
 
 class Objective(nn.Module):

@@ -23,6 +23,10 @@ span a document boundary. UL2's own S-denoiser (its appendix code) runs T5's
 
 The decoder loss is span corruption's (:class:`DecoderTargetLoss`): the same teacher-forced,
 summed token cross-entropy, one code path for every encoder-decoder objective.
+
+On a decoder-only model (``PREFIX_LM``) the factory builds :class:`PrefixLMDecoder`
+instead: one sequence, bidirectional attention over the prefix, the next-token loss on
+the rest (``causal_lm``'s loss).
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spactor.architectures.base import DECODE, ENCODE, PREFIX_LM
 from spactor.checks import CheckContext
 from spactor.config import ConfigError
 from spactor.objectives.noise import row_rand
 from spactor.objectives.base import Batch, ObjectiveContext, Vocab, check_objective_fields
+from spactor.objectives.causal_lm import LM_INPUT, LM_TARGET, PREFIX_LENGTH, CausalTargetLoss, decoder_layout
 from spactor.objectives.span_corruption import DecoderTargetLoss
 from spactor.registry import OBJECTIVES
 
@@ -124,6 +130,9 @@ class PrefixLM(DecoderTargetLoss):
     KNOBS = ("weight",)
     REQUIRES = ("original",)
     PROVIDES = ("encoder_input", "decoder_input", "decoder_target", "noise_mask", "prefix_length")
+    # An encoder-decoder, or a decoder-only model with a prefix-bidirectional pass
+    # (built as :class:`PrefixLMDecoder`).
+    NEEDS = (frozenset({ENCODE, DECODE}), frozenset({PREFIX_LM}))
 
     def __init__(self, cfg: PrefixLMConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
@@ -159,7 +168,43 @@ class PrefixLM(DecoderTargetLoss):
         return {"prefix_length": batch["prefix_length"]}
 
 
+class PrefixLMDecoder(CausalTargetLoss, PrefixLM):
+    """Prefix LM on a decoder-only model (``PREFIX_LM``): the chunk is one sequence, the
+    model attends bidirectionally over its random prefix (``prefix_length``) and causally
+    after it, and the loss is the next-token loss on the rest. The data delivers
+    ``input_length + 1`` tokens: ``lm_input`` is the first ``input_length``, and position
+    ``t`` predicts token ``t + 1`` when that token is past the prefix. The split point
+    follows the same distribution as the encoder-decoder form's."""
+
+    PROVIDES = (LM_INPUT, LM_TARGET, "noise_mask", PREFIX_LENGTH)
+    prefix_view = PREFIX_LENGTH
+
+    def raw_length(self, input_length: int) -> int:
+        return input_length + 1
+
+    @torch.no_grad()
+    def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
+        original = batch["original"][..., : self.input_length + 1]
+        if original.dim() != 2:
+            raise ValueError(f"objectives.{self.name}: expected raw chunks (B, N), got {tuple(original.shape)}")
+        batch_size, length = original.shape
+        prefix = random_prefix_lengths(batch_size, length, self.cfg.noise_density, rng, original.device)
+        position = torch.arange(length, device=original.device).expand(batch_size, length)
+        predicted = position[:, 1:] >= prefix[:, None]  # target t (token t + 1) is past the prefix
+        target = torch.where(predicted, original[:, 1:], torch.full_like(original[:, 1:], self.vocab.pad_id))
+        return {
+            **batch,
+            LM_INPUT: original[:, :-1],
+            LM_TARGET: target,
+            "noise_mask": position >= prefix[:, None],
+            PREFIX_LENGTH: prefix,
+        }
+
+
 @OBJECTIVES.register("prefix_lm", PrefixLMConfig)
 def build_prefix_lm(cfg: PrefixLMConfig, ctx: ObjectiveContext) -> PrefixLM:
-    """Prefix LM (T5's prefix_lm): encoder gets a uniform-length prefix, decoder the rest."""
+    """Prefix LM (T5's prefix_lm): encoder gets a uniform-length prefix, decoder the rest;
+    on a decoder-only model, one sequence bidirectional over the prefix."""
+    if decoder_layout(ctx.name, ctx.model):
+        return PrefixLMDecoder(cfg, ctx)
     return PrefixLM(cfg, ctx)

@@ -31,6 +31,10 @@ exchange for static shapes, no boolean indexing and no host sync.
 
 The loss is span corruption's decoder cross-entropy (``loss/<name>``), summed over the
 real target tokens of every example whatever its denoiser.
+
+On a decoder-only model (``PREFIX_LM``) the factory builds :class:`UL2Decoder`: the same
+corruption, laid out as UL2's decoder-only model reads it (mode token, corrupted input,
+then the targets in one sequence; bidirectional over the input, loss on the targets).
 """
 
 from __future__ import annotations
@@ -41,10 +45,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from spactor.architectures.base import DECODE, ENCODE, PREFIX_LM
 from spactor.checks import CheckContext
 from spactor.config import ConfigError
 from spactor.objectives.noise import row_index, row_multinomial
 from spactor.objectives.base import MODE_TOKENS, Batch, ObjectiveContext, check_objective_fields
+from spactor.objectives.causal_lm import LM_INPUT, LM_TARGET, PREFIX_LENGTH, CausalTargetLoss, decoder_layout
 from spactor.objectives.prefix_lm import (
     check_prefix_density,
     prefix_chunk_length,
@@ -179,6 +185,9 @@ class UL2(DecoderTargetLoss):
     KNOBS = ("weight",)
     REQUIRES = ("original",)
     PROVIDES = ("encoder_input", "decoder_input", "decoder_target", "noise_mask", "denoiser")
+    # An encoder-decoder, or a decoder-only model with a prefix-bidirectional pass (built
+    # as :class:`UL2Decoder`).
+    NEEDS = (frozenset({ENCODE, DECODE}), frozenset({PREFIX_LM}))
 
     def __init__(self, cfg: UL2Config, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)
@@ -286,7 +295,50 @@ class UL2(DecoderTargetLoss):
         return {"denoiser": [self.labels[i] for i in batch["denoiser"].tolist()], "noise_mask": batch["noise_mask"]}
 
 
+class UL2Decoder(CausalTargetLoss, UL2):
+    """UL2 on a decoder-only model (``PREFIX_LM``), in UL2's decoder-only layout: one
+    sequence per example, the mode token and the corrupted input (what the encoder would
+    read, with its EOS) then the targets (what the decoder would predict), right-padded
+    to ``input_length + target_length - 1`` tokens. The model attends bidirectionally
+    over the input part (``prefix_length``) and causally over the targets; the loss is
+    the next-token loss on the target tokens only, the same count as the
+    encoder-decoder form's."""
+
+    PROVIDES = (LM_INPUT, LM_TARGET, PREFIX_LENGTH, "noise_mask", "denoiser")
+    prefix_view = PREFIX_LENGTH
+
+    @torch.no_grad()
+    def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
+        out = UL2.transform(self, batch, rng)
+        encoder, target, pad = out["encoder_input"], out["decoder_target"], self.vocab.pad_id
+        # Both sides are right-padded and hold no pad inside (raw chunks have none):
+        # pack each row as its input, then its targets, then padding; no host sync.
+        input_length = (encoder != pad).sum(dim=1, keepdim=True)
+        target_length = (target != pad).sum(dim=1, keepdim=True)
+        position = torch.arange(encoder.shape[1] + target.shape[1], device=encoder.device)[None, :]
+        from_target = target.gather(1, (position - input_length).clamp(0, target.shape[1] - 1))
+        sequence = torch.where(
+            position < input_length,
+            F.pad(encoder, (0, target.shape[1]), value=pad),
+            torch.where(position < input_length + target_length, from_target, torch.full_like(from_target, pad)),
+        )
+        # Position t predicts token t + 1, a loss only where that token is a target.
+        predicted = position[:, 1:] >= input_length
+        lm_target = torch.where(predicted, sequence[:, 1:], torch.full_like(sequence[:, 1:], pad))
+        return {
+            **batch,
+            LM_INPUT: sequence[:, :-1],
+            LM_TARGET: lm_target,
+            PREFIX_LENGTH: input_length.squeeze(1),
+            "noise_mask": out["noise_mask"],
+            "denoiser": out["denoiser"],
+        }
+
+
 @OBJECTIVES.register("ul2", UL2Config)
 def build_ul2(cfg: UL2Config, ctx: ObjectiveContext) -> UL2:
-    """UL2 mixture of denoisers (R/S/X, per-example, mode tokens), decoder loss."""
+    """UL2 mixture of denoisers (R/S/X, per-example, mode tokens), decoder loss; on a
+    decoder-only model, UL2's decoder-only layout (inputs then targets, one sequence)."""
+    if decoder_layout(ctx.name, ctx.model):
+        return UL2Decoder(cfg, ctx)
     return UL2(cfg, ctx)

@@ -128,6 +128,8 @@ RECIPES = [
     ("electra", []),
     ("mlm", []),
     ("ul2_rtd", []),
+    ("causal_lm", []),
+    ("ul2_decoder", []),
 ]
 
 

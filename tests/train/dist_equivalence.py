@@ -1,7 +1,7 @@
 """Run under torchrun by test_distributed.py: three steps of a recipe (``--recipe``, SC by
 default) on a fixed global batch, each rank holding its slice; rank 0 writes the logged
 losses (every loss, summed over ranks) to the JSON path in argv[1], and the dtype of the
-residual stream entering the first encoder block to ``argv[1].residual``."""
+residual stream entering the first block (``model.blocks()[0]``) to ``argv[1].residual``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from spactor.objectives.base import Vocab
 from spactor.plugins import load_plugins
 from spactor.registry import OPTIMIZERS
 from spactor.train import parallel
-from spactor.train.builders import build_model, build_objectives, seeded_generator
+from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
 from spactor.train.stages import trainable_parameters
 from spactor.train.step import StepContext, TrainModules, train_step
 from spactor.train.loop import autocast_dtype, parallelize
@@ -39,11 +39,12 @@ def main(out_path: str, overrides: list[str], recipe: str = "sc") -> None:
                       grad_accum_steps=resolved.cfg.trainer.grad_accum_steps,
                       amp_dtype=autocast_dtype(resolved.cfg.runtime.precision, cpu))
     residual: list[torch.dtype] = []
-    model.encoder.blocks[0].register_forward_pre_hook(lambda _, args: residual.append(args[0].dtype))
+    model.blocks()[0].register_forward_pre_hook(lambda _, args: residual.append(args[0].dtype))
     data = torch.Generator().manual_seed(3)
     losses = []
+    raw_length = raw_length_for(objectives, resolved.cfg.data.input_length)  # 70 for SC at 64
     for _ in range(3):
-        global_batch = torch.randint(3, 600, (8, 70), generator=data)
+        global_batch = torch.randint(3, 600, (8, raw_length), generator=data)
         local = global_batch.chunk(info.world_size)[info.rank]
         out = train_step(modules, optimizer, {"original": local}, ctx)
         shares = {"loss": float(out.loss), **{k: float(v) for k, v in out.losses.items()}}

@@ -46,6 +46,9 @@ CASES = [
     pytest.param("electra", ADAMW, id="electra-adamw"),  # ELECTRA's own optimizer
     # a frozen generator (its random init: the syncs do not depend on the weights)
     pytest.param("fast_electra", ADAMW, id="fast_electra-adamw"),
+    # decoder-only: causal LM, and UL2 in the decoder layout (bidirectional prefix mask)
+    pytest.param("causal_lm", ADAMW, id="causal_lm-adamw"),
+    pytest.param("ul2_decoder", ADAMW, id="ul2_decoder-adamw"),
 ]
 
 

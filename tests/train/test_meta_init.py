@@ -61,9 +61,10 @@ def _on_meta(resolved):
 
 @pytest.mark.parametrize(
     "recipe, extra",
-    [(name, ()) for name in ("sc", "spactor", "electra", "fast_electra", "mlm")]
+    [(name, ()) for name in ("sc", "spactor", "electra", "fast_electra", "mlm", "causal_lm")]
     + [
         ("sc", ("model.version=1.1",)),  # untied lm_head, gated FFN
+        ("causal_lm", ("model.tie_embeddings=true",)),  # llama with a tied head
         ("spactor", ("objectives.rtd.embedding_sharing=gdes",)),
         ("spactor", ("objectives.rtd.embedding_sharing=none", "objectives.rtd.generator.hidden_fraction=0.5")),
     ],

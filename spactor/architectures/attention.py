@@ -1,0 +1,321 @@
+"""An attention stack for modern decoder models: rotary positions, grouped-query
+attention, gated feed-forwards, and masks passed as a *description*.
+
+T5's layers (``spactor.architectures.layers``) are untouched by this module: their
+numerics are pinned by the Hugging Face parity tests. What is here serves models whose
+positions are applied to q/k (RoPE) rather than added to the scores.
+
+**Masks.** A stack describes what its attention may see with :class:`MaskSpec`
+(causal or not; key padding; a bidirectional prefix per row) and builds the form its
+backend needs once per forward (:func:`build_mask`), so every block gets the same
+arguments (one compiled graph for all blocks):
+
+* ``sdpa``: no mask tensor at all when it can be avoided, so PyTorch's fused kernels
+  (flash, memory-efficient) run: ``is_causal=True`` for a causal batch without padding
+  or prefix, nothing for a bidirectional batch without padding; a dense boolean
+  ``(B, 1, Lq, Lk)`` mask only for a prefix or key padding.
+* ``eager``: the reference; the same boolean mask, materialised (causal included).
+* ``flex``: a ``BlockMask`` from the same description (``mask_mod``), so
+  FlexAttention skips fully masked blocks.
+
+Deciding "no padding" needs no data-dependent check (a host sync): the caller describes
+the batch (``key_keep=None`` when it knows its rows are unpadded, as packed chunks are;
+decoder-only layouts pad on the right, which causal attention never reaches from a real
+token).
+
+**Positions.** :class:`RotaryEmbedding` is a part with no parameters and no buffers
+(nothing to restore after a meta-device build): it computes ``(cos, sin)`` for a length
+once per forward in fp32, as Llama's reference does, and :func:`apply_rotary` rotates
+q and k by halves (``rotate_half``, the Hugging Face / Llama layout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from spactor.architectures.layers import ATTENTION_BACKENDS, check_attention
+
+GATED_ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU (Llama) | GeGLU (T5 v1.1, Gemma)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """What attention may see, described rather than materialised.
+
+    ``causal``: a query sees keys at its own position and before. ``key_keep``: ``(B, Lk)``
+    bool, True = a real key (None: no padding). ``prefix_length``: ``(B,)`` long; with
+    ``causal``, queries ``< prefix_length[b]`` see the whole prefix (prefix-LM: the prefix
+    is bidirectional, the rest causal).
+    """
+
+    causal: bool = False
+    key_keep: torch.Tensor | None = None
+    prefix_length: torch.Tensor | None = None
+
+    @property
+    def is_plain(self) -> bool:
+        """No tensor needed: only causality (or nothing) to apply."""
+        return self.key_keep is None and self.prefix_length is None
+
+    def dense(self, query_length: int, key_length: int, device: torch.device) -> torch.Tensor | None:
+        """The boolean mask ``(B or 1, 1, Lq, Lk)`` (True = may attend), or None when nothing
+        is masked. Every query keeps its own position so no row is empty (a padded query
+        then attends to itself, not to NaN)."""
+        if not self.causal and self.is_plain:
+            return None
+        q = torch.arange(query_length, device=device)[:, None]
+        k = torch.arange(key_length, device=device)[None, :]
+        allowed = (k <= q) if self.causal else torch.ones(query_length, key_length, dtype=torch.bool, device=device)
+        allowed = allowed[None, None]  # (1, 1, Lq, Lk)
+        if self.causal and self.prefix_length is not None:
+            allowed = allowed | (k < self.prefix_length.to(device)[:, None, None, None])
+        if self.key_keep is not None:
+            allowed = (allowed & self.key_keep.bool()[:, None, None, :]) | (k == q)
+        return allowed
+
+
+@dataclass(frozen=True)
+class BuiltMask:
+    """A :class:`MaskSpec` in the form one backend takes: ``mask`` (a bool tensor, a
+    ``BlockMask`` for flex, or None) and ``is_causal`` (sdpa's flag, used only with no mask)."""
+
+    mask: Any = None
+    is_causal: bool = False
+
+
+def build_mask(backend: str, spec: MaskSpec, query_length: int, key_length: int, device: torch.device) -> BuiltMask:
+    """The cheapest form of ``spec`` that ``backend`` can run (see the module doc)."""
+    if backend == "sdpa":
+        # is_causal aligns to the top-left when Lq != Lk; only square (self-)attention uses it.
+        if spec.is_plain and (not spec.causal or query_length == key_length):
+            return BuiltMask(None, spec.causal)
+        return BuiltMask(spec.dense(query_length, key_length, device))
+    if backend == "eager":
+        return BuiltMask(spec.dense(query_length, key_length, device))
+    if backend == "flex":
+        if not spec.causal and spec.is_plain:
+            return BuiltMask()
+        if torch.jit.is_tracing():  # no BlockMask under a trace (FLOP counting): the dense form
+            return BuiltMask(spec.dense(query_length, key_length, device))
+        return BuiltMask(_flex_block_mask(spec, query_length, key_length, device))
+    raise ValueError(f"unknown attention '{backend}'; valid: {', '.join(ATTENTION_BACKENDS)}")
+
+
+def _flex_block_mask(spec: MaskSpec, query_length: int, key_length: int, device: torch.device) -> Any:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    causal, keep, prefix = spec.causal, spec.key_keep, spec.prefix_length
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        allowed = q_idx >= kv_idx if causal else q_idx >= 0
+        if causal and prefix is not None:
+            allowed = allowed | (kv_idx < prefix[b])
+        if keep is not None:
+            allowed = (allowed & keep[b, kv_idx]) | (q_idx == kv_idx)
+        return allowed
+
+    batch = None
+    for t in (keep, prefix):
+        if t is not None:
+            batch = t.shape[0]
+    return create_block_mask(mask_mod, batch, None, query_length, key_length, device=device)
+
+
+# --------------------------------------------------------------------------- positions
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (Su et al., 2021) in Llama's layout: frequencies ``theta^(-2i/d)`` for the
+    first ``d/2`` dimensions, repeated for the second half (``rotate_half``)."""
+
+    def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
+        if not theta > 0:
+            raise ValueError(f"rope theta must be > 0, got {theta}")
+        self.head_dim = head_dim
+        self.theta = float(theta)
+
+    def forward(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``(length, head_dim)`` in ``dtype``; computed in fp32 (no
+        autocast: bf16 angles at position 4096 are off by whole radians)."""
+        no_autocast = torch.amp.is_autocast_available(device.type)
+        with torch.autocast(device.type, enabled=False) if no_autocast else contextlib.nullcontext():
+            exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+            inv_freq = 1.0 / (self.theta**exponent)
+            positions = torch.arange(length, device=device, dtype=torch.float32)
+            freqs = positions[:, None] * inv_freq[None, :]
+            angles = torch.cat([freqs, freqs], dim=-1)
+            return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``(B, H, L, d)`` by the angles of positions ``0..L-1``."""
+    return x * cos + rotate_half(x) * sin
+
+
+# --------------------------------------------------------------------------- attention
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """One self-attention layer: ``num_kv_heads`` < ``num_heads`` is grouped-query
+    attention (each k/v head serves ``num_heads // num_kv_heads`` query heads);
+    ``scale`` None is ``head_dim**-0.5``."""
+
+    d_model: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    backend: str = "sdpa"
+    dropout: float = 0.0
+    scale: float | None = None
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "num_heads", "num_kv_heads", "head_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})")
+        check_attention(self.backend, self.dropout)
+
+    @property
+    def softmax_scale(self) -> float:
+        return self.head_dim**-0.5 if self.scale is None else float(self.scale)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head / grouped-query self-attention with optional rotary positions.
+
+    Projections are named as in Hugging Face's Llama (``q_proj``, ``k_proj``, ``v_proj``,
+    ``o_proj``) so weight conversion is a renaming."""
+
+    def __init__(self, spec: AttentionSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.num_heads = spec.num_heads
+        self.num_kv_heads = spec.num_kv_heads
+        self.d_kv = spec.head_dim  # the name the memory estimate reads
+        self.q_proj = nn.Linear(spec.d_model, spec.num_heads * spec.head_dim, bias=spec.bias)
+        self.k_proj = nn.Linear(spec.d_model, spec.num_kv_heads * spec.head_dim, bias=spec.bias)
+        self.v_proj = nn.Linear(spec.d_model, spec.num_kv_heads * spec.head_dim, bias=spec.bias)
+        self.o_proj = nn.Linear(spec.num_heads * spec.head_dim, spec.d_model, bias=spec.bias)
+
+    def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, heads, self.spec.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: Any = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """``mask``/``is_causal``: a :class:`BuiltMask`'s fields for this layer's backend
+        (passed apart so a compiled block sees plain tensors and a constant)."""
+        q = self._heads(self.q_proj(x), self.num_heads)
+        k = self._heads(self.k_proj(x), self.num_kv_heads)
+        v = self._heads(self.v_proj(x), self.num_kv_heads)
+        if rotary is not None:
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        dropout_p = self.spec.dropout if self.training else 0.0
+        out = attend(
+            q, k, v, mask, is_causal, self.spec.backend, self.spec.softmax_scale, dropout_p,
+            groups=self.num_heads // self.num_kv_heads,
+        )
+        batch, _, length, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.spec.head_dim))
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(B, Hkv, L, d)`` → ``(B, Hkv * groups, L, d)``, each k/v head repeated for its group."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Any,
+    is_causal: bool,
+    backend: str,
+    scale: float,
+    dropout_p: float = 0.0,
+    groups: int | None = None,
+) -> torch.Tensor:
+    """``softmax(q kᵀ · scale + mask) v`` on ``backend``; ``k``/``v`` may have fewer heads
+    (grouped-query attention; ``groups`` query heads per k/v head, a Python int: under
+    ``torch.jit`` tracing a count read from the shapes would be a tensor). ``mask``,
+    ``is_causal``: from :func:`build_mask`."""
+    if groups is None:
+        groups = q.shape[1] // k.shape[1]
+    if backend == "eager":
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        scores = (q @ k.transpose(-2, -1)).float() * scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = scores.softmax(dim=-1).to(v.dtype)
+        return F.dropout(probs, p=dropout_p, training=dropout_p > 0.0) @ v
+    if backend == "flex" and not isinstance(mask, torch.Tensor) and not (
+        torch.jit.is_tracing() or _get_current_dispatch_mode() is not None
+    ):
+        from spactor.architectures.layers import FlexBias, flex_attention
+
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        bias = None if mask is None else FlexBias(q.shape[2], k.shape[2], block_mask=mask)
+        return flex_attention(q, k, v, bias, scale=scale)
+    if isinstance(mask, torch.Tensor) or mask is None:
+        attn_mask = mask
+    else:  # a BlockMask under a FLOP counter: the same matmuls through SDPA, mask aside
+        attn_mask = None
+    return F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal and attn_mask is None,
+        scale=scale,
+        enable_gqa=groups > 1,
+    )
+
+
+# --------------------------------------------------------------------------- feed-forward
+
+
+class GatedFeedForward(nn.Module):
+    """``down(act(gate(x)) * up(x))``: SwiGLU (``silu``, Llama) or GeGLU (``gelu_tanh``).
+    Names as in Hugging Face's Llama MLP."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "silu", bias: bool = False) -> None:
+        super().__init__()
+        if activation not in GATED_ACTIVATIONS:
+            raise ValueError(f"unknown gated activation '{activation}'; valid: {', '.join(GATED_ACTIVATIONS)}")
+        self.activation = activation
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.gate_proj(x)
+        gate = F.silu(gate) if self.activation == "silu" else F.gelu(gate, approximate="tanh")
+        return self.down_proj(gate * self.up_proj(x))
