@@ -74,6 +74,9 @@ ELEMENTWISE_FLOPS: dict[str, float] = {
     "aten::exp": 1,
     "aten::log": 1,
     "aten::tanh": 1,
+    "aten::sin": 1,  # RoPE angles: once per forward, (L, head_dim/2)
+    "aten::cos": 1,
+    "aten::reciprocal": 1,
     "aten::mean": 1,
     "aten::sum": 1,
     "aten::relu": 1,  # fvcore ignores it; a handle takes precedence
