@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from spactor.cli import main
 from spactor.config import load_config
 from spactor.data.pydoc_pairs import first_sentence, pydoc_minimal_pairs, swapped
-from spactor.evaluation.likelihood import MLM_PLL, SPAN_PLL, likelihood_family, text_log_likelihoods
+from spactor.evaluation.likelihood import CAUSAL, MLM_PLL, SPAN_PLL, likelihood_family, text_log_likelihoods
 from spactor.plugins import load_plugins
 from spactor.registry import ARCHITECTURES
 from spactor.tasks.minimal_pairs import MinimalPair, read_pairs, score_pairs
@@ -26,7 +26,8 @@ VOCAB = Vocab(size=128, first_sentinel_id=120, num_sentinels=10, mask_id=121)
 def _model(arch: str):
     torch.manual_seed(0)
     entry = ARCHITECTURES.get(arch)
-    cfg = load_config("sc" if arch == "t5" else "mlm", ["model.size=tiny"]).model.config
+    recipe = {"t5": "sc", "encoder": "mlm", "llama": "causal_lm"}[arch]
+    cfg = load_config(recipe, ["model.size=tiny"]).model.config
     return entry.factory(cfg, VOCAB.size).eval()
 
 
@@ -61,6 +62,20 @@ def test_mlm_pll_masks_one_token_at_a_time():
         with torch.no_grad():
             want += F.log_softmax(model.lm_logits(model.encode(ids))[0, p], -1)[text[p]].item()
     assert total == pytest.approx(want, abs=1e-4)
+
+
+def test_a_causal_decoder_sums_its_next_token_log_probabilities():
+    model = _model("llama")
+    assert likelihood_family(model) == CAUSAL
+    text = [10, 11, 12, 13]
+    [total] = text_log_likelihoods(model, VOCAB, [text])
+    ids = torch.tensor([[VOCAB.eos_id, *text]])  # no BOS in this vocabulary: EOS starts a document
+    with torch.no_grad():
+        log_probs = F.log_softmax(model.lm_logits(model.causal(ids)), -1)[0]
+    want = sum(log_probs[p, t].item() for p, t in enumerate(text))
+    assert total == pytest.approx(want, abs=1e-4)
+    again = text_log_likelihoods(model, VOCAB, [[5, 6, 7, 8, 9, 10, 11], text], batch_rows=2)
+    assert again[1] == pytest.approx(total, abs=1e-4)  # right padding changes nothing
 
 
 def test_pairs_count_ties_as_wrong_and_break_down_by_uid():
