@@ -50,26 +50,42 @@ def preview_batch(
     return batch, extra, data.tokenizer
 
 
+# The token fields a model reads and predicts: an encoder's input and a decoder's target,
+# or a decoder-only model's one sequence (``lm_input``) and its targets (``lm_target``,
+# pad where no loss is taken). The raw batch's ``encoder_input`` is only shown where an
+# encoder reads it.
+ENCODER_DECODER_FIELDS = ("original", "encoder_input", "decoder_target")
+DECODER_ONLY_FIELDS = ("original", "lm_input", "lm_target")
+
+
+def text_fields(batch: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    fields = DECODER_ONLY_FIELDS if "lm_input" in batch else ENCODER_DECODER_FIELDS
+    return tuple(f for f in fields if f in batch)
+
+
+def _fold_padding(text: str, tokenizer: Any) -> str:
+    """Runs of padding as ``<pad>×N`` (a decoder-only target is mostly padding)."""
+    import re
+
+    pad = tokenizer.id_to_token(tokenizer.pad_id)
+    return re.sub(f"(?:{re.escape(pad)}){{2,}}", lambda m: f"{pad}×{len(m.group(0)) // len(pad)}", text)
+
+
 def preview(resolved: Resolved, n: int = 2, as_json: bool = False) -> Iterator[str]:
     batch, extra, tokenizer = preview_batch(resolved, n)
+    fields = text_fields(batch)
     for i in range(batch["original"].shape[0]):
-        example: dict[str, Any] = {
-            "original": batch["original"][i].tolist(),
-            "encoder_input": batch["encoder_input"][i].tolist(),
-        }
-        if "decoder_target" in batch:
-            example["decoder_target"] = batch["decoder_target"][i].tolist()
+        example: dict[str, Any] = {key: batch[key][i].tolist() for key in fields}
         for key, value in extra.items():
             example[key] = value[i].tolist() if isinstance(value, torch.Tensor) else value[i]
         if as_json:
             yield json.dumps(example)
             continue
         yield f"=== example {i}"
-        for key in ("original", "encoder_input", "decoder_target"):
-            if key in example:
-                yield f"--- {key} ({len(example[key])} tokens)"
-                yield tokenizer.decode(example[key], show_special=True)
+        for key in fields:
+            yield f"--- {key} ({len(example[key])} tokens)"
+            yield _fold_padding(tokenizer.decode(example[key], show_special=True), tokenizer)
         for key, value in extra.items():
-            if key not in ("original", "encoder_input", "decoder_target"):
+            if key not in fields:
                 shown = example[key]
                 yield f"--- {key}: {shown if len(str(shown)) < 400 else str(shown)[:400] + '…'}"

@@ -75,3 +75,15 @@ def test_missing_tokenizer_file_is_a_clear_error(tmp_path):
     out = spactor("train", "sc", "data.tokenizer=/nonexistent/spiece.model", "model.size=tiny", cwd=tmp_path)
     assert out.returncode == 2
     assert "data.tokenizer" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_preview_of_a_decoder_recipe_shows_its_one_sequence_and_targets(tiny_data):
+    out = spactor("preview", "ul2_decoder", *tiny_data, "model.size=tiny", "--n", "1")
+    assert out.returncode == 0, out.stderr
+    assert "--- lm_input" in out.stdout and "--- lm_target" in out.stdout and "encoder_input" not in out.stdout
+    assert "[R]" in out.stdout or "[S]" in out.stdout or "[X]" in out.stdout  # the mode token starts it
+    assert "<pad><pad>" not in out.stdout  # padding folded: <pad>×N
+    out = spactor("preview", "causal_lm", *tiny_data, "model.size=tiny", "--n", "1", "--json")
+    example = json.loads(out.stdout.splitlines()[0])
+    assert set(example) == {"original", "lm_input", "lm_target"}
+    assert example["lm_target"][:-1] == example["lm_input"][1:]  # the next token
