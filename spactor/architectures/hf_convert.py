@@ -62,7 +62,7 @@ _RULES: tuple[tuple[str, str], ...] = (
     ("decoder.blocks.{n}.ffn.{p}.weight", "decoder.block.{n}.layer.2.DenseReluDense.{p}.weight"),
     ("decoder.blocks.{n}.ffn_norm.weight", "decoder.block.{n}.layer.2.layer_norm.weight"),
 )
-_GROUPS = {"s": r"(?P<s>encoder|decoder)", "n": r"(?P<n>\d+)", "p": r"(?P<p>q|k|v|o|wi|wi_0|wi_1|wo)"}
+_GROUPS = {"s": r"encoder|decoder", "n": r"\d+", "p": r"q|k|v|o|wi|wi_0|wi_1|wo"}
 
 # HF keys that carry no weights of their own: aliases of ``shared`` (older checkpoints
 # store them) and a cross-attention bias table HF never uses.
@@ -75,36 +75,54 @@ _HF_REDUNDANT = frozenset(
 )
 
 
-def _compile(template: str) -> re.Pattern[str]:
-    pattern = re.escape(template)
-    for name, group in _GROUPS.items():
-        pattern = pattern.replace(re.escape("{" + name + "}"), group, 1)
-    return re.compile(pattern)
+class KeyMap:
+    """Parameter names between spactor and a Hugging Face model, from one table of
+    ``(spactor template, HF template)`` pairs whose ``{name}`` fields match the regexes in
+    ``groups``: the same table serves both directions. Every architecture's converter
+    (T5's here, llama's, ...) states its table and uses one of these."""
+
+    def __init__(self, rules: tuple[tuple[str, str], ...], groups: dict[str, str], model: str) -> None:
+        self.model = model  # for messages: "T5", "llama"
+        self._to_hf = tuple((self._compile(src, groups), dst) for src, dst in rules)
+        self._from_hf = tuple((self._compile(dst, groups), src) for src, dst in rules)
+
+    @staticmethod
+    def _compile(template: str, groups: dict[str, str]) -> re.Pattern[str]:
+        pattern = re.escape(template)
+        for name, group in groups.items():
+            pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{group})", 1)
+        return re.compile(pattern)
+
+    @staticmethod
+    def _rename(key: str, rules: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
+        for pattern, template in rules:
+            match = pattern.fullmatch(key)
+            if match is not None:
+                return template.format(**match.groupdict())
+        return None
+
+    def to_hf(self, key: str) -> str:
+        renamed = self._rename(key, self._to_hf)
+        if renamed is None:
+            raise KeyError(f"no Hugging Face name for spactor {self.model} parameter '{key}'")
+        return renamed
+
+    def from_hf(self, key: str) -> str | None:
+        """The inverse of :meth:`to_hf`; None for keys spactor has no parameter for."""
+        return self._rename(key, self._from_hf)
 
 
-_TO_HF = tuple((_compile(src), dst) for src, dst in _RULES)
-_FROM_HF = tuple((_compile(dst), src) for src, dst in _RULES)
-
-
-def _rename(key: str, rules: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
-    for pattern, template in rules:
-        match = pattern.fullmatch(key)
-        if match is not None:
-            return template.format(**match.groupdict())
-    return None
+T5_KEYS = KeyMap(_RULES, _GROUPS, "T5")
 
 
 def spactor_to_hf_key(key: str) -> str:
     """``encoder.blocks.3.ffn.wi.weight`` → ``encoder.block.3.layer.1.DenseReluDense.wi.weight``."""
-    renamed = _rename(key, _TO_HF)
-    if renamed is None:
-        raise KeyError(f"no Hugging Face name for spactor T5 parameter '{key}'")
-    return renamed
+    return T5_KEYS.to_hf(key)
 
 
 def hf_to_spactor_key(key: str) -> str | None:
     """The inverse of :func:`spactor_to_hf_key`; None for keys spactor has no parameter for."""
-    return _rename(key, _FROM_HF)
+    return T5_KEYS.from_hf(key)
 
 
 # --------------------------------------------------------------------------- state dicts

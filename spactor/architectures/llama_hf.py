@@ -16,7 +16,6 @@ once (``model.embed_tokens.weight``) and says ``tie_word_embeddings: true``; HF 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from spactor.architectures.hf_convert import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    KeyMap,
     _plain_tensor,
     parse_init_from,
     read_hf_weights,
@@ -47,39 +47,17 @@ _RULES: tuple[tuple[str, str], ...] = (
     ("layers.{n}.attn.{a}.weight", "model.layers.{n}.self_attn.{a}.weight"),
     ("layers.{n}.ffn.{f}.weight", "model.layers.{n}.mlp.{f}.weight"),
 )
-_GROUPS = {"n": r"(?P<n>\d+)", "a": r"(?P<a>[qkvo]_proj)", "f": r"(?P<f>gate_proj|up_proj|down_proj)"}
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    pattern = re.escape(template)
-    for name, group in _GROUPS.items():
-        pattern = pattern.replace(re.escape("{" + name + "}"), group, 1)
-    return re.compile(pattern)
-
-
-_TO_HF = tuple((_compile(src), dst) for src, dst in _RULES)
-_FROM_HF = tuple((_compile(dst), src) for src, dst in _RULES)
-
-
-def _rename(key: str, rules: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
-    for pattern, template in rules:
-        match = pattern.fullmatch(key)
-        if match is not None:
-            return template.format(**match.groupdict())
-    return None
+LLAMA_KEYS = KeyMap(_RULES, {"n": r"\d+", "a": r"[qkvo]_proj", "f": r"gate_proj|up_proj|down_proj"}, "llama")
 
 
 def spactor_to_hf_key(key: str) -> str:
     """``layers.3.ffn.up_proj.weight`` → ``model.layers.3.mlp.up_proj.weight``."""
-    renamed = _rename(key, _TO_HF)
-    if renamed is None:
-        raise KeyError(f"no Hugging Face name for spactor llama parameter '{key}'")
-    return renamed
+    return LLAMA_KEYS.to_hf(key)
 
 
 def hf_to_spactor_key(key: str) -> str | None:
     """The inverse of :func:`spactor_to_hf_key`; None for keys spactor has no parameter for."""
-    return _rename(key, _FROM_HF)
+    return LLAMA_KEYS.from_hf(key)
 
 
 def llama_to_hf_state_dict(model: LlamaModel) -> dict[str, torch.Tensor]:
