@@ -24,13 +24,11 @@ from spactor.checks import CheckContext
 from spactor.config import ConfigError
 from spactor.objectives.base import (
     Batch,
-    Objective,
     ObjectiveContext,
-    ObjectiveOutput,
     SharedForward,
     check_objective_fields,
 )
-from spactor.objectives.cross_entropy import token_cross_entropy
+from spactor.objectives.token_loss import TokenTargetLoss
 from spactor.registry import OBJECTIVES
 
 LM_INPUT = "lm_input"  # (B, L) ids a decoder-only model reads
@@ -75,36 +73,17 @@ def decoder_layout(name: str, model: Any) -> bool:
     )
 
 
-class CausalTargetLoss(Objective):
+class CausalTargetLoss(TokenTargetLoss):
     """Token cross-entropy of a decoder-only pass over ``lm_input`` against ``lm_target``
     (pad targets count nothing), with T5's z-loss; the pass is bidirectional over
     ``prefix_length`` when :attr:`prefix_view` names it. Subclasses fill the fields."""
 
     prefix_view: str | None = None  # PREFIX_LENGTH for a prefix-bidirectional layout
 
-    def count(self, batch: Batch) -> torch.Tensor:
-        return (batch[LM_TARGET] != self.vocab.pad_id).sum()
+    TARGET = LM_TARGET
 
-    @property
-    def z_loss_name(self) -> str:
-        return f"{self.name}_z"
-
-    def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return {self.z_loss_name: self.count(batch)} if self.cfg.z_loss > 0 else {}
-
-    def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
-        """Unweighted summed cross-entropy over the real targets; the runner weights it
-        and divides by the global ``count``."""
-        logits = forward.model.lm_logits(forward.causal(LM_INPUT, self.prefix_view))
-        ce = token_cross_entropy(logits, batch[LM_TARGET], self.vocab.pad_id, with_accuracy=self.compute_metrics)
-        term = self.loss_term(batch, ce.total)
-        aux = {}
-        if self.cfg.z_loss > 0:
-            aux[self.z_loss_name] = self.aux_term(batch, self.z_loss_name, self.cfg.z_loss * ce.z_total, "weight")
-        metrics = {}
-        if ce.correct is not None:  # logging steps only
-            metrics[f"{self.name}/accuracy"] = ce.correct.float() / term.count.clamp_min(1).float()
-        return ObjectiveOutput(loss=term, aux_losses=aux, metrics=metrics)
+    def pass_hidden(self, forward: SharedForward) -> torch.Tensor:
+        return forward.causal(LM_INPUT, self.prefix_view)
 
 
 class CausalLM(CausalTargetLoss):

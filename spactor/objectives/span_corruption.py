@@ -34,14 +34,12 @@ from spactor.checks import CheckContext, fail
 from spactor.objectives.noise import row_rand
 from spactor.objectives.base import (
     Batch,
-    Objective,
     ObjectiveContext,
-    ObjectiveOutput,
     SharedForward,
     Vocab,
     check_objective_fields,
 )
-from spactor.objectives.cross_entropy import token_cross_entropy
+from spactor.objectives.token_loss import TokenTargetLoss
 from spactor.registry import OBJECTIVES
 
 CONFIG_PATH = "objectives.span_corruption"
@@ -349,7 +347,7 @@ def reconstruct(
 # -- the objective -------------------------------------------------------------------------
 
 
-class DecoderTargetLoss(Objective):
+class DecoderTargetLoss(TokenTargetLoss):
     """The decoder side every encoder-decoder objective shares (span corruption, prefix-LM,
     UL2): teacher-forced token cross-entropy on ``decoder_target`` with T5's z-loss, on the
     shared decoder pass. The base of an objective whose config has ``z_loss``."""
@@ -358,32 +356,10 @@ class DecoderTargetLoss(Objective):
     # declare their own alternatives).
     NEEDS = (frozenset({ENCODE, DECODE}),)
 
-    def count(self, batch: Batch) -> torch.Tensor:
-        return (batch["decoder_target"] != self.vocab.pad_id).sum()
+    TARGET = "decoder_target"
 
-    @property
-    def z_loss_name(self) -> str:
-        return f"{self.name}_z"
-
-    def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return {self.z_loss_name: self.count(batch)} if self.cfg.z_loss > 0 else {}
-
-    def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
-        """Unweighted summed token cross-entropy; the runner multiplies by ``weight`` and
-        divides by the global ``count``. With ``z_loss`` > 0 the z term is an aux loss of
-        its own (``<name>_z``, also weighted by ``weight``)."""
-        target = batch["decoder_target"]
-        # Logits stay in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
-        logits = forward.model.lm_logits(forward.decode())
-        ce = token_cross_entropy(logits, target, self.vocab.pad_id, with_accuracy=self.compute_metrics)
-        term = self.loss_term(batch, ce.total)
-        aux = {}
-        if self.cfg.z_loss > 0:
-            aux[self.z_loss_name] = self.aux_term(batch, self.z_loss_name, self.cfg.z_loss * ce.z_total, "weight")
-        metrics = {}
-        if ce.correct is not None:  # logging steps only
-            metrics[f"{self.name}/accuracy"] = ce.correct.float() / term.count.clamp_min(1).float()
-        return ObjectiveOutput(loss=term, aux_losses=aux, metrics=metrics)
+    def pass_hidden(self, forward: SharedForward) -> torch.Tensor:
+        return forward.decode()
 
 
 class SpanCorruption(DecoderTargetLoss):

@@ -405,6 +405,7 @@ def test_registry_entry_and_knobs() -> None:
 class TinySeq2Seq(nn.Module):
     """Just enough of the Architecture protocol: embedding + linear 'decoder'."""
 
+    CAPABILITIES = frozenset({"encode", "decode"})
     has_decoder = True
 
     def __init__(self, vocab_size: int = VOCAB.size, hidden: int = 16) -> None:
