@@ -108,6 +108,7 @@ def test_a_saved_config_reads_back_equal_to_the_one_that_wrote_it():
 # Each shipped recipe's objectives, in the order they run (issue 23: a child recipe's own
 # order now wins over its base's; no shipped recipe may change order with it).
 SHIPPED_OBJECTIVE_ORDER = {
+    "causal_lm": ["causal_lm"],
     "electra": ["mlm_mask", "rtd"],
     "fast_electra": ["mlm_mask", "rtd"],
     "mlm": ["mlm_mask", "mlm"],
@@ -122,6 +123,7 @@ SHIPPED_OBJECTIVE_ORDER = {
     "spactor_three_stage": ["span_corruption", "mlm_mask", "rtd"],
     "spactor_ul2_sc": ["span_corruption", "mlm_mask", "rtd", "ul2"],
     "ul2": ["ul2"],
+    "ul2_decoder": ["ul2"],
     "ul2_rtd": ["ul2", "mlm_mask", "rtd"],
 }
 
