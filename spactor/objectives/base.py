@@ -69,7 +69,6 @@ class ObjectiveContext:
     vocab: Vocab
     input_length: int  # encoder length
     model: Any  # the discriminator (an ``Architecture``); objectives use only its protocol
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check_context(self) -> CheckContext:
         """What the objective's config check knows when the objective is built: the same

@@ -71,15 +71,6 @@ def release_objectives(
     return released
 
 
-def release_stage1(
-    modules: nn.Module, objectives: dict[str, Objective], optimizer: torch.optim.Optimizer | None
-) -> list[str]:
-    """SpacTor's switch to stage 2 of the implicit two-stage curriculum: release the
-    objectives whose class says ``STAGE1_ONLY`` (generator, RTD head, MLM masking)."""
-    names = [name for name, obj in objectives.items() if obj.STAGE1_ONLY]
-    return release_objectives(modules, objectives, names, optimizer)
-
-
 # --------------------------------------------------------------------------- walking the stages (FLOPs)
 
 

@@ -435,12 +435,6 @@ def _can_switch_later(schedules: ScheduleSet) -> bool:
     return any(type(s).observe is not Schedule.observe for s in schedules.schedules.values())
 
 
-def knob_switch_step(objectives: dict[str, Objective], schedules: ScheduleSet, max_steps: int) -> int | None:
-    """The step at which stage 1 ends by its conditions known before training (see
-    :func:`stage_end_step`)."""
-    return stage_end_step(objectives, schedules, 1, 0, max_steps)
-
-
 @dataclass
 class StageFlops:
     name: str  # "stage1", "stage2", ...
