@@ -55,6 +55,7 @@ from spactor.train.callbacks import (
     Throughput,
     Validation,
 )
+from spactor.train.callbacks.downstream import DownstreamScorer
 from spactor.train.metrics import MetricsWriter, Progress
 from spactor.train.optim.optimizers import set_lr
 from spactor.train.resume_changes import changed_instances, schedules_without_effect
@@ -203,14 +204,16 @@ def checkpoint_shared(path: Path) -> dict[str, Any]:
 
 
 def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None,
-          callbacks: Sequence[Callback] = ()) -> TrainResult:
+          callbacks: Sequence[Callback] = (), downstream: DownstreamScorer | None = None) -> TrainResult:
     """Train (or resume, from ``resume_dir``) the run ``resolved`` describes. ``callbacks``:
     the run's own, called after the built-in ones at every point of the loop (their
-    state is checkpointed under their names)."""
+    state is checkpointed under their names). ``downstream``: how a checkpoint is scored
+    under ``trainer.downstream_every`` (required when it is set; the evaluation layer's
+    ``downstream_scores``)."""
     lock = RunDirLock()  # one writer per run directory (rank 0 holds it)
     created = CreatedPaths()
     try:
-        return _train(resolved, resume_dir, lock, created, list(callbacks))
+        return _train(resolved, resume_dir, lock, created, list(callbacks), downstream)
     except BaseException:
         created.undo(lock)  # refused before the run started: leave nothing it created
         raise
@@ -219,7 +222,8 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None,
 
 
 def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: RunDirLock,
-           created: CreatedPaths, extra_callbacks: list[Callback]) -> TrainResult:
+           created: CreatedPaths, extra_callbacks: list[Callback],
+           downstream: DownstreamScorer | None = None) -> TrainResult:
     cfg = resolved.cfg
     tcfg = cfg.trainer
     info = parallel.init_distributed(resolve_device(cfg.runtime.device))
@@ -339,7 +343,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
                    write=metrics_log.write),
         metrics_log,
         Checkpointing(tcfg.checkpoint_every, save),
-        DownstreamEval(tcfg.downstream_every, tcfg.downstream_tasks, run_dir, save, metrics_log.write),
+        DownstreamEval(tcfg.downstream_every, tcfg.downstream_tasks, run_dir, save, metrics_log.write, downstream),
         preemption,
         *extra_callbacks,
     ])
