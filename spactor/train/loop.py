@@ -35,6 +35,7 @@ from spactor.registry import LR_SCHEDULES, OPTIMIZERS
 from spactor.train import parallel
 from spactor.train.builders import build_on_meta, seeded_generator
 from spactor.train.checkpoint import Checkpointer
+from spactor.train.device import autocast_dtype, resolve_device  # noqa: F401 — also imported from here
 from spactor.train.batches import build_data, local_state_of_rank0
 from spactor.train.memory import check_memory
 from spactor.train.callbacks import (
@@ -87,28 +88,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- set-up
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("runtime.device: 'cuda' — no CUDA device is available here (use cpu or auto)")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The compute dtype of the step's autocast, with and without FSDP: one precision
-    policy on 1 and N devices (bf16 matmuls; fp32 master weights, optimizer state,
-    residual stream, norms' statistics, softmax and cross-entropy; FSDP adds bf16
-    all-gathers of the blocks and fp32 gradient reduction, see ``parallel.apply_fsdp``)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp32":
-        return None
-    raise ValueError(f"runtime.precision must be fp32, bf16 or auto, got {precision!r}")
 
 
 def default_run_dir(recipe: str | None) -> Path:

@@ -28,7 +28,6 @@ RTD detection) are computed only when ``with_metrics`` is set, on logging steps.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from torch import nn
 
 from spactor.objectives.noise import rows_of_global_batch
 from spactor.objectives.base import Batch, Objective, SharedForward
+from spactor.train.device import autocast  # noqa: F401 — also imported from here (benchmarks)
 from spactor.train.parallel import DistInfo, all_reduce_tensor
 
 Losses = dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # name -> (total, count, weight)
@@ -190,12 +190,6 @@ def split_batch(batch: Batch, parts: int) -> list[Batch]:
         raise ValueError(f"a batch of {size} does not split into {parts} gradient-accumulation steps")
     chunks = {k: v.chunk(parts) for k, v in batch.items()}
     return [{k: chunks[k][i] for k in batch} for i in range(parts)]
-
-
-def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
