@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spactor.contract import implements
 from spactor.objectives.noise import rows_of_global_batch
 from spactor.objectives.base import Batch, Objective, SharedForward
 from spactor.train.device import autocast  # noqa: F401 — also imported from here (benchmarks)
@@ -151,7 +152,7 @@ def corrupt_local_rows(
         return apply_transforms(objectives, batch, rng)
     rows = next(iter(batch.values())).shape[0]
     start = info.rank * rows
-    if all(o.ROW_LOCAL_NOISE or type(o).transform is Objective.transform for o in objectives.values()):
+    if all(o.ROW_LOCAL_NOISE or not implements(type(o), "transform") for o in objectives.values()):
         with rows_of_global_batch(start, rows, rows * info.world_size):
             return apply_transforms(objectives, batch, rng)
     padded = {}
@@ -405,7 +406,7 @@ def _clean_loss_sums(
     equal ``val/loss``. On the device; :func:`evaluate` reduces and reads them with the rest."""
     kept = {n: o for n, o in objectives.items() if n in clean}
     # The objectives kept must run alone, as they do in the stage that keeps them.
-    rewrites = any(type(o).modify is not Objective.modify for n, o in objectives.items() if n not in kept)
+    rewrites = any(implements(type(o), "modify") for n, o in objectives.items() if n not in kept)
     if not kept or not rewrites:
         return {}
     clean_rng = torch.Generator(device=rng_device)
