@@ -16,7 +16,7 @@ from benchmarks.conftest import record, synchronize
 from spactor.data.tokenizer import t5_vocab
 from spactor.objectives.base import ObjectiveContext
 from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
-from spactor.objectives.reference_t5 import span_corrupt_batch
+from tests.reference_t5 import span_corrupt_batch
 from spactor.objectives.span_corruption import span_corrupt
 
 BATCH, RAW_LENGTH, INPUT_LENGTH = 64, 568, 512

@@ -28,7 +28,8 @@ from spactor.plugins import load_plugins
 from spactor.registry import OPTIMIZERS
 from spactor.train.flops.counting import count_step_flops, count_vocab
 from spactor.train.parallel import DistInfo
-from spactor.train.stages import release_stage1, trainable_parameters
+from spactor.train.stages import trainable_parameters
+from tests.train.stage1 import release_stage1
 from spactor.train.step import StepContext, TrainModules, train_step
 from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
 

@@ -17,6 +17,8 @@ annotations (:func:`objective_class`), and a class is an objective class by shap
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 
 from spactor.config import ConfigError
@@ -44,9 +46,11 @@ def objective_class(kind: str) -> type | None:
     return None
 
 
+@functools.cache  # a class's methods do not change; asked on every multi-rank step
 def implements(cls: type, role: str) -> bool:
     """Whether ``cls`` does something in ``role``: a class below the root of its hierarchy
-    (the base's no-op) defines the method."""
+    (the base's no-op) defines the method. The one definition of "does this plugin
+    implement X" (objectives' transform/modify/loss, schedules' observe)."""
     defining = [klass for klass in cls.__mro__ if role in vars(klass)]
     return len(defining) > 1
 

@@ -60,8 +60,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         resolved = load_config(recipe or QUICKSTART, overrides)
     check_run_dir(Path(ns.resume) if ns.resume else Path(resolved.cfg.run.dir or "runs"),
                   "--resume" if ns.resume else "run.dir")
+    downstream = None
+    if resolved.cfg.trainer.downstream_every:  # the evaluation layer scores the checkpoints
+        from spactor.evaluation.finetune import downstream_scores as downstream
     try:
-        result = train(resolved, resume_dir=ns.resume)
+        result = train(resolved, resume_dir=ns.resume, downstream=downstream)
         if not result.preempted:
             _complete_on_sigterm()
     finally:

@@ -61,6 +61,7 @@ from spactor.config import load_config
 from spactor.data.tokenizer import Tokenizer
 from spactor.registry import ARCHITECTURES
 from spactor.train.checkpoint import STEP_DIR, Checkpointer
+from spactor.train.device import autocast, autocast_dtype, resolve_device
 from spactor.train.metrics import Progress, read_metrics
 from spactor.train.run_dir import RunDirError, load_run_tokenizer
 from spactor.tasks import Task, build_task
@@ -211,22 +212,6 @@ def checkpoint_flops(run: LoadedRun, step: int, checkpoint: Path | None) -> floa
 # --------------------------------------------------------------------------- fine-tuning
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError("finetune.device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision in ("bf16", "fp32"):
-        return torch.bfloat16 if precision == "bf16" else None
-    raise EvaluationError(f"finetune.precision must be fp32, bf16 or auto, got {precision!r}")
-
-
 class Encoded:
     """A split's token ids, truncated (EOS kept), as Python lists until batched."""
 
@@ -302,14 +287,10 @@ class Finetuner:
             self.label_index = {label: i for i, label in enumerate(task.labels)}
         self.train_data = Encoded(task, "train", tokenizer, cfg)
         self.test_data = Encoded(task, "test", tokenizer, cfg)
-        self.amp = amp_dtype(cfg.precision, device)
+        self.amp = autocast_dtype(cfg.precision, device, "finetune.precision", EvaluationError)
 
     def _autocast(self) -> Any:
-        import contextlib
-
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+        return autocast(self.amp, self.device)
 
     def parameters(self) -> list[nn.Parameter]:
         params = list(self.model.parameters())
@@ -440,7 +421,7 @@ def evaluate_weights(base: nn.Module | None, run: LoadedRun, task: Task, cfg: Fi
                      label: str, show_progress: bool = True) -> list[float]:
     """Scores of ``seeds`` fine-tunings. ``base``: the pre-trained model (copied per
     seed); None: a fresh random init per seed."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "finetune.device", EvaluationError)
     progress = Progress(seeds * cfg.steps, enabled=show_progress)
     scores = []
     for seed in range(seeds):

@@ -233,6 +233,7 @@ def eval_done(run_dir: Path, task: str, step: int | None, seeds: int, finetune: 
 
 def train_arm(study: Study, arm: str, run_dir: Path) -> float:
     from spactor.config import load_config
+    from spactor.evaluation.finetune import downstream_scores
     from spactor.train.parallel import shutdown_distributed
     from spactor.train.loop import train
 
@@ -240,7 +241,8 @@ def train_arm(study: Study, arm: str, run_dir: Path) -> float:
     resolved.recipe = study.recipe
     start = time.monotonic()
     try:
-        result = train(resolved)  # resumes from the arm's newest valid checkpoint, if any
+        # Resumes from the arm's newest valid checkpoint, if any.
+        result = train(resolved, downstream=downstream_scores)
     finally:
         shutdown_distributed()
     if result.preempted:  # SIGTERM/SIGINT: the trainer checkpointed; the study stops here too

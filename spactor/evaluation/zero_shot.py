@@ -19,11 +19,11 @@ from spactor.evaluation.finetune import (
     checkpoint_flops,
     load_model_weights,
     open_run,
-    resolve_device,
     result_path,
     select_checkpoints,
 )
 from spactor.registry import TASKS, factory_class
+from spactor.train.device import resolve_device
 from spactor.tasks import build_task
 from spactor.evaluation.likelihood import likelihood_family, text_log_likelihoods
 from spactor.tasks.minimal_pairs import MinimalPairsTask, score_pairs
@@ -43,7 +43,7 @@ def zero_shot_result(run: LoadedRun, task: MinimalPairsTask, step: int | None, c
                      seeds: int, device: str = "auto") -> tuple[EvalResult, dict[str, Any]]:
     """The result of one checkpoint (``checkpoint``; None: ``seeds`` random inits) and the
     fields zero-shot adds to it (per-UID accuracy, the likelihood family, the files)."""
-    dev = resolve_device(device)
+    dev = resolve_device(device, "finetune.device", EvaluationError)
     accuracies, per_uid_runs = [], []
     for seed in range(1 if checkpoint is not None else seeds):
         torch.manual_seed(seed)
@@ -96,7 +96,7 @@ def evaluate_zero_shot_run(run_dir: str | Path, task_name: str, step: int | None
 def score_lines(model: Any, run: LoadedRun, lines: Iterable[str], device: str = "auto",
                 batch_lines: int = 64) -> Iterator[dict[str, Any]]:
     """``{"text", "log_likelihood", "tokens"}`` for each non-empty line, in order."""
-    dev = resolve_device(device)
+    dev = resolve_device(device, "finetune.device", EvaluationError)
     model = model.to(dev)
     vocab = run.tokenizer.vocab()
     batch: list[str] = []

@@ -55,6 +55,7 @@ from spactor.checks import (
     positive_int,
     unit_interval,
 )
+from spactor.contract import implements
 from spactor.registry import OBJECTIVES, factory_class
 from spactor.vocab import MODE_TOKENS, Vocab  # noqa: F401 re-exported: objectives and plugins import them from here
 
@@ -69,7 +70,6 @@ class ObjectiveContext:
     vocab: Vocab
     input_length: int  # encoder length
     model: Any  # the discriminator (an ``Architecture``); objectives use only its protocol
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check_context(self) -> CheckContext:
         """What the objective's config check knows when the objective is built: the same
@@ -361,7 +361,7 @@ def check_objectives_without_a_check(objectives: dict[str, Any], ctx: CheckConte
 
 def has_loss(cls: type[Objective]) -> bool:
     """Whether objectives of ``cls`` contribute a loss (a ``loss`` or a ``modify`` of their own)."""
-    return cls.loss is not Objective.loss or cls.modify is not Objective.modify
+    return implements(cls, "loss") or implements(cls, "modify")
 
 
 @OBJECTIVES.add_section_check

@@ -49,12 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spactor.architectures.base import ENCODE
-from spactor.architectures.generator import (
-    SHARING_MODES,
-    Generator,
-    check_generator_checkpoint,
-    load_generator_weights,
-)
+from spactor.architectures.generator import SHARING_MODES, check_generator_checkpoint, load_generator_weights
 from spactor.checks import CheckContext, ModelShape, fail, one_of, positive
 from spactor.config import Plugin, plugin_block, resolve_blocks
 from spactor.objectives.base import (
@@ -370,7 +365,7 @@ class RTD(Objective):
             raise ValueError(f"{where}: rtd needs the discriminator model to build its generator")
         model = ctx.model
         cfg.check(where, ctx.check_context())
-        self.generator: Generator | None = build_generator(  # type: ignore[assignment]
+        self.generator: nn.Module | None = build_generator(  # the GENERATORS entry's module
             cfg, model.token_embedding, model.hidden_size, ctx.input_length, where,
             getattr(model, "model_shape", None),
         )

@@ -2,7 +2,7 @@
 
 The algorithm is T5's ``random_spans_noise_mask`` followed by
 ``noise_span_to_unique_sentinel`` (inputs) and ``nonnoise_span_to_unique_sentinel``
-(targets); ``spactor/objectives/reference_t5.py`` is the per-example numpy version the
+(targets); ``tests/reference_t5.py`` is the per-example numpy version the
 tests hold this one to.
 
 For a raw chunk of ``N`` tokens:

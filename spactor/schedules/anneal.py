@@ -24,45 +24,19 @@ progress ``p = (step - start_step) / (end_step - start_step)``::
     step          s until end_step, then e: one drop at end_step (start_step plays no
                   part beyond validation). The shape for on/off knobs such as ``enabled``.
 
-Every shape is monotone between s and e, and continuous except ``step``.
+Every shape is monotone between s and e, and continuous except ``step``. The shapes are
+``spactor.schedules.shapes``, which the learning-rate decays use too.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from spactor.checks import CheckContext
 from spactor.config import ConfigError
 from spactor.registry import SCHEDULES
 from spactor.schedules.base import Schedule, ScheduleContext, check_knob
-
-
-def linear(p: float, rate: float) -> float:
-    return p
-
-
-def cosine(p: float, rate: float) -> float:
-    return 0.5 * (1.0 - math.cos(math.pi * p))
-
-
-def exponential(p: float, rate: float) -> float:
-    # expm1 keeps precision when rate·p is small.
-    return math.expm1(-rate * p) / math.expm1(-rate)
-
-
-def step_drop(p: float, rate: float) -> float:
-    return 0.0  # p < 1 here; the drop to e happens at end_step (p = 1)
-
-
-# f(p, rate) in [0, 1]: the fraction of the way from start_value to end_value.
-SHAPES: dict[str, Callable[[float, float], float]] = {
-    "linear": linear,
-    "cosine": cosine,
-    "exponential": exponential,
-    "step": step_drop,
-}
+from spactor.schedules.shapes import SHAPES, interpolate
 
 
 @dataclass
@@ -120,7 +94,7 @@ class Anneal(Schedule):
         if step <= self.start_step:
             return s
         p = (step - self.start_step) / (self.end_step - self.start_step)
-        return s + (e - s) * SHAPES[self.shape](p, self.rate)
+        return interpolate(s, e, p, self.shape, self.rate)
 
 
 @SCHEDULES.register("anneal", AnnealConfig)

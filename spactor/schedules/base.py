@@ -35,7 +35,7 @@ from typing import Any
 
 from spactor.checks import CheckContext, check_fields, fail, is_int
 from spactor.config import ConfigError
-from spactor.contract import check_contract, objective_class
+from spactor.contract import check_contract, implements, objective_class
 from spactor.registry import SCHEDULES, closest
 
 
@@ -214,7 +214,7 @@ class ScheduleSet:
                         "end its stages with until_step, until_off or adaptive instead"
                     )
             return stages
-        decides_later = any(type(s).observe is not Schedule.observe for s in schedules.values())
+        decides_later = any(watches_metrics(s) for s in schedules.values())
         return HybridThenRest(self.switch_step, decides_later)
 
     def advance(self, step: int, objectives: Mapping[str, Any]) -> int:
@@ -289,7 +289,13 @@ class ScheduleSet:
 
 def _switches(schedule: Schedule) -> bool:
     """A schedule that decides a stage switch: a fixed one (τ) or one from metrics."""
-    return schedule.switch_step() is not None or type(schedule).observe is not Schedule.observe
+    return schedule.switch_step() is not None or watches_metrics(schedule)
+
+
+def watches_metrics(schedule: Schedule) -> bool:
+    """A schedule that reads the logged metrics (``observe``: adaptive τ), so it may decide
+    during training."""
+    return implements(type(schedule), "observe")
 
 
 def build(

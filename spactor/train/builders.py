@@ -14,7 +14,7 @@ from torch import nn
 
 from spactor.architectures.base import capabilities_of, capability_problem, protocol_problem, spec_for
 from spactor.config import ConfigError, Resolved
-from spactor.objectives.base import Objective, ObjectiveContext, Vocab
+from spactor.objectives.base import Objective, ObjectiveContext, Vocab, has_loss
 from spactor.registry import ARCHITECTURES, OBJECTIVES
 from spactor.train.meta_init import InitProgram, NotReplayable, record_init
 
@@ -69,7 +69,7 @@ def build_objectives(resolved: Resolved, vocab: Vocab, model: nn.Module) -> dict
         problem = capability_problem(f"objectives.{name}", needs, resolved.model.type, capabilities_of(model))
         if problem is not None:
             raise ConfigError(problem)
-    if not any(_has_loss(o) for o in objectives.values()):
+    if not any(has_loss(type(o)) for o in objectives.values()):
         raise ValueError("no objective with a loss is configured (e.g. objectives.span_corruption)")
     return objectives
 
@@ -81,10 +81,6 @@ def raw_length_for(objectives: dict[str, Objective], input_length: int) -> int:
     for obj in reversed(list(objectives.values())):
         length = obj.raw_length(length)
     return length
-
-
-def _has_loss(obj: Objective) -> bool:
-    return type(obj).loss is not Objective.loss or type(obj).modify is not Objective.modify
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:

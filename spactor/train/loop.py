@@ -35,6 +35,7 @@ from spactor.registry import LR_SCHEDULES, OPTIMIZERS
 from spactor.train import parallel
 from spactor.train.builders import build_on_meta, seeded_generator
 from spactor.train.checkpoint import Checkpointer
+from spactor.train.device import autocast_dtype, resolve_device  # noqa: F401 — also imported from here
 from spactor.train.batches import build_data, local_state_of_rank0
 from spactor.train.memory import check_memory
 from spactor.train.callbacks import (
@@ -55,6 +56,7 @@ from spactor.train.callbacks import (
     Throughput,
     Validation,
 )
+from spactor.train.callbacks.downstream import DownstreamScorer
 from spactor.train.metrics import MetricsWriter, Progress
 from spactor.train.optim.optimizers import set_lr
 from spactor.train.resume_changes import changed_instances, schedules_without_effect
@@ -86,28 +88,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- set-up
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("runtime.device: 'cuda' — no CUDA device is available here (use cpu or auto)")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The compute dtype of the step's autocast, with and without FSDP: one precision
-    policy on 1 and N devices (bf16 matmuls; fp32 master weights, optimizer state,
-    residual stream, norms' statistics, softmax and cross-entropy; FSDP adds bf16
-    all-gathers of the blocks and fp32 gradient reduction, see ``parallel.apply_fsdp``)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp32":
-        return None
-    raise ValueError(f"runtime.precision must be fp32, bf16 or auto, got {precision!r}")
 
 
 def default_run_dir(recipe: str | None) -> Path:
@@ -203,14 +183,16 @@ def checkpoint_shared(path: Path) -> dict[str, Any]:
 
 
 def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None,
-          callbacks: Sequence[Callback] = ()) -> TrainResult:
+          callbacks: Sequence[Callback] = (), downstream: DownstreamScorer | None = None) -> TrainResult:
     """Train (or resume, from ``resume_dir``) the run ``resolved`` describes. ``callbacks``:
     the run's own, called after the built-in ones at every point of the loop (their
-    state is checkpointed under their names)."""
+    state is checkpointed under their names). ``downstream``: how a checkpoint is scored
+    under ``trainer.downstream_every`` (required when it is set; the evaluation layer's
+    ``downstream_scores``)."""
     lock = RunDirLock()  # one writer per run directory (rank 0 holds it)
     created = CreatedPaths()
     try:
-        return _train(resolved, resume_dir, lock, created, list(callbacks))
+        return _train(resolved, resume_dir, lock, created, list(callbacks), downstream)
     except BaseException:
         created.undo(lock)  # refused before the run started: leave nothing it created
         raise
@@ -219,7 +201,8 @@ def train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None = None,
 
 
 def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: RunDirLock,
-           created: CreatedPaths, extra_callbacks: list[Callback]) -> TrainResult:
+           created: CreatedPaths, extra_callbacks: list[Callback],
+           downstream: DownstreamScorer | None = None) -> TrainResult:
     cfg = resolved.cfg
     tcfg = cfg.trainer
     info = parallel.init_distributed(resolve_device(cfg.runtime.device))
@@ -339,7 +322,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
                    write=metrics_log.write),
         metrics_log,
         Checkpointing(tcfg.checkpoint_every, save),
-        DownstreamEval(tcfg.downstream_every, tcfg.downstream_tasks, run_dir, save, metrics_log.write),
+        DownstreamEval(tcfg.downstream_every, tcfg.downstream_tasks, run_dir, save, metrics_log.write, downstream),
         preemption,
         *extra_callbacks,
     ])

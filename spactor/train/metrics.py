@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
+from tqdm.contrib import DummyTqdmFile
 
 
 class MetricsWriter:
@@ -209,126 +211,74 @@ def _plain(value: Any) -> Any:
 
 
 class Progress:
-    """A one-line progress display on stderr (redrawn in a terminal, periodic lines
-    otherwise), with the time elapsed and an ETA from the pace since the first update.
+    """A progress bar on stderr (``tqdm``): redrawn in place in a terminal, a plain line
+    every 10 s (and at the first and last step) otherwise, so logs stay readable. The
+    time and the remaining estimate count from the first update, so a resumed run's pace
+    is its own.
 
-    In a terminal the bar is a line without its newline. Anything else written to stdout
-    or stderr meanwhile (a warning, a skipped record, a checkpoint notice) would be glued
-    onto it, so while the bar is shown both streams pass through :class:`_BarGuard`,
-    which clears the bar first and redraws it after the text. :meth:`close` (or the last
-    step) ends the line and restores the streams.
+    While the terminal bar is shown, stdout and stderr pass through ``tqdm``'s
+    :class:`~tqdm.contrib.DummyTqdmFile`, which clears the bar before other text (a
+    warning, a skipped record, a checkpoint notice) and redraws it after. :meth:`close`
+    (or the last step) ends the bar and gives the streams back.
     """
 
-    def __init__(self, total: int, enabled: bool = True, stream: TextIO = sys.stderr) -> None:
+    FORMAT = "{n_fmt}/{total_fmt} |{bar:24}| {elapsed}<{remaining}{postfix}"
+    PLAIN_EVERY_S = 10.0  # seconds between lines when stderr is not a terminal
+
+    def __init__(self, total: int, enabled: bool = True, stream: TextIO | None = None) -> None:
         self.total = total
         self.enabled = enabled
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._last = 0.0
-        self._start = time.monotonic()
-        self._first: tuple[float, int] | None = None  # (time, step) of the first update
-        self._line = ""  # the bar as last drawn, in a terminal
-        self._visible = False  # the bar is the current line of the terminal
+        # Resolved now, not at import: a test's (or a caller's) replaced stderr is used.
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self._bar: tqdm | None = None
         self._saved: tuple[TextIO, TextIO] | None = None
+        self._first: tuple[float, int] | None = None  # (time, step) of the first update, plain lines
+        self._last = 0.0
 
     def update(self, step: int, fields: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        postfix = ", ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+        if self.tty:
+            self._draw(step, postfix)
+        else:
+            self._line(step, postfix)
+
+    def _draw(self, step: int, postfix: str) -> None:
+        if self._bar is None:
+            self._saved = (sys.stdout, sys.stderr)
+            sys.stdout, sys.stderr = DummyTqdmFile(sys.stdout), DummyTqdmFile(sys.stderr)  # type: ignore[assignment]
+            self._bar = tqdm(total=self.total, initial=step, file=self.stream, bar_format=self.FORMAT,
+                             postfix=postfix, dynamic_ncols=True, smoothing=0)
+        else:
+            self._bar.set_postfix_str(postfix, refresh=False)
+            self._bar.update(step - self._bar.n)
+        if step >= self.total:
+            self.close()
+
+    def _line(self, step: int, postfix: str) -> None:
         now = time.monotonic()
         if self._first is None:
             self._first = (now, step)
-        last_step = step >= self.total
-        if not self.tty and not last_step and now - self._last < 10.0 and step > 1:
+        elif step < self.total and now - self._last < self.PLAIN_EVERY_S:
             return
         self._last = now
-        width = 24
-        done = int(width * step / max(1, self.total))
-        bar = "#" * done + "-" * (width - done)
-        elapsed = now - self._start
-        text = " ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
-        line = f"[{bar}] {step}/{self.total} {elapsed:5.0f}s{self._eta(now, step)} {text}"
-        if self.tty:
-            self._line = line[:200]
-            self._guard()
-            self._raw_write("\r\033[K" + self._line)
-            self._visible = True
-            if last_step:
-                self.close()
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def _eta(self, now: float, step: int) -> str:
-        if self._first is None or step >= self.total:
-            return ""
         t0, s0 = self._first
-        if step <= s0 or now <= t0:
-            return ""
-        left = (self.total - step) * (now - t0) / (step - s0)
-        return f" eta {_duration(left)}"
+        line = tqdm.format_meter(step, self.total, now - t0, bar_format=self.FORMAT, postfix=postfix,
+                                 initial=s0, ascii=True)
+        self.stream.write(line + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
         """End the bar's line and give the streams back (idempotent)."""
-        if self._visible:
-            self._raw_write("\n")
-            self.stream.flush()
-        self._line, self._visible = "", False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         if self._saved is not None:
+            # The wrappers, dropped here, write out any unfinished line they still hold.
             sys.stdout, sys.stderr = self._saved
             self._saved = None
-
-    # -- keeping other output off the bar's line ----------------------------------------
-    def _guard(self) -> None:
-        if self._saved is None:
-            self._saved = (sys.stdout, sys.stderr)
-            sys.stdout = _BarGuard(sys.stdout, self)  # type: ignore[assignment]
-            sys.stderr = _BarGuard(sys.stderr, self)  # type: ignore[assignment]
-
-    def _raw_write(self, text: str) -> None:
-        target = self.stream.inner if isinstance(self.stream, _BarGuard) else self.stream
-        target.write(text)
-
-    def _before_other_output(self) -> None:
-        if self._visible:
-            self._raw_write("\r\033[K")
-            self.stream.flush()
-            self._visible = False
-
-    def _after_other_output(self, text: str) -> None:
-        if self._line and text.endswith("\n"):
-            self._raw_write(self._line)
-            self.stream.flush()
-            self._visible = True
-
-
-class _BarGuard:
-    """A stdout/stderr stand-in while a progress bar is on screen: clears the bar before
-    other text and redraws it once that text has ended its line."""
-
-    def __init__(self, inner: TextIO, progress: Progress) -> None:
-        self.inner = inner
-        self.progress = progress
-
-    def write(self, text: str) -> int:
-        if not text:
-            return 0
-        self.progress._before_other_output()
-        n = self.inner.write(text)
-        self.inner.flush()
-        self.progress._after_other_output(text)
-        return n
-
-    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding, ...
-        return getattr(self.inner, name)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _fmt(value: Any) -> str:

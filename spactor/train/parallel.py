@@ -70,16 +70,6 @@ def world_info() -> DistInfo:
     return DistInfo()
 
 
-def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Sum scalars over ranks in one collective (a no-op in a world of one)."""
-    if not values or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return dict(zip(keys, tensor.tolist()))
-
-
 def all_reduce_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a (small, stacked) tensor over ranks in place, in one collective; no host
     sync (a no-op in a world of one)."""

@@ -10,7 +10,7 @@ import gc
 import torch
 from torch import nn
 
-from spactor.objectives.base import Objective
+from spactor.objectives.base import Objective, has_loss
 from spactor.train.builders import raw_length_for
 from spactor.schedules.base import ScheduleSet, Stages
 
@@ -71,15 +71,6 @@ def release_objectives(
     return released
 
 
-def release_stage1(
-    modules: nn.Module, objectives: dict[str, Objective], optimizer: torch.optim.Optimizer | None
-) -> list[str]:
-    """SpacTor's switch to stage 2 of the implicit two-stage curriculum: release the
-    objectives whose class says ``STAGE1_ONLY`` (generator, RTD head, MLM masking)."""
-    names = [name for name, obj in objectives.items() if obj.STAGE1_ONLY]
-    return release_objectives(modules, objectives, names, optimizer)
-
-
 # --------------------------------------------------------------------------- walking the stages (FLOPs)
 
 
@@ -105,9 +96,9 @@ def stage_exists(objectives: dict[str, Objective], schedules: ScheduleSet, stage
     if stage == 1:
         return True
     rest = [objectives[name] for name in schedules.stages.active_in(stage, objectives)]
-    has_loss = any(type(o).loss is not Objective.loss or type(o).modify is not Objective.modify for o in rest)
+    trains = any(has_loss(type(o)) for o in rest)
     explicit = any(s is schedules.stages for s in schedules.schedules.values())
-    return has_loss and (explicit or len(rest) < len(objectives))
+    return trains and (explicit or len(rest) < len(objectives))
 
 
 def stage_end_step(

@@ -28,7 +28,6 @@ RTD detection) are computed only when ``with_metrics`` is set, on logging steps.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,8 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from spactor.contract import implements
 from spactor.objectives.noise import rows_of_global_batch
 from spactor.objectives.base import Batch, Objective, SharedForward
+from spactor.train.device import autocast  # noqa: F401 — also imported from here (benchmarks)
 from spactor.train.parallel import DistInfo, all_reduce_tensor
 
 Losses = dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # name -> (total, count, weight)
@@ -151,7 +152,7 @@ def corrupt_local_rows(
         return apply_transforms(objectives, batch, rng)
     rows = next(iter(batch.values())).shape[0]
     start = info.rank * rows
-    if all(o.ROW_LOCAL_NOISE or type(o).transform is Objective.transform for o in objectives.values()):
+    if all(o.ROW_LOCAL_NOISE or not implements(type(o), "transform") for o in objectives.values()):
         with rows_of_global_batch(start, rows, rows * info.world_size):
             return apply_transforms(objectives, batch, rng)
     padded = {}
@@ -190,12 +191,6 @@ def split_batch(batch: Batch, parts: int) -> list[Batch]:
         raise ValueError(f"a batch of {size} does not split into {parts} gradient-accumulation steps")
     chunks = {k: v.chunk(parts) for k, v in batch.items()}
     return [{k: chunks[k][i] for k in batch} for i in range(parts)]
-
-
-def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -411,7 +406,7 @@ def _clean_loss_sums(
     equal ``val/loss``. On the device; :func:`evaluate` reduces and reads them with the rest."""
     kept = {n: o for n, o in objectives.items() if n in clean}
     # The objectives kept must run alone, as they do in the stage that keeps them.
-    rewrites = any(type(o).modify is not Objective.modify for n, o in objectives.items() if n not in kept)
+    rewrites = any(implements(type(o), "modify") for n, o in objectives.items() if n not in kept)
     if not kept or not rewrites:
         return {}
     clean_rng = torch.Generator(device=rng_device)

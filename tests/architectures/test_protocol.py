@@ -28,7 +28,7 @@ from spactor.cli import main
 from spactor.config import ConfigError, load_config
 from spactor.plugins import load_plugins
 from spactor.registry import ARCHITECTURES, OBJECTIVES, factory_class
-from spactor.train.loop import train  # before any capsys test: Progress binds sys.stderr at import
+from spactor.train.loop import train
 
 load_plugins()
 

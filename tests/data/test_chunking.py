@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spactor.objectives import reference_t5
+import reference_t5  # tests/reference_t5.py: tests/ is on sys.path (rootdir conftest)
 from spactor.data.chunking import (
     Packer,
     corrupted_lengths,

@@ -90,8 +90,10 @@ def test_downstream_every_logs_scores(tmp_path, tiny_overrides, monkeypatch):
     import spactor.evaluation.finetune as evaluate
 
     monkeypatch.setattr(evaluate, "FinetuneConfig", lambda: TINY_BUDGET)  # the hook's default budget, made tiny
-    run_dir = pretrain(tmp_path, tiny_overrides, "hook", "trainer.max_steps=4", "trainer.downstream_every=2",
-                       "runtime.count_flops=false")
+    run_dir = tmp_path / "hook"
+    train(load_config("sc", [*tiny_overrides, f"run.dir={run_dir}", "trainer.max_steps=4",
+                             "trainer.downstream_every=2", "runtime.count_flops=false"]),
+          downstream=evaluate.downstream_scores)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     scored = [r for r in records if "eval/pydoc_module/score" in r]
     assert [r["step"] for r in scored] == [2, 4]

@@ -273,3 +273,17 @@ def test_evaluate_runs_the_clean_pass_on_the_objectives_it_is_given():
     assert not any(k.startswith("val/clean/") for k in run([]))
     assert run(None) == run([])
     assert run([]) == {k: v for k, v in default.items() if "/clean/" not in k}  # the noisy pass unchanged
+
+
+def test_one_rule_for_does_this_plugin_implement_a_role():
+    """"Does this objective (schedule) implement X" has one definition,
+    ``spactor.contract.implements``: no module compares a method with the base class's."""
+    import re
+    from pathlib import Path
+
+    import spactor
+
+    pattern = re.compile(r"\bis (not )?(Objective|Schedule)\.[a-z_]+\b")
+    found = [f"{path}:{n}" for path in Path(spactor.__file__).parent.rglob("*.py")
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert found == []

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from spactor.architectures.base import Architecture
-from spactor.objectives import reference_t5
+import reference_t5  # tests/reference_t5.py: tests/ is on sys.path (rootdir conftest)
 from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.span_corruption import (
     SpanCorruption,

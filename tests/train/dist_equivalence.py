@@ -47,8 +47,10 @@ def main(out_path: str, overrides: list[str], recipe: str = "sc") -> None:
         global_batch = torch.randint(3, 600, (8, raw_length), generator=data)
         local = global_batch.chunk(info.world_size)[info.rank]
         out = train_step(modules, optimizer, {"original": local}, ctx)
-        shares = {"loss": float(out.loss), **{k: float(v) for k, v in out.losses.items()}}
-        losses.append(parallel.all_reduce_sum(shares, cpu))  # the sum of the ranks' shares
+        shares = {"loss": out.loss.detach().double(), **{k: v.detach().double() for k, v in out.losses.items()}}
+        keys = sorted(shares)
+        summed = parallel.all_reduce_tensor(torch.stack([shares[k] for k in keys]))  # the ranks' shares summed
+        losses.append(dict(zip(keys, summed.tolist())))
     if info.is_main:
         with open(out_path, "w") as f:
             json.dump(losses, f)

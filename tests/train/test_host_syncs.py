@@ -25,7 +25,8 @@ from spactor.plugins import load_plugins
 from spactor.registry import OPTIMIZERS
 from spactor.train.batches import build_data
 from spactor.train.parallel import DistInfo
-from spactor.train.stages import knob_values, release_stage1, trainable_parameters
+from spactor.train.stages import knob_values, trainable_parameters
+from stage1 import release_stage1  # tests/train/stage1.py
 from spactor.train.step import StepContext, TrainModules, train_step
 from spactor.train.syncs import SyncCounter
 from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator

@@ -20,7 +20,7 @@ from spactor.config import load_config
 from spactor.objectives.base import Vocab
 from spactor.plugins import load_plugins
 from spactor.train.meta_init import NotReplayable, record_init
-from spactor.train.stages import release_stage1
+from stage1 import release_stage1  # tests/train/stage1.py
 from spactor.train.step import TrainModules
 from spactor.train.builders import build_model, build_objectives, build_on_meta
 

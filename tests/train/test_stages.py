@@ -12,7 +12,8 @@ from spactor.train.builders import build_model, build_objectives, raw_length_for
 from spactor.train.batches import build_data
 from spactor.train.metrics import read_metrics
 from spactor.train.parallel import DistInfo
-from spactor.train.stages import release_stage1, trainable_parameters
+from spactor.train.stages import trainable_parameters
+from stage1 import release_stage1  # tests/train/stage1.py
 from spactor.train.step import StepContext, TrainModules, train_step
 from spactor.train.loop import train
 

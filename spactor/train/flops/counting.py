@@ -67,7 +67,7 @@ from spactor.train.builders import build_model, build_objectives, raw_length_for
 from spactor.train.flops.handles import op_handles
 from spactor.train.stages import enter_stage, knob_values, run_raw_length, stage_end_step, stage_exists
 from spactor.train.step import TrainModules, apply_transforms
-from spactor.schedules.base import Schedule, ScheduleSet
+from spactor.schedules.base import ScheduleSet, watches_metrics
 from spactor.schedules.base import build as build_schedules
 
 # --------------------------------------------------------------------------- one step
@@ -432,13 +432,7 @@ def baseline_objectives(resolved: Resolved, spec: ArchitectureSpec | None = None
 
 def _can_switch_later(schedules: ScheduleSet) -> bool:
     """A schedule that watches metrics (adaptive τ) may decide the switch during training."""
-    return any(type(s).observe is not Schedule.observe for s in schedules.schedules.values())
-
-
-def knob_switch_step(objectives: dict[str, Objective], schedules: ScheduleSet, max_steps: int) -> int | None:
-    """The step at which stage 1 ends by its conditions known before training (see
-    :func:`stage_end_step`)."""
-    return stage_end_step(objectives, schedules, 1, 0, max_steps)
+    return any(watches_metrics(s) for s in schedules.schedules.values())
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from spactor.registry import LR_SCHEDULES, OPTIMIZERS
+from spactor.schedules.shapes import interpolate
 
 LRSchedule = Callable[[int], float]
 
@@ -115,24 +116,28 @@ class DecayConfig:
 @LR_SCHEDULES.register("linear", DecayConfig)
 def linear_schedule(cfg: DecayConfig) -> LRSchedule:
     """Linear warmup to ``lr`` then linear decay to ``min_lr`` (BERT/ELECTRA)."""
-    return lambda step: _decay(step, cfg, lambda frac: 1.0 - frac)
+    return lambda step: _decay(step, cfg, "linear")
 
 
 @LR_SCHEDULES.register("cosine", DecayConfig)
 def cosine_schedule(cfg: DecayConfig) -> LRSchedule:
     """Linear warmup to ``lr`` then cosine decay to ``min_lr``."""
-    return lambda step: _decay(step, cfg, lambda frac: 0.5 * (1.0 + math.cos(math.pi * frac)))
+    return lambda step: _decay(step, cfg, "cosine")
 
 
 def _warmup(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def _decay(step: int, cfg: DecayConfig, shape: Callable[[float], float]) -> float:
+def _decay(step: int, cfg: DecayConfig, shape: str) -> float:
+    """Warmup, then ``lr`` annealed to ``min_lr`` over ``decay_steps`` with the knob
+    anneals' ``shape`` (``spactor.schedules.shapes``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * _warmup(step, cfg.warmup_steps)
     frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.decay_steps))
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape(frac)
+    # Read backwards, from min_lr (progress 1 - frac = 0 at the end of the decay) to lr: the
+    # value stays exact where it is smallest (lr - lr·f(frac) would cancel near min_lr = 0).
+    return interpolate(cfg.min_lr, cfg.lr, 1.0 - frac, shape)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

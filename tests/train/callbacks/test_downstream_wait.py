@@ -9,6 +9,7 @@ import os
 import socket
 import time
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -24,7 +25,6 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, port: int, out: str) -> None:
-    import spactor.evaluation.finetune as finetune
     from spactor.train.callbacks.base import LoopState
     from spactor.train.callbacks.downstream import DownstreamEval
 
@@ -36,9 +36,9 @@ def _rank(rank: int, port: int, out: str) -> None:
         time.sleep(EVALUATION_S)
         return {"eval/pydoc_module/score": 0.5}
 
-    finetune.downstream_scores = slow_scores
     written = []
-    callback = DownstreamEval(2, ["pydoc_module"], run_dir=None, save=lambda: None, write=written.append)
+    callback = DownstreamEval(2, ["pydoc_module"], run_dir=None, save=lambda: None, write=written.append,
+                              score=slow_scores)
     state = LoopState(step=2, max_steps=4, world_size=2, is_main=rank == 0)
     state.last_checkpoint_step = 2
     callback.end_step(state)
@@ -54,3 +54,13 @@ def test_other_ranks_wait_for_rank0s_evaluation_beyond_the_collective_timeout(tm
     mp.spawn(_rank, args=(_free_port(), out), nprocs=2, join=True)
     assert open(f"{out}.0").read() == "2.0 1"  # rank 0 wrote the scores
     assert open(f"{out}.1").read() == "2.0 0"
+
+
+def test_downstream_every_needs_a_scorer_from_the_caller():
+    """The loop does not import the evaluation layer: whoever sets ``downstream_every``
+    hands it the scorer (``spactor train`` does); without one it says so up front."""
+    from spactor.train.callbacks.downstream import DownstreamEval
+
+    with pytest.raises(ValueError, match="trainer.downstream_every is set but train\\(\\) was given no downstream"):
+        DownstreamEval(2, ["pydoc_module"], run_dir=None, save=lambda: None, write=print, score=None)
+    DownstreamEval(0, ["pydoc_module"], run_dir=None, save=lambda: None, write=print, score=None)  # off: fine
