@@ -27,12 +27,13 @@ GQA too, so a decoder layer is a few percent smaller. Parameters at T5's 32,128-
 vocabulary (``count_parameters``; T5.1.0 in brackets):
 
     size   d_model  layers(enc/dec)  heads  kv_heads  head_dim  d_ff   parameters
-    tiny        64       2 / 2           4         2        16   192    2.28M  (2.29M)
+    tiny        64       2 / 2           4         2        16   128    2.23M  (2.29M)
     small      512       6 / 6           8         4        64  1536    58.9M  (60.5M)
     base       768      12 / 12         12         6        64  2304     216M   (223M)
     large     1024      24 / 24         16         8        64  3072     713M   (738M)
 
-(``tiny`` is for CPU tests.) The attention scale is ``query_pre_attn_scalar**-0.5``
+(``tiny`` is for CPU tests, not FLOP-matched: its ``d_ff`` is kept off the sequence
+lengths the tests probe, so an ``(L, d_ff)`` tensor never passes for an ``(L, L)`` one.) The attention scale is ``query_pre_attn_scalar**-0.5``
 (None: ``head_dim``, the usual ``1/sqrt(head_dim)``).
 """
 
@@ -63,7 +64,7 @@ from spactor.config import ConfigError
 
 # (d_model, num_layers, num_heads, num_kv_heads, d_ff); head_dim = d_model // num_heads.
 T5GEMMA_SIZES: dict[str, tuple[int, int, int, int, int]] = {
-    "tiny": (64, 2, 4, 2, 192),
+    "tiny": (64, 2, 4, 2, 128),
     "small": (512, 6, 8, 4, 1536),
     "base": (768, 12, 12, 6, 2304),
     "large": (1024, 24, 16, 8, 3072),
