@@ -228,7 +228,8 @@ class SelfAttention(nn.Module):
         self.spec = spec
         self.num_heads = spec.num_heads
         self.num_kv_heads = spec.num_kv_heads
-        self.d_kv = spec.head_dim  # the name the memory estimate reads
+        self.d_kv = spec.head_dim  # the names the memory estimate reads
+        self.backend = spec.backend
         self.q_proj = nn.Linear(spec.d_model, spec.num_heads * spec.head_dim, bias=spec.bias)
         self.k_proj = nn.Linear(spec.d_model, spec.num_kv_heads * spec.head_dim, bias=spec.bias)
         self.v_proj = nn.Linear(spec.d_model, spec.num_kv_heads * spec.head_dim, bias=spec.bias)

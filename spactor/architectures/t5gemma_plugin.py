@@ -43,6 +43,7 @@ T5GEMMA_SPEC = ArchitectureSpec(
     finetune=(TEXT_TO_TEXT,),
     exporters={"hf": HF_EXPORTER},
     block_roles=t5gemma_block_roles,  # type: ignore[arg-type]
+    score_sized_masks=False,  # RoPE: no position bias, masks only where there is padding
 )
 
 
