@@ -78,7 +78,7 @@ def test_t5gemma_sc_step_has_no_square_tensor_outside_sdpa(tiny_overrides, tmp_p
 
 def test_t5_sc_step_is_the_contrast(tiny_overrides, tmp_path):
     probe = probe_step([], tiny_overrides, tmp_path)
-    assert sum(probe.square.values()) > 10  # relative buckets, bias, its gradient
+    assert sum(probe.square.values()) > 10, probe.square  # relative buckets, bias, its gradient
 
 
 def test_a_transform_that_rewrites_the_input_drops_the_unpadded_marker():

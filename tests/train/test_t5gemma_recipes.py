@@ -62,3 +62,19 @@ def test_recipe_trains_with_t5gemma(recipe, tiny_overrides, tmp_path, request):
     assert len(losses) == STEPS and all(math.isfinite(x) for x in losses), losses
     if recipe in STAGES:
         assert records[-1]["stage"] > records[0]["stage"]
+
+
+def test_a_t5gemma_run_fine_tunes_and_previews(tiny_overrides, tmp_path, capsys):
+    """``spactor evaluate`` (text-to-text fine-tuning through encode/decode) and ``spactor
+    preview`` on a t5gemma run's recipe."""
+    from spactor.cli import main
+    from spactor.evaluation.finetune import FinetuneConfig, evaluate_run
+
+    run = tmp_path / "run"
+    tiny_t5gemma_run("sc", tiny_overrides, run, "trainer.max_steps=2", "trainer.checkpoint_every=2")
+    budget = FinetuneConfig(steps=2, batch_size=4, max_input_length=32, max_target_length=4, eval_batch_size=64)
+    [(_, result)] = evaluate_run(run, "pydoc_module", step=2, seeds=1, finetune=budget, show_progress=False)
+    assert 0.0 <= result.score <= 1.0
+    capsys.readouterr()
+    assert main(["preview", "sc", "--json", *tiny_overrides, "model.arch=t5gemma"]) == 0
+    assert '"encoder_input"' in capsys.readouterr().out
