@@ -124,6 +124,7 @@ def _flex_block_mask(spec: MaskSpec, query_length: int, key_length: int, device:
     from torch.nn.attention.flex_attention import create_block_mask
 
     causal, keep, prefix, window = spec.causal, spec.key_keep, spec.prefix_length, spec.window
+    square = query_length == key_length
 
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         allowed = q_idx >= kv_idx if causal else q_idx >= 0
@@ -132,7 +133,9 @@ def _flex_block_mask(spec: MaskSpec, query_length: int, key_length: int, device:
         if window is not None:
             allowed = allowed & ((q_idx - kv_idx < window) if causal else ((q_idx - kv_idx).abs() <= window))
         if keep is not None:
-            allowed = (allowed & keep[b, kv_idx]) | (q_idx == kv_idx)
+            allowed = allowed & keep[b, kv_idx]
+            if square:  # a padded query keeps itself (no empty row); cross-attention has real keys
+                allowed = allowed | (q_idx == kv_idx)
         return allowed
 
     batch = None

@@ -209,3 +209,16 @@ def test_slow_paths_are_announced_once(capsys):
     err = capsys.readouterr().err
     assert err.count("t5gemma off the fused attention path") == 1
     assert "attn_logit_softcapping=41.0" in err and "sliding_window=5" in err
+
+
+@pytest.mark.parametrize("attention", ["eager", "flex"])
+def test_attention_backends_agree_with_sdpa_on_a_padded_batch(attention):
+    """Every backend masks the same keys: padded encoder keys in self- and cross-attention
+    (no query keeps a padded key at its own index in cross-attention), causal decoder."""
+    ids, dec, mask = inputs()
+    mask[1, 4:] = False  # padded keys at indices the decoder's queries (0..6) have too
+    sdpa = random_model(sliding_window=4)
+    other = random_model(sliding_window=4, attention=attention)
+    other.load_state_dict(sdpa.state_dict())
+    with torch.no_grad():
+        assert (sdpa(ids, dec, mask) - other(ids, dec, mask)).abs().max().item() <= 1e-4
