@@ -14,6 +14,10 @@ leaves numbers) and ``OUT_DIR/device_check.md`` (the tables). Sections, in prior
   ``flex``, ``eager``; an option the build refuses is recorded ``unsupported``).
   Synthetic random-token batches; warm-up steps (compile included) then timed steps
   between two ``cuda.synchronize``.
+* ``t5gemma`` (right after the first three throughput cases): SC Base and SpacTor stage 1
+  Base on ``model.arch=t5gemma`` (RoPE, GQA, no position bias: SDPA's fused kernels),
+  same settings; ratios to T5's ``sc_base`` / ``spactor_stage1_base`` and SpacTor over SC,
+  targets (issue 21) MFU >= 45 % and >= 1.5x T5's SC seq/s.
 * ``host_syncs``: per steady-state step, ops that make the host wait and ops with
   data-dependent output shapes (``spactor.train.syncs.SyncCounter``, the counter of
   ``tests/train/test_host_syncs.py``) and, on CUDA, the warnings of ``torch.cuda.set_sync_debug_mode("warn")``.
@@ -399,6 +403,7 @@ def _cpu_compile_backend(dry_run: bool) -> Iterator[None]:
 
 THROUGHPUT_CASES = ("sc_base", "hf_t5_base", "spactor_stage1_base", "sc_large")
 ATTENTION_PATHS = ("sdpa", "flex", "eager")
+T5GEMMA_CASES = (("sc_base", "sc"), ("spactor_stage1_base", "spactor"))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -423,6 +428,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "compile_model": {},
         "host_syncs": {},
         "llama": {},
+        "t5gemma": {},
         "ratios": {},
         "targets": {},
     })
@@ -448,6 +454,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with _cpu_compile_backend(s.dry_run):
         for name in THROUGHPUT_CASES[:3]:
             report.section(tp, name, need, throughput(name))
+            _ratios(report.data)
+        # t5gemma (RoPE, GQA: fused attention, no position bias) beside T5.1.0's sc_base and
+        # spactor_stage1_base above: same recipes, sizes, batch and precision.
+        gemma = report.data["t5gemma"]
+        for name, recipe in T5GEMMA_CASES:
+            report.section(gemma, name, need, lambda r=recipe: measure_throughput(
+                s, lambda b, c: build_spactor(s, r, "base", b, extra=["model.arch=t5gemma"], compile_=c), base, True))
             _ratios(report.data)
         for recipe in ("sc", "spactor"):
             report.section(report.data["host_syncs"], recipe, need / 2, lambda r=recipe: measure_host_syncs(s, r))
@@ -517,6 +530,16 @@ def _ratios(data: dict[str, Any]) -> None:
         return r.get("seq_per_s") if r.get("status") == "ok" else None
 
     pairs["causal_lm_base_over_hf_llama_base"] = (seq_llama("causal_lm_base"), seq_llama("hf_llama_base"))
+    gemma = data.get("t5gemma", {})
+
+    def seq_gemma(name: str) -> float | None:
+        r = gemma.get(name, {})
+        return r.get("seq_per_s") if r.get("status") == "ok" else None
+
+    pairs["t5gemma_sc_base_over_sc_base"] = (seq_gemma("sc_base"), seq("sc_base"))
+    pairs["t5gemma_spactor_stage1_over_spactor_stage1_base"] = (seq_gemma("spactor_stage1_base"),
+                                                               seq("spactor_stage1_base"))
+    pairs["t5gemma_spactor_stage1_over_t5gemma_sc_base"] = (seq_gemma("spactor_stage1_base"), seq_gemma("sc_base"))
     for key, (x, y) in pairs.items():
         data["ratios"][key] = None if x is None or y is None else x / y
 
@@ -530,6 +553,10 @@ def _ratios(data: dict[str, Any]) -> None:
         "sc_large_mfu": (mfu("sc_large"), 0.40),
         "sc_base_over_hf_t5_base": (data["ratios"]["sc_base_over_hf_t5_base"], 4.0),
         "spactor_stage1_over_sc_base": (data["ratios"]["spactor_stage1_over_sc_base"], 0.85),
+        # issue 21's (t5gemma Base SC, 216M beside T5.1.0 Base's 223M)
+        "t5gemma_sc_base_mfu": (gemma.get("sc_base", {}).get("mfu") if gemma.get("sc_base", {}).get("status") == "ok"
+                                else None, 0.45),
+        "t5gemma_sc_base_over_sc_base": (data["ratios"]["t5gemma_sc_base_over_sc_base"], 1.5),
     }
     data["targets"] = {
         key: {"value": value, "at_least": bound, "met": None if value is None else value >= bound}

@@ -42,6 +42,12 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += ["| target | value | at least | met |", "|---|---|---|---|"]
         lines += [f"| {k} | {_fmt(t['value'], '.3f')} | {t['at_least']} | {t['met']} |" for k, t in targets.items()]
         lines.append("")
+    gemma = data.get("t5gemma") or {}
+    if gemma:
+        lines += ["## t5gemma (RoPE, GQA, GeGLU; same recipes, batch, bf16)", "",
+                  "| case | status | batch | seq/s | tokens/s | TFLOP/s | MFU | peak GiB | warm-up s | loss |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [row(name, r) for name, r in gemma.items()] + [""]
     lines += ["## Attention paths, SC Base", "",
               "| path | status | seq/s | MFU | peak GiB | note |", "|---|---|---|---|---|---|"]
     for name, r in data.get("attention", {}).items():
@@ -71,7 +77,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     cross = data.get("flops_cross_check")
     if cross:
         lines.append(f"- FLOPs, FlopCounterMode / fvcore (SC Base step): {cross.get('status')} {_fmt(cross.get('ratio'), '.4f')}")
-    failed = [(k, r) for sec in ("throughput", "attention", "compile_model", "host_syncs") for k, r in data.get(sec, {}).items()
+    failed = [(f"{sec}.{k}" if sec == "t5gemma" else k, r)
+              for sec in ("throughput", "t5gemma", "attention", "compile_model", "host_syncs") for k, r in data.get(sec, {}).items()
               if r.get("status") not in ("ok", None)]
     failed += [(k, data[k]) for k in ("bf16_vs_fp32", "fsdp_1rank") if data.get(k, {}).get("status") not in ("ok", None)]
     if failed:

@@ -18,6 +18,7 @@ from spactor.validation import validate
 BUILTIN_MODULES = (
     "spactor.architectures.t5_plugin",
     "spactor.architectures.llama_plugin",
+    "spactor.architectures.t5gemma_plugin",
     "spactor.architectures.encoder",
     "spactor.architectures.generator",
     "spactor.objectives.span_corruption",

@@ -55,17 +55,20 @@ class MaskSpec:
     ``causal``: a query sees keys at its own position and before. ``key_keep``: ``(B, Lk)``
     bool, True = a real key (None: no padding). ``prefix_length``: ``(B,)`` long; with
     ``causal``, queries ``< prefix_length[b]`` see the whole prefix (prefix-LM: the prefix
-    is bidirectional, the rest causal).
+    is bidirectional, the rest causal). ``window``: a sliding window, as Hugging Face's
+    Gemma masks draw it: causal, the last ``window`` keys up to the query's own
+    (``q - k < window``); bidirectional, keys at most ``window`` away (``|q - k| <= window``).
     """
 
     causal: bool = False
     key_keep: torch.Tensor | None = None
     prefix_length: torch.Tensor | None = None
+    window: int | None = None
 
     @property
     def is_plain(self) -> bool:
         """No tensor needed: only causality (or nothing) to apply."""
-        return self.key_keep is None and self.prefix_length is None
+        return self.key_keep is None and self.prefix_length is None and self.window is None
 
     def dense(self, query_length: int, key_length: int, device: torch.device) -> torch.Tensor | None:
         """The boolean mask ``(B or 1, 1, Lq, Lk)`` (True = may attend), or None when nothing
@@ -73,12 +76,18 @@ class MaskSpec:
         then attends to itself, not to NaN)."""
         if not self.causal and self.is_plain:
             return None
+        if query_length != key_length and not self.causal and self.prefix_length is None and self.window is None:
+            # Cross-attention over padded keys: a (B, 1, 1, Lk) mask SDPA broadcasts, no
+            # (Lq, Lk) tensor; no query is left without a key (a row is never all padding).
+            return self.key_keep.bool()[:, None, None, :]  # type: ignore[union-attr]
         q = torch.arange(query_length, device=device)[:, None]
         k = torch.arange(key_length, device=device)[None, :]
         allowed = (k <= q) if self.causal else torch.ones(query_length, key_length, dtype=torch.bool, device=device)
         allowed = allowed[None, None]  # (1, 1, Lq, Lk)
         if self.causal and self.prefix_length is not None:
             allowed = allowed | (k < self.prefix_length.to(device)[:, None, None, None])
+        if self.window is not None:
+            allowed = allowed & ((q - k < self.window) if self.causal else ((q - k).abs() <= self.window))
         if self.key_keep is not None:
             allowed = (allowed & self.key_keep.bool()[:, None, None, :]) | (k == q)
         return allowed
@@ -114,14 +123,19 @@ def build_mask(backend: str, spec: MaskSpec, query_length: int, key_length: int,
 def _flex_block_mask(spec: MaskSpec, query_length: int, key_length: int, device: torch.device) -> Any:
     from torch.nn.attention.flex_attention import create_block_mask
 
-    causal, keep, prefix = spec.causal, spec.key_keep, spec.prefix_length
+    causal, keep, prefix, window = spec.causal, spec.key_keep, spec.prefix_length, spec.window
+    square = query_length == key_length
 
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         allowed = q_idx >= kv_idx if causal else q_idx >= 0
         if causal and prefix is not None:
             allowed = allowed | (kv_idx < prefix[b])
+        if window is not None:
+            allowed = allowed & ((q_idx - kv_idx < window) if causal else ((q_idx - kv_idx).abs() <= window))
         if keep is not None:
-            allowed = (allowed & keep[b, kv_idx]) | (q_idx == kv_idx)
+            allowed = allowed & keep[b, kv_idx]
+            if square:  # a padded query keeps itself (no empty row); cross-attention has real keys
+                allowed = allowed | (q_idx == kv_idx)
         return allowed
 
     batch = None
@@ -187,6 +201,7 @@ class AttentionSpec:
     dropout: float = 0.0
     scale: float | None = None
     bias: bool = False
+    softcap: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_heads", "num_kv_heads", "head_dim"):
@@ -195,6 +210,10 @@ class AttentionSpec:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})")
         check_attention(self.backend, self.dropout)
+        if self.softcap is not None and not self.softcap > 0:
+            raise ValueError(f"softcap must be > 0, got {self.softcap}")
+        if self.softcap is not None and self.backend == "flex":
+            raise ValueError("attention soft-capping has no flex path; use attention sdpa or eager")
 
     @property
     def softmax_scale(self) -> float:
@@ -212,7 +231,8 @@ class SelfAttention(nn.Module):
         self.spec = spec
         self.num_heads = spec.num_heads
         self.num_kv_heads = spec.num_kv_heads
-        self.d_kv = spec.head_dim  # the name the memory estimate reads
+        self.d_kv = spec.head_dim  # the names the memory estimate reads
+        self.backend = spec.backend
         self.q_proj = nn.Linear(spec.d_model, spec.num_heads * spec.head_dim, bias=spec.bias)
         self.k_proj = nn.Linear(spec.d_model, spec.num_kv_heads * spec.head_dim, bias=spec.bias)
         self.v_proj = nn.Linear(spec.d_model, spec.num_kv_heads * spec.head_dim, bias=spec.bias)
@@ -228,19 +248,22 @@ class SelfAttention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         mask: Any = None,
         is_causal: bool = False,
+        source: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``mask``/``is_causal``: a :class:`BuiltMask`'s fields for this layer's backend
-        (passed apart so a compiled block sees plain tensors and a constant)."""
+        (passed apart so a compiled block sees plain tensors and a constant). ``source``:
+        the states keys and values are projected from (cross-attention; None: ``x``)."""
+        kv_input = x if source is None else source
         q = self._heads(self.q_proj(x), self.num_heads)
-        k = self._heads(self.k_proj(x), self.num_kv_heads)
-        v = self._heads(self.v_proj(x), self.num_kv_heads)
+        k = self._heads(self.k_proj(kv_input), self.num_kv_heads)
+        v = self._heads(self.v_proj(kv_input), self.num_kv_heads)
         if rotary is not None:
             cos, sin = rotary
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         dropout_p = self.spec.dropout if self.training else 0.0
         out = attend(
             q, k, v, mask, is_causal, self.spec.backend, self.spec.softmax_scale, dropout_p,
-            groups=self.num_heads // self.num_kv_heads,
+            groups=self.num_heads // self.num_kv_heads, softcap=self.spec.softcap,
         )
         batch, _, length, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.spec.head_dim))
@@ -261,16 +284,22 @@ def attend(
     scale: float,
     dropout_p: float = 0.0,
     groups: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """``softmax(q kᵀ · scale + mask) v`` on ``backend``; ``k``/``v`` may have fewer heads
     (grouped-query attention; ``groups`` query heads per k/v head, a Python int: under
     ``torch.jit`` tracing a count read from the shapes would be a tensor). ``mask``,
-    ``is_causal``: from :func:`build_mask`."""
+    ``is_causal``: from :func:`build_mask`. ``softcap``: scores soft-capped before the
+    mask (Gemma), on the eager path whatever the backend."""
     if groups is None:
         groups = q.shape[1] // k.shape[1]
-    if backend == "eager":
+    if backend == "eager" or softcap is not None:
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)
         scores = (q @ k.transpose(-2, -1)).float() * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if mask is None and is_causal:  # an sdpa-built causal flag: the eager math needs the mask
+            mask = MaskSpec(causal=True).dense(q.shape[2], k.shape[2], q.device)
         if mask is not None:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         probs = scores.softmax(dim=-1).to(v.dtype)

@@ -217,6 +217,10 @@ class ArchitectureSpec:
     * ``meta_init``: the model builds on the ``meta`` device and initialises by
       ``nn.init`` calls only, buffers with an explicit ``device=``
       (``spactor.train.meta_init``); False: always built eagerly on the CPU.
+    * ``score_sized_masks``: each stack builds an ``(L, L)`` additive mask its layers
+      share (T5's position bias) and SDPA's CPU backward then holds score-sized
+      temporaries; False (RoPE models): masks only where there is padding, and the
+      fused kernels keep no score matrix (the memory estimate counts neither).
     """
 
     baseline: tuple[BaselineObjective, ...] = ()
@@ -227,6 +231,7 @@ class ArchitectureSpec:
     fsdp_units: Callable[[nn.Module], list[nn.Module]] | None = None
     checkpoint_blocks: Callable[[nn.Module], list[nn.Module]] | None = None
     meta_init: bool = True
+    score_sized_masks: bool = True
 
     def roles(self, model: nn.Module) -> list[BlockRole]:
         if self.block_roles is not None:

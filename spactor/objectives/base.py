@@ -110,6 +110,21 @@ class ObjectiveOutput:
 ENCODER_EMBEDS = "encoder_embeds"  # set by a modify: what the encoder reads for ``encoder_input``
 
 
+def unpadded_key(view: str) -> str:
+    """The batch field that says ``batch[view]`` holds no padding: a ``(B, 0)`` tensor, so
+    it travels with the batch (device moves, micro-batch splits) and is read by its
+    presence, with no look at the data (no host sync). The transform that knows its output
+    is unpadded sets it (span corruption whose input fills ``input_length``); a later
+    transform that rewrites the view drops it unless it keeps padding as it found it
+    (``Objective.KEEPS_PADDING``). The model then gets no padding mask for that view, so
+    an attention without a position bias runs SDPA's fused kernels with no mask at all."""
+    return f"{view}_unpadded"
+
+
+def unpadded_marker(rows: int, device: torch.device) -> torch.Tensor:
+    return torch.empty(rows, 0, dtype=torch.bool, device=device)
+
+
 class SharedForward:
     """The discriminator's forward on one micro-batch, run lazily and at most once per view.
 
@@ -137,13 +152,18 @@ class SharedForward:
             self._masks[view] = self.batch[view] != self.pad_id
         return self._masks[view]
 
+    def model_mask(self, view: str = "encoder_input") -> torch.Tensor | None:
+        """The padding mask the model gets for ``batch[view]``: None when the batch says the
+        view has no padding (:func:`unpadded_key`), else :meth:`encoder_mask`."""
+        return None if unpadded_key(view) in self.batch else self.encoder_mask(view)
+
     def encode(self, view: str = "encoder_input") -> torch.Tensor:
         """``(B, L, d)`` encoder states of ``batch[view]``, computed once."""
         if view not in self._encoded:
             embeds = self.batch.get(ENCODER_EMBEDS) if view == "encoder_input" else None
             self._encoded[view] = self.model.encode(
                 self.batch[view] if embeds is None else None,
-                attention_mask=self.encoder_mask(view),
+                attention_mask=self.model_mask(view),
                 inputs_embeds=embeds,
             )
         return self._encoded[view]
@@ -154,7 +174,7 @@ class SharedForward:
         key = (view, encoder_view)
         if key not in self._decoded:
             self._decoded[key] = self.model.decode(
-                self.batch[view], self.encode(encoder_view), self.encoder_mask(encoder_view)
+                self.batch[view], self.encode(encoder_view), self.model_mask(encoder_view)
             )
         return self._decoded[key]
 
@@ -192,6 +212,9 @@ class Objective(nn.Module):
     # with several ranks it can corrupt only this rank's rows and still give each row its
     # one-rank corruption. False: the step corrupts a global-size batch on every rank.
     ROW_LOCAL_NOISE: ClassVar[bool] = False
+    # The transform rewrites the fields it PROVIDES without adding or removing padding (a
+    # masking that replaces tokens in place): their :func:`unpadded_key` markers stay.
+    KEEPS_PADDING: ClassVar[bool] = False
     # Whether to compute ``ObjectiveOutput.metrics`` (accuracies, detection metrics): the
     # runner sets it before each forward, on for logging steps only (reading them is a sync).
     compute_metrics: bool = True

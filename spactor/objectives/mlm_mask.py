@@ -139,6 +139,7 @@ class MlmMask(Objective):
     """Choose ``ratio`` of the real encoder tokens and mask them (no loss of its own)."""
 
     ROW_LOCAL_NOISE = True
+    KEEPS_PADDING = True  # masks real tokens in place: an unpadded input stays unpadded
 
     KNOBS = ("ratio", "enabled")
     REQUIRES = ("encoder_input",)

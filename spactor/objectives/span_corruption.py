@@ -38,6 +38,8 @@ from spactor.objectives.base import (
     SharedForward,
     Vocab,
     check_objective_fields,
+    unpadded_key,
+    unpadded_marker,
 )
 from spactor.objectives.token_loss import TokenTargetLoss
 from spactor.registry import OBJECTIVES
@@ -397,7 +399,16 @@ class SpanCorruption(DecoderTargetLoss):
             pad_to=self.input_length,
             name=self.name,
         )
-        return {**batch, **corrupted}
+        out = {**batch, **corrupted}
+        encoder = corrupted["encoder_input"]
+        # Packed raw chunks hold no pad, so the input is unpadded when the corruption fills
+        # input_length (512 from 568 raw tokens): say so, and the encoder runs mask-free.
+        if span_counts(batch["original"][..., : self.chunk_length].shape[-1], self.cfg.noise_density,
+                       self.cfg.mean_noise_span_length).encoder_length == encoder.shape[1]:
+            out[unpadded_key("encoder_input")] = unpadded_marker(encoder.shape[0], encoder.device)
+        else:
+            out.pop(unpadded_key("encoder_input"), None)
+        return out
 
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"noise_mask": batch["noise_mask"]}

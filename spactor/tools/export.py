@@ -183,10 +183,11 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", fmt: str = "hf") 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export",
-        help="export a run's discriminator (t5: Hugging Face T5ForConditionalGeneration)",
+        help="export a run's discriminator (t5, t5gemma, llama: a Hugging Face directory)",
         description="Export the discriminator of a run's newest valid checkpoint (or of one checkpoint "
-        "directory) with its architecture's exporter; t5: a Hugging Face T5ForConditionalGeneration "
-        "directory (config.json, model.safetensors, spiece.model, tokenizer_config.json). The generator "
+        "directory) with its architecture's exporter; t5, t5gemma, llama: a Hugging Face "
+        "T5ForConditionalGeneration, T5GemmaForConditionalGeneration, LlamaForCausalLM directory "
+        "(config.json, model.safetensors, spiece.model, tokenizer_config.json). The generator "
         "and RTD head are dropped.",
     )
     p.add_argument(

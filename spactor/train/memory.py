@@ -152,11 +152,14 @@ def estimate(resolved: Resolved, modules: nn.Module, objectives: dict[str, Any],
         else:
             per_sequence += _block_elements(role, enc, dec, fused)
     activations = micro * per_sequence * elem
+    spec = spec_for(resolved.model.type)
+    if not spec.score_sized_masks:  # a RoPE model: only the objectives' blocks (a generator's bias)
+        blocks = [b for o in objectives.values() for b in o.repeated_blocks()]
     heads = max((m.num_heads for b in blocks for m in b.modules() if hasattr(m, "num_heads")), default=0)
     # The additive masks (position bias with padding folded in), one per stack and kind
     # of attention, shared by its layers; on CPU the backward of one attention also
     # holds about three score-sized temporaries at a time.
-    score_elems = enc * enc + (dec * dec + dec * enc if dec else 0)
+    score_elems = enc * enc + (dec * dec + dec * enc if dec and spec.score_sized_masks else 0)
     activations += micro * heads * score_elems * 4
     if device.type != "cuda":
         activations += 3 * micro * heads * enc * enc * 4

@@ -38,7 +38,7 @@ from torch import nn
 
 from spactor.contract import implements
 from spactor.objectives.noise import rows_of_global_batch
-from spactor.objectives.base import Batch, Objective, SharedForward
+from spactor.objectives.base import Batch, Objective, SharedForward, unpadded_key
 from spactor.train.device import autocast  # noqa: F401 — also imported from here (benchmarks)
 from spactor.train.parallel import DistInfo, all_reduce_tensor
 
@@ -134,7 +134,13 @@ def apply_transforms(objectives: dict[str, Objective], batch: Batch, rng: torch.
     # Until an objective rewrites it (span corruption), the encoder reads the raw chunk.
     batch = {"encoder_input": batch["original"], **batch}
     for obj in objectives.values():
+        before = batch
         batch = obj.transform(batch, rng)
+        if not obj.KEEPS_PADDING:
+            # A view this transform rewrote without saying it is unpadded may now be padded.
+            stale = [unpadded_key(v) for v in obj.PROVIDES
+                     if unpadded_key(v) in batch and batch[unpadded_key(v)] is before.get(unpadded_key(v))]
+            batch = {k: v for k, v in batch.items() if k not in stale} if stale else batch
     return batch
 
 

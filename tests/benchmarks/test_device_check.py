@@ -37,7 +37,8 @@ def test_every_section_ran_and_has_its_fields(report):
     for key in ("torch", "transformers", "device_name", "peak_tflops", "flex_attention_in_torch"):
         assert key in data["env"]
     assert set(data["throughput"]) == {"sc_base", "hf_t5_base", "spactor_stage1_base", "sc_large"}
-    assert set(data["targets"]) == {"sc_base_mfu", "sc_large_mfu", "sc_base_over_hf_t5_base", "spactor_stage1_over_sc_base"}
+    assert set(data["targets"]) == {"sc_base_mfu", "sc_large_mfu", "sc_base_over_hf_t5_base", "spactor_stage1_over_sc_base",
+                                    "t5gemma_sc_base_mfu", "t5gemma_sc_base_over_sc_base"}
     assert all(t["value"] is not None and isinstance(t["met"], bool) for t in data["targets"].values())
     for name, result in data["throughput"].items():
         assert result["status"] == "ok", (name, result.get("error"))
@@ -46,6 +47,20 @@ def test_every_section_ran_and_has_its_fields(report):
         assert result["mfu"] > 0  # against the --peak-tflops given (CPU has no table entry)
     assert data["throughput"]["sc_base"]["compile"] and data["throughput"]["spactor_stage1_base"]["compile"]
     assert data["ratios"]["sc_base_over_hf_t5_base"] > 0 and data["ratios"]["spactor_stage1_over_sc_base"] > 0
+
+
+@pytest.mark.slow  # shares one ~1 minute dry run
+def test_t5gemma_is_measured_beside_t5(report):
+    data, markdown = report
+    assert set(data["t5gemma"]) == {"sc_base", "spactor_stage1_base"}
+    for name, result in data["t5gemma"].items():
+        assert result["status"] == "ok", (name, result.get("error"))
+        assert THROUGHPUT_FIELDS <= set(result) and result["compile"] and result["loss_finite"], name
+        assert result["seq_per_s"] > 0 and result["mfu"] > 0, name
+    for key in ("t5gemma_sc_base_over_sc_base", "t5gemma_spactor_stage1_over_spactor_stage1_base",
+                "t5gemma_spactor_stage1_over_t5gemma_sc_base"):
+        assert data["ratios"][key] > 0, key
+    assert "## t5gemma" in markdown
 
 
 @pytest.mark.slow  # shares one ~1 minute dry run

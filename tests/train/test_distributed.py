@@ -37,7 +37,8 @@ def metrics(run_dir: Path) -> list[dict]:
     ("spactor", ["objectives.rtd.embedding_sharing=gdes"]),
     ("causal_lm", ["lr_schedule.warmup_steps=1", "lr_schedule.lr=1e-2"]),  # llama: one FSDP unit per decoder block
     ("ul2_decoder", ["lr_schedule.warmup_steps=1", "lr_schedule.lr=1e-2"]),  # llama with the bidirectional-prefix mask
-], ids=["sc", "spactor", "spactor-gdes", "causal_lm", "ul2_decoder"])
+    ("sc", ["model.arch=t5gemma"]),  # RoPE encoder-decoder, no mask for its unpadded input
+], ids=["sc", "spactor", "spactor-gdes", "causal_lm", "ul2_decoder", "sc-t5gemma"])
 def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path, recipe, overrides):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     script = str(HERE / "dist_equivalence.py")

@@ -18,6 +18,8 @@ from test_host_syncs import build_step  # tests/train is on sys.path (rootdir co
     ("spactor", ["schedules.two_stage.tau=0"]),
     ("electra", []),
     ("fast_electra", []),
+    ("sc", ["model.arch=t5gemma"]),  # RoPE, per-layer masks, no padding mask
+    ("spactor", ["model.arch=t5gemma"]),
 ])
 def test_train_modules_forward_has_no_graph_break(recipe, overrides, tiny_overrides, tmp_path):
     modules, _, ctx, batches = build_step(recipe, [*overrides, "optimizer.type=adamw"], tiny_overrides,

@@ -50,6 +50,9 @@ CASES = [
     # decoder-only: causal LM, and UL2 in the decoder layout (bidirectional prefix mask)
     pytest.param("causal_lm", ADAMW, id="causal_lm-adamw"),
     pytest.param("ul2_decoder", ADAMW, id="ul2_decoder-adamw"),
+    # t5gemma: no padding mask for SC's unpadded input, SpacTor's generator beside it
+    pytest.param("sc", [*ADAMW, "model.arch=t5gemma"], id="sc-t5gemma-adamw"),
+    pytest.param("spactor", [*ADAMW, "model.arch=t5gemma"], id="spactor1-t5gemma-adamw"),
 ]
 
 

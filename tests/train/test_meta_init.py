@@ -65,6 +65,8 @@ def _on_meta(resolved):
     + [
         ("sc", ("model.version=1.1",)),  # untied lm_head, gated FFN
         ("causal_lm", ("model.tie_embeddings=true",)),  # llama with a tied head
+        ("sc", ("model.arch=t5gemma",)),  # RoPE encoder-decoder, Gemma norms (zero-initialised)
+        ("spactor", ("model.arch=t5gemma",)),  # its generator sized from t5gemma's shape
         ("spactor", ("objectives.rtd.embedding_sharing=gdes",)),
         ("spactor", ("objectives.rtd.embedding_sharing=none", "objectives.rtd.generator.hidden_fraction=0.5")),
     ],
