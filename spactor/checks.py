@@ -130,6 +130,21 @@ def one_of(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
 Rule = Callable[[str, str, Any], None]
 
 
+def hf_directory(key: str, value: str | None, what: str) -> None:
+    """``model.init_from``: ``hf:PATH``, a directory holding a ``config.json``, there before
+    any work (its dimensions are compared with the model's when the model is built).
+    ``what``: the model family the directory should hold ("T5", "Llama")."""
+    if not value:
+        return
+    import os
+
+    if not value.startswith("hf:"):
+        fail(key, value, "must be hf:PATH (a directory written by `spactor export` or save_pretrained)")
+    path = os.path.expanduser(value[3:])
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        fail(key, value, f"no config.json in {path!r}: not a Hugging Face {what} directory")
+
+
 def check_fields(where: str, cfg: Any, rule: Rule) -> None:
     """Apply ``rule`` to every field of the dataclass ``cfg``."""
     if not dataclasses.is_dataclass(cfg):

@@ -360,12 +360,17 @@ def parse_init_from(spec: str) -> Path:
 
 
 @torch.no_grad()
-def load_hf_weights(model: T5Model, spec: str) -> Path:
-    """Initialise ``model`` in place from ``spec`` (``hf:PATH``); returns PATH.
+def load_hf_checkpoint(model: Any, spec: str, *, model_type: str, check_config: Any, to_state_dict: Any,
+                       hint: str, assume_type: str | None = None) -> Path:
+    """Initialise ``model`` in place from ``spec`` (``hf:PATH``); returns PATH. Every
+    architecture's importer is this with its own parts: ``model_type`` (the config's
+    ``model_type`` it accepts; ``assume_type`` when the config has none),
+    ``check_config(config, model_cfg, vocab_size) -> problems``,
+    ``to_state_dict(hf_state, model_cfg)`` and ``hint`` (which keys to set on a mismatch).
 
-    The architecture check always runs, so a mismatch stops even a meta-device build
-    (``spactor preview``, ``spactor flops``) before any work; the weights themselves are
-    read only when the model has real storage.
+    The config check always runs, so a mismatch stops even a meta-device build (``spactor
+    preview``, ``spactor flops``) before any work; the weights themselves are read only
+    when the model has real storage.
     """
     path = parse_init_from(spec)
     where = f"model.init_from={spec}"
@@ -376,20 +381,26 @@ def load_hf_weights(model: T5Model, spec: str) -> Path:
         config = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{where}: unreadable {config_file} ({e})") from None
-    if config.get("model_type", "t5") != "t5":
-        raise ConfigError(f"{where}: {config_file} describes a '{config.get('model_type')}' model, not T5")
-    problems = check_hf_config(config, model.config, model.vocab_size)
+    if config.get("model_type", assume_type) != model_type:
+        raise ConfigError(f"{where}: {config_file} describes a '{config.get('model_type')}' model, not {model_type}")
+    problems = check_config(config, model.config, model.vocab_size)
     if problems:
         raise ConfigError(
-            f"{where}: the checkpoint does not match the configured model ({'; '.join(problems)}); "
-            "set model.version/size/d_model/... (model.tie_embeddings for the head, data.tokenizer for the "
-            "vocabulary) to match it"
+            f"{where}: the checkpoint does not match the configured model ({'; '.join(problems)}); {hint}"
         )
     if any(p.is_meta for p in model.parameters()):
         return path
     try:
-        state = hf_to_t5_state_dict(read_hf_weights(path), model.config)
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(to_state_dict(read_hf_weights(path), model.config), strict=True)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise ConfigError(f"{where}: {e}") from None
     return path
+
+
+def load_hf_weights(model: T5Model, spec: str) -> Path:
+    """``model.init_from=hf:PATH`` for T5 (a config without ``model_type`` is T5's)."""
+    return load_hf_checkpoint(
+        model, spec, model_type="t5", assume_type="t5", check_config=check_hf_config,
+        to_state_dict=hf_to_t5_state_dict,
+        hint="set model.version/size/d_model/... (model.tie_embeddings for the head, data.tokenizer for the "
+             "vocabulary) to match it")

@@ -29,7 +29,6 @@ vocabulary, counted by ``count_parameters`` on the built model:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +46,7 @@ from spactor.architectures.attention import (
 )
 from spactor.architectures.base import CAUSAL_LM, PREFIX_LM
 from spactor.architectures.layers import RMSNorm, check_attention, compute_dtype, model_field_rule
-from spactor.checks import CheckContext, check_fields, fail, one_of, positive, positive_int
+from spactor.checks import CheckContext, check_fields, hf_directory, one_of, positive, positive_int
 from spactor.config import ConfigError
 
 # (d_model, num_layers, num_heads, num_kv_heads, d_ff, tie_embeddings); head_dim = d_model // num_heads.
@@ -92,22 +91,10 @@ class LlamaConfig:
             resolve_llama_dims(self)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
-        check_llama_init_from(f"{where}.init_from", self.init_from)
+        hf_directory(f"{where}.init_from", self.init_from, "Llama")
 
     def hidden_size(self) -> int:
         return int(resolve_llama_dims(self)["d_model"])
-
-
-def check_llama_init_from(key: str, value: str | None) -> None:
-    """The directory must be there before any work; its dimensions are compared with the
-    model's when the model is built."""
-    if not value:
-        return
-    if not value.startswith("hf:"):
-        fail(key, value, "must be hf:PATH (a directory written by `spactor export` or save_pretrained)")
-    path = os.path.expanduser(value[3:])
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        fail(key, value, f"no config.json in {path!r}: not a Hugging Face Llama directory")
 
 
 def resolve_llama_dims(cfg: LlamaConfig) -> dict[str, Any]:

@@ -27,12 +27,10 @@ from spactor.architectures.hf_convert import (
     WEIGHTS_FILE,
     KeyMap,
     _plain_tensor,
-    parse_init_from,
-    read_hf_weights,
+    load_hf_checkpoint,
     save_hf_weights,
 )
 from spactor.architectures.llama import LlamaConfig, LlamaModel, resolve_llama_dims
-from spactor.config import ConfigError
 
 HF_ARCHITECTURE = "LlamaForCausalLM"
 TOKENIZER_FILE = "spiece.model"
@@ -220,31 +218,8 @@ def export_hf(
     return files
 
 
-@torch.no_grad()
 def load_llama_hf_weights(model: LlamaModel, spec: str) -> Path:
-    """Initialise ``model`` in place from ``spec`` (``hf:PATH``); returns PATH. The config
-    check runs even on a meta-device build, the weights are read only into real storage."""
-    path = parse_init_from(spec)
-    where = f"model.init_from={spec}"
-    config_file = path / CONFIG_FILE
-    if not config_file.is_file():
-        raise ConfigError(f"{where}: no {CONFIG_FILE} in {path}")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{where}: unreadable {config_file} ({e})") from None
-    if config.get("model_type") != "llama":
-        raise ConfigError(f"{where}: {config_file} describes a '{config.get('model_type')}' model, not llama")
-    problems = check_hf_llama_config(config, model.config, model.vocab_size)
-    if problems:
-        raise ConfigError(
-            f"{where}: the checkpoint does not match the configured model ({'; '.join(problems)}); "
-            "set model.size/d_model/num_kv_heads/... (data.tokenizer for the vocabulary) to match it"
-        )
-    if any(p.is_meta for p in model.parameters()):
-        return path
-    try:
-        model.load_state_dict(hf_to_llama_state_dict(read_hf_weights(path), model.config), strict=True)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise ConfigError(f"{where}: {e}") from None
-    return path
+    """``model.init_from=hf:PATH`` for llama (``spactor.architectures.hf_convert.load_hf_checkpoint``)."""
+    return load_hf_checkpoint(
+        model, spec, model_type="llama", check_config=check_hf_llama_config, to_state_dict=hf_to_llama_state_dict,
+        hint="set model.size/d_model/num_kv_heads/... (data.tokenizer for the vocabulary) to match it")

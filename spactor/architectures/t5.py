@@ -15,7 +15,6 @@ Module names follow Hugging Face's where it is cheap (``q/k/v/o``, ``wi``/``wi_0
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +36,7 @@ from spactor.architectures.layers import (
     compute_dtype,
     model_field_rule,
 )
-from spactor.checks import CheckContext, ModelShape, check_fields, fail, one_of, positive_int
+from spactor.checks import CheckContext, ModelShape, check_fields, hf_directory, one_of, positive_int
 from spactor.config import ConfigError
 
 # (d_model, d_ff, num_heads, num_layers, d_kv); num_decoder_layers defaults to num_layers.
@@ -93,7 +92,7 @@ class T5Config:
             resolve_t5_dims(self)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
-        check_init_from(f"{where}.init_from", self.init_from)
+        hf_directory(f"{where}.init_from", self.init_from, "T5")
 
     def hidden_size(self) -> int:
         return int(resolve_t5_dims(self)["d_model"])
@@ -115,18 +114,6 @@ def t5_shape(size: str | None, dims: dict[str, Any]) -> ModelShape:
         num_heads=int(dims["num_heads"]),
         d_kv=int(dims["d_kv"]),
     )
-
-
-def check_init_from(key: str, value: str | None) -> None:
-    """The directory must be there before any work; its dimensions are compared with the
-    model's when the model is built (the vocabulary comes from the tokenizer)."""
-    if not value:
-        return
-    if not value.startswith("hf:"):
-        fail(key, value, "must be hf:PATH (a directory written by `spactor export` or save_pretrained)")
-    path = os.path.expanduser(value[3:])
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        fail(key, value, f"no config.json in {path!r}: not a Hugging Face T5 directory")
 
 
 def _version(cfg: T5Config) -> str:

@@ -39,7 +39,6 @@ lengths the tests probe, so an ``(L, d_ff)`` tensor never passes for an ``(L, L)
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +58,7 @@ from spactor.architectures.attention import (
 )
 from spactor.architectures.base import DECODE, ENCODE, BlockRole
 from spactor.architectures.layers import check_attention, compute_dtype, model_field_rule
-from spactor.checks import CheckContext, ModelShape, check_fields, fail, one_of, positive, positive_int
+from spactor.checks import CheckContext, ModelShape, check_fields, hf_directory, one_of, positive, positive_int
 from spactor.config import ConfigError
 
 # (d_model, num_layers, num_heads, num_kv_heads, d_ff); head_dim = d_model // num_heads.
@@ -114,7 +113,7 @@ class T5GemmaConfig:
             resolve_t5gemma_dims(self)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
-        check_t5gemma_init_from(f"{where}.init_from", self.init_from)
+        hf_directory(f"{where}.init_from", self.init_from, "T5Gemma")
 
     def hidden_size(self) -> int:
         return int(resolve_t5gemma_dims(self)["d_model"])
@@ -133,18 +132,6 @@ def t5gemma_shape(size: str | None, dims: dict[str, Any]) -> ModelShape:
         num_heads=int(dims["num_heads"]),
         d_kv=int(dims["head_dim"]),
     )
-
-
-def check_t5gemma_init_from(key: str, value: str | None) -> None:
-    """The directory must be there before any work; its dimensions are compared with the
-    model's when the model is built."""
-    if not value:
-        return
-    if not value.startswith("hf:"):
-        fail(key, value, "must be hf:PATH (a directory written by `spactor export` or save_pretrained)")
-    path = os.path.expanduser(value[3:])
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        fail(key, value, f"no config.json in {path!r}: not a Hugging Face T5Gemma directory")
 
 
 def resolve_t5gemma_dims(cfg: T5GemmaConfig) -> dict[str, Any]:

@@ -29,12 +29,10 @@ from spactor.architectures.hf_convert import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     _plain_tensor,
-    parse_init_from,
-    read_hf_weights,
+    load_hf_checkpoint,
     save_hf_weights,
 )
 from spactor.architectures.t5gemma import T5GemmaConfig, T5GemmaModel, _sliding, resolve_t5gemma_dims
-from spactor.config import ConfigError
 
 HF_ARCHITECTURE = "T5GemmaForConditionalGeneration"
 PREFIX = "model."
@@ -215,31 +213,8 @@ def save_t5gemma_pretrained(
     return [CONFIG_FILE, WEIGHTS_FILE]
 
 
-@torch.no_grad()
 def load_t5gemma_hf_weights(model: T5GemmaModel, spec: str) -> Path:
-    """Initialise ``model`` in place from ``spec`` (``hf:PATH``); returns PATH. The config
-    check runs even on a meta-device build, the weights are read only into real storage."""
-    path = parse_init_from(spec)
-    where = f"model.init_from={spec}"
-    config_file = path / CONFIG_FILE
-    if not config_file.is_file():
-        raise ConfigError(f"{where}: no {CONFIG_FILE} in {path}")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{where}: unreadable {config_file} ({e})") from None
-    if config.get("model_type") != "t5gemma":
-        raise ConfigError(f"{where}: {config_file} describes a '{config.get('model_type')}' model, not t5gemma")
-    problems = check_hf_t5gemma_config(config, model.config, model.vocab_size)
-    if problems:
-        raise ConfigError(
-            f"{where}: the checkpoint does not match the configured model ({'; '.join(problems)}); "
-            "set model.size/d_model/num_kv_heads/... (data.tokenizer for the vocabulary) to match it"
-        )
-    if any(p.is_meta for p in model.parameters()):
-        return path
-    try:
-        model.load_state_dict(hf_to_t5gemma_state_dict(read_hf_weights(path), model.config), strict=True)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise ConfigError(f"{where}: {e}") from None
-    return path
+    """``model.init_from=hf:PATH`` for t5gemma (``spactor.architectures.hf_convert.load_hf_checkpoint``)."""
+    return load_hf_checkpoint(
+        model, spec, model_type="t5gemma", check_config=check_hf_t5gemma_config, to_state_dict=hf_to_t5gemma_state_dict,
+        hint="set model.size/d_model/num_kv_heads/... (data.tokenizer for the vocabulary) to match it")
