@@ -6,10 +6,16 @@ evaluation pipeline scores BLiMP's minimal pairs):
   token conditioned on a start token (BOS where the vocabulary has one, else EOS: the
   separator packed chunks put before a document);
 * an encoder-decoder (``ENCODE`` + ``DECODE``): span-corruption pseudo-log-likelihood,
-  each token in turn as the one noise span (``a b <s0> d e </s>`` → ``<s0> c <s1> </s>``,
-  T5's layout for a single span), scored by the decoder at the token's place;
+  each word in turn as the one noise span (``a b <s0> d e </s>`` → ``<s0> c <s1> </s>``,
+  T5's layout for a single span), its tokens scored by the decoder;
 * an encoder with a trained MLM head (``ENCODE``): masked-LM pseudo-log-likelihood, each
-  token in turn replaced by ``[M]`` and scored by ``lm_logits`` at its position.
+  word's tokens in turn replaced by ``[M]`` and scored by ``lm_logits`` at their positions.
+
+The pseudo-log-likelihood families hide whole words (``spans``, :func:`word_spans`) where
+the caller gives them, else single tokens. Measured on a tiny T5 after 1,000 SC steps
+(600 ``pydoc_pairs``): whole words 0.655 against random inits' 0.49 and 0.51; single
+tokens 0.583 against 0.548 and 0.472 — a hidden subword beside its visible siblings is
+nearly free to predict in a good and a bad sentence alike.
 
 Which family a model is comes from its declared capabilities, never its name. The score
 is a sum over the text's tokens, so two sentences of the same words (a minimal pair made
@@ -49,8 +55,12 @@ def likelihood_family(model: Any) -> str:
 @torch.no_grad()
 def text_log_likelihoods(model: Any, vocab: Vocab, texts: Sequence[Sequence[int]], *,
                          batch_rows: int = 64, device: torch.device | str = "cpu",
-                         family: str | None = None) -> list[float]:
-    """The log-likelihood (nats, summed over tokens) of each token-id list in ``texts``."""
+                         family: str | None = None, spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+                         ) -> list[float]:
+    """The log-likelihood (nats, summed over tokens) of each token-id list in ``texts``.
+    ``spans``: per text, the ``[start, end)`` token ranges the pseudo-log-likelihood
+    families hide one at a time (:func:`word_spans`: whole words); default: each token.
+    A causal model reads every token in order and ignores them."""
     family = family or likelihood_family(model)
     scorer: dict[str, Callable[..., list[float]]] = {CAUSAL: _causal, SPAN_PLL: _span_pll, MLM_PLL: _mlm_pll}
     if family not in scorer:
@@ -58,9 +68,27 @@ def text_log_likelihoods(model: Any, vocab: Vocab, texts: Sequence[Sequence[int]
     was_training = model.training
     model.eval()
     try:
-        return scorer[family](model, vocab, [list(t) for t in texts], batch_rows, torch.device(device))
+        texts = [list(t) for t in texts]
+        if family == CAUSAL:
+            return _causal(model, vocab, texts, batch_rows, torch.device(device))
+        return scorer[family](model, vocab, texts, batch_rows, torch.device(device), spans)
     finally:
         model.train(was_training)
+
+
+def word_spans(ids: Sequence[int], starts_word: Callable[[int], bool]) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of whole words in ``ids``; ``starts_word(id)``: the piece
+    opens a word (SentencePiece's ``▁``). Hiding one subword of a word while its other
+    pieces stay visible makes the hidden piece nearly free to predict, in a good sentence
+    and a bad one alike; hiding the whole word scores what the sentence says (the
+    word-level PLL of Kauf & Ivanova, 2023)."""
+    spans: list[tuple[int, int]] = []
+    for p, token in enumerate(ids):
+        if p == 0 or starts_word(token):
+            spans.append((p, p + 1))
+        else:
+            spans[-1] = (spans[-1][0], p + 1)
+    return spans
 
 
 def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
@@ -89,52 +117,63 @@ def _causal(model: Any, vocab: Vocab, texts: list[list[int]], batch_rows: int, d
     return out
 
 
-def _rows_per_token(texts: list[list[int]]) -> list[tuple[int, int]]:
-    """``(text index, token position)`` for every token of every text."""
-    return [(t, p) for t, text in enumerate(texts) for p in range(len(text))]
+Spans = Sequence[Sequence[tuple[int, int]]]
 
 
-def _sum_by_text(texts: list[list[int]], rows: list[tuple[int, int]], scores: list[float]) -> list[float]:
+def _rows(texts: list[list[int]], spans: Spans | None) -> list[tuple[int, int, int]]:
+    """``(text index, start, end)`` for every span of every text (default: each token)."""
+    if spans is None:
+        return [(t, p, p + 1) for t, text in enumerate(texts) for p in range(len(text))]
+    return [(t, start, end) for t, text_spans in enumerate(spans) for start, end in text_spans]
+
+
+def _sum_by_text(texts: list[list[int]], rows: list[tuple[int, int, int]], scores: list[float]) -> list[float]:
     totals = [0.0] * len(texts)
-    for (t, _), s in zip(rows, scores):
+    for (t, _, _), s in zip(rows, scores):
         totals[t] += s
     return totals
 
 
-def _span_pll(model: Any, vocab: Vocab, texts: list[list[int]], batch_rows: int, device: torch.device) -> list[float]:
+def _span_pll(model: Any, vocab: Vocab, texts: list[list[int]], batch_rows: int, device: torch.device,
+              spans: Spans | None = None) -> list[float]:
     s0, s1 = vocab.sentinel_id(0), vocab.sentinel_id(1)
-    rows = _rows_per_token(texts)
+    rows = _rows(texts, spans)
     scores: list[float] = []
     for i in range(0, len(rows), batch_rows):
         chunk = rows[i:i + batch_rows]
         enc, tgt = [], []
-        for t, p in chunk:
+        for t, start, end in chunk:
             text = texts[t]
-            enc.append([*text[:p], s0, *text[p + 1:], vocab.eos_id])
-            tgt.append([s0, text[p], *([s1] if p + 1 < len(text) else []), vocab.eos_id])
+            enc.append([*text[:start], s0, *text[end:], vocab.eos_id])
+            tgt.append([s0, *text[start:end], *([s1] if end < len(text) else []), vocab.eos_id])
         enc_ids, tgt_ids = _padded(enc, vocab.pad_id, device), _padded(tgt, vocab.pad_id, device)
         dec_in = F.pad(tgt_ids[:, :-1], (1, 0), value=vocab.pad_id)  # shifted right, as in training
         enc_mask = enc_ids != vocab.pad_id
         hidden = model.decode(dec_in, model.encode(enc_ids, attention_mask=enc_mask), enc_mask)
-        logits = model.lm_logits(hidden[:, 1])  # the position that predicts the span's token
-        scores.extend(_gather_log_probs(logits, tgt_ids[:, 1]).tolist())
+        width = max(end - start for _, start, end in chunk)
+        # Positions 1..width predict the span's tokens (position 0 predicts its sentinel).
+        log_probs = _gather_log_probs(model.lm_logits(hidden[:, 1:1 + width]), tgt_ids[:, 1:1 + width])
+        lengths = torch.tensor([end - start for _, start, end in chunk], device=device)
+        inside = torch.arange(width, device=device)[None, :] < lengths[:, None]
+        scores.extend(log_probs.masked_fill(~inside, 0.0).sum(dim=1).tolist())
     return _sum_by_text(texts, rows, scores)
 
 
-def _mlm_pll(model: Any, vocab: Vocab, texts: list[list[int]], batch_rows: int, device: torch.device) -> list[float]:
-    rows = _rows_per_token(texts)
+def _mlm_pll(model: Any, vocab: Vocab, texts: list[list[int]], batch_rows: int, device: torch.device,
+             spans: Spans | None = None) -> list[float]:
+    rows = _rows(texts, spans)
     scores: list[float] = []
     for i in range(0, len(rows), batch_rows):
         chunk = rows[i:i + batch_rows]
         masked = []
-        for t, p in chunk:
+        for t, start, end in chunk:
             text = list(texts[t])
-            text[p] = vocab.mask_id
+            text[start:end] = [vocab.mask_id] * (end - start)
             masked.append(text)
         ids = _padded(masked, vocab.pad_id, device)
-        hidden = model.encode(ids, attention_mask=ids != vocab.pad_id)
-        positions = torch.tensor([p for _, p in chunk], device=device)
-        at = hidden[torch.arange(len(chunk), device=device), positions]
-        targets = torch.tensor([texts[t][p] for t, p in chunk], device=device)
-        scores.extend(_gather_log_probs(model.lm_logits(at), targets).tolist())
+        log_probs = F.log_softmax(model.lm_logits(model.encode(ids, attention_mask=ids != vocab.pad_id)).float(), -1)
+        for r, (t, start, end) in enumerate(chunk):
+            positions = torch.arange(start, end, device=device)
+            targets = torch.tensor(texts[t][start:end], device=device)
+            scores.append(log_probs[r, positions, targets].sum().item())
     return _sum_by_text(texts, rows, scores)

@@ -25,8 +25,21 @@ from spactor.evaluation.finetune import (
 from spactor.registry import TASKS, factory_class
 from spactor.train.device import resolve_device
 from spactor.tasks import build_task
-from spactor.evaluation.likelihood import likelihood_family, text_log_likelihoods
+from spactor.evaluation.likelihood import likelihood_family, text_log_likelihoods, word_spans
 from spactor.tasks.minimal_pairs import MinimalPairsTask, score_pairs
+
+
+def whole_words(tokenizer: Any, texts: list[list[int]]) -> list[list[tuple[int, int]]]:
+    """Each text's whole-word spans (a piece starting with SentencePiece's ``▁`` opens a
+    word): what the pseudo-log-likelihood families hide one at a time."""
+    pieces: dict[int, bool] = {}
+
+    def starts_word(token: int) -> bool:
+        if token not in pieces:
+            pieces[token] = tokenizer.id_to_token(token).startswith("\u2581")
+        return pieces[token]
+
+    return [word_spans(t, starts_word) for t in texts]
 
 
 def score_minimal_pairs(model: Any, run: LoadedRun, task: MinimalPairsTask,
@@ -35,7 +48,8 @@ def score_minimal_pairs(model: Any, run: LoadedRun, task: MinimalPairsTask,
     vocab = run.tokenizer.vocab()
     good = [run.tokenizer.encode(p.good) for p in task.pairs]
     bad = [run.tokenizer.encode(p.bad) for p in task.pairs]
-    scores = text_log_likelihoods(model.to(device), vocab, good + bad, batch_rows=batch_rows, device=device)
+    scores = text_log_likelihoods(model.to(device), vocab, good + bad, batch_rows=batch_rows, device=device,
+                                  spans=whole_words(run.tokenizer, good + bad))
     return score_pairs(task.pairs, scores[: len(good)], scores[len(good):])
 
 
@@ -103,7 +117,7 @@ def score_lines(model: Any, run: LoadedRun, lines: Iterable[str], device: str = 
 
     def flush() -> Iterator[dict[str, Any]]:
         ids = [run.tokenizer.encode(t) for t in batch]
-        scores = text_log_likelihoods(model, vocab, ids, device=dev)
+        scores = text_log_likelihoods(model, vocab, ids, device=dev, spans=whole_words(run.tokenizer, ids))
         for text, i, s in zip(batch, ids, scores):
             yield {"text": text, "log_likelihood": s, "tokens": len(i)}
         batch.clear()

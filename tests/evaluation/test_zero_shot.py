@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from spactor.cli import main
 from spactor.config import load_config
 from spactor.data.pydoc_pairs import first_sentence, pydoc_minimal_pairs, swapped
-from spactor.evaluation.likelihood import CAUSAL, MLM_PLL, SPAN_PLL, likelihood_family, text_log_likelihoods
+from spactor.evaluation.likelihood import (
+    CAUSAL,
+    MLM_PLL,
+    SPAN_PLL,
+    likelihood_family,
+    text_log_likelihoods,
+    word_spans,
+)
 from spactor.plugins import load_plugins
 from spactor.registry import ARCHITECTURES
 from spactor.tasks.minimal_pairs import MinimalPair, read_pairs, score_pairs
@@ -49,6 +56,33 @@ def test_span_pll_scores_each_token_as_the_single_noise_span():
     # batching and padding change nothing
     again = text_log_likelihoods(model, VOCAB, [[5, 6, 7, 8, 9], text], batch_rows=3)
     assert again[1] == pytest.approx(total, abs=1e-4)
+
+
+def test_a_whole_word_is_one_noise_span_scored_token_by_token():
+    assert word_spans([10, 11, 12, 13, 14], lambda t: t in (10, 13)) == [(0, 3), (3, 5)]
+    model = _model("t5")
+    text, spans = [10, 11, 12, 13], [(0, 2), (2, 4)]
+    [total] = text_log_likelihoods(model, VOCAB, [text], spans=[spans])
+    s0, s1, eos = VOCAB.sentinel_id(0), VOCAB.sentinel_id(1), VOCAB.eos_id
+    want = 0.0
+    for enc, tgt, word in [([s0, 12, 13, eos], [s0, 10, 11, s1, eos], [10, 11]),
+                           ([10, 11, s0, eos], [s0, 12, 13, eos], [12, 13])]:
+        tgt_t = torch.tensor([tgt])
+        dec_in = F.pad(tgt_t[:, :-1], (1, 0), value=VOCAB.pad_id)
+        with torch.no_grad():
+            log_probs = F.log_softmax(model.lm_logits(model.decode(dec_in, model.encode(torch.tensor([enc])), None)), -1)
+        want += sum(log_probs[0, 1 + i, w].item() for i, w in enumerate(word))
+    assert total == pytest.approx(want, abs=1e-4)
+    mlm = _model("encoder")
+    [masked] = text_log_likelihoods(mlm, VOCAB, [text], spans=[spans])
+    want = 0.0
+    for start, end in spans:
+        ids = list(text)
+        ids[start:end] = [VOCAB.mask_id] * (end - start)
+        with torch.no_grad():
+            log_probs = F.log_softmax(mlm.lm_logits(mlm.encode(torch.tensor([ids]))), -1)
+        want += sum(log_probs[0, p, text[p]].item() for p in range(start, end))
+    assert masked == pytest.approx(want, abs=1e-4)
 
 
 def test_mlm_pll_masks_one_token_at_a_time():
