@@ -110,6 +110,9 @@ def check_trainer(t: Any) -> None:
             fail("trainer.downstream_tasks", t.downstream_tasks, "must name at least one task")
         for name in t.downstream_tasks:
             one_of("trainer.downstream_tasks", name, TASKS.names())
+            if getattr(factory_class(TASKS.get(name)), "kind", None) == "zero_shot":
+                fail("trainer.downstream_tasks", name, "is scored zero-shot, not fine-tuned: score the run's "
+                     f"checkpoints with spactor evaluate RUN --task {name} --all")
     # numpy's SeedSequence (the loader's shuffle) refuses negative seeds.
     at_least("trainer.seed", t.seed, 0)
     if t.clip_grad_norm is not None:

@@ -455,6 +455,9 @@ def evaluate_run(run_dir: str | Path, task_name: str, step: int | None = None, e
         raise EvaluationError(f"--init must be checkpoint or random, got {init!r}")
     run = open_run(run_dir)
     task = build_task(task_name, task_options)
+    if not isinstance(task, Task):  # a zero-shot task (minimal pairs): nothing to fine-tune
+        raise EvaluationError(f"task {task_name} is scored zero-shot, not fine-tuned: "
+                              f"spactor evaluate RUN --task {task_name}")
     cfg = finetune or FinetuneConfig()
     written = []
     if init == "random":
