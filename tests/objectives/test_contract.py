@@ -13,6 +13,7 @@ from spactor.architectures.t5_plugin import build_t5
 from spactor.config import ConfigError, load_config
 from spactor.contract import RAW_FIELDS, RUNNER_FIELDS, check_contract, implements, objective_class
 from spactor.data.tokenizer import t5_vocab
+from spactor.objectives.base import unpadded_key
 from spactor.objectives.base import Batch, Objective, ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.mlm import MLM, MLMConfig
 from spactor.objectives.mlm_mask import MlmMask, MlmMaskConfig
@@ -153,7 +154,10 @@ def test_declarations_match_what_objectives_read_and_write(recipe, overrides):
         declared = set(cls.REQUIRES) | set(cls.PROVIDES) | set(RAW_FIELDS) | set(RUNNER_FIELDS)
         assert reads[name] <= declared, (name, reads[name] - declared)
         assert set(cls.REQUIRES) <= reads[name], (name, set(cls.REQUIRES) - reads[name])
-        assert writes[name] <= set(cls.PROVIDES), (name, writes[name] - set(cls.PROVIDES))
+        # A provided view may carry its no-padding marker (``unpadded_key``): metadata of
+        # that view, read by its presence only, never a field of its own.
+        markers = {unpadded_key(v) for v in cls.PROVIDES}
+        assert writes[name] <= set(cls.PROVIDES) | markers, (name, writes[name] - set(cls.PROVIDES) - markers)
         optional = {"encoder_embeds"} - writes[name]  # only with embedding_sharing: gdes
         assert set(cls.PROVIDES) - optional <= writes[name], name
         if not (implements(cls, "transform") or implements(cls, "modify")):
