@@ -13,8 +13,7 @@ from spactor.architectures.t5_plugin import build_t5
 from spactor.config import ConfigError, load_config
 from spactor.contract import RAW_FIELDS, RUNNER_FIELDS, check_contract, implements, objective_class
 from spactor.data.tokenizer import t5_vocab
-from spactor.objectives.base import unpadded_key
-from spactor.objectives.base import Batch, Objective, ObjectiveContext, SharedForward, Vocab
+from spactor.objectives.base import Batch, Objective, ObjectiveContext, SharedForward, Vocab, unpadded_key
 from spactor.objectives.mlm import MLM, MLMConfig
 from spactor.objectives.mlm_mask import MlmMask, MlmMaskConfig
 from spactor.objectives.rtd import RTD
