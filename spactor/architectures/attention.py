@@ -328,6 +328,21 @@ def attend(
     )
 
 
+@torch.no_grad()
+def init_normal(model: nn.Module, embedding: nn.Embedding, std: float, norm: type[nn.Module]) -> None:
+    """Hugging Face's init of the modern decoder families (Llama, T5Gemma): the embedding
+    and every linear ~ N(0, std²), biases 0, each ``norm`` its own ``reset_parameters``.
+    Also the re-init after ``to_empty()`` from a meta-device build."""
+    nn.init.normal_(embedding.weight, std=std)
+    for module in model.modules():
+        if isinstance(module, norm):
+            module.reset_parameters()  # type: ignore[operator]
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 # --------------------------------------------------------------------------- feed-forward
 
 

@@ -89,7 +89,8 @@ class Architecture(Protocol):
 
 class EncoderInputs:
     """``embed`` and ``encode`` for models whose encoder stack reads token embeddings
-    (``self.token_embedding``, ``self.encoder``): shared by T5 and the encoder-only model."""
+    (``self.token_embedding``, ``self.encoder``): shared by T5, t5gemma (whose stacks scale
+    the raw rows by ``sqrt(d_model)``) and the encoder-only model."""
 
     token_embedding: nn.Embedding
     encoder: nn.Module

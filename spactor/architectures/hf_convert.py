@@ -111,6 +111,37 @@ class KeyMap:
         """The inverse of :meth:`to_hf`; None for keys spactor has no parameter for."""
         return self._rename(key, self._from_hf)
 
+    def from_hf_state(self, sd: dict[str, torch.Tensor], skip: Any) -> dict[str, torch.Tensor]:
+        """``sd`` under spactor's names, the keys ``skip(key)`` accepts left out;
+        ``ValueError`` naming the keys that are no parameter of this model."""
+        out: dict[str, torch.Tensor] = {}
+        unknown: list[str] = []
+        for key, value in sd.items():
+            if skip(key):
+                continue
+            renamed = self.from_hf(key)
+            if renamed is None:
+                unknown.append(key)
+            else:
+                out[renamed] = value
+        if unknown:
+            raise ValueError(
+                f"not {self.model} parameters: {', '.join(sorted(unknown)[:8])}" + (" ..." if len(unknown) > 8 else "")
+            )
+        return out
+
+    def check_complete(self, out: dict[str, torch.Tensor], expected: Any, what: str) -> None:
+        """``ValueError`` naming (by their HF names) the parameters ``out`` lacks or has
+        beyond ``expected``, the model's state-dict keys."""
+        missing, extra = sorted(set(expected) - set(out)), sorted(set(out) - set(expected))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(self.to_hf(k) for k in missing[:8]))
+            if extra:
+                parts.append("unexpected " + ", ".join(self.to_hf(k) for k in extra[:8]))
+            raise ValueError(f"the checkpoint does not match the configured {what}: " + "; ".join(parts))
+
 
 T5_KEYS = KeyMap(_RULES, _GROUPS, "T5")
 
@@ -156,30 +187,15 @@ def hf_to_t5_state_dict(sd: dict[str, torch.Tensor], cfg: T5Config) -> dict[str,
     ``lm_head`` offered to a tied (v1.0) model.
     """
     tied = resolve_t5_dims(cfg)["tie_embeddings"]
-    out: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, value in sd.items():
-        if key in _HF_REDUNDANT:
-            continue
-        if key == "lm_head.weight" and tied:
-            # HF's own v1.0 files may hold the head as a copy of ``shared``; a different
-            # tensor means the checkpoint was trained untied and cannot become v1.0.
-            shared = sd.get("shared.weight")
-            if shared is not None and not torch.equal(value, shared):
-                raise ValueError(
-                    "the checkpoint's lm_head.weight differs from shared.weight (an untied head), "
-                    "but the configured T5 ties them; use model.version=1.1 (model.tie_embeddings=false)"
-                )
-            continue
-        renamed = hf_to_spactor_key(key)
-        if renamed is None:
-            unknown.append(key)
-        else:
-            out[renamed] = value
-    if unknown:
+    head, shared = sd.get("lm_head.weight"), sd.get("shared.weight")
+    # HF's own v1.0 files may hold the head as a copy of ``shared``; a different tensor
+    # means the checkpoint was trained untied and cannot become v1.0.
+    if tied and head is not None and shared is not None and not torch.equal(head, shared):
         raise ValueError(
-            f"not T5 parameters: {', '.join(sorted(unknown)[:8])}" + (" ..." if len(unknown) > 8 else "")
+            "the checkpoint's lm_head.weight differs from shared.weight (an untied head), "
+            "but the configured T5 ties them; use model.version=1.1 (model.tie_embeddings=false)"
         )
+    out = T5_KEYS.from_hf_state(sd, lambda key: key in _HF_REDUNDANT or (tied and key == "lm_head.weight"))
     if "token_embedding.weight" not in out:
         raise ValueError("the checkpoint has no shared.weight (the token embedding)")
     if not tied and "lm_head.weight" not in out:
@@ -188,15 +204,7 @@ def hf_to_t5_state_dict(sd: dict[str, torch.Tensor], cfg: T5Config) -> dict[str,
         out["lm_head.weight"] = out["token_embedding.weight"].clone()
     with torch.device("meta"):  # only the parameter names; no memory, no init cost
         expected = T5Model(cfg, out["token_embedding.weight"].shape[0]).state_dict().keys()
-    missing = sorted(set(expected) - set(out))
-    extra = sorted(set(out) - set(expected))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append("missing " + ", ".join(spactor_to_hf_key(k) for k in missing[:8]))
-        if extra:
-            parts.append("unexpected " + ", ".join(spactor_to_hf_key(k) for k in extra[:8]))
-        raise ValueError("the checkpoint does not match the configured T5: " + "; ".join(parts))
+    T5_KEYS.check_complete(out, expected, "T5")
     return out
 
 

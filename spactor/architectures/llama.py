@@ -43,6 +43,7 @@ from spactor.architectures.attention import (
     RotaryEmbedding,
     SelfAttention,
     build_mask,
+    init_normal,
 )
 from spactor.architectures.base import CAUSAL_LM, PREFIX_LM
 from spactor.architectures.layers import RMSNorm, check_attention, compute_dtype, model_field_rule
@@ -184,15 +185,7 @@ class LlamaModel(nn.Module):
     def init_weights(self) -> None:
         """Every matrix and the embedding ~ N(0, init_std²), norms 1 (Hugging Face's Llama
         init). Also the re-init after ``to_empty()`` from a meta-device build."""
-        std = self.config.init_std
-        nn.init.normal_(self.token_embedding.weight, std=std)
-        for module in self.modules():
-            if isinstance(module, RMSNorm):
-                module.reset_parameters()
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_normal(self, self.token_embedding, self.config.init_std, RMSNorm)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(ids)

@@ -67,42 +67,22 @@ def hf_to_llama_state_dict(sd: dict[str, torch.Tensor], cfg: LlamaConfig) -> dic
     """spactor llama weights from an HF Llama state dict; ``ValueError`` for unknown keys,
     missing parameters, or an untied head offered to a tied model."""
     tied = resolve_llama_dims(cfg)["tie_embeddings"]
-    out: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, value in sd.items():
-        if key.endswith("rotary_emb.inv_freq"):  # older checkpoints store RoPE's buffer
-            continue
-        if key == "lm_head.weight" and tied:
-            embed = sd.get("model.embed_tokens.weight")
-            if embed is not None and not torch.equal(value, embed):
-                raise ValueError(
-                    "the checkpoint's lm_head.weight differs from model.embed_tokens.weight (an untied head), "
-                    "but the configured llama ties them; set model.tie_embeddings=false"
-                )
-            continue
-        renamed = hf_to_spactor_key(key)
-        if renamed is None:
-            unknown.append(key)
-        else:
-            out[renamed] = value
-    if unknown:
+    head, embed = sd.get("lm_head.weight"), sd.get("model.embed_tokens.weight")
+    if tied and head is not None and embed is not None and not torch.equal(head, embed):
         raise ValueError(
-            f"not Llama parameters: {', '.join(sorted(unknown)[:8])}" + (" ..." if len(unknown) > 8 else "")
+            "the checkpoint's lm_head.weight differs from model.embed_tokens.weight (an untied head), "
+            "but the configured llama ties them; set model.tie_embeddings=false"
         )
+    # older checkpoints store RoPE's buffer; a tied head is the embedding
+    out = LLAMA_KEYS.from_hf_state(
+        sd, lambda key: key.endswith("rotary_emb.inv_freq") or (tied and key == "lm_head.weight"))
     if "token_embedding.weight" not in out:
         raise ValueError("the checkpoint has no model.embed_tokens.weight")
     if not tied and "lm_head.weight" not in out:
         raise ValueError("the checkpoint has no lm_head.weight (a tied head); set model.tie_embeddings=true")
     with torch.device("meta"):
         expected = LlamaModel(cfg, out["token_embedding.weight"].shape[0]).state_dict().keys()
-    missing, extra = sorted(set(expected) - set(out)), sorted(set(out) - set(expected))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append("missing " + ", ".join(spactor_to_hf_key(k) for k in missing[:8]))
-        if extra:
-            parts.append("unexpected " + ", ".join(spactor_to_hf_key(k) for k in extra[:8]))
-        raise ValueError("the checkpoint does not match the configured llama: " + "; ".join(parts))
+    LLAMA_KEYS.check_complete(out, expected, "llama")
     return out
 
 

@@ -55,8 +55,9 @@ from spactor.architectures.attention import (
     RotaryEmbedding,
     SelfAttention,
     build_mask,
+    init_normal,
 )
-from spactor.architectures.base import DECODE, ENCODE, BlockRole
+from spactor.architectures.base import DECODE, ENCODE, BlockRole, EncoderInputs
 from spactor.architectures.layers import check_attention, compute_dtype, model_field_rule
 from spactor.checks import CheckContext, ModelShape, check_fields, hf_directory, one_of, positive, positive_int
 from spactor.config import ConfigError
@@ -346,7 +347,7 @@ class T5GemmaDecoder(_Stack):
 _ANNOUNCED: set[tuple[str, ...]] = set()
 
 
-class T5GemmaModel(nn.Module):
+class T5GemmaModel(EncoderInputs, nn.Module):
     """T5Gemma encoder-decoder implementing :class:`spactor.architectures.base.Architecture`."""
 
     CAPABILITIES = frozenset({ENCODE, DECODE})
@@ -384,30 +385,7 @@ class T5GemmaModel(nn.Module):
     def init_weights(self) -> None:
         """Every matrix and the embedding ~ N(0, init_std²), norm weights 0 (scale 1):
         Hugging Face's T5Gemma init. Also the re-init after ``to_empty()`` from a meta build."""
-        std = self.config.init_std
-        nn.init.normal_(self.token_embedding.weight, std=std)
-        for module in self.modules():
-            if isinstance(module, GemmaRMSNorm):
-                module.reset_parameters()
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """The raw embedding rows (each stack scales them by ``sqrt(d_model)``)."""
-        return self.token_embedding(ids)
-
-    def encode(
-        self,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("encode() needs exactly one of input_ids and inputs_embeds")
-        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        return self.encoder(x, attention_mask)
+        init_normal(self, self.token_embedding, self.config.init_std, GemmaRMSNorm)
 
     def decode(
         self,
