@@ -148,6 +148,27 @@ def _flex_block_mask(spec: MaskSpec, query_length: int, key_length: int, device:
 # --------------------------------------------------------------------------- positions
 
 
+def resolve_rotary_heads(dims: dict[str, Any], num_heads: int | None, num_kv_heads: int | None,
+                         head_dim: int | None) -> None:
+    """Complete ``dims`` (``d_model``, ``num_heads``, ``num_kv_heads`` and maybe
+    ``head_dim`` from a size preset and its overrides) for grouped-query attention with
+    rotary positions, checked: the configured head counts (``num_heads`` given without
+    ``num_kv_heads`` is plain multi-head), k/v heads dividing the query heads, and an even
+    ``head_dim`` (``d_model / num_heads`` unless set). ``ValueError`` naming the rule."""
+    if num_heads is not None and num_kv_heads is None:
+        dims["num_kv_heads"] = dims["num_heads"]  # a head count without kv heads: plain multi-head
+    if dims["num_heads"] % dims["num_kv_heads"]:
+        raise ValueError(f"num_kv_heads ({dims['num_kv_heads']}) must divide num_heads ({dims['num_heads']})")
+    if head_dim is None:
+        if dims["d_model"] % dims["num_heads"]:
+            raise ValueError(
+                f"num_heads ({dims['num_heads']}) must divide d_model ({dims['d_model']}), or set head_dim"
+            )
+        dims["head_dim"] = dims["d_model"] // dims["num_heads"]
+    if dims["head_dim"] % 2:
+        raise ValueError(f"head_dim ({dims['head_dim']}) must be even for rotary positions")
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE (Su et al., 2021) in Llama's layout: frequencies ``theta^(-2i/d)`` for the
     first ``d/2`` dimensions, repeated for the second half (``rotate_half``)."""

@@ -44,6 +44,7 @@ from spactor.architectures.attention import (
     SelfAttention,
     build_mask,
     init_normal,
+    resolve_rotary_heads,
 )
 from spactor.architectures.base import CAUSAL_LM, PREFIX_LM
 from spactor.architectures.layers import RMSNorm, check_attention, compute_dtype, model_field_rule
@@ -113,18 +114,7 @@ def resolve_llama_dims(cfg: LlamaConfig) -> dict[str, Any]:
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
             dims[name] = int(value)
-    if cfg.num_heads is not None and cfg.num_kv_heads is None:
-        dims["num_kv_heads"] = dims["num_heads"]  # a head count without kv heads: plain multi-head
-    if dims["num_heads"] % dims["num_kv_heads"]:
-        raise ValueError(f"num_kv_heads ({dims['num_kv_heads']}) must divide num_heads ({dims['num_heads']})")
-    if cfg.head_dim is None:
-        if dims["d_model"] % dims["num_heads"]:
-            raise ValueError(
-                f"num_heads ({dims['num_heads']}) must divide d_model ({dims['d_model']}), or set head_dim"
-            )
-        dims["head_dim"] = dims["d_model"] // dims["num_heads"]
-    if dims["head_dim"] % 2:
-        raise ValueError(f"head_dim ({dims['head_dim']}) must be even for rotary positions")
+    resolve_rotary_heads(dims, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
     check_attention(cfg.attention, cfg.dropout)
     dims["tie_embeddings"] = tied if cfg.tie_embeddings is None else bool(cfg.tie_embeddings)
     return dims

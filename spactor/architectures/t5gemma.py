@@ -56,6 +56,7 @@ from spactor.architectures.attention import (
     SelfAttention,
     build_mask,
     init_normal,
+    resolve_rotary_heads,
 )
 from spactor.architectures.base import DECODE, ENCODE, BlockRole, EncoderInputs
 from spactor.architectures.layers import check_attention, compute_dtype, model_field_rule
@@ -151,18 +152,7 @@ def resolve_t5gemma_dims(cfg: T5GemmaConfig) -> dict[str, Any]:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
             dims[name] = int(value)
     dims.setdefault("num_decoder_layers", dims["num_layers"])
-    if cfg.num_heads is not None and cfg.num_kv_heads is None:
-        dims["num_kv_heads"] = dims["num_heads"]  # a head count without kv heads: plain multi-head
-    if dims["num_heads"] % dims["num_kv_heads"]:
-        raise ValueError(f"num_kv_heads ({dims['num_kv_heads']}) must divide num_heads ({dims['num_heads']})")
-    if cfg.head_dim is None:
-        if dims["d_model"] % dims["num_heads"]:
-            raise ValueError(
-                f"num_heads ({dims['num_heads']}) must divide d_model ({dims['d_model']}), or set head_dim"
-            )
-        dims["head_dim"] = dims["d_model"] // dims["num_heads"]
-    if dims["head_dim"] % 2:
-        raise ValueError(f"head_dim ({dims['head_dim']}) must be even for rotary positions")
+    resolve_rotary_heads(dims, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
     check_attention(cfg.attention, cfg.attention_dropout)
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
