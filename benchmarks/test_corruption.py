@@ -1,5 +1,5 @@
 """Corruption throughput: the vectorised span corruption and MLM masking against the
-per-example numpy rendering of T5's preprocessors (``spactor.objectives.reference_t5``),
+per-example numpy rendering of T5's preprocessors (``tests/reference_t5.py``),
 at the paper's shapes: B = 64 raw chunks of N = 568 tokens (→ 512 / 114).
 
 The reference carries ``extra_info["reference"] = True``; ``python -m benchmarks.compare``
