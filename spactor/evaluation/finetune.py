@@ -178,16 +178,17 @@ def build_model(run: LoadedRun) -> nn.Module:
     return ARCHITECTURES.get(plugin.type).factory(cfg, run.tokenizer.vocab_size)
 
 
-def load_model_weights(model: nn.Module, checkpoint: Path) -> None:
-    """Read only the discriminator's tensors (``model.*`` in the training state) from a
-    checkpoint into ``model``; the checkpoint is verified first."""
+def load_model_weights(model: nn.Module, checkpoint: Path, prefix: str = "model.") -> None:
+    """Read only ``model``'s tensors (``prefix`` in the training state: ``model.`` the
+    discriminator, ``objectives.<name>.`` an objective's modules) from a checkpoint
+    into it; the checkpoint is verified first."""
     problem = Checkpointer(checkpoint.parent).verify(checkpoint)
     if problem is not None:
         raise EvaluationError(f"checkpoint {checkpoint} is unusable: {problem}")
     own = model.state_dict()
-    state = {"model": {f"model.{k}": v.clone() for k, v in own.items()}}
+    state = {"model": {f"{prefix}{k}": v.clone() for k, v in own.items()}}
     read_dcp_locally(state, checkpoint / "dcp")  # rank 0 alone, in downstream evaluation
-    model.load_state_dict({k: state["model"][f"model.{k}"] for k in own}, strict=True)
+    model.load_state_dict({k: state["model"][f"{prefix}{k}"] for k in own}, strict=True)
 
 
 def checkpoint_flops(run: LoadedRun, step: int, checkpoint: Path | None) -> float | None:

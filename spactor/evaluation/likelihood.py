@@ -9,7 +9,11 @@ evaluation pipeline scores BLiMP's minimal pairs):
   each word in turn as the one noise span (``a b <s0> d e </s>`` → ``<s0> c <s1> </s>``,
   T5's layout for a single span), its tokens scored by the decoder;
 * an encoder with a trained MLM head (``ENCODE``): masked-LM pseudo-log-likelihood, each
-  word's tokens in turn replaced by ``[M]`` and scored by ``lm_logits`` at their positions.
+  word's tokens in turn replaced by ``[M]`` and scored by ``lm_logits`` at their positions;
+* an ELECTRA-style discriminator (``ENCODE`` and a replaced-token-detection head, whose
+  language-model head was never trained): the sum over the text's tokens of
+  log P(original), read in one pass over the unmasked text (``token_scorer``: the
+  run's RTD head, ``spactor.evaluation.zero_shot`` finds it).
 
 The pseudo-log-likelihood families hide whole words (``spans``, :func:`word_spans`) where
 the caller gives them, else single tokens. Measured on a tiny T5 after 1,000 SC steps
@@ -37,6 +41,10 @@ from spactor.vocab import Vocab
 CAUSAL = "causal_lm"  # the family names a result records
 SPAN_PLL = "span_corruption_pll"
 MLM_PLL = "mlm_pll"
+DISCRIMINATOR = "discriminator_original"
+
+# hidden states (B, L, D) -> log P(original) per position (B, L): an RTD head's scores
+TokenScorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def likelihood_family(model: Any) -> str:
@@ -56,13 +64,17 @@ def likelihood_family(model: Any) -> str:
 def text_log_likelihoods(model: Any, vocab: Vocab, texts: Sequence[Sequence[int]], *,
                          batch_rows: int = 64, device: torch.device | str = "cpu",
                          family: str | None = None, spans: Sequence[Sequence[tuple[int, int]]] | None = None,
-                         ) -> list[float]:
+                         token_scorer: TokenScorer | None = None) -> list[float]:
     """The log-likelihood (nats, summed over tokens) of each token-id list in ``texts``.
     ``spans``: per text, the ``[start, end)`` token ranges the pseudo-log-likelihood
     families hide one at a time (:func:`word_spans`: whole words); default: each token.
-    A causal model reads every token in order and ignores them."""
-    family = family or likelihood_family(model)
-    scorer: dict[str, Callable[..., list[float]]] = {CAUSAL: _causal, SPAN_PLL: _span_pll, MLM_PLL: _mlm_pll}
+    A causal model reads every token in order and ignores them. ``token_scorer`` (an RTD
+    head's log P(original)) selects the discriminator family for an encoder."""
+    family = family or (DISCRIMINATOR if token_scorer is not None else likelihood_family(model))
+    if family == DISCRIMINATOR and token_scorer is None:
+        raise ValueError("the discriminator family needs a token_scorer (the run's RTD head)")
+    scorer: dict[str, Callable[..., list[float]]] = {CAUSAL: _causal, SPAN_PLL: _span_pll, MLM_PLL: _mlm_pll,
+                                                     DISCRIMINATOR: _discriminator}
     if family not in scorer:
         raise ValueError(f"unknown likelihood family {family!r}; valid: {', '.join(scorer)}")
     was_training = model.training
@@ -71,6 +83,8 @@ def text_log_likelihoods(model: Any, vocab: Vocab, texts: Sequence[Sequence[int]
         texts = [list(t) for t in texts]
         if family == CAUSAL:
             return _causal(model, vocab, texts, batch_rows, torch.device(device))
+        if family == DISCRIMINATOR:
+            return _discriminator(model, vocab, texts, batch_rows, torch.device(device), token_scorer)
         return scorer[family](model, vocab, texts, batch_rows, torch.device(device), spans)
     finally:
         model.train(was_training)
@@ -98,6 +112,17 @@ def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tens
 
 def _gather_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _discriminator(model: Any, vocab: Vocab, texts: list[list[int]], batch_rows: int, device: torch.device,
+                   token_scorer: TokenScorer) -> list[float]:
+    out = []
+    for i in range(0, len(texts), batch_rows):
+        ids = _padded(texts[i:i + batch_rows], vocab.pad_id, device)
+        real = ids != vocab.pad_id
+        scores = token_scorer(model.encode(ids, attention_mask=real)).float().masked_fill(~real, 0.0)
+        out.extend(scores.sum(dim=1).tolist())
+    return out
 
 
 def _causal(model: Any, vocab: Vocab, texts: list[list[int]], batch_rows: int, device: torch.device) -> list[float]:

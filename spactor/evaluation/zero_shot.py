@@ -25,7 +25,14 @@ from spactor.evaluation.finetune import (
 from spactor.registry import TASKS, factory_class
 from spactor.train.device import resolve_device
 from spactor.tasks import build_task
-from spactor.evaluation.likelihood import likelihood_family, text_log_likelihoods, word_spans
+from spactor.evaluation.likelihood import (
+    DISCRIMINATOR,
+    MLM_PLL,
+    TokenScorer,
+    likelihood_family,
+    text_log_likelihoods,
+    word_spans,
+)
 from spactor.tasks.minimal_pairs import MinimalPairsTask, score_pairs
 
 
@@ -42,14 +49,35 @@ def whole_words(tokenizer: Any, texts: list[list[int]]) -> list[list[tuple[int, 
     return [word_spans(t, starts_word) for t in texts]
 
 
-def score_minimal_pairs(model: Any, run: LoadedRun, task: MinimalPairsTask,
-                        device: torch.device, batch_rows: int = 64) -> tuple[float, dict[str, float]]:
+def discriminator_scorer(model: Any, run: LoadedRun, checkpoint: Path | None,
+                         device: torch.device) -> TokenScorer | None:
+    """For an encoder whose language-model head the run never trained (an ELECTRA
+    discriminator): the run's objective that reads log P(original) from its states
+    (``original_log_probs``, RTD's head), with the checkpoint's weights (random with
+    the model's when ``checkpoint`` is None). None for every other model."""
+    if likelihood_family(model) != MLM_PLL:
+        return None
+    from spactor.train.builders import build_objectives
+
+    objectives = build_objectives(run.resolved, run.tokenizer.vocab(), model)
+    for name, objective in objectives.items():
+        if callable(getattr(objective, "original_log_probs", None)):
+            if checkpoint is not None:
+                load_model_weights(objective, checkpoint, prefix=f"objectives.{name}.")
+            objective.to(device).eval()
+            return objective.original_log_probs
+    return None
+
+
+def score_minimal_pairs(model: Any, run: LoadedRun, task: MinimalPairsTask, device: torch.device,
+                        batch_rows: int = 64, token_scorer: TokenScorer | None = None,
+                        ) -> tuple[float, dict[str, float]]:
     """(accuracy, accuracy per UID) of ``model`` on ``task``."""
     vocab = run.tokenizer.vocab()
     good = [run.tokenizer.encode(p.good) for p in task.pairs]
     bad = [run.tokenizer.encode(p.bad) for p in task.pairs]
     scores = text_log_likelihoods(model.to(device), vocab, good + bad, batch_rows=batch_rows, device=device,
-                                  spans=whole_words(run.tokenizer, good + bad))
+                                  spans=whole_words(run.tokenizer, good + bad), token_scorer=token_scorer)
     return score_pairs(task.pairs, scores[: len(good)], scores[len(good):])
 
 
@@ -64,10 +92,11 @@ def zero_shot_result(run: LoadedRun, task: MinimalPairsTask, step: int | None, c
         model = build_model(run)
         if checkpoint is not None:
             load_model_weights(model, checkpoint)
-        accuracy, per_uid = score_minimal_pairs(model, run, task, dev)
+        token_scorer = discriminator_scorer(model, run, checkpoint, dev)
+        accuracy, per_uid = score_minimal_pairs(model, run, task, dev, token_scorer=token_scorer)
         accuracies.append(accuracy)
         per_uid_runs.append(per_uid)
-        family = likelihood_family(model)
+        family = DISCRIMINATOR if token_scorer is not None else likelihood_family(model)
         del model
     mean = statistics.fmean(accuracies)
     std = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0

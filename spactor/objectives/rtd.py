@@ -520,6 +520,14 @@ class RTD(Objective):
                 metrics = rtd_metrics(logits.detach(), labels, valid)
         return ObjectiveOutput(loss=self.loss_term(batch, total), metrics=metrics)
 
+    def original_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log P(original) of each position of the discriminator's final states (B, L, D):
+        how zero-shot scoring reads a discriminator whose language-model head was never
+        trained (``spactor.evaluation.likelihood``'s discriminator family)."""
+        if self.head is None:
+            raise RuntimeError(f"objectives.{self.name}: the RTD head was released (stage 2)")
+        return F.logsigmoid(-self.head(hidden).float())  # the head's logit says "replaced"
+
     def preview_fields(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"rtd_labels": batch["rtd_labels"]} if "rtd_labels" in batch else {}
 

@@ -100,3 +100,70 @@ def test_print_commands(tmp_path, capsys):
     assert sum(line.startswith("torchrun --nproc_per_node 8 -m spactor train spactor") for line in lines) == 4
     assert any("schedules.two_stage.tau=null" in line for line in lines)
     assert any(line.startswith("spactor evaluate") and "--init random" in line for line in lines)
+
+
+def test_zero_shot_study_with_pretraining_seeds_and_an_arm_of_another_recipe(tmp_path, tiny_overrides, monkeypatch):
+    """The mini study's shape: pre-training seeds per arm, a zero-shot task, and an
+    ELECTRA arm (its own recipe, its own random-init control)."""
+    import spactor.data.pydoc_pairs as pydoc_pairs
+
+    real_pairs = pydoc_pairs.pydoc_minimal_pairs
+    monkeypatch.setattr(pydoc_pairs, "pydoc_minimal_pairs", lambda: real_pairs()[:12])
+    common = [o for o in tiny_overrides if not o.startswith("runtime.progress")]
+    common += ["runtime.count_flops=false", "runtime.progress=false", "trainer.eval_every=2"]
+    text = {
+        "recipe": "sc",
+        "overrides": common,
+        "steps": 2,
+        "checkpoints": [1, 2],
+        "tasks": ["pydoc_pairs"],
+        "seeds": 2,
+        "pretrain_seeds": 2,
+        "arms": {"sc": {}, "electra": {"recipe": "electra", "overrides": common}},
+    }
+    path = tmp_path / "mini.yaml"
+    path.write_text(json.dumps(text))
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out)]) == 0
+    for arm in ("sc", "electra"):
+        for seed in (0, 1):
+            run = out / arm / f"seed{seed}"
+            assert f"seed: {seed}" in (run / "config.yaml").read_text()
+            for step in (1, 2):
+                result = json.loads((run / "eval" / "pydoc_pairs" / f"step_{step}.json").read_text())
+                assert result["seeds"] == 1 and result["finetune"] == {} and result["pairs"] == 12
+        random = json.loads((out / arm / "seed0" / "eval" / "pydoc_pairs" / "random.json").read_text())
+        assert random["seeds"] == 2 and random["init"] == "random"
+    assert json.loads((out / "electra" / "seed0" / "eval" / "pydoc_pairs" / "step_2.json").read_text())[
+        "likelihood"] == "discriminator_original"  # ELECTRA's LM head is untrained: its RTD head scores
+    # Two different pre-training seeds give two different models.
+    assert (out / "sc" / "seed0" / "metrics.jsonl").read_text() != (out / "sc" / "seed1" / "metrics.jsonl").read_text()
+    report = (out / "study.md").read_text()
+    assert "| sc |" in report and "| electra |" in report
+    assert "random init (electra's architecture)" in report and "σ, pre-training" in report
+    assert "mean ± sample std over them" in report
+    cell = next(line for line in report.splitlines() if line.startswith("| sc |") and "±" in line)
+    scores = [json.loads((out / "sc" / f"seed{k}" / "eval" / "pydoc_pairs" / "step_1.json").read_text())["score"]
+              for k in (0, 1)]
+    assert f"{sum(scores) / 2:.3f}" in cell.split("|")[2]  # the mean over the pre-training seeds
+    assert (out / "study.png").stat().st_size > 0
+
+
+def test_print_commands_for_seeds_and_recipe_arms(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps({
+        "recipe": "sc", "steps": 10, "checkpoints": [5, 10], "tasks": ["pydoc_pairs", "pydoc_module"],
+        "pretrain_seeds": 3, "seeds": 2,
+        "arms": {"sc": {}, "electra": {"recipe": "electra", "overrides": {"model.size": "tiny"}}}}))
+    assert main(["study", str(path), "--print-commands", "--out", str(tmp_path / "o")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    trains = [line for line in lines if line.startswith("torchrun")]
+    assert len(trains) == 6 and sum(" train electra " in line for line in trains) == 3
+    assert any("trainer.seed=2" in line and "/electra/seed2" in line for line in trains)
+    zero_shot = [line for line in lines if "--task pydoc_pairs" in line]
+    assert all("finetune." not in line for line in zero_shot)
+    assert sum("--init random" in line for line in lines) == 4  # 2 tasks x (sc's control, electra's)
+    path.write_text(json.dumps({"recipe": "sc", "steps": 10, "checkpoints": [10],
+                                "arms": {"e": {"recipe": "electra", "overides": {}}}}))
+    assert main(["study", str(path)]) == 2
+    assert "arms.e: unknown key 'overides'" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from spactor.config import load_config
 from spactor.data.pydoc_pairs import first_sentence, pydoc_minimal_pairs, swapped
 from spactor.evaluation.likelihood import (
     CAUSAL,
+    DISCRIMINATOR,
     MLM_PLL,
     SPAN_PLL,
     likelihood_family,
@@ -83,6 +84,20 @@ def test_a_whole_word_is_one_noise_span_scored_token_by_token():
             log_probs = F.log_softmax(mlm.lm_logits(mlm.encode(torch.tensor([ids]))), -1)
         want += sum(log_probs[0, p, text[p]].item() for p in range(start, end))
     assert masked == pytest.approx(want, abs=1e-4)
+
+
+def test_discriminator_sums_log_p_original_over_the_unmasked_text():
+    model = _model("encoder")
+    head = torch.nn.Linear(model.hidden_size, 1)
+    scorer = lambda hidden: F.logsigmoid(-head(hidden).squeeze(-1))  # noqa: E731  (an RTD head's scores)
+    texts = [[10, 11, 12, 13], [14, 15]]
+    totals = text_log_likelihoods(model, VOCAB, texts, token_scorer=scorer, batch_rows=2)
+    for text, total in zip(texts, totals):
+        with torch.no_grad():
+            want = scorer(model.encode(torch.tensor([text]))).sum().item()  # alone: no padding
+        assert total == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="needs a token_scorer"):
+        text_log_likelihoods(model, VOCAB, texts, family=DISCRIMINATOR)
 
 
 def test_mlm_pll_masks_one_token_at_a_time():
