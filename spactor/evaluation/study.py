@@ -21,7 +21,7 @@ A study file::
       electra: {recipe: electra, overrides: {model.size: tiny}}   # an arm of another recipe
 
 A task may be fine-tuned (``pydoc_module``) or scored zero-shot (``pydoc_pairs``: no
-fine-tuning; the random-init control is ``seeds`` random inits). With ``pretrain_seeds``
+fine-tuning; the random-init control is ``max(seeds, pretrain_seeds)`` random inits). With ``pretrain_seeds``
 above 1 every cell is the mean ± sample std over the arm's pre-training runs (each
 fine-tuned with ``seeds`` seeds and averaged); with 1 it is over the fine-tuning seeds.
 
@@ -310,8 +310,12 @@ class Evaluation:
     zero_shot: bool
 
     def seeds(self, study: Study) -> int:
-        # A checkpoint scored zero-shot is deterministic: one score; random inits: ``seeds``.
-        return 1 if self.zero_shot and self.step is not None else study.seeds
+        # A checkpoint scored zero-shot is deterministic: one score. The random-init
+        # control draws as many inits as the arms have runs (pre-training seeds), at least
+        # ``seeds``, so both sides of the comparison have a standard deviation of as many.
+        if self.step is None:
+            return max(study.seeds, study.pretrain_seeds)
+        return 1 if self.zero_shot else study.seeds
 
     def budget(self, finetune: dict[str, Any]) -> dict[str, Any]:
         return {} if self.zero_shot else finetune
