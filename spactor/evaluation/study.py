@@ -48,12 +48,53 @@ from pathlib import Path
 from typing import Any
 
 STUDY_KEYS = ("name", "recipe", "overrides", "steps", "checkpoints", "baseline", "tasks", "seeds", "finetune",
-              "random_control", "pretrain_seeds", "arms")
+              "random_control", "pretrain_seeds", "hardware", "arms")
+HARDWARE_KEYS = ("gpu", "gpus", "mfu")  # hardware: {gpu: H100-SXM, gpus: 1, mfu: 0.25}
 ARM_KEYS = ("recipe", "overrides")  # an arm given as {recipe: ..., overrides: ...}
 
 
 class StudyError(ValueError):
     """A bad study file: one line naming the key, exit 2."""
+
+
+@dataclass
+class Hardware:
+    """The machine a study is sized for: ``gpus`` of ``gpu`` (a name in
+    ``spactor.train.flops.mfu.PEAK_TFLOPS``) at a stated model-FLOPs utilisation."""
+
+    gpu: str
+    gpus: int = 1
+    mfu: float = 0.3
+
+    @property
+    def peak_flops(self) -> float:
+        from spactor.train.flops.mfu import PEAK_TFLOPS
+
+        return PEAK_TFLOPS[self.gpu] * 1e12 * self.gpus
+
+    def seconds(self, flops: float) -> float:
+        return flops / (self.peak_flops * self.mfu)
+
+
+def _hardware(raw: Any, file: Path) -> Hardware | None:
+    from spactor.train.flops.mfu import PEAK_TFLOPS
+
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or "gpu" not in raw:
+        raise StudyError(f"{file}: hardware must be a mapping with gpu (and gpus, mfu), got {raw!r}")
+    unknown = sorted(set(raw) - set(HARDWARE_KEYS))
+    if unknown:
+        raise StudyError(f"{file}: hardware: unknown key '{unknown[0]}'; valid keys: {', '.join(HARDWARE_KEYS)}")
+    if raw["gpu"] not in PEAK_TFLOPS:
+        raise StudyError(f"{file}: hardware.gpu '{raw['gpu']}' is not in the peak table; valid: "
+                         f"{', '.join(PEAK_TFLOPS)}")
+    gpus, mfu = raw.get("gpus", 1), raw.get("mfu", 0.3)
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+        raise StudyError(f"{file}: hardware.gpus must be a positive integer, got {gpus!r}")
+    if not isinstance(mfu, (int, float)) or isinstance(mfu, bool) or not 0 < mfu <= 1:
+        raise StudyError(f"{file}: hardware.mfu must be in (0, 1], got {mfu!r}")
+    return Hardware(str(raw["gpu"]), gpus, float(mfu))
 
 
 @dataclass
@@ -72,6 +113,7 @@ class Study:
     path: Path | None = None
     arm_recipes: dict[str, str] = field(default_factory=dict)  # arms that train another recipe
     pretrain_seeds: int = 1
+    hardware: Hardware | None = None  # what --print-commands estimates each arm's wall time for
 
     def recipe_of(self, arm: str) -> str:
         return self.arm_recipes.get(arm, self.recipe)
@@ -216,7 +258,7 @@ def load_study(path: Path) -> Study:
         checkpoints=sorted(set(checkpoints)), arms=arms, overrides=_as_dotlist(raw.get("overrides"), "overrides"),
         baseline=baseline, tasks=[str(t) for t in tasks], seeds=seeds, finetune=finetune,
         random_control=bool(raw.get("random_control", True)), path=file, arm_recipes=arm_recipes,
-        pretrain_seeds=pretrain_seeds,
+        pretrain_seeds=pretrain_seeds, hardware=_hardware(raw.get("hardware"), file),
     )
 
 
@@ -362,7 +404,37 @@ def _run_label(study: Study, out: Path, run_dir: Path) -> str:
     return str(run_dir.relative_to(out)) if run_dir.is_relative_to(out) else run_dir.name
 
 
+def expected_seconds(study: Study, arm: str, out: Path) -> tuple[float, float]:
+    """(pre-training FLOPs of one of ``arm``'s runs, its expected wall seconds on the
+    study's hardware): the FLOPs counter's count of every stage (on the meta device, no
+    data read beyond the tokenizer) at the stated MFU."""
+    from spactor.config import load_config
+    from spactor.data.tokenizer import t5_vocab
+    from spactor.train.flops.counting import count_vocab, flops_report
+
+    assert study.hardware is not None
+    seed, run_dir = study.runs(arm, out)[0]
+    resolved = load_config(study.recipe_of(arm), study.arm_overrides(arm, run_dir, seed))
+    tokenizer = resolved.cfg.data.tokenizer
+    # The cluster's tokenizer need not exist where the commands are printed: T5's 32,128 rows.
+    vocab = count_vocab(resolved.cfg.data) if not tokenizer or Path(tokenizer).expanduser().is_file() \
+        else t5_vocab(32000)
+    flops = flops_report(resolved, vocab=vocab, device="meta").cumulative(study.steps)
+    return flops, study.hardware.seconds(flops)
+
+
 def cluster_commands(study: Study, out: Path, nproc_per_node: int) -> None:
+    if study.hardware is not None:
+        hw = study.hardware
+        total = 0.0
+        print(f"# expected pre-training wall time on {hw.gpus} x {hw.gpu} at {hw.mfu:.0%} MFU "
+              f"(peak {hw.peak_flops / 1e12:.0f} TFLOP/s bf16; FLOPs from `spactor flops`):")
+        for arm in study.arms:
+            flops, seconds = expected_seconds(study, arm, out)
+            runs = len(study.runs(arm, out))
+            total += seconds * runs
+            print(f"#   {arm}: {flops:.3g} FLOPs a run, {seconds / 60:.1f} min a run x {runs}")
+        print(f"#   all arms: {total / 60:.1f} min (evaluations not included)")
     for arm in study.arms:
         for seed, run_dir in study.runs(arm, out):
             args = [study.recipe_of(arm), *study.arm_overrides(arm, run_dir, seed)]

@@ -92,6 +92,14 @@ def test_study_file_errors_and_shipped_studies(tmp_path, capsys):
         study = load_study(Path(name))  # not a file: the shipped study of that name
         assert {"baseline", "spactor_inf"} <= set(study.arms)
         assert study.baseline == "baseline"
+    from spactor.evaluation.study import validate_study
+
+    for name in ("spactor_mini", "spactor_gpu"):  # every arm's config resolves
+        study = load_study(Path(name))
+        assert {"sc", "spactor_inf"} <= set(study.arms) and study.baseline == "sc"
+        validate_study(study, tmp_path / name)
+    mini = load_study(Path("spactor_mini"))
+    assert mini.pretrain_seeds >= 3 and "pydoc_pairs" in mini.tasks and mini.recipe_of("electra") == "electra"
 
 
 def test_print_commands(tmp_path, capsys):
@@ -167,3 +175,29 @@ def test_print_commands_for_seeds_and_recipe_arms(tmp_path, capsys):
                                 "arms": {"e": {"recipe": "electra", "overides": {}}}}))
     assert main(["study", str(path)]) == 2
     assert "arms.e: unknown key 'overides'" in capsys.readouterr().err
+
+
+def test_print_commands_estimates_wall_time_from_flops_and_mfu(tmp_path, capsys):
+    from spactor.config import load_config
+    from spactor.train.flops.counting import flops_report
+
+    path = tmp_path / "g.yaml"
+    study = {"recipe": "spactor", "steps": 100, "checkpoints": [100], "overrides": {"model.size": "tiny"},
+             "hardware": {"gpu": "H100-SXM", "gpus": 2, "mfu": 0.5},
+             "arms": {"sc": {"schedules.two_stage.tau": 0}, "inf": {"schedules.two_stage.tau": None}}}
+    path.write_text(json.dumps(study))
+    assert main(["study", str(path), "--print-commands", "--out", str(tmp_path / "o")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# expected pre-training wall time on 2 x H100-SXM at 50% MFU")
+    flops = flops_report(load_config("spactor", ["model.size=tiny", "schedules.two_stage.tau=null"]),
+                         device="meta").cumulative(100)
+    minutes = flops / (2 * 989e12 * 0.5) / 60
+    assert f"#   inf: {flops:.3g} FLOPs a run, {minutes:.1f} min a run x 1" in lines
+    for bad, message in (({"gpu": "TPU"}, "hardware.gpu 'TPU' is not in the peak table"),
+                         ({"gpu": "A100", "mfu": 1.5}, "hardware.mfu must be in (0, 1]"),
+                         ({"gpu": "A100", "nodes": 2}, "hardware: unknown key 'nodes'")):
+        path.write_text(json.dumps({**study, "hardware": bad}))
+        assert main(["study", str(path), "--print-commands"]) == 2
+        assert message in capsys.readouterr().err
+    gpu_study = load_study(Path("spactor_gpu"))
+    assert gpu_study.hardware is not None and gpu_study.hardware.gpu == "H100-SXM"
