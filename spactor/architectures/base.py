@@ -8,7 +8,9 @@ and a factory registered with ``ARCHITECTURES.register(name, Config, spec=...)``
 return annotation names the model class (the config check reads the capabilities from
 it). The :class:`ArchitectureSpec` says what the tools need: FLOPs baseline and
 breakdown, memory roles, fine-tuning adapters, exporters, FSDP units, meta init. The
-built model is checked against the protocol (:func:`protocol_problem`).
+built model is checked against the protocol (:func:`protocol_problem`). An objective's
+generator (``GENERATORS``) is described to it by a :class:`GeneratorSpec`: the sharing
+modes it builds, how a trained one is checked and loaded.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ asks of one (a factory ``(cfg, embedding, hidden_size=, input_length=,
 embedding_sharing=)`` returning it; a factory that also takes ``model_shape=`` gets D's
 dimensions, a :class:`~spactor.checks.ModelShape` or None): ``token_embedding`` (the embedding it reads),
 ``masked_logits(ids, attention, (rows, cols))`` → ``(B, K, V)``, ``logits_all(ids,
-attention)`` → ``(B, L, V)`` and ``blocks()``.
+attention)`` → ``(B, L, V)`` and ``blocks()``; its entry's
+:class:`~spactor.architectures.base.GeneratorSpec` gives its sharing modes and the loader
+of a trained one (the objective imports nothing from this module).
 
 Embedding sharing (``embedding_sharing``):
 

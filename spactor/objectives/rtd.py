@@ -26,7 +26,8 @@ Samples never take special ids (pad, EOS, sentinels, [M]): labels never are spec
 a sampled pad would turn a real position into padding for the runner's attention mask.
 
 G's shape is its own block, ``generator: {arch: encoder, layers: 4, ...}`` (an entry of the
-``GENERATORS`` registry and that entry's config, checked by it); this config keeps what is
+``GENERATORS`` registry and that entry's config, checked by it; its sharing modes and its
+loader come from the entry's ``GeneratorSpec``); this config keeps what is
 the objective's: its loss weights and z-loss, how logits are asked for, the sampling
 temperature, how G and D share embeddings, and whether G is trained or loaded and frozen.
 
