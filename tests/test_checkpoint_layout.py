@@ -18,8 +18,11 @@ from spactor.train.step import TrainModules
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / "spactor" / "checkpoint_layout.py"
 # Names only the layout module spells: a file or folder of a checkpoint, or a key prefix.
-SPELLED = {layout.MANIFEST, layout.DCP, layout.DCP_METADATA, layout.DISCRIMINATOR_PREFIX, layout.OPTIM_STATE_PREFIX}
-JOINED = {layout.CHECKPOINTS}  # spelled elsewhere as a word (a study's `checkpoints:` key), never joined to a path
+SPELLED = {
+    layout.MANIFEST, layout.DCP, layout.DCP_METADATA, layout.DISCRIMINATOR_PREFIX, layout.OPTIM_STATE_PREFIX,
+}
+# Spelled elsewhere as a word (a study's `checkpoints:` key), never joined to a path.
+JOINED = {layout.CHECKPOINTS}
 
 
 def spellings(path: Path, root: Path = ROOT) -> list[str]:
@@ -36,14 +39,17 @@ def spellings(path: Path, root: Path = ROOT) -> list[str]:
 
 
 def test_no_module_but_the_layout_spells_the_checkpoint_layout():
-    found = [hit for path in sorted((ROOT / "spactor").rglob("*.py")) if path != HOME for hit in spellings(path)]
+    modules = [path for path in sorted((ROOT / "spactor").rglob("*.py")) if path != HOME]
+    found = [hit for path in modules for hit in spellings(path)]
     assert not found, "spell these through spactor.checkpoint_layout:\n" + "\n".join(found)
 
 
 def test_the_spelling_check_sees_a_path_join_and_a_constant(tmp_path):
     module = tmp_path / "spactor" / "m.py"
     module.parent.mkdir()
-    module.write_text('"""About manifest.json."""\nA = run / "checkpoints" / "step_1" / "manifest.json"\nB = "dcp"\n')
+    module.write_text(
+        '"""About manifest.json."""\nA = run / "checkpoints" / "step_1" / "manifest.json"\nB = "dcp"\n'
+    )
     hits = [hit.split(": ", 1)[1] for hit in spellings(module, tmp_path)]
     assert sorted(hits) == sorted(["'manifest.json'", "/ 'checkpoints'", "'dcp'"])
 
@@ -80,6 +86,8 @@ def test_an_unfinished_step_is_not_a_checkpoint(tmp_path):
     half = layout.step_dir(root, 3)
     layout.dcp_dir(half).mkdir(parents=True)
     (root / layout.tmp_dir_name(4)).mkdir()
-    assert layout.step_dirs(root) == [half] and not layout.is_checkpoint_dir(half) and not layout.has_weights(half)
-    assert layout.is_stale_dir(root / layout.tmp_dir_name(4)) and layout.is_stale_dir(root / layout.old_dir_name(4))
+    assert layout.step_dirs(root) == [half]
+    assert not layout.is_checkpoint_dir(half) and not layout.has_weights(half)
+    assert layout.is_stale_dir(root / layout.tmp_dir_name(4))
+    assert layout.is_stale_dir(root / layout.old_dir_name(4))
     assert not layout.is_stale_dir(half)

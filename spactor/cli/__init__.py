@@ -139,7 +139,8 @@ def summary(result: Any) -> str:
         lines.append(f"data: {'; '.join(said)}")
     from spactor.checkpoint_layout import checkpoints_dir
 
-    lines.append(f"metrics: {result.run_dir / 'metrics.jsonl'}; checkpoints: {checkpoints_dir(result.run_dir)}")
+    checkpoints = checkpoints_dir(result.run_dir)
+    lines.append(f"metrics: {result.run_dir / 'metrics.jsonl'}; checkpoints: {checkpoints}")
     return "\n".join(lines)
 
 

@@ -115,7 +115,8 @@ class RTDConfig:
         positive(f"{where}.head_hidden_multiple", self.head_hidden_multiple)
         block = self.generator_block(where)
         # The registered generator says which sharing modes it builds (GeneratorSpec).
-        one_of(f"{where}.embedding_sharing", self.embedding_sharing, generator_spec_for(block.type).sharing_modes)
+        modes = generator_spec_for(block.type).sharing_modes
+        one_of(f"{where}.embedding_sharing", self.embedding_sharing, modes)
         if self.frozen and self.embedding_sharing == "shared":
             fail(
                 f"{where}.embedding_sharing",
@@ -184,7 +185,9 @@ class RTDConfig:
             shape = getattr(ctx, "model_shape", None)
             generator = build_generator(self, embedding, ctx.hidden_size, input_length, where, shape)
         try:
-            source, step = spec.check_checkpoint(generator, os.path.expanduser(path), name)  # type: ignore[misc]
+            check = spec.check_checkpoint
+            assert check is not None  # generator_loader refuses a spec without one
+            source, step = check(generator, os.path.expanduser(path), name)
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             fail(key, path, f"not usable: {message}")

@@ -146,7 +146,9 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", fmt: str = "hf") 
             raise ExportError(str(e)) from None
     weights = read_discriminator(checkpoint)
     if "token_embedding.weight" not in weights:
-        raise ExportError(f"checkpoint {checkpoint} has no token embedding ({DISCRIMINATOR_KEY}token_embedding.weight)")
+        raise ExportError(
+            f"checkpoint {checkpoint} has no token embedding ({DISCRIMINATOR_KEY}token_embedding.weight)"
+        )
     rows = int(weights["token_embedding.weight"].shape[0])
     # Built on meta and filled by assignment: no random init, no second copy of the weights;
     # without init_from, so that a run started from other weights does not read them again.

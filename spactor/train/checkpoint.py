@@ -449,7 +449,9 @@ def _drop_state_never_saved(path: Path, optim_sd: dict[str, Any]) -> list[str]:
         saved = dcp.FileSystemReader(str(dcp_dir(path))).read_metadata().state_dict_metadata
     # ``optim.state.<fqn>.<key>``: a parameter saved with other keys (another optimizer)
     # stays, for _check_optimizer_fits to refuse.
-    with_state = {k[len(OPTIM_STATE_PREFIX):].rsplit(".", 1)[0] for k in saved if k.startswith(OPTIM_STATE_PREFIX)}
+    with_state = {
+        k[len(OPTIM_STATE_PREFIX):].rsplit(".", 1)[0] for k in saved if k.startswith(OPTIM_STATE_PREFIX)
+    }
     states = optim_sd.get("state", {})
     never = [fqn for fqn in states if fqn not in with_state]
     for fqn in never:
