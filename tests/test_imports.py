@@ -193,3 +193,19 @@ def test_the_check_sees_function_level_and_literal_dynamic_imports(tmp_path):
         ["spactor.train.flops", "spactor.train.loop"],
     ]
     assert layering_breaks(graph) == {("spactor.data.tokenizer", "spactor.train.flops")}
+
+
+def test_objectives_reach_architectures_only_through_the_protocol(spactor_graph):
+    """``spactor.architectures.base`` says objectives talk to a model (and RTD to its
+    generator, through ``GENERATORS``' ``GeneratorSpec``) only through it: no objective
+    imports a concrete architecture module (issue 24, 6b: rtd imported generator.py)."""
+    concrete = {
+        (a, b)
+        for a, targets in spactor_graph.items()
+        if a.startswith("spactor.objectives.")
+        for b in targets
+        if b.startswith("spactor.architectures.") and b != "spactor.architectures.base"
+    }
+    assert not concrete, "objectives importing a concrete architecture: " + "; ".join(
+        f"{a} imports {b}" for a, b in sorted(concrete)
+    )

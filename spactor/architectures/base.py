@@ -8,7 +8,9 @@ and a factory registered with ``ARCHITECTURES.register(name, Config, spec=...)``
 return annotation names the model class (the config check reads the capabilities from
 it). The :class:`ArchitectureSpec` says what the tools need: FLOPs baseline and
 breakdown, memory roles, fine-tuning adapters, exporters, FSDP units, meta init. The
-built model is checked against the protocol (:func:`protocol_problem`).
+built model is checked against the protocol (:func:`protocol_problem`). An objective's
+generator (``GENERATORS``) is described to it by a :class:`GeneratorSpec`: the sharing
+modes it builds, how a trained one is checked and loaded.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from spactor.capabilities import (  # noqa: F401 — the capability names, re-ex
     describe_needs,
     satisfies,
 )
-from spactor.registry import ARCHITECTURES, factory_class
+from spactor.registry import ARCHITECTURES, GENERATORS, factory_class
 
 
 @runtime_checkable
@@ -299,3 +301,43 @@ def _completed(spec: ArchitectureSpec | None, capabilities: frozenset[str]) -> A
     if not spec.finetune:
         spec = replace(spec, finetune=default.finetune)
     return spec
+
+
+# --------------------------------------------------------------------------- generators
+# An objective's generator (``GENERATORS``, e.g. RTD's) is built from the discriminator's
+# token embedding; the objective talks to it through this spec and the factory's keywords,
+# never through the generator's module.
+
+# How a generator may use D's token embedding (``objectives.rtd.embedding_sharing``):
+# ``shared`` reads D's, ``none`` owns one, ``gdes`` owns E_G and D reads
+# stop_grad(E_G[ids]) + E_D[ids] (DeBERTa-v3).
+SHARING_MODES = ("shared", "none", "gdes")
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """What an objective reads about a registered generator
+    (``GENERATORS.register(name, Config, spec=GeneratorSpec(...))``).
+
+    * ``sharing_modes``: the :data:`SHARING_MODES` its factory builds.
+    * ``check_checkpoint(generator, path, objective_name)``: from metadata only, that
+      ``path`` (a run, checkpoint or DCP directory, or a ``.pt``) holds weights of the
+      built ``generator``'s shapes (it may live on ``meta``); returns (the source the
+      loader will read, its checkpoint step or None); raises FileNotFoundError /
+      KeyError / ValueError with a one-line reason.
+    * ``load_weights(generator, path, objective_name)``: loads them; returns the source.
+
+    ``objective_name``: the objective's instance name (which of a run's generators to
+    read). No loader (None): the generator cannot be loaded from a trained run.
+    """
+
+    sharing_modes: tuple[str, ...] = SHARING_MODES
+    check_checkpoint: Callable[[nn.Module, str | Path, str], tuple[str, int | None]] | None = None
+    load_weights: Callable[[nn.Module, str | Path, str], str] | None = None
+
+
+def generator_spec_for(name: str) -> GeneratorSpec:
+    """The spec the generator registered as ``name`` was given (or the default: every
+    sharing mode, no loader)."""
+    spec = getattr(GENERATORS.get(name), "spec", None)
+    return spec if isinstance(spec, GeneratorSpec) else GeneratorSpec()

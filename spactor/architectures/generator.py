@@ -10,7 +10,9 @@ asks of one (a factory ``(cfg, embedding, hidden_size=, input_length=,
 embedding_sharing=)`` returning it; a factory that also takes ``model_shape=`` gets D's
 dimensions, a :class:`~spactor.checks.ModelShape` or None): ``token_embedding`` (the embedding it reads),
 ``masked_logits(ids, attention, (rows, cols))`` → ``(B, K, V)``, ``logits_all(ids,
-attention)`` → ``(B, L, V)`` and ``blocks()``.
+attention)`` → ``(B, L, V)`` and ``blocks()``; its entry's
+:class:`~spactor.architectures.base.GeneratorSpec` gives its sharing modes and the loader
+of a trained one (the objective imports nothing from this module).
 
 Embedding sharing (``embedding_sharing``):
 
@@ -61,16 +63,28 @@ from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from spactor.checks import ModelShape, fail, is_int, is_number, one_of
+from spactor.architectures.base import SHARING_MODES, GeneratorSpec
 from spactor.architectures.dcp_read import read_dcp_locally
+from spactor.checkpoint_layout import (
+    DISCRIMINATOR_KEY,
+    OBJECTIVES_KEY,
+    checkpoints_dir,
+    dcp_dir,
+    has_weights,
+    is_dcp_dir,
+    manifest_step,
+    objective_key,
+    step_dir_of,
+    step_dirs,
+)
 from spactor.architectures.encoder import NORMS, POSITIONS, EncoderBody, EncoderSpec
 from spactor.config import ConfigError
 from spactor.registry import GENERATORS
 
-SHARING_MODES = ("shared", "none", "gdes")
 HEADS = ("linear", "electra")  # what precedes the tied output projection
 ELECTRA_LAYER_NORM_EPS = 1e-12  # tf.contrib.layers.layer_norm's, which ELECTRA uses
 EMBEDDING_KEY = "embedding.weight"  # G's own embedding in its state dict (none, gdes)
-DISCRIMINATOR_EMBEDDING_KEY = "model.token_embedding.weight"  # D's, inside a run's ``model``
+DISCRIMINATOR_EMBEDDING_KEY = f"{DISCRIMINATOR_KEY}token_embedding.weight"  # D's, inside a run's ``model``
 ELECTRA_HEAD_KEY = "head_dense.weight"  # present exactly when a generator has head: electra
 
 
@@ -366,7 +380,22 @@ class Generator(nn.Module):
         return list(self.body.blocks)
 
 
-@GENERATORS.register("encoder", EncoderGeneratorConfig)
+def _check_checkpoint(generator: nn.Module, path: str | Path, objective_name: str) -> tuple[str, int | None]:
+    return check_generator_checkpoint(generator, path, objective_name)  # type: ignore[arg-type]
+
+
+def _load_weights(generator: nn.Module, path: str | Path, objective_name: str) -> str:
+    return load_generator_weights(generator, path, objective_name)  # type: ignore[arg-type]
+
+
+# What the rtd objective reads about this generator (spactor.architectures.base): every
+# sharing mode, and the loader of a trained run's generator (Fast-ELECTRA).
+ENCODER_GENERATOR_SPEC = GeneratorSpec(
+    sharing_modes=SHARING_MODES, check_checkpoint=_check_checkpoint, load_weights=_load_weights
+)
+
+
+@GENERATORS.register("encoder", EncoderGeneratorConfig, spec=ENCODER_GENERATOR_SPEC)
 def build_encoder_generator(
     cfg: EncoderGeneratorConfig,
     embedding: nn.Embedding,
@@ -395,7 +424,7 @@ def load_generator_weights(generator: Generator, path: str | Path, objective_nam
     """
     wanted = set(generator.state_dict())
     kind, source = _locate(Path(path))
-    if kind == "dcp":
+    if kind == "sharded":
         keys, shapes = _dcp_tensor_keys(source)
         mapping = _key_mapping(keys, wanted, objective_name, source)
         state = {full: torch.empty(shapes[full][0], dtype=shapes[full][1]) for full in mapping.values()}
@@ -411,24 +440,20 @@ def load_generator_weights(generator: Generator, path: str | Path, objective_nam
 
 
 def _locate(path: Path) -> tuple[str, Path]:
-    """("dcp" | "torch", the file or DCP directory to read)."""
+    """("sharded" (a DCP directory) | "torch", the file or DCP directory to read)."""
     if path.is_file():
         return "torch", path
-    if (path / ".metadata").is_file():
-        return "dcp", path
-    if (path / "dcp" / ".metadata").is_file():
-        return "dcp", path / "dcp"
-    # A run directory. The runner renames a checkpoint into place only when complete and
-    # writes its manifest last, so "has a manifest" is enough here (a lighter check than
-    # spactor.train.checkpoint.verify, which objectives must not import).
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(
-        p
-        for p in root.glob("step_*")
-        if (p / "manifest.json").is_file() and (p / "dcp" / ".metadata").is_file()
-    )
+    if is_dcp_dir(path):
+        return "sharded", path
+    if is_dcp_dir(dcp_dir(path)):
+        return "sharded", dcp_dir(path)
+    # A run directory (or its checkpoints folder). The runner renames a checkpoint into
+    # place only when complete and writes its manifest last, so has_weights is enough here
+    # (a lighter check than spactor.train.checkpoint.verify, which plugins must not import).
+    root = checkpoints_dir(path) if checkpoints_dir(path).is_dir() else path
+    steps = [p for p in step_dirs(root) if has_weights(p)]
     if steps:
-        return "dcp", steps[-1] / "dcp"
+        return "sharded", dcp_dir(steps[-1])
     raise FileNotFoundError(
         f"generator_checkpoint {path}: not a state-dict file, a DCP directory, a checkpoint directory "
         f"or a run directory with complete checkpoints"
@@ -455,7 +480,7 @@ def check_generator_checkpoint(
     ValueError saying what does not match."""
     wanted = {k: tuple(v.shape) for k, v in generator.state_dict().items()}
     kind, source = _locate(Path(path))
-    if kind == "dcp":
+    if kind == "sharded":
         keys, meta = _dcp_tensor_keys(source)
         shapes = {k: tuple(size) for k, (size, _) in meta.items()}
     else:
@@ -472,12 +497,10 @@ def check_generator_checkpoint(
                 f"generator needs {list(wanted[local])}" + (" (another vocabulary?)" if vocabulary else "")
             )
     step = None
-    manifest = source.parent / "manifest.json"  # a run's step_N/dcp: the step is in step_N's manifest
-    if kind == "dcp" and manifest.is_file():
-        import json
-
+    checkpoint = step_dir_of(source) if kind == "sharded" else None  # a run's step_N/dcp: step_N's manifest
+    if checkpoint is not None:
         try:
-            step = int(json.loads(manifest.read_text())["step"])
+            step = manifest_step(checkpoint)
         except (ValueError, KeyError, TypeError, OSError):
             step = None
     return str(source), step
@@ -499,7 +522,7 @@ def _key_mapping(keys: Iterable[str], wanted: set[str], name: str, source: Path)
     mapping = {k: prefix + k for k in wanted if prefix + k in keys}
     if EMBEDDING_KEY in wanted and EMBEDDING_KEY not in mapping:
         # Trained with shared embeddings: D's embedding of the same run is G's.
-        root = prefix[: prefix.rfind("objectives.")] if "objectives." in prefix else ""
+        root = prefix[: prefix.rfind(OBJECTIVES_KEY)] if OBJECTIVES_KEY in prefix else ""
         if root + DISCRIMINATOR_EMBEDDING_KEY in keys:
             mapping[EMBEDDING_KEY] = root + DISCRIMINATOR_EMBEDDING_KEY
     missing = sorted(wanted - set(mapping))
@@ -518,7 +541,7 @@ def _find_prefix(keys: set[str], wanted: set[str], name: str, source: Path) -> s
     candidates = {k[: len(k) - len(anchor)] for k in keys if k == anchor or k.endswith("." + anchor)}
     complete = sorted(p for p in candidates if all(p + k in keys for k in required))
     if len(complete) > 1:
-        preferred = [p for p in complete if p.endswith(f"objectives.{name}.generator.")]
+        preferred = [p for p in complete if p.endswith(f"{objective_key(name)}generator.")]
         complete = preferred or complete
     if len(complete) != 1:
         found = sorted({k[: k.find("generator.") + len("generator.")] for k in keys if "generator." in k})

@@ -137,7 +137,10 @@ def summary(result: Any) -> str:
         if any(val.values()):
             said.append(f"validation {describe_skipped(val)}")
         lines.append(f"data: {'; '.join(said)}")
-    lines.append(f"metrics: {result.run_dir / 'metrics.jsonl'}; checkpoints: {result.run_dir / 'checkpoints'}")
+    from spactor.checkpoint_layout import checkpoints_dir
+
+    checkpoints = checkpoints_dir(result.run_dir)
+    lines.append(f"metrics: {result.run_dir / 'metrics.jsonl'}; checkpoints: {checkpoints}")
     return "\n".join(lines)
 
 

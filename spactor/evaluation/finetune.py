@@ -57,10 +57,11 @@ from spactor.architectures.base import (
     spec_of,
 )
 from spactor.architectures.dcp_read import read_dcp_locally
+from spactor.checkpoint_layout import DISCRIMINATOR_KEY, MODEL_STATE, checkpoints_dir, dcp_dir, manifest_shared, step_of
 from spactor.config import load_config
 from spactor.data.tokenizer import Tokenizer
 from spactor.registry import ARCHITECTURES
-from spactor.train.checkpoint import STEP_DIR, Checkpointer
+from spactor.train.checkpoint import Checkpointer
 from spactor.train.device import autocast, autocast_dtype, resolve_device
 from spactor.train.metrics import Progress, read_metrics
 from spactor.train.run_dir import RunDirError, load_run_tokenizer
@@ -146,11 +147,11 @@ def open_run(run_dir: str | Path) -> LoadedRun:
         tokenizer = load_run_tokenizer(run)
     except RunDirError as e:
         raise EvaluationError(str(e)) from None
-    return LoadedRun(run, resolved, tokenizer, Checkpointer(run / "checkpoints"))
+    return LoadedRun(run, resolved, tokenizer, Checkpointer(checkpoints_dir(run)))
 
 
 def checkpoint_steps(run: LoadedRun) -> dict[int, Path]:
-    return {int(STEP_DIR.match(p.name).group(1)): p for p in run.checkpointer.list()}  # type: ignore[union-attr]
+    return {step_of(p): p for p in run.checkpointer.list()}  # type: ignore[misc]
 
 
 def select_checkpoints(run: LoadedRun, step: int | None, every: bool) -> list[tuple[int, Path]]:
@@ -178,7 +179,7 @@ def build_model(run: LoadedRun) -> nn.Module:
     return ARCHITECTURES.get(plugin.type).factory(cfg, run.tokenizer.vocab_size)
 
 
-def load_model_weights(model: nn.Module, checkpoint: Path, prefix: str = "model.") -> None:
+def load_model_weights(model: nn.Module, checkpoint: Path, prefix: str = DISCRIMINATOR_KEY) -> None:
     """Read only ``model``'s tensors (``prefix`` in the training state: ``model.`` the
     discriminator, ``objectives.<name>.`` an objective's modules) from a checkpoint
     into it; the checkpoint is verified first."""
@@ -186,9 +187,9 @@ def load_model_weights(model: nn.Module, checkpoint: Path, prefix: str = "model.
     if problem is not None:
         raise EvaluationError(f"checkpoint {checkpoint} is unusable: {problem}")
     own = model.state_dict()
-    state = {"model": {f"{prefix}{k}": v.clone() for k, v in own.items()}}
-    read_dcp_locally(state, checkpoint / "dcp")  # rank 0 alone, in downstream evaluation
-    model.load_state_dict({k: state["model"][f"{prefix}{k}"] for k in own}, strict=True)
+    state = {f"{MODEL_STATE}.{prefix}{k}": v.clone() for k, v in own.items()}
+    read_dcp_locally(state, dcp_dir(checkpoint))  # rank 0 alone, in downstream evaluation
+    model.load_state_dict({k: state[f"{MODEL_STATE}.{prefix}{k}"] for k in own}, strict=True)
 
 
 def checkpoint_flops(run: LoadedRun, step: int, checkpoint: Path | None) -> float | None:
@@ -196,7 +197,7 @@ def checkpoint_flops(run: LoadedRun, step: int, checkpoint: Path | None) -> floa
     metrics line of that step; None when the run did not count FLOPs."""
     if checkpoint is not None:
         try:
-            shared = json.loads((checkpoint / "manifest.json").read_text()).get("shared", {})
+            shared = manifest_shared(checkpoint)
             value = shared.get("flops", {}).get("flops_cum")
             if value is not None:
                 return float(value)

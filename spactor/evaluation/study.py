@@ -297,9 +297,10 @@ def _finetune_config(study: Study) -> Any:
 
 
 def arm_finished(run_dir: Path, steps: int) -> bool:
+    from spactor.checkpoint_layout import checkpoints_dir, step_dir
     from spactor.train.checkpoint import Checkpointer
 
-    final = run_dir / "checkpoints" / f"step_{steps:08d}"
+    final = step_dir(checkpoints_dir(run_dir), steps)
     return final.is_dir() and Checkpointer(final.parent).verify(final) is None
 
 

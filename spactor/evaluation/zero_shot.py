@@ -22,6 +22,7 @@ from spactor.evaluation.finetune import (
     result_path,
     select_checkpoints,
 )
+from spactor.checkpoint_layout import OBJECTIVES_KEY
 from spactor.registry import TASKS, factory_class
 from spactor.train.device import resolve_device
 from spactor.tasks import build_task
@@ -63,7 +64,7 @@ def discriminator_scorer(model: Any, run: LoadedRun, checkpoint: Path | None,
     for name, objective in objectives.items():
         if callable(getattr(objective, "original_log_probs", None)):
             if checkpoint is not None:
-                load_model_weights(objective, checkpoint, prefix=f"objectives.{name}.")
+                load_model_weights(objective, checkpoint, prefix=f"{OBJECTIVES_KEY}{name}.")
             objective.to(device).eval()
             return objective.original_log_probs
     return None

@@ -26,7 +26,8 @@ Samples never take special ids (pad, EOS, sentinels, [M]): labels never are spec
 a sampled pad would turn a real position into padding for the runner's attention mask.
 
 G's shape is its own block, ``generator: {arch: encoder, layers: 4, ...}`` (an entry of the
-``GENERATORS`` registry and that entry's config, checked by it); this config keeps what is
+``GENERATORS`` registry and that entry's config, checked by it; its sharing modes and its
+loader come from the entry's ``GeneratorSpec``); this config keeps what is
 the objective's: its loss weights and z-loss, how logits are asked for, the sampling
 temperature, how G and D share embeddings, and whether G is trained or loaded and frozen.
 
@@ -48,8 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spactor.architectures.base import ENCODE
-from spactor.architectures.generator import SHARING_MODES, check_generator_checkpoint, load_generator_weights
+from spactor.architectures.base import ENCODE, GeneratorSpec, generator_spec_for
 from spactor.checks import CheckContext, ModelShape, fail, one_of, positive
 from spactor.config import Plugin, plugin_block, resolve_blocks
 from spactor.objectives.base import (
@@ -113,7 +113,10 @@ class RTDConfig:
         check_objective_fields(where, self)
         one_of(f"{where}.generator_logits", self.generator_logits, LOGIT_MODES)
         positive(f"{where}.head_hidden_multiple", self.head_hidden_multiple)
-        one_of(f"{where}.embedding_sharing", self.embedding_sharing, SHARING_MODES)
+        block = self.generator_block(where)
+        # The registered generator says which sharing modes it builds (GeneratorSpec).
+        modes = generator_spec_for(block.type).sharing_modes
+        one_of(f"{where}.embedding_sharing", self.embedding_sharing, modes)
         if self.frozen and self.embedding_sharing == "shared":
             fail(
                 f"{where}.embedding_sharing",
@@ -121,10 +124,23 @@ class RTDConfig:
                 "a frozen generator cannot share the discriminator's token embedding (D keeps training it); "
                 "use none or gdes",
             )
-        block = self.generator_block(where)
         check = getattr(block.config, "check", None)
         if callable(check):
             check(f"{where}.generator", ctx)
+
+    def generator_loader(self, where: str) -> GeneratorSpec:
+        """The registered generator's spec, which loads it from ``generator_checkpoint``; a
+        ConfigError naming that key when the generator gives no loader."""
+        arch = self.generator_block(where).type
+        spec = generator_spec_for(arch)
+        if spec.check_checkpoint is None or spec.load_weights is None:
+            fail(
+                f"{where}.generator_checkpoint",
+                self.generator_checkpoint,
+                f"generator '{arch}' cannot be loaded from a trained run (its GENERATORS entry's "
+                "GeneratorSpec gives no check_checkpoint/load_weights)",
+            )
+        return spec
 
     def sizes(
         self, hidden_size: int, model_shape: ModelShape | None, where: str = "objectives.rtd"
@@ -157,6 +173,7 @@ class RTDConfig:
             return []
         if not os.path.exists(os.path.expanduser(path)):
             fail(key, path, "no such file or directory")
+        spec = self.generator_loader(where)
         resolved = ctx.resolved
         rows = _vocab_rows(resolved, ctx.tokenizer)
         if rows is None or ctx.hidden_size is None:
@@ -168,7 +185,9 @@ class RTDConfig:
             shape = getattr(ctx, "model_shape", None)
             generator = build_generator(self, embedding, ctx.hidden_size, input_length, where, shape)
         try:
-            source, step = check_generator_checkpoint(generator, os.path.expanduser(path), name)
+            check = spec.check_checkpoint
+            assert check is not None  # generator_loader refuses a spec without one
+            source, step = check(generator, os.path.expanduser(path), name)
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             fail(key, path, f"not usable: {message}")
@@ -375,7 +394,9 @@ class RTD(Objective):
         self.register_buffer("disallowed", special, persistent=False)
         self.released = False
         if cfg.generator_checkpoint:
-            load_generator_weights(self.generator, cfg.generator_checkpoint, ctx.name)
+            loader = cfg.generator_loader(where).load_weights
+            assert loader is not None  # generator_loader refuses a spec without one
+            loader(self.generator, cfg.generator_checkpoint, ctx.name)
         elif cfg.frozen:
             warnings.warn(
                 f"{where}: frozen generator without generator_checkpoint: it stays at its random init"

@@ -30,11 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spactor.checkpoint_layout import (
+    DISCRIMINATOR_KEY,
+    DISCRIMINATOR_PREFIX,
+    checkpoints_dir,
+    dcp_dir,
+    is_checkpoint_dir,
+    manifest_step,
+)
+
 FORMATS = ("hf",)
 DTYPES = ("float32", "bfloat16")
-# The discriminator's keys in a checkpoint: dcp.save({"model": TrainModules state dict})
-# flattens to "model." + "model.<T5 parameter>" (generator/RTD head: "model.objectives.*").
-DISCRIMINATOR_PREFIX = "model.model."
 
 
 class ExportError(Exception):
@@ -55,21 +61,21 @@ class Exported:
 
 def locate_checkpoint(source: Path) -> tuple[Path, Path]:
     """(run directory, checkpoint directory) for a run or a checkpoint directory."""
-    from spactor.train.checkpoint import MANIFEST, Checkpointer
+    from spactor.train.checkpoint import Checkpointer
 
     source = Path(source)
     if not source.is_dir():
         raise ExportError(f"{source}: no such directory (expected a run or a checkpoint directory)")
-    if (source / MANIFEST).is_file():  # RUN/checkpoints/step_N
+    if is_checkpoint_dir(source):  # RUN/checkpoints/step_N
         checkpoint, run_dir = source, source.parent.parent
         problem = Checkpointer(source.parent).verify(checkpoint)
         if problem is not None:
             raise ExportError(f"checkpoint {checkpoint} is unusable: {problem}")
         return run_dir, checkpoint
-    latest, skipped = Checkpointer(source / "checkpoints").latest_valid()
+    latest, skipped = Checkpointer(checkpoints_dir(source)).latest_valid()
     if latest is None:
         why = f" (unusable: {'; '.join(skipped)})" if skipped else ""
-        raise ExportError(f"{source}: no valid checkpoint under {source / 'checkpoints'}{why}")
+        raise ExportError(f"{source}: no valid checkpoint under {checkpoints_dir(source)}{why}")
     for problem in skipped:
         print(f"skipping checkpoint {problem}", flush=True)
     return source, latest
@@ -85,8 +91,8 @@ def read_discriminator(checkpoint: Path) -> dict[str, Any]:
 
     from spactor.architectures.dcp_read import read_dcp_locally
 
-    dcp_dir = checkpoint / "dcp"
-    metadata = dcp.FileSystemReader(str(dcp_dir)).read_metadata()
+    folder = dcp_dir(checkpoint)
+    metadata = dcp.FileSystemReader(str(folder)).read_metadata()
     state = {
         key: torch.empty(meta.size, dtype=meta.properties.dtype)
         for key, meta in metadata.state_dict_metadata.items()
@@ -96,7 +102,7 @@ def read_discriminator(checkpoint: Path) -> dict[str, Any]:
         raise ExportError(
             f"checkpoint {checkpoint} holds no discriminator weights ('{DISCRIMINATOR_PREFIX}*')"
         )
-    read_dcp_locally(state, dcp_dir)  # only the keys asked for are read
+    read_dcp_locally(state, folder)  # only the keys asked for are read
     return {key[len(DISCRIMINATOR_PREFIX) :]: value for key, value in state.items()}
 
 
@@ -111,7 +117,6 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", fmt: str = "hf") 
     from spactor.config import load_config
     from spactor.plugins import load_plugins
     from spactor.registry import ARCHITECTURES
-    from spactor.train.checkpoint import MANIFEST
     from spactor.train.run_dir import TOKENIZER_FILE, RunDirError, load_run_tokenizer
 
     if dtype not in DTYPES:
@@ -141,7 +146,9 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", fmt: str = "hf") 
             raise ExportError(str(e)) from None
     weights = read_discriminator(checkpoint)
     if "token_embedding.weight" not in weights:
-        raise ExportError(f"checkpoint {checkpoint} has no token embedding (model.token_embedding.weight)")
+        raise ExportError(
+            f"checkpoint {checkpoint} has no token embedding ({DISCRIMINATOR_KEY}token_embedding.weight)"
+        )
     rows = int(weights["token_embedding.weight"].shape[0])
     # Built on meta and filled by assignment: no random init, no second copy of the weights;
     # without init_from, so that a run started from other weights does not read them again.
@@ -154,7 +161,7 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", fmt: str = "hf") 
     except RuntimeError as e:
         raise ExportError(f"checkpoint {checkpoint} does not match the run's model config: {e}") from None
 
-    step = int(json.loads((checkpoint / MANIFEST).read_text())["step"])
+    step = manifest_step(checkpoint)
     out = Path(out)
     provenance = {"spactor_checkpoint": str(checkpoint.resolve()), "spactor_step": str(step)}
     try:

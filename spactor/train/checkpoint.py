@@ -21,7 +21,6 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
 import warnings
 import zlib
@@ -34,13 +33,29 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from spactor.checkpoint_layout import (  # noqa: F401 — MANIFEST: re-exported
+    DCP,
+    DCP_METADATA,
+    MANIFEST,
+    MODEL_STATE,
+    OPTIM_GROUPS_PREFIX,
+    OPTIM_STATE,
+    OPTIM_STATE_PREFIX,
+    dcp_dir,
+    dcp_metadata,
+    is_stale_dir,
+    manifest_path,
+    old_dir_name,
+    read_manifest,
+    step_dir,
+    step_dirs,
+    step_of,
+    tmp_dir_name,
+)
 from spactor.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-STEP_DIR = re.compile(r"^step_(\d{8})$")
-TMP_DIR = re.compile(r"^\.tmp_step_(\d{8})$")
 _CRC_CHUNK = 16 << 20
 
 
@@ -140,7 +155,7 @@ class Checkpointer:
                 raise
             if any(isinstance(c, KeyboardInterrupt) for c in _causes(e)):
                 # a second Ctrl-C while DCP writes (it wraps it): still an interruption
-                shutil.rmtree(self.root / f".tmp_step_{step:08d}", ignore_errors=True)
+                shutil.rmtree(self.root / tmp_dir_name(step), ignore_errors=True)
                 raise KeyboardInterrupt from None
             raise self._write_error(step, e) from e
 
@@ -149,7 +164,7 @@ class Checkpointer:
         or the error itself) and which checkpoint is intact. The half-written
         ``.tmp_step_*`` directory is removed: it holds the space the disk lacked."""
         free = _free_bytes(self.root)  # before the clean-up frees what the write took
-        shutil.rmtree(self.root / f".tmp_step_{step:08d}", ignore_errors=True)
+        shutil.rmtree(self.root / tmp_dir_name(step), ignore_errors=True)
         causes = _causes(error)
         os_error = next((c for c in causes if isinstance(c, OSError) and c.errno), None)
         if os_error is not None and os_error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -169,7 +184,7 @@ class Checkpointer:
         intact = self.list()
         kept = "no earlier checkpoint exists"
         if intact:
-            kept = f"the checkpoint of step {int(intact[-1].name[len('step_'):])} is intact"
+            kept = f"the checkpoint of step {step_of(intact[-1])} is intact"
         return CheckpointWriteError(
             f"could not write the checkpoint of step {step} to {self.root}: {why}; {kept}"
         )
@@ -183,8 +198,8 @@ class Checkpointer:
         local: dict[str, Any],
     ) -> Path:
         rank, world = _rank(), _world()
-        final = self.root / f"step_{step:08d}"
-        tmp = self.root / f".tmp_step_{step:08d}"
+        final = step_dir(self.root, step)
+        tmp = self.root / tmp_dir_name(step)
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -193,7 +208,7 @@ class Checkpointer:
         model_sd, optim_sd = get_state_dict(module, optimizer)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / "dcp")
+            dcp.save({MODEL_STATE: model_sd, OPTIM_STATE: optim_sd}, checkpoint_id=dcp_dir(tmp))
         torch.save(local, tmp / f"local_rank{rank:05d}.pt")
         _barrier()
         if rank == 0:
@@ -208,12 +223,12 @@ class Checkpointer:
             }
             if self.checksums:
                 manifest["crc32"] = {str(p.relative_to(tmp)): _crc32(p) for p in files}
-            _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1, default=_json_default))
+            _write_atomic(manifest_path(tmp), json.dumps(manifest, indent=1, default=_json_default))
             for d in sorted({p.parent for p in files} | {tmp}):
                 _fsync_dir(d)
             old = None
             if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
-                old = self.root / f".old_step_{step:08d}"
+                old = self.root / old_dir_name(step)
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(final, old)  # never a moment without a complete step_N
             os.replace(tmp, final)
@@ -232,18 +247,14 @@ class Checkpointer:
             self._verdicts.pop(path, None)
         # Leftovers of saves that crashed (never renamed into place): dead weight on disk.
         for path in self.root.iterdir():
-            stale = TMP_DIR.match(path.name) or path.name.startswith(".old_step_")
-            if stale and path.is_dir() and path.name != keep_tmp:
+            if is_stale_dir(path) and path.is_dir() and path.name != keep_tmp:
                 log.info("removing %s, left by an interrupted checkpoint save", path)
                 shutil.rmtree(path, ignore_errors=True)
 
     # ----------------------------------------------------------------------- load
     def list(self) -> list[Path]:
         """Complete checkpoint directories, oldest first."""
-        if not self.root.is_dir():
-            return []
-        found = [p for p in self.root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
-        return sorted(found, key=lambda p: p.name)
+        return step_dirs(self.root)
 
     def latest_valid(self) -> tuple[Path | None, list[str]]:
         """The newest checkpoint that passes :func:`verify`, and ``"step_N: problem"`` for
@@ -288,19 +299,19 @@ class Checkpointer:
             problem = self.verify(path)
             if problem is not None:
                 raise RuntimeError(f"checkpoint {path} is unusable: {problem}")
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = read_manifest(path)
         model_sd, optim_sd = get_state_dict(module, optimizer)
         never_saved = _drop_state_never_saved(path, optim_sd)
-        state = {"model": model_sd, "optim": optim_sd}
+        state = {MODEL_STATE: model_sd, OPTIM_STATE: optim_sd}
         _check_optimizer_fits(path, optim_sd)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-            dcp.load(state, checkpoint_id=path / "dcp")
+            dcp.load(state, checkpoint_id=dcp_dir(path))
         set_state_dict(
             module,
             optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
+            model_state_dict=state[MODEL_STATE],
+            optim_state_dict=state[OPTIM_STATE],
             # dcp.load has checked every model key; strict would refuse the parameters never saved
             options=StateDictOptions(strict=not never_saved),
         )
@@ -320,7 +331,7 @@ def verify(path: Path, checksums: bool = True) -> str | None:
     points at lies inside an existing file of the checkpoint.
     """
     path = Path(path)
-    manifest_file = path / MANIFEST
+    manifest_file = manifest_path(path)
     if not manifest_file.is_file():
         return "no manifest (incomplete write)"
     try:
@@ -341,7 +352,7 @@ def verify(path: Path, checksums: bool = True) -> str | None:
             return f"missing file {name}"
         if f.stat().st_size != size:
             return f"file {name} has {f.stat().st_size} bytes, expected {size} (truncated?)"
-    dcp_problem = _verify_dcp(path / "dcp")
+    dcp_problem = _verify_dcp(dcp_dir(path))
     if dcp_problem is not None:
         return dcp_problem
     if checksums:
@@ -359,8 +370,8 @@ def verify(path: Path, checksums: bool = True) -> str | None:
 
 def _verify_dcp(dcp_dir: Path) -> str | None:
     """Read the DCP metadata and check that the storage it indexes exists."""
-    if not (dcp_dir / ".metadata").is_file():
-        return "no DCP metadata (dcp/.metadata)"
+    if not dcp_metadata(dcp_dir).is_file():
+        return f"no DCP metadata ({DCP}/{DCP_METADATA})"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -435,10 +446,12 @@ def _drop_state_never_saved(path: Path, optim_sd: dict[str, Any]) -> list[str]:
     their names."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        saved = dcp.FileSystemReader(str(path / "dcp")).read_metadata().state_dict_metadata
+        saved = dcp.FileSystemReader(str(dcp_dir(path))).read_metadata().state_dict_metadata
     # ``optim.state.<fqn>.<key>``: a parameter saved with other keys (another optimizer)
     # stays, for _check_optimizer_fits to refuse.
-    with_state = {k[len("optim.state."):].rsplit(".", 1)[0] for k in saved if k.startswith("optim.state.")}
+    with_state = {
+        k[len(OPTIM_STATE_PREFIX):].rsplit(".", 1)[0] for k in saved if k.startswith(OPTIM_STATE_PREFIX)
+    }
     states = optim_sd.get("state", {})
     never = [fqn for fqn in states if fqn not in with_state]
     for fqn in never:
@@ -452,14 +465,14 @@ def _check_optimizer_fits(path: Path, optim_sd: dict[str, Any]) -> None:
     spactor used before its own (other state for tensors with a dim < 128, other
     param-group keys)."""
     groups = optim_sd.get("param_groups", [])
-    wanted = [f"optim.param_groups.{i}.{k}" for i, g in enumerate(groups) for k in g]
-    wanted += [f"optim.state.{fqn}.{k}" for fqn, st in optim_sd.get("state", {}).items() for k in st]
+    wanted = [f"{OPTIM_GROUPS_PREFIX}{i}.{k}" for i, g in enumerate(groups) for k in g]
+    wanted += [f"{OPTIM_STATE_PREFIX}{fqn}.{k}" for fqn, st in optim_sd.get("state", {}).items() for k in st]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        saved = dcp.FileSystemReader(str(path / "dcp")).read_metadata().state_dict_metadata
+        saved = dcp.FileSystemReader(str(dcp_dir(path))).read_metadata().state_dict_metadata
     missing = [k for k in wanted if k not in saved]
     if missing:
-        old_adafactor = "optim.param_groups.0.d" in saved and "optim.param_groups.0.eps" in saved
+        old_adafactor = f"{OPTIM_GROUPS_PREFIX}0.d" in saved and f"{OPTIM_GROUPS_PREFIX}0.eps" in saved
         raise ConfigError(
             f"checkpoint {path}: its optimizer state does not fit this optimizer (no {missing[0]}); "
             + ("it was written by torch.optim.Adafactor, which spactor's Adafactor does not resume"

@@ -14,7 +14,6 @@ logging steps, checkpoints, downstream evaluation, preemption).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -29,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from spactor.architectures.base import spec_for
+from spactor.checkpoint_layout import checkpoints_dir, read_manifest
 from spactor.config import ConfigError, Resolved, compile_mode, load_config
 from spactor.objectives.base import Batch, Objective
 from spactor.registry import LR_SCHEDULES, OPTIMIZERS
@@ -175,7 +175,7 @@ def checkpoint_shared(path: Path) -> dict[str, Any]:
     """The state every rank shares (stage, schedules, counters), read before the modules
     move to the device: a run resumed in a later stage drops the objectives it no longer
     runs before they take device memory or optimizer state, and never loads weights into them."""
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = read_manifest(path)
     return {"step": manifest["step"], **manifest.get("shared", {})}
 
 
@@ -213,7 +213,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     run_dir = shared_run_dir(resolved, resume_dir, info)
     if info.is_main:
         print(f"run directory: {run_dir}", flush=True)
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
+    checkpointer = Checkpointer(checkpoints_dir(run_dir), keep=tcfg.keep_checkpoints)
     if info.is_main:
         created.note(run_dir)
     # Lock, find the checkpoint, check the config against the run's: nothing is written yet.

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spactor.checkpoint_layout import manifest_step
 from spactor.config import ConfigError, Resolved, as_dict, upgrade_saved
 from spactor.data.tokenizer import Tokenizer, TokenizerFileError
 
@@ -456,8 +457,7 @@ def open_run_dir(run_dir: Path, resolved: Resolved, checkpointer: Any, explicit:
 
     _on_rank0(is_main, checks)
     tokenizer = str(run_dir / TOKENIZER_FILE)
-    manifest = json.loads((resume_from / "manifest.json").read_text())
-    step = int(manifest["step"])
+    step = manifest_step(resume_from)
     finished = None
     if step >= cfg.trainer.max_steps:
         finished = (f"{run_dir}: the run is at step {step} and trainer.max_steps is {cfg.trainer.max_steps}: "

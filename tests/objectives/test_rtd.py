@@ -22,6 +22,10 @@ from spactor.objectives.span_corruption import SpanCorruptionConfig, build_span_
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
 
+# rtd finds its generator in the GENERATORS registry (it imports no architecture module),
+# which the plugin loader fills, as before any run.
+load_plugins()
+
 VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 32
 TOKEN = 7  # an ordinary id

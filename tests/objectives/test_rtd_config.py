@@ -248,6 +248,36 @@ def test_a_differently_shaped_generator_is_a_registry_entry_not_new_rtd_keys(win
     assert not VOCAB.is_special(new["encoder_input"][mask]).any()
 
 
+def test_the_generator_s_spec_gives_its_sharing_modes_and_its_loader(window_generator, tmp_path):
+    """rtd checks ``embedding_sharing`` against, and loads a generator through, its
+    ``GENERATORS`` entry's GeneratorSpec (architectures.base); a generator registered
+    without a loader cannot take ``generator_checkpoint``: one line naming the key."""
+    import dataclasses
+
+    from spactor.architectures.base import SHARING_MODES, GeneratorSpec, generator_spec_for
+
+    encoder = generator_spec_for("encoder")
+    assert encoder.sharing_modes == SHARING_MODES and encoder.load_weights and encoder.check_checkpoint
+    assert generator_spec_for("window") == GeneratorSpec()  # registered without one: the default
+
+    model = encoder_d()
+    weights = tmp_path / "g.pt"
+    torch.save({}, weights)
+    with pytest.raises(ConfigError) as e:
+        build_rtd(RTDConfig(generator={"arch": "window"}, generator_checkpoint=str(weights)), ctx(model))
+    assert str(e.value).startswith(f"objectives.rtd.generator_checkpoint: '{weights}' — generator 'window' "
+                                   "cannot be loaded from a trained run") and "\n" not in str(e.value)
+
+    entry = GENERATORS.get("window")
+    GENERATORS._entries["window"] = dataclasses.replace(entry, spec=GeneratorSpec(sharing_modes=("shared",)))
+    with pytest.raises(ConfigError) as e:
+        build_rtd(RTDConfig(generator={"arch": "window"}, embedding_sharing="none"), ctx(model))
+    assert str(e.value) == "objectives.rtd.embedding_sharing: 'none' — must be one of shared"
+    with pytest.raises(ConfigError) as e:  # the encoder's modes: every one (the message rtd always gave)
+        build_rtd(RTDConfig(embedding_sharing="tied"), ctx(model))
+    assert str(e.value) == "objectives.rtd.embedding_sharing: 'tied' — must be one of shared, none, gdes"
+
+
 # -- generator and head sized from the discriminator -------------------------------------------
 
 
