@@ -15,7 +15,7 @@ from torch import nn
 from spactor.architectures.encoder import EncoderConfig, build_encoder
 from spactor.architectures.t5 import T5Config
 from spactor.architectures.t5_plugin import build_t5
-from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
+from spactor.objectives.base import ObjectiveContext, Reduce, SharedForward, Vocab
 from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
 from spactor.objectives.rtd import RTD, RTDConfig, build_rtd, counter_uniform, gumbel_max_sample, roc_auc
 from spactor.objectives.span_corruption import SpanCorruptionConfig, build_span_corruption
@@ -40,11 +40,12 @@ def encoder_d() -> nn.Module:
     return build_encoder(EncoderConfig(size="tiny", dropout=0.0), VOCAB.size)
 
 
-def build(model: nn.Module, generator: dict | None = None, **cfg) -> RTD:
-    """``generator``: fields of the generator's block over a small encoder generator."""
+def build(model: nn.Module, generator: dict | None = None, name: str = "rtd", **cfg) -> RTD:
+    """``generator``: fields of the generator's block over a small encoder generator;
+    ``name``: the instance's key under ``objectives:``."""
     small = {"arch": "encoder", "layers": 1, "d_model": 32, "heads": 2, "d_ff": 64, "d_kv": 16}
     block = {**small, **(generator or {})}
-    ctx = ObjectiveContext(name="rtd", vocab=VOCAB, input_length=LENGTH, model=model)
+    ctx = ObjectiveContext(name=name, vocab=VOCAB, input_length=LENGTH, model=model)
     torch.manual_seed(1)
     return build_rtd(RTDConfig(generator=block, **cfg), ctx)
 
@@ -63,6 +64,17 @@ def discriminate(rtd: RTD, model: nn.Module, batch: dict[str, torch.Tensor], see
     runner does."""
     new, gen_out = rtd.modify(batch, model, rng(seed))
     return new, gen_out, rtd.loss(new, SharedForward(model, new, VOCAB.pad_id))
+
+
+def test_every_logged_name_carries_the_instance_name():
+    """Two RTD instances never share a metrics.jsonl key: the generator's loss, its
+    z-loss and every metric are named after the instance (issue 24)."""
+    model, batch = encoder_d(), masked_batch()
+    rtd = build(model, name="detector", generator_z_loss=1e-4)
+    _, gen_out, out = discriminate(rtd, model, batch)
+    assert set(gen_out.aux_losses) == set(rtd.aux_counts(batch)) == {"detector_generator", "detector_generator_z"}
+    assert set(gen_out.metrics) | set(out.metrics) == {k.replace("rtd/", "detector/") for k in METRICS}
+    assert {r.reduce for r in [*gen_out.metrics.values(), *out.metrics.values()]} == {Reduce.MEAN}
 
 
 # -- labels and sampling ---------------------------------------------------------------------
