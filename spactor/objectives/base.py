@@ -56,6 +56,7 @@ from spactor.checks import (
     unit_interval,
 )
 from spactor.contract import implements
+from spactor.metric_record import Recorded, Reduce  # noqa: F401 — Reduce re-exported for objectives
 from spactor.registry import OBJECTIVES, factory_class
 from spactor.vocab import MODE_TOKENS, Vocab  # noqa: F401 re-exported: objectives and plugins import them from here
 
@@ -100,11 +101,23 @@ class LossTerm:
 @dataclass
 class ObjectiveOutput:
     """``loss`` is logged as ``loss/<objective name>``; an objective with more than one
-    loss (RTD's generator loss) names the others in ``aux_losses`` (``loss/<key>``)."""
+    loss (RTD's generator loss) names the others in ``aux_losses`` (``loss/<key>``), keys
+    that start with the objective's name (``<name>_z``, ``<name>_generator``).
+
+    ``metrics``: what :meth:`record` recorded, ``<objective name>/<metric>`` ->
+    :class:`~spactor.metric_record.Recorded` (a bare tensor from an older plugin counts
+    as Reduce.MEAN)."""
 
     loss: LossTerm | None = None
     aux_losses: dict[str, LossTerm] = field(default_factory=dict)
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, Recorded | torch.Tensor] = field(default_factory=dict)
+
+    def record(self, name: str, value: torch.Tensor, reduce: Reduce) -> None:
+        """Log ``value`` (a device tensor, never read here) as ``name``, combined over
+        micro-batches and ranks by ``reduce``. ``name`` is the objective's own
+        ``f"{self.name}/<metric>"``, written out where the value is computed, so grepping
+        ``/<metric>"`` finds it."""
+        self.metrics[name] = Recorded(value, reduce)
 
 
 ENCODER_EMBEDS = "encoder_embeds"  # set by a modify: what the encoder reads for ``encoder_input``

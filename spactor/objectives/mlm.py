@@ -19,6 +19,7 @@ from spactor.objectives.base import (
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
+    Reduce,
     SharedForward,
     check_objective_fields,
 )
@@ -75,10 +76,10 @@ class MLM(Objective):
         if self.cfg.z_loss > 0:
             key = f"{self.name}_z"
             aux[key] = self.aux_term(batch, key, self.cfg.z_loss * ce.z_total, "weight")
-        metrics = {}
-        if ce.correct is not None:
-            metrics["mlm/accuracy"] = ce.correct.float() / slot.sum().clamp(min=1).float()
-        return ObjectiveOutput(loss=self.loss_term(batch, ce.total), aux_losses=aux, metrics=metrics)
+        out = ObjectiveOutput(loss=self.loss_term(batch, ce.total), aux_losses=aux)
+        if ce.correct is not None:  # logging steps only
+            out.record(f"{self.name}/accuracy", ce.correct.float() / slot.sum().clamp(min=1).float(), Reduce.MEAN)
+        return out
 
 
 @OBJECTIVES.register("mlm", MLMConfig)

@@ -4,7 +4,8 @@ Runs after ``mlm_mask`` (which puts [M] at ``mlm_mask`` and keeps the originals 
 ``mlm_labels``):
 
 * ``modify``: the generator G predicts the masked tokens; ``L_G`` = CE summed over the
-  masked positions (aux loss ``generator``, logged ``loss/generator``, weight
+  masked positions (aux loss ``<name>_generator``, logged ``loss/rtd_generator`` for the
+  instance ``rtd``, weight
   ``generator_weight``). Replacements are drawn by Gumbel-max on fp32 logits / temperature
   under ``no_grad``, at the ``mlm_index`` positions (a fixed number per row), and written
   into ``encoder_input``. The uniforms are counter-based on the runner's per-row
@@ -32,7 +33,7 @@ the objective's: its loss weights and z-loss, how logits are asked for, the samp
 temperature, how G and D share embeddings, and whether G is trained or loaded and frozen.
 
 ``frozen`` (Fast-ELECTRA): G loaded from ``generator_checkpoint``, eval mode,
-``requires_grad_(False)``, forward under ``no_grad``; ``loss/generator`` is still logged
+``requires_grad_(False)``, forward under ``no_grad``; ``loss/rtd_generator`` is still logged
 with weight 0. ``release()`` drops G and the head at SpacTor's switch to stage 2.
 """
 
@@ -57,6 +58,7 @@ from spactor.objectives.base import (
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
+    Reduce,
     SharedForward,
     check_objective_fields,
 )
@@ -64,8 +66,6 @@ from spactor.objectives.cross_entropy import token_cross_entropy
 from spactor.objectives.mlm_mask import index_from_mask, index_parts, scatter_index
 from spactor.registry import GENERATORS, OBJECTIVES
 
-GENERATOR_LOSS = "generator"  # aux-loss key → logged as loss/generator
-GENERATOR_Z_LOSS = "generator_z"  # the generator's z-loss, loss/generator_z
 IGNORE = -100  # cross-entropy target of the padding slots of mlm_index
 LOGIT_MODES = ("masked", "all")
 
@@ -80,7 +80,7 @@ MOVED_GENERATOR_FIELDS = (
 class RTDConfig:
     weight: float = 10.0  # knob: λ1 on the RTD loss (ELECTRA: 50)
     generator_weight: float = 1.0  # knob: weight on L_G
-    # T5's z-loss on the generator's cross-entropy (see span_corruption), loss/generator_z,
+    # T5's z-loss on the generator's cross-entropy (see span_corruption), loss/<name>_generator_z,
     # weighted by generator_weight.
     generator_z_loss: float = 0.0
     temperature: float = 1.0  # knob: sampling temperature (Fast-ELECTRA anneals it to 1)
@@ -325,21 +325,22 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | No
 
 
 def rtd_metrics(
-    logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None
+    logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None, *, name: str
 ) -> dict[str, torch.Tensor]:
-    """Detection metrics over one micro-batch's ``valid`` (non-pad) positions.
-    Precision/recall are 0 where their denominator is (sklearn's ``zero_division=0``)."""
+    """Detection metrics over one micro-batch's ``valid`` (non-pad) positions, keyed
+    ``<name>/<metric>`` (``name``: the objective instance). Precision/recall are 0 where
+    their denominator is (sklearn's ``zero_division=0``)."""
     valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid.bool()
     labels = labels.bool() & valid
     predicted = (logits > 0) & valid
     true_pos = (predicted & labels).sum().float()
     n = valid.sum().clamp(min=1).float()
     return {
-        "rtd/replaced_fraction": labels.sum().float() / n,
-        "rtd/accuracy": ((predicted == labels) & valid).sum().float() / n,
-        "rtd/precision": true_pos / predicted.sum().clamp(min=1).float(),
-        "rtd/recall": true_pos / labels.sum().clamp(min=1).float(),
-        "rtd/auc": roc_auc(logits, labels, valid).float(),
+        f"{name}/replaced_fraction": labels.sum().float() / n,
+        f"{name}/accuracy": ((predicted == labels) & valid).sum().float() / n,
+        f"{name}/precision": true_pos / predicted.sum().clamp(min=1).float(),
+        f"{name}/recall": true_pos / labels.sum().clamp(min=1).float(),
+        f"{name}/auc": roc_auc(logits, labels, valid).float(),
     }
 
 
@@ -450,10 +451,20 @@ class RTD(Objective):
     def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         if not self.active:
             return {}
-        counts = {GENERATOR_LOSS: self._mlm_mask(batch).sum()}
+        counts = {self.generator_loss_name: self._mlm_mask(batch).sum()}
         if self.cfg.generator_z_loss > 0:
-            counts[GENERATOR_Z_LOSS] = counts[GENERATOR_LOSS]
+            counts[self.generator_z_loss_name] = counts[self.generator_loss_name]
         return counts
+
+    @property
+    def generator_loss_name(self) -> str:
+        """The generator's aux loss, ``L_G``: logged as ``loss/<name>_generator``."""
+        return f"{self.name}_generator"
+
+    @property
+    def generator_z_loss_name(self) -> str:
+        """The generator's z-loss: ``loss/<name>_generator_z``."""
+        return f"{self.name}_generator_z"
 
     def _mlm_mask(self, batch: Batch) -> torch.Tensor:
         if "mlm_mask" not in batch:
@@ -502,13 +513,13 @@ class RTD(Objective):
             replaced = scatter_index(ids, index, sampled.view_as(index))
             original = torch.where(mask, full_labels, ids)
             rtd_labels = (replaced != original) & attention
-            metrics = {}
-            if gen_ce.correct is not None:
+            generator_metrics: dict[str, torch.Tensor] = {}
+            if gen_ce.correct is not None:  # logging steps only
                 real = slot.flatten()
                 n_masked = real.sum().clamp(min=1).float()
-                metrics = {
-                    "gen/accuracy": gen_ce.correct.float() / n_masked,
-                    "gen/sampled_original": ((sampled == labels) & real).sum().float() / n_masked,
+                generator_metrics = {
+                    f"{self.name}/generator_accuracy": gen_ce.correct.float() / n_masked,
+                    f"{self.name}/generator_sampled_original": ((sampled == labels) & real).sum().float() / n_masked,
                 }
 
         out = {**batch, "encoder_input": replaced, "rtd_labels": rtd_labels}
@@ -516,11 +527,15 @@ class RTD(Objective):
             # D's input: stop_grad(E_G[ids]) + E_D[ids]; E_G learns only from L_G.
             out["encoder_embeds"] = self.generator.embed_tokens(replaced).detach() + model.embed(replaced)
         weight = 0.0 if frozen else "generator_weight"
-        aux = {GENERATOR_LOSS: self.aux_term(batch, GENERATOR_LOSS, gen_ce.total, weight)}
+        key = self.generator_loss_name
+        aux = {key: self.aux_term(batch, key, gen_ce.total, weight)}
         if self.cfg.generator_z_loss > 0:
-            z_term = self.cfg.generator_z_loss * gen_ce.z_total
-            aux[GENERATOR_Z_LOSS] = self.aux_term(batch, GENERATOR_Z_LOSS, z_term, weight)
-        return out, ObjectiveOutput(aux_losses=aux, metrics=metrics)
+            z_key = self.generator_z_loss_name
+            aux[z_key] = self.aux_term(batch, z_key, self.cfg.generator_z_loss * gen_ce.z_total, weight)
+        result = ObjectiveOutput(aux_losses=aux)
+        for name, value in generator_metrics.items():  # per micro-batch ratios
+            result.record(name, value, Reduce.MEAN)
+        return out, result
 
     # -- discriminator ---------------------------------------------------------------------
     def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
@@ -535,11 +550,12 @@ class RTD(Objective):
         logits = self.head(forward.encode()).float()
         per_token = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
         total = (per_token * valid).sum()
-        metrics = {}
-        if self.compute_metrics:
+        out = ObjectiveOutput(loss=self.loss_term(batch, total))
+        if self.compute_metrics:  # logging steps only
             with torch.no_grad():
-                metrics = rtd_metrics(logits.detach(), labels, valid)
-        return ObjectiveOutput(loss=self.loss_term(batch, total), metrics=metrics)
+                for name, value in rtd_metrics(logits.detach(), labels, valid, name=self.name).items():
+                    out.record(name, value, Reduce.MEAN)  # per micro-batch ratios
+        return out
 
     def original_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """log P(original) of each position of the discriminator's final states (B, L, D):

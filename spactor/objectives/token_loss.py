@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from spactor.objectives.base import Batch, Objective, ObjectiveOutput, SharedForward
+from spactor.objectives.base import Batch, Objective, ObjectiveOutput, Reduce, SharedForward
 from spactor.objectives.cross_entropy import token_cross_entropy
 
 
@@ -48,7 +48,7 @@ class TokenTargetLoss(Objective):
         aux = {}
         if self.cfg.z_loss > 0:
             aux[self.z_loss_name] = self.aux_term(batch, self.z_loss_name, self.cfg.z_loss * ce.z_total, "weight")
-        metrics = {}
+        out = ObjectiveOutput(loss=term, aux_losses=aux)
         if ce.correct is not None:  # logging steps only
-            metrics[f"{self.name}/accuracy"] = ce.correct.float() / term.count.clamp_min(1).float()
-        return ObjectiveOutput(loss=term, aux_losses=aux, metrics=metrics)
+            out.record(f"{self.name}/accuracy", ce.correct.float() / term.count.clamp_min(1).float(), Reduce.MEAN)
+        return out

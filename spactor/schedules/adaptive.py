@@ -57,7 +57,7 @@ MODES = ("min", "max")
 @dataclass
 class AdaptiveConfig:
     metric: str = "loss/rtd"  # a logged metric key
-    mode: str = "min"  # min: lower is better (a loss); max: higher is better (gen/accuracy)
+    mode: str = "min"  # min: lower is better (a loss); max: higher is better (rtd/generator_accuracy)
     smoothing: float = 0.9  # EMA factor in [0, 1); 0 = the raw metric
     min_delta: float = 1e-3  # absolute margin an EMA must beat the best by
     patience: int = 1000  # stale observations before switching

@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,6 +21,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 from tqdm.contrib import DummyTqdmFile
+
+from spactor.metric_record import MetricRecord, Reduce, recorded_items
 
 
 class MetricsWriter:
@@ -56,48 +59,106 @@ class MetricsWriter:
 
 
 class MetricWindow:
-    """Per-step values of one logging window, summed on the device, read once.
+    """Recorded values of one logging window, reduced on the device, read once.
 
-    ``add`` takes device tensors (a step's shares: the sum over ranks is the value) and
-    adds them up per key without reading them; ``read`` sums each key over ranks (one
-    all-reduce of one stacked tensor), reads it (one host sync) and returns the mean
-    per step over the steps that carried the key, then starts a new window. Keys may come
-    and go inside a window (the stage switch drops the RTD losses): each is averaged
-    over its own steps. Every rank must add the same keys in the same steps."""
+    ``add`` takes one step's :class:`~spactor.metric_record.MetricRecord` (this rank's
+    values, each with its declared reduction, already combined over the step's
+    micro-batches) and keeps them without reading them; ``read`` reduces every key over
+    the ranks (one all-reduce per reduction kind: a sum for SUM and MEAN keys, a max for
+    MAX keys), reads them (one host sync) and returns, per key, the mean per step over
+    the steps that carried it, then starts a new window:
+
+    * SUM: the sum over micro-batches and ranks (a loss's parts of its global mean);
+    * MEAN: the mean over micro-batches and ranks (an accuracy);
+    * MAX: the largest over micro-batches and ranks, kept per step (grad_norm).
+
+    Keys may come and go inside a window (the stage switch drops the RTD losses): each is
+    averaged over its own steps. Every rank must record the same keys in the same steps."""
 
     def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
+        self._clear()
+
+    def _clear(self) -> None:
+        self._reduce: dict[str, Reduce] = {}
+        self._sums: dict[str, torch.Tensor] = {}  # SUM and MEAN keys: summed over the steps
+        self._counts: dict[str, int] = {}  # MEAN keys: the values summed on this rank
+        self._maxima: dict[str, list[torch.Tensor]] = {}  # MAX keys: this rank's value per step
         self._steps: dict[str, int] = {}
 
-    def add(self, values: dict[str, torch.Tensor]) -> None:
-        for key, value in values.items():
-            value = value.detach().double()  # float64 sums: long windows add up many steps
-            self._sums[key] = self._sums[key] + value if key in self._sums else value
+    def add(self, values: MetricRecord | Mapping[str, torch.Tensor]) -> None:
+        """One step's values (a mapping of bare tensors: Reduce.MEAN, see ``as_recorded``)."""
+        for key, (value, reduce, count) in recorded_items(values):
+            held = self._reduce.setdefault(key, reduce)
+            if held is not reduce:
+                raise ValueError(f"metric '{key}' is recorded with Reduce.{held.name} and Reduce.{reduce.name}")
+            value = value.detach().double().reshape(())  # float64 sums: long windows add up many steps
+            if reduce is Reduce.MAX:
+                self._maxima.setdefault(key, []).append(value)
+            else:
+                self._sums[key] = self._sums[key] + value if key in self._sums else value
+                self._counts[key] = self._counts.get(key, 0) + count
             self._steps[key] = self._steps.get(key, 0) + 1
 
     def __len__(self) -> int:
-        return len(self._sums)
+        return len(self._steps)
 
     def state_dict(self) -> dict[str, Any]:
-        """The window so far (its sums copied to the host: a checkpoint's read), so a
+        """The window so far (its values copied to the host: a checkpoint's read), so a
         resume inside a window logs the same means as an uninterrupted run."""
-        if not self._sums:
+        if not self._steps:
             return {}
-        return {"sums": {k: v.detach().cpu() for k, v in self._sums.items()}, "steps": dict(self._steps)}
+        return {
+            "sums": {k: v.detach().cpu() for k, v in self._sums.items()},
+            "steps": dict(self._steps),
+            "counts": dict(self._counts),
+            "reduce": {k: r.value for k, r in self._reduce.items()},
+            "maxima": {k: torch.stack(v).cpu() for k, v in self._maxima.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self._clear()
+        if state and "reduce" not in state:
+            # Saved before reductions were declared: every value is a rank's share, whose
+            # sum over ranks is the value (SUM), but grad_norm's share cannot become a MAX:
+            # the first record after the resume averages it over the steps since.
+            state = {"sums": {k: v for k, v in state["sums"].items() if k != "grad_norm"},
+                     "steps": {k: n for k, n in state["steps"].items() if k != "grad_norm"}}
+            state["reduce"] = {k: Reduce.SUM.value for k in state["sums"]}
+        self._reduce = {k: Reduce(r) for k, r in state.get("reduce", {}).items()}
         self._sums = {k: v.to(device) for k, v in state.get("sums", {}).items()}
+        self._counts = {k: int(n) for k, n in state.get("counts", {}).items()}
+        self._maxima = {k: list(v.to(device).unbind()) for k, v in state.get("maxima", {}).items()}
         self._steps = {k: int(n) for k, n in state.get("steps", {}).items()}
 
     def read(self) -> dict[str, float]:
-        if not self._sums:
+        if not self._steps:
             return {}
-        keys = sorted(self._sums)
-        stacked = torch.stack([self._sums[k].reshape(()) for k in keys]).double()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(stacked)
-        means = {k: v / self._steps[k] for k, v in zip(keys, stacked.tolist())}
-        self._sums, self._steps = {}, {}
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        summed_keys, max_keys = sorted(self._sums), sorted(self._maxima)
+        parts = []
+        if summed_keys:  # SUM and MEAN: one all-reduce (sum)
+            summed = torch.stack([self._sums[k] for k in summed_keys])
+            if world > 1:
+                dist.all_reduce(summed)
+            parts.append(summed)
+        if max_keys:  # MAX: one all-reduce (max) of every step's value
+            maxima = torch.stack([v for k in max_keys for v in self._maxima[k]])
+            if world > 1:
+                dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
+            parts.append(maxima)
+        values = torch.cat(parts).tolist()  # the window's one host sync
+        means: dict[str, float] = {}
+        for key, value in zip(summed_keys, values):
+            if self._reduce[key] is Reduce.MEAN:
+                means[key] = value / (self._counts[key] * world)
+            else:
+                means[key] = value / self._steps[key]
+        at = len(summed_keys)
+        for key in max_keys:
+            steps = len(self._maxima[key])
+            means[key] = sum(values[at : at + steps]) / self._steps[key]
+            at += steps
+        self._clear()  # a new window
         return means
 
 

@@ -20,10 +20,13 @@ A step, in order:
 4. the global gradient norm, the finiteness of the step and the preemption flag in one
    all-reduce; clip; one host sync to read the flag; update unless it was not finite.
 
-Everything logged stays on the device as this rank's share (the sum over ranks is the
-value): the runner accumulates shares over a logging window and reduces them once
-(``spactor.train.metrics.MetricWindow``). Metrics other than the losses (accuracies,
-RTD detection) are computed only when ``with_metrics`` is set, on logging steps.
+Everything logged is recorded where it is computed, with its reduction declared
+(``spactor.metric_record``): the losses here (``loss/<name>``, Reduce.SUM: each
+micro-batch's part of the global mean), the gradient norm (Reduce.MAX: the same on every
+rank), the objectives' metrics in their ``loss``/``modify`` (accuracies, RTD detection:
+Reduce.MEAN, computed only when ``with_metrics`` is set, on logging steps). They stay on
+the device, combined over micro-batches in ``StepOutput.logged``; the runner reduces them
+over ranks once per logging window (``spactor.train.metrics.MetricWindow``).
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ import torch
 from torch import nn
 
 from spactor.contract import implements
+from spactor.metric_record import MetricRecord, Recorded, Reduce, as_recorded
 from spactor.objectives.noise import rows_of_global_batch
 from spactor.objectives.base import Batch, Objective, SharedForward, unpadded_key
 from spactor.train.device import autocast  # noqa: F401 — also imported from here (benchmarks)
 from spactor.train.parallel import DistInfo, all_reduce_tensor
 
 Losses = dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # name -> (total, count, weight)
+Metrics = dict[str, Recorded]  # the objectives' recorded metrics of one micro-batch
 # name -> (total, count, the objective it belongs to, its LossTerm.weight: None | knob name | number)
 Terms = dict[str, tuple[torch.Tensor, torch.Tensor, str, "float | str | None"]]
 
@@ -69,7 +74,7 @@ class TrainModules(nn.Module):
 
     def forward(
         self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, only: list[str] | None = None
-    ) -> tuple[Losses, dict[str, torch.Tensor]]:
+    ) -> tuple[Losses, Metrics]:
         """Every active objective's modify, then its loss on one :class:`SharedForward`,
         each loss with its current weight. ``only``: run just these of the active
         objectives (evaluate's clean pass)."""
@@ -78,7 +83,7 @@ class TrainModules(nn.Module):
 
     def loss_terms(
         self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, only: list[str] | None = None
-    ) -> tuple[Terms, dict[str, torch.Tensor]]:
+    ) -> tuple[Terms, Metrics]:
         """:meth:`forward` without reading the weights: what ``runtime.compile=model``
         compiles (a knob's value as an output of the graph would be frozen into it)."""
         objectives = self.active_objectives()
@@ -87,14 +92,14 @@ class TrainModules(nn.Module):
         for obj in objectives.values():
             obj.compute_metrics = with_metrics  # accuracies, RTD detection: logging steps only
         terms: Terms = {}
-        metrics: dict[str, torch.Tensor] = {}
+        metrics: Metrics = {}
 
         def collect(obj: Objective, out: Any) -> None:
             if out.loss is not None:
                 terms[obj.name] = (out.loss.total, out.loss.count, obj.name, out.loss.weight)
             for key, term in out.aux_losses.items():
                 terms[key] = (term.total, term.count, obj.name, 1.0 if term.weight is None else term.weight)
-            metrics.update(out.metrics)
+            metrics.update({k: as_recorded(v) for k, v in out.metrics.items()})
 
         for obj in objectives.values():
             batch, out = obj.modify(batch, self.model, rng)
@@ -111,7 +116,7 @@ class TrainModules(nn.Module):
         return {key: (total, count, held[owner].loss_weight(weight))  # type: ignore[operator]
                 for key, (total, count, owner, weight) in terms.items()}
 
-    def compiled_forward(self) -> Callable[..., tuple[Losses, dict[str, torch.Tensor]]]:
+    def compiled_forward(self) -> Callable[..., tuple[Losses, Metrics]]:
         """``runtime.compile=model``: :meth:`loss_terms` — the generator, the encoder, the
         decoder and every loss — as one compiled graph, so the small ops around the blocks
         (sampling, masking, the heads' losses) fuse too; weighted eagerly. One device only:
@@ -123,7 +128,7 @@ class TrainModules(nn.Module):
         terms = torch.compile(self.loss_terms)
 
         def forward(batch: Batch, rng: torch.Generator, with_metrics: bool = True
-                    ) -> tuple[Losses, dict[str, torch.Tensor]]:
+                    ) -> tuple[Losses, Metrics]:
             raw, metrics = terms(batch, rng, with_metrics)
             return self.weighted(raw), metrics
 
@@ -201,14 +206,15 @@ def split_batch(batch: Batch, parts: int) -> list[Batch]:
 
 @dataclass
 class StepOutput:
-    """What a step logs, as device tensors: ``loss``, ``losses`` and ``metrics`` are this
-    rank's shares (their sum over ranks is the step's value), ``grad_norm`` is the global
-    norm (the same on every rank). Reading a tensor is a host sync: the runner reads
-    them once per logging window."""
+    """What a step gives the runner, as device tensors: ``loss`` is this rank's share of
+    the step's loss (its sum over ranks is the loss), ``grad_norm`` the global norm (the
+    same on every rank), ``logged`` every number the step records for ``metrics.jsonl``
+    (``loss``, ``loss/<name>``, ``grad_norm``, the objectives' metrics), each with its
+    reduction. Reading a tensor is a host sync: the runner reads ``logged`` once per
+    logging window."""
 
     loss: torch.Tensor
-    losses: dict[str, torch.Tensor]
-    metrics: dict[str, torch.Tensor]
+    logged: MetricRecord
     grad_norm: torch.Tensor
     applied: bool = True  # False: the loss or the gradients were not finite, no update
     stop: bool = False  # some rank asked to stop (a signal): every rank stops after this step
@@ -234,7 +240,7 @@ class StepContext:
     amp_dtype: torch.dtype | None = None
     # What runs ``TrainModules.forward`` for training: the modules themselves, or their
     # whole-forward compile (``runtime.compile=model``); evaluation always runs eagerly.
-    forward: Callable[..., tuple[Losses, dict[str, torch.Tensor]]] | None = None
+    forward: Callable[..., tuple[Losses, Metrics]] | None = None
 
 
 def train_step(
@@ -260,8 +266,7 @@ def train_step(
     counts = {k: v.clamp(min=1) for k, v in counts.items()}
     micro = split_batch(local, ctx.grad_accum_steps)
 
-    logged_losses: dict[str, torch.Tensor] = {}
-    logged_metrics: dict[str, torch.Tensor] = {}
+    logged = MetricRecord()
     device = local["encoder_input"].device
     total_loss = torch.zeros((), device=device)
     forward = modules if ctx.forward is None else ctx.forward
@@ -270,19 +275,21 @@ def train_step(
             losses, metrics = forward(mb, ctx.modify_rng, with_metrics)
         loss = torch.zeros((), device=device)
         for name, (total, _, weight) in losses.items():
-            normalised = total.float() / counts[name]
-            _accumulate(logged_losses, f"loss/{name}", normalised.detach())
+            normalised = total.float() / counts[name]  # this micro-batch's part of the global mean
+            logged.record(f"loss/{name}", normalised, Reduce.SUM)
             if weight != 0:
                 loss = loss + weight * normalised
         total_loss = total_loss + loss.detach()
         if loss.requires_grad:
             (loss * ctx.dist.world_size).backward()
-        for key, value in metrics.items():
-            _accumulate(logged_metrics, key, value.detach().float() / (len(micro) * ctx.dist.world_size))
+        for key, (value, reduce, _) in metrics.items():
+            logged.record(key, value.float(), reduce)
 
     grad_norm, finite, stop, global_loss = finish_gradients(
         modules, ctx.clip_grad_norm, total_loss, stop_requested, ctx.dist
     )
+    logged.record("loss", total_loss, Reduce.SUM)  # the weighted sum of the losses, this rank's share
+    logged.record("grad_norm", grad_norm, Reduce.MAX)  # the global norm, the same on every rank
     # The step's one host sync: whether to update (and, with several ranks, whether to stop).
     code = int((finite.int() + 2 * stop.int()).item()) if stop is not None else int(finite.item())
     applied = bool(code & 1)
@@ -291,8 +298,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     return StepOutput(
         loss=total_loss,
-        losses=logged_losses,
-        metrics=logged_metrics,
+        logged=logged,
         grad_norm=grad_norm,
         applied=applied,
         stop=stop_requested if stop is None else bool(code & 2),

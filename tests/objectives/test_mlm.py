@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from spactor.architectures.encoder import EncoderConfig, build_encoder
 from spactor.architectures.t5 import T5Config
 from spactor.architectures.t5_plugin import build_t5
-from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
+from spactor.objectives.base import ObjectiveContext, Reduce, SharedForward, Vocab
 from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
@@ -18,10 +18,10 @@ VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 24
 
 
-def build_mlm(model, **cfg):
+def build_mlm(model, name: str = "mlm", **cfg):
     load_plugins()
     entry = OBJECTIVES.get("mlm")
-    return entry.factory(entry.config_cls(**cfg), ObjectiveContext("mlm", VOCAB, LENGTH, model))
+    return entry.factory(entry.config_cls(**cfg), ObjectiveContext(name, VOCAB, LENGTH, model))
 
 
 def masked_batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -53,9 +53,18 @@ def test_loss_over_count_is_torch_mean_cross_entropy(arch: str):
     expected = F.cross_entropy(logits[mask], batch["mlm_labels"][mask])
     assert torch.allclose(out.loss.total / out.loss.count, expected, atol=1e-5)
     accuracy = (logits[mask].argmax(-1) == batch["mlm_labels"][mask]).float().mean()
-    assert out.metrics["mlm/accuracy"].item() == pytest.approx(accuracy.item())
+    assert out.metrics["mlm/accuracy"].value.item() == pytest.approx(accuracy.item())
     (out.loss.total / out.loss.count).backward()
     assert model.token_embedding.weight.grad is not None
+
+
+def test_the_accuracy_is_named_after_the_instance():
+    """``<instance>/accuracy``, a per-micro-batch ratio (Reduce.MEAN): issue 24."""
+    torch.manual_seed(0)
+    model = build_encoder(EncoderConfig(size="tiny", dropout=0.0), VOCAB.size)
+    batch = masked_batch()
+    out = build_mlm(model, name="masked_lm").loss(batch, SharedForward(model, batch, VOCAB.pad_id))
+    assert list(out.metrics) == ["masked_lm/accuracy"] and out.metrics["masked_lm/accuracy"].reduce is Reduce.MEAN
 
 
 def test_knobs_and_missing_mask():

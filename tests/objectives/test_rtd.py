@@ -15,7 +15,7 @@ from torch import nn
 from spactor.architectures.encoder import EncoderConfig, build_encoder
 from spactor.architectures.t5 import T5Config
 from spactor.architectures.t5_plugin import build_t5
-from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
+from spactor.objectives.base import ObjectiveContext, Reduce, SharedForward, Vocab
 from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
 from spactor.objectives.rtd import RTD, RTDConfig, build_rtd, counter_uniform, gumbel_max_sample, roc_auc
 from spactor.objectives.span_corruption import SpanCorruptionConfig, build_span_corruption
@@ -30,7 +30,7 @@ VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 32
 TOKEN = 7  # an ordinary id
 METRICS = {
-    "gen/accuracy", "gen/sampled_original", "rtd/replaced_fraction", "rtd/accuracy",
+    "rtd/generator_accuracy", "rtd/generator_sampled_original", "rtd/replaced_fraction", "rtd/accuracy",
     "rtd/precision", "rtd/recall", "rtd/auc",
 }  # fmt: skip
 
@@ -44,11 +44,12 @@ def encoder_d() -> nn.Module:
     return build_encoder(EncoderConfig(size="tiny", dropout=0.0), VOCAB.size)
 
 
-def build(model: nn.Module, generator: dict | None = None, **cfg) -> RTD:
-    """``generator``: fields of the generator's block over a small encoder generator."""
+def build(model: nn.Module, generator: dict | None = None, name: str = "rtd", **cfg) -> RTD:
+    """``generator``: fields of the generator's block over a small encoder generator;
+    ``name``: the instance's key under ``objectives:``."""
     small = {"arch": "encoder", "layers": 1, "d_model": 32, "heads": 2, "d_ff": 64, "d_kv": 16}
     block = {**small, **(generator or {})}
-    ctx = ObjectiveContext(name="rtd", vocab=VOCAB, input_length=LENGTH, model=model)
+    ctx = ObjectiveContext(name=name, vocab=VOCAB, input_length=LENGTH, model=model)
     torch.manual_seed(1)
     return build_rtd(RTDConfig(generator=block, **cfg), ctx)
 
@@ -67,6 +68,17 @@ def discriminate(rtd: RTD, model: nn.Module, batch: dict[str, torch.Tensor], see
     runner does."""
     new, gen_out = rtd.modify(batch, model, rng(seed))
     return new, gen_out, rtd.loss(new, SharedForward(model, new, VOCAB.pad_id))
+
+
+def test_every_logged_name_carries_the_instance_name():
+    """Two RTD instances never share a metrics.jsonl key: the generator's loss, its
+    z-loss and every metric are named after the instance (issue 24)."""
+    model, batch = encoder_d(), masked_batch()
+    rtd = build(model, name="detector", generator_z_loss=1e-4)
+    _, gen_out, out = discriminate(rtd, model, batch)
+    assert set(gen_out.aux_losses) == set(rtd.aux_counts(batch)) == {"detector_generator", "detector_generator_z"}
+    assert set(gen_out.metrics) | set(out.metrics) == {k.replace("rtd/", "detector/") for k in METRICS}
+    assert {r.reduce for r in [*gen_out.metrics.values(), *out.metrics.values()]} == {Reduce.MEAN}
 
 
 # -- labels and sampling ---------------------------------------------------------------------
@@ -90,13 +102,13 @@ def test_labels_and_a_sample_equal_to_the_original_counts_as_original():
     assert torch.equal(new["rtd_labels"], expected)
     assert not new["rtd_labels"][batch["encoder_input"] == VOCAB.pad_id].any()
     n_masked, n_real = mask.sum(), (replaced != VOCAB.pad_id).sum()
-    assert gen_out.metrics["gen/sampled_original"].item() == pytest.approx(len(half) / n_masked.item())
-    assert out.metrics["rtd/replaced_fraction"].item() == pytest.approx(expected.sum().item() / n_real.item())
+    assert gen_out.metrics["rtd/generator_sampled_original"].value.item() == pytest.approx(len(half) / n_masked.item())
+    assert out.metrics["rtd/replaced_fraction"].value.item() == pytest.approx(expected.sum().item() / n_real.item())
     assert set(gen_out.metrics) | set(out.metrics) == METRICS
     assert rtd.preview_fields(new)["rtd_labels"] is new["rtd_labels"]
     # Counts, known before modify, match what the losses sum over.
     assert rtd.count(batch) == out.loss.count == n_real
-    assert rtd.aux_counts(batch)["generator"] == gen_out.aux_losses["generator"].count == n_masked
+    assert rtd.aux_counts(batch)["rtd_generator"] == gen_out.aux_losses["rtd_generator"].count == n_masked
 
 
 def test_samples_never_take_special_ids():
@@ -144,7 +156,7 @@ def test_generator_logits_all_gives_the_same_loss_and_samples():
     a, out_a = masked.modify(batch, model, rng(4))
     b, out_b = full.modify(batch, model, rng(4))
     assert torch.equal(a["encoder_input"], b["encoder_input"])
-    assert torch.allclose(out_a.aux_losses["generator"].total, out_b.aux_losses["generator"].total, atol=1e-4)
+    assert torch.allclose(out_a.aux_losses["rtd_generator"].total, out_b.aux_losses["rtd_generator"].total, atol=1e-4)
 
 
 # -- gradients -------------------------------------------------------------------------------
@@ -177,7 +189,7 @@ def test_rtd_loss_sends_no_gradient_into_the_generator(sharing: str):
 
     # L_G trains G (and the shared embedder), never D's encoder.
     model.zero_grad(set_to_none=True)
-    gen_out.aux_losses["generator"].total.backward()
+    gen_out.aux_losses["rtd_generator"].total.backward()
     assert all(p.grad is not None for p in generator_only(rtd, model).values())
     assert all(p.grad is None for p in model.encoder.parameters())
     assert (model.token_embedding.weight.grad is not None) == (sharing == "shared")
@@ -194,7 +206,7 @@ def test_frozen_generator_gets_no_gradient_and_stays_in_eval(tmp_path: Path):
     rtd.train()
     assert not rtd.generator.training and rtd.head.training
     _, gen_out, out = discriminate(rtd, model, batch)
-    term = gen_out.aux_losses["generator"]
+    term = gen_out.aux_losses["rtd_generator"]
     assert not term.total.requires_grad and term.weight == 0.0  # logged, never trained
     out.loss.total.backward()
     assert all(p.grad is None for p in rtd.generator.parameters())
@@ -346,7 +358,7 @@ def test_spactor_step_on_t5():
     batch = mlm_mask.transform(sc.transform({"original": original}, g), g)
     new, gen_out, out = discriminate(rtd, model, batch)
     sc_out = sc.loss(new, SharedForward(model, new, VOCAB.pad_id))
-    terms = [gen_out.aux_losses["generator"], out.loss, sc_out.loss]
+    terms = [gen_out.aux_losses["rtd_generator"], out.loss, sc_out.loss]
     total = sum(t.total / t.count for t in terms)
     assert torch.isfinite(total)
     total.backward()

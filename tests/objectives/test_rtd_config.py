@@ -243,7 +243,7 @@ def test_a_differently_shaped_generator_is_a_registry_entry_not_new_rtd_keys(win
     batch = {"encoder_input": ids.masked_fill(mask, VOCAB.mask_id), "mlm_mask": mask, "mlm_labels": ids}
     new, gen_out = rtd.modify(batch, model, g)
     out = rtd.loss(new, SharedForward(model, new, VOCAB.pad_id))
-    (gen_out.aux_losses["generator"].total + out.loss.total).backward()
+    (gen_out.aux_losses["rtd_generator"].total + out.loss.total).backward()
     assert rtd.generator.mix.weight.grad is not None and rtd.head.out.weight.grad is not None
     assert not VOCAB.is_special(new["encoder_input"][mask]).any()
 

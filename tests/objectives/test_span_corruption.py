@@ -16,7 +16,7 @@ from torch import nn
 
 from spactor.architectures.base import Architecture
 import reference_t5  # tests/reference_t5.py: tests/ is on sys.path (rootdir conftest)
-from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
+from spactor.objectives.base import ObjectiveContext, Reduce, SharedForward, Vocab
 from spactor.objectives.span_corruption import (
     SpanCorruption,
     SpanCorruptionConfig,
@@ -454,6 +454,6 @@ def test_loss_is_summed_cross_entropy() -> None:
     mean_ce = F.cross_entropy(logits.transpose(1, 2), batch["decoder_target"], ignore_index=VOCAB.pad_id)
     torch.testing.assert_close(out.loss.total / out.loss.count, mean_ce)
     acc = out.metrics["span_corruption/accuracy"]
-    assert 0.0 <= float(acc) <= 1.0
+    assert acc.reduce is Reduce.MEAN and 0.0 <= float(acc.value) <= 1.0
     out.loss.total.backward()
     assert model.head.weight.grad is not None and model.token_embedding.weight.grad.abs().sum() > 0

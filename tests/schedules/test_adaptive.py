@@ -72,9 +72,9 @@ def test_noisy_but_improving_metric_does_not_fire_early_with_smoothing() -> None
 
 def test_mode_max_for_an_accuracy() -> None:
     rising_then_flat = lambda step: min(0.01 * step, 0.5)
-    schedule = build(metric="gen/accuracy", mode="max", smoothing=0.0, patience=5, warmup=0)
+    schedule = build(metric="rtd/generator_accuracy", mode="max", smoothing=0.0, patience=5, warmup=0)
     for step in range(200):
-        schedule.observe(step, {"gen/accuracy": rising_then_flat(step)})
+        schedule.observe(step, {"rtd/generator_accuracy": rising_then_flat(step)})
     assert schedule.switch_step() == 56
 
 

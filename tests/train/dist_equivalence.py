@@ -47,7 +47,8 @@ def main(out_path: str, overrides: list[str], recipe: str = "sc") -> None:
         global_batch = torch.randint(3, 600, (8, raw_length), generator=data)
         local = global_batch.chunk(info.world_size)[info.rank]
         out = train_step(modules, optimizer, {"original": local}, ctx)
-        shares = {"loss": out.loss.detach().double(), **{k: v.detach().double() for k, v in out.losses.items()}}
+        # the loss and the losses are Reduce.SUM: the ranks' values sum to the step's
+        shares = {k: r.value.double() for k, r in out.logged.items() if k == "loss" or k.startswith("loss/")}
         keys = sorted(shares)
         summed = parallel.all_reduce_tensor(torch.stack([shares[k] for k in keys]))  # the ranks' shares summed
         losses.append(dict(zip(keys, summed.tolist())))

@@ -100,6 +100,6 @@ def test_a_logging_step_has_static_shapes_too(tiny_overrides, tmp_path):
     counter = SyncCounter()
     with counter:
         out = train_step(modules, opt, next(batches), ctx, with_metrics=True)
-    assert {"rtd/auc", "rtd/precision", "gen/accuracy", "span_corruption/accuracy"} <= set(out.metrics)
+    assert {"rtd/auc", "rtd/precision", "rtd/generator_accuracy", "span_corruption/accuracy"} <= set(out.logged)
     assert counter.data_dependent == [], counter.data_dependent
     assert len(counter.syncs) <= 1

@@ -55,7 +55,7 @@ def test_recipe_trains_at_tiny_size(recipe, tiny_overrides, generator_runs, tmp_
 
 def test_spactor_logs_every_loss_and_rtd_metric(tiny_overrides, tmp_path):
     records = tiny_run("spactor", tiny_overrides, tmp_path / "spactor")
-    for key in ("loss/span_corruption", "loss/rtd", "loss/generator", "gen/accuracy", "gen/sampled_original",
+    for key in ("loss/span_corruption", "loss/rtd", "loss/rtd_generator", "rtd/generator_accuracy", "rtd/generator_sampled_original",
                 "rtd/replaced_fraction", "rtd/accuracy", "rtd/precision", "rtd/recall", "rtd/auc",
                 "knob/objectives.rtd.weight", "knob/objectives.mlm_mask.ratio"):
         assert key in records[0], key
@@ -65,7 +65,7 @@ def test_spactor_logs_every_loss_and_rtd_metric(tiny_overrides, tmp_path):
 def test_ul2_rtd_logs_ul2_and_rtd_losses_then_switches_to_ul2(tiny_overrides, tmp_path):
     records = tiny_run("ul2_rtd", tiny_overrides, tmp_path / "ul2_rtd", "trainer.max_steps=4",
                        "schedules.two_stage.tau=2", "runtime.count_flops=false")
-    for key in ("loss/ul2", "loss/rtd", "loss/generator", "ul2/accuracy", "rtd/replaced_fraction"):
+    for key in ("loss/ul2", "loss/rtd", "loss/rtd_generator", "ul2/accuracy", "rtd/replaced_fraction"):
         assert key in records[0], key
     assert [r["stage"] for r in records] == [1, 1, 2, 2]
     assert "loss/ul2" in records[-1] and "loss/rtd" not in records[-1]

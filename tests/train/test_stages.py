@@ -19,7 +19,7 @@ from spactor.train.loop import train
 
 load_plugins()
 
-HYBRID_KEYS = ("loss/rtd", "loss/generator", "rtd/auc", "gen/accuracy")
+HYBRID_KEYS = ("loss/rtd", "loss/rtd_generator", "rtd/auc", "rtd/generator_accuracy")
 
 
 def run(overrides, run_dir, *extra, resume=False):
@@ -251,7 +251,7 @@ def test_resume_in_a_middle_stage_holds_an_objective_for_a_later_one(case, tiny_
     assert all("loss/rtd" in r for r in full[4:]) and not any("loss/rtd" in r for r in full[2:4])
     assert ("loss/rtd" in full[0]) == (case == "comes_back")
     # the held generator's weights (and, trained in stage 1, its optimizer state) resume
-    for key in ("stage", "loss", "loss/rtd", "loss/generator", "loss/span_corruption"):
+    for key in ("stage", "loss", "loss/rtd", "loss/rtd_generator", "loss/span_corruption"):
         assert [r.get(key) for r in resumed] == [r.get(key) for r in full], key
     import torch.distributed.checkpoint as dcp
 

@@ -11,7 +11,8 @@ from spactor.train.metrics import MetricWindow
 
 
 class StepMetrics(Callback):
-    """Adds each step's loss, per-objective losses and metrics and the gradient norm to a
+    """Adds each step's recorded values (``StepOutput.logged``: the loss, the losses, the
+    gradient norm and the objectives' metrics, each with its reduction) to a
     :class:`MetricWindow` (on the device, no host read), and logs their means over the
     window with the learning rate.
 
@@ -29,11 +30,10 @@ class StepMetrics(Callback):
         self.window = MetricWindow()
 
     def post_step(self, state: LoopState, out: Any) -> None:
-        grad_norm = out.grad_norm if state.world_size == 1 else out.grad_norm / state.world_size
-        self.window.add({"loss": out.loss, **out.losses, **out.metrics, "grad_norm": grad_norm})
+        self.window.add(out.logged)
 
     def log(self, state: LoopState, record: dict[str, Any]) -> None:
-        values = self.window.read()  # one all-reduce and one host sync per logging window
+        values = self.window.read()  # one all-reduce per reduction kind and one host sync per logging window
         record["loss"] = values.pop("loss")
         grad_norm = values.pop("grad_norm")
         record.update(values)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from spactor.config import load_config
+from spactor.metric_record import MetricRecord, Reduce
 from spactor.plugins import load_plugins
 from spactor.train.builders import build_model, build_objectives
 from spactor.train.callbacks import (
@@ -34,8 +35,12 @@ load_plugins()
 
 
 def outcome(loss: float, applied: bool = True, **losses: float) -> StepOutput:
-    return StepOutput(loss=torch.tensor(loss), losses={k: torch.tensor(v) for k, v in losses.items()},
-                      metrics={}, grad_norm=torch.tensor(2.0 * loss), applied=applied)
+    logged = MetricRecord()
+    logged.record("loss", torch.tensor(loss), Reduce.SUM)
+    for k, v in losses.items():
+        logged.record(k, torch.tensor(v), Reduce.SUM)
+    logged.record("grad_norm", torch.tensor(2.0 * loss), Reduce.MAX)
+    return StepOutput(loss=torch.tensor(loss), logged=logged, grad_norm=torch.tensor(2.0 * loss), applied=applied)
 
 
 def through_json(state: dict) -> dict:
