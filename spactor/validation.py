@@ -109,10 +109,7 @@ def check_trainer(t: Any) -> None:
         if not t.downstream_tasks:
             fail("trainer.downstream_tasks", t.downstream_tasks, "must name at least one task")
         for name in t.downstream_tasks:
-            one_of("trainer.downstream_tasks", name, TASKS.names())
-            if getattr(factory_class(TASKS.get(name)), "kind", None) == "zero_shot":
-                fail("trainer.downstream_tasks", name, "is scored zero-shot, not fine-tuned: score the run's "
-                     f"checkpoints with spactor evaluate RUN --task {name} --all")
+            one_of("trainer.downstream_tasks", name, TASKS.names())  # fine-tuned or zero-shot, as evaluate does
     # numpy's SeedSequence (the loader's shuffle) refuses negative seeds.
     at_least("trainer.seed", t.seed, 0)
     if t.clip_grad_norm is not None:

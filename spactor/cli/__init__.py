@@ -62,7 +62,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
                   "--resume" if ns.resume else "run.dir")
     downstream = None
     if resolved.cfg.trainer.downstream_every:  # the evaluation layer scores the checkpoints
-        from spactor.evaluation.finetune import downstream_scores as downstream
+        from spactor.evaluation.downstream import downstream_scores as downstream
     try:
         result = train(resolved, resume_dir=ns.resume, downstream=downstream)
         if not result.preempted:

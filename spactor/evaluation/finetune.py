@@ -33,10 +33,8 @@ sequence through ``causal`` (bidirectional over the input when the model offers
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
-import re
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -56,25 +54,23 @@ from spactor.architectures.base import (
     capabilities_of,
     spec_of,
 )
-from spactor.architectures.dcp_read import read_dcp_locally
-from spactor.checkpoint_layout import DISCRIMINATOR_KEY, MODEL_STATE, checkpoints_dir, dcp_dir, manifest_shared, step_of
-from spactor.config import load_config
 from spactor.data.tokenizer import Tokenizer
-from spactor.registry import ARCHITECTURES
-from spactor.train.checkpoint import Checkpointer
 from spactor.train.device import autocast, autocast_dtype, resolve_device
-from spactor.train.metrics import Progress, read_metrics
-from spactor.train.run_dir import RunDirError, load_run_tokenizer
+from spactor.train.metrics import Progress
 from spactor.tasks import Task, build_task
-
-EVAL_DIR = "eval"
-RANDOM_RESULT = "random.json"
-
-
-class EvaluationError(ValueError):
-    """Bad input to ``spactor evaluate`` (no run, no such checkpoint, a task the model
-    cannot do): one line, exit 2."""
-
+from spactor.evaluation.runs import (  # noqa: F401  (EVAL_DIR, read_results: part of this module's API)
+    EVAL_DIR,
+    EvalResult,
+    EvaluationError,
+    LoadedRun,
+    build_model,
+    checkpoint_flops,
+    load_model_weights,
+    open_run,
+    read_results,
+    result_path,
+    select_checkpoints,
+)
 
 @dataclass
 class FinetuneConfig:
@@ -101,114 +97,6 @@ class FinetuneConfig:
             raise EvaluationError(f"finetune.lr must be > 0, got {self.lr}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise EvaluationError(f"finetune.dropout must be in [0, 1), got {self.dropout}")
-
-
-@dataclass
-class EvalResult:
-    score: float
-    std: float
-    metric: str
-    seeds: int
-    step: int | None
-    flops_cum: float | None
-    finetune: dict[str, Any]
-    scores: list[float]
-    task: str
-    init: str
-    files: list[dict[str, str]]  # the task's data files: split, path, sha256 ([] for built-in tasks)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# --------------------------------------------------------------------------- the run
-
-
-@dataclass
-class LoadedRun:
-    run_dir: Path
-    resolved: Any
-    tokenizer: Tokenizer
-    checkpointer: Checkpointer
-
-
-def open_run(run_dir: str | Path) -> LoadedRun:
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise EvaluationError(f"{run}: no such run directory")
-    config = run / "config.yaml"
-    if not config.is_file():
-        raise EvaluationError(f"{run}: no config.yaml there (is it a spactor run directory?)")
-    tokenizer_file = run / "spiece.model"
-    if not tokenizer_file.is_file():
-        raise EvaluationError(f"{run}: no spiece.model there (the run's tokenizer)")
-    resolved = load_config(str(config), saved_run=True)
-    try:
-        tokenizer = load_run_tokenizer(run)
-    except RunDirError as e:
-        raise EvaluationError(str(e)) from None
-    return LoadedRun(run, resolved, tokenizer, Checkpointer(checkpoints_dir(run)))
-
-
-def checkpoint_steps(run: LoadedRun) -> dict[int, Path]:
-    return {step_of(p): p for p in run.checkpointer.list()}  # type: ignore[misc]
-
-
-def select_checkpoints(run: LoadedRun, step: int | None, every: bool) -> list[tuple[int, Path]]:
-    available = checkpoint_steps(run)
-    if not available:
-        raise EvaluationError(f"{run.run_dir}: no checkpoints in {run.checkpointer.root}")
-    if every:
-        return sorted(available.items())
-    if step is None:
-        newest = max(available)
-        return [(newest, available[newest])]
-    if step not in available:
-        raise EvaluationError(f"{run.run_dir}: no checkpoint at step {step}; available steps: "
-                              f"{', '.join(map(str, sorted(available)))}")
-    return [(step, available[step])]
-
-
-def build_model(run: LoadedRun) -> nn.Module:
-    """The run's discriminator from its config, randomly initialised (never from
-    ``init_from``: the weights come from a checkpoint or stay random)."""
-    plugin = run.resolved.model
-    cfg = plugin.config
-    if any(f.name == "init_from" for f in dataclasses.fields(cfg)):
-        cfg = dataclasses.replace(cfg, init_from=None)
-    return ARCHITECTURES.get(plugin.type).factory(cfg, run.tokenizer.vocab_size)
-
-
-def load_model_weights(model: nn.Module, checkpoint: Path, prefix: str = DISCRIMINATOR_KEY) -> None:
-    """Read only ``model``'s tensors (``prefix`` in the training state: ``model.`` the
-    discriminator, ``objectives.<name>.`` an objective's modules) from a checkpoint
-    into it; the checkpoint is verified first."""
-    problem = Checkpointer(checkpoint.parent).verify(checkpoint)
-    if problem is not None:
-        raise EvaluationError(f"checkpoint {checkpoint} is unusable: {problem}")
-    own = model.state_dict()
-    state = {f"{MODEL_STATE}.{prefix}{k}": v.clone() for k, v in own.items()}
-    read_dcp_locally(state, dcp_dir(checkpoint))  # rank 0 alone, in downstream evaluation
-    model.load_state_dict({k: state[f"{MODEL_STATE}.{prefix}{k}"] for k in own}, strict=True)
-
-
-def checkpoint_flops(run: LoadedRun, step: int, checkpoint: Path | None) -> float | None:
-    """Cumulative pre-training FLOPs at ``step``: the checkpoint's manifest, else the
-    metrics line of that step; None when the run did not count FLOPs."""
-    if checkpoint is not None:
-        try:
-            shared = manifest_shared(checkpoint)
-            value = shared.get("flops", {}).get("flops_cum")
-            if value is not None:
-                return float(value)
-        except (OSError, ValueError, AttributeError):
-            pass
-    metrics = run.run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for record in read_metrics(metrics):
-            if record.get("step") == step and record.get("flops_cum") is not None:
-                return float(record["flops_cum"])
-    return None
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -414,11 +302,6 @@ class Finetuner:
 # --------------------------------------------------------------------------- evaluate
 
 
-def result_path(run_dir: Path, task: str, step: int | None) -> Path:
-    name = RANDOM_RESULT if step is None else f"step_{step}.json"
-    return run_dir / EVAL_DIR / task / name
-
-
 def evaluate_weights(base: nn.Module | None, run: LoadedRun, task: Task, cfg: FinetuneConfig, seeds: int,
                      label: str, show_progress: bool = True) -> list[float]:
     """Scores of ``seeds`` fine-tunings. ``base``: the pre-trained model (copied per
@@ -487,16 +370,6 @@ def evaluate_run(run_dir: str | Path, task_name: str, step: int | None = None, e
     return written
 
 
-def read_results(run_dir: Path, task: str) -> list[dict[str, Any]]:
-    """Every ``eval/<task>/step_<N>.json`` of a run, by step (the random-init control not included)."""
-    folder = Path(run_dir) / EVAL_DIR / task
-    results = []
-    for path in sorted(folder.glob("step_*.json")) if folder.is_dir() else []:
-        if re.fullmatch(r"step_\d+\.json", path.name):
-            results.append(json.loads(path.read_text()))
-    return sorted(results, key=lambda r: r["step"])
-
-
 def parse_finetune_overrides(items: list[str]) -> tuple[FinetuneConfig, dict[str, Any]]:
     """``finetune.steps=100`` sets the budget; any other ``key=value`` is a task option
     (``train=data/train.jsonl``)."""
@@ -524,23 +397,3 @@ def parse_finetune_overrides(items: list[str]) -> tuple[FinetuneConfig, dict[str
     if not math.isfinite(cfg.lr):
         raise EvaluationError("finetune.lr must be finite")
     return cfg, options
-
-
-def downstream_scores(run_dir: Path, step: int, tasks: list[str], seeds: int = 1) -> dict[str, float]:
-    """``trainer.downstream_every``: evaluate the checkpoint just saved at ``step`` on
-    each task (default budget), on rank 0, and return ``eval/<task>/score``. The global
-    RNG streams are restored afterwards, so the training run continues as it would
-    have (dropout draws included)."""
-    cpu_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        out = {}
-        for name in tasks:
-            [(_, result)] = evaluate_run(run_dir, name, step=step, seeds=seeds, show_progress=False)
-            out[f"eval/{name}/score"] = result.score
-            out[f"eval/{name}/std"] = result.std
-        return out
-    finally:
-        torch.set_rng_state(cpu_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)

@@ -319,7 +319,7 @@ def eval_done(run_dir: Path, task: str, step: int | None, seeds: int, finetune: 
 
 def train_arm(study: Study, arm: str, run_dir: Path, seed: int | None = None) -> float:
     from spactor.config import load_config
-    from spactor.evaluation.finetune import downstream_scores
+    from spactor.evaluation.downstream import downstream_scores
     from spactor.train.parallel import shutdown_distributed
     from spactor.train.loop import train
 

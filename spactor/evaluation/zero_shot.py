@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from spactor.evaluation.finetune import (
+from spactor.evaluation.runs import (
     EvalResult,
     EvaluationError,
     LoadedRun,

@@ -87,17 +87,26 @@ def test_encoder_only_model_gets_a_classification_head(tmp_path, tiny_overrides)
 
 
 def test_downstream_every_logs_scores(tmp_path, tiny_overrides, monkeypatch):
+    """Fine-tuned and zero-shot tasks alike, each the way ``spactor evaluate`` scores it."""
+    import spactor.data.pydoc_pairs as pydoc_pairs
     import spactor.evaluation.finetune as evaluate
+    from spactor.evaluation.downstream import downstream_scores
 
     monkeypatch.setattr(evaluate, "FinetuneConfig", lambda: TINY_BUDGET)  # the hook's default budget, made tiny
+    real_pairs = pydoc_pairs.pydoc_minimal_pairs
+    monkeypatch.setattr(pydoc_pairs, "pydoc_minimal_pairs", lambda: real_pairs()[:8])
     run_dir = tmp_path / "hook"
     train(load_config("sc", [*tiny_overrides, f"run.dir={run_dir}", "trainer.max_steps=4",
-                             "trainer.downstream_every=2", "runtime.count_flops=false"]),
-          downstream=evaluate.downstream_scores)
+                             "trainer.downstream_every=2", "trainer.downstream_tasks=[pydoc_module,pydoc_pairs]",
+                             "runtime.count_flops=false"]),
+          downstream=downstream_scores)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    scored = [r for r in records if "eval/pydoc_module/score" in r]
-    assert [r["step"] for r in scored] == [2, 4]
-    assert sorted(p.name for p in (run_dir / "eval" / "pydoc_module").iterdir()) == ["step_2.json", "step_4.json"]
+    for task in ("pydoc_module", "pydoc_pairs"):
+        scored = [r for r in records if f"eval/{task}/score" in r]
+        assert [r["step"] for r in scored] == [2, 4]
+        assert sorted(p.name for p in (run_dir / "eval" / task).iterdir()) == ["step_2.json", "step_4.json"]
+    zero_shot = json.loads((run_dir / "eval" / "pydoc_pairs" / "step_4.json").read_text())
+    assert zero_shot["pairs"] == 8 and zero_shot["finetune"] == {}
 
 
 def test_clean_validation_loss_only_in_stage_1(tmp_path, tiny_overrides):

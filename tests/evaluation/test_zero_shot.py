@@ -191,10 +191,3 @@ def test_evaluate_minimal_pairs_and_the_random_control_through_the_cli(sc_run, t
     assert [r["text"] for r in records] == ["Return the value.", "Close the file."]
     assert all(r["log_likelihood"] < 0 and r["tokens"] > 0 for r in records)
     assert main(["score", str(sc_run), "--input", str(tmp_path / "missing.txt")]) == 2
-
-
-def test_a_zero_shot_task_is_not_fine_tuned_during_pre_training():
-    from spactor.config import ConfigError
-
-    with pytest.raises(ConfigError, match="trainer.downstream_tasks: 'pydoc_pairs' — is scored zero-shot"):
-        load_config("sc", ["model.size=tiny", "trainer.downstream_every=5", "trainer.downstream_tasks=[pydoc_pairs]"])
