@@ -143,6 +143,17 @@ def protocol_problem(model: Any, arch: str) -> str | None:
 
 ALL_FIELDS = ("*",)  # BaselineObjective.from_recipe: the recipe's whole config of that type
 
+# ``ArchitectureSpec.analytic_flops(config, vocab_size, encoder_length, decoder_length)``:
+# the forward FLOPs of one sequence, counted as ``spactor.train.flops`` counts them —
+# 2 x the multiply-adds of every matmul (linear layers, the LM head, attention's q kᵀ and
+# p v over the full score matrix, masked entries included); elementwise ops, norms,
+# softmax and embedding lookups 0. The pass: an encoder-decoder encodes
+# ``encoder_length`` tokens and decodes ``decoder_length``, the LM head on every decoder
+# position; a decoder-only model runs the two as one sequence of
+# ``encoder_length + decoder_length`` tokens, an encoder-only one ``encoder_length``
+# tokens (``decoder_length`` 0), the LM head on every position.
+AnalyticFlops = Callable[[Any, int, int, int], float]
+
 
 @dataclass(frozen=True)
 class BaselineObjective:
@@ -224,6 +235,9 @@ class ArchitectureSpec:
       share (T5's position bias) and SDPA's CPU backward then holds score-sized
       temporaries; False (RoPE models): masks only where there is padding, and the
       fused kernels keep no score matrix (the memory estimate counts neither).
+    * ``analytic_flops(config, vocab_size, encoder_length, decoder_length)``: the forward
+      FLOPs of one sequence by formula (:data:`AnalyticFlops`), which the tests hold
+      fvcore's count against; None: the architecture has none (a test lists those).
     """
 
     baseline: tuple[BaselineObjective, ...] = ()
@@ -235,6 +249,7 @@ class ArchitectureSpec:
     checkpoint_blocks: Callable[[nn.Module], list[nn.Module]] | None = None
     meta_init: bool = True
     score_sized_masks: bool = True
+    analytic_flops: AnalyticFlops | None = None
 
     def roles(self, model: nn.Module) -> list[BlockRole]:
         if self.block_roles is not None:
@@ -341,3 +356,12 @@ def generator_spec_for(name: str) -> GeneratorSpec:
     sharing mode, no loader)."""
     spec = getattr(GENERATORS.get(name), "spec", None)
     return spec if isinstance(spec, GeneratorSpec) else GeneratorSpec()
+
+
+def analytic_forward_flops(
+    arch: str, config: Any, vocab_size: int, encoder_length: int, decoder_length: int = 0
+) -> float | None:
+    """The forward FLOPs of one sequence by the formula architecture ``arch`` declares
+    (:data:`AnalyticFlops`); None if it declares none."""
+    formula = spec_for(arch).analytic_flops
+    return None if formula is None else float(formula(config, vocab_size, encoder_length, decoder_length))

@@ -421,9 +421,28 @@ class EncoderModel(EncoderInputs, nn.Module):
         return self.encode(input_ids, attention_mask)
 
 
+def encoder_analytic_flops(cfg: EncoderConfig, vocab_size: int, encoder_length: int, decoder_length: int) -> float:
+    """Forward FLOPs of one sequence (``spactor.architectures.base.AnalyticFlops``) of the
+    encoder and its MLM head on every position: q/k/v/o, attention over the full score
+    matrix, the two FFN matrices (both layouts), the head's dense layer and tied
+    projection. Biases, learned positions and norms are elementwise."""
+    if decoder_length:
+        raise ValueError(f"architecture 'encoder' has no decoder, but decoder_length is {decoder_length}")
+    spec = resolve_encoder_spec(cfg)
+    d, inner, length = spec.d_model, spec.num_heads * spec.d_kv, encoder_length
+    vocab = cfg.vocab_size if cfg.vocab_size is not None else vocab_size
+    layer = length * (4 * d * inner + 2 * d * spec.d_ff) + 2 * length * length * inner
+    return 2.0 * (spec.num_layers * layer + length * (d * d + d * vocab))
+
+
 # BERT-style MLM is the FLOPs baseline; fine-tuning puts a classification head on the
 # mean-pooled output; every block runs over the input (the default memory roles).
-ENCODER_SPEC = ArchitectureSpec(baseline=MLM_BASELINE, stacks=("encoder",), finetune=(CLASSIFICATION,))
+ENCODER_SPEC = ArchitectureSpec(
+    baseline=MLM_BASELINE,
+    stacks=("encoder",),
+    finetune=(CLASSIFICATION,),
+    analytic_flops=encoder_analytic_flops,  # type: ignore[arg-type]
+)
 
 
 @ARCHITECTURES.register("encoder", EncoderConfig, spec=ENCODER_SPEC)

@@ -216,3 +216,18 @@ class LlamaModel(nn.Module):
     ) -> torch.Tensor:
         """Vocabulary logits ``(B, L, V)``: position t predicts token t + 1."""
         return self.lm_logits(self.causal(input_ids, attention_mask, prefix_length))
+
+
+def llama_analytic_flops(cfg: LlamaConfig, vocab_size: int, encoder_length: int, decoder_length: int) -> float:
+    """Forward FLOPs of one sequence (``spactor.architectures.base.AnalyticFlops``): one
+    causal sequence of ``encoder_length + decoder_length`` tokens — q/o projections at
+    ``num_heads``, k/v at ``num_kv_heads`` (GQA), attention over the full ``(L, L)`` score
+    matrix of every query head (the causal half included, as the kernels compute it in
+    blocks), SwiGLU's three matrices, the LM head on every position. RoPE is elementwise."""
+    dims = resolve_llama_dims(cfg)
+    d, d_ff, head_dim = dims["d_model"], dims["d_ff"], dims["head_dim"]
+    q_width, kv_width = dims["num_heads"] * head_dim, dims["num_kv_heads"] * head_dim
+    vocab = cfg.vocab_size if cfg.vocab_size is not None else vocab_size
+    length = encoder_length + decoder_length
+    layer = length * (2 * d * q_width + 2 * d * kv_width + 3 * d * d_ff) + 2 * length * length * q_width
+    return 2.0 * (dims["num_layers"] * layer + length * d * vocab)

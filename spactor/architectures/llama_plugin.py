@@ -15,7 +15,7 @@ from torch import nn
 
 from spactor.architectures.base import ArchitectureSpec, Exporter
 from spactor.architectures.hf_convert import t5_tokenizer_config
-from spactor.architectures.llama import LlamaConfig, LlamaModel
+from spactor.architectures.llama import LlamaConfig, LlamaModel, llama_analytic_flops
 from spactor.architectures.llama_hf import HF_ARCHITECTURE, load_llama_hf_weights, save_llama_pretrained
 from spactor.registry import ARCHITECTURES
 
@@ -31,7 +31,7 @@ HF_EXPORTER = Exporter(
     describe=lambda model: f"llama {model.config.size}",
     load_hint=f"transformers.{HF_ARCHITECTURE}.from_pretrained({{out!r}})",
 )
-LLAMA_SPEC = ArchitectureSpec(exporters={"hf": HF_EXPORTER})
+LLAMA_SPEC = ArchitectureSpec(exporters={"hf": HF_EXPORTER}, analytic_flops=llama_analytic_flops)  # type: ignore[arg-type]
 
 
 @ARCHITECTURES.register("llama", LlamaConfig, spec=LLAMA_SPEC)

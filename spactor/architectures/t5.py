@@ -295,6 +295,28 @@ def t5_block_roles(model: T5Model) -> list[BlockRole]:
     return [BlockRole(b) for b in model.encoder.blocks] + [BlockRole(b, True, cross) for b in model.decoder.blocks]
 
 
+def t5_analytic_flops(cfg: T5Config, vocab_size: int, encoder_length: int, decoder_length: int) -> float:
+    """Forward FLOPs of one sequence (``spactor.architectures.base.AnalyticFlops``):
+    encoder self-attention and FFN over the input, decoder self- and cross-attention and
+    FFN over the targets (cross-attention's k/v projected from the encoder's tokens), the
+    LM head on every target. The relative bias is a lookup, the tied head's rescaling
+    elementwise: neither counts."""
+    dims = resolve_t5_dims(cfg)
+    d, d_ff, inner = dims["d_model"], dims["d_ff"], dims["num_heads"] * dims["d_kv"]
+    vocab = cfg.vocab_size if cfg.vocab_size is not None else vocab_size
+    ffn = (2 if dims["ffn"] == "relu" else 3) * d * d_ff  # wi, wo | wi_0, wi_1, wo: per token
+    le, ld = encoder_length, decoder_length
+
+    def attention(queries: int, keys: int) -> int:  # q kᵀ and p v, every head
+        return 2 * queries * keys * inner
+
+    encoder = le * (4 * d * inner + ffn) + attention(le, le)
+    decoder = (ld * (4 * d * inner + 2 * d * inner + ffn) + le * 2 * d * inner
+               + attention(ld, ld) + attention(ld, le))
+    head = ld * d * vocab
+    return 2.0 * (dims["num_layers"] * encoder + dims["num_decoder_layers"] * decoder + head)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of unique parameters (a tied weight counts once); works on ``meta``."""
     seen: set[int] = set()

@@ -16,7 +16,7 @@ from torch import nn
 
 from spactor.architectures.base import TEXT_TO_TEXT, ArchitectureSpec, BaselineObjective, Exporter
 from spactor.architectures.hf_convert import load_hf_weights, save_hf_pretrained, t5_tokenizer_config
-from spactor.architectures.t5 import T5Config, T5Model, t5_block_roles
+from spactor.architectures.t5 import T5Config, T5Model, t5_analytic_flops, t5_block_roles
 from spactor.registry import ARCHITECTURES
 
 
@@ -42,6 +42,7 @@ T5_SPEC = ArchitectureSpec(
     finetune=(TEXT_TO_TEXT,),
     exporters={"hf": HF_EXPORTER},
     block_roles=t5_block_roles,  # type: ignore[arg-type]
+    analytic_flops=t5_analytic_flops,  # type: ignore[arg-type]
 )
 
 

@@ -411,3 +411,23 @@ def t5gemma_block_roles(model: T5GemmaModel) -> list[BlockRole]:
     the encoder's tokens."""
     cross = ("cross_attn", "cross_attn.k_proj", "cross_attn.v_proj")
     return [BlockRole(b) for b in model.encoder.layers] + [BlockRole(b, True, cross) for b in model.decoder.layers]
+
+
+def t5gemma_analytic_flops(cfg: T5GemmaConfig, vocab_size: int, encoder_length: int, decoder_length: int) -> float:
+    """Forward FLOPs of one sequence (``spactor.architectures.base.AnalyticFlops``): as
+    T5's, with q/o projections at ``num_heads`` and k/v at ``num_kv_heads`` (GQA, in the
+    cross-attention too), GeGLU's three matrices, and the tied head on every target.
+    Attention is counted over the full score matrix of every query head: a causal or
+    sliding-window mask computes the same blocks. Embedding scaling, RoPE and logit
+    soft-capping are elementwise."""
+    dims = resolve_t5gemma_dims(cfg)
+    d, d_ff, head_dim = dims["d_model"], dims["d_ff"], dims["head_dim"]
+    q_width, kv_width = dims["num_heads"] * head_dim, dims["num_kv_heads"] * head_dim
+    vocab = cfg.vocab_size if cfg.vocab_size is not None else vocab_size
+    le, ld = encoder_length, decoder_length
+    projections = 2 * d * q_width + 2 * d * kv_width  # q, o + k, v: per token
+    ffn = 3 * d * d_ff
+    encoder = le * (projections + ffn) + 2 * le * le * q_width
+    decoder = (ld * (projections + 2 * d * q_width + ffn) + le * 2 * d * kv_width
+               + 2 * ld * ld * q_width + 2 * ld * le * q_width)
+    return 2.0 * (dims["num_layers"] * encoder + dims["num_decoder_layers"] * decoder + ld * d * vocab)

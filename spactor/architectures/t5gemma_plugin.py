@@ -16,7 +16,12 @@ from torch import nn
 
 from spactor.architectures.base import TEXT_TO_TEXT, ArchitectureSpec, BaselineObjective, Exporter
 from spactor.architectures.hf_convert import t5_tokenizer_config
-from spactor.architectures.t5gemma import T5GemmaConfig, T5GemmaModel, t5gemma_block_roles
+from spactor.architectures.t5gemma import (
+    T5GemmaConfig,
+    T5GemmaModel,
+    t5gemma_analytic_flops,
+    t5gemma_block_roles,
+)
 from spactor.architectures.t5gemma_hf import HF_ARCHITECTURE, load_t5gemma_hf_weights, save_t5gemma_pretrained
 from spactor.registry import ARCHITECTURES
 
@@ -44,6 +49,7 @@ T5GEMMA_SPEC = ArchitectureSpec(
     exporters={"hf": HF_EXPORTER},
     block_roles=t5gemma_block_roles,  # type: ignore[arg-type]
     score_sized_masks=False,  # RoPE: no position bias, masks only where there is padding
+    analytic_flops=t5gemma_analytic_flops,  # type: ignore[arg-type]
 )
 
 
