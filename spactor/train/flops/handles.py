@@ -52,6 +52,7 @@ NO_FLOP_OPS: tuple[str, ...] = (
     "aten::expand_as",
     "aten::view_as",
     "aten::repeat",
+    "aten::repeat_interleave",  # grouped-query attention's k/v heads on the eager path
     "aten::alias",
     "aten::lift_fresh",
 )
