@@ -294,50 +294,6 @@ def count_modules_flops(
     )
 
 
-# --------------------------------------------------------------------------- one forward
-
-
-class _Forward(nn.Module):
-    """The model's own forward pass, as :data:`spactor.architectures.base.AnalyticFlops`
-    defines it: encode and decode (an encoder-decoder), one causal sequence (a decoder),
-    or encode (an encoder), then the LM head on every position of the last stack."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        model: Any = self.model
-        if model.has_decoder:
-            hidden = model.decode(target, model.encode(source))
-        elif callable(getattr(model, "causal", None)):
-            hidden = model.causal(torch.cat([source, target], dim=1))
-        else:
-            hidden = model.encode(source)
-        return model.lm_logits(hidden)
-
-
-def count_forward_flops(
-    model: nn.Module, encoder_length: int, decoder_length: int = 0, elementwise: bool = False
-) -> tuple[float, dict[str, int]]:
-    """fvcore's FLOPs (2 x multiply-adds, this module's handles) of one sequence's plain
-    forward through ``model`` (:class:`_Forward`), on random token ids and without
-    padding: what the architecture's ``analytic_flops`` formula predicts; and the ops
-    fvcore could not count (by name: how often), which it would have dropped."""
-    from fvcore.nn import FlopCountAnalysis
-
-    device = next(model.parameters()).device
-    ids = torch.randint(3, model.vocab_size, (1, encoder_length + decoder_length), device=device)
-    analysis = FlopCountAnalysis(_Forward(model), (ids[:, :encoder_length], ids[:, encoder_length:]))
-    analysis.set_op_handle(**op_handles(elementwise))
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    with FusedMetaAttention(), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        total = 2.0 * float(analysis.total())
-        return total, dict(analysis.unsupported_ops())
-
-
 # --------------------------------------------------------------------------- building
 
 
