@@ -421,7 +421,9 @@ class EncoderModel(EncoderInputs, nn.Module):
         return self.encode(input_ids, attention_mask)
 
 
-def encoder_analytic_flops(cfg: EncoderConfig, vocab_size: int, encoder_length: int, decoder_length: int) -> float:
+def encoder_analytic_flops(
+    cfg: EncoderConfig, vocab_size: int, encoder_length: int, decoder_length: int
+) -> float:
     """Forward FLOPs of one sequence (``spactor.architectures.base.AnalyticFlops``) of the
     encoder and its MLM head on every position: q/k/v/o, attention over the full score
     matrix, the two FFN matrices (both layouts), the head's dense layer and tied

@@ -218,7 +218,9 @@ class LlamaModel(nn.Module):
         return self.lm_logits(self.causal(input_ids, attention_mask, prefix_length))
 
 
-def llama_analytic_flops(cfg: LlamaConfig, vocab_size: int, encoder_length: int, decoder_length: int) -> float:
+def llama_analytic_flops(
+    cfg: LlamaConfig, vocab_size: int, encoder_length: int, decoder_length: int
+) -> float:
     """Forward FLOPs of one sequence (``spactor.architectures.base.AnalyticFlops``): one
     causal sequence of ``encoder_length + decoder_length`` tokens — q/o projections at
     ``num_heads``, k/v at ``num_kv_heads`` (GQA), attention over the full ``(L, L)`` score

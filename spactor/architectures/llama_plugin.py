@@ -31,7 +31,10 @@ HF_EXPORTER = Exporter(
     describe=lambda model: f"llama {model.config.size}",
     load_hint=f"transformers.{HF_ARCHITECTURE}.from_pretrained({{out!r}})",
 )
-LLAMA_SPEC = ArchitectureSpec(exporters={"hf": HF_EXPORTER}, analytic_flops=llama_analytic_flops)  # type: ignore[arg-type]
+LLAMA_SPEC = ArchitectureSpec(
+    exporters={"hf": HF_EXPORTER},
+    analytic_flops=llama_analytic_flops,  # type: ignore[arg-type]
+)
 
 
 @ARCHITECTURES.register("llama", LlamaConfig, spec=LLAMA_SPEC)

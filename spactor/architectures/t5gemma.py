@@ -413,7 +413,9 @@ def t5gemma_block_roles(model: T5GemmaModel) -> list[BlockRole]:
     return [BlockRole(b) for b in model.encoder.layers] + [BlockRole(b, True, cross) for b in model.decoder.layers]
 
 
-def t5gemma_analytic_flops(cfg: T5GemmaConfig, vocab_size: int, encoder_length: int, decoder_length: int) -> float:
+def t5gemma_analytic_flops(
+    cfg: T5GemmaConfig, vocab_size: int, encoder_length: int, decoder_length: int
+) -> float:
     """Forward FLOPs of one sequence (``spactor.architectures.base.AnalyticFlops``): as
     T5's, with q/o projections at ``num_heads`` and k/v at ``num_kv_heads`` (GQA, in the
     cross-attention too), GeGLU's three matrices, and the tied head on every target.
