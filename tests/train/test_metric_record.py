@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from spactor.metric_record import MetricRecord, Reduce
 from spactor.plugins import load_plugins
 from spactor.train.loop import train
 from spactor.train.metrics import MetricWindow, read_metrics
+from ports import free_port  # tests/ports.py: tests/ is on sys.path (rootdir conftest)
 
 load_plugins()
 
@@ -73,12 +73,6 @@ def test_a_window_saved_before_reductions_were_declared_loads_as_sums():
     assert window.read() == {"loss": 4.0 / 3, "grad_norm": 6.0}  # grad_norm's old shares dropped
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -105,7 +99,7 @@ def _rank(rank: int, port: int, out: str) -> None:
 
 def test_each_reduction_over_two_gloo_ranks_with_one_all_reduce_per_kind(tmp_path):
     out = str(tmp_path / "rank0.pt")
-    mp.spawn(_rank, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_rank, args=(free_port(), out), nprocs=2, join=True)
     got = torch.load(out)
     for i in range(3):
         assert got["values"][f"s{i}"] == 8.0  # 1 + 2 + 2 + 3

@@ -6,22 +6,16 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import time
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ports import free_port  # tests/ports.py: tests/ is on sys.path (rootdir conftest)
 
 COLLECTIVE_TIMEOUT_S = 2
 EVALUATION_S = 5  # longer than the collective timeout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank(rank: int, port: int, out: str) -> None:
@@ -51,7 +45,7 @@ def _rank(rank: int, port: int, out: str) -> None:
 
 def test_other_ranks_wait_for_rank0s_evaluation_beyond_the_collective_timeout(tmp_path):
     out = str(tmp_path / "rank")
-    mp.spawn(_rank, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_rank, args=(free_port(), out), nprocs=2, join=True)
     assert open(f"{out}.0").read() == "2.0 1"  # rank 0 wrote the scores
     assert open(f"{out}.1").read() == "2.0 0"
 
