@@ -302,7 +302,11 @@ def load_config(
         raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         raise ConfigError(f"bad override: {e}") from None
-    data = OmegaConf.to_container(raw, resolve=True) or {}
+    try:
+        data = OmegaConf.to_container(raw, resolve=True) or {}
+    except OmegaConfBaseException as e:  # a ${...} that names no key, or a cycle
+        where = f"{e.full_key}: " if getattr(e, "full_key", None) else ""
+        raise ConfigError(f"{where}{str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping of sections (run, model, data, ...)")
     _single_path_as_list(data)

@@ -43,6 +43,13 @@ def test_a_tab_in_a_recipe_is_pointed_at(tmp_path):
     assert f"{recipe}:2:1:" in line and "tab" in line
 
 
+def test_an_interpolation_of_a_missing_key_names_the_key(tmp_path):
+    recipe = tmp_path / "interp.yaml"
+    recipe.write_text("recipe: sc\ntrainer:\n  max_steps: ${trainer.nonexistent}\n")
+    line = one_line(spactor("preview", str(recipe), cwd=tmp_path))
+    assert "trainer.max_steps" in line and "trainer.nonexistent" in line
+
+
 def test_garbage_config_yaml_on_resume(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
