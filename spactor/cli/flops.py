@@ -141,6 +141,8 @@ def size_row(recipe: str, overrides: list[str], size: str, ns: argparse.Namespac
         "stage1_flops_per_step": stage["flops_per_step"],
         "baseline_flops_per_step": data["baseline_flops_per_step"],
         "ratio_to_baseline": stage["ratio_to_baseline"],
+        "stage1_analytic_flops_per_step": stage["analytic_flops_per_step"],
+        "stage1_measured_over_analytic": stage["measured_over_analytic"],
     }
 
 
@@ -151,7 +153,7 @@ def _dims(d: dict[str, int] | None, keys: tuple[str, ...]) -> str:
 def format_sizes(rows: list[dict[str, Any]]) -> str:
     """One line per size (``--sizes``)."""
     header = ("size", "D layers/d/heads/d_ff", "G layers/d/heads/d_ff", "RTD head", "batch x length",
-              "stage 1", "baseline", "ratio")  # fmt: skip
+              "stage 1", "baseline", "ratio", "stage 1 / analytic")  # fmt: skip
     table = [header]
     for r in rows:
         scale, unit = _unit(r["baseline_flops_per_step"])
@@ -164,6 +166,7 @@ def format_sizes(rows: list[dict[str, Any]]) -> str:
             f"{r['stage1_flops_per_step'] / scale:,.2f} {unit}",
             f"{r['baseline_flops_per_step'] / scale:,.2f} {unit}",
             f"{r['ratio_to_baseline']:.3f}",
+            "-" if r["stage1_measured_over_analytic"] is None else f"{r['stage1_measured_over_analytic']:.3f}",
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i < 2 + 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))

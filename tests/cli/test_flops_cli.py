@@ -77,3 +77,13 @@ def test_an_op_without_a_handle_is_named_and_the_analytic_count_stands(capsys, m
     note = next(line for line in text.splitlines() if "no handle" in line)
     assert note.startswith("note: fvcore has no handle for aten::scaled_dot_product_attention (x")
     assert "counted as 0 FLOPs" in note and "spactor/train/flops/handles.py" in note
+
+
+def test_the_per_size_table_has_stage_1_over_the_analytic_count(capsys):
+    overrides = ["data.input_length=64", "data.tokenizer_vocab_size=512", "trainer.batch_size=4"]
+    [row] = flops_json(capsys, "sc", *overrides, "--sizes", "tiny")["sizes"]  # on meta
+    assert row["stage1_analytic_flops_per_step"] == pytest.approx(row["stage1_flops_per_step"], rel=1e-12)
+    assert row["stage1_measured_over_analytic"] == pytest.approx(1.0, rel=1e-12)
+    assert cli_main(["flops", "sc", *overrides, "--sizes", "tiny"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].rstrip().endswith("stage 1 / analytic") and lines[2].rstrip().endswith("1.000")
