@@ -88,8 +88,12 @@ DISCRIMINATOR_EMBEDDING_KEY = f"{DISCRIMINATOR_KEY}token_embedding.weight"  # D'
 ELECTRA_HEAD_KEY = "head_dense.weight"  # present exactly when a generator has head: electra
 
 
-@dataclass
-class GeneratorConfig:
+@dataclass(frozen=True)
+class GeneratorConfig(EncoderSpec):
+    """The built generator: its encoder stack's :class:`EncoderSpec` (one shape and layout
+    dataclass for D's encoder and G's) with the generator's defaults, plus how it shares
+    D's embedding and which output head it has."""
+
     num_layers: int = 4
     d_model: int = 768
     num_heads: int = 12
@@ -97,9 +101,6 @@ class GeneratorConfig:
     d_kv: int = 64
     norm: str = "rmsnorm"  # rmsnorm (T5 blocks) | layernorm (BERT/ELECTRA blocks)
     positions: str = "relative"  # relative | learned
-    max_positions: int = 512
-    dropout: float = 0.0
-    attention: str = "sdpa"
     embedding_sharing: str = "shared"  # shared | none | gdes
     head: str = "linear"  # linear (SpacTor Eq. 3) | electra (dense → GELU → LayerNorm first)
 
@@ -133,32 +134,22 @@ def assumed_shape(hidden_size: int) -> ModelShape:
     return ModelShape(None, hidden_size, 4 * hidden_size, 12, max(1, hidden_size // d_kv), d_kv)
 
 
-@dataclass(frozen=True)
-class Sized:
-    """A generator's dimensions before the block's explicit values are applied."""
-
-    layers: int
-    d_model: int
-    heads: int
-    d_kv: int
-    d_ff: int
-
-
-def sized_by_rule(sizing: str, shape: ModelShape) -> Sized:
-    """What ``sizing`` gives beside a D of ``shape`` (see :data:`SPACTOR_PROPORTIONS`,
-    :data:`ELECTRA_FRACTIONS`)."""
+def sized_by_rule(sizing: str, shape: ModelShape) -> ModelShape:
+    """A generator's dimensions by ``sizing`` beside a D of ``shape``, before the block's
+    explicit values are applied (see :data:`SPACTOR_PROPORTIONS`, :data:`ELECTRA_FRACTIONS`):
+    the one shape dataclass, :class:`~spactor.checks.ModelShape`, with no size preset."""
     if sizing == "electra":
         fraction = ELECTRA_FRACTIONS.get(shape.size or "", ELECTRA_FRACTIONS["base"])
         width = max(1, round(shape.d_model * fraction))
         heads = max(1, round(shape.num_heads * fraction))
         d_ff = max(1, round(shape.d_ff * fraction))
-        return Sized(shape.num_layers, width, heads, max(1, width // heads), d_ff)
+        return ModelShape(None, width, d_ff, shape.num_layers, heads, max(1, width // heads))
     if sizing != "spactor":
         raise ConfigError(f"unknown generator sizing '{sizing}'; valid: {', '.join(SIZINGS)}")
     layer_fraction, ff_multiple = SPACTOR_PROPORTIONS.get(shape.size or "", SPACTOR_PROPORTIONS["base"])
     layers = max(1, round(shape.num_layers * layer_fraction))
     d_ff = max(FF_MULTIPLE, round(shape.d_model * ff_multiple / FF_MULTIPLE) * FF_MULTIPLE)
-    return Sized(layers, shape.d_model, shape.num_heads, shape.d_kv, d_ff)
+    return ModelShape(None, shape.d_model, d_ff, layers, shape.num_heads, shape.d_kv)
 
 
 @dataclass
@@ -229,7 +220,7 @@ class EncoderGeneratorConfig:
         names ``where``'s key when the set values do not fit together."""
         shape = model_shape if model_shape is not None else assumed_shape(hidden_size)
         rule = sized_by_rule(self.sizing, shape)
-        layers = self.layers or rule.layers
+        layers = self.layers or rule.num_layers
         if self.hidden_fraction is not None:
             if not 0 < self.hidden_fraction <= 1:
                 raise ConfigError(f"generator hidden_fraction must be in (0, 1], got {self.hidden_fraction}")
@@ -237,7 +228,7 @@ class EncoderGeneratorConfig:
             heads = max(1, round(d_model / (self.d_kv or shape.d_kv)))
             d_kv, d_ff = d_model // heads, 4 * d_model
         elif self.d_model is None and self.heads is None and self.d_kv is None:
-            d_model, heads, d_kv, d_ff = rule.d_model, rule.heads, rule.d_kv, self.d_ff or rule.d_ff
+            d_model, heads, d_kv, d_ff = rule.d_model, rule.num_heads, rule.d_kv, self.d_ff or rule.d_ff
         else:
             d_model, d_kv, heads = self.d_model or rule.d_model, self.d_kv or rule.d_kv, self.heads
             if heads is None:
@@ -277,18 +268,7 @@ class Generator(nn.Module):
         if cfg.head not in HEADS:
             raise ValueError(f"unknown generator head '{cfg.head}'; valid: {', '.join(HEADS)}")
         self.config = cfg
-        self.spec = EncoderSpec(
-            d_model=cfg.d_model,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            d_ff=cfg.d_ff,
-            d_kv=cfg.d_kv,
-            norm=cfg.norm,
-            positions=cfg.positions,
-            max_positions=cfg.max_positions,
-            dropout=cfg.dropout,
-            attention=cfg.attention,
-        )
+        self.spec: EncoderSpec = cfg  # the encoder stack's shape and layout
         self.sharing = cfg.embedding_sharing
         self.vocab_size, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
         if self.sharing == "shared":

@@ -1,9 +1,11 @@
 """``spactor flops RECIPE [key=value ...] [--json] [--steps 250K,500K,1M] [--sizes [tiny,...]]``.
 
-Prints the training FLOPs per step of each stage the recipe runs, the per-module
-breakdown, the ratio to the baseline (span corruption on the same architecture; MLM for
-encoder-only models) and the cumulative FLOPs normalised to that baseline at chosen
-steps (the SpacTor paper's Table 2 column). The paper's vocabulary is T5's 32k
+Prints the training FLOPs per step of each stage the recipe runs (fvcore's count, and
+beside it the architecture's analytic count per step and per token and the ratio of the
+two), the per-module breakdown, the ratio to the baseline (span corruption on the same
+architecture; MLM for encoder-only models) and the cumulative FLOPs normalised to that
+baseline at chosen steps (the SpacTor paper's Table 2 column). Ops fvcore has no handle
+for count 0 and are named in a note. The paper's vocabulary is T5's 32k
 SentencePiece model: add ``data.tokenizer_vocab_size=32000`` (or ``data.tokenizer=...``)
 to count with it; recipes default to the 8k built-in tokenizer. ``--sizes`` counts the
 recipe at each ``model.size`` instead and prints one row per size: the discriminator, the
@@ -139,6 +141,8 @@ def size_row(recipe: str, overrides: list[str], size: str, ns: argparse.Namespac
         "stage1_flops_per_step": stage["flops_per_step"],
         "baseline_flops_per_step": data["baseline_flops_per_step"],
         "ratio_to_baseline": stage["ratio_to_baseline"],
+        "stage1_analytic_flops_per_step": stage["analytic_flops_per_step"],
+        "stage1_measured_over_analytic": stage["measured_over_analytic"],
     }
 
 
@@ -149,7 +153,7 @@ def _dims(d: dict[str, int] | None, keys: tuple[str, ...]) -> str:
 def format_sizes(rows: list[dict[str, Any]]) -> str:
     """One line per size (``--sizes``)."""
     header = ("size", "D layers/d/heads/d_ff", "G layers/d/heads/d_ff", "RTD head", "batch x length",
-              "stage 1", "baseline", "ratio")  # fmt: skip
+              "stage 1", "baseline", "ratio", "stage 1 / analytic")  # fmt: skip
     table = [header]
     for r in rows:
         scale, unit = _unit(r["baseline_flops_per_step"])
@@ -162,6 +166,7 @@ def format_sizes(rows: list[dict[str, Any]]) -> str:
             f"{r['stage1_flops_per_step'] / scale:,.2f} {unit}",
             f"{r['baseline_flops_per_step'] / scale:,.2f} {unit}",
             f"{r['ratio_to_baseline']:.3f}",
+            "-" if r["stage1_measured_over_analytic"] is None else f"{r['stage1_measured_over_analytic']:.3f}",
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i < 2 + 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -216,12 +221,18 @@ def format_report(data: dict[str, Any]) -> str:
         modules += [m for m in table if m not in modules]
     frozen = {m for s in stages for m, trained in s["trained"].items() if not trained}
     labels = {m: f"  {m}" + (" (frozen)" if m in frozen else "") for m in modules}
-    width = max([len(label) for label in labels.values()] + [len("ratio to baseline")]) + 2
-
     scale, unit = _unit(data["baseline_flops_per_step"])
+    # The architecture's analytic count (ArchitectureSpec.analytic_flops) beside fvcore's:
+    # per step in the table's unit, per token (of the raw chunk, as tokens_seen counts) in its own.
+    analytic = [s["analytic_flops_per_step"] for s in stages] + [data["baseline_analytic_flops_per_step"]]
+    per_token = [s["analytic_flops_per_token"] for s in stages] + [data["baseline_analytic_flops_per_token"]]
+    over = [s["measured_over_analytic"] for s in stages] + [data["baseline_measured_over_analytic"]]
+    token_scale, token_unit = _unit(max([t for t in per_token if t is not None] + [1.0]))
+    analytic_labels = (f"analytic {unit}/step", f"analytic {token_unit}/token", "measured / analytic")
+    width = max(len(label) for label in [*labels.values(), *analytic_labels, "ratio to baseline"]) + 2
 
-    def fmt(flops: float) -> str:
-        return f"{flops / scale:,.2f}"
+    def fmt(flops: float, in_scale: float = scale) -> str:
+        return f"{flops / in_scale:,.2f}"
 
     def row(label: str, cells: list[str]) -> str:
         return f"{label:<{width}}" + "".join(f"{c:>14}" for c in cells)
@@ -235,6 +246,9 @@ def format_report(data: dict[str, Any]) -> str:
         )
     )
     lines.append(row("ratio to baseline", [f"{s['ratio_to_baseline']:.3f}" for s in stages] + ["1.000"]))
+    lines.append(row(analytic_labels[0], ["-" if a is None else fmt(a) for a in analytic]))
+    lines.append(row(analytic_labels[1], ["-" if t is None else fmt(t, token_scale) for t in per_token]))
+    lines.append(row(analytic_labels[2], ["-" if r is None else f"{r:.3f}" for r in over]))
     for m in modules:
         cells = [
             fmt(t[m]) if m in t else "-" for t in [s["modules"] for s in stages] + [data["baseline_modules"]]

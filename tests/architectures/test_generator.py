@@ -395,3 +395,20 @@ def test_the_sizing_rule_is_checked_in_one_line():
     message = r"^objectives.rtd.generator.sizing: 'bert' — must be one of spactor, electra$"
     with pytest.raises(ConfigError, match=message):
         EncoderGeneratorConfig(sizing="bert").check("objectives.rtd.generator", None)
+
+
+def test_one_shape_dataclass_for_d_and_g():
+    """Item 3 of issue 24: G's built config is its encoder stack's EncoderSpec (not a copy
+    of its fields), and the sizing rule gives a ModelShape (not a dataclass of its own)."""
+    from spactor.architectures.encoder import EncoderSpec
+    from spactor.architectures.generator import sized_by_rule
+    from spactor.checks import ModelShape
+
+    cfg = gen_cfg(norm="layernorm", positions="learned", max_positions=40)
+    generator = Generator(cfg, embedding())
+    assert isinstance(cfg, EncoderSpec) and generator.spec is cfg
+    d = ModelShape("base", 768, 3072, 12, 12, 64)
+    assert sized_by_rule("spactor", d) == ModelShape(None, 768, 1024, 4, 12, 64)  # SpacTor Table 5
+    assert sized_by_rule("electra", d) == ModelShape(None, 256, 1024, 12, 4, 64)  # ELECTRA Base: 1/3
+    with pytest.raises(ValueError, match="norm"):
+        gen_cfg(norm="batchnorm")  # EncoderSpec's own check, at construction

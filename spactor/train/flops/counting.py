@@ -16,7 +16,11 @@ How a step is counted:
   explicit handles that count 0 unless ``elementwise=True`` (then a rough per-element
   cost, :data:`ELEMENTWISE_FLOPS`); ops with no arithmetic at all (indexing, masks,
   comparisons, RNG, embedding lookups) are ignored (:data:`NO_FLOP_OPS`). So fvcore's
-  unsupported-op list is empty for every shipped recipe: nothing is dropped silently.
+  unsupported-op list is empty for every shipped recipe.
+* An op with no handle counts 0 and is named, not dropped silently
+  (:func:`~spactor.train.flops.handles.unhandled_note`). Beside the measured count, the
+  architecture's analytic one (:mod:`spactor.train.flops.forward`): the model's forward at
+  the step's lengths × 3 × ``trainer.batch_size``, which does not depend on fvcore.
 * Training FLOPs = 3 × forward for trained modules (backward = 2 × forward: gradients
   with respect to inputs and to weights), 1 × forward for frozen ones (Fast-ELECTRA's
   generator runs forward only). "Trained" is read off the autograd graph of the loss the
@@ -49,9 +53,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import inspect
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,13 +62,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from spactor.architectures.base import ALL_FIELDS, ArchitectureSpec, spec_for, spec_of
+from spactor.architectures.base import ALL_FIELDS, ArchitectureSpec, analytic_forward_flops, spec_for, spec_of
 from spactor.config import DataConfig, Plugin, Resolved
 from spactor.objectives.base import Batch, Objective, Vocab
 from spactor.registry import OBJECTIVES
 from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
-from spactor.train.flops.handles import op_handles
+from spactor.train.flops.forward import forward_lengths
+from spactor.train.flops.handles import op_handles, unhandled_note
 from spactor.train.flops.meta_attention import FusedMetaAttention
+from spactor.train.flops.tracing import method_scopes, parameters_with_gradients
 from spactor.train.stages import enter_stage, knob_values, run_raw_length, stage_end_step, stage_exists
 from spactor.train.step import TrainModules, apply_transforms
 from spactor.schedules.base import ScheduleSet, watches_metrics
@@ -92,70 +97,6 @@ class _Step(nn.Module):
         weighted = [weight * total.float().sum() for total, _, weight in losses.values() if weight != 0]
         self.trained_loss = torch.stack(weighted).sum() if weighted else None
         return torch.stack([total.float().sum() for total, _, _ in losses.values()]).sum()
-
-
-def _parameters_with_gradients(loss: torch.Tensor | None) -> set[int]:
-    """ids of the parameters that backward from ``loss`` reaches (walks the autograd
-    graph without running it)."""
-    reached: set[int] = set()
-    if loss is None or loss.grad_fn is None:
-        return reached
-    stack, seen = [loss.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf that trains
-        if variable is not None:
-            reached.add(id(variable))
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return reached
-
-
-def _public_methods(module: nn.Module) -> Iterator[str]:
-    """Methods a class defines beyond ``nn.Module`` (``lm_logits``, ``project``, ...)."""
-    seen: set[str] = set()
-    for cls in type(module).__mro__:
-        if cls is nn.Module or not issubclass(cls, nn.Module):
-            break
-        for name, value in vars(cls).items():
-            if name in seen or name.startswith("_") or hasattr(nn.Module, name):
-                continue
-            if inspect.isfunction(value):
-                seen.add(name)
-                yield name
-
-
-@contextlib.contextmanager
-def _method_scopes(owners: dict[str, nn.Module]) -> Iterator[None]:
-    """fvcore attributes an op to the module whose ``__call__`` ran it. Objectives call
-    modules through methods (``model.lm_logits``, ``generator.project``) whose ops
-    would land on the caller; wrap those methods so they push the owner's trace scope."""
-
-    def scoped(method: Callable[..., Any], name: str) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            state = torch._C._get_tracing_state()
-            if state is None:
-                return method(*args, **kwargs)
-            state.push_scope(name)
-            try:
-                return method(*args, **kwargs)
-            finally:
-                state.pop_scope()
-
-        return call
-
-    patched: list[tuple[nn.Module, str]] = []
-    try:
-        for name, module in owners.items():
-            for attr in _public_methods(module):
-                object.__setattr__(module, attr, scoped(getattr(module, attr), name))
-                patched.append((module, attr))
-        yield
-    finally:
-        for module, attr in patched:
-            vars(module).pop(attr, None)
 
 
 LOSSES = "losses"  # what objectives compute outside their modules (CE, sampling)
@@ -214,7 +155,12 @@ class StepFlops:
     forward_per_sequence: dict[str, float]  # component → forward FLOPs for one sequence
     trained: dict[str, bool]  # component → trained (×3) or frozen (×1)
     objectives: list[str] = field(default_factory=list)
-    unsupported_ops: dict[str, int] = field(default_factory=dict)
+    unsupported_ops: dict[str, int] = field(default_factory=dict)  # op → calls fvcore counted as 0
+    # (encoder, decoder) tokens of one sequence's model forward in this step (decoder 0: none)
+    lengths: tuple[int, int] = (0, 0)
+    # The architecture's analytic forward FLOPs of one sequence at ``lengths``; None: it
+    # declares no ``analytic_flops`` (or it was not asked for)
+    analytic_forward_per_sequence: float | None = None
 
     def multiplier(self, component: str) -> int:
         return 3 if self.trained[component] else 1
@@ -240,6 +186,26 @@ class StepFlops:
     def modules(self) -> dict[str, float]:
         """Training FLOPs per step, by component."""
         return {k: v * self.batch_size for k, v in self.modules_per_sequence.items()}
+
+    @property
+    def analytic_flops_per_step(self) -> float | None:
+        """The analytic count's training FLOPs per step: 3 × the model's forward (it
+        trains) × the batch; None without a formula."""
+        forward = self.analytic_forward_per_sequence
+        return None if forward is None else 3.0 * forward * self.batch_size
+
+    @property
+    def measured_over_analytic(self) -> float | None:
+        analytic = self.analytic_flops_per_step
+        return None if not analytic else self.flops_per_step / analytic
+
+
+def with_analytic(flops: StepFlops, resolved: Resolved, vocab_size: int) -> StepFlops:
+    """``flops`` with the architecture's analytic forward count at its lengths."""
+    flops.analytic_forward_per_sequence = analytic_forward_flops(
+        resolved.model.type, resolved.model.config, vocab_size, *flops.lengths
+    )
+    return flops
 
 
 def count_modules_flops(
@@ -273,11 +239,11 @@ def count_modules_flops(
     analysis.uncalled_modules_warnings(False)
     # Traced with autograd on (as in training), so the loss's graph shows what trains.
     # On meta, attention is one fused op (no (L, L) score tensors; same FLOPs).
-    with _method_scopes(owners), FusedMetaAttention(), torch.enable_grad(), warnings.catch_warnings():
+    with method_scopes(owners), FusedMetaAttention(), torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about data-dependent shapes
         by_module = analysis.by_module()
         unsupported = dict(analysis.unsupported_ops())
-    reached = _parameters_with_gradients(step.trained_loss)
+    reached = parameters_with_gradients(step.trained_loss)
     step.trained_loss = None  # free the graph
     sequences = next(iter(batch.values())).shape[0]
     comps = _components(modules, prefix)
@@ -291,6 +257,7 @@ def count_modules_flops(
         trained={k: _is_trained(c.modules, reached) for k, c in comps.items()},
         objectives=list(modules.active_objectives()),
         unsupported_ops=unsupported,
+        lengths=forward_lengths(modules.model, batch),
     )
 
 
@@ -396,7 +363,7 @@ def count_step_flops(
         )
         raw_length = run_raw_length(objectives, schedules.stages, resolved.cfg.data.input_length)
         enter_stage(modules, objectives, schedules, stage)
-        return _count(
+        counted = _count(
             modules,
             vocab,
             resolved.cfg.data.input_length,
@@ -406,6 +373,7 @@ def count_step_flops(
             device,
             raw_length=raw_length,
         )
+        return with_analytic(counted, resolved, model.vocab_size)
 
 
 # --------------------------------------------------------------------------- stages and report
@@ -498,6 +466,26 @@ class FlopsReport:
         Table 2/3 column, (τ·F1 + (n − τ)·F2) / (n·F_baseline)."""
         return self.cumulative(steps) / (steps * self.baseline_flops_per_step) if steps > 0 else float("nan")
 
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of the raw chunk per step: what the runner's ``tokens_seen`` counts."""
+        return self.batch_size * self.raw_length
+
+    def analytic_per_token(self, flops: StepFlops) -> float | None:
+        analytic = flops.analytic_flops_per_step
+        return None if analytic is None else analytic / self.tokens_per_step
+
+    def unsupported_ops(self) -> dict[str, dict[str, int]]:
+        """Ops fvcore had no handle for and counted as 0, by stage name (and ``baseline``);
+        empty when every op was counted."""
+        found = {s.name: s.flops.unsupported_ops for s in self.stages if s.flops.unsupported_ops}
+        if self.baseline.unsupported_ops:
+            found["baseline"] = self.baseline.unsupported_ops
+        return found
+
+    def unhandled_note(self) -> str | None:
+        return unhandled_note(self.unsupported_ops())
+
     def default_steps(self) -> list[int]:
         points = {self.max_steps // 2, self.max_steps}
         for switch in self.switch_steps or [self.switch_step]:
@@ -531,12 +519,16 @@ class FlopsReport:
                     "modules": s.flops.modules,
                     "trained": s.flops.trained,
                     "unsupported_ops": s.flops.unsupported_ops,
+                    **self._analytic_json(s.flops),
                 }
                 for s in self.stages
             ],
             "baseline_objectives": self.baseline_objectives,
             "baseline_flops_per_step": self.baseline_flops_per_step,
             "baseline_modules": self.baseline.modules,
+            "baseline_unsupported_ops": self.baseline.unsupported_ops,
+            **{f"baseline_{k}": v for k, v in self._analytic_json(self.baseline).items()},
+            "tokens_per_step": self.tokens_per_step,
             "cumulative": [
                 {"step": n, "flops": self.cumulative(n), "normalized": self.normalized(n)} for n in steps
             ],
@@ -545,7 +537,15 @@ class FlopsReport:
                 + (" + rough elementwise costs" if self.elementwise else "; elementwise ops not counted")
                 + "; training = 3 x forward for trained modules, 1 x for frozen ones"
             ),
-            "notes": self.notes,
+            "notes": self.notes + ([note] if (note := self.unhandled_note()) else []),
+        }
+
+    def _analytic_json(self, flops: StepFlops) -> dict[str, Any]:
+        return {
+            "model_lengths": list(flops.lengths),
+            "analytic_flops_per_step": flops.analytic_flops_per_step,
+            "analytic_flops_per_token": self.analytic_per_token(flops),
+            "measured_over_analytic": flops.measured_over_analytic,
         }
 
 
@@ -592,8 +592,9 @@ def flops_report(
                          "scheduled knobs: stage 1 is counted with their values at step 0")
 
         def count(stage: int) -> StepFlops:
-            return _count(modules, vocab, input_length, batch_size, stage, elementwise, device,
-                          raw_length=raw_length)
+            counted = _count(modules, vocab, input_length, batch_size, stage, elementwise, device,
+                             raw_length=raw_length)
+            return with_analytic(counted, resolved, model.vocab_size)
 
         # Stage k runs from first (None: decided during training) to its end; stage k+1
         # runs if it exists and its start is known, may be decided later, or every_stage.
@@ -667,8 +668,14 @@ def flops_report(
             base_resolved = dataclasses.replace(resolved, objectives=base_plugins, schedules={})
             base_objectives = build_objectives(base_resolved, vocab, model)
             base_modules = TrainModules(model, base_objectives).to(device).train()
-            baseline = _count(base_modules, vocab, input_length, batch_size, 0, elementwise, device)
+            baseline = with_analytic(
+                _count(base_modules, vocab, input_length, batch_size, 0, elementwise, device), resolved,
+                model.vocab_size,
+            )
 
+    if spec_for(resolved.model.type).analytic_flops is None:
+        notes.append(f"model.arch '{resolved.model.type}' declares no ArchitectureSpec.analytic_flops: "
+                     "no analytic count")
     return FlopsReport(
         recipe=resolved.recipe,
         architecture=_architecture(resolved),

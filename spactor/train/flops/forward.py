@@ -1,6 +1,13 @@
 """fvcore's count of a model's plain forward pass, the number each architecture's analytic
-formula (``ArchitectureSpec.analytic_flops``) predicts: the tests hold the two equal, and
-``spactor flops`` prints both per token.
+formula (``ArchitectureSpec.analytic_flops``) predicts: the tests hold the two equal.
+
+``spactor flops`` prints the analytic count beside fvcore's count of each training step:
+the model's forward at the lengths that step runs it (:func:`forward_lengths`) × 3 (the
+model trains) × ``trainer.batch_size``, per step and per token of the raw chunk (what
+``tokens_seen`` counts). Measured / analytic is 1 where the step runs the model and
+nothing else with every position through the LM head (plain span corruption, causal LM),
+above 1 for what objectives add (the RTD generator and head), below 1 for a head run on
+a subset of positions (MLM's masked tokens).
 
 The same counter as a training step's (fvcore, :func:`spactor.train.flops.handles.op_handles`,
 attention fused on ``meta``), on the model alone: no objectives, no losses, no padding.
@@ -14,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from spactor.capabilities import CAUSAL_LM, PREFIX_LM, capabilities_of
+from spactor.objectives.causal_lm import LM_INPUT
 from spactor.train.flops.handles import op_handles
 from spactor.train.flops.meta_attention import FusedMetaAttention
 
@@ -60,3 +69,16 @@ def count_forward_flops(
         warnings.simplefilter("ignore")
         total = 2.0 * float(analysis.total())
         return total, dict(analysis.unsupported_ops())
+
+
+def forward_lengths(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(encoder, decoder) tokens of one sequence's model forward on a training ``batch``,
+    as the analytic formula takes them: an encoder-decoder reads ``encoder_input`` and
+    ``decoder_input``, a decoder-only model ``lm_input`` where an objective provides it,
+    anything else ``encoder_input`` (decoder 0)."""
+    if getattr(model, "has_decoder", False):
+        decoder = batch.get("decoder_input")
+        return int(batch["encoder_input"].shape[-1]), 0 if decoder is None else int(decoder.shape[-1])
+    if capabilities_of(model) & {CAUSAL_LM, PREFIX_LM} and LM_INPUT in batch:
+        return int(batch[LM_INPUT].shape[-1]), 0
+    return int(batch["encoder_input"].shape[-1]), 0

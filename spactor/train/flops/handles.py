@@ -1,7 +1,17 @@
 """fvcore op handles: attention (SDPA and its kernels) counted as its two matmuls;
 elementwise ops, norms, softmax and losses given explicit handles (0 FLOPs under the
 matmul-only MFU convention, a rough per-element cost on request); ops with no
-arithmetic ignored — so fvcore reports no op of the shipped models as unsupported."""
+arithmetic ignored — so fvcore reports no op of the shipped models as unsupported.
+
+An op with no handle here and none of fvcore's own (a plugin's model calling, say,
+``aten::softplus``) counts 0 FLOPs: fvcore cannot know its cost. That is not silent:
+each counted step keeps such ops by name and call count (``StepFlops.unsupported_ops``),
+``spactor flops`` prints :func:`unhandled_note` under its table (and in ``--json``'s
+``notes``), and the runner warns it once before training (its ``flops_per_step`` and MFU
+would be low by their cost). The architecture's analytic count
+(``ArchitectureSpec.analytic_flops``, printed beside fvcore's) does not use fvcore, so it
+still gives the number. The fix is an entry in :func:`op_handles`: a cost, or None for an
+op with no arithmetic."""
 
 from __future__ import annotations
 
@@ -158,3 +168,18 @@ def op_handles(elementwise: bool = False) -> dict[str, Handle | None]:
     return handles
 
 
+def unhandled_note(found: dict[str, dict[str, int]]) -> str | None:
+    """One line naming the ops fvcore counted as 0 for want of a handle (``found``: where →
+    op → calls), what that does to the count and where the fix goes; None when none."""
+    if not found:
+        return None
+    ops: dict[str, int] = {}
+    for table in found.values():
+        for op, calls in table.items():
+            ops[op] = max(ops.get(op, 0), calls)
+    listed = ", ".join(f"{op} (x{calls})" for op, calls in sorted(ops.items()))
+    return (
+        f"fvcore has no handle for {listed} in {', '.join(found)}: counted as 0 FLOPs, so the measured "
+        "count misses their cost (the analytic count does not use fvcore); give each a handle in "
+        "spactor/train/flops/handles.py (op_handles)"
+    )

@@ -154,6 +154,9 @@ def tracker_from_report(
     """The tracker for a report counted elsewhere (by rank 0, for every rank). The peak
     comes from ``runtime.peak_tflops`` when the config has that key, else from the GPU's
     name; none on CPU, so MFU is then None."""
+    note = report.unhandled_note()
+    if note is not None:  # flops_per_step and MFU would be low by their cost: say so once
+        warnings.warn(note)
     override = getattr(resolved.cfg.runtime, "peak_tflops", None)
     peak = peak_tflops(override=override) if device.type == "cuda" or override is not None else None
     return FlopsTracker(report, peak_tflops=peak, world_size=world_size)

@@ -4,6 +4,7 @@ unsupported ops in any shipped recipe, stage/baseline/frozen bookkeeping, the CL
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from spactor.cli import main as cli_main
 from spactor.config import load_config, recipe_names
 from spactor.plugins import load_plugins
 from spactor.train.flops.counting import count_step_flops, count_vocab, flops_report
-from spactor.train.flops.mfu import FlopsTracker, mfu, peak_tflops, tracker_for
+from spactor.train.flops.mfu import FlopsTracker, mfu, peak_tflops, tracker_for, tracker_from_report
 from spactor.train.step import TrainModules, apply_transforms
 from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
 
@@ -243,6 +244,18 @@ def test_tracker_for_a_cpu_run_has_no_mfu_unless_a_peak_is_configured():
     tracker = tracker_for(tiny("sc"), torch.device("cpu"))
     assert tracker.update(1)["flops_normalized"] == pytest.approx(1.0)
     assert tracker.mfu(1.0) is None
+
+
+def test_the_runner_warns_once_of_ops_fvcore_counted_as_zero():
+    """flops_per_step and MFU would be low by an unhandled op's cost: the tracker says so
+    (the op and where its handle goes) instead of logging the low number silently."""
+    report = flops_report(tiny("sc"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tracker_from_report(tiny("sc"), torch.device("cpu"), report)  # every op handled: no warning
+    report.baseline.unsupported_ops = {"aten::softplus": 2}
+    with pytest.warns(UserWarning, match=r"no handle for aten::softplus \(x2\) in baseline.*handles.py"):
+        tracker_from_report(tiny("sc"), torch.device("cpu"), report)
 
 
 def test_the_runners_every_stage_report_of_a_recipe_with_one_real_stage():
