@@ -16,7 +16,7 @@ from torch import nn
 
 from spactor.architectures.base import Architecture
 import reference_t5  # tests/reference_t5.py: tests/ is on sys.path (rootdir conftest)
-from spactor.objectives.base import ObjectiveContext, Reduce, SharedForward, Vocab
+from spactor.objectives.base import MicroBatchContext, ObjectiveContext, Reduce, SharedForward, Vocab
 from spactor.objectives.span_corruption import (
     SpanCorruption,
     SpanCorruptionConfig,
@@ -444,7 +444,7 @@ def test_loss_is_summed_cross_entropy() -> None:
     # Pretend one target was shorter, to check padding is ignored everywhere.
     batch["decoder_target"][1, -5:] = VOCAB.pad_id
     forward = SharedForward(model, batch, VOCAB.pad_id)
-    out = obj.loss(batch, forward)
+    out = obj.loss(batch, forward, MicroBatchContext.of([obj], batch, VOCAB.pad_id, True))
     enc = forward.encode()
 
     valid = batch["decoder_target"] != VOCAB.pad_id
