@@ -64,8 +64,8 @@ def main() -> None:
         b = batch()
         start = time.perf_counter()
         losses, _ = fn(b, modify_rng, modules.context(b))
-        weights = modules.loss_weights()
-        sum(weights.get(n, 1.0) * t.float() / c.clamp(min=1) for n, (t, c) in losses.items()).backward()
+        weights = modules.loss_weights(losses)
+        sum(weights[n] * t.float() / c.clamp(min=1) for n, (t, c) in losses.items()).backward()
         modules.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 

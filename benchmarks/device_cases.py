@@ -138,7 +138,8 @@ def build_spactor(s: Settings, recipe: str, size: str, batch: int, *, precision:
             prepared = apply_transforms(objectives, {"original": original}, seeded_generator(seed + 1, device))
             rng = seeded_generator(seed + 2, device)
             with autocast(amp_dtype, device):
-                flops = _forward_flops(lambda: modules(prepared, rng, modules.context(prepared, with_metrics=True)))
+                mb_ctx = modules.context(prepared, with_metrics=True)
+                flops = _forward_flops(lambda: modules(prepared, rng, mb_ctx))
         parallelize(modules, objectives, resolved, device, info)
     modules.train()
     optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config, trainable_parameters(modules))

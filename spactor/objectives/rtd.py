@@ -460,7 +460,8 @@ class RTD(Objective):
     def loss_weights(self) -> dict[str, float]:
         # L_G and its z-loss by generator_weight; a frozen generator is not trained (0)
         generator = 0.0 if self.cfg.frozen else float(self.knob("generator_weight"))
-        return {self.name: self.weight, self.generator_loss_name: generator, self.generator_z_loss_name: generator}
+        return {self.name: self.weight, self.generator_loss_name: generator,
+                self.generator_z_loss_name: generator}
 
     @property
     def generator_loss_name(self) -> str:

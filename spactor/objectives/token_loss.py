@@ -13,7 +13,14 @@ from typing import ClassVar
 
 import torch
 
-from spactor.objectives.base import Batch, MicroBatchContext, Objective, ObjectiveOutput, Reduce, SharedForward
+from spactor.objectives.base import (
+    Batch,
+    MicroBatchContext,
+    Objective,
+    ObjectiveOutput,
+    Reduce,
+    SharedForward,
+)
 from spactor.objectives.cross_entropy import token_cross_entropy
 
 
@@ -46,7 +53,8 @@ class TokenTargetLoss(Objective):
         its own (``<name>_z``, also weighted by ``weight``)."""
         # Logits stay in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
         logits = forward.model.lm_logits(self.pass_hidden(forward))
-        ce = token_cross_entropy(logits, batch[self.TARGET], self.vocab.pad_id, with_accuracy=ctx.with_metrics)
+        target = batch[self.TARGET]
+        ce = token_cross_entropy(logits, target, self.vocab.pad_id, with_accuracy=ctx.with_metrics)
         term = self.loss_term(ctx, ce.total)
         aux = {}
         if self.cfg.z_loss > 0:

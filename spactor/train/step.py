@@ -35,7 +35,7 @@ reduces them over ranks once per logging window (``spactor.train.metrics.MetricW
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,20 +79,23 @@ class TrainModules(nn.Module):
         objectives = self.active_objectives()
         return objectives if only is None else {n: o for n, o in objectives.items() if n in only}
 
-    def context(self, batch: Batch, with_metrics: bool = False, only: list[str] | None = None) -> MicroBatchContext:
+    def context(
+        self, batch: Batch, with_metrics: bool = False, only: list[str] | None = None
+    ) -> MicroBatchContext:
         """What the runner gives the objectives for the micro-batch ``batch``: every loss's
         item count on it (``count``/``aux_counts``, called here and nowhere else), the pad
         id, whether to compute metrics. ``only``: as in :meth:`forward`."""
         return MicroBatchContext.of(self._running(only).values(), batch, self.pad_id, with_metrics)
 
-    def loss_weights(self) -> dict[str, float]:
-        """The runner's weights, by loss name, of the active objectives' losses: read from
-        the knobs once per step (schedules change them between steps only) and applied by
-        the step; a loss named nowhere (an aux loss its objective does not weight) takes 1."""
-        weights: dict[str, float] = {}
+    def loss_weights(self, names: Iterable[str]) -> dict[str, float]:
+        """The runner's weight of each loss in ``names``, by loss name, from the active
+        objectives' :meth:`~spactor.objectives.base.Objective.loss_weights`: read once per
+        step (schedules change knobs between steps only) and applied by the step. A loss
+        its objective names no weight for (an aux loss) takes 1."""
+        declared: dict[str, float] = {}
         for obj in self.active_objectives().values():
-            weights.update(obj.loss_weights())
-        return weights
+            declared.update(obj.loss_weights())
+        return {name: declared.get(name, 1.0) for name in names}
 
     def forward(
         self, batch: Batch, rng: torch.Generator, ctx: MicroBatchContext, only: list[str] | None = None
@@ -188,7 +191,7 @@ def row_noise_seeds(rng: torch.Generator, rows: int, info: DistInfo) -> torch.Te
     return seeds[info.rank * rows : (info.rank + 1) * rows]
 
 
-def global_counts(micro_counts: list[dict[str, torch.Tensor]], info: DistInfo) -> dict[str, torch.Tensor]:
+def global_counts(micro_counts: list[Mapping[str, torch.Tensor]], info: DistInfo) -> dict[str, torch.Tensor]:
     """Every loss's item count over the step's micro-batches and ranks (the normaliser of
     its global mean), from the counts the micro-batches' contexts hold: summed exactly
     (integers) before the conversion to float, one all-reduce of a small stacked tensor
@@ -269,7 +272,7 @@ def train_step(
     # read the counts from their context, the normaliser is their sum.
     contexts = [modules.context(mb, with_metrics) for mb in micro]
     counts = global_counts([c.counts for c in contexts], ctx.dist)
-    weights = modules.loss_weights()  # the step's weights by loss name (knobs change between steps)
+    weights = modules.loss_weights(counts)  # the step's, by loss name (knobs change between steps)
 
     logged = MetricRecord()
     device = local["encoder_input"].device
@@ -282,9 +285,8 @@ def train_step(
         for name, (total, _) in terms.items():
             normalised = total.float() / counts[name]  # this micro-batch's part of the global mean
             logged.record(f"loss/{name}", normalised, Reduce.SUM)
-            weight = weights.get(name, 1.0)
-            if weight != 0:
-                loss = loss + weight * normalised
+            if weights[name] != 0:
+                loss = loss + weights[name] * normalised
         total_loss = total_loss + loss.detach()
         if loss.requires_grad:
             (loss * ctx.dist.world_size).backward()

@@ -232,8 +232,8 @@ def test_losses_share_one_encoder_and_one_decoder_pass():
     batch = apply_transforms(objectives, {"original": original}, torch.Generator().manual_seed(3))
     modules = TrainModules(model, objectives, VOCAB.pad_id)
     calls = _counting(model)
-    weights = modules.loss_weights()
     losses, _ = modules(batch, torch.Generator().manual_seed(4), modules.context(batch))
+    weights = modules.loss_weights(losses)
     assert calls == {"encode": 1, "decode": 1}
     assert set(losses) == {"span_corruption", "span_corruption_z", "span_corruption_z_z", "mlm"}
     # Each loss is what it is on a forward of its own.
@@ -243,7 +243,7 @@ def test_losses_share_one_encoder_and_one_decoder_pass():
         torch.testing.assert_close(losses[name][0], alone.total, rtol=0, atol=0)
     assert calls == {"encode": 3, "decode": 2}  # the two forwards above: nothing shared across them
     torch.testing.assert_close(losses["span_corruption"][0], losses["span_corruption_z"][0], rtol=0, atol=0)
-    sum(weights.get(n, 1.0) * t / c for n, (t, c) in losses.items()).backward()  # one graph through the shared passes
+    sum(weights[n] * t / c for n, (t, c) in losses.items()).backward()  # one graph through the shared passes
     assert model.token_embedding.weight.grad is not None
 
 

@@ -12,11 +12,13 @@ import spactor.objectives.cross_entropy as cross_entropy
 from spactor.architectures.t5 import T5Config
 from spactor.architectures.t5_plugin import build_t5
 from spactor.config import ConfigError, load_config
-from spactor.objectives.base import MicroBatchContext, ObjectiveContext, SharedForward, Vocab
+from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.cross_entropy import token_cross_entropy
 from spactor.objectives.mlm import MLM, MLMConfig
 from spactor.objectives.span_corruption import SpanCorruption, SpanCorruptionConfig
 from spactor.plugins import load_plugins
+
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
 
 load_plugins()
 
@@ -127,7 +129,7 @@ def test_span_corruption_logs_z_loss_on_its_own():
     model = _t5()
     obj = _sc(model, z_loss=1e-4, weight=10.0)
     batch = _sc_batch(obj)
-    out = obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id), MicroBatchContext.of([obj], batch, VOCAB.pad_id, True))
+    out = obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(obj, batch))
     logits = _sc_logits(model, batch)
     target = batch["decoder_target"]
     plain = F.cross_entropy(
@@ -144,7 +146,7 @@ def test_span_corruption_logs_z_loss_on_its_own():
     # z_loss = 0: no aux loss at all, the losses of a run stay what they were.
     off = _sc(model, z_loss=0.0)
     assert off.aux_counts(batch) == {}
-    assert off.loss(batch, SharedForward(model, batch, VOCAB.pad_id), MicroBatchContext.of([off], batch, VOCAB.pad_id, True)).aux_losses == {}
+    assert off.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(off, batch)).aux_losses == {}
 
 
 def test_mlm_z_loss():
@@ -155,7 +157,7 @@ def test_mlm_z_loss():
     mask[:, ::3] = True
     batch = {"encoder_input": ids, "mlm_mask": mask, "mlm_labels": ids}
     forward = SharedForward(model, batch, VOCAB.pad_id)
-    out = obj.loss(batch, forward, MicroBatchContext.of([obj], batch, VOCAB.pad_id, True))
+    out = obj.loss(batch, forward, ctx_for(obj, batch))
     hidden = forward.encode()
     logits = model.lm_logits(hidden[mask])
     torch.testing.assert_close(out.loss.total, F.cross_entropy(logits, ids[mask], reduction="sum"))
@@ -212,7 +214,7 @@ def test_span_corruption_loss_saves_no_fp32_logits_under_bf16():
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id), MicroBatchContext.of([obj], batch, VOCAB.pad_id, True))
+            return obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(obj, batch))
 
     out, saved = saved_tensors(step)
     vocab_sized = [t for t in saved if t.numel() == logits_numel and t.shape[-1] == VOCAB.size]

@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from spactor.architectures.encoder import EncoderConfig, build_encoder
 from spactor.architectures.t5 import T5Config
 from spactor.architectures.t5_plugin import build_t5
-from spactor.objectives.base import MicroBatchContext, ObjectiveContext, Reduce, SharedForward, Vocab
+from spactor.objectives.base import ObjectiveContext, Reduce, SharedForward, Vocab
 from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
+
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
 
 VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 24
@@ -45,7 +47,7 @@ def test_loss_over_count_is_torch_mean_cross_entropy(arch: str):
     mlm = build_mlm(model)
     ids = batch["encoder_input"]
     forward = SharedForward(model, batch, VOCAB.pad_id)
-    out = mlm.loss(batch, forward, MicroBatchContext.of([mlm], batch, VOCAB.pad_id, True))
+    out = mlm.loss(batch, forward, ctx_for(mlm, batch))
     hidden = forward.encode()
     mask = batch["mlm_mask"]
     assert out.loss.count == mlm.count(batch) == mask.sum() > 0
@@ -64,7 +66,7 @@ def test_the_accuracy_is_named_after_the_instance():
     model = build_encoder(EncoderConfig(size="tiny", dropout=0.0), VOCAB.size)
     batch = masked_batch()
     mlm = build_mlm(model, name="masked_lm")
-    out = mlm.loss(batch, SharedForward(model, batch, VOCAB.pad_id), MicroBatchContext.of([mlm], batch, VOCAB.pad_id, True))
+    out = mlm.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(mlm, batch))
     assert list(out.metrics) == ["masked_lm/accuracy"] and out.metrics["masked_lm/accuracy"].reduce is Reduce.MEAN
 
 
@@ -81,5 +83,5 @@ def test_nothing_masked_gives_zero_loss():
     ids = torch.randint(3, 300, (2, LENGTH))
     batch = {"encoder_input": ids, "mlm_mask": torch.zeros_like(ids, dtype=torch.bool)}  # mlm_mask disabled
     mlm = build_mlm(model)
-    out = mlm.loss(batch, SharedForward(model, batch, VOCAB.pad_id), MicroBatchContext.of([mlm], batch, VOCAB.pad_id, True))
+    out = mlm.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(mlm, batch))
     assert out.loss.count == 0 and out.loss.total.item() == 0.0

@@ -12,11 +12,13 @@ import torch
 
 from spactor.architectures.t5 import T5Config
 from spactor.architectures.t5_plugin import build_t5
-from spactor.objectives.base import MicroBatchContext, ObjectiveContext, SharedForward, Vocab
+from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.prefix_lm import PrefixLM, PrefixLMConfig, min_prefix_length, prefix_chunk_length
 from spactor.objectives.span_corruption import SpanCorruption, SpanCorruptionConfig
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
+
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
 
 VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 40  # encoder input length
@@ -134,9 +136,9 @@ def test_loss_is_span_corruptions_decoder_loss():
     obj = build()
     batch = split(obj, 4, seed=3)
     forward = SharedForward(model, batch, VOCAB.pad_id)
-    out = obj.loss(batch, forward, MicroBatchContext.of([obj], batch, VOCAB.pad_id, True))
+    out = obj.loss(batch, forward, ctx_for(obj, batch))
     sc = SpanCorruption(SpanCorruptionConfig(), ObjectiveContext("sc", VOCAB, LENGTH, None))
-    ref = sc.loss(batch, forward, MicroBatchContext.of([sc], batch, VOCAB.pad_id, True))  # the same decoder pass
+    ref = sc.loss(batch, forward, ctx_for(sc, batch))  # the same decoder pass
     assert torch.equal(out.loss.total, ref.loss.total) and torch.equal(out.loss.count, ref.loss.count)
     assert out.loss.count == obj.count(batch) == (batch["decoder_target"] != VOCAB.pad_id).sum()
     out.loss.total.backward()  # gradients reach the encoder through the decoder

@@ -88,12 +88,13 @@ def test_the_step_weights_the_losses_from_the_runners_mapping(tiny_overrides, tm
     modules, opt, ctx, batches = build_step("sc", [*ADAMW, "objectives.span_corruption.z_loss=1e-3"],
                                             tiny_overrides, tmp_path)
     ctx = dataclasses.replace(ctx, grad_accum_steps=2)
-    assert modules.loss_weights() == {"span_corruption": 1.0, "span_corruption_z": 1.0}
+    names = ["span_corruption", "span_corruption_z"]
+    assert modules.loss_weights(names) == {"span_corruption": 1.0, "span_corruption_z": 1.0}
     calls = []
 
-    def runners_weights() -> dict[str, float]:
-        calls.append(1)
-        return {"span_corruption": 0.5}  # the z-loss named nowhere: weight 1
+    def runners_weights(names) -> dict[str, float]:
+        calls.append(sorted(names))
+        return {"span_corruption": 0.5, "span_corruption_z": 1.0}
 
     def not_read(self):
         raise AssertionError("the step read an objective's weight")
@@ -101,7 +102,7 @@ def test_the_step_weights_the_losses_from_the_runners_mapping(tiny_overrides, tm
     monkeypatch.setattr(modules, "loss_weights", runners_weights)
     monkeypatch.setattr(SpanCorruption, "weight", property(not_read))
     out = train_step(modules, opt, next(batches), ctx, with_metrics=False)
-    assert calls == [1]  # once per step, not per micro-batch or per loss
+    assert calls == [names]  # once per step, not per micro-batch or per loss
     sc, z = out.logged.local_value("loss/span_corruption"), out.logged.local_value("loss/span_corruption_z")
     assert float(z) > 0
     torch.testing.assert_close(out.loss, 0.5 * sc + z)
@@ -114,8 +115,10 @@ def test_each_objective_names_the_weight_of_each_of_its_losses(tiny_overrides, t
     rtd.set_knob("generator_weight", 2.5)
     rtd.set_knob("weight", 7.0)
     modules.objectives["span_corruption"].set_knob("weight", 3.0)
-    weights = modules.loss_weights()
+    weights = modules.loss_weights(["rtd", "rtd_generator", "rtd_generator_z", "span_corruption",
+                                     "span_corruption_z", "aux_of_nobody"])
+    assert weights["aux_of_nobody"] == 1.0  # a loss no objective weights
     assert weights["rtd"] == 7.0 and weights["rtd_generator"] == weights["rtd_generator_z"] == 2.5
     assert weights["span_corruption"] == weights["span_corruption_z"] == 3.0  # its z-loss by its weight
     frozen, *_ = build_step("fast_electra", ADAMW, tiny_overrides, tmp_path / "frozen")
-    assert frozen.loss_weights()["rtd_generator"] == 0.0  # a frozen generator is not trained
+    assert frozen.loss_weights(["rtd_generator"]) == {"rtd_generator": 0.0}  # a frozen generator: untrained

@@ -91,9 +91,9 @@ class _Step(nn.Module):
         batch = dict(zip(self.keys, tensors))
         # the micro-batch context, counted as the trainer counts it, inside the trace
         losses, _ = self.train_modules(batch, self.rng, self.train_modules.context(batch, with_metrics=True))
-        weights = self.train_modules.loss_weights()
-        weighted = [w * total.float().sum() for name, (total, _) in losses.items()
-                    if (w := weights.get(name, 1.0)) != 0]
+        weights = self.train_modules.loss_weights(losses)
+        weighted = [weights[name] * total.float().sum()
+                    for name, (total, _) in losses.items() if weights[name] != 0]
         self.trained_loss = torch.stack(weighted).sum() if weighted else None
         return torch.stack([total.float().sum() for total, _ in losses.values()]).sum()
 

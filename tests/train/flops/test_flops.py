@@ -58,10 +58,10 @@ def measured_step_flops(resolved) -> float:
     batch = apply_transforms(objectives, {"original": original}, rng)
     with FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
         losses, _ = modules(batch, rng, modules.context(batch, with_metrics=True))
-        weights = modules.loss_weights()
+        weights = modules.loss_weights(losses)
         loss = sum(
-            weights.get(name, 1.0) * total.float() / count.clamp(min=1)
-            for name, (total, count) in losses.items() if weights.get(name, 1.0)
+            weights[name] * total.float() / count.clamp(min=1)
+            for name, (total, count) in losses.items() if weights[name]
         )
         loss.backward()
     return float(counter.get_total_flops())
