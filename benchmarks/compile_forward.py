@@ -47,7 +47,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         objectives = build_objectives(resolved, vocab, model)
-    modules = TrainModules(model, objectives).train()
+    modules = TrainModules(model, objectives, vocab.pad_id).train()
     compiled = modules.compiled_forward()
     raw = raw_length_for(objectives, args.length)
     data = torch.Generator().manual_seed(1)
@@ -63,8 +63,9 @@ def main() -> None:
     def step(fn) -> float:
         b = batch()
         start = time.perf_counter()
-        losses, _ = fn(b, modify_rng, False)
-        sum(w * t.float() / c.clamp(min=1) for t, c, w in losses.values()).backward()
+        losses, _ = fn(b, modify_rng, modules.context(b))
+        weights = modules.loss_weights(losses)
+        sum(weights[n] * t.float() / c.clamp(min=1) for n, (t, c) in losses.items()).backward()
         modules.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 

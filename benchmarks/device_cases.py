@@ -115,7 +115,7 @@ def build_spactor(s: Settings, recipe: str, size: str, batch: int, *, precision:
             model, objectives, program = build_on_meta(resolved, vocab)
     except ValueError as e:  # e.g. "unknown attention 'flex'"
         raise Unsupported(str(e)) from e
-    modules = TrainModules(model, objectives)
+    modules = TrainModules(model, objectives, vocab.pad_id)
     if program is not None:
         program.bind(modules)
     info = DistInfo()
@@ -138,7 +138,8 @@ def build_spactor(s: Settings, recipe: str, size: str, batch: int, *, precision:
             prepared = apply_transforms(objectives, {"original": original}, seeded_generator(seed + 1, device))
             rng = seeded_generator(seed + 2, device)
             with autocast(amp_dtype, device):
-                flops = _forward_flops(lambda: modules(prepared, rng))
+                mb_ctx = modules.context(prepared, with_metrics=True)
+                flops = _forward_flops(lambda: modules(prepared, rng, mb_ctx))
         parallelize(modules, objectives, resolved, device, info)
     modules.train()
     optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config, trainable_parameters(modules))

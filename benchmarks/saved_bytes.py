@@ -47,7 +47,7 @@ def saved_storages(modules: TrainModules, batch: dict[str, torch.Tensor], dtype:
     enabled = dtype is not None
     autocast = torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=enabled)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-        modules(batch, rng)
+        modules(batch, rng, modules.context(batch, with_metrics=True))
     return seen
 
 
@@ -83,7 +83,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(resolved, vocab)
     objectives = build_objectives(resolved, vocab, model)
-    modules = TrainModules(model, objectives).train()
+    modules = TrainModules(model, objectives, vocab.pad_id).train()
     raw = raw_length_for(objectives, args.input_length)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     totals, groups = {}, {}

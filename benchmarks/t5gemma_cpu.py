@@ -58,7 +58,7 @@ def run_case(recipe: str, arch: str, size: str, length: int, steps: int) -> dict
     torch.manual_seed(0)
     model = build_model(resolved, vocab)
     objectives = build_objectives(resolved, vocab, model)
-    modules = TrainModules(model, objectives).train()
+    modules = TrainModules(model, objectives, vocab.pad_id).train()
     optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config,
                                                                 trainable_parameters(modules))
     cpu = torch.device("cpu")

@@ -78,7 +78,7 @@ def build_llama_step(size: str, device: torch.device) -> BuiltStep:
     torch.manual_seed(0)
     model = build_model(resolved, vocab)
     objectives = build_objectives(resolved, vocab, model)
-    modules = TrainModules(model, objectives).to(device).train()
+    modules = TrainModules(model, objectives, vocab.pad_id).to(device).train()
     optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config,
                                                                 trainable_parameters(modules))
     ctx = StepContext(dist=DistInfo(), transform_rng=seeded_generator(1, device), modify_rng=seeded_generator(2, device),

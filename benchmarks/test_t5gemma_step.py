@@ -79,7 +79,7 @@ def build_t5gemma_step(recipe: str, size: str, device: torch.device) -> BuiltSte
     torch.manual_seed(0)
     model = build_model(resolved, vocab)
     objectives = build_objectives(resolved, vocab, model)
-    modules = TrainModules(model, objectives).to(device).train()
+    modules = TrainModules(model, objectives, vocab.pad_id).to(device).train()
     optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config,
                                                                 trainable_parameters(modules))
     ctx = StepContext(dist=DistInfo(), transform_rng=seeded_generator(1, device), modify_rng=seeded_generator(2, device),

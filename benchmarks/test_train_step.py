@@ -97,7 +97,7 @@ def build_spactor_step(case: str, size: str, device: torch.device) -> BuiltStep:
         warnings.filterwarnings("ignore", message=".*frozen generator without generator_checkpoint.*")
         model = build_model(resolved, vocab)
         objectives = build_objectives(resolved, vocab, model)
-    modules = TrainModules(model, objectives)
+    modules = TrainModules(model, objectives, vocab.pad_id)
     if stage == 2:
         release_stage1(modules, objectives, optimizer=None)
     modules.to(device).train()

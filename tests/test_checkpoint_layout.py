@@ -57,7 +57,7 @@ def test_the_spelling_check_sees_a_path_join_and_a_constant(tmp_path):
 def test_what_the_checkpointer_writes_is_what_the_layout_reads(tmp_path):
     """A saved step is found, read and keyed by the layout's functions alone."""
     torch.manual_seed(0)
-    modules = TrainModules(nn.Linear(3, 2), {"rtd": nn.Linear(2, 1)})  # type: ignore[dict-item]
+    modules = TrainModules(nn.Linear(3, 2), {"rtd": nn.Linear(2, 1)}, 0)  # type: ignore[dict-item]
     optimizer = torch.optim.SGD(modules.parameters(), lr=0.1, momentum=0.9)
     root = layout.checkpoints_dir(tmp_path / "run")
     saved = Checkpointer(root).save(7, modules, optimizer, shared={"stage": 1}, local={})

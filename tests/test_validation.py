@@ -338,7 +338,7 @@ def test_a_schedule_driving_the_rtd_temperature_to_zero_is_refused_when_set():
     import torch
 
     from spactor.architectures.encoder import EncoderConfig, EncoderModel
-    from spactor.objectives.base import ObjectiveContext, Vocab
+    from spactor.objectives.base import MicroBatchContext, ObjectiveContext, Vocab
     from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
     from spactor.objectives.rtd import RTDConfig, build_rtd
 
@@ -350,7 +350,8 @@ def test_a_schedule_driving_the_rtd_temperature_to_zero_is_refused_when_set():
     ids = torch.randint(3, 140, (2, 16), generator=torch.Generator().manual_seed(0))
     mask = build_mlm_mask(MlmMaskConfig(), ObjectiveContext("mlm_mask", vocab, 16, None))
     batch = mask.transform({"encoder_input": ids}, torch.Generator().manual_seed(1))
-    rtd.modify(batch, model, torch.Generator().manual_seed(2))  # T = 1: fine
+    step_ctx = MicroBatchContext.of([rtd], batch, vocab.pad_id)
+    rtd.modify(batch, model, torch.Generator().manual_seed(2), step_ctx)  # T = 1: fine
     with pytest.raises(ConfigError, match=r"^objectives\.rtd\.temperature: 0\.0 — must be > 0$"):
         rtd.set_knob("temperature", 0.0)  # a schedule's value: refused when set, before any step uses it
     assert rtd.knob("temperature") == 1.0

@@ -4,14 +4,18 @@ An objective may do any of three things, in the order the runner calls them:
 
 1. ``transform(batch, rng)``: corrupt the batch without gradients (span corruption,
    MLM masking). Runs on the training device, vectorised, with a seeded generator.
-2. ``modify(batch, model, rng)``: change the encoder input with a trained module (the RTD
+2. ``modify(batch, model, rng, ctx)``: change the encoder input with a trained module (the RTD
    generator); may return a loss of its own (``L_G``). It may set
    ``batch["encoder_embeds"]`` to feed the encoder embeddings instead of ids (DeBERTa-v3
    gradient-disentangled sharing): that is the encoder view losses then read.
-3. ``loss(batch, forward)``: a loss on the discriminator's outputs. ``forward`` is a
+3. ``loss(batch, forward, ctx)``: a loss on the discriminator's outputs. ``forward`` is a
    :class:`SharedForward`: ``forward.encode()`` and ``forward.decode()`` run the encoder
    and the decoder at most once per view for the whole micro-batch, so every loss on the
    encoder shares one encoder pass and every loss on the decoder one decoder pass.
+
+``ctx`` (:class:`MicroBatchContext`, the same for every objective of a micro-batch) is
+everything the runner knows about the micro-batch: each loss's item count, the pad id,
+whether this is a logging step. The runner reads nothing back but the returned outputs.
 
 **The batch contract.** The batch is a dict of tensors. Each objective class declares the
 fields it reads (``REQUIRES``) and the fields it writes (``PROVIDES``), both read and
@@ -26,9 +30,15 @@ Losses are returned as a *sum* over the items they cover plus the number of item
 (``LossTerm``). The runner divides by the global count across micro-batches and ranks,
 so the loss does not depend on gradient accumulation or world size. The number of items
 is defined once, by ``count`` (and ``aux_counts`` for the other losses of an
-objective): the runner calls it before the forward for the global count, and a loss
-builds its ``LossTerm`` with :meth:`Objective.loss_term` / :meth:`Objective.aux_term`,
-which call the same methods, so training and evaluation count alike.
+objective): the runner calls them once per micro-batch, before the forward, sums them
+for the global count and hands them to the objectives in ``ctx.counts``; a loss builds
+its ``LossTerm`` with :meth:`Objective.loss_term` / :meth:`Objective.aux_term`, which
+read them there, so training and evaluation count alike.
+
+Weights belong to the runner: it reads every loss's current weight once per step, by
+loss name, from :meth:`Objective.loss_weights` (the ``weight`` knob for the objective's
+own loss, 1 for an aux loss unless the objective says otherwise) and applies them
+itself; a loss never carries its weight.
 
 Knobs are the objective's schedulable scalars (``weight``, ``ratio``, ``temperature``,
 ``enabled``...), named in ``KNOBS``; schedules address them as
@@ -39,6 +49,7 @@ config dataclass, which stays what the YAML said.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -85,17 +96,48 @@ class ObjectiveContext:
 
 @dataclass
 class LossTerm:
-    """A loss as a sum over ``count`` items (tokens or positions).
-
-    ``weight``: None, the objective's own ``weight`` knob; a str, the name of another of
-    its knobs (RTD's ``generator_weight``); a number, that fixed weight. The runner reads
-    a knob's value when it weights the loss, outside the forward: a knob's value returned
-    from a compiled forward would be frozen into the graph, one recompile per value.
-    """
+    """A loss as a sum over ``count`` items (tokens or positions), unweighted: the runner
+    weights it by name (:meth:`Objective.loss_weights`)."""
 
     total: torch.Tensor
     count: torch.Tensor
-    weight: float | str | None = None
+
+
+@dataclass(frozen=True)
+class MicroBatchContext:
+    """What the runner knows about the micro-batch that ``modify`` and ``loss`` run on,
+    passed to both (the same object for every objective of the micro-batch).
+
+    ``counts``: the items each loss sums over, by loss name (an objective's own name, its
+    ``aux_counts`` keys), from ``count``/``aux_counts`` called once by the runner on this
+    micro-batch before the forward (:func:`loss_counts`); :meth:`Objective.loss_term`
+    reads them. ``pad_id``: the vocabulary's pad id (the shared forward's padding mask).
+    ``with_metrics``: compute ``ObjectiveOutput.metrics`` (accuracies, RTD detection) —
+    on logging steps only, as reading them is a host sync; a plain bool, so a compiled
+    forward has one graph with metrics and one without."""
+
+    counts: Mapping[str, torch.Tensor]
+    pad_id: int
+    with_metrics: bool = False
+
+    @classmethod
+    def of(
+        cls, objectives: Iterable[Objective], batch: Batch, pad_id: int, with_metrics: bool = False
+    ) -> MicroBatchContext:
+        """The context the runner gives ``objectives`` for ``batch``: their counts on it."""
+        return cls(loss_counts(objectives, batch), pad_id, with_metrics)
+
+
+def loss_counts(objectives: Iterable[Objective], batch: Batch) -> dict[str, torch.Tensor]:
+    """Every loss's item count on ``batch``, by loss name, from the objectives'
+    ``count``/``aux_counts``: the one place they are called."""
+    counts: dict[str, torch.Tensor] = {}
+    for obj in objectives:
+        count = obj.count(batch)
+        if count is not None:
+            counts[obj.name] = count
+        counts.update(obj.aux_counts(batch))
+    return counts
 
 
 @dataclass
@@ -228,9 +270,6 @@ class Objective(nn.Module):
     # The transform rewrites the fields it PROVIDES without adding or removing padding (a
     # masking that replaces tokens in place): their :func:`unpadded_key` markers stay.
     KEEPS_PADDING: ClassVar[bool] = False
-    # Whether to compute ``ObjectiveOutput.metrics`` (accuracies, detection metrics): the
-    # runner sets it before each forward, on for logging steps only (reading them is a sync).
-    compute_metrics: bool = True
 
     def __init__(self, cfg: Any, ctx: ObjectiveContext) -> None:
         super().__init__()
@@ -253,13 +292,14 @@ class Objective(nn.Module):
         except KeyError:
             raise KeyError(f"objective '{self.name}' has no knob '{knob}'; knobs: {', '.join(self.KNOBS)}") from None
 
-    def loss_weight(self, weight: float | str | None) -> float:
-        """The current weight of a :class:`LossTerm` whose ``weight`` is ``weight``."""
-        if weight is None:
-            return self.weight
-        if isinstance(weight, str):
-            return float(self.knob(weight))
-        return float(weight)
+    def loss_weights(self) -> dict[str, float]:
+        """The current weight of each of this objective's losses, by loss name. The runner
+        reads them once per step (knobs change between steps only), outside the forward: a
+        knob's value returned from a compiled forward would be frozen into the graph. Its
+        own loss takes the ``weight`` knob; an aux loss named nowhere here takes 1.
+        Override to weight an aux loss (a z-loss by ``weight``, RTD's ``L_G`` by
+        ``generator_weight``)."""
+        return {self.name: self.weight}
 
     def set_knob(self, knob: str, value: float) -> None:
         if knob not in self._knobs:
@@ -303,10 +343,12 @@ class Objective(nn.Module):
     def transform(self, batch: Batch, rng: torch.Generator) -> Batch:
         return batch
 
-    def modify(self, batch: Batch, model: Any, rng: torch.Generator) -> tuple[Batch, ObjectiveOutput]:
+    def modify(
+        self, batch: Batch, model: Any, rng: torch.Generator, ctx: MicroBatchContext
+    ) -> tuple[Batch, ObjectiveOutput]:
         return batch, ObjectiveOutput()
 
-    def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
+    def loss(self, batch: Batch, forward: SharedForward, ctx: MicroBatchContext) -> ObjectiveOutput:
         return ObjectiveOutput()
 
     # -- counts: the one definition of how many items each loss sums over -------------
@@ -320,16 +362,18 @@ class Objective(nn.Module):
         """Counts for the losses in ``ObjectiveOutput.aux_losses``, keyed the same way."""
         return {}
 
-    def loss_term(self, batch: Batch, total: torch.Tensor) -> LossTerm:
-        """This objective's loss ``total`` with its items counted by :meth:`count`."""
-        count = self.count(batch)
-        if count is None:
+    def loss_term(self, ctx: MicroBatchContext, total: torch.Tensor) -> LossTerm:
+        """This objective's loss ``total`` with the items :meth:`count` counted on this
+        micro-batch (``ctx.counts``: the runner counted them, nothing is counted again)."""
+        if self.name not in ctx.counts:
             raise RuntimeError(f"objectives.{self.name}: a loss without a count (count() returned None)")
-        return LossTerm(total, count)
+        return LossTerm(total, ctx.counts[self.name])
 
-    def aux_term(self, batch: Batch, key: str, total: torch.Tensor, weight: float | str | None = None) -> LossTerm:
-        """The aux loss ``key`` with its items counted by :meth:`aux_counts`."""
-        return LossTerm(total, self.aux_counts(batch)[key], weight)
+    def aux_term(self, ctx: MicroBatchContext, key: str, total: torch.Tensor) -> LossTerm:
+        """The aux loss ``key`` with the items :meth:`aux_counts` counted for it."""
+        if key not in ctx.counts:
+            raise RuntimeError(f"objectives.{self.name}: aux loss '{key}' has no count (not in aux_counts())")
+        return LossTerm(total, ctx.counts[key])
 
     def parallel_units(self) -> list[nn.Module]:
         """Submodules to shard as FSDP units of their own, innermost first (the generator's

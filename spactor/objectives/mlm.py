@@ -16,6 +16,7 @@ from spactor.architectures.base import ENCODE
 from spactor.checks import CheckContext
 from spactor.objectives.base import (
     Batch,
+    MicroBatchContext,
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
@@ -61,7 +62,10 @@ class MLM(Objective):
     def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {f"{self.name}_z": self.count(batch)} if self.cfg.z_loss > 0 else {}
 
-    def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
+    def loss_weights(self) -> dict[str, float]:
+        return {self.name: self.weight, f"{self.name}_z": self.weight}  # the z-loss is weighted like the loss
+
+    def loss(self, batch: Batch, forward: SharedForward, ctx: MicroBatchContext) -> ObjectiveOutput:
         mask = self._mask(batch)
         index = batch["mlm_index"] if "mlm_index" in batch else index_from_mask(mask)
         rows, cols, slot = index_parts(index, mask.shape[1])
@@ -71,12 +75,12 @@ class MLM(Objective):
         # its logits stay in the compute dtype and the cross-entropy works in fp32 by chunks.
         labels = torch.where(slot, full_labels.gather(1, cols), -100).flatten()
         logits = forward.model.lm_logits(forward.encode()[rows, cols]).flatten(0, 1)
-        ce = token_cross_entropy(logits, labels, with_accuracy=self.compute_metrics)
+        ce = token_cross_entropy(logits, labels, with_accuracy=ctx.with_metrics)
         aux = {}
         if self.cfg.z_loss > 0:
             key = f"{self.name}_z"
-            aux[key] = self.aux_term(batch, key, self.cfg.z_loss * ce.z_total, "weight")
-        out = ObjectiveOutput(loss=self.loss_term(batch, ce.total), aux_losses=aux)
+            aux[key] = self.aux_term(ctx, key, self.cfg.z_loss * ce.z_total)
+        out = ObjectiveOutput(loss=self.loss_term(ctx, ce.total), aux_losses=aux)
         if ce.correct is not None:  # logging steps only
             out.record(f"{self.name}/accuracy", ce.correct.float() / slot.sum().clamp(min=1).float(), Reduce.MEAN)
         return out

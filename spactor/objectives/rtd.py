@@ -55,6 +55,7 @@ from spactor.checks import CheckContext, ModelShape, fail, one_of, positive
 from spactor.config import Plugin, plugin_block, resolve_blocks
 from spactor.objectives.base import (
     Batch,
+    MicroBatchContext,
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
@@ -456,6 +457,12 @@ class RTD(Objective):
             counts[self.generator_z_loss_name] = counts[self.generator_loss_name]
         return counts
 
+    def loss_weights(self) -> dict[str, float]:
+        # L_G and its z-loss by generator_weight; a frozen generator is not trained (0)
+        generator = 0.0 if self.cfg.frozen else float(self.knob("generator_weight"))
+        return {self.name: self.weight, self.generator_loss_name: generator,
+                self.generator_z_loss_name: generator}
+
     @property
     def generator_loss_name(self) -> str:
         """The generator's aux loss, ``L_G``: logged as ``loss/<name>_generator``."""
@@ -484,7 +491,9 @@ class RTD(Objective):
         # An index pair, not a mask: the gather has a static shape.
         return self.generator.masked_logits(ids, attention, at)  # type: ignore[arg-type]
 
-    def modify(self, batch: Batch, model: Any, rng: torch.Generator) -> tuple[Batch, ObjectiveOutput]:
+    def modify(
+        self, batch: Batch, model: Any, rng: torch.Generator, ctx: MicroBatchContext
+    ) -> tuple[Batch, ObjectiveOutput]:
         if not self.active:
             return batch, ObjectiveOutput()
         assert self.generator is not None
@@ -501,7 +510,7 @@ class RTD(Objective):
         with torch.no_grad() if frozen else contextlib.nullcontext():
             # Logits in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
             logits = self._generator_logits(ids, attention, (rows, cols)).flatten(0, 1)
-            gen_ce = token_cross_entropy(logits, labels, with_accuracy=self.compute_metrics)
+            gen_ce = token_cross_entropy(logits, labels, with_accuracy=ctx.with_metrics)
 
         with torch.no_grad():
             uniform = None
@@ -526,19 +535,18 @@ class RTD(Objective):
         if self.cfg.embedding_sharing == "gdes":
             # D's input: stop_grad(E_G[ids]) + E_D[ids]; E_G learns only from L_G.
             out["encoder_embeds"] = self.generator.embed_tokens(replaced).detach() + model.embed(replaced)
-        weight = 0.0 if frozen else "generator_weight"
         key = self.generator_loss_name
-        aux = {key: self.aux_term(batch, key, gen_ce.total, weight)}
+        aux = {key: self.aux_term(ctx, key, gen_ce.total)}
         if self.cfg.generator_z_loss > 0:
             z_key = self.generator_z_loss_name
-            aux[z_key] = self.aux_term(batch, z_key, self.cfg.generator_z_loss * gen_ce.z_total, weight)
+            aux[z_key] = self.aux_term(ctx, z_key, self.cfg.generator_z_loss * gen_ce.z_total)
         result = ObjectiveOutput(aux_losses=aux)
         for name, value in generator_metrics.items():  # per micro-batch ratios
             result.record(name, value, Reduce.MEAN)
         return out, result
 
     # -- discriminator ---------------------------------------------------------------------
-    def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
+    def loss(self, batch: Batch, forward: SharedForward, ctx: MicroBatchContext) -> ObjectiveOutput:
         if not self.active:
             return ObjectiveOutput()
         assert self.head is not None
@@ -550,8 +558,8 @@ class RTD(Objective):
         logits = self.head(forward.encode()).float()
         per_token = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
         total = (per_token * valid).sum()
-        out = ObjectiveOutput(loss=self.loss_term(batch, total))
-        if self.compute_metrics:  # logging steps only
+        out = ObjectiveOutput(loss=self.loss_term(ctx, total))
+        if ctx.with_metrics:  # logging steps only
             with torch.no_grad():
                 for name, value in rtd_metrics(logits.detach(), labels, valid, name=self.name).items():
                     out.record(name, value, Reduce.MEAN)  # per micro-batch ratios

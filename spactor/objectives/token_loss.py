@@ -13,7 +13,14 @@ from typing import ClassVar
 
 import torch
 
-from spactor.objectives.base import Batch, Objective, ObjectiveOutput, Reduce, SharedForward
+from spactor.objectives.base import (
+    Batch,
+    MicroBatchContext,
+    Objective,
+    ObjectiveOutput,
+    Reduce,
+    SharedForward,
+)
 from spactor.objectives.cross_entropy import token_cross_entropy
 
 
@@ -37,17 +44,21 @@ class TokenTargetLoss(Objective):
     def aux_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {self.z_loss_name: self.count(batch)} if self.cfg.z_loss > 0 else {}
 
-    def loss(self, batch: Batch, forward: SharedForward) -> ObjectiveOutput:
+    def loss_weights(self) -> dict[str, float]:
+        return {self.name: self.weight, self.z_loss_name: self.weight}  # the z-loss is weighted like the loss
+
+    def loss(self, batch: Batch, forward: SharedForward, ctx: MicroBatchContext) -> ObjectiveOutput:
         """Unweighted summed token cross-entropy; the runner multiplies by ``weight`` and
         divides by the global ``count``. With ``z_loss`` > 0 the z term is an aux loss of
         its own (``<name>_z``, also weighted by ``weight``)."""
         # Logits stay in the compute dtype; the cross-entropy works in fp32 chunk by chunk.
         logits = forward.model.lm_logits(self.pass_hidden(forward))
-        ce = token_cross_entropy(logits, batch[self.TARGET], self.vocab.pad_id, with_accuracy=self.compute_metrics)
-        term = self.loss_term(batch, ce.total)
+        target = batch[self.TARGET]
+        ce = token_cross_entropy(logits, target, self.vocab.pad_id, with_accuracy=ctx.with_metrics)
+        term = self.loss_term(ctx, ce.total)
         aux = {}
         if self.cfg.z_loss > 0:
-            aux[self.z_loss_name] = self.aux_term(batch, self.z_loss_name, self.cfg.z_loss * ce.z_total, "weight")
+            aux[self.z_loss_name] = self.aux_term(ctx, self.z_loss_name, self.cfg.z_loss * ce.z_total)
         out = ObjectiveOutput(loss=term, aux_losses=aux)
         if ce.correct is not None:  # logging steps only
             out.record(f"{self.name}/accuracy", ce.correct.float() / term.count.clamp_min(1).float(), Reduce.MEAN)

@@ -241,7 +241,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     raw_length = run_raw_length(objectives, schedules.stages, cfg.data.input_length)  # every stage's
     final_objectives = schedules.stages.final_objectives(objectives)  # the clean validation pass's
     data.start(raw_length, batch_size=tcfg.batch_size)
-    modules = TrainModules(model, objectives)
+    modules = TrainModules(model, objectives, data.vocab.pad_id)
     if init_program is not None:
         init_program.bind(modules)
     check_memory(resolved, modules, objectives, raw_length,

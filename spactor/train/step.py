@@ -10,13 +10,16 @@ A step, in order:
    generator's sampling) is counter-based on per-row seeds drawn the same way
    (``noise_seed``). The inputs so depend on neither the number of ranks nor gradient
    accumulation;
-2. count the items every loss covers, summed over ranks (one all-reduce of a small
-   stacked tensor; losses are normalised by these global counts);
-3. split the rows into micro-batches, and for each run :class:`TrainModules` — input
-   modifiers (the generator), then every loss on one shared forward (an encoder pass and
-   a decoder pass at most, whatever the number of losses) — and backprop
-   ``Σ weight · total / global_count`` (times the world size, because FSDP averages
-   gradients over ranks);
+2. split the rows into micro-batches and count the items every loss covers in each, once
+   (``count``/``aux_counts``): each micro-batch's counts go to its objectives in one
+   :class:`~spactor.objectives.base.MicroBatchContext` (with the pad id and whether to
+   compute metrics), and their sum over micro-batches and ranks (one all-reduce of a
+   small stacked tensor) normalises the losses;
+3. for each micro-batch run :class:`TrainModules` — input modifiers (the generator),
+   then every loss on one shared forward (an encoder pass and a decoder pass at most,
+   whatever the number of losses) — and backprop ``Σ weight · total / global_count``
+   (times the world size, because FSDP averages gradients over ranks), the weights the
+   step's own, by loss name (:meth:`TrainModules.loss_weights`, read once per step);
 4. the global gradient norm, the finiteness of the step and the preemption flag in one
    all-reduce; clip; one host sync to read the flag; update unless it was not finite.
 
@@ -24,15 +27,15 @@ Everything logged is recorded where it is computed, with its reduction declared
 (``spactor.metric_record``): the losses here (``loss/<name>``, Reduce.SUM: each
 micro-batch's part of the global mean), the gradient norm (Reduce.MAX: the same on every
 rank), the objectives' metrics in their ``loss``/``modify`` (accuracies, RTD detection:
-Reduce.MEAN, computed only when ``with_metrics`` is set, on logging steps). They stay on
-the device, combined over micro-batches in ``StepOutput.logged``; the runner reduces them
-over ranks once per logging window (``spactor.train.metrics.MetricWindow``).
+Reduce.MEAN, computed only when the context says ``with_metrics``, on logging steps).
+They stay on the device, combined over micro-batches in ``StepOutput.logged``; the runner
+reduces them over ranks once per logging window (``spactor.train.metrics.MetricWindow``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,26 +45,26 @@ from torch import nn
 from spactor.contract import implements
 from spactor.metric_record import MetricRecord, Recorded, Reduce, as_recorded
 from spactor.objectives.noise import rows_of_global_batch
-from spactor.objectives.base import Batch, Objective, SharedForward, unpadded_key
+from spactor.objectives.base import Batch, MicroBatchContext, Objective, SharedForward, unpadded_key
 from spactor.train.device import autocast  # noqa: F401 — also imported from here (benchmarks)
 from spactor.train.parallel import DistInfo, all_reduce_tensor
 
-Losses = dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # name -> (total, count, weight)
+Terms = dict[str, tuple[torch.Tensor, torch.Tensor]]  # loss name -> (total, count), unweighted
 Metrics = dict[str, Recorded]  # the objectives' recorded metrics of one micro-batch
-# name -> (total, count, the objective it belongs to, its LossTerm.weight: None | knob name | number)
-Terms = dict[str, tuple[torch.Tensor, torch.Tensor, str, "float | str | None"]]
 
 
 class TrainModules(nn.Module):
     """Everything trained, in one tree: the discriminator and the objectives' modules
     (generator, RTD head). One optimizer and one checkpoint cover it all, and
     ``forward`` runs a whole micro-batch so that FSDP's root gathers the shared
-    parameters once for every use."""
+    parameters once for every use. ``pad_id``: the vocabulary's, for the micro-batch
+    contexts it builds (:meth:`context`)."""
 
-    def __init__(self, model: nn.Module, objectives: dict[str, Objective]) -> None:
+    def __init__(self, model: nn.Module, objectives: dict[str, Objective], pad_id: int) -> None:
         super().__init__()
         self.model = model
         self.objectives = nn.ModuleDict(objectives)
+        self.pad_id = pad_id
         # The objectives the current stage runs, in config order (None: every one held).
         # A curriculum may hold an objective that only a later stage runs.
         self.active: list[str] | None = None
@@ -72,67 +75,71 @@ class TrainModules(nn.Module):
             return held
         return {n: o for n, o in held.items() if n in self.active}
 
+    def _running(self, only: list[str] | None) -> dict[str, Objective]:
+        objectives = self.active_objectives()
+        return objectives if only is None else {n: o for n, o in objectives.items() if n in only}
+
+    def context(
+        self, batch: Batch, with_metrics: bool = False, only: list[str] | None = None
+    ) -> MicroBatchContext:
+        """What the runner gives the objectives for the micro-batch ``batch``: every loss's
+        item count on it (``count``/``aux_counts``, called here and nowhere else), the pad
+        id, whether to compute metrics. ``only``: as in :meth:`forward`."""
+        return MicroBatchContext.of(self._running(only).values(), batch, self.pad_id, with_metrics)
+
+    def loss_weights(self, names: Iterable[str]) -> dict[str, float]:
+        """The runner's weight of each loss in ``names``, by loss name, from the active
+        objectives' :meth:`~spactor.objectives.base.Objective.loss_weights`: read once per
+        step (schedules change knobs between steps only) and applied by the step. A loss
+        its objective names no weight for (an aux loss) takes 1."""
+        declared: dict[str, float] = {}
+        for obj in self.active_objectives().values():
+            declared.update(obj.loss_weights())
+        return {name: declared.get(name, 1.0) for name in names}
+
     def forward(
-        self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, only: list[str] | None = None
-    ) -> tuple[Losses, Metrics]:
+        self, batch: Batch, rng: torch.Generator, ctx: MicroBatchContext, only: list[str] | None = None
+    ) -> tuple[Terms, Metrics]:
         """Every active objective's modify, then its loss on one :class:`SharedForward`,
-        each loss with its current weight. ``only``: run just these of the active
-        objectives (evaluate's clean pass)."""
-        terms, metrics = self.loss_terms(batch, rng, with_metrics, only)
-        return self.weighted(terms), metrics
+        all with the micro-batch context ``ctx`` (:meth:`context`); the losses unweighted.
+        ``only``: run just these of the active objectives (evaluate's clean pass)."""
+        return self.loss_terms(batch, rng, ctx, only)
 
     def loss_terms(
-        self, batch: Batch, rng: torch.Generator, with_metrics: bool = True, only: list[str] | None = None
+        self, batch: Batch, rng: torch.Generator, ctx: MicroBatchContext, only: list[str] | None = None
     ) -> tuple[Terms, Metrics]:
-        """:meth:`forward` without reading the weights: what ``runtime.compile=model``
-        compiles (a knob's value as an output of the graph would be frozen into it)."""
-        objectives = self.active_objectives()
-        if only is not None:
-            objectives = {n: o for n, o in objectives.items() if n in only}
-        for obj in objectives.values():
-            obj.compute_metrics = with_metrics  # accuracies, RTD detection: logging steps only
+        """:meth:`forward`'s body: what ``runtime.compile=model`` compiles (it bypasses
+        the module's hooks)."""
+        objectives = self._running(only)
         terms: Terms = {}
         metrics: Metrics = {}
 
         def collect(obj: Objective, out: Any) -> None:
             if out.loss is not None:
-                terms[obj.name] = (out.loss.total, out.loss.count, obj.name, out.loss.weight)
-            for key, term in out.aux_losses.items():
-                terms[key] = (term.total, term.count, obj.name, 1.0 if term.weight is None else term.weight)
+                terms[obj.name] = (out.loss.total, out.loss.count)
+            terms.update({key: (term.total, term.count) for key, term in out.aux_losses.items()})
             metrics.update({k: as_recorded(v) for k, v in out.metrics.items()})
 
         for obj in objectives.values():
-            batch, out = obj.modify(batch, self.model, rng)
+            batch, out = obj.modify(batch, self.model, rng, ctx)
             collect(obj, out)
         # After the modifies: the encoder reads their input (or the embeddings they set).
-        forward = SharedForward(self.model, batch, next(iter(objectives.values())).vocab.pad_id)
+        forward = SharedForward(self.model, batch, ctx.pad_id)
         for obj in objectives.values():
-            collect(obj, obj.loss(batch, forward))
+            collect(obj, obj.loss(batch, forward, ctx))
         return terms, metrics
 
-    def weighted(self, terms: Terms) -> Losses:
-        """Each term with its weight's current value (read from the knobs, on the host)."""
-        held = self.objectives
-        return {key: (total, count, held[owner].loss_weight(weight))  # type: ignore[operator]
-                for key, (total, count, owner, weight) in terms.items()}
-
-    def compiled_forward(self) -> Callable[..., tuple[Losses, Metrics]]:
+    def compiled_forward(self) -> Callable[..., tuple[Terms, Metrics]]:
         """``runtime.compile=model``: :meth:`loss_terms` — the generator, the encoder, the
         decoder and every loss — as one compiled graph, so the small ops around the blocks
-        (sampling, masking, the heads' losses) fuse too; weighted eagerly. One device only:
-        it bypasses the module's hooks, FSDP's among them (per-block compile is the FSDP
-        path). A knob a schedule changes inside the graph (a temperature) costs one
-        recompile, after which Dynamo treats it as a symbolic float; a new stage (other
-        objectives) and the logging steps' metrics are graphs of their own. Evaluation
-        keeps calling the modules eagerly, so its modes and shapes add none."""
-        terms = torch.compile(self.loss_terms)
-
-        def forward(batch: Batch, rng: torch.Generator, with_metrics: bool = True
-                    ) -> tuple[Losses, Metrics]:
-            raw, metrics = terms(batch, rng, with_metrics)
-            return self.weighted(raw), metrics
-
-        return forward
+        (sampling, masking, the heads' losses) fuse too; the step weights the losses
+        eagerly. One device only: it bypasses the module's hooks, FSDP's among them
+        (per-block compile is the FSDP path). A knob a schedule changes inside the graph
+        (a temperature) costs one recompile, after which Dynamo treats it as a symbolic
+        float; a new stage (other objectives) and the logging steps' metrics
+        (``ctx.with_metrics``) are graphs of their own. Evaluation keeps calling the
+        modules eagerly, so its modes and shapes add none."""
+        return torch.compile(self.loss_terms)
 
 
 def apply_transforms(objectives: dict[str, Objective], batch: Batch, rng: torch.Generator) -> Batch:
@@ -184,16 +191,18 @@ def row_noise_seeds(rng: torch.Generator, rows: int, info: DistInfo) -> torch.Te
     return seeds[info.rank * rows : (info.rank + 1) * rows]
 
 
-def loss_counts(objectives: dict[str, Objective], batch: Batch) -> dict[str, torch.Tensor]:
-    """Every loss's item count from the objectives' ``count``/``aux_counts``, the one
-    definition the losses' own ``LossTerm`` counts come from too."""
-    counts: dict[str, torch.Tensor] = {}
-    for name, obj in objectives.items():
-        count = obj.count(batch)
-        if count is not None:
-            counts[name] = count.float()
-        counts.update({k: v.float() for k, v in obj.aux_counts(batch).items()})
-    return counts
+def global_counts(micro_counts: list[Mapping[str, torch.Tensor]], info: DistInfo) -> dict[str, torch.Tensor]:
+    """Every loss's item count over the step's micro-batches and ranks (the normaliser of
+    its global mean), from the counts the micro-batches' contexts hold: summed exactly
+    (integers) before the conversion to float, one all-reduce of a small stacked tensor
+    with several ranks, at least 1."""
+    first, rest = micro_counts[0], micro_counts[1:]
+    counts = {k: sum((c[k] for c in rest), first[k]).float() for k in first}
+    if info.world_size > 1 and counts:
+        keys = sorted(counts)
+        summed = all_reduce_tensor(torch.stack([counts[k] for k in keys]))
+        counts = dict(zip(keys, summed.unbind()))
+    return {k: v.clamp(min=1) for k, v in counts.items()}
 
 
 def split_batch(batch: Batch, parts: int) -> list[Batch]:
@@ -240,7 +249,7 @@ class StepContext:
     amp_dtype: torch.dtype | None = None
     # What runs ``TrainModules.forward`` for training: the modules themselves, or their
     # whole-forward compile (``runtime.compile=model``); evaluation always runs eagerly.
-    forward: Callable[..., tuple[Losses, Metrics]] | None = None
+    forward: Callable[..., tuple[Terms, Metrics]] | None = None
 
 
 def train_step(
@@ -258,27 +267,26 @@ def train_step(
     objectives = modules.active_objectives()
     local = corrupt_local_rows(objectives, batch, ctx.transform_rng, ctx.dist)
     local["noise_seed"] = row_noise_seeds(ctx.modify_rng, local["encoder_input"].shape[0], ctx.dist)
-    counts = loss_counts(objectives, local)
-    if ctx.dist.world_size > 1 and counts:
-        keys = sorted(counts)
-        summed = all_reduce_tensor(torch.stack([counts[k] for k in keys]))
-        counts = dict(zip(keys, summed.unbind()))
-    counts = {k: v.clamp(min=1) for k, v in counts.items()}
     micro = split_batch(local, ctx.grad_accum_steps)
+    # Each micro-batch's items are counted once, here, before its forward: its objectives
+    # read the counts from their context, the normaliser is their sum.
+    contexts = [modules.context(mb, with_metrics) for mb in micro]
+    counts = global_counts([c.counts for c in contexts], ctx.dist)
+    weights = modules.loss_weights(counts)  # the step's, by loss name (knobs change between steps)
 
     logged = MetricRecord()
     device = local["encoder_input"].device
     total_loss = torch.zeros((), device=device)
     forward = modules if ctx.forward is None else ctx.forward
-    for mb in micro:
+    for mb, mb_ctx in zip(micro, contexts):
         with autocast(ctx.amp_dtype, device):
-            losses, metrics = forward(mb, ctx.modify_rng, with_metrics)
+            terms, metrics = forward(mb, ctx.modify_rng, mb_ctx)
         loss = torch.zeros((), device=device)
-        for name, (total, _, weight) in losses.items():
+        for name, (total, _) in terms.items():
             normalised = total.float() / counts[name]  # this micro-batch's part of the global mean
             logged.record(f"loss/{name}", normalised, Reduce.SUM)
-            if weight != 0:
-                loss = loss + weight * normalised
+            if weights[name] != 0:
+                loss = loss + weights[name] * normalised
         total_loss = total_loss + loss.detach()
         if loss.requires_grad:
             (loss * ctx.dist.world_size).backward()
@@ -375,8 +383,8 @@ def evaluate(
         rng_states.append(rng.get_state())
         batch = corrupt_local_rows(objectives, batch, rng, dist_info)  # as in training: by global row
         with autocast(amp_dtype, device):
-            losses, _ = modules(batch, rng, with_metrics=False)
-        for name, (total, count, _) in losses.items():
+            losses, _ = modules(batch, rng, modules.context(batch))
+        for name, (total, count) in losses.items():
             _accumulate(sums, f"{name}/total", total.detach().double())
             _accumulate(sums, f"{name}/count", count.double())
     clean_sums = _clean_loss_sums(modules, objectives, clean, local[:usable], rng_states, rng.device, amp_dtype,
@@ -427,8 +435,8 @@ def _clean_loss_sums(
         clean_rng.set_state(state)
         batch = corrupt_local_rows(kept, batch, clean_rng, dist_info)
         with autocast(amp_dtype, device):
-            losses, _ = modules(batch, clean_rng, with_metrics=False, only=list(kept))
-        for name, (total, count, _) in losses.items():
+            losses, _ = modules(batch, clean_rng, modules.context(batch, only=list(kept)), only=list(kept))
+        for name, (total, count) in losses.items():
             _accumulate(sums, f"{name}/total", total.detach().double())
             _accumulate(sums, f"{name}/count", count.double())
     return sums

@@ -13,6 +13,8 @@ from spactor.config import ConfigError
 from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.causal_lm import CausalLM, CausalLMConfig
 
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
+
 VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 24
 
@@ -40,7 +42,7 @@ def test_loss_is_the_summed_next_token_cross_entropy_with_z_loss():
     obj = build(model, z_loss=1e-4)
     original = torch.randint(3, 400, (2, LENGTH + 1))
     batch = obj.transform({"original": original}, torch.Generator())
-    out = obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id))
+    out = obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(obj, batch))
     logits = model(original[:, :-1])
     expected = F.cross_entropy(logits.flatten(0, 1), original[:, 1:].flatten(), reduction="sum")
     torch.testing.assert_close(out.loss.total, expected)

@@ -13,7 +13,16 @@ from spactor.architectures.t5_plugin import build_t5
 from spactor.config import ConfigError, load_config
 from spactor.contract import RAW_FIELDS, RUNNER_FIELDS, check_contract, implements, objective_class
 from spactor.data.tokenizer import t5_vocab
-from spactor.objectives.base import Batch, Objective, ObjectiveContext, SharedForward, Vocab, unpadded_key
+from spactor.objectives.base import (
+    Batch,
+    MicroBatchContext,
+    Objective,
+    ObjectiveContext,
+    SharedForward,
+    Vocab,
+    loss_counts,
+    unpadded_key,
+)
 from spactor.objectives.mlm import MLM, MLMConfig
 from spactor.objectives.mlm_mask import MlmMask, MlmMaskConfig
 from spactor.objectives.rtd import RTD
@@ -21,7 +30,7 @@ from spactor.objectives.span_corruption import SpanCorruption, SpanCorruptionCon
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
 from spactor.train.builders import build_model, build_objectives, raw_length_for
-from spactor.train.step import TrainModules, apply_transforms, loss_counts
+from spactor.train.step import TrainModules, apply_transforms
 
 load_plugins()
 
@@ -35,8 +44,8 @@ LENGTH = 32
 class Reads(Objective):
     REQUIRES = ("mlm_labels",)
 
-    def loss(self, batch, forward):  # a loss-only objective
-        return super().loss(batch, forward)
+    def loss(self, batch, forward, ctx):  # a loss-only objective
+        return super().loss(batch, forward, ctx)
 
 
 class Rewrites(Objective):
@@ -111,13 +120,18 @@ def run_roles(objectives: dict[str, Objective], model: Any, original: torch.Tens
         writes[name] |= _written(batch, out)
         batch = dict(out)
     batch["noise_seed"] = torch.arange(original.shape[0])
+    # The runner counts before the modifies (what each count reads is that objective's read)
+    counts = {}
+    for name, obj in objectives.items():
+        counts.update(loss_counts([obj], Recording(batch, reads[name])))
+    ctx = MicroBatchContext(counts, vocab.pad_id, with_metrics=True)
     outputs = {}
     for name, obj in objectives.items():
-        out, outputs[name] = obj.modify(Recording(batch, reads[name]), model, rng)
+        out, outputs[name] = obj.modify(Recording(batch, reads[name]), model, rng, ctx)
         writes[name] |= _written(batch, out)
         batch = dict(out)
     forward = SharedForward(model, batch, vocab.pad_id)
-    losses = {name: obj.loss(Recording(batch, reads[name]), forward) for name, obj in objectives.items()}
+    losses = {name: obj.loss(Recording(batch, reads[name]), forward, ctx) for name, obj in objectives.items()}
     return batch, reads, writes, outputs, losses
 
 
@@ -168,10 +182,11 @@ def test_declarations_match_what_objectives_read_and_write(recipe, overrides):
 @pytest.mark.parametrize(("recipe", "overrides"), RECIPES)
 def test_every_loss_counts_its_items_with_count(recipe, overrides):
     """The counts a loss reports (what evaluation sums) are the runner's counts from
-    ``count``/``aux_counts`` (what training normalises by)."""
+    ``count``/``aux_counts`` (what training normalises by), and counting the modified
+    batch gives the same: a count is known before the forward."""
     model, objectives, original, vocab = build_recipe(recipe, overrides)
     batch, _, _, outputs, losses = run_roles(objectives, model, original, vocab)
-    counts = loss_counts(objectives, batch)
+    counts = {k: v.float() for k, v in loss_counts(objectives.values(), batch).items()}
     reported = {}
     for name, out in [*outputs.items(), *losses.items()]:
         if out.loss is not None:
@@ -215,18 +230,20 @@ def test_losses_share_one_encoder_and_one_decoder_pass():
     length = objectives["span_corruption"].raw_length(LENGTH)  # both corrupt the raw chunk
     original = torch.randint(3, VOCAB.last_sentinel_id, (3, length), generator=torch.Generator().manual_seed(2))
     batch = apply_transforms(objectives, {"original": original}, torch.Generator().manual_seed(3))
-    modules = TrainModules(model, objectives)
+    modules = TrainModules(model, objectives, VOCAB.pad_id)
     calls = _counting(model)
-    losses, _ = modules(batch, torch.Generator().manual_seed(4))
+    losses, _ = modules(batch, torch.Generator().manual_seed(4), modules.context(batch))
+    weights = modules.loss_weights(losses)
     assert calls == {"encode": 1, "decode": 1}
     assert set(losses) == {"span_corruption", "span_corruption_z", "span_corruption_z_z", "mlm"}
     # Each loss is what it is on a forward of its own.
     for name in ("span_corruption", "mlm"):
-        alone = objectives[name].loss(batch, SharedForward(model, batch, VOCAB.pad_id)).loss
+        ctx = MicroBatchContext.of([objectives[name]], batch, VOCAB.pad_id)
+        alone = objectives[name].loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx).loss
         torch.testing.assert_close(losses[name][0], alone.total, rtol=0, atol=0)
     assert calls == {"encode": 3, "decode": 2}  # the two forwards above: nothing shared across them
     torch.testing.assert_close(losses["span_corruption"][0], losses["span_corruption_z"][0], rtol=0, atol=0)
-    sum(w * t / c for t, c, w in losses.values()).backward()  # one graph through the shared passes
+    sum(weights[n] * t / c for n, (t, c) in losses.items()).backward()  # one graph through the shared passes
     assert model.token_embedding.weight.grad is not None
 
 
@@ -263,8 +280,8 @@ def test_evaluate_runs_the_clean_pass_on_the_objectives_it_is_given():
     from spactor.train.parallel import DistInfo
     from spactor.train.step import evaluate
 
-    model, objectives, original, _ = build_recipe("spactor", [])
-    modules = TrainModules(model, objectives)
+    model, objectives, original, vocab = build_recipe("spactor", [])
+    modules = TrainModules(model, objectives, vocab.pad_id)
     batches = [{"original": original}, {"original": original.roll(1, dims=1)}]
 
     def run(clean):

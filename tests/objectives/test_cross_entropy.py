@@ -18,6 +18,8 @@ from spactor.objectives.mlm import MLM, MLMConfig
 from spactor.objectives.span_corruption import SpanCorruption, SpanCorruptionConfig
 from spactor.plugins import load_plugins
 
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
+
 load_plugins()
 
 
@@ -127,7 +129,7 @@ def test_span_corruption_logs_z_loss_on_its_own():
     model = _t5()
     obj = _sc(model, z_loss=1e-4, weight=10.0)
     batch = _sc_batch(obj)
-    out = obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id))
+    out = obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(obj, batch))
     logits = _sc_logits(model, batch)
     target = batch["decoder_target"]
     plain = F.cross_entropy(
@@ -138,12 +140,13 @@ def test_span_corruption_logs_z_loss_on_its_own():
     valid = target != VOCAB.pad_id
     expected_z = (1e-4 * torch.logsumexp(logits, -1).square() * valid).sum()
     torch.testing.assert_close(z_term.total, expected_z)
-    assert obj.loss_weight(z_term.weight) == 10.0 and torch.equal(z_term.count, out.loss.count)  # weighted by λ like L_SC
+    assert obj.loss_weights()["span_corruption_z"] == 10.0  # weighted by λ like L_SC
+    assert torch.equal(z_term.count, out.loss.count)
     assert obj.aux_counts(batch) == {"span_corruption_z": obj.count(batch)}
     # z_loss = 0: no aux loss at all, the losses of a run stay what they were.
     off = _sc(model, z_loss=0.0)
     assert off.aux_counts(batch) == {}
-    assert off.loss(batch, SharedForward(model, batch, VOCAB.pad_id)).aux_losses == {}
+    assert off.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(off, batch)).aux_losses == {}
 
 
 def test_mlm_z_loss():
@@ -154,7 +157,7 @@ def test_mlm_z_loss():
     mask[:, ::3] = True
     batch = {"encoder_input": ids, "mlm_mask": mask, "mlm_labels": ids}
     forward = SharedForward(model, batch, VOCAB.pad_id)
-    out = obj.loss(batch, forward)
+    out = obj.loss(batch, forward, ctx_for(obj, batch))
     hidden = forward.encode()
     logits = model.lm_logits(hidden[mask])
     torch.testing.assert_close(out.loss.total, F.cross_entropy(logits, ids[mask], reduction="sum"))
@@ -211,7 +214,7 @@ def test_span_corruption_loss_saves_no_fp32_logits_under_bf16():
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id))
+            return obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(obj, batch))
 
     out, saved = saved_tensors(step)
     vocab_sized = [t for t in saved if t.numel() == logits_numel and t.shape[-1] == VOCAB.size]

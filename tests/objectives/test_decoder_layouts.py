@@ -15,6 +15,8 @@ from spactor.objectives.base import ObjectiveContext, SharedForward, Vocab
 from spactor.objectives.prefix_lm import PrefixLM, PrefixLMConfig, PrefixLMDecoder, build_prefix_lm
 from spactor.objectives.ul2 import UL2, UL2Config, UL2Decoder, build_ul2
 
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
+
 VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 32
 
@@ -43,7 +45,7 @@ def test_prefix_lm_on_a_decoder_is_one_sequence_with_a_bidirectional_prefix():
         assert (batch["lm_target"][b, : p - 1] == VOCAB.pad_id).all()  # no loss inside the prefix
         assert batch["lm_target"][b, p - 1 :].equal(original[b, p:])  # the rest, token by token
     assert int(obj.count(batch)) == int((LENGTH + 1 - prefix).sum())
-    out = obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id))
+    out = obj.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(obj, batch))
     logits = model(batch["lm_input"], prefix_length=prefix)
     expected = F.cross_entropy(logits.flatten(0, 1), batch["lm_target"].flatten(), ignore_index=0, reduction="sum")
     torch.testing.assert_close(out.loss.total, expected)
@@ -70,7 +72,7 @@ def test_ul2_on_a_decoder_packs_the_encoder_decoder_corruption():
         assert a["lm_target"][row, p - 1 : p - 1 + len(targets)].equal(targets)  # loss on the targets only
         assert (a["lm_target"][row, : p - 1] == 0).all() and (a["lm_target"][row, p - 1 + len(targets) :] == 0).all()
     assert int(dec.count(a)) == int(encdec.count(b))
-    out = dec.loss(a, SharedForward(model, a, VOCAB.pad_id))
+    out = dec.loss(a, SharedForward(model, a, VOCAB.pad_id), ctx_for(dec, a))
     assert torch.isfinite(out.loss.total) and "ul2_z" in out.aux_losses
 
 

@@ -14,6 +14,8 @@ from spactor.objectives.mlm_mask import MlmMaskConfig, build_mlm_mask
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
 
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
+
 VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 24
 
@@ -45,7 +47,7 @@ def test_loss_over_count_is_torch_mean_cross_entropy(arch: str):
     mlm = build_mlm(model)
     ids = batch["encoder_input"]
     forward = SharedForward(model, batch, VOCAB.pad_id)
-    out = mlm.loss(batch, forward)
+    out = mlm.loss(batch, forward, ctx_for(mlm, batch))
     hidden = forward.encode()
     mask = batch["mlm_mask"]
     assert out.loss.count == mlm.count(batch) == mask.sum() > 0
@@ -63,7 +65,8 @@ def test_the_accuracy_is_named_after_the_instance():
     torch.manual_seed(0)
     model = build_encoder(EncoderConfig(size="tiny", dropout=0.0), VOCAB.size)
     batch = masked_batch()
-    out = build_mlm(model, name="masked_lm").loss(batch, SharedForward(model, batch, VOCAB.pad_id))
+    mlm = build_mlm(model, name="masked_lm")
+    out = mlm.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(mlm, batch))
     assert list(out.metrics) == ["masked_lm/accuracy"] and out.metrics["masked_lm/accuracy"].reduce is Reduce.MEAN
 
 
@@ -79,5 +82,6 @@ def test_nothing_masked_gives_zero_loss():
     model = build_encoder(EncoderConfig(size="tiny", dropout=0.0), VOCAB.size)
     ids = torch.randint(3, 300, (2, LENGTH))
     batch = {"encoder_input": ids, "mlm_mask": torch.zeros_like(ids, dtype=torch.bool)}  # mlm_mask disabled
-    out = build_mlm(model).loss(batch, SharedForward(model, batch, VOCAB.pad_id))
+    mlm = build_mlm(model)
+    out = mlm.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(mlm, batch))
     assert out.loss.count == 0 and out.loss.total.item() == 0.0

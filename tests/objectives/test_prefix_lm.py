@@ -18,6 +18,8 @@ from spactor.objectives.span_corruption import SpanCorruption, SpanCorruptionCon
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
 
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
+
 VOCAB = Vocab(size=512, first_sentinel_id=499, mask_id=500)
 LENGTH = 40  # encoder input length
 CHUNK = LENGTH - 1  # raw tokens per example (T5's split_tokens_to_inputs_length)
@@ -134,9 +136,9 @@ def test_loss_is_span_corruptions_decoder_loss():
     obj = build()
     batch = split(obj, 4, seed=3)
     forward = SharedForward(model, batch, VOCAB.pad_id)
-    out = obj.loss(batch, forward)
+    out = obj.loss(batch, forward, ctx_for(obj, batch))
     sc = SpanCorruption(SpanCorruptionConfig(), ObjectiveContext("sc", VOCAB, LENGTH, None))
-    ref = sc.loss(batch, forward)  # the same decoder pass
+    ref = sc.loss(batch, forward, ctx_for(sc, batch))  # the same decoder pass
     assert torch.equal(out.loss.total, ref.loss.total) and torch.equal(out.loss.count, ref.loss.count)
     assert out.loss.count == obj.count(batch) == (batch["decoder_target"] != VOCAB.pad_id).sum()
     out.loss.total.backward()  # gradients reach the encoder through the decoder

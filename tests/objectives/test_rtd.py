@@ -22,6 +22,8 @@ from spactor.objectives.span_corruption import SpanCorruptionConfig, build_span_
 from spactor.plugins import load_plugins
 from spactor.registry import OBJECTIVES
 
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
+
 # rtd finds its generator in the GENERATORS registry (it imports no architecture module),
 # which the plugin loader fills, as before any run.
 load_plugins()
@@ -66,8 +68,9 @@ def masked_batch(seed: int = 0, ratio: float = 0.25) -> dict[str, torch.Tensor]:
 def discriminate(rtd: RTD, model: nn.Module, batch: dict[str, torch.Tensor], seed: int = 3):
     """modify → loss on the shared forward (one encode, of the embeddings gdes sets), as the
     runner does."""
-    new, gen_out = rtd.modify(batch, model, rng(seed))
-    return new, gen_out, rtd.loss(new, SharedForward(model, new, VOCAB.pad_id))
+    ctx = ctx_for(rtd, batch)  # counted before the modify, one context for both roles
+    new, gen_out = rtd.modify(batch, model, rng(seed), ctx)
+    return new, gen_out, rtd.loss(new, SharedForward(model, new, VOCAB.pad_id), ctx)
 
 
 def test_every_logged_name_carries_the_instance_name():
@@ -153,8 +156,8 @@ def test_generator_logits_all_gives_the_same_loss_and_samples():
     masked = build(model, generator_logits="masked")
     full = build(model, generator_logits="all")
     full.load_state_dict(masked.state_dict())
-    a, out_a = masked.modify(batch, model, rng(4))
-    b, out_b = full.modify(batch, model, rng(4))
+    a, out_a = masked.modify(batch, model, rng(4), ctx_for(masked, batch))
+    b, out_b = full.modify(batch, model, rng(4), ctx_for(full, batch))
     assert torch.equal(a["encoder_input"], b["encoder_input"])
     assert torch.allclose(out_a.aux_losses["rtd_generator"].total, out_b.aux_losses["rtd_generator"].total, atol=1e-4)
 
@@ -181,7 +184,7 @@ def test_rtd_loss_sends_no_gradient_into_the_generator(sharing: str):
         # The shared embedder's gradient is exactly D's own: nothing arrives through G.
         model.zero_grad(set_to_none=True)
         fresh = {**new, "encoder_input": new["encoder_input"].clone()}
-        rtd.loss(fresh, SharedForward(model, fresh, VOCAB.pad_id)).loss.total.backward()
+        rtd.loss(fresh, SharedForward(model, fresh, VOCAB.pad_id), ctx_for(rtd, fresh)).loss.total.backward()
         assert torch.allclose(model.token_embedding.weight.grad, d_grad)
     else:
         expected = rtd.generator.token_embedding(new["encoder_input"]) + model.embed(new["encoder_input"])
@@ -207,7 +210,7 @@ def test_frozen_generator_gets_no_gradient_and_stays_in_eval(tmp_path: Path):
     assert not rtd.generator.training and rtd.head.training
     _, gen_out, out = discriminate(rtd, model, batch)
     term = gen_out.aux_losses["rtd_generator"]
-    assert not term.total.requires_grad and term.weight == 0.0  # logged, never trained
+    assert not term.total.requires_grad and rtd.loss_weights()["rtd_generator"] == 0.0  # logged, never trained
     out.loss.total.backward()
     assert all(p.grad is None for p in rtd.generator.parameters())
     assert rtd.head.dense.weight.grad is not None
@@ -297,10 +300,10 @@ def test_disabled_is_identity(knobs: dict[str, float]):
     rtd = build(model)
     for knob, value in knobs.items():
         rtd.set_knob(knob, value)
-    new, gen_out = rtd.modify(batch, model, rng())
+    new, gen_out = rtd.modify(batch, model, rng(), ctx_for(rtd, batch))
     assert new is batch and not gen_out.aux_losses and not gen_out.metrics
     assert rtd.count(batch) is None and rtd.aux_counts(batch) == {}
-    assert rtd.loss(batch, SharedForward(model, batch, VOCAB.pad_id)).loss is None
+    assert rtd.loss(batch, SharedForward(model, batch, VOCAB.pad_id), ctx_for(rtd, batch)).loss is None
     assert rtd.knobs() == {"weight": 0.0 if "weight" in knobs else 10.0,
                            "generator_weight": 0.0 if "generator_weight" in knobs else 1.0,
                            "temperature": 1.0, "enabled": float("enabled" not in knobs)}  # fmt: skip
@@ -313,7 +316,7 @@ def test_release_frees_generator_and_head():
     rtd.release()
     assert rtd.generator is None and rtd.head is None
     assert list(rtd.parameters()) == [] and rtd.state_dict() == {}
-    new, _ = rtd.modify(batch, model, rng())
+    new, _ = rtd.modify(batch, model, rng(), ctx_for(rtd, batch))
     assert new is batch and rtd.count(batch) is None
     assert type(rtd).STAGE1_ONLY is True
 
@@ -357,7 +360,7 @@ def test_spactor_step_on_t5():
     original = torch.randint(3, VOCAB.last_sentinel_id, (4, sc.raw_length(LENGTH)), generator=g)
     batch = mlm_mask.transform(sc.transform({"original": original}, g), g)
     new, gen_out, out = discriminate(rtd, model, batch)
-    sc_out = sc.loss(new, SharedForward(model, new, VOCAB.pad_id))
+    sc_out = sc.loss(new, SharedForward(model, new, VOCAB.pad_id), ctx_for(sc, new))
     terms = [gen_out.aux_losses["rtd_generator"], out.loss, sc_out.loss]
     total = sum(t.total / t.count for t in terms)
     assert torch.isfinite(total)

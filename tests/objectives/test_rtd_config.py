@@ -26,6 +26,8 @@ from spactor.objectives.rtd import MOVED_GENERATOR_FIELDS, RTDConfig, build_rtd
 from spactor.plugins import load_plugins
 from spactor.registry import GENERATORS
 
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
+
 load_plugins()
 
 TINY = ["model.size=tiny"]
@@ -241,8 +243,8 @@ def test_a_differently_shaped_generator_is_a_registry_entry_not_new_rtd_keys(win
     ids = torch.randint(3, VOCAB.last_sentinel_id, (2, LENGTH), generator=g)
     mask = torch.rand(2, LENGTH, generator=g) < 0.3
     batch = {"encoder_input": ids.masked_fill(mask, VOCAB.mask_id), "mlm_mask": mask, "mlm_labels": ids}
-    new, gen_out = rtd.modify(batch, model, g)
-    out = rtd.loss(new, SharedForward(model, new, VOCAB.pad_id))
+    new, gen_out = rtd.modify(batch, model, g, ctx_for(rtd, batch))
+    out = rtd.loss(new, SharedForward(model, new, VOCAB.pad_id), ctx_for(rtd, new))
     (gen_out.aux_losses["rtd_generator"].total + out.loss.total).backward()
     assert rtd.generator.mix.weight.grad is not None and rtd.head.out.weight.grad is not None
     assert not VOCAB.is_special(new["encoder_input"][mask]).any()

@@ -28,6 +28,8 @@ from spactor.objectives.span_corruption import (
 )
 from spactor.registry import OBJECTIVES
 
+from roles import ctx_for  # tests/roles.py: tests/ is on sys.path (rootdir conftest)
+
 VOCAB = Vocab(size=32128)
 DENSITY, MEAN_SPAN = 0.15, 3.0
 # (encoder length, raw length, target length): T5's random_spans_helper at 0.15 / 3.0.
@@ -444,7 +446,7 @@ def test_loss_is_summed_cross_entropy() -> None:
     # Pretend one target was shorter, to check padding is ignored everywhere.
     batch["decoder_target"][1, -5:] = VOCAB.pad_id
     forward = SharedForward(model, batch, VOCAB.pad_id)
-    out = obj.loss(batch, forward)
+    out = obj.loss(batch, forward, ctx_for(obj, batch))
     enc = forward.encode()
 
     valid = batch["decoder_target"] != VOCAB.pad_id

@@ -30,7 +30,7 @@ def main(out_path: str, overrides: list[str], recipe: str = "sc") -> None:
     torch.manual_seed(0)
     model = build_model(resolved, vocab)
     objectives = build_objectives(resolved, vocab, model)
-    modules = TrainModules(model, objectives)
+    modules = TrainModules(model, objectives, vocab.pad_id)
     parallelize(modules, objectives, resolved, cpu, info)
     optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config,
                                                                 trainable_parameters(modules))

@@ -32,7 +32,7 @@ def main(out_path: str, recipe: str) -> None:
     model, objectives, program = build_on_meta(resolved, vocab)
     assert program is not None, "the build fell back to CPU"
     assert all(p.is_meta for p in model.parameters())
-    sharded = TrainModules(model, objectives)
+    sharded = TrainModules(model, objectives, vocab.pad_id)
     program.bind(sharded)
     assert parallelize(sharded, objectives, resolved, cpu, info)
     program.materialize(sharded, cpu)
@@ -41,7 +41,7 @@ def main(out_path: str, recipe: str) -> None:
     if info.is_main:
         torch.manual_seed(0)
         eager_model = build_model(resolved, vocab)
-        eager = TrainModules(eager_model, build_objectives(resolved, vocab, eager_model))
+        eager = TrainModules(eager_model, build_objectives(resolved, vocab, eager_model), vocab.pad_id)
         reference = dict(eager.named_parameters())
         mismatched = [n for n, v in gathered.items() if not torch.equal(v, reference[n])]
         with open(out_path, "w") as f:

@@ -28,12 +28,15 @@ def test_train_modules_forward_has_no_graph_break(recipe, overrides, tiny_overri
     batch = corrupt_local_rows(objectives, next(batches), ctx.transform_rng, ctx.dist)
     batch["noise_seed"] = row_noise_seeds(ctx.modify_rng, batch["encoder_input"].shape[0], ctx.dist)
 
-    def forward_and_loss(batch):
-        losses, _ = modules(batch, ctx.modify_rng, False)
-        return sum(weight * total for total, _, weight in losses.values())
+    mb_ctx = modules.context(batch)
+    weights = modules.loss_weights(mb_ctx.counts)  # the step's, read outside the forward
+
+    def forward_and_loss(batch, mb_ctx):
+        losses, _ = modules(batch, ctx.modify_rng, mb_ctx)
+        return sum(weights[name] * total for name, (total, _) in losses.items())
 
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(forward_and_loss)(batch)
+    explained = torch._dynamo.explain(forward_and_loss)(batch, mb_ctx)
     torch._dynamo.reset()
     reasons = [f"{b.reason.splitlines()[0]} at {b.user_stack[-1] if b.user_stack else '?'}"
                for b in explained.break_reasons]

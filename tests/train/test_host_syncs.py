@@ -67,7 +67,7 @@ def build_step(recipe: str, overrides: list[str], tiny_overrides: list[str], tmp
         warnings.simplefilter("ignore")  # fast_electra: a frozen generator without a checkpoint
         objectives = build_objectives(resolved, data.vocab, model)
     data.start(raw_length_for(objectives, resolved.cfg.data.input_length), batch_size=2)
-    modules = TrainModules(model, objectives)
+    modules = TrainModules(model, objectives, data.vocab.pad_id)
     if build_schedules(resolved.schedules, knob_values(objectives), 10).stage(0) == 2:
         release_stage1(modules, objectives, optimizer=None)  # tau = 0: stage 2 from the start
     optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config,

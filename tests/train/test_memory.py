@@ -27,7 +27,7 @@ def built(overrides):
     model = build_model(resolved, data.vocab)
     objectives = build_objectives(resolved, data.vocab, model)
     raw = raw_length_for(objectives, resolved.cfg.data.input_length)
-    return resolved, TrainModules(model, objectives), objectives, raw, data.vocab.size
+    return resolved, TrainModules(model, objectives, data.vocab.pad_id), objectives, raw, data.vocab.size
 
 
 def test_optimizer_state_adafactor_factored_adamw_two_moments(tiny_overrides):
@@ -63,7 +63,7 @@ def test_activations_track_what_autograd_saves(tiny_overrides, arch):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        modules(batch, gen)
+        modules(batch, gen, modules.context(batch, with_metrics=True))
     saved = sum(storages.values()) - sum(p.numel() * 4 for p in modules.parameters())
     est = memory.estimate(resolved, modules, objectives, raw, vocab, CPU, world_size=1, fsdp=False)
     enc, dec = est.lengths

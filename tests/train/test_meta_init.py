@@ -45,7 +45,7 @@ def _eager(resolved) -> TrainModules:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_model(resolved, VOCAB)
-        return TrainModules(model, build_objectives(resolved, VOCAB, model))
+        return TrainModules(model, build_objectives(resolved, VOCAB, model), VOCAB.pad_id)
 
 
 def _on_meta(resolved):
@@ -53,7 +53,7 @@ def _on_meta(resolved):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, objectives, program = build_on_meta(resolved, VOCAB)
-    modules = TrainModules(model, objectives)
+    modules = TrainModules(model, objectives, VOCAB.pad_id)
     assert program is not None
     program.bind(modules)
     return modules, objectives, program

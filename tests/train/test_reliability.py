@@ -29,8 +29,8 @@ def nan_at_calls(monkeypatch):
         original = SpanCorruption.loss
         seen = {"n": 0}
 
-        def loss(self, batch, forward):
-            out = original(self, batch, forward)
+        def loss(self, batch, forward, ctx):
+            out = original(self, batch, forward, ctx)
             if self.training:
                 seen["n"] += 1
                 if seen["n"] in calls:

@@ -54,7 +54,7 @@ def probe_step(arch_overrides: list[str], tiny_overrides: list[str], tmp_path) -
     model = build_model(resolved, data.vocab)
     objectives = build_objectives(resolved, data.vocab, model)
     data.start(raw_length_for(objectives, LENGTH), batch_size=2)
-    modules = TrainModules(model, objectives)
+    modules = TrainModules(model, objectives, data.vocab.pad_id)
     optimizer = OPTIMIZERS.get(resolved.optimizer.type).factory(resolved.optimizer.config,
                                                                 trainable_parameters(modules))
     ctx = StepContext(DistInfo(), seeded_generator(1, cpu), seeded_generator(2, cpu),

@@ -93,10 +93,14 @@ class _Step(nn.Module):
         self.trained_loss: torch.Tensor | None = None
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        losses, _ = self.train_modules(dict(zip(self.keys, tensors)), self.rng)
-        weighted = [weight * total.float().sum() for total, _, weight in losses.values() if weight != 0]
+        batch = dict(zip(self.keys, tensors))
+        # the micro-batch context, counted as the trainer counts it, inside the trace
+        losses, _ = self.train_modules(batch, self.rng, self.train_modules.context(batch, with_metrics=True))
+        weights = self.train_modules.loss_weights(losses)
+        weighted = [weights[name] * total.float().sum()
+                    for name, (total, _) in losses.items() if weights[name] != 0]
         self.trained_loss = torch.stack(weighted).sum() if weighted else None
-        return torch.stack([total.float().sum() for total, _, _ in losses.values()]).sum()
+        return torch.stack([total.float().sum() for total, _ in losses.values()]).sum()
 
 
 LOSSES = "losses"  # what objectives compute outside their modules (CE, sampling)
@@ -357,7 +361,7 @@ def count_step_flops(
     with _quiet_build(device):
         model = build_model(resolved, vocab)
         objectives = build_objectives(resolved, vocab, model)
-        modules = TrainModules(model, objectives).to(device).train()
+        modules = TrainModules(model, objectives, vocab.pad_id).to(device).train()
         schedules = build_schedules(
             resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps, list(objectives)
         )
@@ -581,7 +585,7 @@ def flops_report(
     with _quiet_build(device):
         model = build_model(resolved, vocab)
         objectives = build_objectives(resolved, vocab, model)
-        modules = TrainModules(model, objectives).to(device).train()
+        modules = TrainModules(model, objectives, vocab.pad_id).to(device).train()
         schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps, list(objectives))
         raw_length = run_raw_length(objectives, schedules.stages, input_length)
         num_stages = schedules.stages.num_stages
@@ -667,7 +671,7 @@ def flops_report(
         else:
             base_resolved = dataclasses.replace(resolved, objectives=base_plugins, schedules={})
             base_objectives = build_objectives(base_resolved, vocab, model)
-            base_modules = TrainModules(model, base_objectives).to(device).train()
+            base_modules = TrainModules(model, base_objectives, vocab.pad_id).to(device).train()
             baseline = with_analytic(
                 _count(base_modules, vocab, input_length, batch_size, 0, elementwise, device), resolved,
                 model.vocab_size,

@@ -114,7 +114,7 @@ def _adaptive_run(tiny_overrides, tmp_path):
     model = build_model(resolved, data.vocab)
     objectives = build_objectives(resolved, data.vocab, model)
     schedules = build_schedules(resolved.schedules, knob_values(objectives), 100, list(objectives))
-    return schedules, objectives, TrainModules(model, objectives)
+    return schedules, objectives, TrainModules(model, objectives, data.vocab.pad_id)
 
 
 def test_knob_schedules_resume_an_adaptive_decision_and_the_stage_switch_its_pending_fields(

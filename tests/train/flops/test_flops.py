@@ -52,15 +52,17 @@ def measured_step_flops(resolved) -> float:
     torch.manual_seed(0)
     model = build_model(resolved, vocab)
     objectives = build_objectives(resolved, vocab, model)
-    modules = TrainModules(model, objectives).train()
+    modules = TrainModules(model, objectives, vocab.pad_id).train()
     rng = seeded_generator(0, torch.device("cpu"))
     raw = raw_length_for(objectives, resolved.cfg.data.input_length)
     original = torch.randint(3, vocab.last_sentinel_id, (resolved.cfg.trainer.batch_size, raw), generator=rng)
     batch = apply_transforms(objectives, {"original": original}, rng)
     with FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
-        losses, _ = modules(batch, rng)
+        losses, _ = modules(batch, rng, modules.context(batch, with_metrics=True))
+        weights = modules.loss_weights(losses)
         loss = sum(
-            weight * total.float() / count.clamp(min=1) for total, count, weight in losses.values() if weight
+            weights[name] * total.float() / count.clamp(min=1)
+            for name, (total, count) in losses.items() if weights[name]
         )
         loss.backward()
     return float(counter.get_total_flops())
