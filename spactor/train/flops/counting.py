@@ -65,7 +65,7 @@ from spactor.objectives.base import Batch, Objective, Vocab
 from spactor.registry import OBJECTIVES
 from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
 from spactor.train.flops.handles import op_handles
-from spactor.train.flops.meta_attention import FusedMetaAttention
+from spactor.train.flops.trace_forms import TraceForms
 from spactor.train.stages import enter_stage, knob_values, run_raw_length, stage_end_step, stage_exists
 from spactor.train.step import TrainModules, apply_transforms
 from spactor.schedules.base import ScheduleSet, watches_metrics
@@ -272,8 +272,9 @@ def count_modules_flops(
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     # Traced with autograd on (as in training), so the loss's graph shows what trains.
-    # On meta, attention is one fused op (no (L, L) score tensors; same FLOPs).
-    with _method_scopes(owners), FusedMetaAttention(), torch.enable_grad(), warnings.catch_warnings():
+    # On meta, attention is one fused op (no (L, L) score tensors; same FLOPs); flex and
+    # the fused cross-entropy are traced in their plain-op forms (trace_forms).
+    with _method_scopes(owners), TraceForms(), torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about data-dependent shapes
         by_module = analysis.by_module()
         unsupported = dict(analysis.unsupported_ops())
