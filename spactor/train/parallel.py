@@ -113,12 +113,13 @@ def apply_activation_checkpointing(blocks: Iterable[nn.Module], mode: str) -> No
     extra = {"context_fn": functools.partial(create_selective_checkpoint_contexts, _selective_policy)} \
         if mode == "selective" else {}
 
-    selective = mode == "selective"
     for block in blocks:
         forward = block.forward
+        # attention modules name their backend (layers.Attention, attention.SelfAttention)
+        dense_flex = mode == "selective" and any(getattr(m, "backend", None) == "flex" for m in block.modules())
 
-        def checkpointed(*args: Any, _forward: Any = forward, **kwargs: Any) -> Any:
-            if selective and not torch.compiler.is_compiling():
+        def checkpointed(*args: Any, _forward: Any = forward, _dense: bool = dense_flex, **kwargs: Any) -> Any:
+            if _dense and not torch.compiler.is_compiling():
                 # Eager selective recomputation cannot replay FlexAttention with a trained
                 # score_mod table (T5's positions): flex runs as SDPA on its dense mask, in the
                 # forward and its recomputation alike (a compiled block traces flex into its
