@@ -51,7 +51,9 @@ class SubstitutingMode(TorchFunctionMode):
 
     forms: dict[Callable[..., Any], Callable[..., Any]] = {}
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
         kwargs = kwargs or {}
         form = self.forms.get(func, IMPLEMENTATIONS.get(func))
         if form is None:
@@ -63,7 +65,9 @@ class SubstitutingMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def bound_arguments(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def bound_arguments(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """The arguments of a call to the overridable ``func``, by parameter name, defaults filled in."""
     bound = inspect.signature(IMPLEMENTATIONS[func]).bind(*args, **kwargs)
     bound.apply_defaults()

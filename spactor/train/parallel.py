@@ -116,9 +116,11 @@ def apply_activation_checkpointing(blocks: Iterable[nn.Module], mode: str) -> No
     for block in blocks:
         forward = block.forward
         # attention modules name their backend (layers.Attention, attention.SelfAttention)
-        dense_flex = mode == "selective" and any(getattr(m, "backend", None) == "flex" for m in block.modules())
+        flex = any(getattr(m, "backend", None) == "flex" for m in block.modules())
+        dense_flex = mode == "selective" and flex
 
-        def checkpointed(*args: Any, _forward: Any = forward, _dense: bool = dense_flex, **kwargs: Any) -> Any:
+        def checkpointed(*args: Any, _forward: Any = forward, _dense: bool = dense_flex,
+                         **kwargs: Any) -> Any:
             if _dense and not torch.compiler.is_compiling():
                 # Eager selective recomputation cannot replay FlexAttention with a trained
                 # score_mod table (T5's positions): flex runs as SDPA on its dense mask, in the

@@ -74,7 +74,8 @@ def test_selective_checkpointing_keeps_flex_attentions_mask(kind):
     else:
         block = Attention(BlockSpec(32, 64, 4, 8, attention="flex"))
         rel = RelativePositionBias(4, bidirectional=True)
-        args, trained = (attention_bias("flex", torch.float32, 6, 6, rel, keep),), [x, *block.parameters(), *rel.parameters()]
+        args = (attention_bias("flex", torch.float32, 6, 6, rel, keep),)
+        trained = [x, *block.parameters(), *rel.parameters()]
     expected = block(x, *args)
     expected_grads = torch.autograd.grad(expected.square().sum(), trained)
     apply_activation_checkpointing([block], "selective")

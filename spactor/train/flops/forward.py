@@ -3,7 +3,8 @@ formula (``ArchitectureSpec.analytic_flops``) predicts: the tests hold the two e
 ``spactor flops`` prints both per token.
 
 The same counter as a training step's (fvcore, :func:`spactor.train.flops.handles.op_handles`,
-attention fused on ``meta``, flex and the fused cross-entropy in traceable forms), on the model alone: no objectives, no losses, no padding.
+attention fused on ``meta``, flex and the fused cross-entropy in their traceable forms), on
+the model alone: no objectives, no losses, no padding.
 """
 
 from __future__ import annotations
