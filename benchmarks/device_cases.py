@@ -86,8 +86,12 @@ def _forward_flops(run_forward: Callable[[], Any]) -> float:
 
     # torch's table has the CUDA attention kernels, not the CPU one: the same formula
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    from spactor.architectures.flex_dense import DenseFlex
+
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
-    with torch.no_grad(), counter:
+    # flex as SDPA on its dense mask (a dispatch mode has no rule for flex's operator):
+    # the same matmuls, counted by the SDPA formula
+    with torch.no_grad(), DenseFlex(), counter:
         run_forward()
     return 3.0 * counter.get_total_flops()
 

@@ -1,9 +1,10 @@
 """An attention stack for modern decoder models: rotary positions, grouped-query
 attention, gated feed-forwards, and masks passed as a *description*.
 
-T5's layers (``spactor.architectures.layers``) are untouched by this module: their
-numerics are pinned by the Hugging Face parity tests. What is here serves models whose
-positions are applied to q/k (RoPE) rather than added to the scores.
+T5's layers (``spactor.architectures.layers``) keep their own additive bias (their
+numerics are pinned by the Hugging Face parity tests). What is here serves models whose
+positions are applied to q/k (RoPE) rather than added to the scores. Both hand their
+q/k/v and mask to the one dispatch, :func:`spactor.architectures.kernels.attend`.
 
 **Masks.** A stack describes what its attention may see with :class:`MaskSpec`
 (causal or not; key padding; a bidirectional prefix per row) and builds the form its
@@ -38,9 +39,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from spactor.architectures.layers import ATTENTION_BACKENDS, check_attention
+from spactor.architectures.kernels import ATTENTION_BACKENDS, attend, check_attention, flex_block_mask
+from spactor.overrides import overridable
 
 GATED_ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU (Llama) | GeGLU (T5 v1.1, Gemma)
 
@@ -102,6 +103,7 @@ class BuiltMask:
     is_causal: bool = False
 
 
+@overridable  # a FLOP tracer asks for flex's dense form (spactor.train.flops.traceable)
 def build_mask(backend: str, spec: MaskSpec, query_length: int, key_length: int, device: torch.device) -> BuiltMask:
     """The cheapest form of ``spec`` that ``backend`` can run (see the module doc)."""
     if backend == "sdpa":
@@ -114,15 +116,11 @@ def build_mask(backend: str, spec: MaskSpec, query_length: int, key_length: int,
     if backend == "flex":
         if not spec.causal and spec.is_plain:
             return BuiltMask()
-        if torch.jit.is_tracing():  # no BlockMask under a trace (FLOP counting): the dense form
-            return BuiltMask(spec.dense(query_length, key_length, device))
         return BuiltMask(_flex_block_mask(spec, query_length, key_length, device))
     raise ValueError(f"unknown attention '{backend}'; valid: {', '.join(ATTENTION_BACKENDS)}")
 
 
 def _flex_block_mask(spec: MaskSpec, query_length: int, key_length: int, device: torch.device) -> Any:
-    from torch.nn.attention.flex_attention import create_block_mask
-
     causal, keep, prefix, window = spec.causal, spec.key_keep, spec.prefix_length, spec.window
     square = query_length == key_length
 
@@ -142,7 +140,7 @@ def _flex_block_mask(spec: MaskSpec, query_length: int, key_length: int, device:
     for t in (keep, prefix):
         if t is not None:
             batch = t.shape[0]
-    return create_block_mask(mask_mod, batch, None, query_length, key_length, device=device)
+    return flex_block_mask(mask_mod, batch, query_length, key_length, device)
 
 
 # --------------------------------------------------------------------------- positions
@@ -283,70 +281,11 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         dropout_p = self.spec.dropout if self.training else 0.0
         out = attend(
-            q, k, v, mask, is_causal, self.spec.backend, self.spec.softmax_scale, dropout_p,
+            q, k, v, mask, self.spec.backend, self.spec.softmax_scale, dropout_p, is_causal,
             groups=self.num_heads // self.num_kv_heads, softcap=self.spec.softcap,
         )
         batch, _, length, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.spec.head_dim))
-
-
-def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``(B, Hkv, L, d)`` → ``(B, Hkv * groups, L, d)``, each k/v head repeated for its group."""
-    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
-
-
-def attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: Any,
-    is_causal: bool,
-    backend: str,
-    scale: float,
-    dropout_p: float = 0.0,
-    groups: int | None = None,
-    softcap: float | None = None,
-) -> torch.Tensor:
-    """``softmax(q kᵀ · scale + mask) v`` on ``backend``; ``k``/``v`` may have fewer heads
-    (grouped-query attention; ``groups`` query heads per k/v head, a Python int: under
-    ``torch.jit`` tracing a count read from the shapes would be a tensor). ``mask``,
-    ``is_causal``: from :func:`build_mask`. ``softcap``: scores soft-capped before the
-    mask (Gemma), on the eager path whatever the backend."""
-    if groups is None:
-        groups = q.shape[1] // k.shape[1]
-    if backend == "eager" or softcap is not None:
-        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-        scores = (q @ k.transpose(-2, -1)).float() * scale
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        if mask is None and is_causal:  # an sdpa-built causal flag: the eager math needs the mask
-            mask = MaskSpec(causal=True).dense(q.shape[2], k.shape[2], q.device)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = scores.softmax(dim=-1).to(v.dtype)
-        return F.dropout(probs, p=dropout_p, training=dropout_p > 0.0) @ v
-    if backend == "flex" and not isinstance(mask, torch.Tensor) and not (
-        torch.jit.is_tracing() or _get_current_dispatch_mode() is not None
-    ):
-        from spactor.architectures.layers import FlexBias, flex_attention
-
-        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-        bias = None if mask is None else FlexBias(q.shape[2], k.shape[2], block_mask=mask)
-        return flex_attention(q, k, v, bias, scale=scale)
-    if isinstance(mask, torch.Tensor) or mask is None:
-        attn_mask = mask
-    else:  # a BlockMask under a FLOP counter: the same matmuls through SDPA, mask aside
-        attn_mask = None
-    return F.scaled_dot_product_attention(
-        q,
-        k,
-        v,
-        attn_mask=attn_mask,
-        dropout_p=dropout_p,
-        is_causal=is_causal and attn_mask is None,
-        scale=scale,
-        enable_gqa=groups > 1,
-    )
 
 
 @torch.no_grad()

@@ -32,18 +32,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from spactor.architectures.base import CLASSIFICATION, ENCODE, MLM_BASELINE, ArchitectureSpec, EncoderInputs
+from spactor.architectures.kernels import FlexBias, check_attention
 from spactor.architectures.layers import (
     Attention,
     BlockSpec,
     EncoderBlock,
     FeedForward,
-    FlexBias,
     RelativePositionBias,
     RMSNorm,
     attention_bias,
-    check_attention,
     compute_dtype,
-    flex_attention,
     model_field_rule,
 )
 from spactor.checks import CheckContext, ModelShape, check_fields, fail, one_of, positive_int
@@ -153,7 +151,8 @@ class EncoderSpec:
         return ModelShape(size, self.d_model, self.d_ff, self.num_layers, self.num_heads, self.d_kv)
 
     def block_spec(self) -> BlockSpec:
-        """The ``layers.BlockSpec`` of the rmsnorm (T5) layout: v1.0 ReLU FFN."""
+        """The ``layers.BlockSpec`` of the rmsnorm (T5) layout: v1.0 ReLU FFN (the
+        layernorm layout takes its attention dimensions from it too)."""
         return BlockSpec(
             self.d_model, self.d_ff, self.num_heads, self.d_kv, "relu", self.dropout, self.attention
         )
@@ -192,56 +191,13 @@ def resolve_encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
 # -- the BERT/ELECTRA (layernorm) block ----------------------------------------------------
 
 
-def _bias_as(bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    # A no-op for the bias EncoderBody builds (already in the compute dtype); fp32's
-    # finfo.min becomes -inf in bf16, so a bias built elsewhere is clamped first.
-    if bias is None or bias.dtype == dtype:
-        return bias
-    return bias.clamp(min=torch.finfo(dtype).min).to(dtype)
-
-
-class ScaledAttention(nn.Module):
-    """BERT attention: q/k/v/o with biases, scores scaled by 1/sqrt(d_kv)."""
-
-    def __init__(self, spec: EncoderSpec) -> None:
-        super().__init__()
-        self.num_heads, self.d_kv = spec.num_heads, spec.d_kv
-        self.dropout, self.backend = spec.dropout, spec.attention
-        inner = spec.num_heads * spec.d_kv
-        self.q = nn.Linear(spec.d_model, inner)
-        self.k = nn.Linear(spec.d_model, inner)
-        self.v = nn.Linear(spec.d_model, inner)
-        self.o = nn.Linear(inner, spec.d_model)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, self.d_kv).transpose(1, 2)
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | FlexBias | None) -> torch.Tensor:
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
-        dropout_p = self.dropout if self.training else 0.0
-        if self.backend == "flex":
-            out = flex_attention(q, k, v, bias, scale=self.d_kv**-0.5)  # type: ignore[arg-type]
-        elif self.backend == "sdpa":
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=_bias_as(bias, q.dtype), dropout_p=dropout_p
-            )
-        else:  # reference path: softmax in fp32
-            scores = (q @ k.transpose(-2, -1)).float() * self.d_kv**-0.5
-            if bias is not None:
-                scores = scores + bias.float()
-            probs = F.dropout(scores.softmax(dim=-1).to(v.dtype), p=dropout_p, training=dropout_p > 0.0)
-            out = probs @ v
-        batch, _, length, _ = out.shape
-        return self.o(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.d_kv))
-
-
 class PostLNBlock(nn.Module):
     """BERT/ELECTRA block: residual then LayerNorm, around attention and a GELU FFN."""
 
     def __init__(self, spec: EncoderSpec) -> None:
         super().__init__()
-        self.self_attn = ScaledAttention(spec)
+        # d_kv ** -0.5 equals SDPA's own default 1/sqrt(d_kv) in fp32 for every d_kv <= 4096
+        self.self_attn = Attention(spec.block_spec(), bias=True, scale=spec.d_kv**-0.5)
         self.self_attn_norm = nn.LayerNorm(spec.d_model, eps=LAYER_NORM_EPS)
         self.ffn_in = nn.Linear(spec.d_model, spec.d_ff)
         self.ffn_out = nn.Linear(spec.d_ff, spec.d_model)

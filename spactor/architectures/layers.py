@@ -18,37 +18,33 @@ layer, so per-block ``torch.compile`` sees the same signature in every block:
 * ``flex``: a :class:`FlexBias` — the stack's ``(num_buckets, H)`` table and a
   ``(Lq + Lk - 1,)`` bucket id per relative offset, looked up in a ``score_mod``, and
   padding / causality as a ``BlockMask``. No ``(., ., Lq, Lk)`` float tensor exists.
+
+Which kernel runs is :func:`spactor.architectures.kernels.attend`'s choice, the same
+dispatch the rotary stacks (``spactor.architectures.attention``) use.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from spactor.architectures.kernels import (
+    ATTENTION_BACKENDS,
+    FlexBias,
+    attend,
+    check_attention,
+    dense_bias,
+    flex_block_mask,
+    mask_bias,
+)
 from spactor.checks import one_of, positive, positive_int, unit_interval
 
-ATTENTION_BACKENDS = ("sdpa", "eager", "flex")
 FFN_KINDS = ("relu", "gated-gelu")
-
-
-def check_attention(attention: str, dropout: float) -> None:
-    """The attention backend exists, and ``dropout`` is one it can apply."""
-    if attention not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention '{attention}'; valid: {', '.join(ATTENTION_BACKENDS)}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if attention == "flex" and dropout > 0.0:
-        raise ValueError(
-            f"attention 'flex' has no attention-probability dropout, but dropout is {dropout}; "
-            f"set dropout 0 or use attention sdpa"
-        )
 
 
 def model_field_rule(key: str, name: str, value: Any) -> None:
@@ -175,15 +171,6 @@ class RelativePositionBias(nn.Module):
         return relative_position_bucket(offsets, self.bidirectional, self.num_buckets, self.max_distance)
 
 
-def mask_bias(bias: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Replace the entries of ``bias`` where ``keep`` is False by ``finfo(dtype).min``.
-
-    ``where`` rather than ``+ min`` so a masked entry is exactly ``min`` and can never
-    overflow to ``-inf``: a fully masked row then softmaxes to uniform, not NaN.
-    """
-    return torch.where(keep, bias, torch.finfo(bias.dtype).min)
-
-
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``(B, L)`` bool mask (True = real token) → additive ``(B, 1, 1, L)`` key bias."""
     zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
@@ -196,68 +183,6 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
-
-
-def _bias_as(bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # A no-op for the biases the stacks build (already in the compute dtype). Kept for a
-    # bias built elsewhere: fp32's min rounds to -inf in bf16, so clamp before casting.
-    if bias.dtype == dtype:
-        return bias
-    return bias.clamp(min=torch.finfo(dtype).min).to(dtype)
-
-
-@dataclass(frozen=True)
-class FlexBias:
-    """What ``flex`` attention needs instead of a dense bias (see the module docstring).
-
-    ``table`` (num_buckets, H) and ``offset_buckets`` (Lq + Lk - 1,) give the relative
-    position bias; ``key_keep`` (B, Lk) bool and ``causal`` the mask, which ``block_mask``
-    encodes for the kernel (None: nothing masked, or while ``torch.jit`` traces).
-    """
-
-    query_length: int
-    key_length: int
-    table: torch.Tensor | None = None
-    offset_buckets: torch.Tensor | None = None
-    key_keep: torch.Tensor | None = None
-    causal: bool = False
-    block_mask: Any = None  # torch.nn.attention.flex_attention.BlockMask
-
-    def dense(self, dtype: torch.dtype) -> torch.Tensor | None:
-        """The same bias as one additive tensor (what ``sdpa`` would get)."""
-        position = None
-        if self.table is not None and self.offset_buckets is not None:
-            index = _offset_index(self.query_length, self.key_length, self.offset_buckets.device)
-            position = self.table[self.offset_buckets[index]].permute(2, 0, 1).unsqueeze(0)
-        return dense_bias(position, self.key_keep, self.causal, dtype, self.query_length, self.key_length)
-
-
-def _offset_index(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
-    query_pos = torch.arange(query_length, device=device)[:, None]
-    key_pos = torch.arange(key_length, device=device)[None, :]
-    return key_pos - query_pos + (query_length - 1)
-
-
-def dense_bias(
-    position: torch.Tensor | None,
-    key_keep: torch.Tensor | None,
-    causal: bool,
-    dtype: torch.dtype,
-    query_length: int,
-    key_length: int,
-) -> torch.Tensor | None:
-    """Position bias ``(1, H, Lq, Lk)`` and/or masks folded into one additive tensor in
-    ``dtype``, no larger than the masks need (``(B, H, Lq, Lk)`` only for position bias
-    plus key padding)."""
-    if position is None and key_keep is None and not causal:
-        return None
-    device = position.device if position is not None else key_keep.device if key_keep is not None else None
-    bias = position.to(dtype) if position is not None else torch.zeros((), dtype=dtype, device=device)
-    if causal:
-        bias = mask_bias(bias, torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril())
-    if key_keep is not None:
-        bias = mask_bias(bias, key_keep[:, None, None, :])
-    return bias
 
 
 def attention_bias(
@@ -284,7 +209,7 @@ def attention_bias(
         offsets = rel_bias.offset_buckets(query_length, key_length)
         device = table.device
     block_mask = None
-    if (key_keep is not None or causal) and not torch.jit.is_tracing():
+    if key_keep is not None or causal:
         block_mask = _block_mask(key_keep, causal, query_length, key_length, device)
     return FlexBias(query_length, key_length, table, offsets, key_keep, causal, block_mask)
 
@@ -292,8 +217,6 @@ def attention_bias(
 def _block_mask(
     key_keep: torch.Tensor | None, causal: bool, query_length: int, key_length: int, device: Any
 ) -> Any:
-    from torch.nn.attention.flex_attention import create_block_mask
-
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         if key_keep is None:
             return q_idx >= kv_idx
@@ -302,174 +225,28 @@ def _block_mask(
         return key_keep[b, kv_idx]
 
     batch = None if key_keep is None else key_keep.shape[0]
-    return create_block_mask(mask_mod, batch, None, query_length, key_length, device=device)
-
-
-def _relative_score_mod(shift: int) -> Callable[..., torch.Tensor]:
-    """``score + table[bucket(key_pos - query_pos), head]``, the bucket read from the
-    offset table at ``kv_idx - q_idx + shift`` (``shift`` = Lq - 1)."""
-
-    def score_mod(
-        score: torch.Tensor,
-        b: torch.Tensor,
-        h: torch.Tensor,
-        q_idx: torch.Tensor,
-        kv_idx: torch.Tensor,
-        table: torch.Tensor,
-        offset_buckets: torch.Tensor,
-    ) -> torch.Tensor:
-        return score + table[offset_buckets[kv_idx - q_idx + shift], h]
-
-    return score_mod
-
-
-_COMPILED_FLEX: list[Callable[..., torch.Tensor]] = []
-
-
-def _fused_flex() -> Callable[..., torch.Tensor]:
-    # flex_attention outside torch.compile is an unfused reference; compile it once (as
-    # torchtitan does). Inside a compiled block dynamo fuses the plain function itself.
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if torch.compiler.is_compiling():
-        return flex_attention
-    if not _COMPILED_FLEX:
-        _COMPILED_FLEX.append(torch.compile(flex_attention, dynamic=False))
-    return _COMPILED_FLEX[0]
-
-
-def flex_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: FlexBias | None, scale: float
-) -> torch.Tensor:
-    """FlexAttention with the relative bias in a ``score_mod`` and masks in a ``BlockMask``.
-
-    * under ``torch.jit`` tracing or a dispatch mode (FLOP counters cannot see flex): the
-      equivalent SDPA call on the dense bias, so the count sees attention's two matmuls
-      at the same shapes;
-    * on CPU with gradients (torch's public ``flex_attention`` refuses a backward there):
-      torch's own flex operator in its eager, unfused mode, the same dense math and
-      ``score_mod``/``mask_mod`` the fused kernels implement, with the table passed as a
-      buffer so its gradient flows;
-    * otherwise ``torch.nn.attention.flex_attention``, compiled.
-    """
-    if bias is not None and not isinstance(bias, FlexBias):
-        raise TypeError(f"attention 'flex' takes a FlexBias (see attention_bias), got {type(bias).__name__}")
-    if torch.jit.is_tracing() or _get_current_dispatch_mode() is not None:
-        # FLOP counters (fvcore's trace, torch's FlopCounterMode) cannot see through flex's
-        # higher-order op; the SDPA call has the same two matmuls at the same shapes.
-        attn_mask = None if bias is None else bias.dense(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
-    buffers: tuple[torch.Tensor, ...] = ()
-    score_fn = None
-    if bias is not None and bias.table is not None and bias.offset_buckets is not None:
-        buffers = (bias.table, bias.offset_buckets)
-        score_fn = _relative_score_mod(bias.query_length - 1)
-    block_mask = None if bias is None else bias.block_mask
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *buffers))
-    if q.device.type == "cpu" and needs_grad:
-        return _flex_attention_eager(q, k, v, score_fn, buffers, block_mask, scale)
-    score_mod = None
-    if score_fn is not None:
-        table, offset_buckets = buffers
-
-        def score_mod(score: torch.Tensor, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> torch.Tensor:
-            return score_fn(score, b, h, q_idx, kv_idx, table, offset_buckets)
-
-    if q.device.type == "cpu":  # inference on CPU
-        from torch.nn.attention.flex_attention import flex_attention as flex
-
-        if torch.compiler.is_compiling():
-            # Inductor's CPU flex template reads q/k/v as 4-D buffers; a head-split view of
-            # a matmul output is 2-D underneath and fails to lower.
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
-    return _fused_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
-
-
-@torch.compiler.disable  # CPU only: no compiled flex backward exists there, run it eagerly
-def _flex_attention_eager(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    score_fn: Callable[..., torch.Tensor] | None,
-    buffers: tuple[torch.Tensor, ...],
-    block_mask: Any,
-    scale: float,
-) -> torch.Tensor:
-    from torch._higher_order_ops.flex_attention import flex_attention as flex_attention_op
-    from torch.nn.attention.flex_attention import _apply_kernel_options, _create_empty_block_mask
-
-    if score_fn is None:
-
-        def score_fn(score: torch.Tensor, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> torch.Tensor:
-            return score
-
-    if block_mask is None:
-        block_mask = _create_empty_block_mask(q, k)
-    options = _apply_kernel_options(q, k, v, False, None)
-    out, _, _ = flex_attention_op(q, k, v, score_fn, block_mask.as_tuple(), scale, options, buffers, ())
-    return out
-
-
-def sdpa_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, dropout_p: float
-) -> torch.Tensor:
-    """Fused attention, ``scale=1.0`` because T5 does not scale scores by 1/sqrt(d_kv).
-
-    CPU, fp32, a bias that needs a gradient (the learned position bias): no fused CPU
-    kernel takes a mask gradient, so torch would run its math fallback, which is these
-    two matmuls and a softmax plus a "safe" softmax's extra passes (an all-``-inf`` row
-    check and a ``where``) that a ``finfo.min`` mask never needs; the explicit form is
-    20% faster there (measured: 512², 8 heads, forward and backward). Same math;
-    every other case (CUDA, bf16, no bias gradient) is ``scaled_dot_product_attention``.
-    """
-    attn_mask = None if bias is None else _bias_as(bias, q.dtype)
-    if (
-        attn_mask is not None
-        and q.device.type == "cpu"
-        and q.dtype == torch.float32
-        and attn_mask.requires_grad
-        and torch.is_grad_enabled()
-    ):
-        return _math_attention(q, k, v, attn_mask, dropout_p)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=1.0)
-
-
-def _math_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float
-) -> torch.Tensor:
-    # Not in place into the matmul's output: selective activation checkpointing saves
-    # matmul outputs, and an in-place add would change the saved tensor (wrong gradients).
-    probs = (q @ k.transpose(-2, -1) + bias).softmax(dim=-1)
-    return F.dropout(probs, p=dropout_p, training=dropout_p > 0.0) @ v
-
-
-def eager_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, dropout_p: float
-) -> torch.Tensor:
-    """Reference attention: explicit scores, softmax in fp32 (as T5/HF), no scaling."""
-    scores = (q @ k.transpose(-2, -1)).float()
-    if bias is not None:
-        scores = scores + bias.float()
-    probs = scores.softmax(dim=-1).to(v.dtype)
-    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0.0)
-    return probs @ v
+    return flex_block_mask(mask_mod, batch, query_length, key_length, device)
 
 
 class Attention(nn.Module):
-    """Multi-head attention with q/k/v/o projections of inner size ``num_heads * d_kv``."""
+    """Multi-head attention with q/k/v/o projections of inner size ``num_heads * d_kv``.
 
-    def __init__(self, spec: BlockSpec) -> None:
+    T5's by default: no biases and unscaled scores (the 1/sqrt(d_kv) is in q's init).
+    BERT/ELECTRA's (``spactor.architectures.encoder``): ``bias=True``,
+    ``scale=d_kv ** -0.5``. Positions and masks arrive as the stack's ``bias``."""
+
+    def __init__(self, spec: BlockSpec, bias: bool = False, scale: float = 1.0) -> None:
         super().__init__()
         self.num_heads = spec.num_heads
         self.d_kv = spec.d_kv
         self.dropout = spec.dropout
         self.backend = spec.attention
+        self.scale = scale
         inner = spec.num_heads * spec.d_kv
-        self.q = nn.Linear(spec.d_model, inner, bias=False)
-        self.k = nn.Linear(spec.d_model, inner, bias=False)
-        self.v = nn.Linear(spec.d_model, inner, bias=False)
-        self.o = nn.Linear(inner, spec.d_model, bias=False)
+        self.q = nn.Linear(spec.d_model, inner, bias=bias)
+        self.k = nn.Linear(spec.d_model, inner, bias=bias)
+        self.v = nn.Linear(spec.d_model, inner, bias=bias)
+        self.o = nn.Linear(inner, spec.d_model, bias=bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -486,11 +263,7 @@ class Attention(nn.Module):
         source = x if kv is None else kv
         q, k, v = self._heads(self.q(x)), self._heads(self.k(source)), self._heads(self.v(source))
         dropout_p = self.dropout if self.training else 0.0
-        if self.backend == "flex":
-            out = flex_attention(q, k, v, bias, scale=1.0)  # type: ignore[arg-type]
-        else:
-            attend = sdpa_attention if self.backend == "sdpa" else eager_attention
-            out = attend(q, k, v, bias, dropout_p)  # type: ignore[arg-type]
+        out = attend(q, k, v, bias, self.backend, scale=self.scale, dropout_p=dropout_p)
         batch, _, length, _ = out.shape
         return self.o(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.d_kv))
 

@@ -47,7 +47,8 @@ from spactor.architectures.attention import (
     resolve_rotary_heads,
 )
 from spactor.architectures.base import CAUSAL_LM, PREFIX_LM
-from spactor.architectures.layers import RMSNorm, check_attention, compute_dtype, model_field_rule
+from spactor.architectures.kernels import check_attention
+from spactor.architectures.layers import RMSNorm, compute_dtype, model_field_rule
 from spactor.checks import CheckContext, check_fields, hf_directory, one_of, positive, positive_int
 from spactor.config import ConfigError
 

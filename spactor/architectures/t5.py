@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spactor.architectures.base import DECODE, ENCODE, BlockRole, EncoderInputs
+from spactor.architectures.kernels import check_attention
 from spactor.architectures.layers import (
     Attention,
     BlockSpec,
@@ -32,7 +33,6 @@ from spactor.architectures.layers import (
     RelativePositionBias,
     RMSNorm,
     attention_bias,
-    check_attention,
     compute_dtype,
     model_field_rule,
 )

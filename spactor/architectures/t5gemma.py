@@ -59,7 +59,8 @@ from spactor.architectures.attention import (
     resolve_rotary_heads,
 )
 from spactor.architectures.base import DECODE, ENCODE, BlockRole, EncoderInputs
-from spactor.architectures.layers import check_attention, compute_dtype, model_field_rule
+from spactor.architectures.kernels import check_attention
+from spactor.architectures.layers import compute_dtype, model_field_rule
 from spactor.checks import CheckContext, ModelShape, check_fields, hf_directory, one_of, positive, positive_int
 from spactor.config import ConfigError
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from spactor.overrides import overridable
+
 IGNORE_INDEX = -100  # torch's default: targets with this id contribute nothing
 CHUNK_ELEMENTS = 1 << 24  # fp32 elements per chunk of rows (64 MiB)
 
@@ -104,6 +106,28 @@ class _TokenCrossEntropy(torch.autograd.Function):
         return grad, None, None
 
 
+@overridable  # a tracer that cannot see autograd Functions takes the unfused form below
+def token_cross_entropy_sums(
+    logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ (log_z − logit[target]) and Σ log_z² over the ``valid`` rows of ``logits``
+    ``(N, V)`` (``targets`` ``(N,)``, in range on every row), by the chunked autograd
+    Function (the memory the module docstring describes)."""
+    return _TokenCrossEntropy.apply(logits, targets, valid)
+
+
+def unfused_token_cross_entropy_sums(
+    logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_cross_entropy_sums`' math in plain ops (autograd differentiates it,
+    keeping fp32 ``(N, V)`` copies): what an op-level tracer such as fvcore can record."""
+    work = _working_dtype(logits)
+    log_z = torch.logsumexp(logits.to(work), dim=-1)
+    picked = logits.gather(1, targets[:, None]).squeeze(1).to(work)
+    weights = valid.to(work)
+    return ((log_z - picked) * weights).sum(), (log_z.square() * weights).sum()
+
+
 def token_cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -118,15 +142,7 @@ def token_cross_entropy(
     flat_targets = targets.reshape(-1)
     valid = flat_targets != ignore_index
     safe_targets = torch.where(valid, flat_targets, torch.zeros_like(flat_targets))
-    if torch.jit.is_tracing():
-        # fvcore traces ops, not autograd Functions: the same math, unfused.
-        work = _working_dtype(flat)
-        log_z = torch.logsumexp(flat.to(work), dim=-1)
-        picked = flat.gather(1, safe_targets[:, None]).squeeze(1).to(work)
-        weights = valid.to(work)
-        total, z_total = ((log_z - picked) * weights).sum(), (log_z.square() * weights).sum()
-    else:
-        total, z_total = _TokenCrossEntropy.apply(flat, safe_targets, valid)
+    total, z_total = token_cross_entropy_sums(flat, safe_targets, valid)
     correct = None
     if with_accuracy:
         with torch.no_grad():

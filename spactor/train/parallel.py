@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from spactor.architectures.flex_dense import DenseFlex
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -92,6 +94,11 @@ _SAVED_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops
               torch.ops.aten._scaled_dot_product_flash_attention.default}
 
 
+def _dense_flex(forward: Any, *args: Any, **kwargs: Any) -> Any:
+    with DenseFlex():
+        return forward(*args, **kwargs)
+
+
 def apply_activation_checkpointing(blocks: Iterable[nn.Module], mode: str) -> None:
     """``full`` recomputes each block's forward in the backward; ``selective`` keeps the
     matmul outputs and recomputes the cheap element-wise ops (norms, activations)."""
@@ -108,8 +115,18 @@ def apply_activation_checkpointing(blocks: Iterable[nn.Module], mode: str) -> No
 
     for block in blocks:
         forward = block.forward
+        # attention modules name their backend (layers.Attention, attention.SelfAttention)
+        flex = any(getattr(m, "backend", None) == "flex" for m in block.modules())
+        dense_flex = mode == "selective" and flex
 
-        def checkpointed(*args: Any, _forward: Any = forward, **kwargs: Any) -> Any:
+        def checkpointed(*args: Any, _forward: Any = forward, _dense: bool = dense_flex,
+                         **kwargs: Any) -> Any:
+            if _dense and not torch.compiler.is_compiling():
+                # Eager selective recomputation cannot replay FlexAttention with a trained
+                # score_mod table (T5's positions): flex runs as SDPA on its dense mask, in the
+                # forward and its recomputation alike (a compiled block traces flex into its
+                # graph and keeps the kernel).
+                return checkpoint(_dense_flex, _forward, *args, use_reentrant=False, **extra, **kwargs)
             return checkpoint(_forward, *args, use_reentrant=False, **extra, **kwargs)
 
         block.forward = checkpointed  # type: ignore[method-assign]

@@ -10,17 +10,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from spactor.architectures.kernels import attend as dispatch
+from spactor.architectures.kernels import mask_bias
 from spactor.architectures.layers import (
     Attention,
     BlockSpec,
     FeedForward,
     RelativePositionBias,
     RMSNorm,
-    eager_attention,
-    mask_bias,
     padding_bias,
     relative_position_bucket,
-    sdpa_attention,
 )
 
 DISTANCES = [-200, -128, -100, -50, -20, -16, -8, -1, 0, 1, 7, 8, 11, 12, 20, 127, 500]
@@ -145,12 +144,12 @@ def test_sdpa_matches_eager_cross_attention(padded):
 def test_eager_attention_has_no_score_scaling():
     q, k, v = torch.randn(3, 1, 2, 4, 8).unbind(0)
     expected = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v  # no 1/sqrt(8)
-    torch.testing.assert_close(eager_attention(q, k, v, None, 0.0), expected)
+    torch.testing.assert_close(dispatch(q, k, v, None, "eager", scale=1.0), expected)
 
 
 @pytest.mark.parametrize("bias_shape", [(2, 3, 5, 5), (1, 3, 5, 5)])  # position + padding; causal position
 def test_sdpa_with_a_learned_bias_on_cpu_matches_torchs_sdpa_with_gradients(bias_shape):
-    # On CPU with a bias that needs a gradient, sdpa_attention runs its explicit math
+    # On CPU with a bias that needs a gradient, unscaled sdpa runs its explicit math
     # path instead of torch's math fallback: same values and gradients.
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4, generator=g).requires_grad_() for _ in range(3))
@@ -160,7 +159,7 @@ def test_sdpa_with_a_learned_bias_on_cpu_matches_torchs_sdpa_with_gradients(bias
     grad_out = torch.randn(2, 3, 5, 4, generator=g)
     results = []
     for attend in (
-        lambda b: sdpa_attention(q, k, v, b, 0.0),
+        lambda b: dispatch(q, k, v, b, "sdpa", scale=1.0),
         lambda b: F.scaled_dot_product_attention(q, k, v, attn_mask=b, scale=1.0),
     ):
         out = attend(mask_bias(position, keep))

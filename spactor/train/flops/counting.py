@@ -15,8 +15,7 @@ How a step is counted:
   matrix even when masked). Elementwise ops, norms, softmax and losses are given
   explicit handles that count 0 unless ``elementwise=True`` (then a rough per-element
   cost, :data:`ELEMENTWISE_FLOPS`); ops with no arithmetic at all (indexing, masks,
-  comparisons, RNG, embedding lookups) are ignored (:data:`NO_FLOP_OPS`). So fvcore's
-  unsupported-op list is empty for every shipped recipe.
+  comparisons, RNG, embedding lookups) are ignored (:data:`NO_FLOP_OPS`).
 * An op with no handle counts 0 and is named, not dropped silently
   (:func:`~spactor.train.flops.handles.unhandled_note`). Beside the measured count, the
   architecture's analytic one (:mod:`spactor.train.flops.forward`): the model's forward at
@@ -69,7 +68,7 @@ from spactor.registry import OBJECTIVES
 from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
 from spactor.train.flops.forward import forward_lengths
 from spactor.train.flops.handles import op_handles, unhandled_note
-from spactor.train.flops.meta_attention import FusedMetaAttention
+from spactor.train.flops.trace_forms import TraceForms
 from spactor.train.flops.tracing import method_scopes, parameters_with_gradients
 from spactor.train.stages import enter_stage, knob_values, run_raw_length, stage_end_step, stage_exists
 from spactor.train.step import TrainModules, apply_transforms
@@ -242,8 +241,9 @@ def count_modules_flops(
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     # Traced with autograd on (as in training), so the loss's graph shows what trains.
-    # On meta, attention is one fused op (no (L, L) score tensors; same FLOPs).
-    with method_scopes(owners), FusedMetaAttention(), torch.enable_grad(), warnings.catch_warnings():
+    # On meta, attention is one fused op (no (L, L) score tensors; same FLOPs); flex and
+    # the fused cross-entropy are traced in their plain-op forms (trace_forms).
+    with method_scopes(owners), TraceForms(), torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about data-dependent shapes
         by_module = analysis.by_module()
         unsupported = dict(analysis.unsupported_ops())

@@ -10,7 +10,8 @@ above 1 for what objectives add (the RTD generator and head), below 1 for a head
 a subset of positions (MLM's masked tokens).
 
 The same counter as a training step's (fvcore, :func:`spactor.train.flops.handles.op_handles`,
-attention fused on ``meta``), on the model alone: no objectives, no losses, no padding.
+attention fused on ``meta``, flex and the fused cross-entropy in their traceable forms), on
+the model alone: no objectives, no losses, no padding.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from spactor.capabilities import CAUSAL_LM, PREFIX_LM, capabilities_of
 from spactor.objectives.causal_lm import LM_INPUT
 from spactor.train.flops.handles import op_handles
-from spactor.train.flops.meta_attention import FusedMetaAttention
+from spactor.train.flops.trace_forms import TraceForms
 
 
 class _Forward(nn.Module):
@@ -65,7 +66,7 @@ def count_forward_flops(
     analysis.set_op_handle(**op_handles(elementwise))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
-    with FusedMetaAttention(), torch.no_grad(), warnings.catch_warnings():
+    with TraceForms(), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         total = 2.0 * float(analysis.total())
         return total, dict(analysis.unsupported_ops())

@@ -116,9 +116,9 @@ ATTENTION_OPS: dict[str, str] = {
     "aten::_flash_attention_forward": "blhd",
     "aten::_efficient_attention_forward": "blhd",
 }
-# Flex attention needs no handle: it cannot be traced by torch.jit, so under tracing
-# ``architectures.layers.flex_attention`` runs the equivalent SDPA call on the dense bias
-# (same q/k/v shapes), which the SDPA handle counts — the FLOPs flex's kernel does.
+# Flex attention needs no handle: it cannot be traced by torch.jit, so during the trace
+# ``trace_forms.TraceForms`` runs the equivalent SDPA call on the dense mask (same q/k/v
+# shapes), which the SDPA handle counts — the FLOPs flex's kernel does.
 
 
 def _shape(value: Any) -> list[int] | None:
