@@ -64,6 +64,7 @@ from spactor.train.run_dir import (
     CreatedPaths, RunDirLock, open_run_dir, start_run_dir, with_tokenizer, write_config,
 )
 from spactor.train.stages import (
+    configured_types,
     knob_values,
     release_objectives,
     run_raw_length,
@@ -236,7 +237,8 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         if not lock.held:
             lock.acquire(run_dir)
     model, objectives, init_program = build_on_meta(resolved, data.vocab)
-    all_knobs, all_objectives = knob_values(objectives), list(objectives)  # before any is released
+    # before any is released
+    all_knobs, all_objectives = knob_values(objectives), configured_types(resolved, objectives)
     schedules = build_schedules(resolved.schedules, all_knobs, tcfg.max_steps, all_objectives)
     raw_length = run_raw_length(objectives, schedules.stages, cfg.data.input_length)  # every stage's
     final_objectives = schedules.stages.final_objectives(objectives)  # the clean validation pass's
@@ -400,10 +402,10 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
 
 
 def past_schedule_changes(run_dir: Path, resolved: Resolved, applied: list[str], knobs: dict[str, float],
-                          objectives: list[str], live: list[str], step: int, stage: int) -> set[str]:
+                          objectives: dict[str, str], live: list[str], step: int, stage: int) -> set[str]:
     """The applied ``schedules.*`` changes that can no longer take effect at ``step``
     (``spactor.train.resume_changes``), judged against the run's saved config.yaml.
-    ``live``: the objectives not released on entering ``stage``."""
+    ``objectives``: name -> type; ``live``: the objectives not released on entering ``stage``."""
     changed = changed_instances(applied)
     if not changed:
         return set()

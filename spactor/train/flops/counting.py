@@ -66,7 +66,9 @@ from spactor.registry import OBJECTIVES
 from spactor.train.builders import build_model, build_objectives, raw_length_for, seeded_generator
 from spactor.train.flops.handles import op_handles
 from spactor.train.flops.meta_attention import FusedMetaAttention
-from spactor.train.stages import enter_stage, knob_values, run_raw_length, stage_end_step, stage_exists
+from spactor.train.stages import (
+    configured_types, enter_stage, knob_values, run_raw_length, stage_end_step, stage_exists,
+)
 from spactor.train.step import TrainModules, apply_transforms
 from spactor.schedules.base import ScheduleSet, watches_metrics
 from spactor.schedules.base import build as build_schedules
@@ -392,7 +394,8 @@ def count_step_flops(
         objectives = build_objectives(resolved, vocab, model)
         modules = TrainModules(model, objectives).to(device).train()
         schedules = build_schedules(
-            resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps, list(objectives)
+            resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps,
+            configured_types(resolved, objectives)
         )
         raw_length = run_raw_length(objectives, schedules.stages, resolved.cfg.data.input_length)
         enter_stage(modules, objectives, schedules, stage)
@@ -582,7 +585,8 @@ def flops_report(
         model = build_model(resolved, vocab)
         objectives = build_objectives(resolved, vocab, model)
         modules = TrainModules(model, objectives).to(device).train()
-        schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps, list(objectives))
+        schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps,
+                                    configured_types(resolved, objectives))
         raw_length = run_raw_length(objectives, schedules.stages, input_length)
         num_stages = schedules.stages.num_stages
         if schedules.driven_knobs():
