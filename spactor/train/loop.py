@@ -35,6 +35,7 @@ from spactor.registry import LR_SCHEDULES, OPTIMIZERS
 from spactor.train import parallel
 from spactor.train.builders import build_on_meta, seeded_generator
 from spactor.train.checkpoint import Checkpointer
+from spactor.train.eval_passes import build_eval_passes
 from spactor.train.device import autocast_dtype, resolve_device  # noqa: F401 — also imported from here
 from spactor.train.batches import build_data, local_state_of_rank0
 from spactor.train.memory import check_memory
@@ -241,7 +242,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
     all_knobs, all_objectives = knob_values(objectives), configured_types(resolved, objectives)
     schedules = build_schedules(resolved.schedules, all_knobs, tcfg.max_steps, all_objectives)
     raw_length = run_raw_length(objectives, schedules.stages, cfg.data.input_length)  # every stage's
-    final_objectives = schedules.stages.final_objectives(objectives)  # the clean validation pass's
+    eval_passes = build_eval_passes(tcfg.eval_passes, schedules.stages, objectives)  # before any release
     data.start(raw_length, batch_size=tcfg.batch_size)
     modules = TrainModules(model, objectives)
     if init_program is not None:
@@ -320,7 +321,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         Throughput(device, flops),
         DataSkipped(data),
         Validation(modules, data, every=tcfg.eval_every, batches=tcfg.eval_batches, seed=tcfg.seed + 2,
-                   info=info, amp_dtype=amp_dtype, device=device, clean=final_objectives,
+                   info=info, amp_dtype=amp_dtype, device=device, passes=eval_passes,
                    write=metrics_log.write),
         metrics_log,
         Checkpointing(tcfg.checkpoint_every, save),

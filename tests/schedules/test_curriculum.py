@@ -189,7 +189,8 @@ def test_adaptive_is_the_implicit_curriculums_switch_rule() -> None:
     # stage 1 ends on the adaptive schedule's decision; that schedule stays the set's (its
     # state is checkpointed under its own name, as before) and is observed once per record
     cfg = AdaptiveConfig(smoothing=0.0, patience=2, warmup=0, min_delta=0.0, min_tau=0, max_tau=50)
-    plugins = {"two_stage": plugin("two_stage", TwoStageConfig(tau=None)), "adaptive": plugin("adaptive", cfg)}
+    plugins = {"two_stage": plugin("two_stage", TwoStageConfig(tau=None)),
+               "adaptive": plugin("adaptive", cfg)}
     schedules = build(plugins, KNOBS, max_steps=100)
     hybrid = schedules.stages.stages[0]
     assert hybrid.until_step is None and hybrid.switches == (schedules.schedules["adaptive"],)
