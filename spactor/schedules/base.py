@@ -333,11 +333,6 @@ class ScheduleSet:
             merged.update(schedule.values(step))  # disjoint by construction
         return merged
 
-    def switch_step(self) -> int | None:
-        """The earliest switch step any schedule reports (None: no switch known yet)."""
-        steps = [s for s in (sch.switch_step() for sch in self.schedules.values()) if s is not None]
-        return min(steps) if steps else None
-
     def stage(self, step: int) -> int:
         """The stage ``step`` runs in by the stage ends known as steps so far (knob
         conditions aside; the runner uses :meth:`advance`)."""
