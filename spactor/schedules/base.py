@@ -111,6 +111,7 @@ class Stages:
     stage k runs the objectives :meth:`active_in` k, and entering it releases every live
     objective :meth:`inactive_in` k (none from k on runs it). Stages only move forward,
     so a released objective is never needed again; one that sits a stage out is held.
+    :class:`Curriculum` is the one implementation (written out, or the implicit two).
     """
 
     num_stages: int = 1
