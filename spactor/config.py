@@ -102,6 +102,9 @@ class TrainerConfig:
     log_every: int = 1
     eval_every: int = 0  # 0 = only at the end
     eval_batches: int = 4
+    # Evaluation passes beside the validation losses (spactor.train.eval_passes): "clean",
+    # the last stage's objectives on the input without the stage-1 modifiers. [] = none.
+    eval_passes: list[str] = field(default_factory=lambda: ["clean"])
     checkpoint_every: int = 0  # 0 = only at the end
     keep_checkpoints: int = 2
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: skip (drop the update) | stop (checkpoint, exit 1)
@@ -110,6 +113,7 @@ class TrainerConfig:
     downstream_tasks: list[str] = field(default_factory=lambda: ["pydoc_module"])  # registered tasks
 
 
+EVAL_PASSES = ("clean",)  # the passes trainer.eval_passes may name (spactor.train.eval_passes)
 COMPILE_MODES = ("none", "blocks", "model")
 
 

@@ -43,7 +43,7 @@ from spactor.checks import (  # noqa: F401 — NUM_SENTINELS, non_negative re-ex
     unit_interval,
 )
 from spactor.capabilities import capabilities_of, capability_problem
-from spactor.config import COMPILE_MODES, ConfigError, Plugin, Resolved, compile_mode
+from spactor.config import COMPILE_MODES, EVAL_PASSES, ConfigError, Plugin, Resolved, compile_mode
 from spactor.registry import ARCHITECTURES, OBJECTIVES, SCHEDULES, factory_class
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -102,6 +102,10 @@ def check_trainer(t: Any) -> None:
     at_least("trainer.eval_every", t.eval_every, 0)
     at_least("trainer.checkpoint_every", t.checkpoint_every, 0)
     at_least("trainer.eval_batches", t.eval_batches, 0)
+    for name in t.eval_passes:
+        one_of("trainer.eval_passes", name, EVAL_PASSES)
+    if len(set(t.eval_passes)) < len(t.eval_passes):
+        fail("trainer.eval_passes", list(t.eval_passes), "names a pass twice")
     at_least("trainer.downstream_every", t.downstream_every, 0)
     if t.downstream_every:
         from spactor.registry import TASKS  # filled by spactor.plugins.load_plugins, as validation requires

@@ -260,9 +260,6 @@ class Objective(nn.Module):
     # alternatives, any one of which the model must offer in full; () for none (a
     # transform). Span corruption: ``(frozenset({ENCODE, DECODE}),)``.
     NEEDS: ClassVar[tuple[frozenset[str], ...]] = ()
-    # Dropped by the implicit two-stage curriculum at its switch (SpacTor's MLM masking and
-    # RTD). A written-out ``curriculum`` schedule ignores it: its stages name their objectives.
-    STAGE1_ONLY: ClassVar[bool] = False
     # The transform draws its noise through ``spactor.objectives.noise`` (row_rand, ...), so
     # with several ranks it can corrupt only this rank's rows and still give each row its
     # one-rank corruption. False: the step corrupts a global-size batch on every rank.

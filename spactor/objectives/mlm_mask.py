@@ -145,7 +145,6 @@ class MlmMask(Objective):
     REQUIRES = ("encoder_input",)
     PROVIDES = ("encoder_input", "mlm_mask", "mlm_index", "mlm_labels")
     NEEDS = ()  # a transform: no model pass
-    STAGE1_ONLY = True  # no masking after SpacTor's switch to plain span corruption
 
     def __init__(self, cfg: MlmMaskConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)

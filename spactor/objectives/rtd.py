@@ -377,7 +377,6 @@ class RTD(Objective):
     # encoder_embeds only with embedding_sharing: gdes (the encoder view the losses read)
     PROVIDES = ("encoder_input", "rtd_labels", "encoder_embeds")
     NEEDS = (frozenset({ENCODE}),)  # the discriminator judges each token from both sides
-    STAGE1_ONLY = True
 
     def __init__(self, cfg: RTDConfig, ctx: ObjectiveContext) -> None:
         super().__init__(cfg, ctx)

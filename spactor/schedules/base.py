@@ -5,11 +5,13 @@ runner has logged so far) that sets objective knobs by dotted path, e.g.
 ``objectives.rtd.weight``. Some schedules also decide *when* SpacTor switches from the
 hybrid stage (SC + RTD) to stage 2 (plain SC); they say so through ``switch_step``.
 
-Stages: the runner drives one :class:`Stages` (stage 1..N, which objectives each stage
-runs, when each ends). A ``curriculum`` schedule (``spactor.schedules.curriculum``) is
-one, written out in YAML; without it the set builds the implicit two-stage one
-(:class:`HybridThenRest`) that ``two_stage``, ``adaptive`` and anneal-to-zero recipes
-have always meant. A stage runs the objectives it names; an objective is released
+Stages: the runner drives one :class:`Curriculum` (stage 1..N, which objectives each
+stage runs, when each ends). A ``curriculum`` schedule (``spactor.schedules.curriculum``)
+writes one out in YAML; without it the set builds the implicit two-stage one
+(:func:`two_stage_curriculum`) that ``two_stage``, ``adaptive`` and anneal-to-zero
+recipes have always meant: their τ, adaptive decision or annealed λ1 is its stage 1's
+switch rule, and the objectives its stage 2 drops are data (:data:`STAGE1_TYPES`). A
+stage runs the objectives it names; an objective is released
 (modules and optimizer state) when the run enters a stage that neither it nor any later
 stage runs, and held (untrained) through a stage it sits out before coming back.
 
@@ -109,6 +111,7 @@ class Stages:
     stage k runs the objectives :meth:`active_in` k, and entering it releases every live
     objective :meth:`inactive_in` k (none from k on runs it). Stages only move forward,
     so a released objective is never needed again; one that sits a stage out is held.
+    :class:`Curriculum` is the one implementation (written out, or the implicit two).
     """
 
     num_stages: int = 1
@@ -132,8 +135,7 @@ class Stages:
 
     def final_objectives(self, objectives: Mapping[str, Any]) -> list[str]:
         """Names among ``objectives`` that the last stage runs: what the run ends up
-        training, and so what the clean validation pass (``val/clean/loss/...``) evaluates
-        (the implicit curriculum: the objectives that are not stage-1-only)."""
+        training (the clean evaluation pass's objectives, ``spactor.train.eval_passes``)."""
         return self.active_in(self.num_stages, objectives)
 
     def decided_end(self, stage: int) -> int | None:
@@ -145,36 +147,116 @@ class Stages:
         return False
 
 
-class HybridThenRest(Stages):
-    """The implicit two-stage curriculum: stage 1 runs every objective; stage 2 drops the
-    ones whose class says ``STAGE1_ONLY`` (MLM masking, RTD). Stage 1 ends at the earliest
-    ``switch_step`` a schedule reports (``two_stage``'s τ, ``adaptive``'s decision), or
-    once the knobs have turned every stage-1-only objective off (an annealed λ1 at 0)."""
+@dataclass
+class Stage:
+    """One stage of a :class:`Curriculum`: the objectives it runs, its constant knob values,
+    and its end rules (the first that holds ends it; the last stage has none)."""
 
-    num_stages = 2
+    objectives: list[str]
+    knobs: dict[str, float]
+    until_step: int | None = None  # the first step of the next stage
+    until_off: bool = False  # once the objectives it hands over are all off
+    adaptive: Schedule | None = None  # its own adaptive end (observed and checkpointed here)
+    # Switch rules another schedule owns, observes and checkpoints (the implicit
+    # curriculum's ``adaptive`` τ): the stage ends at the first ``switch_step`` they report.
+    switches: tuple[Schedule, ...] = ()
 
-    def __init__(self, switch_step: Callable[[], int | None], decides_later: bool) -> None:
-        self.switch_step = switch_step
-        self._decides_later = decides_later
+    def rules(self) -> list[Schedule]:
+        return ([self.adaptive] if self.adaptive is not None else []) + list(self.switches)
+
+
+class Curriculum(Schedule, Stages):
+    """The one stage mechanism: N :class:`Stage`\\ s. A ``curriculum`` schedule writes it out in
+    YAML (``spactor.schedules.curriculum``); every other run gets the implicit two-stage one
+    (:func:`two_stage_curriculum`), which is not a schedule of the set but its ``stages``."""
+
+    def __init__(self, stages: list[Stage], defaults: Mapping[str, float]) -> None:
+        self.stages = stages
+        self.num_stages = len(stages)
         self.current = 1
+        self.driven = sorted({k for s in stages for k in s.knobs})
+        self.defaults = {k: defaults[k] for k in self.driven}
 
+    # -- a schedule: the current stage's knob values --------------------------------
+    def driven_knobs(self) -> list[str]:
+        return list(self.driven)
+
+    def values(self, step: int) -> dict[str, float]:
+        return {**self.defaults, **self.stages[self.current - 1].knobs}
+
+    def observe(self, step: int, metrics: Mapping[str, float]) -> None:
+        adaptive = self.stages[self.current - 1].adaptive
+        if adaptive is not None:
+            adaptive.observe(step, metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        # The current stage is the manifest's ``stage``; here only what decides an end.
+        return {
+            "adaptive": {str(i + 1): s.adaptive.state_dict() for i, s in enumerate(self.stages) if s.adaptive}
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, entry in state.get("adaptive", {}).items():
+            adaptive = self.stages[int(key) - 1].adaptive
+            if adaptive is None:
+                raise ConfigError(f"checkpoint has adaptive state for stage {key}, which has no adaptive end")
+            adaptive.load_state_dict(entry)
+
+    # -- the stages -----------------------------------------------------------------
     def ends(self, stage: int, step: int, objectives: Mapping[str, Any]) -> bool:
-        switch = self.switch_step()
-        if switch is not None and step >= switch:
+        spec = self.stages[stage - 1]
+        if spec.until_step is not None and step >= spec.until_step:
             return True
-        hybrid = [o for o in objectives.values() if getattr(o, "STAGE1_ONLY", False)]
-        return bool(hybrid) and all(o.is_off() for o in hybrid)
+        for rule in spec.rules():
+            switch = rule.switch_step()
+            if switch is not None and step >= switch:
+                return True
+        if spec.until_off:
+            following = set(self.active_in(stage + 1, objectives))
+            leaving = [objectives[n] for n in self.active_in(stage, objectives) if n not in following]
+            return bool(leaving) and all(o.is_off() for o in leaving)
+        return False
+
+    def active_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
+        named = set(self.stages[stage - 1].objectives)
+        return [name for name in objectives if name in named]
 
     def inactive_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
-        if stage < 2:
-            return []
-        return [name for name, o in objectives.items() if getattr(o, "STAGE1_ONLY", False)]
+        # Released on entering ``stage``: no stage from it on runs them. An objective that
+        # only sits ``stage`` out is held for the stage that brings it back.
+        needed = {name for spec in self.stages[stage - 1:] for name in spec.objectives}
+        return [name for name in objectives if name not in needed]
 
     def decided_end(self, stage: int) -> int | None:
-        return self.switch_step() if stage == 1 else None
+        spec = self.stages[stage - 1]
+        ends = [spec.until_step, *(rule.switch_step() for rule in spec.rules())]
+        known = [e for e in ends if e is not None]
+        return min(known) if known else None
 
     def decides_later(self, stage: int) -> bool:
-        return stage == 1 and self._decides_later
+        return any(rule.switch_step() is None for rule in self.stages[stage - 1].rules())
+
+
+# The objective types SpacTor's hybrid stage adds to span corruption (the MLM masking, the
+# generator and the RTD head): the implicit two-stage curriculum's stage 2 drops them.
+STAGE1_TYPES: tuple[str, ...] = ("mlm_mask", "rtd")
+
+
+def two_stage_curriculum(types: Mapping[str, str], schedules: Mapping[str, Schedule]) -> Curriculum:
+    """The implicit curriculum of a run without a ``curriculum`` schedule (``two_stage``,
+    ``adaptive``, anneal-to-zero recipes): stage 1 runs every objective, stage 2 those whose
+    type is not in :data:`STAGE1_TYPES`. Stage 1 ends at the first of its switch rules: the
+    earliest fixed ``switch_step`` (``two_stage``'s τ, as ``until_step``), a decision from
+    the metrics (``adaptive``, as a switch rule it keeps observing and checkpointing under
+    its own name), or the knobs turning every dropped objective off (``until_off``, e.g. an
+    annealed λ1 at 0)."""
+    names = list(types)
+    rest = [name for name, kind in types.items() if kind not in STAGE1_TYPES]
+    fixed = [s.switch_step() for s in schedules.values() if not watches_metrics(s)]
+    known = [step for step in fixed if step is not None]
+    watching = tuple(s for s in schedules.values() if watches_metrics(s))
+    hybrid = Stage(names, {}, until_step=min(known) if known else None, until_off=True, switches=watching)
+    return Curriculum([hybrid, Stage(rest, {})], {})
 
 
 # --------------------------------------------------------------------------- the set
@@ -184,23 +266,26 @@ class ScheduleSet:
     """All configured schedules, merged: the runner's single view of them.
 
     * ``values(step)``: every driven knob's value for the step about to run;
-    * ``stages``: the run's :class:`Stages` (a ``curriculum`` schedule, else the implicit
-      :class:`HybridThenRest`); ``advance(step, objectives)`` moves it on;
+    * ``stages``: the run's :class:`Curriculum` (a ``curriculum`` schedule, else the
+      implicit :func:`two_stage_curriculum`); ``advance(step, objectives)`` moves it on;
     * ``stage(step)``: the stage by the switch steps known so far: without a curriculum
       1 (hybrid) before the earliest ``switch_step`` any schedule reports, 2 from it on,
       1 throughout when no schedule switches;
     * ``observe`` fans out to every schedule; ``state_dict`` is keyed by instance name.
     """
 
-    def __init__(self, schedules: Mapping[str, Schedule], knobs: Mapping[str, float] | Iterable[str]) -> None:
+    def __init__(self, schedules: Mapping[str, Schedule], knobs: Mapping[str, float] | Iterable[str],
+                 objectives: Mapping[str, str] | Iterable[str] | None = None) -> None:
+        """``objectives``: the configured objectives, name -> type (a list of names: each
+        its own type; None: those the knobs name), for the implicit curriculum's stages."""
         self.schedules: dict[str, Schedule] = dict(schedules)
         self.valid_knobs: list[str] = sorted(knobs)
         self.owners: dict[str, str] = self._check(self.schedules, set(self.valid_knobs))
-        self.stages: Stages = self._stages(self.schedules)
+        self.stages: Curriculum = self._stages(self.schedules, objective_types(objectives, self.valid_knobs))
 
-    def _stages(self, schedules: Mapping[str, Schedule]) -> Stages:
-        """The one ``Stages`` among the schedules (a curriculum), else the implicit two."""
-        explicit = [(name, s) for name, s in schedules.items() if isinstance(s, Stages)]
+    def _stages(self, schedules: Mapping[str, Schedule], types: Mapping[str, str]) -> Curriculum:
+        """The one curriculum among the schedules, else the implicit two-stage one."""
+        explicit = [(name, s) for name, s in schedules.items() if isinstance(s, Curriculum)]
         if len(explicit) > 1:
             raise ConfigError(
                 f"schedules: {', '.join(n for n, _ in explicit)} each define stages; a run has one curriculum"
@@ -214,8 +299,7 @@ class ScheduleSet:
                         "end its stages with until_step, until_off or adaptive instead"
                     )
             return stages
-        decides_later = any(watches_metrics(s) for s in schedules.values())
-        return HybridThenRest(self.switch_step, decides_later)
+        return two_stage_curriculum(types, schedules)
 
     def advance(self, step: int, objectives: Mapping[str, Any]) -> int:
         """Move past every stage that has ended before ``step`` runs; the current stage."""
@@ -250,11 +334,6 @@ class ScheduleSet:
             merged.update(schedule.values(step))  # disjoint by construction
         return merged
 
-    def switch_step(self) -> int | None:
-        """The earliest switch step any schedule reports (None: no switch known yet)."""
-        steps = [s for s in (sch.switch_step() for sch in self.schedules.values()) if s is not None]
-        return min(steps) if steps else None
-
     def stage(self, step: int) -> int:
         """The stage ``step`` runs in by the stage ends known as steps so far (knob
         conditions aside; the runner uses :meth:`advance`)."""
@@ -287,6 +366,16 @@ class ScheduleSet:
             self.schedules[name].load_state_dict(entry)
 
 
+def objective_types(objectives: Mapping[str, str] | Iterable[str] | None, knobs: Iterable[str]) -> dict[str, str]:
+    """Configured objective name -> type: a list of names is taken as their own types (as a
+    config that gives no ``type`` means); None: the objectives the knob paths name."""
+    if objectives is None:
+        objectives = dict.fromkeys(path.split(".")[1] for path in knobs if path.startswith("objectives."))
+    if isinstance(objectives, Mapping):
+        return {str(name): str(kind if kind is not None else name) for name, kind in objectives.items()}
+    return {name: name for name in objectives}
+
+
 def _switches(schedule: Schedule) -> bool:
     """A schedule that decides a stage switch: a fixed one (τ) or one from metrics."""
     return schedule.switch_step() is not None or watches_metrics(schedule)
@@ -302,22 +391,22 @@ def build(
     plugins: Mapping[str, Any],
     knobs: Mapping[str, float],
     max_steps: int,
-    objectives: Iterable[str] | None = None,
+    objectives: Mapping[str, str] | Iterable[str] | None = None,
 ) -> ScheduleSet:
     """A ScheduleSet from resolved ``schedules:`` sections (anything with ``.type`` and
     ``.config``, e.g. :class:`spactor.config.Plugin`), keyed by instance name. The
     schedule modules must have been imported (``spactor.plugins.load_plugins``).
-    ``objectives``: the configured objective names (default: those the knobs name)."""
-    if objectives is None:
-        objectives = dict.fromkeys(path.split(".")[1] for path in knobs if path.startswith("objectives."))
-    names = list(objectives)
+    ``objectives``: the configured objectives, name -> type or a list of names (default:
+    those the knobs name)."""
+    types = objective_types(objectives, knobs)
+    names = list(types)
     schedules = {
         name: SCHEDULES.get(plugin.type).factory(
             plugin.config, ScheduleContext(name, dict(knobs), max_steps, names)
         )
         for name, plugin in plugins.items()
     }
-    return ScheduleSet(schedules, knobs)
+    return ScheduleSet(schedules, knobs, types)
 
 
 # --------------------------------------------------------------------------- config checks
@@ -347,7 +436,7 @@ def check_schedules(schedules: Mapping[str, Any], ctx: CheckContext) -> None:
         return
     try:
         built = build(schedules, ctx.knobs, ctx.max_steps if ctx.max_steps is not None else 0,
-                      objectives=ctx.objectives)
+                      objectives=dict(ctx.objective_types) or ctx.objectives or None)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError) as e:

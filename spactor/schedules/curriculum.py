@@ -38,9 +38,9 @@ run it; it is released (its modules and their optimizer state) on entering a sta
 neither names it nor is followed by one that does. Every objective must be named by some
 stage. A knob named by some stage holds its configured value in the stages that do not
 name it; knobs the curriculum sets may not be driven by another schedule. ``two_stage``,
-``adaptive`` and anneal-to-zero recipes are the implicit two-stage curriculum
-(``spactor.schedules.base.HybridThenRest``); a run with a ``curriculum`` decides its
-stages with it alone.
+``adaptive`` and anneal-to-zero recipes run the same :class:`Curriculum`, built implicitly
+(``spactor.schedules.base.two_stage_curriculum``: their τ, adaptive decision or annealed
+λ1 ends its first stage); a run with a ``curriculum`` decides its stages with it alone.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from typing import Any
 from spactor.config import ConfigError
 from spactor.registry import SCHEDULES
 from spactor.schedules.adaptive import Adaptive, AdaptiveConfig, build_adaptive
-from spactor.schedules.base import Schedule, ScheduleContext, Stages, check_knob
+from spactor.schedules.base import Curriculum, ScheduleContext, Stage, check_knob
 
 STAGE_KEYS = ("objectives", "knobs", "until_step", "until_off", "adaptive")
 
@@ -62,86 +62,6 @@ STAGE_KEYS = ("objectives", "knobs", "until_step", "until_off", "adaptive")
 class CurriculumConfig:
     # stage name -> {objectives, knobs, until_step, until_off, adaptive}, in order (or a list).
     stages: Any = field(default_factory=dict)
-
-
-@dataclass
-class Stage:
-    objectives: list[str]
-    knobs: dict[str, float]
-    until_step: int | None = None
-    until_off: bool = False
-    adaptive: Adaptive | None = None
-
-
-class Curriculum(Schedule, Stages):
-    def __init__(self, stages: list[Stage], defaults: Mapping[str, float]) -> None:
-        self.stages = stages
-        self.num_stages = len(stages)
-        self.current = 1
-        self.driven = sorted({k for s in stages for k in s.knobs})
-        self.defaults = {k: defaults[k] for k in self.driven}
-
-    # -- a schedule: the current stage's knob values --------------------------------
-    def driven_knobs(self) -> list[str]:
-        return list(self.driven)
-
-    def values(self, step: int) -> dict[str, float]:
-        return {**self.defaults, **self.stages[self.current - 1].knobs}
-
-    def observe(self, step: int, metrics: Mapping[str, float]) -> None:
-        adaptive = self.stages[self.current - 1].adaptive
-        if adaptive is not None:
-            adaptive.observe(step, metrics)
-
-    def state_dict(self) -> dict[str, Any]:
-        # The current stage is the manifest's ``stage``; here only what decides an end.
-        return {
-            "adaptive": {str(i + 1): s.adaptive.state_dict() for i, s in enumerate(self.stages) if s.adaptive}
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for key, entry in state.get("adaptive", {}).items():
-            adaptive = self.stages[int(key) - 1].adaptive
-            if adaptive is None:
-                raise ConfigError(f"checkpoint has adaptive state for stage {key}, which has no adaptive end")
-            adaptive.load_state_dict(entry)
-
-    # -- the stages -----------------------------------------------------------------
-    def ends(self, stage: int, step: int, objectives: Mapping[str, Any]) -> bool:
-        spec = self.stages[stage - 1]
-        if spec.until_step is not None and step >= spec.until_step:
-            return True
-        if spec.adaptive is not None:
-            switch = spec.adaptive.switch_step()
-            if switch is not None and step >= switch:
-                return True
-        if spec.until_off:
-            following = set(self.active_in(stage + 1, objectives))
-            leaving = [objectives[n] for n in self.active_in(stage, objectives) if n not in following]
-            return bool(leaving) and all(o.is_off() for o in leaving)
-        return False
-
-    def active_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
-        named = set(self.stages[stage - 1].objectives)
-        return [name for name in objectives if name in named]
-
-    def inactive_in(self, stage: int, objectives: Mapping[str, Any]) -> list[str]:
-        # Released on entering ``stage``: no stage from it on runs them. An objective that
-        # only sits ``stage`` out is held for the stage that brings it back.
-        needed = {name for spec in self.stages[stage - 1:] for name in spec.objectives}
-        return [name for name in objectives if name not in needed]
-
-    def decided_end(self, stage: int) -> int | None:
-        spec = self.stages[stage - 1]
-        ends = [spec.until_step]
-        if spec.adaptive is not None:
-            ends.append(spec.adaptive.switch_step())
-        known = [e for e in ends if e is not None]
-        return min(known) if known else None
-
-    def decides_later(self, stage: int) -> bool:
-        spec = self.stages[stage - 1]
-        return spec.adaptive is not None and spec.adaptive.switch_step() is None
 
 
 def _stage(raw: Any, where: str, previous: list[str], ctx: ScheduleContext, last: bool) -> Stage:

@@ -5,10 +5,10 @@ corruption. ``tau: null`` never switches (the paper's SpacTor(∞)); ``tau: 0`` 
 baseline from the first step. The paper's T5-Base runs use τ ∈ {60K, 120K, 250K} of 1M
 steps; 120K is the default (T5-Large's setting).
 
-Drives no knobs. It is the implicit two-stage curriculum's τ
-(``spactor.schedules.base.HybridThenRest``): stage 2 drops the objectives that declare
-``STAGE1_ONLY`` (MLM masks, generator, RTD head); a ``curriculum`` schedule writes the
-same thing out as two stages.
+Drives no knobs. It is the switch rule of the implicit two-stage curriculum
+(``spactor.schedules.base.two_stage_curriculum``): stage 1 ends at ``until_step`` τ, and
+stage 2 drops the objectives of the types in ``STAGE1_TYPES`` (MLM masks, generator, RTD
+head); a ``curriculum`` schedule writes the same thing out as two stages.
 """
 
 from __future__ import annotations

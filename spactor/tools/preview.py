@@ -21,7 +21,7 @@ from spactor.config import Resolved
 from spactor.train.batches import build_data
 from spactor.train.step import apply_transforms
 from spactor.train.builders import build_model, build_objectives, seeded_generator
-from spactor.train.stages import knob_values, run_raw_length
+from spactor.train.stages import configured_types, knob_values, run_raw_length
 from spactor.schedules.base import build as build_schedules
 
 
@@ -35,7 +35,7 @@ def preview_batch(
         objectives = build_objectives(resolved, data.vocab, model)
     # The transforms ``stage`` runs (a curriculum's stages may differ), on the run's raw chunk.
     stages = build_schedules(resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps,
-                             list(objectives)).stages
+                             configured_types(resolved, objectives)).stages
     raw_length = run_raw_length(objectives, stages, resolved.cfg.data.input_length)
     objectives = {name: objectives[name] for name in stages.active_in(stage, objectives)}
     for obj in objectives.values():

@@ -35,6 +35,7 @@ from spactor.registry import LR_SCHEDULES, OPTIMIZERS
 from spactor.train import parallel
 from spactor.train.builders import build_on_meta, seeded_generator
 from spactor.train.checkpoint import Checkpointer
+from spactor.train.eval_passes import build_eval_passes
 from spactor.train.device import autocast_dtype, resolve_device  # noqa: F401 — also imported from here
 from spactor.train.batches import build_data, local_state_of_rank0
 from spactor.train.memory import check_memory
@@ -64,6 +65,7 @@ from spactor.train.run_dir import (
     CreatedPaths, RunDirLock, open_run_dir, start_run_dir, with_tokenizer, write_config,
 )
 from spactor.train.stages import (
+    configured_types,
     knob_values,
     release_objectives,
     run_raw_length,
@@ -236,10 +238,11 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         if not lock.held:
             lock.acquire(run_dir)
     model, objectives, init_program = build_on_meta(resolved, data.vocab)
-    all_knobs, all_objectives = knob_values(objectives), list(objectives)  # before any is released
+    # before any is released
+    all_knobs, all_objectives = knob_values(objectives), configured_types(resolved, objectives)
     schedules = build_schedules(resolved.schedules, all_knobs, tcfg.max_steps, all_objectives)
     raw_length = run_raw_length(objectives, schedules.stages, cfg.data.input_length)  # every stage's
-    final_objectives = schedules.stages.final_objectives(objectives)  # the clean validation pass's
+    eval_passes = build_eval_passes(tcfg.eval_passes, schedules.stages, objectives)  # before any release
     data.start(raw_length, batch_size=tcfg.batch_size)
     modules = TrainModules(model, objectives, data.vocab.pad_id)
     if init_program is not None:
@@ -318,7 +321,7 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
         Throughput(device, flops),
         DataSkipped(data),
         Validation(modules, data, every=tcfg.eval_every, batches=tcfg.eval_batches, seed=tcfg.seed + 2,
-                   info=info, amp_dtype=amp_dtype, device=device, clean=final_objectives,
+                   info=info, amp_dtype=amp_dtype, device=device, passes=eval_passes,
                    write=metrics_log.write),
         metrics_log,
         Checkpointing(tcfg.checkpoint_every, save),
@@ -400,10 +403,10 @@ def _train(resolved: Resolved, resume_dir: str | os.PathLike[str] | None, lock: 
 
 
 def past_schedule_changes(run_dir: Path, resolved: Resolved, applied: list[str], knobs: dict[str, float],
-                          objectives: list[str], live: list[str], step: int, stage: int) -> set[str]:
+                          objectives: dict[str, str], live: list[str], step: int, stage: int) -> set[str]:
     """The applied ``schedules.*`` changes that can no longer take effect at ``step``
     (``spactor.train.resume_changes``), judged against the run's saved config.yaml.
-    ``live``: the objectives not released on entering ``stage``."""
+    ``objectives``: name -> type; ``live``: the objectives not released on entering ``stage``."""
     changed = changed_instances(applied)
     if not changed:
         return set()

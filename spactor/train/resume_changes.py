@@ -86,7 +86,8 @@ def _future(schedules: ScheduleSet, steps: list[int], step: int, stage: int,
 
 
 def schedules_without_effect(old: Mapping[str, Any], new: Mapping[str, Any], names: Iterable[str],
-                             knobs: Mapping[str, float], objectives: list[str], step: int, stage: int,
+                             knobs: Mapping[str, float], objectives: Mapping[str, str] | list[str],
+                             step: int, stage: int,
                              max_steps: int, live: Iterable[str] | None = None) -> set[str]:
     """Among the schedule instances ``names`` (changed by the resume), those whose change
     changes nothing from ``step`` on: the run as configured now and the run with that one

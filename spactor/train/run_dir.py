@@ -45,6 +45,7 @@ MUTABLE: tuple[str, ...] = (
     "trainer.log_every",
     "trainer.eval_every",
     "trainer.eval_batches",
+    "trainer.eval_passes",
     "trainer.checkpoint_every",
     "trainer.keep_checkpoints",
     "trainer.nonfinite",

@@ -6,10 +6,12 @@ for the FLOPs report."""
 from __future__ import annotations
 
 import gc
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from spactor.config import Resolved
 from spactor.objectives.base import Objective, has_loss
 from spactor.train.builders import raw_length_for
 from spactor.schedules.base import ScheduleSet, Stages
@@ -17,6 +19,13 @@ from spactor.schedules.base import ScheduleSet, Stages
 
 def knob_values(objectives: dict[str, Objective]) -> dict[str, float]:
     return {f"objectives.{name}.{k}": v for name, obj in objectives.items() for k, v in obj.knobs().items()}
+
+
+def configured_types(resolved: Resolved, objectives: Mapping[str, Objective]) -> dict[str, str]:
+    """Objective name -> its configured type, in config order: what the schedules' implicit
+    two-stage curriculum reads to tell the objectives its stage 2 drops."""
+    return {name: resolved.objectives[name].type if name in resolved.objectives else name
+            for name in objectives}
 
 
 def apply_knobs(objectives: dict[str, Objective], values: dict[str, float]) -> None:

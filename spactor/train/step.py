@@ -35,9 +35,9 @@ reduces them over ranks once per logging window (``spactor.train.metrics.MetricW
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -355,6 +355,21 @@ def finish_gradients(
     return norm, finite, packed[2] > 0, global_loss
 
 
+class EvalPass(Protocol):
+    """An evaluation pass beside the validation losses (``spactor.train.eval_passes``,
+    declared in ``trainer.eval_passes``): loss sums of its own on the same batches,
+    logged as ``val/<name>/loss/<loss>``."""
+
+    name: str
+
+    def loss_sums(self, modules: TrainModules, batches: list[Batch], rng_states: list[torch.Tensor],
+                  rng_device: torch.device, amp_dtype: torch.dtype | None, device: torch.device,
+                  dist_info: DistInfo) -> dict[str, torch.Tensor]:
+        """``<loss>/total`` and ``<loss>/count`` on the device, for ``batches``, each of
+        whose corruption began from the matching state of ``rng_states``."""
+        ...
+
+
 @torch.no_grad()
 def evaluate(
     modules: TrainModules,
@@ -364,21 +379,20 @@ def evaluate(
     dist_info: DistInfo,
     amp_dtype: torch.dtype | None,
     device: torch.device,
-    clean: list[str] | None = None,
+    passes: Sequence[EvalPass] = (),
 ) -> dict[str, float]:
     """Mean of every loss over this rank's first ``num_batches`` validation batches, summed
     over ranks. Ranks may hold different numbers of validation batches; all run the
-    smallest number so that sharded forwards stay in step. ``clean``: the objectives the
-    clean pass runs (``val/clean/loss/<name>``, see :func:`_clean_loss_sums`): the run's
-    last stage's (``Stages.final_objectives``); None: no clean pass."""
+    smallest number so that sharded forwards stay in step. ``passes``: the configured
+    evaluation passes (``val/<pass>/loss/<name>``), run on the same batches and reduced
+    with the losses."""
     objectives = modules.active_objectives()
-    clean = clean or []
     local = [b for _, b in zip(range(num_batches), batches)]
     usable = len(local) if dist_info.world_size == 1 else _min_over_ranks(len(local), device)
     was_training = modules.training
     modules.eval()
     sums: dict[str, torch.Tensor] = {}
-    rng_states = []  # the clean pass replays each batch's corruption draws
+    rng_states = []  # a pass may replay each batch's corruption draws
     for batch in local[:usable]:
         rng_states.append(rng.get_state())
         batch = corrupt_local_rows(objectives, batch, rng, dist_info)  # as in training: by global row
@@ -387,59 +401,27 @@ def evaluate(
         for name, (total, count) in losses.items():
             _accumulate(sums, f"{name}/total", total.detach().double())
             _accumulate(sums, f"{name}/count", count.double())
-    clean_sums = _clean_loss_sums(modules, objectives, clean, local[:usable], rng_states, rng.device, amp_dtype,
-                                  device, dist_info)
+    for extra in passes:
+        found = extra.loss_sums(modules, local[:usable], rng_states, rng.device, amp_dtype, device, dist_info)
+        sums.update({f"{extra.name}/{k}": v for k, v in found.items()})
     modules.train(was_training)
-    sums.update({f"clean/{k}": v for k, v in clean_sums.items()})
     keys = sorted(sums)
     # One read (and, with several ranks, one all-reduce) for the whole evaluation.
     values = all_reduce_tensor(torch.stack([sums[k] for k in keys])).tolist() if keys else []
     totals = dict(zip(keys, values))
     names = sorted({k.rsplit("/", 1)[0] for k in totals})
-    return {f"val/{_loss_key(n)}": totals[f"{n}/total"] / max(totals[f"{n}/count"], 1.0) for n in names}
+    prefixes = [extra.name for extra in passes]
+    return {f"val/{_loss_key(n, prefixes)}": totals[f"{n}/total"] / max(totals[f"{n}/count"], 1.0)
+            for n in names}
 
 
-def _loss_key(name: str) -> str:
-    """``span_corruption`` → ``loss/span_corruption``; ``clean/span_corruption`` →
+def _loss_key(name: str, passes: Sequence[str]) -> str:
+    """``span_corruption`` → ``loss/span_corruption``; a pass's ``clean/span_corruption`` →
     ``clean/loss/span_corruption`` (``val/clean/loss/...``)."""
-    return f"clean/loss/{name[len('clean/'):]}" if name.startswith("clean/") else f"loss/{name}"
-
-
-def _clean_loss_sums(
-    modules: TrainModules,
-    objectives: dict[str, Objective],
-    clean: list[str],
-    batches: list[Batch],
-    rng_states: list[torch.Tensor],
-    rng_device: torch.device,
-    amp_dtype: torch.dtype | None,
-    device: torch.device,
-    dist_info: DistInfo,
-) -> dict[str, torch.Tensor]:
-    """The loss sums for ``val/clean/loss/<name>`` of the ``clean`` objectives (those that
-    outlive SpacTor's stage 1: span corruption) on the same raw batches with only their
-    own transforms: the encoder reads X_c, not the generator-replaced X̂_c (the paper's
-    Figure 4). Each batch's transforms start from the random state the noisy pass started
-    from, so with span corruption first in ``objectives`` the spans are the same ones.
-    Nothing when no objective left out rewrites the encoder input with a trained module
-    (a ``modify``: SpacTor's generator; e.g. stage 2, runs without one): the losses would
-    equal ``val/loss``. On the device; :func:`evaluate` reduces and reads them with the rest."""
-    kept = {n: o for n, o in objectives.items() if n in clean}
-    # The objectives kept must run alone, as they do in the stage that keeps them.
-    rewrites = any(implements(type(o), "modify") for n, o in objectives.items() if n not in kept)
-    if not kept or not rewrites:
-        return {}
-    clean_rng = torch.Generator(device=rng_device)
-    sums: dict[str, torch.Tensor] = {}
-    for batch, state in zip(batches, rng_states):
-        clean_rng.set_state(state)
-        batch = corrupt_local_rows(kept, batch, clean_rng, dist_info)
-        with autocast(amp_dtype, device):
-            losses, _ = modules(batch, clean_rng, modules.context(batch, only=list(kept)), only=list(kept))
-        for name, (total, count) in losses.items():
-            _accumulate(sums, f"{name}/total", total.detach().double())
-            _accumulate(sums, f"{name}/count", count.double())
-    return sums
+    for prefix in passes:
+        if name.startswith(f"{prefix}/"):
+            return f"{prefix}/loss/{name[len(prefix) + 1:]}"
+    return f"loss/{name}"
 
 
 def _min_over_ranks(value: int, device: torch.device) -> int:

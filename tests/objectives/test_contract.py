@@ -273,10 +273,11 @@ def test_set_knob_leaves_the_config_alone():
         a.set_knob("weight", 1.0)
 
 
-# -- evaluation: the clean pass is a list of objective names --------------------------------
+# -- evaluation: the clean pass is a configured pass on a list of objective names -----------
 
 
 def test_evaluate_runs_the_clean_pass_on_the_objectives_it_is_given():
+    from spactor.train.eval_passes import CleanPass
     from spactor.train.parallel import DistInfo
     from spactor.train.step import evaluate
 
@@ -286,7 +287,8 @@ def test_evaluate_runs_the_clean_pass_on_the_objectives_it_is_given():
 
     def run(clean):
         rng = torch.Generator().manual_seed(5)
-        return evaluate(modules, iter(batches), 2, rng, DistInfo(), None, torch.device("cpu"), clean=clean)
+        passes = [] if clean is None else [CleanPass(clean)]
+        return evaluate(modules, iter(batches), 2, rng, DistInfo(), None, torch.device("cpu"), passes=passes)
 
     default = run(["span_corruption"])  # what the implicit curriculum's last stage runs
     assert "val/clean/loss/span_corruption" in default and "val/clean/loss/rtd" not in default

@@ -7,13 +7,15 @@ from types import SimpleNamespace
 
 import pytest
 
+import spactor.schedules.adaptive
 import spactor.schedules.anneal
 import spactor.schedules.curriculum
 import spactor.schedules.two_stage  # noqa: F401
 from spactor.cli import main
 from spactor.config import ConfigError
+from spactor.schedules.adaptive import AdaptiveConfig
 from spactor.schedules.anneal import AnnealConfig
-from spactor.schedules.base import HybridThenRest, build
+from spactor.schedules.base import STAGE1_TYPES, build
 from spactor.schedules.curriculum import Curriculum, CurriculumConfig
 from spactor.schedules.two_stage import TwoStageConfig
 
@@ -27,11 +29,10 @@ WITH_UL2 = {**KNOBS, "objectives.ul2.weight": 10.0}
 
 
 class Fake:
-    """An objective as the stages see it: knobs, ``is_off`` and the two-stage flag."""
+    """An objective as the stages see it: knobs and ``is_off``."""
 
-    def __init__(self, weight: float = 1.0, stage1_only: bool = False) -> None:
+    def __init__(self, weight: float = 1.0) -> None:
         self.weight = weight
-        self.STAGE1_ONLY = stage1_only
 
     def is_off(self) -> bool:
         return self.weight == 0
@@ -156,10 +157,51 @@ def test_adaptive_end_decides_once_and_round_trips() -> None:
 
 def test_the_implicit_curriculum_is_two_stage() -> None:
     schedules = build({"two_stage": plugin("two_stage", TwoStageConfig(tau=4))}, KNOBS, max_steps=10)
-    assert isinstance(schedules.stages, HybridThenRest) and schedules.stages.num_stages == 2
-    objectives = {"span_corruption": Fake(), "rtd": Fake(stage1_only=True)}
+    assert isinstance(schedules.stages, Curriculum) and schedules.stages.num_stages == 2
+    objectives = {"span_corruption": Fake(), "rtd": Fake()}
     assert [schedules.advance(s, objectives) for s in range(6)] == [1, 1, 1, 1, 2, 2]
     assert schedules.stages.inactive_in(2, objectives) == ["rtd"]
+
+
+def test_two_stage_is_a_curriculum_switching_at_tau() -> None:
+    # the one stage mechanism: two_stage's tau is stage 1's until_step, and what stage 2
+    # drops is data of the schedules (STAGE1_TYPES), not a flag on the objective classes
+    schedules = build({"two_stage": plugin("two_stage", TwoStageConfig(tau=7))}, KNOBS, max_steps=10)
+    hybrid, rest = schedules.stages.stages
+    assert hybrid.objectives == ["span_corruption", "mlm_mask", "rtd"] and hybrid.until_step == 7
+    assert hybrid.until_off and hybrid.switches == ()  # an annealed lambda1 at 0 still ends it
+    assert rest.objectives == ["span_corruption"] and set(STAGE1_TYPES) == {"mlm_mask", "rtd"}
+    assert schedules.stages.decided_end(1) == 7 and not schedules.stages.decides_later(1)
+    assert all(s is not schedules.stages for s in schedules.schedules.values())  # not a schedule of the set
+    assert schedules.state_dict() == {"two_stage": {}}
+
+
+def test_stage_2_drops_by_objective_type_not_name() -> None:
+    knobs = {"objectives.sc.weight": 10.0, "objectives.masking.ratio": 0.15, "objectives.disc.weight": 10.0}
+    types = {"sc": "span_corruption", "masking": "mlm_mask", "disc": "rtd"}
+    schedules = build({"two_stage": plugin("two_stage", TwoStageConfig(tau=2))}, knobs, 10, objectives=types)
+    objectives = {name: Fake() for name in types}
+    assert schedules.stages.active_in(2, objectives) == ["sc"]
+    assert schedules.stages.inactive_in(2, objectives) == ["masking", "disc"]
+
+
+def test_adaptive_is_the_implicit_curriculums_switch_rule() -> None:
+    # stage 1 ends on the adaptive schedule's decision; that schedule stays the set's (its
+    # state is checkpointed under its own name, as before) and is observed once per record
+    cfg = AdaptiveConfig(smoothing=0.0, patience=2, warmup=0, min_delta=0.0, min_tau=0, max_tau=50)
+    plugins = {"two_stage": plugin("two_stage", TwoStageConfig(tau=None)),
+               "adaptive": plugin("adaptive", cfg)}
+    schedules = build(plugins, KNOBS, max_steps=100)
+    hybrid = schedules.stages.stages[0]
+    assert hybrid.until_step is None and hybrid.switches == (schedules.schedules["adaptive"],)
+    assert schedules.stages.decides_later(1)
+    objectives = {"span_corruption": Fake(), "mlm_mask": Fake(), "rtd": Fake()}
+    for step in range(1, 4):
+        assert schedules.advance(step - 1, objectives) == 1
+        schedules.observe(step, {"loss/rtd": 1.0})  # flat: stale at steps 2 and 3, so stage 2 from 4
+    assert schedules.stages.decided_end(1) == 4 and schedules.advance(4, objectives) == 2
+    assert set(schedules.state_dict()) == {"two_stage", "adaptive"}
+    assert schedules.state_dict()["adaptive"]["switch_step"] == 4
 
 
 @pytest.mark.parametrize(

@@ -69,17 +69,17 @@ def test_values_are_merged_across_schedules() -> None:
 
 def test_stage_follows_the_earliest_switch() -> None:
     schedules = full_set()
-    assert schedules.switch_step() == 300  # only two_stage knows its switch so far
+    assert schedules.stages.decided_end(1) == 300  # only two_stage knows its switch so far
     assert schedules.stage(299) == 1 and schedules.stage(300) == 2
     for step in range(40):  # a flat metric: the adaptive schedule fires first
         schedules.observe(step, {"loss/rtd": 1.0})
-    assert schedules.switch_step() == 11
+    assert schedules.stages.decided_end(1) == 11
     assert schedules.stage(10) == 1 and schedules.stage(11) == 2
 
 
 def test_no_switching_schedule_means_stage_1_throughout() -> None:
     schedules = ScheduleSet({"lambda1": Drives("objectives.rtd.weight")}, KNOBS)
-    assert schedules.switch_step() is None
+    assert schedules.stages.decided_end(1) is None
     assert schedules.stage(10**9) == 1
     assert ScheduleSet({}, KNOBS).values(3) == {}
 
@@ -124,7 +124,7 @@ def test_state_round_trip_for_every_schedule() -> None:
     resumed = full_set()
     resumed.load_state_dict(state)
     assert resumed.state_dict() == schedules.state_dict()
-    assert resumed.switch_step() == 11
+    assert resumed.stages.decided_end(1) == 11
     for step in (0, 11, 50, 99, 100, 500):
         assert resumed.values(step) == schedules.values(step)
         assert resumed.stage(step) == schedules.stage(step)
@@ -143,4 +143,4 @@ def test_schedule_added_since_the_checkpoint_keeps_fresh_state() -> None:
     state = schedules.state_dict()
     del state["tau_auto"]
     schedules.load_state_dict(state)
-    assert schedules.switch_step() == 300
+    assert schedules.stages.decided_end(1) == 300

@@ -34,13 +34,13 @@ def test_switches_exactly_at_tau(tau: int) -> None:
 
 def test_tau_zero_is_the_sc_baseline_from_the_start() -> None:
     stages = ScheduleSet({"two_stage": build(0)}, KNOBS)
-    assert stages.switch_step() == 0
+    assert stages.stages.decided_end(1) == 0
     assert stages.stage(0) == 2
 
 
 def test_tau_none_never_switches() -> None:
     stages = ScheduleSet({"two_stage": build(None)}, KNOBS)
-    assert stages.switch_step() is None
+    assert stages.stages.decided_end(1) is None
     assert all(stages.stage(step) == 1 for step in (0, 120_000, 10**9))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -11,16 +11,16 @@ from spactor.train.builders import seeded_generator
 from spactor.train.callbacks.base import Callback, LoopState
 from spactor.train.callbacks.data_skipped import skipped_fields
 from spactor.train.parallel import DistInfo
-from spactor.train.step import TrainModules, evaluate
+from spactor.train.step import EvalPass, TrainModules, evaluate
 
 
 class Validation(Callback):
     """On evaluation steps (every ``eval_every`` and the last), ``val/...`` from
     ``eval_batches`` validation batches, corrupted with a fresh generator of the same
     seed each time (every evaluation sees the same inputs), and the skip counts again
-    (with what the validation pass skipped). ``clean``: the objectives of the run's last
-    stage, which ``val/clean/loss/...`` evaluates on the input without the generator
-    (None: no clean pass).
+    (with what the validation pass skipped). ``passes``: the evaluation passes
+    ``trainer.eval_passes`` declares (``spactor.train.eval_passes``: ``val/clean/loss/...``),
+    run on the same batches.
 
     Validation keeps its own cadence, independent of ``log_every``: on an evaluation step
     that is also a logging step its fields join that step's record; on any other
@@ -29,10 +29,10 @@ class Validation(Callback):
 
     def __init__(self, modules: TrainModules, data: Any, *, every: int, batches: int, seed: int,
                  info: DistInfo, amp_dtype: torch.dtype | None, device: torch.device,
-                 clean: list[str] | None = None,
+                 passes: Sequence[EvalPass] = (),
                  write: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.modules = modules
-        self.clean = clean
+        self.passes = list(passes)
         self.data = data
         self.every = every
         self.batches = batches
@@ -49,7 +49,7 @@ class Validation(Callback):
         """One validation pass: the ``val/...`` losses and the skip counts."""
         rng = seeded_generator(self.seed, self.device)
         fields: dict[str, Any] = evaluate(self.modules, self.data.validation_batches(), self.batches, rng,
-                                          self.info, self.amp_dtype, self.device, clean=self.clean)
+                                          self.info, self.amp_dtype, self.device, passes=self.passes)
         fields.update(skipped_fields(self.data))
         return fields
 

@@ -69,8 +69,10 @@ from spactor.train.builders import build_model, build_objectives, raw_length_for
 from spactor.train.flops.forward import forward_lengths
 from spactor.train.flops.handles import op_handles, unhandled_note
 from spactor.train.flops.trace_forms import TraceForms
-from spactor.train.flops.tracing import method_scopes, parameters_with_gradients
-from spactor.train.stages import enter_stage, knob_values, run_raw_length, stage_end_step, stage_exists
+from spactor.train.flops.tracing import is_trained, method_scopes, parameters_with_gradients
+from spactor.train.stages import (
+    configured_types, enter_stage, knob_values, run_raw_length, stage_end_step, stage_exists,
+)
 from spactor.train.step import TrainModules, apply_transforms
 from spactor.schedules.base import ScheduleSet, watches_metrics
 from spactor.schedules.base import build as build_schedules
@@ -139,14 +141,6 @@ def _exclusive(by_module: dict[str, int], path: str, all_paths: list[str]) -> fl
     inner = [p for p in all_paths if p.startswith(path + ".")]
     outermost = [p for p in inner if not any(q != p and p.startswith(q + ".") for q in inner)]
     return float(by_module.get(path, 0)) - sum(float(by_module.get(p, 0)) for p in outermost)
-
-
-def _is_trained(parts: list[nn.Module], reached: set[int]) -> bool:
-    """Trained = some parameter of the part gets a gradient from the trainer's loss.
-    A part with no gradient (a frozen generator; one whose loss has weight 0) runs
-    forward only. Parameter-free parts (losses) sit on the trained path."""
-    params = [p for m in parts for p in m.parameters()]
-    return not params or any(id(p) in reached for p in params)
 
 
 @dataclass
@@ -258,7 +252,7 @@ def count_modules_flops(
         stage=stage,
         batch_size=batch_size,
         forward_per_sequence={k: 2.0 * v / sequences for k, v in claimed.items()},  # multiply-adds → FLOPs
-        trained={k: _is_trained(c.modules, reached) for k, c in comps.items()},
+        trained={k: is_trained(c.modules, reached) for k, c in comps.items()},
         objectives=list(modules.active_objectives()),
         unsupported_ops=unsupported,
         lengths=forward_lengths(modules.model, batch),
@@ -363,7 +357,8 @@ def count_step_flops(
         objectives = build_objectives(resolved, vocab, model)
         modules = TrainModules(model, objectives, vocab.pad_id).to(device).train()
         schedules = build_schedules(
-            resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps, list(objectives)
+            resolved.schedules, knob_values(objectives), resolved.cfg.trainer.max_steps,
+            configured_types(resolved, objectives)
         )
         raw_length = run_raw_length(objectives, schedules.stages, resolved.cfg.data.input_length)
         enter_stage(modules, objectives, schedules, stage)
@@ -586,7 +581,8 @@ def flops_report(
         model = build_model(resolved, vocab)
         objectives = build_objectives(resolved, vocab, model)
         modules = TrainModules(model, objectives, vocab.pad_id).to(device).train()
-        schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps, list(objectives))
+        schedules = build_schedules(resolved.schedules, knob_values(objectives), max_steps,
+                                    configured_types(resolved, objectives))
         raw_length = run_raw_length(objectives, schedules.stages, input_length)
         num_stages = schedules.stages.num_stages
         if schedules.driven_knobs():

@@ -33,6 +33,14 @@ def parameters_with_gradients(loss: torch.Tensor | None) -> set[int]:
     return reached
 
 
+def is_trained(parts: list[nn.Module], reached: set[int]) -> bool:
+    """Trained = some parameter of the part gets a gradient from the trainer's loss.
+    A part with no gradient (a frozen generator; one whose loss has weight 0) runs
+    forward only. Parameter-free parts (losses) sit on the trained path."""
+    params = [p for m in parts for p in m.parameters()]
+    return not params or any(id(p) in reached for p in params)
+
+
 def public_methods(module: nn.Module) -> Iterator[str]:
     """Methods a class defines beyond ``nn.Module`` (``lm_logits``, ``project``, ...)."""
     seen: set[str] = set()
