@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spactor.architectures.kernels import ATTENTION_BACKENDS, attend, check_attention, flex_block_mask
+from spactor.checks import one_of, positive, positive_int
 from spactor.overrides import overridable
 
 GATED_ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU (Llama) | GeGLU (T5 v1.1, Gemma)
@@ -141,6 +142,39 @@ def _flex_block_mask(spec: MaskSpec, query_length: int, key_length: int, device:
         if t is not None:
             batch = t.shape[0]
     return flex_block_mask(mask_mod, batch, query_length, key_length, device)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def check_rotary_config(where: str, cfg: Any, sizes: dict[str, Any], dims: tuple[str, ...]) -> None:
+    """The checks every rotary stack's config shares: a known ``size``, positive explicit
+    dimensions (``dims``), a positive ``rope_theta`` and ``norm_eps``."""
+    one_of(f"{where}.size", cfg.size, list(sizes))
+    for name in dims:
+        if getattr(cfg, name) is not None:
+            positive_int(f"{where}.{name}", getattr(cfg, name))
+    positive(f"{where}.rope_theta", cfg.rope_theta)
+    positive(f"{where}.norm_eps", cfg.norm_eps)
+
+
+def preset_dims(arch: str, cfg: Any, sizes: dict[str, tuple[Any, ...]], dims: tuple[str, ...]) -> dict[str, Any]:
+    """``d_model, num_layers, num_heads, num_kv_heads, d_ff`` of the ``cfg.size`` preset
+    (the first five entries of ``sizes[cfg.size]``) with ``cfg``'s explicit ``dims`` over
+    them; ValueError for an unknown size or a dimension that is not a positive integer."""
+    if cfg.size not in sizes:
+        raise ValueError(f"unknown {arch} size '{cfg.size}'; valid: {', '.join(sizes)}")
+    d_model, layers, heads, kv_heads, d_ff = sizes[cfg.size][:5]
+    out: dict[str, Any] = {
+        "d_model": d_model, "num_layers": layers, "num_heads": heads, "num_kv_heads": kv_heads, "d_ff": d_ff,
+    }  # fmt: skip
+    for name in dims:
+        value = getattr(cfg, name)
+        if value is not None:
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            out[name] = int(value)
+    return out
 
 
 # --------------------------------------------------------------------------- positions

@@ -43,13 +43,15 @@ from spactor.architectures.attention import (
     RotaryEmbedding,
     SelfAttention,
     build_mask,
+    check_rotary_config,
     init_normal,
+    preset_dims,
     resolve_rotary_heads,
 )
 from spactor.architectures.base import CAUSAL_LM, PREFIX_LM
 from spactor.architectures.kernels import check_attention
 from spactor.architectures.layers import RMSNorm, compute_dtype, model_field_rule
-from spactor.checks import CheckContext, check_fields, hf_directory, one_of, positive, positive_int
+from spactor.checks import CheckContext, check_fields, hf_directory
 from spactor.config import ConfigError
 
 # (d_model, num_layers, num_heads, num_kv_heads, d_ff, tie_embeddings); head_dim = d_model // num_heads.
@@ -84,12 +86,7 @@ class LlamaConfig:
 
     def check(self, where: str, ctx: CheckContext) -> None:
         check_fields(where, self, model_field_rule)
-        one_of(f"{where}.size", self.size, list(LLAMA_SIZES))
-        for name in LLAMA_DIMS:
-            if getattr(self, name) is not None:
-                positive_int(f"{where}.{name}", getattr(self, name))
-        positive(f"{where}.rope_theta", self.rope_theta)
-        positive(f"{where}.norm_eps", self.norm_eps)
+        check_rotary_config(where, self, LLAMA_SIZES, LLAMA_DIMS)
         try:
             resolve_llama_dims(self)
         except ValueError as e:
@@ -103,18 +100,8 @@ class LlamaConfig:
 def resolve_llama_dims(cfg: LlamaConfig) -> dict[str, Any]:
     """The preset of ``cfg.size`` with ``cfg``'s overrides, checked for consistency:
     ``d_model, num_layers, num_heads, num_kv_heads, head_dim, d_ff, tie_embeddings``."""
-    if cfg.size not in LLAMA_SIZES:
-        raise ValueError(f"unknown llama size '{cfg.size}'; valid: {', '.join(LLAMA_SIZES)}")
-    d_model, layers, heads, kv_heads, d_ff, tied = LLAMA_SIZES[cfg.size]
-    dims: dict[str, Any] = {
-        "d_model": d_model, "num_layers": layers, "num_heads": heads, "num_kv_heads": kv_heads, "d_ff": d_ff,
-    }  # fmt: skip
-    for name in LLAMA_DIMS:
-        value = getattr(cfg, name)
-        if value is not None:
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-            dims[name] = int(value)
+    dims = preset_dims("llama", cfg, LLAMA_SIZES, LLAMA_DIMS)
+    tied = LLAMA_SIZES[cfg.size][5]
     resolve_rotary_heads(dims, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
     check_attention(cfg.attention, cfg.dropout)
     dims["tie_embeddings"] = tied if cfg.tie_embeddings is None else bool(cfg.tie_embeddings)

@@ -55,13 +55,15 @@ from spactor.architectures.attention import (
     RotaryEmbedding,
     SelfAttention,
     build_mask,
+    check_rotary_config,
     init_normal,
+    preset_dims,
     resolve_rotary_heads,
 )
 from spactor.architectures.base import DECODE, ENCODE, BlockRole, EncoderInputs
 from spactor.architectures.kernels import check_attention
 from spactor.architectures.layers import compute_dtype, model_field_rule
-from spactor.checks import CheckContext, ModelShape, check_fields, hf_directory, one_of, positive, positive_int
+from spactor.checks import CheckContext, ModelShape, check_fields, hf_directory, positive, positive_int
 from spactor.config import ConfigError
 
 # (d_model, num_layers, num_heads, num_kv_heads, d_ff); head_dim = d_model // num_heads.
@@ -101,12 +103,7 @@ class T5GemmaConfig:
 
     def check(self, where: str, ctx: CheckContext) -> None:
         check_fields(where, self, model_field_rule)
-        one_of(f"{where}.size", self.size, list(T5GEMMA_SIZES))
-        for name in T5GEMMA_DIMS:
-            if getattr(self, name) is not None:
-                positive_int(f"{where}.{name}", getattr(self, name))
-        positive(f"{where}.rope_theta", self.rope_theta)
-        positive(f"{where}.norm_eps", self.norm_eps)
+        check_rotary_config(where, self, T5GEMMA_SIZES, T5GEMMA_DIMS)
         for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"):
             if getattr(self, name) is not None:
                 positive(f"{where}.{name}", getattr(self, name))
@@ -140,18 +137,7 @@ def t5gemma_shape(size: str | None, dims: dict[str, Any]) -> ModelShape:
 def resolve_t5gemma_dims(cfg: T5GemmaConfig) -> dict[str, Any]:
     """The preset of ``cfg.size`` with ``cfg``'s overrides, checked for consistency:
     ``d_model, num_layers, num_decoder_layers, num_heads, num_kv_heads, head_dim, d_ff``."""
-    if cfg.size not in T5GEMMA_SIZES:
-        raise ValueError(f"unknown t5gemma size '{cfg.size}'; valid: {', '.join(T5GEMMA_SIZES)}")
-    d_model, layers, heads, kv_heads, d_ff = T5GEMMA_SIZES[cfg.size]
-    dims: dict[str, Any] = {
-        "d_model": d_model, "num_layers": layers, "num_heads": heads, "num_kv_heads": kv_heads, "d_ff": d_ff,
-    }  # fmt: skip
-    for name in T5GEMMA_DIMS:
-        value = getattr(cfg, name)
-        if value is not None:
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-            dims[name] = int(value)
+    dims = preset_dims("t5gemma", cfg, T5GEMMA_SIZES, T5GEMMA_DIMS)
     dims.setdefault("num_decoder_layers", dims["num_layers"])
     resolve_rotary_heads(dims, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
     check_attention(cfg.attention, cfg.attention_dropout)
