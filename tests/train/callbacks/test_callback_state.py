@@ -127,7 +127,7 @@ def test_knob_schedules_resume_an_adaptive_decision_and_the_stage_switch_its_pen
     for step in (1, 2, 3):
         state.step = step
         knobs.post_log(state, {"loss/rtd": 1.0})  # no improvement by min_delta: a plateau
-    decided = schedules.switch_step()
+    decided = schedules.stages.decided_end(1)
     assert decided == 4
     saved = through_json(knobs.state_dict())
 
@@ -140,7 +140,7 @@ def test_knob_schedules_resume_an_adaptive_decision_and_the_stage_switch_its_pen
 
     schedules2, objectives2, modules2 = _adaptive_run(tiny_overrides, tmp_path / "b")
     KnobSchedules(schedules2, objectives2).load_state_dict(saved)
-    assert schedules2.switch_step() == decided
+    assert schedules2.stages.decided_end(1) == decided
     switch2 = StageSwitch(schedules2, modules2, objectives2, torch.optim.SGD(trainable_parameters(modules2), lr=0.1))
     switch2.load_state_dict(pending)
     records = [{}, {}]
