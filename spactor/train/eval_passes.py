@@ -26,11 +26,7 @@ from spactor.objectives.base import Batch
 from spactor.schedules.base import Stages
 from spactor.train.device import autocast
 from spactor.train.parallel import DistInfo
-from spactor.train.step import EvalPass, TrainModules, corrupt_local_rows
-
-
-def _add(into: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
-    into[key] = into[key] + value if key in into else value
+from spactor.train.step import EvalPass, TrainModules, add_loss_sums, corrupt_local_rows
 
 
 @dataclass
@@ -63,9 +59,7 @@ class CleanPass:
             batch = corrupt_local_rows(kept, batch, clean_rng, dist_info)
             with autocast(amp_dtype, device):
                 losses, _ = modules(batch, clean_rng, modules.context(batch, only=list(kept)), only=list(kept))
-            for name, (total, count) in losses.items():
-                _add(sums, f"{name}/total", total.detach().double())
-                _add(sums, f"{name}/count", count.double())
+            add_loss_sums(sums, losses)
         return sums
 
 

@@ -314,8 +314,12 @@ def train_step(
     )
 
 
-def _accumulate(into: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
-    into[key] = into[key] + value if key in into else value
+def add_loss_sums(into: dict[str, torch.Tensor], losses: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Add each loss's (total, count) to ``into`` as ``<name>/total`` and ``<name>/count``
+    (float64, detached): what an evaluation pass reduces and reads once at its end."""
+    for name, (total, count) in losses.items():
+        for key, value in ((f"{name}/total", total.detach().double()), (f"{name}/count", count.double())):
+            into[key] = into[key] + value if key in into else value
 
 
 def finish_gradients(
@@ -398,9 +402,7 @@ def evaluate(
         batch = corrupt_local_rows(objectives, batch, rng, dist_info)  # as in training: by global row
         with autocast(amp_dtype, device):
             losses, _ = modules(batch, rng, modules.context(batch))
-        for name, (total, count) in losses.items():
-            _accumulate(sums, f"{name}/total", total.detach().double())
-            _accumulate(sums, f"{name}/count", count.double())
+        add_loss_sums(sums, losses)
     for extra in passes:
         found = extra.loss_sums(modules, local[:usable], rng_states, rng.device, amp_dtype, device, dist_info)
         sums.update({f"{extra.name}/{k}": v for k, v in found.items()})
